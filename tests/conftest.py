@@ -1,0 +1,38 @@
+"""Shared fixtures: offline Hugging Face settings, tiny random-init timm models, generated images."""
+import os
+import tempfile
+
+# Never touch the network: an empty, offline Hugging Face cache (set before timm/huggingface_hub import).
+os.environ["HF_HUB_OFFLINE"] = "1"
+os.environ["HF_HOME"] = tempfile.mkdtemp(prefix="vitstudy-hf-")
+os.environ.setdefault("OMP_NUM_THREADS", "2")
+
+import pytest  # noqa: E402
+import timm  # noqa: E402
+import torch  # noqa: E402
+
+torch.set_num_threads(2)
+
+# Small variants of real timm architectures: same module structure, 32-64 px inputs.
+TINY_VIT = ["model.name=vit_tiny_patch16_224", "model.pretrained=false", "model.kwargs.img_size=32",
+            "model.kwargs.patch_size=8", "model.kwargs.depth=3"]
+TINY_RESNET = ["reference.name=resnet18", "reference.pretrained=false", "reference.input_size=[3,32,32]"]
+SMALL_DATA = ["dataset=synthetic", "dataset.num_images=24", "dataset.batch_size=8", "dataset.image_size=40"]
+
+
+@pytest.fixture(scope="session")
+def tiny_vit():
+    torch.manual_seed(0)
+    return timm.create_model("vit_tiny_patch16_224", img_size=32, patch_size=8, depth=3).eval()
+
+
+@pytest.fixture(scope="session")
+def tiny_resnet():
+    torch.manual_seed(1)
+    return timm.create_model("resnet18", zero_init_last=False).eval()
+
+
+@pytest.fixture(scope="session")
+def images():
+    g = torch.Generator().manual_seed(0)
+    return torch.randn(24, 3, 32, 32, generator=g)

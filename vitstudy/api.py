@@ -1,0 +1,82 @@
+"""The Python API: the same analyses from a notebook, with or without Hydra configs."""
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Iterable, Sequence
+
+import pandas as pd
+import torch
+from omegaconf import DictConfig
+
+from .engine import stream
+from .errors import VitstudyError
+from .layers import resolve
+from .models import LoadedModel
+
+
+def compose(overrides: Sequence[str] = ()) -> DictConfig:
+    """The resolved config for command-line style overrides, e.g. ["analysis=cka_within", "model=vit_b16"]."""
+    from .cli import compose as _compose
+
+    return _compose(list(overrides))
+
+
+def run(cfg: DictConfig | Sequence[str], out_dir: str | Path = "outputs/api", progress: bool | None = None):
+    """Run the configured analysis, write its run directory, and return its Result (tables, figures)."""
+    from .runner import check_config, execute
+
+    if not isinstance(cfg, DictConfig):
+        cfg = compose(cfg)
+    check_config(cfg)
+    result, _ = execute(cfg, out_dir, progress=progress)
+    return result
+
+
+def _batches(loader: Iterable, copies: int):
+    for batch in loader:
+        x = batch[0] if isinstance(batch, (tuple, list)) else batch
+        yield (x,) * copies, torch.zeros(len(x))
+
+
+def cka_matrix(
+    model: torch.nn.Module,
+    loader: Iterable,
+    other: torch.nn.Module | None = None,
+    layers="blocks",
+    other_layers=None,
+    tokens: str = "flatten",
+    estimator: str = "unbiased",
+    device: str | torch.device | None = None,
+    progress: bool | None = False,
+) -> pd.DataFrame:
+    """Minibatch CKA between the layers of `model` and those of `other` (or of `model` itself).
+
+    `loader` yields image batches `x` or tuples `(x, ...)` that both models accept; every batch needs at
+    least 4 images. Returns the tidy table of `cka_within` / `cka_across` (one row per layer pair).
+    """
+    from .analyses.cka import CKAReducer, check
+
+    first = next(iter(loader))
+    x0 = first[0] if isinstance(first, (tuple, list)) else first
+    device = torch.device(device) if device else next(model.parameters()).device
+    mods = [model] if other is None else [model, other]
+    specs = [layers] if other is None else [layers, layers if other_layers is None else other_layers]
+    loaded, layer_lists = [], []
+    for key, mod, spec in zip(("model", "reference"), mods, specs):
+        mod.eval()
+        name = type(mod).__name__
+        loaded.append(LoadedModel(key, name, name, mod, None, {}, "given"))
+        layer_lists.append(resolve(mod, spec, tuple(x0.shape[1:])))
+    reducer = CKAReducer(loaded, layer_lists, tokens, estimator, "float32", device)
+    seen = stream(loaded, layer_lists, _batches(loader, len(mods)), reducer, device, "cka", progress)
+    if seen < 4:
+        raise VitstudyError(f"{seen} images are too few for CKA: at least 4 are needed")
+    matrix = reducer.result()
+    lx, ly = layer_lists[0], layer_lists[-1]
+    check(matrix, [l.name for l in lx], [l.name for l in ly])
+    rows = [
+        {"model_x": loaded[0].name, "layer_x": a.name, "index_x": i, "model_y": loaded[-1].name, "layer_y": b.name,
+         "index_y": j, "cka": float(matrix[i, j]), "estimator": estimator, "tokens": tokens, "num_images": seen}
+        for i, a in enumerate(lx) for j, b in enumerate(ly)
+    ]
+    return pd.DataFrame(rows)

@@ -1,0 +1,54 @@
+"""The one driver loop every analysis shares: batch -> each model's forward -> reducers.
+
+A reducer sees each captured tensor inside the forward hook (so it can reduce and drop it at once) and
+is told when a batch is complete. Everything runs under `torch.inference_mode()`.
+"""
+from __future__ import annotations
+
+from typing import Sequence
+
+import torch
+from tqdm.auto import tqdm
+
+from .layers import Layer
+from .models import LoadedModel
+from .taps import tap
+
+
+class Reducer:
+    """Streaming statistics over batches; subclasses override what they need."""
+
+    def on_tensor(self, model_index: int, layer: Layer, tensor: torch.Tensor) -> None:
+        pass
+
+    def end_batch(self, labels: torch.Tensor, outputs: list[torch.Tensor]) -> None:
+        pass
+
+
+def resolve_device(name: str) -> torch.device:
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    return torch.device(name)
+
+
+def stream(
+    models: Sequence[LoadedModel],
+    layers: Sequence[Sequence[Layer]],
+    loader,
+    reducer: Reducer,
+    device: torch.device,
+    desc: str = "batches",
+    progress: bool | None = None,
+) -> int:
+    """Run every model once per batch with its layers tapped; returns the number of images seen."""
+    seen = 0
+    with torch.inference_mode():
+        for inputs, labels in tqdm(loader, desc=desc, disable=None if progress is None else not progress, leave=False):
+            outputs = []
+            for i, m in enumerate(models):
+                x = inputs[i].to(device, non_blocking=True)
+                with tap(m.module, layers[i], lambda layer, t, _i=i: reducer.on_tensor(_i, layer, t)):
+                    outputs.append(m.module(x))
+            reducer.end_batch(labels, outputs)
+            seen += len(labels)
+    return seen

@@ -1,0 +1,114 @@
+"""Linear CKA: the unbiased minibatch estimator (Nguyen et al. 2021) and full-set biased CKA (Kornblith et al. 2019).
+
+Notation as in SCIENCE.md §1: K = X Xᵀ for the n x p features X of one minibatch. The unbiased HSIC is
+computed in the U-centred form HSIC₁(K, L) = <Ũ(K), Ũ(L)> / (n (n - 3)), which equals the Song et al.
+(2012) expression exactly but avoids its float32 cancellation. Features are centred per batch before the
+Gram product (Ũ is unchanged by the shift in exact arithmetic, and a large common offset no longer
+swamps the signal); U-centring and every accumulator are float64.
+"""
+from __future__ import annotations
+
+import torch
+
+
+def gram(x: torch.Tensor, dtype: torch.dtype = torch.float32) -> torch.Tensor:
+    """Float64 Gram matrix of the (n, p) features after subtracting their per-batch mean."""
+    x = x.reshape(x.shape[0], -1)
+    if x.dtype != torch.float64:
+        x = x.to(dtype)
+    x = x - x.mean(dim=0, keepdim=True)
+    return (x @ x.T).to(torch.float64)
+
+
+def u_center(k: torch.Tensor) -> torch.Tensor:
+    """Ũ(K): the U-centred Gram matrix (Székely & Rizzo 2014), zero diagonal; needs n >= 4."""
+    n = k.shape[0]
+    if n < 4:
+        raise ValueError(f"the unbiased HSIC needs at least 4 examples per batch, got {n}")
+    k = k.clone()
+    k.fill_diagonal_(0)
+    r = k.sum(dim=1)
+    u = k - r[:, None] / (n - 2) - r[None, :] / (n - 2) + r.sum() / ((n - 1) * (n - 2))
+    u.fill_diagonal_(0)
+    return u
+
+
+def hsic_unbiased(k: torch.Tensor, l: torch.Tensor) -> torch.Tensor:
+    n = k.shape[0]
+    return (u_center(k) * u_center(l)).sum() / (n * (n - 3))
+
+
+def hsic_biased(k: torch.Tensor, l: torch.Tensor) -> torch.Tensor:
+    """tr(K H L H) / (n - 1)² (Gretton et al. 2005)."""
+    n = k.shape[0]
+    h = torch.eye(n, dtype=k.dtype, device=k.device) - 1.0 / n
+    return torch.trace(k @ h @ l @ h) / (n - 1) ** 2
+
+
+def cka(k: torch.Tensor, l: torch.Tensor, estimator: str = "unbiased") -> float:
+    """CKA of two Gram matrices over the same examples."""
+    hsic = hsic_unbiased if estimator == "unbiased" else hsic_biased
+    return float(hsic(k, l) / torch.sqrt(hsic(k, k) * hsic(l, l)))
+
+
+class MinibatchCKA:
+    """Running sums of HSIC₁ over minibatches for every pair of layers; normalised once at the end.
+
+    `update` takes the stacked, flattened Ũ matrices of one batch (layers x n²): all layer pairs come
+    from one matrix product. Each batch has weight 1 after division by n(n - 3) (Nguyen et al. Eq. 2),
+    so a ragged last batch counts like the others. With `ys=None` (one model) the single L x L product
+    serves both the cross terms and the self terms.
+    """
+
+    def __init__(self, n_x: int, n_y: int | None = None, device="cpu"):
+        self.within = n_y is None
+        self.cross = torch.zeros(n_x, n_x if self.within else n_y, dtype=torch.float64, device=device)
+        self.self_x = torch.zeros(n_x, dtype=torch.float64, device=device)
+        self.self_y = None if self.within else torch.zeros(n_y, dtype=torch.float64, device=device)
+        self.batches = 0
+
+    def update(self, ux: torch.Tensor, uy: torch.Tensor | None = None) -> None:
+        n2 = ux.shape[1]
+        n = int(round(n2**0.5))
+        scale = 1.0 / (n * (n - 3))
+        if self.within:
+            prod = ux @ ux.T
+            self.cross += prod * scale
+            self.self_x += torch.diagonal(prod) * scale
+        else:
+            self.cross += (ux @ uy.T) * scale
+            self.self_x += (ux * ux).sum(dim=1) * scale
+            self.self_y += (uy * uy).sum(dim=1) * scale
+        self.batches += 1
+
+    def result(self) -> torch.Tensor:
+        """CKA matrix (float64, CPU). Entries whose self-HSIC is not positive come out non-finite."""
+        sy = self.self_x if self.within else self.self_y
+        return (self.cross / torch.sqrt(self.self_x[:, None] * sy[None, :])).cpu()
+
+
+class FullSetCKA:
+    """Biased CKA over the whole image set at once (Kornblith et al. 2019), for comparison.
+
+    The full n x n Gram needs every image's features together, so memory grows with the number of
+    images (n x features per layer, float32 on CPU): use it on small sets.
+    """
+
+    def __init__(self, n_x: int, n_y: int | None = None):
+        self.within = n_y is None
+        self.xs: list[list[torch.Tensor]] = [[] for _ in range(n_x)]
+        self.ys: list[list[torch.Tensor]] = [] if self.within else [[] for _ in range(n_y)]
+
+    def add(self, side: str, index: int, feats: torch.Tensor) -> None:
+        (self.xs if side == "x" else self.ys)[index].append(feats.reshape(feats.shape[0], -1).float().cpu())
+
+    def result(self) -> torch.Tensor:
+        def centred(parts):
+            k = gram(torch.cat(parts), torch.float64)
+            h = k - k.mean(0, keepdim=True)
+            return h - h.mean(1, keepdim=True)  # H K H
+
+        kx = [centred(p).flatten() for p in self.xs]
+        ky = kx if self.within else [centred(p).flatten() for p in self.ys]
+        a, b = torch.stack(kx), torch.stack(ky)
+        return ((a @ b.T) / torch.sqrt((a * a).sum(1)[:, None] * (b * b).sum(1)[None, :])).cpu()

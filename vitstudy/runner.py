@@ -1,0 +1,119 @@
+"""Run one analysis from a resolved config: load models and images, run, write the run directory."""
+from __future__ import annotations
+
+import time
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any
+
+import pandas as pd
+import torch
+from omegaconf import OmegaConf
+
+from . import analyses, data, models, results
+from .engine import resolve_device
+from .errors import VitstudyError
+from .layers import Layer, resolve
+
+
+@dataclass
+class Context:
+    """What an analysis gets: the config, loaded models, the data set, the device, a place to record."""
+
+    cfg: Any
+    models: dict[str, models.LoadedModel]
+    dataset: Any
+    device: torch.device
+    progress: bool | None = None
+    timings: dict[str, float] = field(default_factory=dict)
+    images: list[dict] = field(default_factory=list)
+    _layers: dict[str, list[Layer]] = field(default_factory=dict)
+
+    def layers(self, m: models.LoadedModel, spec=None) -> list[Layer]:
+        """The checked layer list of a model, from its config (`<key>.layers`) unless `spec` is given."""
+        spec = self.cfg[m.key].layers if spec is None else spec
+        key = f"{m.key}:{spec}"
+        if key not in self._layers:
+            self._layers[key] = resolve(m.module, spec, m.data_config["input_size"])
+        return self._layers[key]
+
+    def record_images(self, used: list[dict]) -> None:
+        self.images = used
+
+    @contextmanager
+    def stage(self, name: str):
+        t = time.perf_counter()
+        yield
+        self.timings[name] = round(self.timings.get(name, 0.0) + time.perf_counter() - t, 3)
+
+
+def prepare(cfg, progress=None) -> Context:
+    """Load what the config's analysis needs: its models (on the device, eval mode) and the data set."""
+    analysis = analyses.get(cfg.analysis.name)
+    device = resolve_device(cfg.device)
+    torch.manual_seed(cfg.seed)
+    ctx = Context(cfg, {}, None, device, progress)
+    with ctx.stage("load_models"):
+        for key in analysis.models:
+            ctx.models[key] = models.load(cfg[key], key)
+            ctx.models[key].module.to(device)
+    with ctx.stage("load_dataset"):
+        ctx.dataset = data.build_dataset(cfg.dataset)
+    return ctx
+
+
+def images_table(ctx: Context) -> pd.DataFrame:
+    rows = []
+    for rep in ctx.images:
+        for order, index in enumerate(rep["indices"]):
+            rows.append({"repeat": rep["repeat"], "order": order, "dataset_index": index})
+    return pd.DataFrame(rows)
+
+
+def execute(cfg, out_dir: str | Path, progress=None, overrides=None) -> tuple[analyses.Result, list[Path]]:
+    """Run `cfg.analysis.name` and write its CSVs, figures, images.csv and run.json into `out_dir`."""
+    started = datetime.now(timezone.utc)
+    t0 = time.perf_counter()
+    analysis = analyses.get(cfg.analysis.name)
+    out_dir = Path(out_dir)
+    results.clear_finished(out_dir, [f"{analysis.name}.csv"])
+    ctx = prepare(cfg, progress)
+    with ctx.stage("analysis"):
+        result = analysis.run(ctx)
+    if ctx.images:
+        result.tables["images"] = images_table(ctx)
+    record = {
+        "analysis": analysis.name,
+        "status": "complete",
+        "started": started.isoformat(),
+        "finished": datetime.now(timezone.utc).isoformat(),
+        "wall_time_s": None,
+        "timings_s": ctx.timings,
+        "overrides": list(overrides or []),
+        "config": OmegaConf.to_container(cfg, resolve=True),
+        "models": {k: {"name": m.name, "weights": m.weights, "data_config": m.data_config} for k, m in ctx.models.items()},
+        "images": [{k: v for k, v in rep.items() if k != "indices"} for rep in ctx.images],
+        "dataset": data.describe(ctx.dataset),
+        "seed": cfg.seed,
+        "git_revision": results.git_revision(),
+        "versions": results.versions(),
+        **results.device_info(ctx.device),
+        **result.info,
+    }
+    record["wall_time_s"] = round(time.perf_counter() - t0, 3)  # up to writing the outputs
+    written = results.write_result(out_dir, result, record)
+    return result, written
+
+
+def check_config(cfg) -> None:
+    """Value checks the schema's types cannot express."""
+    if cfg.cka.estimator not in ("unbiased", "biased"):
+        raise VitstudyError(f"cka.estimator must be 'unbiased' or 'biased', got {cfg.cka.estimator!r}")
+    if cfg.cka.repeats < 1:
+        raise VitstudyError(f"cka.repeats must be at least 1, got {cfg.cka.repeats}")
+    if cfg.cka.gram_dtype not in ("float32", "float64"):
+        raise VitstudyError(f"cka.gram_dtype must be 'float32' or 'float64', got {cfg.cka.gram_dtype!r}")
+    if cfg.tokens not in ("flatten", "cls", "mean"):
+        raise VitstudyError(f"tokens must be one of flatten, cls, mean; got {cfg.tokens!r}")
