@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import re
 from dataclasses import dataclass
-from typing import Sequence
+from typing import Callable, Sequence
 
 import torch
 from torch import nn
@@ -98,6 +98,10 @@ def dense_names(model: nn.Module) -> list[str]:
     return outside + [n for b in blocks for n in inner[b] + [b]]
 
 
+# Named layer presets besides 'blocks' and 'all': analysis modules may add their own (e.g. 'latents').
+PRESETS: dict[str, Callable[[nn.Module], list[str]]] = {}
+
+
 def _match(spec: str, available: Sequence[str]) -> list[str]:
     if spec in available:
         return [spec]
@@ -114,8 +118,8 @@ def _match(spec: str, available: Sequence[str]) -> list[str]:
 def select(model: nn.Module, spec) -> tuple[list[str], bool]:
     """Names for a layer spec; the flag says whether the order is the user's (explicit) or forward order."""
     available = [n for n, _ in model.named_modules() if n]
-    if spec in ("blocks", "all"):
-        names = block_names(model) if spec == "blocks" else dense_names(model)
+    if isinstance(spec, str) and spec in ("blocks", "all", *PRESETS):
+        names = {"blocks": block_names, "all": dense_names, **PRESETS}[spec](model)
         if not names:
             raise VitstudyError(f"found no residual blocks in {type(model).__name__}; give module names, e.g. layers=[{', '.join(available[:3])}]")
         return names, False

@@ -42,4 +42,27 @@ def get(name: str) -> Analysis:
     return REGISTRY[name]
 
 
-from . import cka  # noqa: E402,F401  (registers the CKA analyses)
+def params(cfg, defaults: dict[str, Any]) -> dict[str, Any]:
+    """An analysis' own parameters (`analysis.*` minus `name`) over its defaults; unknown keys are an error."""
+    from omegaconf import OmegaConf
+
+    from ..errors import VitstudyError, closest
+
+    given = OmegaConf.to_container(cfg.analysis, resolve=True)
+    given.pop("name", None)
+    for key in given:
+        if key not in defaults:
+            raise VitstudyError(f"unknown parameter analysis.{key} for {cfg.analysis.name}; {closest(key, defaults)}")
+    return {**defaults, **given}
+
+
+def _load_all() -> None:
+    """Import every module of this package: each registers its analyses with @register."""
+    import importlib
+    import pkgutil
+
+    for mod in pkgutil.iter_modules(__path__):
+        importlib.import_module(f"{__name__}.{mod.name}")
+
+
+_load_all()
