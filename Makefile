@@ -6,7 +6,7 @@ STAMP  := $(VENV)/.installed
 # torch is pinned to the release this project is tested with; pip takes it from a local cache where one exists.
 TORCH  ?= torch==2.14.1 torchvision==0.29.1
 
-.PHONY: demo test test-all bench bench-paper clean-outputs
+.PHONY: demo test test-all bench bench-paper clean-outputs fig-raghu-1 fig-raghu-2
 
 $(STAMP): pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -36,6 +36,14 @@ bench: $(STAMP)
 
 bench-paper: $(STAMP)
 	$(PY) scripts/bench_cka.py --paper-scale
+
+## paper figures: need pretrained weights (online or cached) and ImageNet val images (IMAGENET_VAL=DIR)
+IMAGENET_VAL ?= $(HOME)/data/imagenet/val
+FIG_ARGS ?=
+fig-raghu-1: $(STAMP)
+	$(VENV)/bin/vitstudy run experiment=raghu_fig1 dataset.root=$(IMAGENET_VAL) hydra.run.dir=outputs/figures/raghu_fig1 $(FIG_ARGS)
+fig-raghu-2: $(STAMP)
+	$(VENV)/bin/vitstudy run experiment=raghu_fig2 dataset.root=$(IMAGENET_VAL) hydra.run.dir=outputs/figures/raghu_fig2 $(FIG_ARGS)
 
 clean-outputs:
 	rm -rf outputs/* multirun

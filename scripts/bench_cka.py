@@ -1,0 +1,209 @@
+"""Benchmark cka_across: speed and memory against the bare forward passes, and accuracy and speed against
+the peer tools torch-cka and pytorch-cka, in one run.
+
+    make bench                      # ViT-Ti/16 vs ResNet-18, random init, 256 and 1024 images, batch 32, CPU
+    python scripts/bench_cka.py --paper-scale   # layers=all of ViT-B/16 vs ResNet-50 (ours vs bare forward only)
+
+Every measurement runs in a fresh subprocess, so its peak resident memory (ru_maxrss) is its own. All tools see
+the same images (vitstudy's synthetic set, generated lazily so the data set itself takes no memory) with one
+preprocessing for both models, in the same batches, and compute the same quantity: minibatch unbiased linear
+CKA over all tokens/positions, averaged over batches (Nguyen et al. 2021). The float64 reference casts each
+batch's float32 features to float64 and evaluates the Song et al. formula written out (not vitstudy's code).
+Printed ratios: wall time / wall time of the bare forward passes of both models over the same loader.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import resource
+import subprocess
+import sys
+import time
+
+HERE = os.path.dirname(os.path.abspath(__file__))
+
+
+def build(args):
+    import timm
+    import torch
+    from torch.utils.data import DataLoader, Dataset
+
+    from vitstudy.data import SyntheticImages
+
+    torch.manual_seed(0)
+    m1 = timm.create_model(args.model1).eval()
+    torch.manual_seed(1)
+    m2 = timm.create_model(args.model2, zero_init_last=False).eval() if "resnet" in args.model2 else timm.create_model(args.model2).eval()
+    cfg = timm.data.resolve_model_data_config(m1)
+    transform = timm.data.create_transform(**cfg)
+
+    class Images(Dataset):
+        def __init__(self, n):
+            self.base, self.n = SyntheticImages(size=n, image_size=224, seed=0), n
+
+        def __len__(self):
+            return self.n
+
+        def __getitem__(self, i):
+            img, label = self.base[i]
+            return transform(img), label
+
+    loader = DataLoader(Images(args.images), batch_size=args.batch, shuffle=False, num_workers=0)
+    return m1, m2, loader
+
+
+def layer_names(model, spec):
+    from vitstudy.layers import resolve
+
+    return [l.name for l in resolve(model, spec, (3, 224, 224))]
+
+
+def worker(args) -> dict:
+    import numpy as np
+    import torch
+
+    torch.set_num_threads(args.threads)
+    m1, m2, loader = build(args)
+    l1, l2 = layer_names(m1, args.layers), layer_names(m2, args.layers)
+    out: dict = {"mode": args.mode, "images": args.images, "layers": [len(l1), len(l2)]}
+    t = time.perf_counter()
+    if args.mode == "data":
+        for _ in loader:
+            pass
+    elif args.mode == "bare":
+        with torch.inference_mode():
+            for x, _ in loader:
+                m1(x), m2(x)
+    elif args.mode == "vitstudy":
+        from vitstudy import cka_matrix
+
+        df = cka_matrix(m1, loader, other=m2, layers=l1, other_layers=l2)
+        out["matrix"] = df.pivot(index="index_x", columns="index_y", values="cka").to_numpy().tolist()
+    elif args.mode == "torch-cka":
+        sys.path.insert(0, HERE)
+        from peer_cka import torch_cka_matrix
+
+        out["matrix"] = torch_cka_matrix(m1, m2, loader, l1, l2).tolist()
+    elif args.mode == "pytorch-cka":
+        sys.path.insert(0, HERE)
+        from peer_cka import pytorch_cka_matrix
+
+        out["matrix"] = pytorch_cka_matrix(m1, m2, loader, l1, l2).tolist()
+    elif args.mode == "reference":
+        out["matrix"] = reference(m1, m2, loader, l1, l2).tolist()
+    out["seconds"] = time.perf_counter() - t
+    out["peak_rss_mb"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    del np
+    return out
+
+
+def song_hsic(k, l):
+    """Song et al. 2012, written out in float64 (batched over a leading layer axis of k and l)."""
+    import torch
+
+    n = k.shape[-1]
+    eye = torch.eye(n, dtype=torch.bool)
+    k = k.masked_fill(eye, 0)
+    l = l.masked_fill(eye, 0)
+    tr = torch.einsum("...ij,...ij->...", k, l)
+    sk, sl = k.sum((-1, -2)), l.sum((-1, -2))
+    cross = torch.einsum("...i,...i->...", k.sum(-1), l.sum(-1))
+    return (tr + sk * sl / ((n - 1) * (n - 2)) - 2.0 / (n - 2) * cross) / (n * (n - 3))
+
+
+def reference(m1, m2, loader, l1, l2):
+    import torch
+
+    feats: dict[str, torch.Tensor] = {}
+    mods = {**{("a", n): m for n, m in m1.named_modules()}, **{("b", n): m for n, m in m2.named_modules()}}
+    hooks = [mods[(s, n)].register_forward_hook(lambda m, a, o, key=(s, n): feats.__setitem__(key, o))
+             for s, names in (("a", l1), ("b", l2)) for n in names]
+    xy = torch.zeros(len(l1), len(l2), dtype=torch.float64)
+    xx = torch.zeros(len(l1), dtype=torch.float64)
+    yy = torch.zeros(len(l2), dtype=torch.float64)
+    batches = 0
+    with torch.inference_mode():
+        for x, _ in loader:
+            m1(x), m2(x)
+            grams = {}
+            for key, f in feats.items():
+                f = f.reshape(len(f), -1).double()
+                grams[key] = f @ f.T
+            ka = torch.stack([grams[("a", n)] for n in l1])
+            kb = torch.stack([grams[("b", n)] for n in l2])
+            for i in range(len(l1)):
+                xy[i] += song_hsic(ka[i].expand_as(kb), kb)
+            xx += song_hsic(ka, ka)
+            yy += song_hsic(kb, kb)
+            batches += 1
+    for h in hooks:
+        h.remove()
+    return xy / torch.sqrt(xx[:, None] * yy[None, :])
+
+
+def run(mode, args, images) -> dict:
+    cmd = [sys.executable, os.path.abspath(__file__), "--worker", mode, "--images", str(images),
+           "--batch", str(args.batch), "--model1", args.model1, "--model2", args.model2,
+           "--layers", args.layers, "--threads", str(args.threads)]
+    proc = subprocess.run(cmd, capture_output=True, text=True)
+    if proc.returncode != 0:
+        return {"mode": mode, "images": images, "error": (proc.stderr.strip().splitlines() or ["?"])[-1]}
+    return json.loads(proc.stdout.strip().splitlines()[-1])
+
+
+def main():
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--worker", default=None, help=argparse.SUPPRESS)
+    p.add_argument("--images", type=int, default=256)
+    p.add_argument("--big", type=int, default=1024, help="image count for the memory check")
+    p.add_argument("--batch", type=int, default=32)
+    p.add_argument("--model1", default="vit_tiny_patch16_224")
+    p.add_argument("--model2", default="resnet18")
+    p.add_argument("--layers", default="blocks")
+    p.add_argument("--threads", type=int, default=os.cpu_count() or 1)
+    p.add_argument("--peers", default="torch-cka,pytorch-cka")
+    p.add_argument("--paper-scale", action="store_true", help="layers=all of ViT-B/16 vs ResNet-50; ours vs bare only")
+    args = p.parse_args()
+    if args.worker:
+        args.mode = args.worker
+        print(json.dumps(worker(args)))
+        return
+    if args.paper_scale:
+        args.model1, args.model2, args.layers, args.peers, args.big = "vit_base_patch16_224", "resnet50", "all", "", 0
+    peers = [x for x in args.peers.split(",") if x]
+    print(f"# {args.model1} vs {args.model2}, layers={args.layers}, batch {args.batch}, {args.threads} threads, random init")
+    rows = [run(m, args, args.images) for m in ["data", "bare", "vitstudy", *peers]]
+    if not args.paper_scale:
+        rows.append(run("reference", args, args.images))
+    if args.big:
+        rows += [run(m, args, args.big) for m in ["bare", "vitstudy", *peers]]
+    report(rows, args)
+
+
+def report(rows, args):
+    import numpy as np
+
+    def find(mode, n):
+        return next((r for r in rows if r["mode"] == mode and r["images"] == n and "error" not in r), None)
+
+    ref = find("reference", args.images)
+    print(f"{'tool':<12} {'images':>6} {'seconds':>8} {'x bare':>7} {'peak MB':>8} {'max |diff| vs float64':>22}")
+    for r in rows:
+        if "error" in r:
+            print(f"{r['mode']:<12} {r['images']:>6}  failed: {r['error']}")
+            continue
+        bare = find("bare", r["images"])
+        ratio = r["seconds"] / bare["seconds"] if bare else float("nan")
+        diff = ""
+        if ref and "matrix" in r and r["mode"] != "reference":
+            diff = f"{np.max(np.abs(np.array(r['matrix']) - np.array(ref['matrix']))):.2e}"
+        print(f"{r['mode']:<12} {r['images']:>6} {r['seconds']:>8.2f} {ratio:>7.3f} {r['peak_rss_mb']:>8.0f} {diff:>22}")
+    ours_small, ours_big = find("vitstudy", args.images), find("vitstudy", args.big)
+    if ours_small and ours_big:
+        growth = ours_big["peak_rss_mb"] / ours_small["peak_rss_mb"] - 1
+        print(f"vitstudy peak memory at {args.big} vs {args.images} images: {growth:+.1%}")
+
+
+if __name__ == "__main__":
+    main()
