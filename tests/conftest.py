@@ -6,6 +6,7 @@ import tempfile
 os.environ["HF_HUB_OFFLINE"] = "1"
 os.environ["HF_HOME"] = tempfile.mkdtemp(prefix="vitstudy-hf-")
 os.environ.setdefault("OMP_NUM_THREADS", "2")
+os.environ["VITSTUDY_CACHE"] = tempfile.mkdtemp(prefix="vitstudy-cache-")  # never the repo's outputs/
 
 import pytest  # noqa: E402
 import timm  # noqa: E402

@@ -113,6 +113,7 @@ def test_multirun_runs_each_job(tmp_path, capsys):
 BAD = {
     "unknown analysis": (["analysis=ckaa"], "unknown analysis 'ckaa'; closest: cka_"),
     "unknown model preset": (["model=vit_b61"], "unknown model 'vit_b61'"),
+    "unknown reference preset": (["reference=resnet5"], "unknown reference 'resnet5'; closest: resnet50"),
     "unknown timm name": (["model.name=vit_tinny_patch16_224"], "unknown timm model"),
     "unknown dataset": (["dataset=imagenet22"], "unknown dataset"),
     "unknown layer": (["layers=[blocks.0,blocks.99]"], "no layer 'blocks.99'"),

@@ -23,6 +23,7 @@ commands:
   run [OVERRIDES] [-m]   run an analysis: vitstudy run analysis=cka_across model=vit_b16 reference=resnet50
   list                   the analyses, model presets and dataset presets, one line each
   layers [OVERRIDES]     the layers a model's layer spec selects: vitstudy layers model=vit_b16 layers=all
+  collect DIR... [--out OUT]   summary tables, figure grids, failed jobs and index.html for sweep directories
 
 Hydra's own flags work after `run`: --cfg job, --info, -m/--multirun, hydra.run.dir=DIR, --help.
 """
@@ -61,7 +62,7 @@ def hydra_app(cfg: DictConfig) -> None:
     multirun = hc.mode.name == "MULTIRUN"
     try:
         check_config(cfg)
-        _, written = execute(cfg, out_dir, overrides=list(hc.overrides.task))
+        result, written = execute(cfg, out_dir, overrides=list(hc.overrides.task))
     except VitstudyError as err:
         if not multirun:
             fail(str(err))
@@ -71,8 +72,21 @@ def hydra_app(cfg: DictConfig) -> None:
         FAILED.append(out_dir)
         print(f"vitstudy: error in {out_dir}: {err}", file=sys.stderr)
         return
-    csvs = [str(p) for p in written if p.suffix == ".csv"]
-    print(f"vitstudy: {cfg.analysis.name} done; outputs in {out_dir} ({', '.join(os.path.basename(c) for c in csvs)}, figures, run.json)")
+    csvs = ", ".join(p.name for p in written if p.suffix == ".csv")
+    state = "cached (same config and weights; force=true recomputes)" if result is None else "done"
+    print(f"vitstudy: {cfg.analysis.name} {state}; outputs in {out_dir} ({csvs}, figures, run.json)")
+
+
+def normalise(args: list[str]) -> list[str]:
+    """`reference=resnet50` means the model preset at package `reference`: Hydra spells it `model@reference=...`."""
+    out = []
+    for a in args:
+        for prefix in ("", "+", "++", "~"):
+            if a.startswith(prefix + "reference=") or (prefix == "~" and a == "~reference"):
+                a = prefix + "model@reference" + a[len(prefix) + len("reference"):]
+                break
+        out.append(a)
+    return out
 
 
 def _parse(overrides: list[str]):
@@ -89,7 +103,7 @@ def precheck(args: list[str]) -> None:
     overrides = [a for a in args if not a.startswith("-") and "=" in a]
     flags = [a for a in args if a.startswith("-")]
     for ov in _parse(overrides):
-        key = ov.key_or_group
+        key = "reference" if ov.package == "reference" else ov.key_or_group
         group = GROUPS.get(key)
         if group is None or ov.is_delete():
             continue
@@ -112,7 +126,7 @@ def compose(overrides: list[str]) -> DictConfig:
     GlobalHydra.instance().clear()
     try:
         with initialize_config_module("vitstudy.conf", version_base="1.3"):
-            cfg = hydra_compose("config", overrides=overrides)
+            cfg = hydra_compose("config", overrides=normalise(overrides))
             from omegaconf import OmegaConf
 
             OmegaConf.resolve(cfg)
@@ -140,7 +154,7 @@ def cmd_list() -> None:
 
 
 def cmd_layers(args: list[str]) -> None:
-    from . import models
+    from . import analyses, models  # noqa: F401  (analysis modules register their layer presets)
     from .layers import resolve
 
     cfg = compose(args)
@@ -148,6 +162,19 @@ def cmd_layers(args: list[str]) -> None:
     m = models.load(cfg[key], key)
     for layer in resolve(m.module, cfg[key].layers, m.data_config["input_size"]):
         print(f"{layer.name:<40} {layer.layout:<5} {tuple(layer.shape)}")
+
+
+def cmd_collect(args: list[str]) -> None:
+    import argparse
+
+    from .collect import collect
+
+    parser = argparse.ArgumentParser(prog="vitstudy collect", description="summarise sweep directories")
+    parser.add_argument("dirs", nargs="*")
+    parser.add_argument("--out", default=None, help="summary folder (default: <first DIR>/summary)")
+    ns = parser.parse_args(args)
+    out = collect(ns.dirs, ns.out)
+    print(f"vitstudy: summary in {out} (index.html, tables, figure grids, failed.csv)")
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -164,6 +191,8 @@ def main(argv: list[str] | None = None) -> None:
     cmd, rest = args[0], args[1:]
     try:
         if cmd == "run":
+            FAILED.clear()
+            rest = normalise(rest)
             precheck(rest)
             sys.argv = [sys.argv[0]] + rest
             hydra_app()
@@ -173,8 +202,10 @@ def main(argv: list[str] | None = None) -> None:
             cmd_list()
         elif cmd == "layers":
             cmd_layers(rest)
+        elif cmd == "collect":
+            cmd_collect(rest)
         else:
-            fail(f"unknown command '{cmd}'; {closest(cmd, ['run', 'list', 'layers'])}")
+            fail(f"unknown command '{cmd}'; {closest(cmd, ['run', 'list', 'layers', 'collect'])}")
     except VitstudyError as err:
         fail(str(err))
     except KeyboardInterrupt:

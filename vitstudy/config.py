@@ -29,7 +29,7 @@ class ModelConfig:
     kwargs: Dict[str, Any] = field(default_factory=lambda: dict.fromkeys(TIMM_KWARGS))
     layers: Any = "${layers}"  # 'blocks', 'all', a regex, or a list of module names / regexes
     input_size: Optional[List[int]] = None  # override the eval transform's (C, H, W)
-    label: Optional[str] = None  # display name in figures; defaults to `name`
+    label: Optional[str] = None  # display name in figures; defaults to the timm name without its tag
 
 
 @dataclass
@@ -58,12 +58,22 @@ class CKAConfig:
 
 
 @dataclass
+class CacheConfig:
+    dir: str = "${oc.env:VITSTUDY_CACHE,outputs/.cache}"  # result index + resumable checkpoints; "" disables
+    results: bool = True  # skip a job whose result exists for the same resolved config and weights
+    checkpoint_every: int = 10  # batches between atomic reducer checkpoints (0: never)
+
+
+@dataclass
 class Config:
     analysis: Dict[str, Any] = field(default_factory=dict)  # `name` + the analysis' own parameters
     model: ModelConfig = field(default_factory=ModelConfig)
     reference: ModelConfig = field(default_factory=ModelConfig)
     dataset: DatasetConfig = field(default_factory=DatasetConfig)
     cka: CKAConfig = field(default_factory=CKAConfig)
+    cache: CacheConfig = field(default_factory=CacheConfig)
+    force: bool = False  # recompute even when a cached result exists
+    models: List[str] = field(default_factory=list)  # cka_grid: model presets or timm names
     layers: Any = "blocks"
     tokens: str = "flatten"  # transformer outputs: 'flatten' (all tokens), 'cls', 'mean' (patch tokens)
     seed: int = 0

@@ -5,7 +5,7 @@ is told when a batch is complete. Everything runs under `torch.inference_mode()`
 """
 from __future__ import annotations
 
-from typing import Sequence
+from typing import Callable, Sequence
 
 import torch
 from tqdm.auto import tqdm
@@ -39,9 +39,14 @@ def stream(
     device: torch.device,
     desc: str = "batches",
     progress: bool | None = None,
+    after_batch: Callable[[int], None] | None = None,
 ) -> int:
-    """Run every model once per batch with its layers tapped; returns the number of images seen."""
+    """Run every model once per batch with its layers tapped; returns the number of images seen.
+
+    `after_batch(k)` is called once the k-th batch is fully reduced (e.g. to checkpoint the reducer).
+    """
     seen = 0
+    done = 0
     with torch.inference_mode():
         for inputs, labels in tqdm(loader, desc=desc, disable=None if progress is None else not progress, leave=False):
             outputs = []
@@ -51,4 +56,7 @@ def stream(
                     outputs.append(m.module(x))
             reducer.end_batch(labels, outputs)
             seen += len(labels)
+            done += 1
+            if after_batch is not None:
+                after_batch(done)
     return seen

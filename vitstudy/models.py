@@ -1,8 +1,10 @@
 """Build timm models: pretrained weights, local checkpoints (never executing code from them), eval mode."""
 from __future__ import annotations
 
+import logging
 import os
 import pickle
+from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Any, Mapping
 
@@ -43,7 +45,8 @@ def create(name: str, pretrained: bool = False, checkpoint: str | None = None, *
     if checkpoint:
         pretrained = False
     try:
-        model = timm.create_model(name, pretrained=pretrained, **kwargs)
+        with _hub_session(pretrained):
+            model = timm.create_model(name, pretrained=pretrained, **kwargs)
     except TypeError as err:
         raise VitstudyError(f"cannot build timm model '{name}' with kwargs {dict(kwargs)}: {err}") from None
     except Exception as err:  # hub and cache failures surface as OSError/RuntimeError subclasses
@@ -56,6 +59,42 @@ def create(name: str, pretrained: bool = False, checkpoint: str | None = None, *
     if checkpoint:
         load_weights(model, checkpoint, name)
     return model.eval()
+
+
+@contextmanager
+def _hub_session(pretrained: bool):
+    """Quiet Hub retries; if the Hub's host does not even resolve, use the local cache only.
+
+    Without this an offline machine spends about a minute in retries, logging a warning for each,
+    before the one-line error below; cached weights still load either way.
+    """
+    hub_logger = logging.getLogger("huggingface_hub")
+    level = hub_logger.level
+    hub_logger.setLevel(logging.ERROR)
+    constants, offline = None, None
+    if pretrained:
+        from huggingface_hub import constants
+
+        offline = constants.HF_HUB_OFFLINE
+        if not offline and not _resolves(constants.ENDPOINT):
+            constants.HF_HUB_OFFLINE = True
+    try:
+        yield
+    finally:
+        hub_logger.setLevel(level)
+        if constants is not None:
+            constants.HF_HUB_OFFLINE = offline
+
+
+def _resolves(url: str) -> bool:
+    import socket
+    from urllib.parse import urlparse
+
+    try:
+        socket.getaddrinfo(urlparse(url).hostname, 443)
+        return True
+    except (OSError, UnicodeError):
+        return False
 
 
 def _is_offline_error(err: BaseException) -> bool:
@@ -134,7 +173,10 @@ def eval_transform(model: torch.nn.Module, input_size=None, kwargs: Mapping | No
 
 def load(cfg, key: str = "model") -> LoadedModel:
     """Build one model from its config node (`name`, `pretrained`, `checkpoint`, `kwargs`, ...)."""
-    kwargs = {k: v for k, v in (cfg.kwargs or {}).items() if v is not None}
+    from omegaconf import DictConfig, OmegaConf
+
+    raw = OmegaConf.to_container(cfg.kwargs, resolve=True) if isinstance(cfg.kwargs, DictConfig) else dict(cfg.kwargs or {})
+    kwargs = {k: tuple(v) if isinstance(v, list) else v for k, v in raw.items() if v is not None}
     model = create(cfg.name, pretrained=cfg.pretrained, checkpoint=cfg.checkpoint, **kwargs)
     transform, data_config = eval_transform(model, cfg.get("input_size"), kwargs)
     if cfg.checkpoint:
@@ -143,5 +185,5 @@ def load(cfg, key: str = "model") -> LoadedModel:
         weights = f"timm:{model.pretrained_cfg.get('tag') or cfg.name}"
     else:
         weights = "random-init"
-    label = cfg.get("label") or cfg.name
+    label = cfg.get("label") or cfg.name.split(".")[0]
     return LoadedModel(key, cfg.name, label, model, transform, data_config, weights)

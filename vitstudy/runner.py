@@ -13,6 +13,7 @@ import torch
 from omegaconf import OmegaConf
 
 from . import analyses, data, models, results
+from .cache import Cache, run_key
 from .engine import resolve_device
 from .errors import VitstudyError
 from .layers import Layer, resolve
@@ -28,6 +29,7 @@ class Context:
     device: torch.device
     progress: bool | None = None
     timings: dict[str, float] = field(default_factory=dict)
+    cache: Cache | None = None  # resumable checkpoints (None: not checkpointed)
     images: list[dict] = field(default_factory=list)
     _layers: dict[str, list[Layer]] = field(default_factory=dict)
 
@@ -49,12 +51,12 @@ class Context:
         self.timings[name] = round(self.timings.get(name, 0.0) + time.perf_counter() - t, 3)
 
 
-def prepare(cfg, progress=None) -> Context:
+def prepare(cfg, progress=None, cache: Cache | None = None) -> Context:
     """Load what the config's analysis needs: its models (on the device, eval mode) and the data set."""
     analysis = analyses.get(cfg.analysis.name)
     device = resolve_device(cfg.device)
     torch.manual_seed(cfg.seed)
-    ctx = Context(cfg, {}, None, device, progress)
+    ctx = Context(cfg, {}, None, device, progress, cache=cache)
     with ctx.stage("load_models"):
         for key in analysis.models:
             ctx.models[key] = models.load(cfg[key], key)
@@ -72,14 +74,26 @@ def images_table(ctx: Context) -> pd.DataFrame:
     return pd.DataFrame(rows)
 
 
-def execute(cfg, out_dir: str | Path, progress=None, overrides=None) -> tuple[analyses.Result, list[Path]]:
-    """Run `cfg.analysis.name` and write its CSVs, figures, images.csv and run.json into `out_dir`."""
+def execute(cfg, out_dir: str | Path, progress=None, overrides=None) -> tuple[analyses.Result | None, list[Path]]:
+    """Run `cfg.analysis.name` and write its CSVs, figures, images.csv and run.json into `out_dir`.
+
+    With `cache.dir` set, a result that exists for the same config and weights is copied instead of
+    recomputed (result None), unless `force=true`; a killed run resumes from its last checkpoint.
+    """
     started = datetime.now(timezone.utc)
     t0 = time.perf_counter()
     analysis = analyses.get(cfg.analysis.name)
     out_dir = Path(out_dir)
     results.clear_finished(out_dir, [f"{analysis.name}.csv"])
-    ctx = prepare(cfg, progress)
+    cache = Cache(cfg.cache.dir, run_key(cfg, analysis.models), cfg.cache.checkpoint_every) if cfg.cache.dir else None
+    if cache is not None:
+        if cfg.force:
+            cache.clear_checkpoint()
+        elif cfg.cache.results:
+            source = cache.lookup()
+            if source is not None and source.resolve() != out_dir.resolve():
+                return None, cache.copy_result(source, out_dir)
+    ctx = prepare(cfg, progress, cache)
     with ctx.stage("analysis"):
         result = analysis.run(ctx)
     if ctx.images:
@@ -97,6 +111,7 @@ def execute(cfg, out_dir: str | Path, progress=None, overrides=None) -> tuple[an
         "images": [{k: v for k, v in rep.items() if k != "indices"} for rep in ctx.images],
         "dataset": data.describe(ctx.dataset),
         "seed": cfg.seed,
+        "cache_key": cache.key if cache is not None else None,
         "git_revision": results.git_revision(),
         "versions": results.versions(),
         **results.device_info(ctx.device),
@@ -104,6 +119,8 @@ def execute(cfg, out_dir: str | Path, progress=None, overrides=None) -> tuple[an
     }
     record["wall_time_s"] = round(time.perf_counter() - t0, 3)  # up to writing the outputs
     written = results.write_result(out_dir, result, record)
+    if cache is not None:
+        cache.store(out_dir)
     return result, written
 
 

@@ -23,7 +23,9 @@ class CKAReducer(Reducer):
     """Per batch: features -> centred Gram -> Ũ per layer (in the hook); then one product for all pairs."""
 
     def __init__(self, models, layers, tokens: str, estimator: str = "unbiased", gram_dtype: str = "float32", device="cpu"):
-        self.within = len(models) == 1
+        # one model, or three and more (cka_grid): every pair of all their layers from one L x L product;
+        # two models (cka_across): only the cross terms
+        self.within = len(models) != 2
         self.layers = layers
         self.index = [{layer.name: i for i, layer in enumerate(ls)} for ls in layers]
         self.tokens = tokens
@@ -31,10 +33,11 @@ class CKAReducer(Reducer):
         self.dtype = {"float32": torch.float32, "float64": torch.float64}[gram_dtype]
         self.estimator = estimator
         sizes = [len(ls) for ls in layers]
+        self.offsets = np.cumsum([0] + sizes[:-1]).tolist() if self.within else [0, 0]
         if estimator == "unbiased":
-            self.acc = MinibatchCKA(sizes[0], None if self.within else sizes[1], device=device)
+            self.acc = MinibatchCKA(sum(sizes), None, device) if self.within else MinibatchCKA(sizes[0], sizes[1], device)
         else:
-            self.acc = FullSetCKA(sizes[0], None if self.within else sizes[1])
+            self.acc = FullSetCKA(sum(sizes)) if self.within else FullSetCKA(sizes[0], sizes[1])
         self.buffers: list[list[torch.Tensor | None]] = [[None] * n for n in sizes]
 
     def on_tensor(self, model_index: int, layer: Layer, tensor: torch.Tensor) -> None:
@@ -42,15 +45,18 @@ class CKAReducer(Reducer):
         i = self.index[model_index][layer.name]
         if self.estimator == "unbiased":
             self.buffers[model_index][i] = u_center(gram(x, self.dtype)).flatten()
+        elif self.within:
+            self.acc.add("x", self.offsets[model_index] + i, x)
         else:
             self.acc.add("xy"[model_index], i, x)
 
     def end_batch(self, labels, outputs) -> None:
         if self.estimator != "unbiased":
             return
-        ux = torch.stack(self.buffers[0])
-        uy = None if self.within else torch.stack(self.buffers[1])
-        self.acc.update(ux, uy)
+        if self.within:
+            self.acc.update(torch.stack([u for b in self.buffers for u in b]))
+        else:
+            self.acc.update(torch.stack(self.buffers[0]), torch.stack(self.buffers[1]))
         self.buffers = [[None] * len(b) for b in self.buffers]
 
     def result(self) -> np.ndarray:
@@ -69,21 +75,44 @@ def check(matrix: np.ndarray, names_x: list[str], names_y: list[str]) -> None:
 
 
 def compute(ctx, models, layers) -> tuple[np.ndarray, np.ndarray, dict]:
-    """Mean and std of the CKA matrix over `cka.repeats` independent image samples, and what was used."""
-    cfg = ctx.cfg
-    runs, used = [], []
-    for r in range(cfg.cka.repeats):
+    """Mean and std of the CKA matrix over `cka.repeats` independent image samples, and what was used.
+
+    With a cache (sweeps), the reducer's sums are checkpointed every `cache.checkpoint_every` batches and
+    after each repeat; a rerun after a kill continues from there and gives the same sums.
+    """
+    cfg, cache = ctx.cfg, ctx.cache
+    state = cache.load_checkpoint() if cache is not None else None
+    runs = [m.numpy() for m in state["runs"]] if state else []
+    used = list(state["used"]) if state else []
+    for r in range(len(runs), cfg.cka.repeats):
         indices = data.sample_indices(len(ctx.dataset), cfg.dataset.num_images, cfg.seed + r)
         batching = data.make_batches(indices, cfg.dataset.batch_size, cfg.cka.tail)
-        loader = data.loader(ctx.dataset, batching, [m.transform for m in models], cfg.dataset.num_workers)
         reducer = CKAReducer(models, layers, cfg.tokens, cfg.cka.estimator, cfg.cka.gram_dtype, ctx.device)
+        start = 0
+        if state and state.get("acc") is not None and state.get("repeat") == r:
+            reducer.acc.load_state_dict(state["acc"])
+            start = state["batches_done"]
+        remaining = data.Batching(batching.batches[start:], batching.tail, batching.dropped)
+        loader = data.loader(ctx.dataset, remaining, [m.transform for m in models], cfg.dataset.num_workers)
+
+        def checkpoint(done, r=r, start=start):
+            resumable = cfg.cka.estimator == "unbiased"
+            if cache is not None and cache.every and resumable and (start + done) % cache.every == 0:
+                cache.save_checkpoint({"repeat": r, "batches_done": start + done, "acc": reducer.acc.state_dict(),
+                                       "runs": [torch.from_numpy(m) for m in runs], "used": used})
+
         desc = f"cka repeat {r + 1}/{cfg.cka.repeats}" if cfg.cka.repeats > 1 else "cka"
-        stream(models, layers, loader, reducer, ctx.device, desc, ctx.progress)
+        stream(models, layers, loader, reducer, ctx.device, desc, ctx.progress, after_batch=checkpoint)
         matrix = reducer.result()
-        check(matrix, [l.name for l in layers[0]], [l.name for l in layers[-1]])
+        names = [f"{m.key}:{l.name}" if len(models) > 2 else l.name for m, ls in zip(models, layers) for l in ls]
+        check(matrix, names if len(models) != 2 else [l.name for l in layers[0]],
+              names if len(models) != 2 else [l.name for l in layers[1]])
         runs.append(matrix)
         used.append({"repeat": r, "seed": cfg.seed + r, "images": batching.num_images, "batches": len(batching.batches),
-                     "tail": batching.tail, "dropped": batching.dropped, "indices": indices})
+                     "tail": batching.tail, "dropped": batching.dropped, "resumed_at_batch": start, "indices": indices})
+        if cache is not None:
+            cache.save_checkpoint({"repeat": r + 1, "batches_done": 0, "acc": None,
+                                   "runs": [torch.from_numpy(m) for m in runs], "used": used})
     stack = np.stack(runs)
     std = stack.std(axis=0, ddof=1) if len(runs) > 1 else np.full(stack.shape[1:], np.nan)
     ctx.record_images(used)

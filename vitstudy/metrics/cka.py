@@ -86,6 +86,16 @@ class MinibatchCKA:
             self.self_y += (uy * uy).sum(dim=1) * scale
         self.batches += 1
 
+    def state_dict(self) -> dict:
+        return {"cross": self.cross.cpu(), "self_x": self.self_x.cpu(),
+                "self_y": None if self.self_y is None else self.self_y.cpu(), "batches": self.batches}
+
+    def load_state_dict(self, state: dict) -> None:
+        device = self.cross.device
+        self.cross, self.self_x = state["cross"].to(device), state["self_x"].to(device)
+        self.self_y = None if state["self_y"] is None else state["self_y"].to(device)
+        self.batches = state["batches"]
+
     def result(self) -> torch.Tensor:
         """CKA matrix (float64, CPU). Entries whose self-HSIC is not positive come out non-finite."""
         sy = self.self_x if self.within else self.self_y

@@ -1,0 +1,143 @@
+"""Sweeps: launchers, result cache, resume after kill -9, failed jobs, `vitstudy collect`, cka_grid."""
+import json
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from conftest import SMALL_DATA, TINY_RESNET, TINY_VIT
+from test_cli import cli
+
+VITSTUDY = os.path.join(os.path.dirname(sys.executable), "vitstudy")
+ACROSS = ["analysis=cka_across", *TINY_VIT, *TINY_RESNET, *SMALL_DATA]
+
+
+def statuses(sweep: Path) -> list[str]:
+    return sorted(json.loads(p.read_text())["status"] for p in sweep.glob("*/run.json"))
+
+
+def test_local_launcher_sweep_is_collected_then_fully_cached(tmp_path, capsys):
+    """2 x 2 sweep through submitit's local executor (the cluster path: pickled jobs, per-job logs)."""
+    cache = tmp_path / "cache"
+    args = ["run", "-m", *ACROSS, "model.kwargs.depth=2,3", "reference.name=resnet18,resnet10t",
+            "hydra/launcher=local", f"cache.dir={cache}"]
+    code, _, err = cli([*args, f"hydra.sweep.dir={tmp_path / 'a'}"], capsys)
+    assert code == 0, err
+    assert statuses(tmp_path / "a") == ["complete"] * 4
+    assert list((tmp_path / "a" / ".submitit").rglob("*.out"))  # submitit's per-job logs
+    code, out, err = cli(["collect", str(tmp_path / "a")], capsys)
+    assert code == 0, err
+    summary = tmp_path / "a" / "summary"
+    df = pd.read_csv(summary / "cka_across.csv")
+    assert len(df) == (2 + 3) * (8 + 4) and {"model.kwargs.depth", "reference.name"} <= set(df.columns)
+    assert (summary / "cka_across_grid.png").stat().st_size > 0
+    html = (summary / "index.html").read_text()
+    assert html.count("data:image/png;base64") >= 5 and "Failed and missing jobs" in html
+    # the same sweep again (in-process launcher: the cache does not depend on it): all cached, same numbers
+    code, _, err = cli([*[a for a in args if a != "hydra/launcher=local"], f"hydra.sweep.dir={tmp_path / 'b'}"], capsys)
+    assert code == 0, err
+    assert statuses(tmp_path / "b") == ["cached"] * 4
+    a = pd.concat([pd.read_csv(p) for p in sorted((tmp_path / "a").glob("[0-9]*/cka_across.csv"))])
+    b = pd.concat([pd.read_csv(p) for p in sorted((tmp_path / "b").glob("[0-9]*/cka_across.csv"))])
+    assert np.array_equal(a.cka.to_numpy(), b.cka.to_numpy())
+
+
+def test_force_recomputes(tmp_path, capsys):
+    args = ["run", *ACROSS, f"cache.dir={tmp_path / 'cache'}"]
+    assert cli([*args, f"hydra.run.dir={tmp_path / 'a'}"], capsys)[0] == 0
+    assert cli([*args, f"hydra.run.dir={tmp_path / 'b'}"], capsys)[1].count("cached") == 1
+    assert cli([*args, "force=true", f"hydra.run.dir={tmp_path / 'c'}"], capsys)[0] == 0
+    assert json.loads((tmp_path / "c" / "run.json").read_text())["status"] == "complete"
+
+
+def test_failing_job_leaves_the_others_and_is_listed(tmp_path, capsys):
+    code, _, err = cli(["run", "-m", *ACROSS, "dataset.num_images=3,16", f"hydra.sweep.dir={tmp_path}"], capsys)
+    assert code == 1 and "1 job(s) failed" in err
+    assert (tmp_path / "1" / "cka_across.csv").is_file() and not (tmp_path / "0" / "cka_across.csv").exists()
+    cli(["collect", str(tmp_path)], capsys)
+    failed = pd.read_csv(tmp_path / "summary" / "failed.csv")
+    assert len(failed) == 1 and "too few" in failed.error[0] and "num_images=3" in failed.overrides[0]
+
+
+def test_killed_job_resumes_from_its_checkpoint_and_matches(tmp_path):
+    """kill -9 after the first reducer checkpoint; the rerun continues and equals an uninterrupted run."""
+    args = ["run", "analysis=cka_within", "model.name=vit_tiny_patch16_224", "model.pretrained=false",
+            "model.kwargs.depth=4", "dataset.num_images=320", "dataset.batch_size=8", "dataset.image_size=64",
+            "cache.checkpoint_every=1", "layers=all"]
+    env = dict(os.environ, OMP_NUM_THREADS="1")
+    partial = tmp_path / "cache" / "partial"
+    proc = subprocess.Popen([VITSTUDY, *args, f"cache.dir={tmp_path / 'cache'}", f"hydra.run.dir={tmp_path / 'killed'}"],
+                            env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    deadline = time.time() + 120
+    while time.time() < deadline and not list(partial.glob("*.pt")) and proc.poll() is None:
+        time.sleep(0.05)
+    time.sleep(0.3)
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    assert list(partial.glob("*.pt")), "no checkpoint was written before the kill"
+    assert not (tmp_path / "killed" / "run.json").exists()
+    subprocess.run([VITSTUDY, *args, f"cache.dir={tmp_path / 'cache'}", f"hydra.run.dir={tmp_path / 'resumed'}"],
+                   env=env, check=True, capture_output=True)
+    subprocess.run([VITSTUDY, *args, f"cache.dir={tmp_path / 'fresh'}", f"hydra.run.dir={tmp_path / 'whole'}"],
+                   env=env, check=True, capture_output=True)
+    record = json.loads((tmp_path / "resumed" / "run.json").read_text())
+    assert record["images"][0]["resumed_at_batch"] > 0
+    resumed = pd.read_csv(tmp_path / "resumed" / "cka_within.csv").cka.to_numpy()
+    whole = pd.read_csv(tmp_path / "whole" / "cka_within.csv").cka.to_numpy()
+    np.testing.assert_allclose(resumed, whole, rtol=0, atol=1e-12)
+    assert not list(partial.glob("*.pt"))  # a finished run clears its checkpoint
+
+
+def test_cka_grid_equals_pairwise_cka_across(tmp_path, capsys):
+    common = ["dataset.num_images=16", "dataset.batch_size=8", "dataset.image_size=32", "force=true"]
+    code, _, err = cli(["run", "analysis=cka_grid", "models=[vit_tiny,resnet18,deit_s]", "analysis.pretrained=false",
+                        *common, f"hydra.run.dir={tmp_path / 'grid'}"], capsys)
+    assert code == 0, err
+    grid = pd.read_csv(tmp_path / "grid" / "cka_grid.csv")
+    assert set(zip(grid.model_x.str.split(".").str[0], grid.model_y.str.split(".").str[0])) >= {
+        ("vit_tiny_patch16_224", "resnet18"), ("resnet18", "deit_small_patch16_224")}
+    code, _, err = cli(["run", "analysis=cka_across", "model=vit_tiny", "reference=resnet18", "model.pretrained=false",
+                        "reference.pretrained=false", *common, f"hydra.run.dir={tmp_path / 'pair'}"], capsys)
+    assert code == 0, err
+    pair = pd.read_csv(tmp_path / "pair" / "cka_across.csv")
+    sub = grid[(grid.model_x == pair.model_x[0]) & (grid.model_y == pair.model_y[0])].reset_index(drop=True)
+    np.testing.assert_allclose(sub.cka.to_numpy(), pair.cka.to_numpy(), atol=1e-12)
+    assert (tmp_path / "grid" / "cka_grid.png").stat().st_size > 0
+
+
+def test_cka_grid_needs_two_models(tmp_path, capsys):
+    code, _, err = cli(["run", "analysis=cka_grid", "models=[vit_tiny]", "analysis.pretrained=false",
+                        f"hydra.run.dir={tmp_path}"], capsys)
+    assert code == 2 and "at least 2 distinct models" in err
+
+
+def test_collect_bad_input(tmp_path, capsys):
+    code, _, err = cli(["collect", str(tmp_path / "nope")], capsys)
+    assert code == 2 and "not a directory" in err
+    code, _, err = cli(["collect", str(tmp_path)], capsys)
+    assert code == 2 and "no run directories" in err
+
+
+@pytest.mark.skipif(not (shutil.which("chromium") or shutil.which("chromium-browser")), reason="no headless Chromium")
+def test_report_renders_every_figure_in_chromium(tmp_path, capsys):
+    assert cli(["run", "-m", *ACROSS, "model.kwargs.depth=2,3", f"hydra.sweep.dir={tmp_path}"], capsys)[0] == 0
+    cli(["collect", str(tmp_path)], capsys)
+    page = tmp_path / "summary" / "index.html"
+    browser = shutil.which("chromium") or shutil.which("chromium-browser")
+    js = ("document.title = [...document.images].filter(i => i.complete && i.naturalWidth > 0).length"
+          " + '/' + document.images.length")
+    probe = tmp_path / "probe.html"
+    probe.write_text(page.read_text().replace("</body>", f"<script>window.onload=()=>{{{js}}}</script></body>"))
+    out = subprocess.run([browser, "--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking",
+                          "--disable-component-update", "--disable-sync", "--no-first-run", f"--user-data-dir={tmp_path / 'u'}",
+                          "--virtual-time-budget=5000", "--dump-dom", probe.as_uri()], capture_output=True, text=True, timeout=120)
+    title = out.stdout.split("<title>")[1].split("</title>")[0]
+    loaded, total = map(int, title.split("/"))
+    assert total >= 3 and loaded == total

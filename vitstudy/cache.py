@@ -1,0 +1,122 @@
+"""Result cache and resumable checkpoints for sweeps.
+
+A result is identified by what determines it: the resolved config, less where and how it runs (device,
+workers, progress bars, cache settings), and the identity of each model's weights (a checkpoint file's
+SHA-256, or the timm name with its resolved pretrained tag). A rerun of a finished job copies the finished
+outputs instead of recomputing; a killed job continues from its last reducer checkpoint, written atomically.
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import shutil
+from pathlib import Path
+from typing import Any
+
+import torch
+from omegaconf import OmegaConf
+
+from .results import RECORD, atomic_path, write_json
+
+NOT_RESULT_KEYS = ("device", "progress", "force", "cache")
+
+
+def file_sha256(path: str) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            h.update(chunk)
+    return h.hexdigest()
+
+
+def weights_id(model_cfg) -> str:
+    """What the weights are, independent of where they were read from."""
+    if model_cfg.checkpoint:
+        return "sha256:" + file_sha256(model_cfg.checkpoint) if os.path.isfile(model_cfg.checkpoint) else "missing"
+    if model_cfg.pretrained:
+        from timm.models import get_pretrained_cfg, split_model_name_tag
+
+        arch, tag = split_model_name_tag(model_cfg.name)
+        if not tag:
+            pcfg = get_pretrained_cfg(arch)
+            tag = getattr(pcfg, "tag", "") if pcfg is not None else ""
+        return f"timm:{arch}.{tag}"
+    return "random-init"
+
+
+def run_key(cfg, model_keys) -> str:
+    """A short hash of everything that determines a run's result."""
+    conf = OmegaConf.to_container(cfg, resolve=True)
+    for key in NOT_RESULT_KEYS:
+        conf.pop(key, None)
+    conf["dataset"].pop("num_workers", None)
+    for key in ("model", "reference"):
+        if key not in model_keys:
+            conf.pop(key, None)  # e.g. cka_within does not depend on `reference`
+    weights = {key: weights_id(cfg[key]) for key in model_keys if key in ("model", "reference")}
+    from . import __version__
+
+    payload = json.dumps({"config": conf, "weights": weights, "vitstudy": __version__}, sort_keys=True, default=str)
+    return hashlib.sha256(payload.encode()).hexdigest()[:20]
+
+
+class Cache:
+    """The cache folder: `results/<key>.json` points at a finished run dir; `partial/<key>.pt` is a checkpoint."""
+
+    def __init__(self, root: str | Path, key: str, every: int = 10):
+        self.root, self.key, self.every = Path(root), key, every
+
+    @property
+    def index(self) -> Path:
+        return self.root / "results" / f"{self.key}.json"
+
+    @property
+    def checkpoint_path(self) -> Path:
+        return self.root / "partial" / f"{self.key}.pt"
+
+    def lookup(self) -> Path | None:
+        """The run dir of a finished result for this key, if it still exists and is complete."""
+        if not self.index.is_file():
+            return None
+        run_dir = Path(json.loads(self.index.read_text())["run_dir"])
+        record = run_dir / RECORD
+        if not record.is_file():
+            return None
+        status = json.loads(record.read_text()).get("status")
+        return run_dir if status == "complete" else None
+
+    def store(self, run_dir: Path) -> None:
+        write_json(self.index, {"run_dir": str(Path(run_dir).resolve())})
+        self.clear_checkpoint()
+
+    def copy_result(self, source: Path, out_dir: Path) -> list[Path]:
+        """Copy a finished run's outputs into `out_dir`; its run.json says where they came from."""
+        record = json.loads((source / RECORD).read_text())
+        out_dir.mkdir(parents=True, exist_ok=True)
+        written = []
+        for name in record.get("outputs", []):
+            if name == RECORD or not (source / name).is_file():
+                continue
+            with atomic_path(out_dir / name) as tmp:
+                shutil.copyfile(source / name, tmp)
+            written.append(out_dir / name)
+        record.update(status="cached", cached_from=str(source.resolve()))
+        write_json(out_dir / RECORD, record)
+        return written + [out_dir / RECORD]
+
+    def save_checkpoint(self, state: dict[str, Any]) -> None:
+        with atomic_path(self.checkpoint_path) as tmp:
+            torch.save(state, tmp)
+
+    def load_checkpoint(self) -> dict[str, Any] | None:
+        if not self.checkpoint_path.is_file():
+            return None
+        try:
+            return torch.load(self.checkpoint_path, map_location="cpu", weights_only=True)
+        except Exception:  # an unreadable checkpoint is only lost work: start again
+            return None
+
+    def clear_checkpoint(self) -> None:
+        if self.checkpoint_path.exists():
+            self.checkpoint_path.unlink()

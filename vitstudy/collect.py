@@ -1,0 +1,188 @@
+"""`vitstudy collect DIR...`: combine the run directories of sweeps into tidy summary tables, figure grids,
+a list of failed and missing jobs, and a self-contained HTML report (figures embedded, viewable offline).
+
+Idempotent and separate from the sweep itself, so it works after partial failures and under SLURM.
+"""
+from __future__ import annotations
+
+import base64
+import html
+import json
+import math
+from pathlib import Path
+
+import pandas as pd
+
+from .errors import VitstudyError
+from .results import RECORD, write_csv, write_figure, write_text
+
+# Config keys that never explain a difference between results.
+IGNORED_PREFIXES = ("device", "progress", "force", "cache.", "dataset.num_workers")
+
+
+def find_runs(roots: list[Path]) -> tuple[list[dict], list[dict]]:
+    """(finished runs, failed or missing jobs) under the given directories."""
+    runs, problems = [], []
+    for root in roots:
+        if not root.is_dir():
+            raise VitstudyError(f"not a directory: {root}; give sweep or run directories")
+        for hydra_dir in sorted(root.rglob(".hydra")):
+            job = hydra_dir.parent
+            if "summary" in job.parts:
+                continue
+            if (job / RECORD).is_file():
+                rec = json.loads((job / RECORD).read_text())
+                rec["dir"] = job
+                runs.append(rec)
+            elif (job / "failed.json").is_file():
+                info = json.loads((job / "failed.json").read_text())
+                problems.append({"dir": str(job), "status": "failed", "error": info.get("error", ""),
+                                 "overrides": " ".join(info.get("overrides", [])), "log": _log(job)})
+            else:
+                overrides = (hydra_dir / "overrides.yaml").read_text().strip() if (hydra_dir / "overrides.yaml").is_file() else ""
+                problems.append({"dir": str(job), "status": "missing (killed, crashed or still running)", "error": "",
+                                 "overrides": " ".join(l.lstrip("- ") for l in overrides.splitlines()), "log": _log(job)})
+    return runs, problems
+
+
+def _log(job: Path) -> str:
+    logs = sorted(job.glob("*.log")) + sorted((job.parent / ".submitit").rglob("*.err")) if job.exists() else []
+    return str(logs[0]) if logs else ""
+
+
+def _flatten(d, prefix="") -> dict:
+    out = {}
+    for k, v in (d or {}).items():
+        key = f"{prefix}{k}"
+        if isinstance(v, dict):
+            out.update(_flatten(v, key + "."))
+        else:
+            out[key] = json.dumps(v) if isinstance(v, list) else v
+    return out
+
+
+def varying(runs: list[dict]) -> list[str]:
+    """Config keys whose value differs between the runs (the sweep's axes)."""
+    flats = [_flatten(r.get("config", {})) for r in runs]
+    keys = sorted(set().union(*flats)) if flats else []
+    return [k for k in keys if not k.startswith(IGNORED_PREFIXES)
+            and len({json.dumps(f.get(k), default=str) for f in flats}) > 1]
+
+
+def summarise(runs: list[dict]) -> dict[str, pd.DataFrame]:
+    """One tidy table per analysis: every run's main table plus the varied config keys as columns."""
+    tables = {}
+    for analysis in sorted({r["analysis"] for r in runs}):
+        group = [r for r in runs if r["analysis"] == analysis]
+        axes = varying(group)
+        frames = []
+        for r in group:
+            path = r["dir"] / f"{analysis}.csv"
+            if not path.is_file():
+                continue
+            df = pd.read_csv(path)
+            flat = _flatten(r.get("config", {}))
+            for key in axes:
+                df[key] = flat.get(key)
+            df["run_dir"] = str(r["dir"])
+            frames.append(df)
+        if frames:
+            tables[analysis] = pd.concat(frames, ignore_index=True)
+    return tables
+
+
+def _label(r: dict, key: str) -> str:
+    value = _flatten(r.get("config", {})).get(key)
+    return str(value).split(".")[0] if key.endswith(".name") else str(value)
+
+
+def figure_grid(runs: list[dict], analysis: str):
+    """The runs' own figures side by side: rows and columns along the first two varied config keys."""
+    import matplotlib.image as mpimg
+    import matplotlib.pyplot as plt
+
+    import vitstudy.plots  # noqa: F401  (backend and theme)
+
+    group = [r for r in runs if r["analysis"] == analysis and (r["dir"] / f"{analysis}.png").is_file()]
+    if not group:
+        return None
+    axes = varying(group)
+    row_key = next((k for k in axes if k == "model.name"), axes[0] if axes else None)
+    col_key = next((k for k in axes if k != row_key and k.endswith(".name")), next((k for k in axes if k != row_key), None))
+    rows = sorted({_label(r, row_key) for r in group}) if row_key else [""]
+    cols = sorted({_label(r, col_key) for r in group}) if col_key else [""]
+    if len(rows) * len(cols) < len(group):  # more axes than two: one panel per run
+        rows, cols, row_key, col_key = [""], [""], None, None
+        n = len(group)
+        ncols = min(4, n)
+        nrows = math.ceil(n / ncols)
+        cells = {(i // ncols, i % ncols): r for i, r in enumerate(group)}
+    else:
+        nrows, ncols = len(rows), len(cols)
+        cells = {(rows.index(_label(r, row_key)) if row_key else 0, cols.index(_label(r, col_key)) if col_key else 0): r
+                 for r in group}
+    fig, ax = plt.subplots(nrows, ncols, figsize=(4.2 * ncols, 3.2 * nrows), squeeze=False)
+    for (i, j), r in cells.items():
+        ax[i][j].imshow(mpimg.imread(r["dir"] / f"{analysis}.png"))
+    for i in range(nrows):
+        for j in range(ncols):
+            ax[i][j].axis("off")
+            if (i, j) in cells and not row_key:
+                ax[i][j].set_title(", ".join(f"{k}={_label(cells[(i, j)], k)}" for k in axes) or str(cells[(i, j)]["dir"].name), fontsize=7)
+    if row_key:
+        for i, name in enumerate(rows):
+            ax[i][0].text(-0.02, 0.5, name, transform=ax[i][0].transAxes, rotation=90, ha="right", va="center", fontsize=9)
+    if col_key:
+        for j, name in enumerate(cols):
+            ax[0][j].set_title(name, fontsize=9)
+    fig.suptitle(f"{analysis}: rows {row_key or '-'}, columns {col_key or '-'}", fontsize=10)
+    fig.tight_layout()
+    return fig
+
+
+def _img(path: Path) -> str:
+    data = base64.b64encode(path.read_bytes()).decode()
+    return f'<img src="data:image/png;base64,{data}" alt="{html.escape(path.name)}">'
+
+
+def report(out: Path, tables: dict[str, pd.DataFrame], grids: dict[str, Path], problems: pd.DataFrame, runs: list[dict]) -> str:
+    parts = [f"<h1>vitstudy summary</h1><p>{len(runs)} finished runs, {len(problems)} failed or missing jobs.</p>"]
+    for analysis, df in tables.items():
+        parts.append(f"<h2>{html.escape(analysis)}</h2>")
+        if analysis in grids:
+            parts.append(_img(grids[analysis]))
+        shown = df.head(200)
+        note = f" (first 200 of {len(df)} rows; all in {analysis}.csv)" if len(df) > 200 else ""
+        parts.append(f"<p>Table{html.escape(note)}</p>" + shown.to_html(index=False, float_format=lambda v: f"{v:.4g}"))
+        figs = sorted({p for r in runs if r["analysis"] == analysis for p in r["dir"].glob("*.png")})
+        if figs:
+            parts.append("<details><summary>every run's figures</summary>" +
+                         "".join(f"<figure>{_img(p)}<figcaption>{html.escape(str(p.parent.name))}/{html.escape(p.name)}</figcaption></figure>" for p in figs)
+                         + "</details>")
+    parts.append("<h2>Failed and missing jobs</h2>" + (problems.to_html(index=False) if len(problems) else "<p>none</p>"))
+    style = ("body{font-family:sans-serif;margin:2em;max-width:1400px} img{max-width:100%} table{border-collapse:collapse;"
+             "font-size:12px} td,th{border:1px solid #ccc;padding:2px 6px} figure{display:inline-block;width:31%;margin:4px}")
+    return f"<!doctype html><html><head><meta charset='utf-8'><title>vitstudy summary</title><style>{style}</style></head><body>{''.join(parts)}</body></html>\n"
+
+
+def collect(dirs: list[str], out: str | None = None) -> Path:
+    """Write `summary/` (tables, grids, failed.csv, index.html) for the sweeps under `dirs`; returns its path."""
+    if not dirs:
+        raise VitstudyError("give at least one sweep or run directory: vitstudy collect outputs/multirun/DATE")
+    roots = [Path(d) for d in dirs]
+    runs, problems = find_runs(roots)
+    if not runs and not problems:
+        raise VitstudyError(f"no run directories (with .hydra/) under {', '.join(dirs)}")
+    out_dir = Path(out) if out else roots[0] / "summary"
+    tables = summarise(runs)
+    for name, df in tables.items():
+        write_csv(out_dir / f"{name}.csv", df)
+    grids = {}
+    for analysis in tables:
+        fig = figure_grid(runs, analysis)
+        if fig is not None:
+            grids[analysis] = write_figure(out_dir / f"{analysis}_grid", fig)[0]
+    failed = pd.DataFrame(problems, columns=["dir", "status", "error", "overrides", "log"])
+    write_csv(out_dir / "failed.csv", failed)
+    write_text(out_dir / "index.html", report(out_dir, tables, grids, failed, runs))
+    return out_dir
