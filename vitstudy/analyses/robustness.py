@@ -1,0 +1,234 @@
+"""Robustness to band-limited noise (Park & Kim 2022, Fig. 2b) and lesions of single sublayers (the lesion
+figure and Fig. D.4).
+
+`frequency_noise`: δ = ε·sign(N(0, 1)) per pixel and channel, band-passed by a square annulus of half-width
+`window` around `band` (both in units of π) in the shifted Fourier domain (`ops/adversarial.FreqAttack`),
+added to the image; reported as the change of top-1 accuracy when the data set's labels match the model's
+head, else of the agreement with the model's own clean predictions (the `metric` column says which).
+`lesion`: one sublayer at a time has its residual branch output set to zero, so the block passes only its
+residual path (ViT/Swin/PiT attention or MLP; a conv unit's branch, or its 3x3 conv); same metrics.
+Each batch needs several forward passes with altered inputs or modules, so these loop themselves
+(under `torch.inference_mode()`) rather than through `engine.stream`.
+"""
+from __future__ import annotations
+
+import math
+from contextlib import contextmanager
+
+import pandas as pd
+import torch
+from tqdm.auto import tqdm
+
+from .. import data, latents, plots_fourier
+from ..errors import VitstudyError
+from ..metrics import fourier as F
+from . import Result, params, register
+
+METRICS = ("auto", "accuracy", "agreement")
+
+
+def choose_metric(requested: str, dataset, model) -> str:
+    """'top1' when the data set's classes match the model's head (same count, labelled), else 'agreement'."""
+    if requested not in METRICS:
+        raise VitstudyError(f"analysis.metric must be one of {', '.join(METRICS)}, got {requested!r}")
+    classes = list(getattr(dataset, "classes", []) or [])
+    outputs = getattr(model.module, "num_classes", None)
+    match = bool(classes) and len(classes) == outputs
+    if requested == "agreement" or (requested == "auto" and not match):
+        return "agreement"
+    if not match:
+        raise VitstudyError(
+            f"analysis.metric=accuracy needs labels that match {model.name}'s head: the data set has {len(classes)} "
+            f"classes and the model {outputs} outputs; use analysis.metric=agreement (agreement with the model's "
+            f"clean predictions) or a data set whose classes are the model's")
+    return "top1"
+
+
+def _loader(ctx, models):
+    cfg = ctx.cfg
+    indices = data.sample_indices(len(ctx.dataset), cfg.dataset.num_images, cfg.seed)
+    batching = data.make_batches(indices, cfg.dataset.batch_size, "fold")
+    ctx.record_images([{"repeat": 0, "seed": cfg.seed, "images": batching.num_images, "batches": len(batching.batches),
+                        "tail": batching.tail, "dropped": batching.dropped, "indices": indices}])
+    return data.loader(ctx.dataset, batching, [m.transform for m in models], cfg.dataset.num_workers), batching.num_images
+
+
+def _hits(pred: torch.Tensor, target: torch.Tensor) -> int:
+    return int((pred == target).sum())
+
+
+def _ylabel(metrics: set[str]) -> str:
+    if metrics == {"top1"}:
+        return "Δ top-1 accuracy (pts)"
+    if metrics == {"agreement"}:
+        return "Δ agreement with clean predictions (pts)"
+    return "Δ top-1 or agreement (pts, see CSV)"
+
+
+# ---------------------------------------------------------------- frequency noise
+
+NOISE_DEFAULTS = {"bands": [0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9], "window": 0.1, "eps": 0.1,
+                  "space": "pixel", "metric": "auto"}
+
+
+def _check_noise(p: dict) -> None:
+    bands = p["bands"]
+    if not isinstance(bands, list) or not bands or not all(isinstance(b, (int, float)) and 0 < b <= 1 for b in bands):
+        raise VitstudyError(f"analysis.bands must be a non-empty list of band centres in (0, 1] (units of π), got {bands!r}")
+    if not isinstance(p["window"], (int, float)) or not 0 < p["window"] <= 1:
+        raise VitstudyError(f"analysis.window must be a half-width in (0, 1] (units of π), got {p['window']!r}")
+    if not isinstance(p["eps"], (int, float)) or not p["eps"] > 0 or not math.isfinite(p["eps"]):
+        raise VitstudyError(f"analysis.eps must be a positive noise amplitude, got {p['eps']!r}")
+    if p["space"] not in ("pixel", "normalized"):
+        raise VitstudyError(f"analysis.space must be 'pixel' (noise in [0, 1] image units) or 'normalized' "
+                            f"(after the model's mean/std, as the official code), got {p['space']!r}")
+
+
+@register("frequency_noise", "Accuracy drop under band-limited random noise, model and reference (Park & Kim 2022, Fig. 2b)",
+          models=("model", "reference"))
+def frequency_noise(ctx) -> Result:
+    cfg = ctx.cfg
+    p = params(cfg, NOISE_DEFAULTS)
+    _check_noise(p)
+    models = [ctx.models["model"], ctx.models["reference"]]
+    metrics = [choose_metric(p["metric"], ctx.dataset, m) for m in models]
+    loader, images = _loader(ctx, models)
+    bands = [float(b) for b in p["bands"]]
+    clean = [0] * len(models)
+    hits = [[0] * len(bands) for _ in models]
+    rms = [[0.0] * len(bands) for _ in models]
+    gens = [torch.Generator(device=ctx.device).manual_seed(cfg.seed + 7919 * i) for i in range(len(models))]
+    masks: dict = {}
+    seen = 0
+    with torch.inference_mode():
+        for inputs, labels in tqdm(loader, desc="frequency_noise", disable=None if ctx.progress is None else not ctx.progress, leave=False):
+            for i, m in enumerate(models):
+                x = inputs[i].to(ctx.device)
+                pred = m.module(x).argmax(-1)
+                target = labels.to(ctx.device) if metrics[i] == "top1" else pred
+                clean[i] += _hits(pred, target)
+                std = torch.tensor(m.data_config["std"], device=ctx.device).view(1, -1, 1, 1)
+                h, w = x.shape[-2:]
+                for j, f in enumerate(bands):
+                    key = (h, w, f)
+                    if key not in masks:
+                        masks[key] = F.band_mask(h, w, f, p["window"]).to(ctx.device)
+                    delta = F.band_pass(F.sign_noise(x.shape, p["eps"], gens[i], ctx.device), masks[key])
+                    pixel = delta if p["space"] == "pixel" else delta * std
+                    rms[i][j] += float(pixel.pow(2).mean(dim=(1, 2, 3)).sqrt().sum())
+                    noisy = x + (delta / std if p["space"] == "pixel" else delta)
+                    hits[i][j] += _hits(m.module(noisy).argmax(-1), target)
+            seen += len(labels)
+    rows, series = [], []
+    for i, m in enumerate(models):
+        base = 100.0 * clean[i] / seen
+        drops = []
+        for j, f in enumerate(bands):
+            value = 100.0 * hits[i][j] / seen
+            drops.append(value - base)
+            rows.append({"model": m.key, "name": m.name, "weights": m.weights, "band": f, "window": p["window"],
+                         "band_low": round(max(f - p["window"], 0.0), 6), "band_high": round(f + p["window"], 6), "eps": p["eps"],
+                         "space": p["space"], "metric": metrics[i], "clean": base, "value": value, "drop": value - base,
+                         "noise_rms": rms[i][j] / seen, "num_images": seen, "dataset": cfg.dataset.name})
+        series.append({"label": f"{m.label} ({metrics[i]})", "family": latents.family(m.module), "bands": bands, "drops": drops})
+    fig = plots_fourier.noise_drop(series, _ylabel(set(metrics)),
+                                   f"Band-limited sign noise, ε={p['eps']} ({p['space']}), half-width {p['window']}π, {seen} images")
+    return Result({"frequency_noise": pd.DataFrame(rows)}, {"frequency_noise": fig},
+                  {"metric": {m.key: metrics[i] for i, m in enumerate(models)},
+                   "noise": "delta = eps*sign(randn) per pixel and channel; FFT, shifted, times the square annulus "
+                            "(outer side 2*int((f+s)*n/2), inner 2*int((f-s)*n/2)); inverse FFT, real part; added "
+                            f"in {p['space']} space, no clipping"})
+
+
+# ---------------------------------------------------------------- lesion
+
+LESION_DEFAULTS = {"conv": "branch", "metric": "auto"}
+
+
+def _conv_branch(name: str, mod, mode: str) -> str:
+    """The module whose output is zeroed to remove a conv unit's branch ('branch') or its 3x3 conv ('conv3x3')."""
+    from timm.models import convnext, resnet, resnetv2
+
+    table = [(resnet.Bottleneck, "bn3", "conv2"), (resnet.BasicBlock, "bn2", "conv2"),
+             (resnetv2.PreActBottleneck, "conv3", "conv2"), (resnetv2.PreActBasic, "conv2", "conv2"),
+             (resnetv2.Bottleneck, "norm3", "conv2"), (convnext.ConvNeXtBlock, "mlp", None)]
+    for cls, branch, conv3x3 in table:
+        if isinstance(mod, cls):
+            target = branch if mode == "branch" else conv3x3
+            if target is None:
+                raise VitstudyError(f"unit '{name}' ({type(mod).__name__}) has no 3x3 convolution; use analysis.conv=branch")
+            return f"{name}.{target}"
+    raise VitstudyError(f"lesion does not know the residual branch of '{name}' ({type(mod).__name__}); supported: "
+                        f"timm ViT/DeiT/PiT/Swin blocks, ResNet, ResNetV2 and ConvNeXt units")
+
+
+def lesion_units(model, conv_mode: str = "branch") -> list[tuple[str, str]]:
+    """(module to zero, latent after the removed sublayer) for every sublayer, in forward order."""
+    from ..layers import block_names
+
+    modules = dict(model.named_modules())
+    units = []
+    for b in block_names(model):
+        mod = modules[b]
+        if latents.is_transformer_block(mod):
+            latents._check_block(b, mod)
+            post = isinstance(mod, latents._POST_NORM)
+            units.append((f"{b}.norm1" if post else f"{b}.attn", latents.after_attention(b, mod)))
+            units.append((f"{b}.norm2" if post else f"{b}.mlp", b))
+        else:
+            units.append((_conv_branch(b, mod, conv_mode), b))
+    if not units:
+        raise VitstudyError(f"found no residual blocks in {type(model).__name__} to lesion")
+    return units
+
+
+@contextmanager
+def zeroed(model, path: str):
+    """Within the block, the module at `path` outputs zeros (its residual branch contributes nothing)."""
+    handle = dict(model.named_modules())[path].register_forward_hook(lambda mod, args, out: torch.zeros_like(out))
+    try:
+        yield
+    finally:
+        handle.remove()
+
+
+@register("lesion", "Accuracy change when one sublayer is removed, keeping its residual path (Park & Kim 2022, lesion figure)")
+def lesion(ctx) -> Result:
+    cfg = ctx.cfg
+    p = params(cfg, LESION_DEFAULTS)
+    if p["conv"] not in ("branch", "conv3x3"):
+        raise VitstudyError(f"analysis.conv must be 'branch' (zero a conv unit's residual branch) or 'conv3x3' "
+                            f"(zero its 3x3 convolution), got {p['conv']!r}")
+    m = ctx.models["model"]
+    metric = choose_metric(p["metric"], ctx.dataset, m)
+    units = lesion_units(m.module, p["conv"])
+    described = {lat.name: lat for lat in latents.describe(m.module, ctx.layers(m, "latents"))}
+    loader, images = _loader(ctx, [m])
+    intact, hits, seen = 0, [0] * len(units), 0
+    with torch.inference_mode():
+        for inputs, labels in tqdm(loader, desc="lesion", disable=None if ctx.progress is None else not ctx.progress, leave=False):
+            x = inputs[0].to(ctx.device)
+            pred = m.module(x).argmax(-1)
+            target = labels.to(ctx.device) if metric == "top1" else pred
+            intact += _hits(pred, target)
+            for u, (path, _) in enumerate(units):
+                with zeroed(m.module, path):
+                    hits[u] += _hits(m.module(x).argmax(-1), target)
+            seen += len(labels)
+    base = 100.0 * intact / seen
+    rows = []
+    for (path, latent), h in zip(units, hits):
+        lat = described[latent]
+        value = 100.0 * h / seen
+        rows.append({"model": m.key, "name": m.name, "weights": m.weights, "unit": path, "latent": latent,
+                     "kind": lat.kind, "index": lat.index, "depth": lat.depth, "metric": metric, "intact": base,
+                     "value": value, "delta": value - base, "conv": p["conv"], "num_images": seen,
+                     "dataset": cfg.dataset.name})
+    df = pd.DataFrame(rows)
+    step = 1.0 / max(len(described) - 1, 1)
+    fig = plots_fourier.depth_profile(
+        [{"title": f"{m.label} ({m.weights})", "depths": df.depth, "values": df.delta, "kinds": df.kind,
+          "family": latents.family(m.module), "step": step}],
+        _ylabel({metric}), f"Lesion: one sublayer removed at a time (residual path kept), {metric}, {seen} images",
+        zero_line=True)
+    return Result({"lesion": df}, {"lesion": fig}, {"metric": metric, "units": [u for u, _ in units]})
