@@ -1,0 +1,54 @@
+"""receptive_field: a single 3x3 convolution has exactly a 3x3 receptive field with the kernel's values;
+mass radii on a hand-made map; an end-to-end run; clear messages."""
+import numpy as np
+import pandas as pd
+import pytest
+import torch
+from torch import nn
+
+from conftest import SMALL_DATA, TINY_VIT
+from test_cli import cli
+from vitstudy.analyses.receptive_field import erf_maps, mass_radii
+from vitstudy.layers import resolve
+
+
+@pytest.mark.parametrize("channels", ["sum", "abs_mean"])
+def test_single_3x3_conv_has_exactly_3x3_receptive_field(channels):
+    torch.manual_seed(0)
+    net = nn.Sequential(nn.Conv2d(3, 5, 3, padding=1)).eval()
+    layers = resolve(net, ["0"], (3, 9, 9))
+    x = torch.randn(4, 3, 9, 9)
+    maps, grids = erf_maps(net, layers, [x[:2], x[2:]], channels=channels, chunk=2)
+    erf = maps["0"]
+    assert grids["0"] == (9, 9, 0)
+    nz = np.argwhere(erf > 0)
+    assert nz.min(0).tolist() == [3, 3] and nz.max(0).tolist() == [5, 5] and len(nz) == 9
+    w = net[0].weight.detach().double().numpy()  # (out, in, 3, 3): d y[c, 4, 4] / d x[k, 3 + a, 3 + b] = w[c, k, a, b]
+    want = np.abs(w.sum(0)).sum(0) if channels == "sum" else np.abs(w).sum(1).mean(0)
+    np.testing.assert_allclose(erf[3:6, 3:6], want, rtol=1e-6)
+
+
+def test_mass_radii_on_a_hand_made_map():
+    erf = np.zeros((11, 11))
+    erf[5, 5] = 1.0
+    erf[5, 8] = 1.0  # 3 px away
+    assert mass_radii(erf, (5, 5), (0.5, 0.9)) == [0.0, 3.0]
+
+
+def test_end_to_end_vit(tmp_path, capsys):
+    out = tmp_path / "run"
+    code, _, err = cli(["run", "analysis=receptive_field", *TINY_VIT, *SMALL_DATA, "analysis.num_images=8",
+                        "analysis.blocks=[0,2]", f"hydra.run.dir={out}"], capsys)
+    assert code == 0, err
+    df = pd.read_csv(out / "receptive_field.csv")
+    assert len(df) == 2 * 2 * 2 and set(df.residual) == {"post", "pre"}
+    assert set(df.layer) >= {"blocks.0.norm2:in", "blocks.0.ls1", "blocks.2", "blocks.2.ls2"}
+    assert (df.radius50_px <= df.radius90_px).all() and df.centre_cell_mass.between(0, 1).all()
+    assert (out / "receptive_field.png").stat().st_size > 0
+
+
+@pytest.mark.parametrize("extra,expected", [(["analysis.residual=middle"], "both, post or pre"),
+                                            (["analysis.blocks=[5]"], "out of range")])
+def test_bad_input_one_line(extra, expected, tmp_path, capsys):
+    code, _, err = cli(["run", "analysis=receptive_field", *TINY_VIT, *SMALL_DATA, *extra, f"hydra.run.dir={tmp_path}"], capsys)
+    assert code == 2 and expected in err and len(err.strip().splitlines()) == 1

@@ -1,0 +1,214 @@
+"""skip_ratio and skip_ablation: hand-made residual blocks with known ratios, a lesion computed by hand,
+independent float64 ratios, end-to-end CLI runs and clear messages."""
+import json
+
+import numpy as np
+import pandas as pd
+import pytest
+import timm
+import torch
+from timm.models.resnet import BasicBlock
+from timm.models.vision_transformer import Block
+from torch import nn
+
+from conftest import SMALL_DATA, TINY_RESNET, TINY_VIT
+from test_cli import cli, finished_files
+from vitstudy.analyses.skip import measure
+from vitstudy.errors import VitstudyError
+from vitstudy.layers import resolve
+from vitstudy.models import LoadedModel
+from vitstudy.residual import branches, remove_skip
+
+
+class Zero(nn.Module):
+    def forward(self, x, **kw):
+        return torch.zeros_like(x)
+
+
+class Echo(nn.Module):
+    def forward(self, x, **kw):
+        return x
+
+
+class Tokens(nn.Module):
+    """x (B, L, C) through residual blocks; no patch embedding."""
+
+    def __init__(self, blocks):
+        super().__init__()
+        self.blocks = nn.Sequential(*blocks)
+
+    def forward(self, x):
+        return self.blocks(x)
+
+
+def loaded(module):
+    return LoadedModel("model", "hand-made", "hand-made", module.eval(), None, {}, "none")
+
+
+def batches(x, size=4):
+    """What engine.stream iterates: ((inputs of model 0,), labels) per batch."""
+    return [((x[i:i + size],), torch.zeros(len(x[i:i + size]), dtype=torch.long)) for i in range(0, len(x), size)]
+
+
+def run_measure(module, x, aggregate="mean_of_ratios"):
+    loader = batches(x)
+    layers_of = lambda m, names: resolve(m.module, names, tuple(x.shape[1:]))  # noqa: E731
+    tokens, summary, _ = measure([loaded(module)], layers_of, loader, "cpu", 3, aggregate, "hand")
+    return tokens, summary
+
+
+def test_zero_branch_is_infinite_and_flagged_echo_branch_is_one():
+    torch.manual_seed(0)
+    zero_blk, echo_blk = Block(8, 2), Block(8, 2)
+    zero_blk.attn, zero_blk.mlp = Zero(), Zero()  # f(z) = 0
+    echo_blk.norm1, echo_blk.attn, echo_blk.norm2, echo_blk.mlp = Echo(), Echo(), Echo(), Echo()  # f(z) = z
+    x = torch.randn(8, 5, 8)
+    tokens, summary = run_measure(Tokens([zero_blk, echo_blk]), x)
+    z = tokens[tokens.block == "blocks.0"]
+    assert np.isinf(z.ratio).all() and np.isinf(z.ratio_of_means).all() and (z.zero_branch == 8).all()
+    assert (z.flag == "zero branch output: infinite ratio").all()
+    e = tokens[tokens.block == "blocks.1"]
+    np.testing.assert_allclose(e.ratio, 1.0, rtol=1e-12)
+    np.testing.assert_allclose(e.ratio_of_means, 1.0, rtol=1e-12)
+    assert (e.zero_branch == 0).all() and (e.flag.fillna("") == "").all()
+    s = summary.set_index(["block", "sublayer", "group"])
+    assert np.isinf(s.loc[("blocks.0", "attn", "all"), "ratio"]) and s.loc[("blocks.1", "mlp", "all"), "ratio"] == pytest.approx(1.0)
+
+
+def test_ratios_match_independent_float64_norms(tiny_vit, images):
+    """Per-token mean of ratios and ratio of means, from hooks and numpy, on a random-init tiny ViT."""
+    x = images[:8]
+    captured = {}
+    blk = tiny_vit.blocks[1]
+    h1 = blk.norm2.register_forward_pre_hook(lambda m, a: captured.__setitem__("z", a[0].double().numpy()))
+    h2 = blk.ls2.register_forward_hook(lambda m, a, o: captured.__setitem__("f", o.double().numpy()))
+    with torch.no_grad():
+        tiny_vit(x)
+    h1.remove(), h2.remove()
+    nz, nf = np.linalg.norm(captured["z"], axis=-1), np.linalg.norm(captured["f"], axis=-1)  # (8, 17)
+    for aggregate, want in (("mean_of_ratios", (nz / nf).mean(0)), ("ratio_of_means", nz.mean(0) / nf.mean(0))):
+        loader = batches(x)
+        layers_of = lambda m, names: resolve(m.module, names, (3, 32, 32))  # noqa: E731
+        tokens, summary, _ = measure([loaded(tiny_vit)], layers_of, loader, "cpu", 3, aggregate, "t")
+        got = tokens[(tokens.block == "blocks.1") & (tokens.sublayer == "mlp")].sort_values("token")
+        np.testing.assert_allclose(got.ratio, want, rtol=1e-5)
+        cls = summary[(summary.block == "blocks.1") & (summary.sublayer == "mlp") & (summary.group == "cls")]
+        assert cls.ratio.item() == pytest.approx(want[0], rel=1e-5)
+    assert got.is_cls.tolist()[:2] == [True, False]
+    np.testing.assert_allclose(got.median_of_ratios.to_numpy()[:3], np.median(nz / nf, axis=0)[:3], rtol=1e-5)
+
+
+def test_remove_skip_two_block_network_by_hand():
+    torch.manual_seed(0)
+    b0, b1 = Block(8, 2), Block(8, 2)
+    net = Tokens([b0, b1]).eval()
+    x = torch.randn(3, 4, 8)
+    with torch.no_grad():
+        intact = net(x)
+        for which in ("attn", "mlp", "both"):
+            with remove_skip(net, ["blocks.0"], which):
+                got = net(x)
+            a = b0.ls1(b0.attn(b0.norm1(x)))
+            h = a if which in ("attn", "both") else x + a
+            m = b0.ls2(b0.mlp(b0.norm2(h)))
+            h = m if which in ("mlp", "both") else h + m
+            want = h + b1.ls1(b1.attn(b1.norm1(h)))
+            want = want + b1.ls2(b1.mlp(b1.norm2(want)))
+            torch.testing.assert_close(got, want, rtol=0, atol=1e-6)
+            assert (got - intact).abs().max() > 1e-3
+        torch.testing.assert_close(net(x), intact, rtol=0, atol=0)  # restored
+
+
+def test_remove_skip_resnet_basic_block_by_hand():
+    torch.manual_seed(0)
+    net = nn.Sequential(BasicBlock(4, 4), BasicBlock(4, 4)).eval()
+    for blk in net:
+        nn.init.normal_(blk.bn2.weight)
+    x = torch.randn(2, 4, 6, 6)
+    with torch.no_grad():
+        intact = net(x)
+        with remove_skip(net, ["1"]):
+            got = net(x)
+        b = net[1]
+        want = torch.relu(b.bn2(b.conv2(torch.relu(b.bn1(b.conv1(net[0](x)))))))
+        torch.testing.assert_close(got, want, rtol=0, atol=1e-6)
+        torch.testing.assert_close(net(x), intact, rtol=0, atol=0)
+
+
+def test_branch_points_of_timm_families(tiny_vit):
+    vit = {(b.block, b.sublayer): (b.skip, b.branch) for b in branches(tiny_vit)}
+    assert vit[("blocks.2", "mlp")] == ("blocks.2.norm2:in", "blocks.2.ls2")
+    r50 = branches(timm.create_model("resnet50"))
+    assert (r50[0].skip, r50[0].branch, r50[1].skip) == ("layer1.0.downsample", "layer1.0.bn3", "layer1.1:in")
+    with pytest.raises(VitstudyError, match="no residual blocks of a known family"):
+        branches(nn.Sequential(nn.Conv2d(3, 4, 3)))
+
+
+RESNET_AS_MODEL = ["model.name=resnet18", "model.kwargs.img_size=null", "model.kwargs.patch_size=null",
+                   "model.kwargs.depth=null", "model.input_size=[3,32,32]"]
+
+
+def test_skip_ratio_end_to_end_vit_with_zero_init_resnet_reference(tmp_path, capsys):
+    out = tmp_path / "run"
+    code, _, err = cli(["run", "analysis=skip_ratio", *TINY_VIT, *TINY_RESNET, *SMALL_DATA, "analysis.reference=true",
+                        "analysis.aggregate=ratio_of_means", f"hydra.run.dir={out}"], capsys)
+    assert code == 0, err
+    tokens, summary = pd.read_csv(out / "skip_ratio.csv"), pd.read_csv(out / "skip_ratio_summary.csv")
+    assert {"model", "block", "sublayer", "token", "ratio", "aggregate", "mean_of_ratios", "ratio_of_means",
+            "median_of_ratios", "zero_branch", "flag"} <= set(tokens.columns)
+    assert (tokens["aggregate"] == "ratio_of_means").all()
+    vit = summary[summary.model == "vit_tiny_patch16_224"]
+    assert set(vit.group) == {"all", "patches", "cls"} and np.isfinite(vit.ratio).all() and len(vit) == 3 * 2 * 3
+    res = summary[summary.model == "resnet18"]  # timm zero-initialises the last BN: the branch outputs zeros
+    assert len(res) == 8 and np.isinf(res.ratio).all() and (res.zero_branch > 0).all()
+    record = json.loads((out / "run.json").read_text())
+    assert record["aggregate"] == "ratio_of_means" and len(record["zero_branches"]) == 8
+    assert (out / "skip_ratio.png").stat().st_size > 0
+
+
+def test_skip_ratio_resnet_finite_without_zero_init(tmp_path, capsys):
+    out = tmp_path / "run"
+    code, _, err = cli(["run", "analysis=skip_ratio", *TINY_VIT, *RESNET_AS_MODEL, "+model.kwargs.zero_init_last=false",
+                        *SMALL_DATA, f"hydra.run.dir={out}"], capsys)
+    assert code == 0, err
+    s = pd.read_csv(out / "skip_ratio_summary.csv")
+    assert len(s) == 8 and np.isfinite(s.ratio).all() and (s.ratio > 0).all() and (s["aggregate"] == "mean_of_ratios").all()
+
+
+def test_skip_ablation_end_to_end(tmp_path, capsys):
+    out = tmp_path / "run"
+    code, _, err = cli(["run", "analysis=skip_ablation", *TINY_VIT, "model.kwargs.num_classes=10", *SMALL_DATA,
+                        "analysis.blocks=[1]", "analysis.sublayer=attn", f"hydra.run.dir={out}"], capsys)
+    assert code == 0, err
+    df = pd.read_csv(out / "skip_ablation.csv")
+    m = df.pivot(index="index_x", columns="index_y", values="cka").to_numpy()
+    assert m.shape == (3, 3) and m[0, 0] == pytest.approx(1.0, abs=1e-6)  # before the lesion: unchanged
+    assert m[2, 2] < 0.999
+    assert df.lesion.str.contains("inference-time").all() and (df.lesioned_blocks == "blocks.1").all()
+    acc = pd.read_csv(out / "skip_ablation_accuracy.csv")
+    assert acc.variant.tolist() == ["intact", "lesioned"] and acc.top1.between(0, 1).all()
+    assert acc.top1_change.iloc[0] == 0 and acc.lesion.str.contains("inference-time").all()
+    record = json.loads((out / "run.json").read_text())
+    assert "inference-time" in record["lesion"] and record["lesioned_blocks"] == ["blocks.1"]
+
+
+SKIP_BAD = {
+    "no residual structure": (["analysis=skip_ratio", "model.name=mobilenetv3_small_050", "model.kwargs.img_size=null",
+                               "model.kwargs.patch_size=null", "model.kwargs.depth=null", "model.input_size=[3,32,32]"],
+                              "no residual blocks of a known family"),
+    "bad aggregate": (["analysis=skip_ratio", "analysis.aggregate=median"], "mean_of_ratios or ratio_of_means"),
+    "unknown parameter": (["analysis=skip_ratio", "+analysis.aggregat=x"], "unknown parameter analysis.aggregat"),
+    "block out of range": (["analysis=skip_ablation", "analysis.blocks=[7]"], "block 7 does not exist"),
+    "bad sublayer": (["analysis=skip_ablation", "analysis.sublayer=ffn"], "attn, mlp or both"),
+    "accuracy without matching labels": (["analysis=skip_ablation", "analysis.accuracy=true"], "use analysis.accuracy=auto"),
+}
+
+
+@pytest.mark.parametrize("case", list(SKIP_BAD))
+def test_bad_input_one_line(case, tmp_path, capsys):
+    extra, expected = SKIP_BAD[case]
+    out = tmp_path / "run"
+    code, _, err = cli(["run", *TINY_VIT, *SMALL_DATA, *extra, f"hydra.run.dir={out}"], capsys)
+    lines = err.strip().splitlines()
+    assert code not in (0, None) and len(lines) == 1 and expected in lines[0], err
+    assert finished_files(out) == []

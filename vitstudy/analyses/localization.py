@@ -1,0 +1,159 @@
+"""Spatial localization of tokens (Raghu et al. 2021, Figs 9, 10, D.1-D.3).
+
+For a layer's token at grid position p (ViT patch token; CNN: all channels at one spatial location),
+the minibatch CKA (unbiased HSIC, Nguyen et al. 2021) between that token over the images (m x D) and
+the model's input patch at every grid position q (m x P·P·3). Patches are cut from the tensor the
+model receives (after its eval transform); for a CNN map of h x w positions the image is cut into an
+h x w grid of equal cells (rounded boundaries). Prefix tokens (CLS, registers) are left out.
+A well-localized token has its CKA maximum at q = p.
+"""
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import pandas as pd
+import torch
+
+from .. import plots_skip
+from ..engine import Reducer, stream
+from ..errors import VitstudyError
+from ..layers import Layer, token_info
+from ..metrics.cka import MinibatchCKA
+from . import Result, params, register
+from .skip import sample_loader
+
+INPUT_LAYER = Layer("input", "", True, (), "NCHW")  # the model's own input (pre-hook on the root module)
+
+
+def u_center_batched(k: torch.Tensor) -> torch.Tensor:
+    """Ũ(K) for a stack of Gram matrices (P, n, n), as metrics.cka.u_center for each."""
+    n = k.shape[-1]
+    eye = torch.eye(n, dtype=torch.bool, device=k.device)
+    k = k.masked_fill(eye, 0)
+    r = k.sum(-1)
+    u = k - r[:, :, None] / (n - 2) - r[:, None, :] / (n - 2) + r.sum(-1)[:, None, None] / ((n - 1) * (n - 2))
+    return u.masked_fill(eye, 0)
+
+
+def grams(x: torch.Tensor) -> torch.Tensor:
+    """(n, P, D) -> (P, n, n) float64 Grams of the batch-centred features of each position."""
+    x = x.to(torch.float64)
+    x = x - x.mean(0, keepdim=True)
+    xp = x.transpose(0, 1)
+    return xp @ xp.transpose(1, 2)
+
+
+def token_grid(module, layer: Layer) -> tuple[int, int, int]:
+    """(rows, cols, prefix tokens) of a layer's spatial positions."""
+    if layer.layout == "NCHW":
+        return layer.shape[1], layer.shape[2], 0
+    if layer.layout == "NHWC":
+        return layer.shape[0], layer.shape[1], 0
+    if layer.layout == "NLC":
+        prefix, _, total = token_info(module)
+        n = layer.shape[0]
+        if total is None or n != total:
+            prefix = 0
+        grid = getattr(getattr(module, "patch_embed", None), "grid_size", None)
+        if grid is not None and grid[0] * grid[1] == n - prefix:
+            return int(grid[0]), int(grid[1]), prefix
+        side = math.isqrt(n - prefix)
+        if side * side != n - prefix:
+            raise VitstudyError(f"layer '{layer.name}' has {n - prefix} tokens, not a square grid; choose another layer")
+        return side, side, prefix
+    raise VitstudyError(f"layer '{layer.name}' has layout {layer.layout} (no spatial positions); choose a block or feature map")
+
+
+def patches(x: torch.Tensor, rows: int, cols: int) -> list[torch.Tensor]:
+    """The input image (n, C, H, W) cut into rows x cols cells, each flattened: a list of (n, cells) tensors."""
+    h, w = x.shape[-2:]
+    rb = [round(i * h / rows) for i in range(rows + 1)]
+    cb = [round(j * w / cols) for j in range(cols + 1)]
+    return [x[:, :, rb[i]:rb[i + 1], cb[j]:cb[j + 1]].flatten(1) for i in range(rows) for j in range(cols)]
+
+
+class LocalizationReducer(Reducer):
+    def __init__(self, layer: Layer, grid: tuple[int, int, int], device):
+        self.layer, (self.rows, self.cols, self.prefix) = layer, grid
+        p = self.rows * self.cols
+        self.acc = MinibatchCKA(p, p, device=device)
+        self.tok = self.inp = None
+
+    def on_tensor(self, model_index, layer, tensor):
+        if layer is INPUT_LAYER:
+            self.inp = tensor
+            return
+        t = tensor
+        if self.layer.layout == "NCHW":
+            t = t.flatten(2).transpose(1, 2)
+        elif self.layer.layout == "NHWC":
+            t = t.flatten(1, 2)
+        else:
+            t = t[:, self.prefix:]
+        self.tok = u_center_batched(grams(t)).flatten(1)
+
+    def end_batch(self, labels, outputs):
+        cells = patches(self.inp, self.rows, self.cols)
+        pk = torch.stack([grams(c[:, None])[0] for c in cells])
+        self.acc.update(self.tok, u_center_batched(pk).flatten(1))
+        self.tok = self.inp = None
+
+    def result(self) -> np.ndarray:
+        return self.acc.result().numpy()
+
+
+def localization_matrix(model, layer: Layer, loader, device, progress=None) -> tuple[np.ndarray, tuple[int, int, int]]:
+    """CKA[p, q] between the token at position p of `layer` and the input patch at q (row-major positions)."""
+    grid = token_grid(model.module, layer)
+    reducer = LocalizationReducer(layer, grid, device)
+    stream([model], [[INPUT_LAYER, layer]], loader, reducer, device, "spatial_localization", progress)
+    return reducer.result(), grid
+
+
+def default_tokens(rows: int, cols: int) -> list[tuple[int, int]]:
+    """The paper's ViT-B/32 positions (0,0), (2,1), (4,2), (4,4) on a 7 x 7 grid, scaled to this grid."""
+    out = [(min(rows - 1, round(r * rows / 7)), min(cols - 1, round(c * cols / 7))) for r, c in ((0, 0), (2, 1), (4, 2), (4, 4))]
+    return list(dict.fromkeys(out))
+
+
+DEFAULTS = {"layer": None, "tokens": None}
+
+
+@register("spatial_localization", "CKA between each token of a layer and the input patch at every grid position "
+          "(Raghu et al. 2021, Figs 9-10)")
+def spatial_localization(ctx) -> Result:
+    p = params(ctx.cfg, DEFAULTS)
+    m = ctx.models["model"]
+    layer = ctx.layers(m, "blocks")[-1] if p["layer"] is None else ctx.layers(m, [str(p["layer"])])[0]
+    grid = token_grid(m.module, layer)
+    rows, cols, prefix = grid
+    chosen = default_tokens(rows, cols) if p["tokens"] is None else [tuple(int(v) for v in t) for t in p["tokens"]]
+    for r, c in chosen:
+        if not (0 <= r < rows and 0 <= c < cols):
+            raise VitstudyError(f"analysis.tokens: ({r}, {c}) is outside the {rows} x {cols} grid of layer '{layer.name}'")
+    loader, used = sample_loader(ctx, [m])
+    matrix, _ = localization_matrix(m, layer, loader, ctx.device, ctx.progress)
+    ctx.record_images([used])
+    if not np.isfinite(matrix).all():
+        raise VitstudyError(f"localization CKA of layer '{layer.name}' is not finite: a token or input patch is the same for every image")
+    P = rows * cols
+    pi, qi = np.meshgrid(np.arange(P), np.arange(P), indexing="ij")
+    pi, qi = pi.ravel(), qi.ravel()
+    base = {"model": m.name, "label": m.label, "weights": m.weights, "layer": layer.name}
+    settings = {"num_images": used["images"], "batch_size": ctx.cfg.dataset.batch_size, "dataset": ctx.cfg.dataset.name,
+                "estimator": "minibatch unbiased", "prefix_tokens_dropped": prefix}
+    df = pd.DataFrame({**base, "p": pi, "p_row": pi // cols, "p_col": pi % cols, "q": qi, "q_row": qi // cols,
+                       "q_col": qi % cols, "cka": matrix.ravel(), "is_self": pi == qi, **settings})
+    best = matrix.argmax(1)
+    dist = np.maximum(np.abs(best // cols - np.arange(P) // cols), np.abs(best % cols - np.arange(P) % cols))
+    summary = pd.DataFrame({**base, "p": np.arange(P), "p_row": np.arange(P) // cols, "p_col": np.arange(P) % cols,
+                            "argmax_q": best, "argmax_row": best // cols, "argmax_col": best % cols,
+                            "cka_self": np.diag(matrix), "cka_max": matrix.max(1), "argmax_distance": dist,
+                            "argmax_is_self": dist == 0, "argmax_is_neighbour": dist == 1, **settings})
+    fig = plots_skip.localization_figure(df, chosen, (rows, cols),
+                                         f"{m.label} {layer.name}: CKA(token, input patch), {used['images']} images")
+    info = {"layer": layer.name, "grid": [rows, cols], "tokens_plotted": [list(t) for t in chosen],
+            "fraction_argmax_self": float((dist == 0).mean()), "fraction_argmax_within_1": float((dist <= 1).mean())}
+    return Result({"spatial_localization": df, "spatial_localization_summary": summary},
+                  {"spatial_localization": fig}, info)

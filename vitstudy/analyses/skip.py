@@ -1,0 +1,294 @@
+"""Skip connections: how much flows through them (Raghu et al. 2021, Fig. 7 / E.1) and what removing one
+at inference does to the representations (an inference-time approximation of Fig. 8).
+
+skip_ratio: for every residual sublayer `out = z + f(z)` (see vitstudy.residual), the norm ratio
+‖z‖ / ‖f(z)‖ per image and token position (ViT token, CNN spatial location; norms over channels),
+aggregated over images as the mean of the per-image ratios or the ratio of the mean norms
+(`analysis.aggregate`; the paper does not say which). A zero long branch gives an infinite ratio,
+counted in `zero_branch` and flagged, never hidden.
+
+skip_ablation: the chosen blocks compute only f(z) (their skip removed at inference, weights unchanged);
+CKA of every layer of the lesioned model against every layer of the intact model, and the top-1 change
+when the data set's labels are the model's classes. The paper retrained models without the skip.
+"""
+from __future__ import annotations
+
+import copy
+import dataclasses
+
+import numpy as np
+import pandas as pd
+import torch
+
+from .. import data, plots, plots_skip
+from ..engine import Reducer, stream
+from ..errors import VitstudyError
+from ..layers import Layer, token_info
+from ..models import load
+from ..residual import branches, remove_skip, residual_blocks
+from . import Result, params, register
+from .cka import CKAReducer, check, table
+
+LESION = "inference-time lesion (skip removed in the trained model, no retraining; Raghu et al. Fig. 8 retrains)"
+
+
+def sample_loader(ctx, models, num_images: int | None = None, seed_offset: int = 0):
+    """A loader over `num_images` sampled images (default dataset.num_images) and its record for images.csv."""
+    cfg = ctx.cfg
+    n = cfg.dataset.num_images if num_images is None else num_images
+    indices = data.sample_indices(len(ctx.dataset), n, cfg.seed + seed_offset)
+    batching = data.make_batches(indices, cfg.dataset.batch_size, cfg.cka.tail)
+    loader = data.loader(ctx.dataset, batching, [m.transform for m in models], cfg.dataset.num_workers)
+    used = {"repeat": seed_offset, "seed": cfg.seed + seed_offset, "images": batching.num_images,
+            "batches": len(batching.batches), "tail": batching.tail, "dropped": batching.dropped, "indices": indices}
+    return loader, used
+
+
+def position_norms(t: torch.Tensor, layer: Layer) -> torch.Tensor:
+    """(B, positions) float64 L2 norms over channels: tokens (NLC), NHWC or NCHW maps."""
+    t = t.to(torch.float64)
+    if layer.layout == "NCHW":
+        return torch.linalg.vector_norm(t, dim=1).flatten(1)
+    if layer.layout in ("NLC", "NHWC"):
+        return torch.linalg.vector_norm(t, dim=-1).flatten(1)
+    raise VitstudyError(f"layer '{layer.name}' has layout {layer.layout}; skip_ratio needs token or feature-map outputs")
+
+
+class SkipRatioReducer(Reducer):
+    """Per branch and position: Σ ratio, Σ ratio², Σ‖z‖, Σ‖f‖, zero-branch counts; per image group means."""
+
+    def __init__(self, specs: list[list], first_tokens: int, groups: list[dict[str, slice]]):
+        self.specs = specs  # per model: list of (Branch, skip Layer, branch Layer)
+        self.first_tokens = first_tokens
+        self.groups = groups
+        self.cur: list[dict[str, torch.Tensor]] = [{} for _ in specs]
+        self.sums: list[list[dict | None]] = [[None] * len(s) for s in specs]
+        self.images = [0] * len(specs)
+
+    def on_tensor(self, model_index, layer, tensor):
+        self.cur[model_index][layer.name] = position_norms(tensor, layer).cpu()
+
+    def end_batch(self, labels, outputs):
+        for mi, spec in enumerate(self.specs):
+            for bi, (br, lz, lf) in enumerate(spec):
+                z, f = self.cur[mi][lz.name], self.cur[mi][lf.name]
+                if z.shape != f.shape:
+                    raise VitstudyError(f"skip input '{br.skip}' {tuple(z.shape)} and branch output '{br.branch}' {tuple(f.shape)} differ in positions")
+                r = torch.where(f > 0, z / f.clamp_min(torch.finfo(torch.float64).tiny), torch.inf)
+                finite = torch.where(torch.isfinite(r), r, 0.0)
+                s = self.sums[mi][bi]
+                if s is None:
+                    s = self.sums[mi][bi] = {k: torch.zeros(z.shape[1], dtype=torch.float64) for k in ("r", "r2", "z", "f", "zero")}
+                    s.update(first=[], groups={g: [] for g in self.groups[mi]})
+                s["r"] += finite.sum(0)
+                s["r2"] += (finite**2).sum(0)
+                s["z"] += z.sum(0)
+                s["f"] += f.sum(0)
+                s["zero"] += (~torch.isfinite(r)).sum(0).double()
+                s["first"].append(r[:, : self.first_tokens])
+                for g, sl in self.groups[mi].items():  # per image: mean ratio and ratio of summed norms over the group
+                    s["groups"][g].append(torch.stack([r[:, sl].mean(1), z[:, sl].sum(1) / f[:, sl].sum(1)], 1))
+            self.images[mi] += len(labels)
+        self.cur = [{} for _ in self.specs]
+
+
+def _ratio_tables(m, spec, sums, images, groups, aggregate, dataset) -> tuple[pd.DataFrame, pd.DataFrame]:
+    prefix, has_cls, _ = token_info(m.module)
+    rows, summary = [], []
+    base = {"model": m.name, "label": m.label, "weights": m.weights}
+    settings = {"aggregate": aggregate, "num_images": images, "dataset": dataset}
+    for (br, lz, lf), s in zip(spec, sums):
+        n = images
+        zero = s["zero"]
+        mean_r = torch.where(zero > 0, torch.inf, s["r"] / n)
+        var = (s["r2"] / n - (s["r"] / n) ** 2).clamp_min(0) * n / max(n - 1, 1)
+        std_r = torch.where(zero > 0, torch.nan, var.sqrt())
+        rom = torch.where(s["f"] > 0, s["z"] / s["f"], torch.inf)
+        first = np.median(torch.cat(s["first"]).numpy(), axis=0) if s["first"] else None  # numpy: mean of the middle two
+        tokens_layout = lz.layout == "NLC" and "cls" in groups
+        for t in range(len(zero)):
+            rows.append({**base, "block": br.block, "index": br.index, "sublayer": br.sublayer,
+                         "skip_point": br.skip, "branch_point": br.branch, "token": t,
+                         "is_cls": bool(tokens_layout and has_cls and t == 0),
+                         "ratio": float((mean_r if aggregate == "mean_of_ratios" else rom)[t]),
+                         "mean_of_ratios": float(mean_r[t]), "ratio_of_means": float(rom[t]),
+                         "median_of_ratios": float(first[t]) if first is not None and t < len(first) else np.nan,
+                         "std_of_ratios": float(std_r[t]), "zero_branch": int(zero[t]),
+                         "flag": "zero branch output: infinite ratio" if zero[t] > 0 else "", **settings})
+        for g, sl in groups.items():
+            per_image = torch.cat(s["groups"][g])  # (images, 2): mean ratio, ratio of sums
+            zg = int(zero[sl].sum())
+            mor = float("inf") if zg else float(s["r"][sl].sum() / (n * len(zero[sl])))
+            fsum = float(s["f"][sl].sum())
+            rm = float(s["z"][sl].sum()) / fsum if fsum > 0 else float("inf")
+            col = 0 if aggregate == "mean_of_ratios" else 1
+            summary.append({**base, "block": br.block, "index": br.index, "sublayer": br.sublayer, "group": g,
+                            "positions": len(zero[sl]), "ratio": mor if col == 0 else rm,
+                            "mean_of_ratios": mor, "ratio_of_means": rm,
+                            "median_over_images": float(np.median(per_image[:, col].numpy())), "zero_branch": zg,
+                            "flag": "zero branch output: infinite ratio" if zg else "", **settings})
+    return pd.DataFrame(rows), pd.DataFrame(summary)
+
+
+def _groups(m, layer: Layer, positions: int) -> dict[str, slice]:
+    prefix, has_cls, total = token_info(m.module)
+    if layer.layout == "NLC" and prefix and positions == total:
+        out = {"all": slice(0, positions), "patches": slice(prefix, positions)}
+        if has_cls:
+            out["cls"] = slice(0, 1)
+        return out
+    return {"all": slice(0, positions)}
+
+
+def measure(models, layers_of, loader, device, heatmap_tokens: int = 10, aggregate: str = "mean_of_ratios",
+            dataset: str = "", progress=None):
+    """Skip ratios of every residual sublayer of each model over the loader's images.
+
+    `layers_of(model, names)` resolves layer specs (Context.layers, or layers.resolve). Returns the per-token
+    table, the per-group summary table and, per model, the (Branch, skip Layer, branch Layer) triples.
+    """
+    specs, groups, layer_lists = [], [], []
+    for m in models:
+        brs = branches(m.module)
+        names = list(dict.fromkeys(n for b in brs for n in (b.skip, b.branch)))
+        layers = {l.name: l for l in layers_of(m, names)}
+        specs.append([(b, layers[b.skip], layers[b.branch]) for b in brs])
+        first = layers[brs[0].skip]
+        positions = int(np.prod(first.shape[:-1])) if first.layout in ("NLC", "NHWC") else int(np.prod(first.shape[1:]))
+        groups.append(_groups(m, first, positions))
+        layer_lists.append(list(layers.values()))
+    reducer = SkipRatioReducer(specs, heatmap_tokens, groups)
+    images = stream(models, layer_lists, loader, reducer, device, "skip_ratio", progress)
+    tokens, summary = zip(*(_ratio_tables(m, s, sums, images, g, aggregate, dataset)
+                            for m, s, sums, g in zip(models, specs, reducer.sums, groups)))
+    return pd.concat(tokens, ignore_index=True), pd.concat(summary, ignore_index=True), specs
+
+
+SKIP_RATIO = {"aggregate": "mean_of_ratios", "heatmap_tokens": 10, "reference": False}
+
+
+@register("skip_ratio", "norm ratio ||z|| / ||f(z)|| of skip input to residual-branch output per block and token "
+          "(Raghu et al. 2021, Fig. 7)")
+def skip_ratio(ctx) -> Result:
+    p = params(ctx.cfg, SKIP_RATIO)
+    if p["aggregate"] not in ("mean_of_ratios", "ratio_of_means"):
+        raise VitstudyError(f"analysis.aggregate must be mean_of_ratios or ratio_of_means, got {p['aggregate']!r}")
+    if int(p["heatmap_tokens"]) < 1:
+        raise VitstudyError(f"analysis.heatmap_tokens must be at least 1, got {p['heatmap_tokens']}")
+    models = [ctx.models["model"]]
+    if p["reference"]:
+        if "reference" not in ctx.models:
+            with ctx.stage("load_models"):
+                ctx.models["reference"] = load(ctx.cfg.reference, "reference")
+                ctx.models["reference"].module.to(ctx.device)
+        models.append(ctx.models["reference"])
+    loader, used = sample_loader(ctx, models)
+    tokens, summary, specs = measure(models, ctx.layers, loader, ctx.device, int(p["heatmap_tokens"]), p["aggregate"],
+                                     ctx.cfg.dataset.name, ctx.progress)
+    ctx.record_images([used])
+    fig = plots_skip.skip_ratio_figure(tokens, summary, int(p["heatmap_tokens"]), p["aggregate"])
+    infinite = summary[summary.zero_branch > 0][["model", "block", "sublayer"]].drop_duplicates()
+    info = {"aggregate": p["aggregate"], "branch_points": {m.key: [dataclasses.asdict(b) for b, _, _ in s] for m, s in zip(models, specs)},
+            "zero_branches": infinite.to_dict("records")}
+    return Result({"skip_ratio": tokens, "skip_ratio_summary": summary}, {"skip_ratio": fig}, info)
+
+
+# ---- skip_ablation ----
+
+class AblationReducer(CKAReducer):
+    """CKA intact vs lesioned, plus top-1 of both when the labels are the model's classes."""
+
+    def __init__(self, *args, accuracy: bool, **kw):
+        super().__init__(*args, **kw)
+        self.accuracy = accuracy
+        self.correct = [0, 0]
+        self.seen = 0
+
+    def end_batch(self, labels, outputs):
+        if self.accuracy:
+            for i, out in enumerate(outputs):
+                self.correct[i] += int((out.argmax(-1).cpu() == labels).sum())
+            self.seen += len(labels)
+        super().end_batch(labels, outputs)
+
+
+def _chosen_blocks(model, blocks) -> list[str]:
+    known = [p for p, _, _ in residual_blocks(model)]
+    if not known:
+        branches(model)  # raises the clear message
+    chosen = []
+    for b in [blocks] if isinstance(blocks, (int, str)) else list(blocks):
+        if isinstance(b, int) or (isinstance(b, str) and b.lstrip("-").isdigit()):
+            i = int(b)
+            if not -len(known) <= i < len(known):
+                raise VitstudyError(f"analysis.blocks: block {i} does not exist; the model has {len(known)} residual blocks (0..{len(known) - 1})")
+            chosen.append(known[i])
+        elif b in known:
+            chosen.append(b)
+        else:
+            raise VitstudyError(f"analysis.blocks: '{b}' is not a residual block; give indices 0..{len(known) - 1} or paths like {known[0]}")
+    if not chosen:
+        raise VitstudyError("analysis.blocks is empty; name at least one residual block to lesion")
+    return chosen
+
+
+SKIP_ABLATION = {"blocks": [0], "sublayer": "both", "accuracy": "auto"}
+
+
+@register("skip_ablation", "CKA and top-1 of a model with the skip connection of chosen blocks removed at inference "
+          "vs intact (inference-time approximation of Raghu et al. 2021, Fig. 8)")
+def skip_ablation(ctx) -> Result:
+    cfg = ctx.cfg
+    p = params(cfg, SKIP_ABLATION)
+    m = ctx.models["model"]
+    chosen = _chosen_blocks(m.module, p["blocks"])
+    if p["accuracy"] not in ("auto", True, False):
+        raise VitstudyError(f"analysis.accuracy must be auto, true or false, got {p['accuracy']!r}")
+    classes = getattr(ctx.dataset, "classes", []) or []
+    matches = len(classes) > 0 and len(classes) == getattr(m.module, "num_classes", -1)
+    if p["accuracy"] is True and not matches:
+        raise VitstudyError(f"analysis.accuracy=true needs a data set whose {len(classes)} classes are the model's "
+                            f"{getattr(m.module, 'num_classes', '?')} classes; use analysis.accuracy=auto")
+    accuracy = matches if p["accuracy"] == "auto" else bool(p["accuracy"])
+    layers = ctx.layers(m)
+    lesioned = dataclasses.replace(m, module=copy.deepcopy(m.module), label=f"{m.label} (lesioned)")
+    runs, used, correct = [], [], []
+    with remove_skip(lesioned.module, chosen, p["sublayer"]):
+        for r in range(cfg.cka.repeats):
+            loader, rec = sample_loader(ctx, [m, lesioned], seed_offset=r)
+            reducer = AblationReducer([m, lesioned], [layers, layers], cfg.tokens, cfg.cka.estimator, cfg.cka.gram_dtype,
+                                      ctx.device, accuracy=accuracy)
+            stream([m, lesioned], [layers, layers], loader, reducer, ctx.device, f"skip_ablation {r + 1}/{cfg.cka.repeats}", ctx.progress)
+            matrix = reducer.result()
+            check(matrix, [l.name for l in layers], [l.name for l in layers])
+            runs.append(matrix)
+            used.append(rec)
+            correct.append((reducer.correct, reducer.seen))
+    del lesioned
+    ctx.record_images(used)
+    stack = np.stack(runs)
+    std = stack.std(axis=0, ddof=1) if len(runs) > 1 else np.full(stack.shape[1:], np.nan)
+    mean = stack.mean(axis=0)
+    images = used[0]["images"]
+    df = table(mean, std, m, m, layers, layers, cfg, images)
+    df["variant_x"], df["variant_y"] = "intact", "lesioned"
+    df["lesioned_blocks"] = " ".join(chosen)
+    df["sublayer"] = p["sublayer"]
+    df["lesion"] = LESION
+    tables = {"skip_ablation": df}
+    if accuracy:
+        seen = sum(s for _, s in correct)
+        top1 = [sum(c[i] for c, _ in correct) / seen for i in (0, 1)]
+        tables["skip_ablation_accuracy"] = pd.DataFrame([
+            {"model": m.name, "weights": m.weights, "variant": v, "top1": a, "top1_change": a - top1[0],
+             "lesioned_blocks": " ".join(chosen), "sublayer": p["sublayer"], "num_images": seen,
+             "dataset": cfg.dataset.name, "lesion": LESION} for v, a in zip(("intact", "lesioned"), top1)])
+    where = ", ".join(chosen)
+    fig = plots.cka_heatmap(mean, f"{m.label} layer (intact)", f"{m.label} layer (skip removed)",
+                            f"Inference-time lesion: skip of {where} ({p['sublayer']}) removed, not retrained\n"
+                            f"CKA, tokens={cfg.tokens}, {images} images x {cfg.cka.repeats}")
+    info = {"lesion": LESION, "lesioned_blocks": chosen, "sublayer": p["sublayer"], "accuracy_measured": accuracy,
+            "accuracy_note": None if accuracy else f"not measured: the data set's {len(classes)} classes are not the model's "
+                                                   f"{getattr(m.module, 'num_classes', '?')} classes",
+            "layers": [l.name for l in layers]}
+    return Result(tables, {"skip_ablation": fig}, info)
