@@ -152,3 +152,19 @@ def test_console_script_exits_nonzero_without_traceback(tmp_path):
     exe = os.path.join(os.path.dirname(sys.executable), "vitstudy")
     proc = subprocess.run([exe, "run", "analysis=nope"], capture_output=True, text=True, timeout=120)
     assert proc.returncode == 2 and proc.stderr.count("\n") == 1 and "Traceback" not in proc.stderr
+
+
+def test_diagonal_pairs_layer_i_with_layer_i(tmp_path, capsys):
+    same = ["reference.name=vit_tiny_patch16_224", "reference.pretrained=false", "reference.kwargs.img_size=32",
+            "reference.kwargs.patch_size=8", "reference.kwargs.depth=3"]
+    code, _, err = cli(["run", "analysis=cka_across", "analysis.diagonal=true", *TINY_VIT, *same, *SMALL_DATA,
+                        f"hydra.run.dir={tmp_path}"], capsys)
+    assert code == 0, err
+    full = pd.read_csv(tmp_path / "cka_across.csv")
+    diag = pd.read_csv(tmp_path / "cka_diagonal.csv")
+    assert diag.layer_x.tolist() == ["blocks.0", "blocks.1", "blocks.2"] and diag.depth.tolist() == [0, 0.5, 1]
+    want = full[full.index_x == full.index_y].cka.to_numpy()
+    np.testing.assert_array_equal(diag.cka.to_numpy(), want)
+    code, _, err = cli(["run", "analysis=cka_across", "analysis.diagonal=true", *TINY_VIT, *TINY_RESNET, *SMALL_DATA,
+                        f"hydra.run.dir={tmp_path / 'b'}"], capsys)
+    assert code == 2 and "pairs layer i with layer i" in err

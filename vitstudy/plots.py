@@ -30,3 +30,15 @@ def cka_heatmap(matrix: np.ndarray, xlabel: str, ylabel: str, title: str):
     cbar.set_label("CKA")
     fig.tight_layout()
     return fig
+
+
+def cka_diagonal_curve(diag, label: str, subtitle: str):
+    """Per-layer CKA between two models of one architecture against layer index (Raghu et al. Fig. 12)."""
+    fig, ax = plt.subplots(figsize=(5, 3.4))
+    ax.errorbar(diag.index_x, diag.cka, yerr=diag.cka_std.fillna(0), marker="o", ms=4, capsize=2)
+    ax.set_xlabel("layer index (input to output)")
+    ax.set_ylabel("CKA with the same layer")
+    ax.set_ylim(0, 1.02)
+    ax.set_title(f"{label}\n{subtitle}", fontsize=8)
+    fig.tight_layout()
+    return fig

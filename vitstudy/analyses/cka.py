@@ -14,7 +14,7 @@ from ..engine import Reducer, stream
 from ..errors import VitstudyError
 from ..layers import Layer, features, token_info
 from ..metrics.cka import FullSetCKA, MinibatchCKA, gram, u_center
-from . import Result, register
+from . import Result, params, register
 
 TOLERANCE = 1e-6  # |CKA| may exceed 1 by rounding only
 
@@ -144,13 +144,32 @@ def _run(ctx, within: bool) -> Result:
     df = table(mean, std, mx, my, lx, ly, cfg, images)
     estimator = "minibatch unbiased" if cfg.cka.estimator == "unbiased" else "full-set biased"
     title = f"CKA within {mx.label}" if within else f"CKA: {mx.label} vs {my.label}"
-    fig = plots.cka_heatmap(mean, f"{mx.label} layer", f"{my.label} layer",
-                            f"{title}\n{estimator}, tokens={cfg.tokens}, {images} images x {cfg.cka.repeats}")
-    return Result({name: df}, {name: fig}, {"layers": {m.key: [l.name for l in ls] for m, ls in zip(models, layers)}})
+    subtitle = f"{estimator}, tokens={cfg.tokens}, {images} images x {cfg.cka.repeats}"
+    fig = plots.cka_heatmap(mean, f"{mx.label} layer", f"{my.label} layer", f"{title}\n{subtitle}")
+    result = Result({name: df}, {name: fig}, {"layers": {m.key: [l.name for l in ls] for m, ls in zip(models, layers)}})
+    if not within and params(cfg, ACROSS_DEFAULTS)["diagonal"]:
+        diag = diagonal(df, len(lx), len(ly))
+        result.tables["cka_diagonal"] = diag
+        result.figures["cka_diagonal"] = plots.cka_diagonal_curve(diag, f"{mx.weights} vs {my.weights}", subtitle)
+    return result
+
+
+ACROSS_DEFAULTS = {"diagonal": False}
+
+
+def diagonal(df: pd.DataFrame, nx: int, ny: int) -> pd.DataFrame:
+    """Layer i of one model against layer i of the other (Raghu et al. Fig. 12, App. G): same architecture only."""
+    if nx != ny:
+        raise VitstudyError(f"analysis.diagonal=true pairs layer i with layer i, but the models have {nx} and {ny} layers; "
+                            "use two models of one architecture (e.g. two pretrained tags) and the same layers")
+    diag = df[df.index_x == df.index_y].reset_index(drop=True).copy()
+    diag["depth"] = diag.index_x / max(nx - 1, 1)
+    return diag
 
 
 @register("cka_within", "CKA between every pair of layers of one model (Raghu et al. 2021, Fig. 1)")
 def cka_within(ctx) -> Result:
+    params(ctx.cfg, {})
     return _run(ctx, within=True)
 
 
