@@ -3,6 +3,7 @@ the peer tools torch-cka and pytorch-cka, in one run.
 
     make bench                      # ViT-Ti/16 vs ResNet-18, random init, 256 and 1024 images, batch 32, CPU
     python scripts/bench_cka.py --paper-scale   # layers=all of ViT-B/16 vs ResNet-50 (ours vs bare forward only)
+    python scripts/bench_cka.py --grid          # cka_grid of 4 tiny models vs their bare forwards vs pairwise cka_across
 
 Every measurement runs in a fresh subprocess, so its peak resident memory (ru_maxrss) is its own. All tools see
 the same images (vitstudy's synthetic set, generated lazily so the data set itself takes no memory) with one
@@ -142,6 +143,49 @@ def reference(m1, m2, loader, l1, l2):
     return xy / torch.sqrt(xx[:, None] * yy[None, :])
 
 
+GRID_MODELS = ["vit_tiny_patch16_224", "deit_tiny_patch16_224", "resnet18", "resnet10t"]
+
+
+def grid_worker(args) -> dict:
+    """One of: bare forwards of the M models, cka_grid, or cka_across over every pair (through the runner)."""
+    import itertools
+
+    import torch
+
+    from vitstudy import compose, data, models
+    from vitstudy.api import run as run_analysis
+
+    torch.set_num_threads(args.threads)
+    common = [f"dataset.num_images={args.images}", f"dataset.batch_size={args.batch}", "cache.dir=", "progress=false",
+              f"layers={args.layers}"]
+    out = {"mode": args.mode, "images": args.images}
+    if args.mode == "grid-bare":
+        cfg = compose(common)
+        loaded = [models.load(compose([f"model.name={n}", "model.pretrained=false", *common]).model) for n in GRID_MODELS]
+        base = data.build_dataset(cfg.dataset)
+        batching = data.make_batches(data.sample_indices(len(base), args.images, 0), args.batch)
+        loader = data.loader(base, batching, [m.transform for m in loaded])
+        t = time.perf_counter()
+        with torch.inference_mode():
+            for inputs, _ in loader:
+                for m, x in zip(loaded, inputs):
+                    m.module(x)
+        out["seconds"] = time.perf_counter() - t
+    elif args.mode == "grid":
+        t = time.perf_counter()
+        run_analysis(["analysis=cka_grid", f"models=[{','.join(GRID_MODELS)}]", "analysis.pretrained=false", *common],
+                     out_dir="/tmp/vitstudy-bench/grid")
+        out["seconds"] = time.perf_counter() - t
+    else:  # pairwise cka_across
+        t = time.perf_counter()
+        for a, b in itertools.combinations(GRID_MODELS, 2):
+            run_analysis(["analysis=cka_across", f"model.name={a}", f"reference.name={b}", "model.pretrained=false",
+                          "reference.pretrained=false", *common], out_dir=f"/tmp/vitstudy-bench/{a}-{b}")
+        out["seconds"] = time.perf_counter() - t
+    out["peak_rss_mb"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    return out
+
+
 def run(mode, args, images) -> dict:
     cmd = [sys.executable, os.path.abspath(__file__), "--worker", mode, "--images", str(images),
            "--batch", str(args.batch), "--model1", args.model1, "--model2", args.model2,
@@ -164,10 +208,22 @@ def main():
     p.add_argument("--threads", type=int, default=os.cpu_count() or 1)
     p.add_argument("--peers", default="torch-cka,pytorch-cka")
     p.add_argument("--paper-scale", action="store_true", help="layers=all of ViT-B/16 vs ResNet-50; ours vs bare only")
+    p.add_argument("--grid", action="store_true", help=f"cka_grid of {len(GRID_MODELS)} tiny models")
     args = p.parse_args()
     if args.worker:
         args.mode = args.worker
-        print(json.dumps(worker(args)))
+        print(json.dumps(grid_worker(args) if args.mode.startswith(("grid", "pairwise")) else worker(args)))
+        return
+    if args.grid:
+        print(f"# cka_grid of {', '.join(GRID_MODELS)} (random init), {args.images} images, batch {args.batch}, "
+              f"layers={args.layers}, {args.threads} threads; times include data loading (models load untimed for bare)")
+        rows = {m: run(m, args, args.images) for m in ("grid-bare", "grid", "pairwise")}
+        bare = rows["grid-bare"].get("seconds")
+        for mode, r in rows.items():
+            if "error" in r:
+                print(f"{mode:<10} failed: {r['error']}")
+            else:
+                print(f"{mode:<10} {r['seconds']:8.2f} s  {r['seconds'] / bare:6.3f}x the {len(GRID_MODELS)} bare forwards")
         return
     if args.paper_scale:
         args.model1, args.model2, args.layers, args.peers, args.big = "vit_base_patch16_224", "resnet50", "all", "", 0
