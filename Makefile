@@ -6,7 +6,7 @@ STAMP  := $(VENV)/.installed
 # torch is pinned to the release this project is tested with; pip takes it from a local cache where one exists.
 TORCH  ?= torch==2.14.1 torchvision==0.29.1
 
-.PHONY: demo test test-all bench bench-paper clean-outputs fig-raghu-1 fig-raghu-2
+.PHONY: demo test test-all bench bench-paper bench-grid clean-outputs
 
 $(STAMP): pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -37,13 +37,66 @@ bench: $(STAMP)
 bench-paper: $(STAMP)
 	$(PY) scripts/bench_cka.py --paper-scale
 
-## paper figures: need pretrained weights (online or cached) and ImageNet val images (IMAGENET_VAL=DIR)
+bench-grid: $(STAMP)
+	$(PY) scripts/bench_cka.py --grid
+
+## paper figures: need pretrained weights (online or cached) and ImageNet images (IMAGENET_VAL=DIR).
+## Every target runs as a Hydra multirun into outputs/figures/<target>/; LAUNCHER=slurm (or joblib, local)
+## sends the same jobs through that launcher. `make report` collects everything into one HTML page.
+VITSTUDY     := $(VENV)/bin/vitstudy
 IMAGENET_VAL ?= $(HOME)/data/imagenet/val
-FIG_ARGS ?=
+IMAGENET_TRAIN ?= $(HOME)/data/imagenet/train
+CIFAR_ROOT   ?= $(HOME)/data/cifar
+LAUNCHER     ?=
+FIG_ARGS     ?=
+RUN_FIG = $(VITSTUDY) run -m $(if $(LAUNCHER),hydra/launcher=$(LAUNCHER)) hydra.sweep.dir=outputs/figures/$@ $(FIG_ARGS)
+VAL     = dataset.root=$(IMAGENET_VAL)
+
+FIGURES = fig-raghu-1 fig-raghu-2 fig-raghu-3 fig-raghu-4 fig-raghu-5 fig-raghu-6 fig-raghu-7 fig-raghu-8 \
+          fig-raghu-9 fig-raghu-10 fig-raghu-11 fig-raghu-12 fig-raghu-13 fig-vit-6 fig-vit-7 \
+          fig-parkkim-2a fig-parkkim-2b fig-parkkim-8
+.PHONY: figures report $(FIGURES)
+
+figures: $(FIGURES)
+report:
+	$(VITSTUDY) collect outputs/figures --out outputs/figures/summary
+
 fig-raghu-1: $(STAMP)
-	$(VENV)/bin/vitstudy run experiment=raghu_fig1 dataset.root=$(IMAGENET_VAL) hydra.run.dir=outputs/figures/raghu_fig1 $(FIG_ARGS)
+	$(RUN_FIG) experiment=raghu_fig1 $(VAL)
 fig-raghu-2: $(STAMP)
-	$(VENV)/bin/vitstudy run experiment=raghu_fig2 dataset.root=$(IMAGENET_VAL) hydra.run.dir=outputs/figures/raghu_fig2 $(FIG_ARGS)
+	$(RUN_FIG) experiment=raghu_fig2 model=vit_l16,vit_b32 $(VAL)
+fig-raghu-3: $(STAMP)
+	$(RUN_FIG) experiment=raghu_fig3 $(VAL)
+fig-raghu-4: $(STAMP)
+	$(RUN_FIG) experiment=raghu_fig4 $(VAL)
+fig-raghu-5: $(STAMP)
+	$(RUN_FIG) experiment=raghu_fig5 $(VAL)
+fig-raghu-6: $(STAMP)
+	$(RUN_FIG) experiment=raghu_fig6 model=vit_b32,resnet50 $(VAL)
+fig-raghu-7: $(STAMP)
+	$(RUN_FIG) experiment=raghu_fig7 $(VAL)
+fig-raghu-8: $(STAMP)
+	$(RUN_FIG) experiment=raghu_fig8 'analysis.blocks=[1],[7],[10]' $(VAL)
+fig-raghu-9: $(STAMP)
+	$(RUN_FIG) experiment=raghu_fig9 model=vit_b32,vit_l16,bit_r50x1 $(VAL)
+fig-raghu-10: $(STAMP)
+	$(RUN_FIG) experiment=raghu_fig10 $(VAL)
+fig-raghu-11: $(STAMP)
+	$(RUN_FIG) experiment=raghu_fig11 model=vit_b32,vit_m16_gap,resnet50 dataset.root=$(IMAGENET_TRAIN)
+fig-raghu-12: $(STAMP)
+	$(RUN_FIG) experiment=raghu_fig12 $(VAL)
+fig-raghu-13: $(STAMP)
+	$(RUN_FIG) experiment=raghu_fig13 model=vit_b32,vit_b16,vit_l16,resnet50,bit_r50x1 dataset.root=$(CIFAR_ROOT)
+fig-vit-6: $(STAMP)
+	$(RUN_FIG) experiment=vit_fig6 $(VAL)
+fig-vit-7: $(STAMP)
+	$(RUN_FIG) experiment=vit_fig7 $(VAL)
+fig-parkkim-2a: $(STAMP)
+	$(RUN_FIG) experiment=parkkim_fig2a $(VAL)
+fig-parkkim-2b: $(STAMP)
+	$(RUN_FIG) experiment=parkkim_fig2b $(VAL)
+fig-parkkim-8: $(STAMP)
+	$(RUN_FIG) experiment=parkkim_fig8 $(VAL)
 
 clean-outputs:
 	rm -rf outputs/* multirun
