@@ -1,0 +1,259 @@
+"""Mean attention distance per (block, head) and local-vs-global heads against a CNN.
+
+attention_distance: Raghu et al. 2021 Figs 3-4 (heads sorted by distance, chosen blocks; `compare` adds
+the IN-1k vs IN-21k pairs of Fig. 4 on the same images) and Dosovitskiy et al. 2020 Fig. 7 right / Fig. 11
+(every head against depth). local_global_cka: Raghu et al. Fig. 5, CKA of subsets of one block's heads,
+most local to most global, with early layers of a reference CNN.
+Both stream: the softmax maps are reduced to per-image means inside the hook (metrics.attention).
+"""
+from __future__ import annotations
+
+from dataclasses import replace
+
+import numpy as np
+import pandas as pd
+import torch
+from omegaconf import OmegaConf
+
+from .. import data, models, plots_attention
+from ..attention_capture import Counter, Site, sites, unfused
+from ..engine import Reducer, stream
+from ..errors import VitstudyError
+from ..layers import Layer, block_names, features, token_info
+from ..metrics.cka import MinibatchCKA, gram, u_center
+from . import Result, params, register
+
+
+class DistanceStats:
+    """Per (site, head) float64 sums of per-image mean distances and their squares; std comes at the end."""
+
+    def __init__(self, site_list: list[Site]):
+        self.sites = {s.name: s for s in site_list}
+        self.order = [s.name for s in site_list]
+        self.s1 = {s.name: torch.zeros(s.heads, dtype=torch.float64) for s in site_list}
+        self.s2 = {s.name: torch.zeros(s.heads, dtype=torch.float64) for s in site_list}
+        self.n = 0
+        self.checked: set[str] = set()
+
+    def add(self, name: str, attn: torch.Tensor, batch: int) -> None:
+        site = self.sites[name]
+        if name not in self.checked:  # shape and row sums once per site: the capture is structural
+            site.check(attn, batch)
+            self.checked.add(name)
+        m = site.per_image(attn).to(torch.float64).cpu()
+        self.s1[name] += m.sum(0)
+        self.s2[name] += (m * m).sum(0)
+
+    def mean_std(self, name: str) -> tuple[np.ndarray, np.ndarray]:
+        n = self.n
+        mean = self.s1[name] / n
+        var = (self.s2[name] - self.s1[name] * mean) / (n - 1) if n > 1 else torch.full_like(mean, float("nan"))
+        return mean.numpy(), var.clamp_min(0).sqrt().numpy()
+
+
+class DistanceReducer(Reducer):
+    """attention_distance: one map per attention module per batch, reduced inside the hook."""
+
+    def __init__(self, site_list: list[Site]):
+        self.stats = DistanceStats(site_list)
+        self.counter = Counter([s.name for s in site_list])
+        self.batch = None
+
+    def on_tensor(self, model_index: int, layer: Layer, tensor: torch.Tensor) -> None:
+        if layer.name == "":  # model input: batch size
+            self.batch = tensor.shape[0]
+            return
+        self.counter.add(layer.name)
+        self.stats.add(layer.name, tensor, self.batch)
+
+    def end_batch(self, labels, outputs) -> None:
+        self.counter.end_batch()
+        self.stats.n += len(labels)
+
+
+INPUT_TAP = Layer("", "", True, (), "input")  # the model's own input (batch size, images for figures)
+
+
+def image_batches(ctx):
+    """The sampled images and their batching (one repeat), recorded for images.csv."""
+    cfg = ctx.cfg
+    indices = data.sample_indices(len(ctx.dataset), cfg.dataset.num_images, cfg.seed)
+    batching = data.make_batches(indices, cfg.dataset.batch_size, cfg.cka.tail)
+    ctx.record_images([{"repeat": 0, "seed": cfg.seed, "images": batching.num_images, "batches": len(batching.batches),
+                        "tail": batching.tail, "dropped": batching.dropped, "indices": indices}])
+    return batching
+
+
+def distance_table(m, stats: DistanceStats, site_list: list[Site], cfg) -> pd.DataFrame:
+    rows = []
+    for s in site_list:
+        mean, std = stats.mean_std(s.name)
+        rank = np.argsort(np.argsort(mean, kind="stable"), kind="stable")
+        for h in range(s.heads):
+            rows.append({"model": m.name, "label": m.label, "weights": m.weights, "block": s.block, "layer": s.name,
+                         "head": h, "head_rank": int(rank[h]), "mean_distance": float(mean[h]), "std_distance": float(std[h]),
+                         "num_images": stats.n, "kind": s.kind, "stride_px": s.stride[0], "grid": f"{s.grid[0]}x{s.grid[1]}",
+                         "window": "" if s.window is None else f"{s.window[0]}x{s.window[1]}",
+                         "shift": f"{s.shift[0]}x{s.shift[1]}", "prefix_tokens": s.num_prefix, "dataset": cfg.dataset.name})
+    return pd.DataFrame(rows)
+
+
+def measure(ctx, m, batching) -> pd.DataFrame:
+    """Mean attention distance of every head of `m` over the sampled images."""
+    site_list = sites(m.module)
+    reducer = DistanceReducer(site_list)
+    loader = data.loader(ctx.dataset, batching, [m.transform], ctx.cfg.dataset.num_workers)
+    with unfused(m.module, [s.name for s in site_list]):
+        stream([m], [[INPUT_TAP] + [s.layer for s in site_list]], loader, reducer, ctx.device,
+               f"attention distance {m.label}", ctx.progress)
+    return distance_table(m, reducer.stats, site_list, ctx.cfg)
+
+
+def _compare_model(ctx, name: str, i: int):
+    node = OmegaConf.merge(ctx.cfg.model, {"name": str(name), "label": None})
+    m = models.load(node, f"compare{i}")
+    m.module.to(ctx.device)
+    return m
+
+
+DISTANCE_DEFAULTS = {"blocks": [0, 1, -2, -1], "compare": []}
+
+
+@register("attention_distance", "mean attention distance in pixels per (block, head) (Raghu et al. Figs 3-4, Dosovitskiy et al. Fig. 7 right)")
+def attention_distance(ctx) -> Result:
+    p = params(ctx.cfg, DISTANCE_DEFAULTS)
+    blocks = [int(b) for b in p["blocks"]]
+    compare = [str(c) for c in (p["compare"] or [])]
+    main = ctx.models["model"]
+    site_list = sites(main.module)  # clear message for CNNs before any image is loaded
+    for b in blocks:
+        if not -len(site_list) <= b < len(site_list):
+            raise VitstudyError(f"analysis.blocks has {b}, but {main.label} has {len(site_list)} attention blocks (valid: 0..{len(site_list) - 1} or negative from the end)")
+    for name in compare:
+        models.check_name(name)
+    batching = image_batches(ctx)
+    tables = [measure(ctx, main, batching)]
+    for i, name in enumerate(compare):
+        m = _compare_model(ctx, name, i)
+        tables.append(measure(ctx, m, batching))
+        ctx.models[m.key] = replace(m, module=None)  # recorded in run.json; the weights are freed
+        del m
+    df = pd.concat(tables, ignore_index=True)
+    figs = {"attention_distance": plots_attention.sorted_heads(df, blocks),
+            "attention_distance_depth": plots_attention.depth_scatter(df)}
+    return Result({"attention_distance": df}, figs, {"attention_models": [t.model.iloc[0] for t in tables]})
+
+
+# --------------------------------------------------------------------------------------------------
+# local_global_cka (Raghu et al. Fig. 5)
+
+class LocalGlobalReducer(Reducer):
+    """One pass: per-head Ũ of the chosen block's head outputs, Ũ of each reference layer, and that block's distances.
+
+    The Gram of a concatenation of heads is the sum of the per-head Grams and Ũ is linear, so the inner
+    products <Ũ_a, Ũ_b> of all heads and reference layers (one (H+R) x (H+R) matrix per batch, accumulated by
+    MinibatchCKA) give the minibatch CKA of *any* head subset afterwards: no second pass once the heads are ranked.
+    """
+
+    def __init__(self, site: Site, proj: Layer, ref_layers: list[Layer], tokens: str, vit_info, ref_info, device):
+        self.site, self.proj, self.tokens = site, proj, tokens
+        self.ref_layers = ref_layers
+        self.ref_index = {l.name: i for i, l in enumerate(ref_layers)}
+        self.vit_info, self.ref_info = vit_info, ref_info
+        self.stats = DistanceStats([site])
+        self.acc = MinibatchCKA(site.heads + len(ref_layers), device=device)
+        self.heads: list[torch.Tensor] | None = None
+        self.refs: list[torch.Tensor | None] = [None] * len(ref_layers)
+        self.batch = None
+
+    def on_tensor(self, model_index: int, layer: Layer, tensor: torch.Tensor) -> None:
+        if model_index == 1:
+            x = features(tensor, layer, self.tokens, *self.ref_info)
+            self.refs[self.ref_index[layer.name]] = u_center(gram(x)).flatten()
+        elif layer.name == "":
+            self.batch = tensor.shape[0]
+        elif layer.name == self.site.name:
+            self.stats.add(layer.name, tensor, self.batch)
+        else:  # input of attn.proj: (B, N, heads * head_dim), head h in channels [h d, (h + 1) d)
+            b, n, c = tensor.shape
+            per = tensor.reshape(b, n, self.site.heads, c // self.site.heads)
+            self.heads = [u_center(gram(features(per[:, :, h], self.proj, self.tokens, *self.vit_info))).flatten()
+                          for h in range(self.site.heads)]
+
+    def end_batch(self, labels, outputs) -> None:
+        if self.heads is None or any(r is None for r in self.refs):
+            raise VitstudyError("a batch passed without the head outputs or a reference layer being captured")
+        self.acc.update(torch.stack(self.heads + self.refs))
+        self.stats.n += len(labels)
+        self.heads, self.refs = None, [None] * len(self.refs)
+
+
+def subsets(order: list[int], size: int, step: int) -> list[list[int]]:
+    """Sliding windows of `size` heads over heads ordered from most local to most global."""
+    starts = list(range(0, len(order) - size + 1, step))
+    if starts[-1] != len(order) - size:
+        starts.append(len(order) - size)  # always end with the most global subset
+    return [order[s:s + size] for s in starts]
+
+
+def subset_cka(inner: torch.Tensor, heads: list[int], ref: int) -> float:
+    """CKA(concat of `heads`, reference `ref`) from the accumulated inner products of Ũ matrices."""
+    idx = torch.tensor(heads)
+    cross = inner[idx, ref].sum()
+    self_s = inner[idx][:, idx].sum()
+    return float(cross / torch.sqrt(self_s * inner[ref, ref]))
+
+
+LG_DEFAULTS = {"block": 0, "subset_size": 4, "subset_step": 1, "reference_layers": None}
+
+
+@register("local_global_cka", "CKA of local-to-global subsets of one block's heads with early CNN layers (Raghu et al. Fig. 5)",
+          models=("model", "reference"))
+def local_global_cka(ctx) -> Result:
+    cfg = ctx.cfg
+    p = params(cfg, LG_DEFAULTS)
+    vit, ref = ctx.models["model"], ctx.models["reference"]
+    site_list = sites(vit.module)
+    if any(s.kind != "global" for s in site_list):
+        raise VitstudyError(f"local_global_cka needs a ViT-family model with global attention; {vit.label} uses windowed attention")
+    block = int(p["block"])
+    if not -len(site_list) <= block < len(site_list):
+        raise VitstudyError(f"analysis.block={block} is out of range: {vit.label} has {len(site_list)} blocks")
+    site = site_list[block]
+    size, step = int(p["subset_size"]), int(p["subset_step"])
+    if not 1 <= size <= site.heads:
+        raise VitstudyError(f"analysis.subset_size={size} must be between 1 and the {site.heads} heads of {site.name}")
+    if step < 1:
+        raise VitstudyError(f"analysis.subset_step={step} must be at least 1")
+    spec = p["reference_layers"]
+    if spec is None:
+        spec = block_names(ref.module)[:5]  # ResNet-50: layer1.0-2, layer2.0-1 (block1unit1..block2unit2)
+        if not spec:
+            raise VitstudyError(f"found no residual blocks in {ref.label}; set analysis.reference_layers=[...]")
+    ref_layers = ctx.layers(ref, spec)
+    proj = Layer(f"{site.name}.proj:in", f"{site.name}.proj", True, (), "NLC")
+    reducer = LocalGlobalReducer(site, proj, ref_layers, cfg.tokens, token_info(vit.module), token_info(ref.module), ctx.device)
+    batching = image_batches(ctx)
+    loader = data.loader(ctx.dataset, batching, [vit.transform, ref.transform], cfg.dataset.num_workers)
+    with unfused(vit.module, [site.name]):
+        stream([vit, ref], [[INPUT_TAP, site.layer, proj], ref_layers], loader, reducer, ctx.device, "local/global cka", ctx.progress)
+    mean, _ = reducer.stats.mean_std(site.name)
+    order = [int(h) for h in np.argsort(mean, kind="stable")]
+    inner = reducer.acc.cross.cpu()
+    rows = []
+    for k, heads in enumerate(subsets(order, size, step)):
+        for j, layer in enumerate(ref_layers):
+            value = subset_cka(inner, heads, site.heads + j)
+            if not np.isfinite(value) or abs(value) > 1 + 1e-6:
+                raise VitstudyError(f"CKA of heads {heads} of {site.name} vs '{layer.name}' is {value:.6g}, outside [-1, 1]")
+            rows.append({"model": vit.name, "weights": vit.weights, "reference": ref.name, "reference_weights": ref.weights,
+                         "layer": site.name, "block": site.block, "subset": k, "heads": " ".join(map(str, heads)),
+                         "subset_size": size, "subset_mean_distance": float(mean[heads].mean()),
+                         "reference_layer": layer.name, "cka": value, "tokens": cfg.tokens, "estimator": "unbiased",
+                         "num_images": reducer.stats.n, "batch_size": cfg.dataset.batch_size, "dataset": cfg.dataset.name})
+    df = pd.DataFrame(rows)
+    heads_df = pd.DataFrame({"head": range(site.heads), "mean_distance": mean})
+    fig = plots_attention.local_global(df, f"{vit.label} block {site.block} heads vs {ref.label}\n"
+                                       f"subsets of {size} heads, step {step}, {reducer.stats.n} images, tokens={cfg.tokens}")
+    return Result({"local_global_cka": df}, {"local_global_cka": fig},
+                  {"head_distances": heads_df.to_dict("list"), "reference_layers": [l.name for l in ref_layers]})

@@ -1,0 +1,120 @@
+"""Attention rollout (Abnar & Zuidema 2020) as in Dosovitskiy et al. 2020 Fig. 6 / Fig. 14 (App. D.8).
+
+Head-averaged attention of each block with the residual correction Ã = 0.5 A + 0.5 I, multiplied over all
+blocks inside the hooks (R <- Ã_l R, first block first, float64). The map is the CLS row of R over the patch
+columns; models without a CLS token use the mean of the patch rows (recorded in `query`). Per image:
+entropy of the map (normalised to sum 1) and the share of its mass in the central box.
+"""
+from __future__ import annotations
+
+import numpy as np
+import pandas as pd
+import torch
+
+from .. import data, plots_attention
+from ..attention_capture import Counter, sites, unfused
+from ..engine import Reducer, stream
+from ..errors import VitstudyError
+from ..layers import Layer
+from ..metrics import attention as am
+from . import Result, params, register
+from .attention import INPUT_TAP, image_batches
+
+ROW_TOL = 1e-6
+
+
+class RolloutReducer(Reducer):
+    def __init__(self, site_list, has_cls: bool, residual: float, num_show: int, centre: float, indices: list[int]):
+        self.sites = site_list
+        self.prefix = site_list[0].num_prefix
+        self.grid = site_list[0].grid
+        self.has_cls, self.residual, self.num_show, self.centre = has_cls, residual, num_show, centre
+        self.indices = indices
+        self.counter = Counter([s.name for s in site_list])
+        self.r: torch.Tensor | None = None
+        self.inputs: torch.Tensor | None = None
+        self.rows: list[dict] = []
+        self.shown_maps: list[np.ndarray] = []
+        self.shown_inputs: list[torch.Tensor] = []
+        self.checked = False
+
+    def on_tensor(self, model_index: int, layer: Layer, tensor: torch.Tensor) -> None:
+        if layer.name == "":
+            self.inputs = tensor
+            return
+        self.counter.add(layer.name)
+        if not self.checked:
+            next(s for s in self.sites if s.name == layer.name).check(tensor, tensor.shape[0])
+        a = am.residual_attention(tensor.to(torch.float64).mean(dim=1), self.residual)
+        self.r = a if self.r is None else a @ self.r
+
+    def end_batch(self, labels, outputs) -> None:
+        self.counter.end_batch()
+        r, self.r = self.r, None
+        err = float((r.sum(-1) - 1).abs().max())
+        if err > ROW_TOL:
+            raise VitstudyError(f"rollout rows sum to 1 +- {err:.3g}: the captured attention is not row-stochastic")
+        self.checked = True
+        p = self.prefix
+        rows = r[:, 0, p:] if self.has_cls else r[:, p:, p:].mean(dim=1)
+        maps = rows.reshape(len(rows), *self.grid).cpu()
+        mass = maps.sum(dim=(1, 2))
+        ent = am.entropy(maps)
+        share = am.centre_share(maps, self.centre)
+        n_patches = self.grid[0] * self.grid[1]
+        start = len(self.rows)
+        for i in range(len(maps)):
+            self.rows.append({"order": start + i, "dataset_index": self.indices[start + i], "label": int(labels[i]),
+                              "entropy": float(ent[i]), "entropy_normalised": float(ent[i]) / am.max_entropy(n_patches),
+                              "centre_share": float(share[i]), "patch_mass": float(mass[i])})
+        take = max(0, min(self.num_show - len(self.shown_maps), len(maps)))
+        self.shown_maps += [m.numpy() for m in maps[:take]]
+        self.shown_inputs += [x.float().cpu() for x in self.inputs[:take]]
+
+
+def to_images(inputs: list[torch.Tensor], data_config: dict) -> np.ndarray:
+    """Model inputs back to displayable RGB in [0, 1] with the model's own normalisation."""
+    mean = torch.tensor(data_config.get("mean", (0, 0, 0)))[:, None, None]
+    std = torch.tensor(data_config.get("std", (1, 1, 1)))[:, None, None]
+    return np.stack([(x * std + mean).clamp(0, 1).permute(1, 2, 0).numpy() for x in inputs])
+
+
+DEFAULTS = {"residual": 0.5, "num_show": 8, "centre": 0.5}
+
+
+@register("attention_rollout", "attention rollout maps of the CLS token over the image (Dosovitskiy et al. Fig. 6, Abnar & Zuidema 2020)")
+def attention_rollout(ctx) -> Result:
+    cfg = ctx.cfg
+    p = params(cfg, DEFAULTS)
+    residual, num_show, centre = float(p["residual"]), int(p["num_show"]), float(p["centre"])
+    if not 0.0 < residual <= 1.0:
+        raise VitstudyError(f"analysis.residual={residual} must be in (0, 1]: the weight of attention against identity (0.5 in the paper)")
+    if num_show < 0:
+        raise VitstudyError(f"analysis.num_show={num_show} must be 0 or more")
+    if not 0.0 < centre <= 1.0:
+        raise VitstudyError(f"analysis.centre={centre} must be in (0, 1]: the side of the central box as a fraction of the image")
+    m = ctx.models["model"]
+    site_list = sites(m.module)
+    if site_list[0].kind != "global":
+        raise VitstudyError(f"attention rollout needs global attention over one token grid; {m.label} uses windowed attention with changing grids")
+    has_cls = getattr(m.module, "cls_token", None) is not None
+    query = "cls" if has_cls else "mean of patch tokens (no CLS token)"
+    batching = image_batches(ctx)
+    flat = [i for b in batching.batches for i in b]
+    reducer = RolloutReducer(site_list, has_cls, residual, num_show, centre, flat)
+    loader = data.loader(ctx.dataset, batching, [m.transform], cfg.dataset.num_workers)
+    with unfused(m.module, [s.name for s in site_list]):
+        stream([m], [[INPUT_TAP] + [s.layer for s in site_list]], loader, reducer, ctx.device, "attention rollout", ctx.progress)
+    df = pd.DataFrame(reducer.rows)
+    df.insert(0, "model", m.name)
+    df.insert(1, "weights", m.weights)
+    for k, v in {"query": query, "residual": residual, "centre_fraction": centre, "blocks": len(site_list),
+                 "grid": f"{site_list[0].grid[0]}x{site_list[0].grid[1]}", "dataset": cfg.dataset.name}.items():
+        df[k] = v
+    figures = {}
+    if reducer.shown_maps:
+        images = to_images(reducer.shown_inputs, m.data_config)
+        title = (f"Attention rollout, {m.label} ({len(site_list)} blocks, {query}, {residual}A + {1 - residual:g}I)\n"
+                 f"mean normalised entropy {df.entropy_normalised.mean():.3f}, centre share {df.centre_share.mean():.3f}")
+        figures["attention_rollout"] = plots_attention.rollout_grid(images, np.stack(reducer.shown_maps), title)
+    return Result({"attention_rollout": df}, figures, {"rollout_query": query})

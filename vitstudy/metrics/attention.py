@@ -1,0 +1,118 @@
+"""Attention math: pixel-distance matrices, mean attention distance, attention rollout, map statistics.
+
+Mean attention distance (Raghu et al. 2021 Figs 3-4; Dosovitskiy et al. 2020 Fig. 7 right / Fig. 11): for a
+query patch i, sum_j A_ij * D_ij with D_ij the Euclidean distance in pixels between the patch centres
+(grid distance times the patch stride); prefix tokens (CLS, distillation, registers) are dropped from
+queries and keys *without* renormalising the rows (as in the Kornblith gist the paper's figure came from),
+then the mean is taken over query patches. Prefix rows and columns of the distance matrix are zero, so one
+matrix-vector product per (image, head) gives the per-image mean with no temporaries.
+
+Rollout (Abnar & Zuidema 2020; Dosovitskiy et al. Fig. 6): R = Ã_L ... Ã_1, Ã_l = r A_l + (1 - r) I with
+A_l the head-averaged attention of block l and r = 0.5.
+"""
+from __future__ import annotations
+
+import math
+
+import torch
+
+
+def grid_coords(gh: int, gw: int) -> torch.Tensor:
+    """(gh * gw, 2) float64 (row, col) of each patch in row-major token order."""
+    r, c = torch.meshgrid(torch.arange(gh, dtype=torch.float64), torch.arange(gw, dtype=torch.float64), indexing="ij")
+    return torch.stack([r.flatten(), c.flatten()], dim=1)
+
+
+def pixel_distances(coords_a: torch.Tensor, coords_b: torch.Tensor, stride: tuple[float, float]) -> torch.Tensor:
+    """Euclidean distance in pixels between grid positions (rows scaled by stride[0], columns by stride[1])."""
+    s = torch.tensor(stride, dtype=torch.float64)
+    return torch.cdist(coords_a * s, coords_b * s)
+
+
+def distance_matrix(gh: int, gw: int, stride: tuple[float, float], num_prefix: int = 0) -> torch.Tensor:
+    """(N, N) float64 pixel distances for N = num_prefix + gh * gw tokens; prefix rows/columns are 0."""
+    xy = grid_coords(gh, gw)
+    n = num_prefix + gh * gw
+    d = torch.zeros(n, n, dtype=torch.float64)
+    d[num_prefix:, num_prefix:] = pixel_distances(xy, xy, stride)
+    return d
+
+
+def window_distances(gh: int, gw: int, window: tuple[int, int], shift: tuple[int, int],
+                     stride: tuple[float, float]) -> torch.Tensor:
+    """(windows, n, n) pixel distances inside each Swin window, in the original (unshifted) image frame.
+
+    Swin rolls the feature map by -shift, partitions it into windows (row-major, tokens row-major inside a
+    window) and masks pairs that the roll brought together from opposite borders. A token at position
+    (y, x) of the rolled map sits at ((y + shift_h) mod gh, (x + shift_w) mod gw) in the image; distances
+    are taken there, so unmasked pairs get their true distance and masked (wrapped) pairs, whose weights
+    are ~exp(-100), get their true long distance too.
+    """
+    wh, ww = window
+    sh, sw = shift
+    out = []
+    local = grid_coords(wh, ww)
+    for wr in range(gh // wh):
+        for wc in range(gw // ww):
+            y = (local[:, 0] + wr * wh + sh) % gh
+            x = (local[:, 1] + wc * ww + sw) % gw
+            xy = torch.stack([y, x], dim=1)
+            out.append(pixel_distances(xy, xy, stride))
+    return torch.stack(out)
+
+
+def mean_distance(attn: torch.Tensor, dist: torch.Tensor, num_queries: int) -> torch.Tensor:
+    """Per (image, head) mean over query patches of sum_j A_ij D_ij: attn (B, H, N, N), dist (N, N) -> (B, H)."""
+    b, h, n, _ = attn.shape
+    return (attn.reshape(b, h, n * n) @ dist.reshape(n * n).to(attn.dtype)) / num_queries
+
+
+def window_mean_distance(attn: torch.Tensor, dist: torch.Tensor) -> torch.Tensor:
+    """Swin: attn (B * windows, H, n, n), dist (windows, n, n) -> (B, H), the mean over every query token."""
+    nw, n, _ = dist.shape
+    bw, h = attn.shape[:2]
+    a = attn.reshape(bw // nw, nw, h, n * n)
+    per = torch.einsum("bwhk,wk->bh", a, dist.reshape(nw, n * n).to(attn.dtype))
+    return per / (nw * n)
+
+
+def residual_attention(attn_mean: torch.Tensor, residual: float = 0.5) -> torch.Tensor:
+    """Ã = r A + (1 - r) I for head-averaged attention (B, N, N); rows still sum to 1 when A's do."""
+    eye = torch.eye(attn_mean.shape[-1], dtype=attn_mean.dtype, device=attn_mean.device)
+    return residual * attn_mean + (1.0 - residual) * eye
+
+
+def rollout(attns: list[torch.Tensor], residual: float = 0.5) -> torch.Tensor:
+    """R = Ã_L ... Ã_1 from per-block head-averaged attention maps (B, N, N), first block first."""
+    r = None
+    for a in attns:
+        a = residual_attention(a, residual)
+        r = a if r is None else a @ r
+    return r
+
+
+def entropy(p: torch.Tensor) -> torch.Tensor:
+    """Shannon entropy in nats of distributions over the trailing dims (normalised to sum 1 first)."""
+    flat = p.reshape(p.shape[0], -1).to(torch.float64)
+    flat = flat / flat.sum(dim=1, keepdim=True)
+    logs = torch.where(flat > 0, flat.log(), torch.zeros_like(flat))
+    return -(flat * logs).sum(dim=1)
+
+
+def centre_mask(gh: int, gw: int, fraction: float = 0.5) -> torch.Tensor:
+    """Patches whose centre lies in the central box covering `fraction` of the height and the width."""
+    lo, hi = (1 - fraction) / 2, (1 + fraction) / 2
+    rows = (torch.arange(gh, dtype=torch.float64) + 0.5) / gh
+    cols = (torch.arange(gw, dtype=torch.float64) + 0.5) / gw
+    return ((rows >= lo) & (rows <= hi))[:, None] & ((cols >= lo) & (cols <= hi))[None, :]
+
+
+def centre_share(maps: torch.Tensor, fraction: float = 0.5) -> torch.Tensor:
+    """Share of each (B, gh, gw) map's mass inside the central box."""
+    mask = centre_mask(maps.shape[1], maps.shape[2], fraction).to(maps.device)
+    maps = maps.to(torch.float64)
+    return (maps * mask).sum(dim=(1, 2)) / maps.sum(dim=(1, 2))
+
+
+def max_entropy(num: int) -> float:
+    return math.log(num)
