@@ -103,6 +103,9 @@ def precheck(args: list[str]) -> None:
     overrides = [a for a in args if not a.startswith("-") and "=" in a]
     flags = [a for a in args if a.startswith("-")]
     for ov in _parse(overrides):
+        if ov.key_or_group == "hydra/launcher":
+            check_launcher(str(ov.value()))
+            continue
         key = "reference" if ov.package == "reference" else ov.key_or_group
         group = GROUPS.get(key)
         if group is None or ov.is_delete():
@@ -115,6 +118,22 @@ def precheck(args: list[str]) -> None:
     if any(f in ("-m", "--multirun", "--help", "-h", "--hydra-help", "--info", "-i") for f in flags):
         return
     compose(overrides)
+
+
+LAUNCHER_PLUGINS = {"slurm": "hydra_submitit_launcher", "local": "hydra_submitit_launcher",
+                    "submitit_slurm": "hydra_submitit_launcher", "submitit_local": "hydra_submitit_launcher",
+                    "joblib": "hydra_joblib_launcher"}
+
+
+def check_launcher(name: str) -> None:
+    """The cluster launchers are an optional extra: say what to install instead of a Hydra traceback."""
+    import importlib.util
+
+    plugin = LAUNCHER_PLUGINS.get(name)
+    if plugin and importlib.util.find_spec(f"hydra_plugins.{plugin}") is None:
+        fail(f"hydra/launcher={name} needs the {plugin.replace('_', '-')} plugin: pip install 'vitstudy[cluster]'")
+    if name not in LAUNCHER_PLUGINS and name != "basic":
+        fail(f"unknown launcher '{name}'; valid: slurm, local, joblib, basic")
 
 
 def compose(overrides: list[str]) -> DictConfig:
