@@ -8,7 +8,6 @@ from __future__ import annotations
 import base64
 import html
 import json
-import math
 from pathlib import Path
 
 import pandas as pd
@@ -97,7 +96,8 @@ def _label(r: dict, key: str) -> str:
 
 
 def figure_grid(runs: list[dict], analysis: str):
-    """The runs' own figures side by side: rows and columns along the first two varied config keys."""
+    """The runs' own figures side by side: one row per value of the first varied key (the model when it
+    varies), one column per combination of the other varied keys (reference, dataset, ...)."""
     import matplotlib.image as mpimg
     import matplotlib.pyplot as plt
 
@@ -107,35 +107,27 @@ def figure_grid(runs: list[dict], analysis: str):
     if not group:
         return None
     axes = varying(group)
-    row_key = next((k for k in axes if k == "model.name"), axes[0] if axes else None)
-    col_key = next((k for k in axes if k != row_key and k.endswith(".name")), next((k for k in axes if k != row_key), None))
-    rows = sorted({_label(r, row_key) for r in group}) if row_key else [""]
-    cols = sorted({_label(r, col_key) for r in group}) if col_key else [""]
-    if len(rows) * len(cols) < len(group):  # more axes than two: one panel per run
-        rows, cols, row_key, col_key = [""], [""], None, None
-        n = len(group)
-        ncols = min(4, n)
-        nrows = math.ceil(n / ncols)
-        cells = {(i // ncols, i % ncols): r for i, r in enumerate(group)}
-    else:
-        nrows, ncols = len(rows), len(cols)
-        cells = {(rows.index(_label(r, row_key)) if row_key else 0, cols.index(_label(r, col_key)) if col_key else 0): r
-                 for r in group}
-    fig, ax = plt.subplots(nrows, ncols, figsize=(4.2 * ncols, 3.2 * nrows), squeeze=False)
-    for (i, j), r in cells.items():
-        ax[i][j].imshow(mpimg.imread(r["dir"] / f"{analysis}.png"))
-    for i in range(nrows):
-        for j in range(ncols):
-            ax[i][j].axis("off")
-            if (i, j) in cells and not row_key:
-                ax[i][j].set_title(", ".join(f"{k}={_label(cells[(i, j)], k)}" for k in axes) or str(cells[(i, j)]["dir"].name), fontsize=7)
-    if row_key:
-        for i, name in enumerate(rows):
-            ax[i][0].text(-0.02, 0.5, name, transform=ax[i][0].transAxes, rotation=90, ha="right", va="center", fontsize=9)
-    if col_key:
-        for j, name in enumerate(cols):
-            ax[0][j].set_title(name, fontsize=9)
-    fig.suptitle(f"{analysis}: rows {row_key or '-'}, columns {col_key or '-'}", fontsize=10)
+    row_key = "model.name" if "model.name" in axes else (axes[0] if axes else None)
+    col_keys = [k for k in axes if k != row_key]
+
+    def row_of(r):
+        return _label(r, row_key) if row_key else ""
+
+    def col_of(r):
+        return ", ".join(_label(r, k) for k in col_keys)
+
+    rows = sorted({row_of(r) for r in group})
+    cols = sorted({col_of(r) for r in group})
+    fig, ax = plt.subplots(len(rows), len(cols), figsize=(4.2 * len(cols), 3.2 * len(rows)), squeeze=False)
+    for a in ax.flat:
+        a.axis("off")
+    for r in group:  # a repeated combination (e.g. other seeds) keeps the last run
+        ax[rows.index(row_of(r))][cols.index(col_of(r))].imshow(mpimg.imread(r["dir"] / f"{analysis}.png"))
+    for i, name in enumerate(rows):
+        ax[i][0].text(-0.03, 0.5, name, transform=ax[i][0].transAxes, rotation=90, ha="right", va="center", fontsize=10)
+    for j, name in enumerate(cols):
+        ax[0][j].set_title(name, fontsize=10)
+    fig.suptitle(f"{analysis}: rows {row_key or '-'}; columns {', '.join(col_keys) or '-'}", fontsize=11)
     fig.tight_layout()
     return fig
 
