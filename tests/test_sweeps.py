@@ -141,3 +141,35 @@ def test_report_renders_every_figure_in_chromium(tmp_path, capsys):
     title = out.stdout.split("<title>")[1].split("</title>")[0]
     loaded, total = map(int, title.split("/"))
     assert total >= 3 and loaded == total
+
+
+def test_feature_cache_serves_a_second_run_without_forward_passes(tmp_path, tiny_vit):
+    """Same model and images: the second pass reads every tensor from disk, runs no forward, same sums."""
+    from vitstudy import data
+    from vitstudy.analyses.cka import CKAReducer
+    from vitstudy.engine import stream
+    from vitstudy.features import FeatureCache
+    from vitstudy.layers import resolve
+    from vitstudy.models import LoadedModel, eval_transform
+    from omegaconf import OmegaConf
+
+    transform, dcfg = eval_transform(tiny_vit, kwargs={"img_size": 32})
+    m = LoadedModel("model", "vit", "vit", tiny_vit, transform, dcfg, "random-init")
+    layers = [resolve(tiny_vit, "all", (3, 32, 32))]
+    base = data.SyntheticImages(100, 40)
+    batching = data.make_batches(data.sample_indices(100, 24, 0), 8)
+    cache = FeatureCache(tmp_path / "features", max_gb=1)
+    ns = cache.namespace(m, OmegaConf.create({"name": "synthetic", "size": 100, "image_size": 40}))
+    calls = []
+    handle = tiny_vit.register_forward_pre_hook(lambda mod, args: calls.append(1))
+    results = []
+    for _ in range(2):
+        reducer = CKAReducer([m], layers, "flatten")
+        stream([m], layers, data.loader(base, batching, [transform]), reducer, "cpu", features=(cache, [ns], batching.batches))
+        results.append(reducer.result())
+    handle.remove()
+    assert len(calls) == 3  # three batches in the first pass, none in the second
+    np.testing.assert_array_equal(results[0], results[1])
+    assert len(list((tmp_path / "features" / ns).glob("*.pt"))) == 24
+    FeatureCache(tmp_path / "features", max_gb=1e-9).prune()  # over the limit: least recently used go first
+    assert not list((tmp_path / "features").rglob("*.pt"))

@@ -62,6 +62,8 @@ class CacheConfig:
     dir: str = "${oc.env:VITSTUDY_CACHE,outputs/.cache}"  # result index + resumable checkpoints; "" disables
     results: bool = True  # skip a job whose result exists for the same resolved config and weights
     checkpoint_every: int = 10  # batches between atomic reducer checkpoints (0: never)
+    features: bool = False  # keep captured activations on disk so later CKA runs on the same model and images skip the forward
+    features_max_gb: float = 10.0  # size limit of the feature cache (least recently used entries go first)
 
 
 @dataclass

@@ -40,20 +40,41 @@ def stream(
     desc: str = "batches",
     progress: bool | None = None,
     after_batch: Callable[[int], None] | None = None,
+    features: tuple | None = None,
 ) -> int:
     """Run every model once per batch with its layers tapped; returns the number of images seen.
 
     `after_batch(k)` is called once the k-th batch is fully reduced (e.g. to checkpoint the reducer).
+    `features=(FeatureCache, namespaces per model, image indices per batch)` serves a batch's tensors from
+    the cache when every one is there (no forward pass; the model's output is then None) and stores them
+    otherwise. Only for reducers that need nothing but the tapped tensors.
     """
     seen = 0
     done = 0
     with torch.inference_mode():
-        for inputs, labels in tqdm(loader, desc=desc, disable=None if progress is None else not progress, leave=False):
+        for b, (inputs, labels) in enumerate(tqdm(loader, desc=desc, disable=None if progress is None else not progress, leave=False)):
             outputs = []
             for i, m in enumerate(models):
+                if features is not None:
+                    cache, namespaces, batches = features
+                    hit = cache.get(namespaces[i], batches[b], [layer.name for layer in layers[i]])
+                    if hit is not None:
+                        for layer in layers[i]:
+                            reducer.on_tensor(i, layer, hit[layer.name].to(device))
+                        outputs.append(None)
+                        continue
+                captured: dict[str, torch.Tensor] | None = {} if features is not None else None
+
+                def on_tensor(layer, t, _i=i, _captured=captured):
+                    reducer.on_tensor(_i, layer, t)
+                    if _captured is not None:
+                        _captured[layer.name] = t.detach().float().cpu()
+
                 x = inputs[i].to(device, non_blocking=True)
-                with tap(m.module, layers[i], lambda layer, t, _i=i: reducer.on_tensor(_i, layer, t)):
+                with tap(m.module, layers[i], on_tensor):
                     outputs.append(m.module(x))
+                if captured is not None:
+                    cache.put(namespaces[i], batches[b], captured)
             reducer.end_batch(labels, outputs)
             seen += len(labels)
             done += 1

@@ -14,6 +14,7 @@ from omegaconf import OmegaConf
 
 from . import analyses, data, models, results
 from .cache import Cache, run_key
+from .features import FeatureCache
 from .engine import resolve_device
 from .errors import VitstudyError
 from .layers import Layer, resolve
@@ -30,6 +31,7 @@ class Context:
     progress: bool | None = None
     timings: dict[str, float] = field(default_factory=dict)
     cache: Cache | None = None  # resumable checkpoints (None: not checkpointed)
+    features: FeatureCache | None = None  # captured activations shared between runs (cache.features=true)
     images: list[dict] = field(default_factory=list)
     _layers: dict[str, list[Layer]] = field(default_factory=dict)
 
@@ -57,6 +59,8 @@ def prepare(cfg, progress=None, cache: Cache | None = None) -> Context:
     device = resolve_device(cfg.device)
     torch.manual_seed(cfg.seed)
     ctx = Context(cfg, {}, None, device, progress, cache=cache)
+    if cfg.cache.features and cfg.cache.dir:
+        ctx.features = FeatureCache(Path(cfg.cache.dir) / "features", cfg.cache.features_max_gb)
     with ctx.stage("load_models"):
         for key in analysis.models:
             ctx.models[key] = models.load(cfg[key], key)
@@ -119,6 +123,8 @@ def execute(cfg, out_dir: str | Path, progress=None, overrides=None) -> tuple[an
     }
     record["wall_time_s"] = round(time.perf_counter() - t0, 3)  # up to writing the outputs
     written = results.write_result(out_dir, result, record)
+    if ctx.features is not None:
+        ctx.features.prune()
     if cache is not None:
         cache.store(out_dir)
     return result, written

@@ -102,7 +102,10 @@ def compute(ctx, models, layers) -> tuple[np.ndarray, np.ndarray, dict]:
                                        "runs": [torch.from_numpy(m) for m in runs], "used": used})
 
         desc = f"cka repeat {r + 1}/{cfg.cka.repeats}" if cfg.cka.repeats > 1 else "cka"
-        stream(models, layers, loader, reducer, ctx.device, desc, ctx.progress, after_batch=checkpoint)
+        features = None
+        if ctx.features is not None:
+            features = (ctx.features, [ctx.features.namespace(m, cfg.dataset) for m in models], remaining.batches)
+        stream(models, layers, loader, reducer, ctx.device, desc, ctx.progress, after_batch=checkpoint, features=features)
         matrix = reducer.result()
         names = [f"{m.key}:{l.name}" if len(models) > 2 else l.name for m, ls in zip(models, layers) for l in ls]
         check(matrix, names if len(models) != 2 else [l.name for l in layers[0]],
