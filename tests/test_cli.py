@@ -168,3 +168,16 @@ def test_diagonal_pairs_layer_i_with_layer_i(tmp_path, capsys):
     code, _, err = cli(["run", "analysis=cka_across", "analysis.diagonal=true", *TINY_VIT, *TINY_RESNET, *SMALL_DATA,
                         f"hydra.run.dir={tmp_path / 'b'}"], capsys)
     assert code == 2 and "pairs layer i with layer i" in err
+
+
+def test_layers_command_lists_module_paths(capsys):
+    code, out, err = cli(["layers", "model.name=resnet18", "model.pretrained=false", "layers=blocks"], capsys)
+    assert code == 0, err
+    assert [l.split()[0] for l in out.strip().splitlines()] == [f"layer{s}.{b}" for s in range(1, 5) for b in range(2)]
+
+
+def test_shell_completion_goes_through_hydra(tmp_path):
+    env = dict(os.environ, COMP_LINE="vitstudy run mod", COMP_POINT="16")
+    proc = subprocess.run([os.path.join(os.path.dirname(sys.executable), "vitstudy"), "-sc", "query=bash"],
+                          capture_output=True, text=True, env=env, timeout=120)
+    assert proc.returncode == 0 and "model=" in proc.stdout and "models" in proc.stdout
