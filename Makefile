@@ -6,7 +6,7 @@ STAMP  := $(VENV)/.installed
 # torch is pinned to the release this project is tested with; pip takes it from a local cache where one exists.
 TORCH  ?= torch==2.14.1 torchvision==0.29.1
 
-.PHONY: demo test test-all bench bench-paper bench-grid clean-outputs
+.PHONY: demo test test-all bench bench-paper bench-grid clean-outputs train-quick train-cifar
 
 $(STAMP): pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -97,6 +97,17 @@ fig-parkkim-2b: $(STAMP)
 	$(RUN_FIG) experiment=parkkim_fig2b $(VAL)
 fig-parkkim-8: $(STAMP)
 	$(RUN_FIG) experiment=parkkim_fig8 $(VAL)
+
+## training: CPU-sized models on CIFAR-10 JPEG folders (about 25 min on 2 cores), and Park & Kim's CIFAR-100
+## models with the full recipe (a GPU job: 305 epochs each, an estimated 1-3 GPU-hours per model, not measured)
+CIFAR10_DIR   ?= /tmp/cifar10
+CIFAR100_ROOT ?= $(HOME)/data
+train-quick: $(STAMP)
+	PY=$(PY) scripts/train_cifar_real.sh $(CIFAR10_DIR) outputs/train/quick
+train-cifar: $(STAMP)
+	for m in vit_ti_cifar pit_ti_cifar swin_ti_cifar resnet50_cifar; do \
+	  $(VITSTUDY) train model=$$m dataset=cifar100 dataset.root=$(CIFAR100_ROOT) dataset.download=true \
+	    recipe=park_kim dataset.num_workers=8 hydra.run.dir=outputs/train/park_kim/$$m || exit 1; done
 
 clean-outputs:
 	rm -rf outputs/* multirun

@@ -24,6 +24,7 @@ commands:
   list                   the analyses, model presets and dataset presets, one line each
   layers [OVERRIDES]     the layers a model's layer spec selects: vitstudy layers model=vit_b16 layers=all
   collect DIR... [--out OUT]   summary tables, figure grids, failed jobs and index.html for sweep directories
+  train [OVERRIDES]      train a model: vitstudy train model=vit_mini_cifar dataset=imagefolder dataset.root=DIR recipe=quick
 
 Hydra's own flags work after `run`: --cfg job, --info, -m/--multirun, hydra.run.dir=DIR, --help.
 """
@@ -98,7 +99,7 @@ def _parse(overrides: list[str]):
         fail(f"cannot parse overrides {overrides}: {str(err).splitlines()[0]}")
 
 
-def precheck(args: list[str]) -> None:
+def precheck(args: list[str], groups: dict[str, str] = GROUPS, config_name: str = "config") -> None:
     """Fail early, in one line, on unknown group choices and on configs that do not compose."""
     overrides = [a for a in args if not a.startswith("-") and "=" in a]
     flags = [a for a in args if a.startswith("-")]
@@ -107,7 +108,7 @@ def precheck(args: list[str]) -> None:
             check_launcher(str(ov.value()))
             continue
         key = "reference" if ov.package == "reference" else ov.key_or_group
-        group = GROUPS.get(key)
+        group = groups.get(key)
         if group is None or ov.is_delete():
             continue
         valid = presets(group)
@@ -117,7 +118,7 @@ def precheck(args: list[str]) -> None:
                 fail(f"unknown {key} '{value}'; {closest(str(value), valid)} (see `vitstudy list`)")
     if any(f in ("-m", "--multirun", "--help", "-h", "--hydra-help", "--info", "-i") for f in flags):
         return
-    compose(overrides)
+    compose(overrides, config_name)
 
 
 LAUNCHER_PLUGINS = {"slurm": "hydra_submitit_launcher", "local": "hydra_submitit_launcher",
@@ -136,7 +137,7 @@ def check_launcher(name: str) -> None:
         fail(f"unknown launcher '{name}'; valid: slurm, local, joblib, basic")
 
 
-def compose(overrides: list[str]) -> DictConfig:
+def compose(overrides: list[str], config_name: str = "config") -> DictConfig:
     """The resolved config for `overrides` (Python API and pre-checks); errors become VitstudyError lines."""
     from hydra import compose as hydra_compose
     from hydra import initialize_config_module
@@ -145,7 +146,7 @@ def compose(overrides: list[str]) -> DictConfig:
     GlobalHydra.instance().clear()
     try:
         with initialize_config_module("vitstudy.conf", version_base="1.3"):
-            cfg = hydra_compose("config", overrides=normalise(overrides))
+            cfg = hydra_compose(config_name, overrides=normalise(overrides))
             from omegaconf import OmegaConf
 
             OmegaConf.resolve(cfg)
@@ -223,8 +224,12 @@ def main(argv: list[str] | None = None) -> None:
             cmd_layers(rest)
         elif cmd == "collect":
             cmd_collect(rest)
+        elif cmd == "train":
+            from .train_app import main as train_main
+
+            train_main(rest)
         else:
-            fail(f"unknown command '{cmd}'; {closest(cmd, ['run', 'list', 'layers', 'collect'])}")
+            fail(f"unknown command '{cmd}'; {closest(cmd, ['run', 'list', 'layers', 'collect', 'train'])}")
     except VitstudyError as err:
         fail(str(err))
     except KeyboardInterrupt:

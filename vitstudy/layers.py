@@ -18,7 +18,7 @@ from torch import nn
 from .errors import VitstudyError, closest
 
 INPUT = ":in"
-_BLOCK_CLASS = re.compile(r"(Block|Bottleneck|BasicBlock|Residual|ResBlock|DenseLayer)$")
+_BLOCK_CLASS = re.compile(r"(Block|Bottleneck|Basic|BasicBlock|Residual|ResBlock|DenseLayer)$")
 _CONV = (nn.Conv1d, nn.Conv2d, nn.Conv3d)
 _NORM = (nn.LayerNorm, nn.GroupNorm, nn.modules.batchnorm._BatchNorm, nn.LocalResponseNorm)
 _ACT = (nn.ReLU, nn.ReLU6, nn.GELU, nn.SiLU, nn.Hardswish, nn.LeakyReLU, nn.ELU, nn.Mish, nn.Tanh, nn.Sigmoid)

@@ -12,6 +12,7 @@ import timm
 import torch
 from timm.data import create_transform, resolve_data_config
 
+from . import cifar_models  # noqa: F401  (registers vitstudy's CIFAR models with timm)
 from .errors import VitstudyError, closest
 
 
@@ -177,7 +178,18 @@ def load(cfg, key: str = "model") -> LoadedModel:
 
     raw = OmegaConf.to_container(cfg.kwargs, resolve=True) if isinstance(cfg.kwargs, DictConfig) else dict(cfg.kwargs or {})
     kwargs = {k: tuple(v) if isinstance(v, list) else v for k, v in raw.items() if v is not None}
-    model = create(cfg.name, pretrained=cfg.pretrained, checkpoint=cfg.checkpoint, **kwargs)
+    name = cfg.name
+    if cfg.checkpoint:  # a vitstudy training checkpoint knows the architecture it was saved from
+        from .train import saved_model_config
+
+        saved = saved_model_config(cfg.checkpoint)
+        if saved:
+            if saved["name"].split(".")[0] != name.split(".")[0]:
+                raise VitstudyError(
+                    f"checkpoint {cfg.checkpoint} was saved from '{saved['name']}', but {key}.name is '{name}'; "
+                    f"set {key}.name={saved['name']} (its kwargs come from the checkpoint)")
+            kwargs = {**{k: v for k, v in saved.get("kwargs", {}).items() if v is not None}, **kwargs}
+    model = create(name, pretrained=cfg.pretrained, checkpoint=cfg.checkpoint, **kwargs)
     transform, data_config = eval_transform(model, cfg.get("input_size"), kwargs)
     if cfg.checkpoint:
         weights = f"file:{os.path.abspath(cfg.checkpoint)}"
@@ -185,5 +197,5 @@ def load(cfg, key: str = "model") -> LoadedModel:
         weights = f"timm:{model.pretrained_cfg.get('tag') or cfg.name}"
     else:
         weights = "random-init"
-    label = cfg.get("label") or cfg.name.split(".")[0]
-    return LoadedModel(key, cfg.name, label, model, transform, data_config, weights)
+    label = cfg.get("label") or name.split(".")[0]
+    return LoadedModel(key, name, label, model, transform, data_config, weights)
