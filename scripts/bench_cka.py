@@ -252,7 +252,7 @@ def report(rows, args):
         bare = find("bare", r["images"])
         ratio = r["seconds"] / bare["seconds"] if bare else float("nan")
         diff = ""
-        if ref and "matrix" in r and r["mode"] != "reference":
+        if ref and "matrix" in r and r["mode"] != "reference" and r["images"] == ref["images"]:
             diff = f"{np.max(np.abs(np.array(r['matrix']) - np.array(ref['matrix']))):.2e}"
         print(f"{r['mode']:<12} {r['images']:>6} {r['seconds']:>8.2f} {ratio:>7.3f} {r['peak_rss_mb']:>8.0f} {diff:>22}")
     ours_small, ours_big = find("vitstudy", args.images), find("vitstudy", args.big)
