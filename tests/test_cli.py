@@ -32,6 +32,15 @@ def finished_files(run_dir):
     return [f for f in os.listdir(run_dir) if f.endswith((".csv", ".png", ".pdf")) or f == "run.json"] if os.path.isdir(run_dir) else []
 
 
+def assert_one_line_error(args, expected, run_dir, capsys):
+    """`vitstudy ARGS hydra.run.dir=RUN_DIR` fails: one line naming `expected`, no traceback, nothing finished."""
+    code, _, err = cli([*args, f"hydra.run.dir={run_dir}"], capsys)
+    lines = err.strip().splitlines()
+    assert code not in (0, None) and len(lines) == 1 and lines[0].startswith("vitstudy: error:"), err
+    assert expected in lines[0] and "Traceback" not in err
+    assert finished_files(run_dir) == []
+
+
 def test_cka_across_end_to_end(tmp_path, capsys):
     out = tmp_path / "run"
     code, stdout, err = cli(["run", "analysis=cka_across", *TINY_VIT, *TINY_RESNET, *SMALL_DATA,
@@ -131,13 +140,7 @@ BAD = {
 @pytest.mark.parametrize("case", list(BAD))
 def test_bad_input_gives_one_line(case, tmp_path, capsys):
     extra, expected = BAD[case]
-    out = tmp_path / "run"
-    code, _, err = cli(["run", "analysis=cka_within", *TINY_VIT, *SMALL_DATA, *extra, f"hydra.run.dir={out}"], capsys)
-    assert code not in (0, None)
-    lines = err.strip().splitlines()
-    assert len(lines) == 1 and lines[0].startswith("vitstudy: error:"), err
-    assert expected in lines[0] and "Traceback" not in err
-    assert finished_files(out) == []
+    assert_one_line_error(["run", "analysis=cka_within", *TINY_VIT, *SMALL_DATA, *extra], expected, tmp_path / "run", capsys)
 
 
 def test_checkpoint_that_does_not_fit(tmp_path, capsys):

@@ -8,7 +8,7 @@ import pytest
 import torch
 
 from conftest import SMALL_DATA, TINY_RESNET, TINY_VIT
-from test_cli import cli, finished_files
+from test_cli import assert_one_line_error, cli
 from vitstudy import latents
 from vitstudy.analyses.fourier import LatentReducer
 from vitstudy.engine import stream
@@ -77,7 +77,7 @@ def test_variance_formula():
 
 def test_streamed_sums_equal_the_whole_set_formula(tiny_vit, tiny_resnet, images):
     """Batches of 8 reduced in the hooks == the notebook's formulas on all 24 images at once (float64)."""
-    models, layer_lists, feats = [], [], []
+    models, layer_lists = [], []
     for key, module in (("model", tiny_vit), ("reference", tiny_resnet)):
         models.append(LoadedModel(key, key, key, module, None, {}, "random-init"))
         layer_lists.append(resolve(module, "latents", (3, 32, 32)))
@@ -150,8 +150,4 @@ BAD = {
 @pytest.mark.parametrize("case", list(BAD))
 def test_bad_input(case, tmp_path, capsys):
     extra, expected = BAD[case]
-    out = tmp_path / "run"
-    code, _, err = cli(["run", *extra, *TINY_VIT, *TINY_RESNET, *SMALL_DATA, f"hydra.run.dir={out}"], capsys)
-    lines = err.strip().splitlines()
-    assert code not in (0, None) and len(lines) == 1 and expected in lines[0], err
-    assert finished_files(out) == []
+    assert_one_line_error(["run", *extra, *TINY_VIT, *TINY_RESNET, *SMALL_DATA], expected, tmp_path / "run", capsys)

@@ -9,7 +9,7 @@ import timm
 import torch
 
 from conftest import SMALL_DATA, TINY_RESNET, TINY_VIT
-from test_cli import cli, finished_files
+from test_cli import assert_one_line_error, cli
 from vitstudy.analyses.robustness import lesion_units, zeroed
 from vitstudy.metrics import fourier as F
 
@@ -140,8 +140,4 @@ BAD = {
 @pytest.mark.parametrize("case", list(BAD))
 def test_bad_input(case, tmp_path, capsys):
     extra, expected = BAD[case]
-    out = tmp_path / "run"
-    code, _, err = cli(["run", *extra, *TINY_VIT, *TINY_RESNET, *SMALL_DATA, f"hydra.run.dir={out}"], capsys)
-    lines = err.strip().splitlines()
-    assert code not in (0, None) and len(lines) == 1 and expected in lines[0], err
-    assert finished_files(out) == []
+    assert_one_line_error(["run", *extra, *TINY_VIT, *TINY_RESNET, *SMALL_DATA], expected, tmp_path / "run", capsys)

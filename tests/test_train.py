@@ -23,13 +23,7 @@ TINY_VIT = ["model=vit_mini_cifar", "model.kwargs.depth=2", "model.kwargs.embed_
 
 def train_cli(args, capsys):
     """Run `vitstudy train ARGS` in this process: (exit code, stdout, stderr)."""
-    try:
-        main(list(args))
-        code = 0
-    except SystemExit as exit:
-        code = exit.code
-    out = capsys.readouterr()
-    return code, out.out, out.err
+    return cli(["train", *args], capsys)
 
 
 @pytest.fixture(scope="module")
