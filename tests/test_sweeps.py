@@ -173,3 +173,13 @@ def test_feature_cache_serves_a_second_run_without_forward_passes(tmp_path, tiny
     assert len(list((tmp_path / "features" / ns).glob("*.pt"))) == 24
     FeatureCache(tmp_path / "features", max_gb=1e-9).prune()  # over the limit: least recently used go first
     assert not list((tmp_path / "features").rglob("*.pt"))
+
+
+def test_api_run_returns_tables_for_a_cached_result(tmp_path):
+    import vitstudy
+
+    args = [*ACROSS, f"cache.dir={tmp_path / 'cache'}"]
+    first = vitstudy.run(args, out_dir=tmp_path / "a", progress=False)
+    again = vitstudy.run(args, out_dir=tmp_path / "b", progress=False)
+    assert again.info.get("cached") and again.tables["cka_across"].equals(pd.read_csv(tmp_path / "a" / "cka_across.csv"))
+    assert len(first.tables["cka_across"]) == 3 * 8

@@ -28,7 +28,11 @@ def run(cfg: DictConfig | Sequence[str], out_dir: str | Path = "outputs/api", pr
     if not isinstance(cfg, DictConfig):
         cfg = compose(cfg)
     check_config(cfg)
-    result, _ = execute(cfg, out_dir, progress=progress)
+    result, written = execute(cfg, out_dir, progress=progress)
+    if result is None:  # a cached result: its tables are read back (figures stay as files)
+        from .analyses import Result
+
+        result = Result({p.stem: pd.read_csv(p) for p in written if p.suffix == ".csv"}, {}, {"cached": True})
     return result
 
 
