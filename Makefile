@@ -6,7 +6,7 @@ STAMP  := $(VENV)/.installed
 # torch is pinned to the release this project is tested with; pip takes it from a local cache where one exists.
 TORCH  ?= torch==2.14.1 torchvision==0.29.1
 
-.PHONY: demo test test-all bench bench-paper bench-grid clean-outputs train-quick train-cifar
+.PHONY: demo test test-all bench bench-paper bench-grid clean-outputs train-quick train-cifar train-alternet
 
 $(STAMP): pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -108,6 +108,9 @@ train-cifar: $(STAMP)
 	for m in vit_ti_cifar pit_ti_cifar swin_ti_cifar resnet50_cifar; do \
 	  $(VITSTUDY) train model=$$m dataset=cifar100 dataset.root=$(CIFAR100_ROOT) dataset.download=true \
 	    recipe=park_kim dataset.num_workers=8 hydra.run.dir=outputs/train/park_kim/$$m || exit 1; done
+train-alternet: $(STAMP)
+	$(VITSTUDY) train model=alternet50_cifar dataset=cifar100 dataset.root=$(CIFAR100_ROOT) dataset.download=true \
+	  recipe=park_kim dataset.num_workers=8 hydra.run.dir=outputs/train/park_kim/alternet50_cifar
 
 clean-outputs:
 	rm -rf outputs/* multirun

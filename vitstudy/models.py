@@ -12,7 +12,7 @@ import timm
 import torch
 from timm.data import create_transform, resolve_data_config
 
-from . import cifar_models  # noqa: F401  (registers vitstudy's CIFAR models with timm)
+from . import alternet, cifar_models  # noqa: F401  (register vitstudy's own models with timm)
 from .errors import VitstudyError, closest
 
 
@@ -50,6 +50,8 @@ def create(name: str, pretrained: bool = False, checkpoint: str | None = None, *
             model = timm.create_model(name, pretrained=pretrained, **kwargs)
     except TypeError as err:
         raise VitstudyError(f"cannot build timm model '{name}' with kwargs {dict(kwargs)}: {err}") from None
+    except VitstudyError:
+        raise
     except Exception as err:  # hub and cache failures surface as OSError/RuntimeError subclasses
         if pretrained and _is_offline_error(err):
             raise VitstudyError(
