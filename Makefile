@@ -98,6 +98,19 @@ fig-parkkim-2b: $(STAMP)
 fig-parkkim-8: $(STAMP)
 	$(RUN_FIG) experiment=parkkim_fig8 $(VAL)
 
+## Park & Kim's CIFAR-100 figures: need the checkpoints of `make train-cifar` / `make train-alternet`
+CIFAR_FIGURES = fig-parkkim-1a fig-parkkim-1c fig-parkkim-9 fig-parkkim-lesion
+.PHONY: figures-cifar $(CIFAR_FIGURES)
+figures-cifar: $(CIFAR_FIGURES)
+fig-parkkim-1a: $(STAMP)
+	$(RUN_FIG) experiment=parkkim_fig1a model=vit_ti_cifar,resnet50_cifar dataset.root=$(CIFAR100_ROOT)
+fig-parkkim-1c: $(STAMP)
+	$(RUN_FIG) experiment=parkkim_fig1c model=vit_ti_cifar,resnet50_cifar,alternet50_cifar dataset.root=$(CIFAR100_ROOT)
+fig-parkkim-9: $(STAMP)
+	$(RUN_FIG) experiment=parkkim_fig9 dataset.root=$(CIFAR100_ROOT)
+fig-parkkim-lesion: $(STAMP)
+	$(RUN_FIG) experiment=parkkim_lesion dataset.root=$(CIFAR100_ROOT)
+
 ## training: CPU-sized models on CIFAR-10 JPEG folders (about 25 min on 2 cores), and Park & Kim's CIFAR-100
 ## models with the full recipe (a GPU job: 305 epochs each, an estimated 1-3 GPU-hours per model, not measured)
 CIFAR10_DIR   ?= /tmp/cifar10
