@@ -29,6 +29,19 @@ class LoadedModel:
     weights: str  # where the weights came from: 'random-init', 'timm:<tag>', or 'file:<path>'
 
 
+@contextmanager
+def requires_grad(module: torch.nn.Module, flag: bool):
+    """Set every parameter's requires_grad inside the block; each one's own flag is restored afterwards."""
+    flags = [(p, p.requires_grad) for p in module.parameters()]
+    for p, _ in flags:
+        p.requires_grad_(flag)
+    try:
+        yield
+    finally:
+        for p, f in flags:
+            p.requires_grad_(f)
+
+
 def check_name(name: str) -> None:
     if not timm.is_model(name):
         arch = name.split(".", 1)[0]

@@ -22,6 +22,7 @@ from torch.nn.attention import SDPBackend, sdpa_kernel
 from tqdm.auto import tqdm
 
 from .. import data, plots  # noqa: F401  (sets the Agg backend and theme)
+from ..models import requires_grad
 from ..errors import VitstudyError
 from ..metrics import hessian as H
 from . import Result, params, register
@@ -56,19 +57,6 @@ def _loader(ctx, model, num_images: int, batch_size: int):
 
 
 @contextmanager
-def _trainable(module: torch.nn.Module):
-    """All parameters require grad inside; flags restored afterwards."""
-    flags = [(p, p.requires_grad) for p in module.parameters()]
-    for p, _ in flags:
-        p.requires_grad_(True)
-    try:
-        yield
-    finally:
-        for p, f in flags:
-            p.requires_grad_(f)
-
-
-@contextmanager
 def restored(module: torch.nn.Module):
     """Parameters are copied back bit for bit on exit, whatever happened inside."""
     saved = [p.detach().clone() for p in module.parameters()]
@@ -83,7 +71,7 @@ def restored(module: torch.nn.Module):
 def batch_eigenvalues(module, x, y, k=5, max_iter=100, tol=1e-3, weight_decay=0.0, generator=None):
     """Top-k Hessian eigenvalues of CE(module(x), y) + weight_decay/2·Σ‖θ‖² on one batch."""
     # fused attention kernels have no double backward: the math kernel does
-    with torch.inference_mode(False), torch.enable_grad(), _trainable(module), sdpa_kernel([SDPBackend.MATH]):
+    with torch.inference_mode(False), torch.enable_grad(), requires_grad(module, True), sdpa_kernel([SDPBackend.MATH]):
         ps = [p for p in module.parameters()]
         loss = F.cross_entropy(module(x), y)
         if weight_decay:

@@ -10,8 +10,6 @@ Reported per layer: the radius (pixels, from the centre location) that holds 50%
 """
 from __future__ import annotations
 
-from contextlib import contextmanager
-
 import numpy as np
 import pandas as pd
 import torch
@@ -19,25 +17,13 @@ import torch
 from .. import plots_skip
 from ..errors import VitstudyError
 from ..layers import Layer
+from ..models import requires_grad
 from ..residual import branches
 from . import Result, params, register
 from .localization import token_grid
 from .skip import sample_loader
 
 DEFAULTS = {"blocks": None, "residual": "both", "num_images": 32, "channels": "sum", "chunk": 64}
-
-
-@contextmanager
-def _frozen(module: torch.nn.Module):
-    """Parameters need no gradient here; restored afterwards."""
-    flags = [(p, p.requires_grad) for p in module.parameters()]
-    for p, _ in flags:
-        p.requires_grad_(False)
-    try:
-        yield
-    finally:
-        for p, f in flags:
-            p.requires_grad_(f)
 
 
 def centre_values(t: torch.Tensor, layer: Layer, grid: tuple[int, int, int]) -> torch.Tensor:
@@ -58,7 +44,7 @@ def erf_maps(module: torch.nn.Module, layers: list[Layer], batches, channels: st
     grids = {l.name: token_grid(module, l) for l in layers}
     sums: dict[str, torch.Tensor] = {}
     count = 0
-    with _frozen(module), torch.enable_grad():
+    with requires_grad(module, False), torch.enable_grad():
         for x in batches:
             x = x.to(device).requires_grad_(True)
             captured: dict[str, torch.Tensor] = {}
