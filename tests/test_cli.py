@@ -39,6 +39,7 @@ def assert_one_line_error(args, expected, run_dir, capsys):
     assert code not in (0, None) and len(lines) == 1 and lines[0].startswith("vitstudy: error:"), err
     assert expected in lines[0] and "Traceback" not in err
     assert finished_files(run_dir) == []
+    return code
 
 
 def test_cka_across_end_to_end(tmp_path, capsys):

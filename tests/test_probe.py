@@ -6,7 +6,7 @@ import pytest
 import torch
 
 from conftest import SMALL_DATA, TINY_VIT
-from test_cli import cli, finished_files
+from test_cli import assert_one_line_error, cli
 from vitstudy.metrics.ridge import RidgeAccumulator
 
 ALPHAS = [1e-3, 1e-1, 10.0]
@@ -102,8 +102,5 @@ BAD = {
 @pytest.mark.parametrize("case", list(BAD))
 def test_bad_input_one_line(case, tmp_path, capsys):
     extra, expected = BAD[case]
-    out = tmp_path / "run"
-    code, _, err = cli(["run", *PROBE, *TINY_VIT, *SMALL_DATA, "dataset.size=200", *extra, f"hydra.run.dir={out}"], capsys)
-    lines = err.strip().splitlines()
-    assert code == 2 and len(lines) == 1 and expected in lines[0], err
-    assert finished_files(out) == []
+    args = ["run", *PROBE, *TINY_VIT, *SMALL_DATA, "dataset.size=200", *extra]
+    assert assert_one_line_error(args, expected, tmp_path / "run", capsys) == 2

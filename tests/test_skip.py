@@ -12,7 +12,7 @@ from timm.models.vision_transformer import Block
 from torch import nn
 
 from conftest import SMALL_DATA, TINY_RESNET, TINY_VIT
-from test_cli import cli, finished_files
+from test_cli import assert_one_line_error, cli
 from vitstudy.analyses.skip import measure
 from vitstudy.errors import VitstudyError
 from vitstudy.layers import resolve
@@ -207,8 +207,4 @@ SKIP_BAD = {
 @pytest.mark.parametrize("case", list(SKIP_BAD))
 def test_bad_input_one_line(case, tmp_path, capsys):
     extra, expected = SKIP_BAD[case]
-    out = tmp_path / "run"
-    code, _, err = cli(["run", *TINY_VIT, *SMALL_DATA, *extra, f"hydra.run.dir={out}"], capsys)
-    lines = err.strip().splitlines()
-    assert code not in (0, None) and len(lines) == 1 and expected in lines[0], err
-    assert finished_files(out) == []
+    assert_one_line_error(["run", *TINY_VIT, *SMALL_DATA, *extra], expected, tmp_path / "run", capsys)

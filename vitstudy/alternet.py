@@ -23,9 +23,8 @@ from __future__ import annotations
 from typing import Sequence
 
 import torch
-import torch.nn.functional as F
 from torch import nn
-from timm.layers import BatchNormAct2d, DropPath, create_conv2d
+from timm.layers import BatchNormAct2d, create_conv2d
 from timm.models import build_model_with_cfg, generate_default_cfgs, register_model
 from timm.models.resnetv2 import ResNetV2
 

@@ -43,6 +43,22 @@ class Context:
             self._layers[key] = resolve(m.module, spec, m.data_config["input_size"])
         return self._layers[key]
 
+    def sample(self, num_images: int | None = None, batch_size: int | None = None, tail: str = "fold",
+               repeat: int = 0) -> tuple[data.Batching, dict]:
+        """Images drawn afresh for `repeat` (seed + repeat), in batches of at least 4, and their record for
+        images.csv (hand the records to `record_images`)."""
+        cfg = self.cfg
+        n = cfg.dataset.num_images if num_images is None else num_images
+        indices = data.sample_indices(len(self.dataset), n, cfg.seed + repeat)
+        batching = data.make_batches(indices, batch_size or cfg.dataset.batch_size, tail)
+        return batching, {"repeat": repeat, "seed": cfg.seed + repeat, "images": batching.num_images,
+                          "batches": len(batching.batches), "tail": batching.tail, "dropped": batching.dropped,
+                          "indices": indices}
+
+    def loader(self, models, batching: data.Batching):
+        """A loader over `batching` that gives every model its own eval transform of the same images."""
+        return data.loader(self.dataset, batching, [m.transform for m in models], self.cfg.dataset.num_workers)
+
     def record_images(self, used: list[dict]) -> None:
         self.images = used
 

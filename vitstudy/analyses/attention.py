@@ -15,7 +15,7 @@ import pandas as pd
 import torch
 from omegaconf import OmegaConf
 
-from .. import data, models, plots_attention
+from .. import models, plots_attention
 from ..attention_capture import Counter, Site, sites, unfused
 from ..engine import Reducer, stream
 from ..errors import VitstudyError
@@ -76,11 +76,8 @@ INPUT_TAP = Layer("", "", True, (), "input")  # the model's own input (batch siz
 
 def image_batches(ctx):
     """The sampled images and their batching (one repeat), recorded for images.csv."""
-    cfg = ctx.cfg
-    indices = data.sample_indices(len(ctx.dataset), cfg.dataset.num_images, cfg.seed)
-    batching = data.make_batches(indices, cfg.dataset.batch_size, cfg.cka.tail)
-    ctx.record_images([{"repeat": 0, "seed": cfg.seed, "images": batching.num_images, "batches": len(batching.batches),
-                        "tail": batching.tail, "dropped": batching.dropped, "indices": indices}])
+    batching, record = ctx.sample(tail=ctx.cfg.cka.tail)
+    ctx.record_images([record])
     return batching
 
 
@@ -102,7 +99,7 @@ def measure(ctx, m, batching) -> pd.DataFrame:
     """Mean attention distance of every head of `m` over the sampled images."""
     site_list = sites(m.module)
     reducer = DistanceReducer(site_list)
-    loader = data.loader(ctx.dataset, batching, [m.transform], ctx.cfg.dataset.num_workers)
+    loader = ctx.loader([m], batching)
     with unfused(m.module, [s.name for s in site_list]):
         stream([m], [[INPUT_TAP] + [s.layer for s in site_list]], loader, reducer, ctx.device,
                f"attention distance {m.label}", ctx.progress)
@@ -234,7 +231,7 @@ def local_global_cka(ctx) -> Result:
     proj = Layer(f"{site.name}.proj:in", f"{site.name}.proj", True, (), "NLC")
     reducer = LocalGlobalReducer(site, proj, ref_layers, cfg.tokens, token_info(vit.module), token_info(ref.module), ctx.device)
     batching = image_batches(ctx)
-    loader = data.loader(ctx.dataset, batching, [vit.transform, ref.transform], cfg.dataset.num_workers)
+    loader = ctx.loader([vit, ref], batching)
     with unfused(vit.module, [site.name]):
         stream([vit, ref], [[INPUT_TAP, site.layer, proj], ref_layers], loader, reducer, ctx.device, "local/global cka", ctx.progress)
     mean, _ = reducer.stats.mean_std(site.name)

@@ -85,15 +85,14 @@ def compute(ctx, models, layers) -> tuple[np.ndarray, np.ndarray, dict]:
     runs = [m.numpy() for m in state["runs"]] if state else []
     used = list(state["used"]) if state else []
     for r in range(len(runs), cfg.cka.repeats):
-        indices = data.sample_indices(len(ctx.dataset), cfg.dataset.num_images, cfg.seed + r)
-        batching = data.make_batches(indices, cfg.dataset.batch_size, cfg.cka.tail)
+        batching, record = ctx.sample(tail=cfg.cka.tail, repeat=r)
         reducer = CKAReducer(models, layers, cfg.tokens, cfg.cka.estimator, cfg.cka.gram_dtype, ctx.device)
         start = 0
         if state and state.get("acc") is not None and state.get("repeat") == r:
             reducer.acc.load_state_dict(state["acc"])
             start = state["batches_done"]
         remaining = data.Batching(batching.batches[start:], batching.tail, batching.dropped)
-        loader = data.loader(ctx.dataset, remaining, [m.transform for m in models], cfg.dataset.num_workers)
+        loader = ctx.loader(models, remaining)
 
         def checkpoint(done, r=r, start=start):
             resumable = cfg.cka.estimator == "unbiased"
@@ -111,8 +110,7 @@ def compute(ctx, models, layers) -> tuple[np.ndarray, np.ndarray, dict]:
         check(matrix, names if len(models) != 2 else [l.name for l in layers[0]],
               names if len(models) != 2 else [l.name for l in layers[1]])
         runs.append(matrix)
-        used.append({"repeat": r, "seed": cfg.seed + r, "images": batching.num_images, "batches": len(batching.batches),
-                     "tail": batching.tail, "dropped": batching.dropped, "resumed_at_batch": start, "indices": indices})
+        used.append({**record, "resumed_at_batch": start})
         if cache is not None:
             cache.save_checkpoint({"repeat": r + 1, "batches_done": 0, "acc": None,
                                    "runs": [torch.from_numpy(m) for m in runs], "used": used})

@@ -11,7 +11,7 @@ from __future__ import annotations
 import pandas as pd
 import torch
 
-from .. import data, latents, plots_fourier
+from .. import latents, plots_fourier
 from ..engine import Reducer, stream
 from ..errors import VitstudyError
 from ..metrics import fourier as F
@@ -48,18 +48,15 @@ class LatentReducer(Reducer):
 
 def measure(ctx, statistic: str, p: dict):
     """Stream the images through both models; returns (models, described latents, reducer, images used)."""
-    cfg = ctx.cfg
     models = [ctx.models[k] for k in MODELS]
     spec = p["layers"]
     layer_lists = [ctx.layers(m) if spec is None else ctx.layers(m, spec) for m in models]
     described = [latents.describe(m.module, ls) for m, ls in zip(models, layer_lists)]
-    indices = data.sample_indices(len(ctx.dataset), cfg.dataset.num_images, cfg.seed)
-    batching = data.make_batches(indices, cfg.dataset.batch_size, "fold")
-    loader = data.loader(ctx.dataset, batching, [m.transform for m in models], cfg.dataset.num_workers)
+    batching, record = ctx.sample()
+    loader = ctx.loader(models, batching)
     reducer = LatentReducer(described, statistic, p.get("ddof", 1))
     stream(models, layer_lists, loader, reducer, ctx.device, statistic, ctx.progress)
-    ctx.record_images([{"repeat": 0, "seed": cfg.seed, "images": batching.num_images, "batches": len(batching.batches),
-                        "tail": batching.tail, "dropped": batching.dropped, "indices": indices}])
+    ctx.record_images([record])
     return models, described, reducer, batching.num_images
 
 

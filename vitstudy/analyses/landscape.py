@@ -21,7 +21,7 @@ import torch.nn.functional as F
 from torch.nn.attention import SDPBackend, sdpa_kernel
 from tqdm.auto import tqdm
 
-from .. import data, plots  # noqa: F401  (sets the Agg backend and theme)
+from .. import plots  # noqa: F401  (sets the Agg backend and theme)
 from ..models import requires_grad
 from ..errors import VitstudyError
 from ..metrics import hessian as H
@@ -48,12 +48,9 @@ def _positive_int(p: dict, *keys: str) -> None:
 
 
 def _loader(ctx, model, num_images: int, batch_size: int):
-    cfg = ctx.cfg
-    indices = data.sample_indices(len(ctx.dataset), num_images, cfg.seed)
-    batching = data.make_batches(indices, batch_size, "fold")
-    ctx.record_images([{"repeat": 0, "seed": cfg.seed, "images": batching.num_images, "batches": len(batching.batches),
-                        "tail": batching.tail, "dropped": batching.dropped, "indices": indices}])
-    return data.loader(ctx.dataset, batching, [model.transform], cfg.dataset.num_workers), batching
+    batching, record = ctx.sample(num_images, batch_size)
+    ctx.record_images([record])
+    return ctx.loader([model], batching), batching
 
 
 @contextmanager

@@ -19,7 +19,7 @@ import pandas as pd
 import torch
 from tqdm.auto import tqdm
 
-from .. import data, latents, plots_fourier
+from .. import latents, plots_fourier
 from ..errors import VitstudyError
 from ..metrics import fourier as F
 from . import Result, params, register
@@ -45,12 +45,9 @@ def choose_metric(requested: str, dataset, model) -> str:
 
 
 def _loader(ctx, models):
-    cfg = ctx.cfg
-    indices = data.sample_indices(len(ctx.dataset), cfg.dataset.num_images, cfg.seed)
-    batching = data.make_batches(indices, cfg.dataset.batch_size, "fold")
-    ctx.record_images([{"repeat": 0, "seed": cfg.seed, "images": batching.num_images, "batches": len(batching.batches),
-                        "tail": batching.tail, "dropped": batching.dropped, "indices": indices}])
-    return data.loader(ctx.dataset, batching, [m.transform for m in models], cfg.dataset.num_workers), batching.num_images
+    batching, record = ctx.sample()
+    ctx.record_images([record])
+    return ctx.loader(models, batching), batching.num_images
 
 
 def _hits(pred: torch.Tensor, target: torch.Tensor) -> int:

@@ -11,7 +11,7 @@ import numpy as np
 import pandas as pd
 import torch
 
-from .. import data, plots_attention
+from .. import plots_attention
 from ..attention_capture import Counter, sites, unfused
 from ..engine import Reducer, stream
 from ..errors import VitstudyError
@@ -102,7 +102,7 @@ def attention_rollout(ctx) -> Result:
     batching = image_batches(ctx)
     flat = [i for b in batching.batches for i in b]
     reducer = RolloutReducer(site_list, has_cls, residual, num_show, centre, flat)
-    loader = data.loader(ctx.dataset, batching, [m.transform], cfg.dataset.num_workers)
+    loader = ctx.loader([m], batching)
     with unfused(m.module, [s.name for s in site_list]):
         stream([m], [[INPUT_TAP] + [s.layer for s in site_list]], loader, reducer, ctx.device, "attention rollout", ctx.progress)
     df = pd.DataFrame(reducer.rows)

@@ -20,7 +20,7 @@ import numpy as np
 import pandas as pd
 import torch
 
-from .. import data, plots, plots_skip
+from .. import plots, plots_skip
 from ..engine import Reducer, stream
 from ..errors import VitstudyError
 from ..layers import Layer, token_info
@@ -34,14 +34,8 @@ LESION = "inference-time lesion (skip removed in the trained model, no retrainin
 
 def sample_loader(ctx, models, num_images: int | None = None, seed_offset: int = 0):
     """A loader over `num_images` sampled images (default dataset.num_images) and its record for images.csv."""
-    cfg = ctx.cfg
-    n = cfg.dataset.num_images if num_images is None else num_images
-    indices = data.sample_indices(len(ctx.dataset), n, cfg.seed + seed_offset)
-    batching = data.make_batches(indices, cfg.dataset.batch_size, cfg.cka.tail)
-    loader = data.loader(ctx.dataset, batching, [m.transform for m in models], cfg.dataset.num_workers)
-    used = {"repeat": seed_offset, "seed": cfg.seed + seed_offset, "images": batching.num_images,
-            "batches": len(batching.batches), "tail": batching.tail, "dropped": batching.dropped, "indices": indices}
-    return loader, used
+    batching, used = ctx.sample(num_images, tail=ctx.cfg.cka.tail, repeat=seed_offset)
+    return ctx.loader(models, batching), used
 
 
 def position_norms(t: torch.Tensor, layer: Layer) -> torch.Tensor:
