@@ -83,6 +83,8 @@ def compute(ctx, models, layers) -> tuple[np.ndarray, np.ndarray, dict]:
     cfg, cache = ctx.cfg, ctx.cache
     state = cache.load_checkpoint() if cache is not None else None
     runs = [m.numpy() for m in state["runs"]] if state else []
+    # the feature cache's namespaces hash every weight: once per run, not once per repeat
+    namespaces = [ctx.features.namespace(m, cfg.dataset) for m in models] if ctx.features is not None else None
     used = list(state["used"]) if state else []
     for r in range(len(runs), cfg.cka.repeats):
         batching, record = ctx.sample(tail=cfg.cka.tail, repeat=r)
@@ -101,9 +103,7 @@ def compute(ctx, models, layers) -> tuple[np.ndarray, np.ndarray, dict]:
                                        "runs": [torch.from_numpy(m) for m in runs], "used": used})
 
         desc = f"cka repeat {r + 1}/{cfg.cka.repeats}" if cfg.cka.repeats > 1 else "cka"
-        features = None
-        if ctx.features is not None:
-            features = (ctx.features, [ctx.features.namespace(m, cfg.dataset) for m in models], remaining.batches)
+        features = (ctx.features, namespaces, remaining.batches) if namespaces is not None else None
         stream(models, layers, loader, reducer, ctx.device, desc, ctx.progress, after_batch=checkpoint, features=features)
         matrix = reducer.result()
         names = [f"{m.key}:{l.name}" if len(models) > 2 else l.name for m, ls in zip(models, layers) for l in ls]
