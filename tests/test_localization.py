@@ -65,7 +65,7 @@ CASES = {
     "cls_vit": [],
     "gap_vit": ["model.name=vit_medium_patch16_gap_256", "model.kwargs.depth=2"],
     "resnet": ["model.name=resnet18", "model.kwargs.img_size=null", "model.kwargs.patch_size=null",
-               "model.kwargs.depth=null", "model.input_size=[3,64,64]", "analysis.layer=layer3.1"],
+               "model.kwargs.depth=null", "model.data.input_size=[3,64,64]", "analysis.layer=layer3.1"],
 }
 
 

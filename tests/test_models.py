@@ -76,3 +76,13 @@ def test_eval_transform_follows_img_size_kwarg():
     assert cfg["input_size"] == (3, 32, 32)
     _, cfg = eval_transform(timm.create_model("resnet18"), input_size=[3, 64, 64])
     assert cfg["input_size"] == (3, 64, 64)
+
+
+@pytest.mark.parametrize("content, suffix", [(b"just some text, not weights\n", ".pth"), (b"\x00" + bytes(range(255)) * 4, ".pt"),
+                                             (b"", ".pth"), (bytes(range(256)), ".safetensors")])
+def test_a_file_that_is_no_checkpoint_is_called_unreadable(tmp_path, content, suffix):
+    path = tmp_path / f"w{suffix}"
+    path.write_bytes(content)
+    with pytest.raises(VitstudyError, match="is not a readable checkpoint") as err:
+        create("resnet18", checkpoint=str(path))
+    assert "Python objects" not in str(err.value) and "\n" not in str(err.value)

@@ -76,7 +76,7 @@ PROBE = ["analysis=linear_probe", "analysis.num_val=16", "analysis.num_test=16"]
 def test_end_to_end(case, tmp_path, capsys):
     extra = ["analysis.shots=3"] if case == "cls_vit" else [
         "model.name=resnet18", "model.kwargs.img_size=null", "model.kwargs.patch_size=null", "model.kwargs.depth=null",
-        "model.input_size=[3,32,32]", "analysis.num_train=40"]
+        "model.data.input_size=[3,32,32]", "analysis.num_train=40"]
     out = tmp_path / "run"
     code, _, err = cli(["run", *PROBE, *TINY_VIT, *SMALL_DATA, *extra, f"hydra.run.dir={out}"], capsys)
     assert code == 0, err

@@ -145,7 +145,7 @@ def test_branch_points_of_timm_families(tiny_vit):
 
 
 RESNET_AS_MODEL = ["model.name=resnet18", "model.kwargs.img_size=null", "model.kwargs.patch_size=null",
-                   "model.kwargs.depth=null", "model.input_size=[3,32,32]"]
+                   "model.kwargs.depth=null", "model.data.input_size=[3,32,32]"]
 
 
 def test_skip_ratio_end_to_end_vit_with_zero_init_resnet_reference(tmp_path, capsys):
@@ -194,7 +194,7 @@ def test_skip_ablation_end_to_end(tmp_path, capsys):
 
 SKIP_BAD = {
     "no residual structure": (["analysis=skip_ratio", "model.name=mobilenetv3_small_050", "model.kwargs.img_size=null",
-                               "model.kwargs.patch_size=null", "model.kwargs.depth=null", "model.input_size=[3,32,32]"],
+                               "model.kwargs.patch_size=null", "model.kwargs.depth=null", "model.data.input_size=[3,32,32]"],
                               "no residual blocks of a known family"),
     "bad aggregate": (["analysis=skip_ratio", "analysis.aggregate=median"], "mean_of_ratios or ratio_of_means"),
     "unknown parameter": (["analysis=skip_ratio", "+analysis.aggregat=x"], "unknown parameter analysis.aggregat"),

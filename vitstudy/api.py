@@ -25,10 +25,12 @@ def run(cfg: DictConfig | Sequence[str], out_dir: str | Path = "outputs/api", pr
     """Run the configured analysis, write its run directory, and return its Result (tables, figures)."""
     from .runner import check_config, execute
 
+    overrides = None
     if not isinstance(cfg, DictConfig):
-        cfg = compose(cfg)
+        overrides = list(cfg)
+        cfg = compose(overrides)
     check_config(cfg)
-    result, written = execute(cfg, out_dir, progress=progress)
+    result, written = execute(cfg, out_dir, progress=progress, overrides=overrides)
     if result is None:  # a cached result: its tables are read back (figures stay as files)
         from .analyses import Result
 

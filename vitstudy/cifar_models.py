@@ -29,8 +29,7 @@ from timm.models.vision_transformer import Block, VisionTransformer
 
 from .errors import VitstudyError
 
-CIFAR10_MEAN, CIFAR10_STD = (0.4914, 0.4822, 0.4465), (0.2470, 0.2435, 0.2616)
-CIFAR100_MEAN, CIFAR100_STD = (0.5071, 0.4867, 0.4408), (0.2675, 0.2565, 0.2761)  # Park & Kim's values
+from .preprocess import CIFAR10_MEAN, CIFAR10_STD, CIFAR100_MEAN, CIFAR100_STD  # noqa: E402
 
 
 def _cfg(num_classes: int, mean, std, **kwargs) -> dict:

@@ -18,6 +18,23 @@ TIMM_KWARGS = ("img_size", "patch_size", "depth", "embed_dim", "num_heads", "num
 
 
 @dataclass
+class DataConfig:
+    """A model's preprocessing: timm's data-config keys; unset keys come from the checkpoint or the architecture.
+
+    Resolution order (vitstudy.preprocess): these keys, then `preset`, then `model.kwargs.img_size` (size), then
+    the data config a vitstudy training checkpoint carries, then timm's pretrained config of the architecture.
+    """
+
+    input_size: Optional[List[int]] = None  # (C, H, W) the model sees, e.g. [3, 32, 32]
+    mean: Optional[List[float]] = None  # per-channel normalisation
+    std: Optional[List[float]] = None
+    crop_pct: Optional[float] = None  # resize to size / crop_pct, then centre crop to size (1.0: no crop)
+    crop_mode: Optional[str] = None  # 'center', 'squash' or 'border' (timm)
+    interpolation: Optional[str] = None  # 'bicubic', 'bilinear', ...
+    preset: Optional[str] = None  # cifar10, cifar100 (32 px, their mean/std, no crop), imagenet, inception (mean/std)
+
+
+@dataclass
 class ModelConfig:
     """A timm model: `name` is a timm name, optionally with a pretrained tag (`arch.tag`)."""
 
@@ -28,7 +45,7 @@ class ModelConfig:
     # `model.kwargs.depth=6` works without Hydra's `+`; others: `+model.kwargs.NAME=VALUE`.
     kwargs: Dict[str, Any] = field(default_factory=lambda: dict.fromkeys(TIMM_KWARGS))
     layers: Any = "${layers}"  # 'blocks', 'all', a regex, or a list of module names / regexes
-    input_size: Optional[List[int]] = None  # override the eval transform's (C, H, W)
+    data: DataConfig = field(default_factory=DataConfig)  # preprocessing (model.data.mean=[...], model.data.preset=cifar10)
     label: Optional[str] = None  # display name in figures; defaults to the timm name without its tag
 
 

@@ -5,14 +5,13 @@ import logging
 import os
 import pickle
 from contextlib import contextmanager
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any, Mapping
 
 import timm
 import torch
-from timm.data import create_transform, resolve_data_config
 
-from . import alternet, cifar_models  # noqa: F401  (register vitstudy's own models with timm)
+from . import alternet, cifar_models, preprocess  # noqa: F401  (alternet, cifar_models: register vitstudy's own models with timm)
 from .errors import VitstudyError, closest
 
 
@@ -27,6 +26,8 @@ class LoadedModel:
     transform: Any
     data_config: dict
     weights: str  # where the weights came from: 'random-init', 'timm:<tag>', or 'file:<path>'
+    data_sources: dict = field(default_factory=dict)  # data-config key -> where its value came from
+    transform_line: str = ""  # the one line printed at the start of a run (preprocess.line)
 
 
 @contextmanager
@@ -133,15 +134,8 @@ def read_state_dict(path: str) -> dict[str, torch.Tensor]:
             state = load_file(path, device="cpu")
         else:
             state = torch.load(path, map_location="cpu", weights_only=True)
-    except pickle.UnpicklingError as err:
-        reason = str(err).strip().splitlines()[0] if str(err).strip() else "unsupported object"
-        raise VitstudyError(
-            f"refusing checkpoint {path}: it holds Python objects beyond tensors and plain containers "
-            f"({reason[:120]}); vitstudy loads with weights_only=True so no code runs; re-save it as "
-            f"torch.save(model.state_dict(), ...) or as .safetensors"
-        ) from None
-    except Exception as err:  # corrupt or foreign files
-        raise VitstudyError(f"cannot read checkpoint {path}: {type(err).__name__}: {err}") from None
+    except Exception as err:  # corrupt, foreign, or holding Python objects
+        raise VitstudyError(_unreadable(path, err)) from None
     if isinstance(state, Mapping):
         for key in ("state_dict", "model", "state_dict_ema", "model_ema"):
             if key in state and isinstance(state[key], Mapping):
@@ -150,6 +144,22 @@ def read_state_dict(path: str) -> dict[str, torch.Tensor]:
     if not isinstance(state, Mapping) or not all(isinstance(v, torch.Tensor) for v in state.values()):
         raise VitstudyError(f"checkpoint {path} holds no state dict of tensors (keys: {list(state)[:5] if isinstance(state, Mapping) else type(state).__name__})")
     return {k[7:] if k.startswith("module.") else k: v for k, v in state.items()}
+
+
+def _unreadable(path: str, err: Exception) -> str:
+    """Why a weights file could not be read: not a torch/safetensors file at all, or objects beyond tensors."""
+    text = str(err).strip()
+    with open(path, "rb") as f:
+        head = f.read(8)
+    torch_file = head.startswith(b"PK\x03\x04") or head[:1] == b"\x80"  # a torch zip archive or a pickle
+    if isinstance(err, pickle.UnpicklingError) and torch_file and ("weights only" in text.lower() or "unsupported" in text.lower()):
+        reason = next((l.strip() for l in text.splitlines() if "Unsupported" in l or "global" in l.lower()), text.splitlines()[0])
+        return (f"refusing checkpoint {path}: it holds Python objects beyond tensors and plain containers ({reason[:120]}); "
+                f"vitstudy loads with weights_only=True so no code runs; re-save it as "
+                f"torch.save(model.state_dict(), ...) or as .safetensors")
+    kind = "a .safetensors file" if path.endswith(".safetensors") else "a torch file (torch.save) or .safetensors"
+    first = text.splitlines()[0][:120] if text else type(err).__name__
+    return f"{path} is not a readable checkpoint: not {kind} ({type(err).__name__}: {first}); give the weights file itself"
 
 
 def load_weights(model: torch.nn.Module, path: str, name: str = "model") -> None:
@@ -174,43 +184,118 @@ def load_weights(model: torch.nn.Module, path: str, name: str = "model") -> None
     model.load_state_dict(state, strict=True)
 
 
+def training_metadata(path: str) -> dict | None:
+    """`model_config` and `data_config` of a vitstudy training checkpoint (None for other weight files)."""
+    if not os.path.isfile(path) or path.endswith(".safetensors"):
+        return None
+    try:
+        ckpt = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception:
+        return None
+    if not isinstance(ckpt, dict) or not isinstance(ckpt.get("model_config"), dict):
+        return None
+    return {"model_config": ckpt["model_config"], "data_config": ckpt.get("data_config")}
+
+
 def eval_transform(model: torch.nn.Module, input_size=None, kwargs: Mapping | None = None):
-    """The model's own timm eval transform (resize, crop, normalise), from its pretrained config."""
-    args = {}
-    if input_size is not None:
-        args["input_size"] = tuple(input_size)
-    elif kwargs and "img_size" in kwargs:
-        size = kwargs["img_size"]
-        size = (size, size) if isinstance(size, int) else tuple(size)
-        args["input_size"] = (3, *size)
-    data_config = resolve_data_config(args, model=model)
-    return create_transform(**data_config, is_training=False), data_config
+    """The model's timm eval transform and data config (see `preprocess.resolve` for the full resolution)."""
+    config, _ = preprocess.resolve(model, {"input_size": input_size}, None, kwargs)
+    return preprocess.transform(config), config
 
 
-def load(cfg, key: str = "model") -> LoadedModel:
-    """Build one model from its config node (`name`, `pretrained`, `checkpoint`, `kwargs`, ...)."""
+def node(entry, layers=None, pretrained: bool | None = None):
+    """A model config node from a preset name (conf/model/<name>.yaml), a timm name, or a mapping of model keys.
+
+    Nothing is inherited from another model's node: a compare or grid model has its own weights, kwargs and data.
+    `layers` and `pretrained`, when given, are set on the node (a mapping's own `pretrained` wins).
+    """
+    from importlib import resources
+
+    from omegaconf import DictConfig, OmegaConf
+
+    from .config import ModelConfig
+
+    base = OmegaConf.structured(ModelConfig)
+    if isinstance(entry, (dict, DictConfig)):
+        given = OmegaConf.to_container(entry, resolve=True) if isinstance(entry, DictConfig) else dict(entry)
+        if "name" not in given:
+            raise VitstudyError(f"a model entry needs a name (a preset or timm name), got {given}")
+        preset = resources.files("vitstudy.conf") / "model" / f"{given['name']}.yaml"
+        spec = OmegaConf.merge(OmegaConf.load(str(preset)), {k: v for k, v in given.items() if k != "name"}) \
+            if preset.is_file() else given
+        explicit_pretrained = "pretrained" in given
+    else:
+        name = str(entry)
+        preset = resources.files("vitstudy.conf") / "model" / f"{name}.yaml"
+        spec = OmegaConf.load(str(preset)) if preset.is_file() else {"name": name}
+        explicit_pretrained = False
+    try:
+        out = OmegaConf.merge(base, spec)
+    except Exception as err:
+        raise VitstudyError(f"bad model entry {entry!r}: {str(err).splitlines()[0]}") from None
+    own = spec.get("layers") if hasattr(spec, "get") else None
+    out.layers = layers if layers is not None else own if own is not None else "blocks"
+    if pretrained is not None and not explicit_pretrained:
+        out.pretrained = pretrained
+    return out
+
+
+def default_name(key: str) -> str | None:
+    """The timm name of the model preset that `conf/config.yaml` picks for `key` when none is given."""
+    from importlib import resources
+
+    from omegaconf import OmegaConf
+
+    root = resources.files("vitstudy.conf")
+    for entry in OmegaConf.load(str(root / "config.yaml")).defaults:
+        if isinstance(entry, dict) and f"model@{key}" in entry:
+            preset = root / "model" / f"{entry[f'model@{key}']}.yaml"
+            return OmegaConf.load(str(preset)).get("name") if preset.is_file() else None
+    return None
+
+
+def load(cfg, key: str = "model", name_given: bool | None = None) -> LoadedModel:
+    """Build one model from its config node (`name`, `pretrained`, `checkpoint`, `kwargs`, `data`, ...).
+
+    A vitstudy training checkpoint carries the architecture and preprocessing it was trained with: its
+    kwargs fill what the node leaves unset, and when the name was not given by the user (`name_given`
+    False, or None and the name is the default preset's) the saved architecture is built instead.
+    """
     from omegaconf import DictConfig, OmegaConf
 
     raw = OmegaConf.to_container(cfg.kwargs, resolve=True) if isinstance(cfg.kwargs, DictConfig) else dict(cfg.kwargs or {})
     kwargs = {k: tuple(v) if isinstance(v, list) else v for k, v in raw.items() if v is not None}
+    user_kwargs = dict(kwargs)
     name = cfg.name
-    if cfg.checkpoint:  # a vitstudy training checkpoint knows the architecture it was saved from
-        from .train import saved_model_config
-
-        saved = saved_model_config(cfg.checkpoint)
-        if saved:
-            if saved["name"].split(".")[0] != name.split(".")[0]:
+    saved = training_metadata(cfg.checkpoint) if cfg.checkpoint else None
+    if saved:
+        saved_name = saved["model_config"]["name"]
+        if saved_name.split(".")[0] != name.split(".")[0]:
+            if name_given is None:
+                name_given = name != default_name(key)
+            if name_given:
                 raise VitstudyError(
-                    f"checkpoint {cfg.checkpoint} was saved from '{saved['name']}', but {key}.name is '{name}'; "
-                    f"set {key}.name={saved['name']} (its kwargs come from the checkpoint)")
-            kwargs = {**{k: v for k, v in saved.get("kwargs", {}).items() if v is not None}, **kwargs}
+                    f"checkpoint {cfg.checkpoint} was saved from '{saved_name}', but {key}.name is '{name}'; "
+                    f"set {key}.name={saved_name} or leave {key}.name out (its kwargs come from the checkpoint)")
+            print(f"vitstudy: {key}: building '{saved_name}', the architecture checkpoint {cfg.checkpoint} was saved from")
+            name = saved_name
+        kwargs = {**{k: v for k, v in saved["model_config"].get("kwargs", {}).items() if v is not None}, **kwargs}
     model = create(name, pretrained=cfg.pretrained, checkpoint=cfg.checkpoint, **kwargs)
-    transform, data_config = eval_transform(model, cfg.get("input_size"), kwargs)
+    saved_data = dict((saved or {}).get("data_config") or {})
+    saved_size = (saved or {}).get("model_config", {}).get("kwargs", {}).get("img_size")
+    if "input_size" not in saved_data and saved_size is not None:  # older checkpoints: the size they were built at
+        saved_data["input_size"] = (saved_size, saved_size) if isinstance(saved_size, int) else tuple(saved_size)
+    data = cfg.get("data")
+    user = OmegaConf.to_container(data, resolve=True) if isinstance(data, DictConfig) else dict(data or {})
+    data_config, sources = preprocess.resolve(model, user, saved_data, user_kwargs)
+    transform = preprocess.transform(data_config)
     if cfg.checkpoint:
         weights = f"file:{os.path.abspath(cfg.checkpoint)}"
     elif cfg.pretrained:
         weights = f"timm:{model.pretrained_cfg.get('tag') or cfg.name}"
     else:
         weights = "random-init"
+    arch_tag = f"{model.pretrained_cfg.get('architecture', name.split('.')[0])}.{model.pretrained_cfg.get('tag') or 'default'}"
+    line = preprocess.line(key, name, data_config, sources, transform, cfg.checkpoint, arch_tag)
     label = cfg.get("label") or name.split(".")[0]
-    return LoadedModel(key, name, label, model, transform, data_config, weights)
+    return LoadedModel(key, name, label, model, transform, data_config, weights, sources, line)

@@ -69,8 +69,20 @@ class Context:
         self.timings[name] = round(self.timings.get(name, 0.0) + time.perf_counter() - t, 3)
 
 
-def prepare(cfg, progress=None, cache: Cache | None = None) -> Context:
-    """Load what the config's analysis needs: its models (on the device, eval mode) and the data set."""
+def names_given(overrides) -> dict[str, bool] | None:
+    """Whether the user chose each model's architecture (`model=`, `model.name=`, `experiment=` ...); None: unknown."""
+    if overrides is None:
+        return None
+    keys = {o.lstrip("+~").split("=", 1)[0] for o in overrides}
+    return {"model": bool(keys & {"model", "model@model", "model.name", "experiment"}),
+            "reference": bool(keys & {"reference", "model@reference", "reference.name", "experiment"})}
+
+
+def prepare(cfg, progress=None, cache: Cache | None = None, overrides=None) -> Context:
+    """Load what the config's analysis needs: its models (on the device, eval mode) and the data set.
+
+    Each model's preprocessing is printed in one line (and recorded in run.json).
+    """
     analysis = analyses.get(cfg.analysis.name)
     device = resolve_device(cfg.device)
     torch.manual_seed(cfg.seed)
@@ -78,9 +90,11 @@ def prepare(cfg, progress=None, cache: Cache | None = None) -> Context:
     if cfg.cache.features and cfg.cache.dir:
         ctx.features = FeatureCache(Path(cfg.cache.dir) / "features", cfg.cache.features_max_gb)
     with ctx.stage("load_models"):
+        given = names_given(overrides) or {}
         for key in analysis.models:
-            ctx.models[key] = models.load(cfg[key], key)
+            ctx.models[key] = models.load(cfg[key], key, given.get(key))
             ctx.models[key].module.to(device)
+            print(f"vitstudy: {ctx.models[key].transform_line}", flush=True)
     with ctx.stage("load_dataset"):
         ctx.dataset = data.build_dataset(cfg.dataset)
     return ctx
@@ -104,16 +118,19 @@ def execute(cfg, out_dir: str | Path, progress=None, overrides=None) -> tuple[an
     t0 = time.perf_counter()
     analysis = analyses.get(cfg.analysis.name)
     out_dir = Path(out_dir)
-    results.clear_finished(out_dir, [f"{analysis.name}.csv"])
     cache = Cache(cfg.cache.dir, run_key(cfg, analysis.models), cfg.cache.checkpoint_every) if cfg.cache.dir else None
     if cache is not None:
         if cfg.force:
             cache.clear_checkpoint()
         elif cfg.cache.results:
+            here = cache.finished_in(out_dir)  # a finished job rerun in place (a sweep rerun into the same dir)
+            if here is not None:
+                return None, here
             source = cache.lookup()
             if source is not None and source.resolve() != out_dir.resolve():
                 return None, cache.copy_result(source, out_dir)
-    ctx = prepare(cfg, progress, cache)
+    results.clear_finished(out_dir, [f"{analysis.name}.csv", "failed.json"])
+    ctx = prepare(cfg, progress, cache, overrides)
     with ctx.stage("analysis"):
         result = analysis.run(ctx)
     if ctx.images:
@@ -127,7 +144,8 @@ def execute(cfg, out_dir: str | Path, progress=None, overrides=None) -> tuple[an
         "timings_s": ctx.timings,
         "overrides": list(overrides or []),
         "config": OmegaConf.to_container(cfg, resolve=True),
-        "models": {k: {"name": m.name, "weights": m.weights, "data_config": m.data_config} for k, m in ctx.models.items()},
+        "models": {k: {"name": m.name, "weights": m.weights, "data_config": m.data_config, "data_sources": m.data_sources,
+                       "transform": m.transform_line} for k, m in ctx.models.items()},
         "images": [{k: v for k, v in rep.items() if k != "indices"} for rep in ctx.images],
         "dataset": data.describe(ctx.dataset),
         "seed": cfg.seed,

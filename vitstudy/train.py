@@ -32,7 +32,7 @@ import torch
 from omegaconf import OmegaConf
 from torch.utils.data import DataLoader, Dataset
 
-from . import cifar_models, data, models, results
+from . import cifar_models, data, models, preprocess, results
 from .engine import resolve_device
 from .errors import VitstudyError
 
@@ -164,17 +164,6 @@ def build_model(mcfg: dict, checkpoint: str | None = None, drop_path: float = 0.
     except VitstudyError as err:
         raise VitstudyError(str(err).replace("cannot build timm model", "cannot build model").split(": VitstudyError: ")[-1]) from None
     return model
-
-
-def saved_model_config(path: str) -> dict | None:
-    """The `model_config` stored in a vitstudy training checkpoint (None for other weight files)."""
-    if not os.path.isfile(path) or path.endswith(".safetensors"):
-        return None
-    try:
-        ckpt = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception:
-        return None
-    return ckpt.get("model_config") if isinstance(ckpt, dict) else None
 
 
 # ---------------------------------------------------------------- state
@@ -318,7 +307,7 @@ def _kill_point(spec: str | None, kind: str) -> int | None:
 
 def train(cfg, out_dir: str | Path, overrides: list[str] | None = None) -> str:
     """Train (or resume) the configured model; write the run directory. Returns a one-line summary."""
-    from timm.data import Mixup, create_transform
+    from timm.data import Mixup
     from timm.loss import LabelSmoothingCrossEntropy, SoftTargetCrossEntropy
     from timm.optim import create_optimizer_v2
     from timm.scheduler import create_scheduler_v2
@@ -356,15 +345,17 @@ def train(cfg, out_dir: str | Path, overrides: list[str] | None = None) -> str:
     mcfg = model_config(cfg, num_classes)
     seed_all(cfg.seed)
     model = build_model(mcfg, cfg.model.checkpoint, r.drop_path)
-    from timm.data import resolve_data_config
-
-    data_config = resolve_data_config({}, model=model)
+    user_data = OmegaConf.to_container(cfg.model.data, resolve=True) if cfg.model.get("data") is not None else {}
+    saved = models.training_metadata(cfg.model.checkpoint) if cfg.model.checkpoint else None
+    data_config, sources = preprocess.resolve(model, user_data, saved.get("data_config") if saved else None, mcfg["kwargs"])
+    print("vitstudy: " + preprocess.line("model", mcfg["name"], data_config, sources, preprocess.transform(data_config),
+                                         cfg.model.checkpoint, mcfg["name"]), flush=True)
     channels_last = cfg.channels_last if cfg.channels_last is not None else (device.type == "cuda" and not hasattr(model, "blocks"))
     model.to(device)
     if channels_last:
         model.to(memory_format=torch.channels_last)
     train_ds = Transformed(train_base, train_idx, train_transform(data_config, r))
-    val_ds = Transformed(val_base, val_idx, create_transform(**data_config, is_training=False))
+    val_ds = Transformed(val_base, val_idx, preprocess.transform(data_config))
     workers = cfg.dataset.num_workers
     pin = device.type == "cuda"
     val_loader = DataLoader(val_ds, batch_size=cfg.dataset.batch_size, shuffle=False, num_workers=workers, pin_memory=pin,
@@ -505,4 +496,4 @@ def train(cfg, out_dir: str | Path, overrides: list[str] | None = None) -> str:
             f"{best['epoch']}); outputs in {out_dir} (train.csv, learning_curve.png, checkpoints/best.pt, run.json)")
 
 
-__all__ = ["train", "balanced_subset", "labels_of", "saved_model_config", "cifar_models"]
+__all__ = ["train", "balanced_subset", "labels_of", "cifar_models"]
