@@ -203,7 +203,8 @@ def test_swin_distance_accounts_for_the_shift():
 def test_attention_distance_end_to_end_vit_and_distilled_deit(tmp_path, capsys):
     out = tmp_path / "run"
     code, stdout, err = cli(["run", "analysis=attention_distance", *TINY_VIT, *SMALL_DATA, "dataset.num_images=10",
-                             "analysis.compare=[deit_tiny_distilled_patch16_224]", f"hydra.run.dir={out}"], capsys)
+                             "analysis.compare=[{name:deit_tiny_distilled_patch16_224,pretrained:false,"
+                             "kwargs:{img_size:32,patch_size:8,depth:3}}]", f"hydra.run.dir={out}"], capsys)
     assert code == 0, err
     df = pd.read_csv(out / "attention_distance.csv")
     assert {"model", "block", "head", "mean_distance", "std_distance", "num_images", "layer", "weights"} <= set(df.columns)
@@ -214,6 +215,32 @@ def test_attention_distance_end_to_end_vit_and_distilled_deit(tmp_path, capsys):
     assert df[df.model.str.startswith("deit")].prefix_tokens.unique().tolist() == [2]
     for f in ("attention_distance.png", "attention_distance_depth.png", "images.csv", "run.json"):
         assert (out / f).stat().st_size > 0
+
+
+def test_compare_twin_uses_its_own_checkpoint_not_the_main_models(tmp_path, capsys):
+    """Raghu Fig. 4 compares two weight sets of one architecture: the compare entry must not inherit model.checkpoint."""
+    arch = dict(img_size=32, patch_size=8, depth=3)
+    paths = []
+    for seed in (1, 2):
+        torch.manual_seed(seed)
+        paths.append(tmp_path / f"w{seed}.pth")
+        torch.save(timm.create_model("vit_tiny_patch16_224", **arch).state_dict(), paths[-1])
+    kwargs = ["model.kwargs.img_size=32", "model.kwargs.patch_size=8", "model.kwargs.depth=3"]
+    twin = f"{{name:vit_tiny_patch16_224,checkpoint:'{paths[1]}',kwargs:{{img_size:32,patch_size:8,depth:3}},label:twin}}"
+    code, _, err = cli(["run", "analysis=attention_distance", "model.name=vit_tiny_patch16_224", f"model.checkpoint={paths[0]}",
+                        *kwargs, *SMALL_DATA, "dataset.num_images=8", f"analysis.compare=[{twin}]",
+                        f"hydra.run.dir={tmp_path / 'both'}"], capsys)
+    assert code == 0, err
+    both = pd.read_csv(tmp_path / "both" / "attention_distance.csv")
+    code, _, err = cli(["run", "analysis=attention_distance", "model.name=vit_tiny_patch16_224", f"model.checkpoint={paths[1]}",
+                        *kwargs, *SMALL_DATA, "dataset.num_images=8", f"hydra.run.dir={tmp_path / 'alone'}"], capsys)
+    assert code == 0, err
+    alone = pd.read_csv(tmp_path / "alone" / "attention_distance.csv")
+    got = both[both.label == "twin"].mean_distance.to_numpy()
+    np.testing.assert_allclose(got, alone.mean_distance.to_numpy(), rtol=0, atol=1e-12)
+    main = both[both.label != "twin"].mean_distance.to_numpy()
+    assert np.abs(main - got).max() > 1e-3  # the two weight sets really differ
+    assert set(both.weights) == {f"file:{paths[0]}", f"file:{paths[1]}"}
 
 
 def test_attention_distance_end_to_end_swin(tmp_path, capsys):

@@ -13,7 +13,6 @@ from dataclasses import replace
 import numpy as np
 import pandas as pd
 import torch
-from omegaconf import OmegaConf
 
 from .. import models, plots_attention
 from ..attention_capture import Counter, Site, sites, unfused
@@ -106,10 +105,24 @@ def measure(ctx, m, batching) -> pd.DataFrame:
     return distance_table(m, reducer.stats, site_list, ctx.cfg)
 
 
-def _compare_model(ctx, name: str, i: int):
-    node = OmegaConf.merge(ctx.cfg.model, {"name": str(name), "label": None})
-    m = models.load(node, f"compare{i}")
+def compare_nodes(entries) -> list:
+    """Model nodes for `analysis.compare`: preset names, timm names or full model nodes (own checkpoint, kwargs,
+    data); nothing is inherited from the main model. Unlabelled entries are labelled with their full timm name,
+    so two tags of one architecture (Raghu Fig. 4) stay apart in the figure."""
+    nodes = []
+    for entry in entries or []:
+        node = models.node(entry)
+        models.check_name(node.name)
+        if not node.get("label"):
+            node.label = node.name
+        nodes.append(node)
+    return nodes
+
+
+def _compare_model(ctx, node, i: int):
+    m = models.load(node, f"compare{i}", name_given=True)
     m.module.to(ctx.device)
+    print(f"vitstudy: {m.transform_line}", flush=True)
     return m
 
 
@@ -120,18 +133,16 @@ DISTANCE_DEFAULTS = {"blocks": [0, 1, -2, -1], "compare": []}
 def attention_distance(ctx) -> Result:
     p = params(ctx.cfg, DISTANCE_DEFAULTS)
     blocks = [int(b) for b in p["blocks"]]
-    compare = [str(c) for c in (p["compare"] or [])]
+    compare = compare_nodes(p["compare"])
     main = ctx.models["model"]
     site_list = sites(main.module)  # clear message for CNNs before any image is loaded
     for b in blocks:
         if not -len(site_list) <= b < len(site_list):
             raise VitstudyError(f"analysis.blocks has {b}, but {main.label} has {len(site_list)} attention blocks (valid: 0..{len(site_list) - 1} or negative from the end)")
-    for name in compare:
-        models.check_name(name)
     batching = image_batches(ctx)
     tables = [measure(ctx, main, batching)]
-    for i, name in enumerate(compare):
-        m = _compare_model(ctx, name, i)
+    for i, node in enumerate(compare):
+        m = _compare_model(ctx, node, i)
         tables.append(measure(ctx, m, batching))
         ctx.models[m.key] = replace(m, module=None)  # recorded in run.json; the weights are freed
         del m
@@ -201,7 +212,7 @@ def subset_cka(inner: torch.Tensor, heads: list[int], ref: int) -> float:
     return float(cross / torch.sqrt(self_s * inner[ref, ref]))
 
 
-LG_DEFAULTS = {"block": 0, "subset_size": 4, "subset_step": 1, "reference_layers": None}
+LG_DEFAULTS = {"block": 0, "subset_size": None, "subset_step": 1, "reference_layers": None}
 
 
 @register("local_global_cka", "CKA of local-to-global subsets of one block's heads with early CNN layers (Raghu et al. Fig. 5)",
@@ -217,7 +228,8 @@ def local_global_cka(ctx) -> Result:
     if not -len(site_list) <= block < len(site_list):
         raise VitstudyError(f"analysis.block={block} is out of range: {vit.label} has {len(site_list)} blocks")
     site = site_list[block]
-    size, step = int(p["subset_size"]), int(p["subset_step"])
+    size = max(1, site.heads // 4) if p["subset_size"] is None else int(p["subset_size"])
+    step = int(p["subset_step"])
     if not 1 <= size <= site.heads:
         raise VitstudyError(f"analysis.subset_size={size} must be between 1 and the {site.heads} heads of {site.name}")
     if step < 1:
