@@ -66,6 +66,22 @@ def test_failing_job_leaves_the_others_and_is_listed(tmp_path, capsys):
     assert len(failed) == 1 and "too few" in failed.error[0] and "num_images=3" in failed.overrides[0]
 
 
+def test_sweep_rerun_in_place_recomputes_only_failed_jobs(tmp_path, capsys):
+    """`make fig-raghu-2` twice: finished jobs are reported cached and left untouched; the failed one runs again."""
+    args = ["run", "-m", *ACROSS, "dataset.num_images=3,16", f"cache.dir={tmp_path / 'cache'}", f"hydra.sweep.dir={tmp_path / 's'}"]
+    assert cli(args, capsys)[0] == 1
+    done = tmp_path / "s" / "1"
+    stamps = {p.name: p.stat().st_mtime_ns for p in done.iterdir() if p.is_file()}
+    failed_before = (tmp_path / "s" / "0" / "failed.json").stat().st_mtime_ns
+    time.sleep(0.05)
+    code, out, err = cli(args, capsys)
+    assert code == 1 and "1 job(s) failed" in err
+    assert "cka_across cached" in out and out.count("cached") == 1
+    assert {p.name: p.stat().st_mtime_ns for p in done.iterdir() if p.is_file()} == stamps  # not recomputed, not rewritten
+    assert json.loads((done / "run.json").read_text())["status"] == "complete"
+    assert (tmp_path / "s" / "0" / "failed.json").stat().st_mtime_ns > failed_before  # the failed job ran again
+
+
 def test_killed_job_resumes_from_its_checkpoint_and_matches(tmp_path):
     """kill -9 after the first reducer checkpoint; the rerun continues and equals an uninterrupted run."""
     args = ["run", "analysis=cka_within", "model.name=vit_tiny_patch16_224", "model.pretrained=false",
@@ -110,6 +126,22 @@ def test_cka_grid_equals_pairwise_cka_across(tmp_path, capsys):
     sub = grid[(grid.model_x == pair.model_x[0]) & (grid.model_y == pair.model_y[0])].reset_index(drop=True)
     np.testing.assert_allclose(sub.cka.to_numpy(), pair.cka.to_numpy(), atol=1e-12)
     assert (tmp_path / "grid" / "cka_grid.png").stat().st_size > 0
+
+
+def test_cka_grid_of_two_models_equals_cka_across_and_within(tmp_path, capsys):
+    common = ["dataset.num_images=16", "dataset.batch_size=8", "dataset.image_size=32", "force=true"]
+    code, _, err = cli(["run", "analysis=cka_grid", "models=[vit_tiny,resnet18]", "analysis.pretrained=false", *common,
+                        f"hydra.run.dir={tmp_path / 'grid'}"], capsys)
+    assert code == 0, err
+    grid = pd.read_csv(tmp_path / "grid" / "cka_grid.csv")
+    assert len(grid.groupby(["model_x", "model_y"])) == 3  # vit-vit, vit-resnet, resnet-resnet
+    for analysis, extra in (("cka_across", ["reference=resnet18", "reference.pretrained=false"]), ("cka_within", [])):
+        code, _, err = cli(["run", f"analysis={analysis}", "model=vit_tiny", "model.pretrained=false", *extra,
+                            *common, f"hydra.run.dir={tmp_path / analysis}"], capsys)
+        assert code == 0, err
+        pair = pd.read_csv(tmp_path / analysis / f"{analysis}.csv")
+        sub = grid[(grid.model_x == pair.model_x[0]) & (grid.model_y == pair.model_y[0])].reset_index(drop=True)
+        np.testing.assert_allclose(sub.cka.to_numpy(), pair.cka.to_numpy(), atol=1e-12)
 
 
 def test_cka_grid_needs_two_models(tmp_path, capsys):

@@ -86,6 +86,20 @@ class Cache:
         status = json.loads(record.read_text()).get("status")
         return run_dir if status == "complete" else None
 
+    def finished_in(self, out_dir: Path) -> list[Path] | None:
+        """The outputs of `out_dir` when it already holds a finished result of this key, else None."""
+        record_path = Path(out_dir) / RECORD
+        if not record_path.is_file():
+            return None
+        try:
+            record = json.loads(record_path.read_text())
+        except ValueError:
+            return None
+        if record.get("cache_key") != self.key or record.get("status") not in ("complete", "cached"):
+            return None
+        outputs = [Path(out_dir) / name for name in record.get("outputs", [])]
+        return outputs if all(p.is_file() for p in outputs) else None
+
     def store(self, run_dir: Path) -> None:
         write_json(self.index, {"run_dir": str(Path(run_dir).resolve())})
         self.clear_checkpoint()

@@ -22,10 +22,11 @@ TOLERANCE = 1e-6  # |CKA| may exceed 1 by rounding only
 class CKAReducer(Reducer):
     """Per batch: features -> centred Gram -> Ũ per layer (in the hook); then one product for all pairs."""
 
-    def __init__(self, models, layers, tokens: str, estimator: str = "unbiased", gram_dtype: str = "float32", device="cpu"):
-        # one model, or three and more (cka_grid): every pair of all their layers from one L x L product;
-        # two models (cka_across): only the cross terms
-        self.within = len(models) != 2
+    def __init__(self, models, layers, tokens: str, estimator: str = "unbiased", gram_dtype: str = "float32", device="cpu",
+                 stacked: bool | None = None):
+        # stacked (one model, or cka_grid's models): every pair of all their layers from one L x L product;
+        # otherwise (two models, cka_across): only the cross terms. Default: stacked unless there are two models.
+        self.within = len(models) != 2 if stacked is None else stacked
         self.layers = layers
         self.index = [{layer.name: i for i, layer in enumerate(ls)} for ls in layers]
         self.tokens = tokens
@@ -74,7 +75,7 @@ def check(matrix: np.ndarray, names_x: list[str], names_y: list[str]) -> None:
         raise VitstudyError(f"CKA of layer '{names_x[i]}' vs '{names_y[j]}' is {value:.6g}, outside [-1, 1]{hint}")
 
 
-def compute(ctx, models, layers) -> tuple[np.ndarray, np.ndarray, dict]:
+def compute(ctx, models, layers, stacked: bool | None = None) -> tuple[np.ndarray, np.ndarray, dict]:
     """Mean and std of the CKA matrix over `cka.repeats` independent image samples, and what was used.
 
     With a cache (sweeps), the reducer's sums are checkpointed every `cache.checkpoint_every` batches and
@@ -88,7 +89,7 @@ def compute(ctx, models, layers) -> tuple[np.ndarray, np.ndarray, dict]:
     used = list(state["used"]) if state else []
     for r in range(len(runs), cfg.cka.repeats):
         batching, record = ctx.sample(tail=cfg.cka.tail, repeat=r)
-        reducer = CKAReducer(models, layers, cfg.tokens, cfg.cka.estimator, cfg.cka.gram_dtype, ctx.device)
+        reducer = CKAReducer(models, layers, cfg.tokens, cfg.cka.estimator, cfg.cka.gram_dtype, ctx.device, stacked)
         start = 0
         if state and state.get("acc") is not None and state.get("repeat") == r:
             reducer.acc.load_state_dict(state["acc"])
@@ -106,9 +107,11 @@ def compute(ctx, models, layers) -> tuple[np.ndarray, np.ndarray, dict]:
         features = (ctx.features, namespaces, remaining.batches) if namespaces is not None else None
         stream(models, layers, loader, reducer, ctx.device, desc, ctx.progress, after_batch=checkpoint, features=features)
         matrix = reducer.result()
-        names = [f"{m.key}:{l.name}" if len(models) > 2 else l.name for m, ls in zip(models, layers) for l in ls]
-        check(matrix, names if len(models) != 2 else [l.name for l in layers[0]],
-              names if len(models) != 2 else [l.name for l in layers[1]])
+        if reducer.within:
+            names = [f"{m.key}:{l.name}" if len(models) > 1 else l.name for m, ls in zip(models, layers) for l in ls]
+            check(matrix, names, names)
+        else:
+            check(matrix, [l.name for l in layers[0]], [l.name for l in layers[1]])
         runs.append(matrix)
         used.append({**record, "resumed_at_batch": start})
         if cache is not None:

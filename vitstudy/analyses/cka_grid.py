@@ -6,31 +6,16 @@ pairwise `cka_across` runs cost. The table has `cka_across`'s columns, one block
 """
 from __future__ import annotations
 
-from importlib import resources
-
 import numpy as np
 import pandas as pd
-from omegaconf import OmegaConf
 
 from .. import models as model_loading
-from ..config import ModelConfig
 from ..errors import VitstudyError
 from ..plots_grid import cka_grid_figure
 from . import Result, params, register
 from .cka import compute, table
 
 DEFAULTS = {"pretrained": None}  # true/false overrides every listed model's `pretrained`
-
-
-def model_config(name: str, layers, pretrained):
-    """A model preset (conf/model/<name>.yaml) or a timm name, as a ModelConfig node."""
-    preset = resources.files("vitstudy.conf") / "model" / f"{name}.yaml"
-    node = OmegaConf.structured(ModelConfig)
-    node = OmegaConf.merge(node, OmegaConf.load(str(preset)) if preset.is_file() else {"name": name})
-    node.layers = layers
-    if pretrained is not None:
-        node.pretrained = pretrained
-    return node
 
 
 @register("cka_grid", "CKA between every pair of M models (`models=[a,b,c]`) from one pass over the images", models=())
@@ -42,12 +27,12 @@ def cka_grid(ctx) -> Result:
         raise VitstudyError(f"cka_grid needs a list of at least 2 distinct models, e.g. models=[vit_b16,resnet50]; got {names}")
     with ctx.stage("load_models"):
         for name in names:
-            m = model_loading.load(model_config(name, cfg.layers, p["pretrained"]), name)
+            m = model_loading.load(model_loading.node(name, cfg.layers, p["pretrained"]), name)
             m.module.to(ctx.device)
             ctx.models[name] = m
     models = [ctx.models[n] for n in names]
     layers = [ctx.layers(m, cfg.layers) for m in models]
-    mean, std, info = compute(ctx, models, layers)
+    mean, std, info = compute(ctx, models, layers, stacked=True)
     images = info["repeats"][0]["images"]
     offsets = np.cumsum([0] + [len(ls) for ls in layers])
     frames, blocks = [], {}
