@@ -173,3 +173,97 @@ def test_train_one_epoch(tmp_path, capsys):
     ckpt = torch.load(out / "checkpoints/last.pt", weights_only=True)
     assert ckpt["model_config"]["name"] == "alternet50_cifar"
     assert any("attn.rel_pos_bias" in k for k in ckpt["state_dict"])
+
+
+# --------------------------------------------------------------------------- AlterNet's MSAs are attention sublayers
+
+@pytest.fixture(scope="module")
+def tiny():
+    torch.manual_seed(0)
+    return timm.create_model("alternet50_cifar", layers=[1, 2, 2, 2], num_msa=[0, 1, 1, 1], channels=[32, 64, 128, 256],
+                             stem_chs=16, dim_head=8).eval()
+
+
+def test_latents_label_the_msas_attention(tiny):
+    from vitstudy.latents import latent_kinds
+
+    kinds = latent_kinds(tiny)
+    assert {n for n, k in kinds.items() if k == "attention"} == set(attn_blocks(tiny))
+    assert kinds["stages.1.blocks.0"] == "conv"
+
+
+def test_msa_residual_branch_and_its_removal_by_hand(tiny):
+    from vitstudy.residual import branches, remove_skip
+
+    brs = {b.block: b for b in branches(tiny)}
+    name = "stages.2.blocks.1"
+    b = brs[name]
+    assert (b.sublayer, b.skip, b.branch, b.post) == ("attn", f"{name}:in", f"{name}.drop_path", name)
+    block = dict(tiny.named_modules())[name]
+    x = torch.randn(2, 128, 8, 8)  # stage 2 (channels 128) of a 32 px input: 8x8
+    with torch.no_grad():
+        full = block(x)
+        with remove_skip(tiny, [name]):
+            lesioned = block(x)
+    torch.testing.assert_close(lesioned, full - x, rtol=1e-5, atol=1e-5)  # f(z) alone: z + f(z) minus z
+
+
+def test_skip_ratio_of_an_msa_equals_hand_computed_norms(tmp_path, capsys):
+    out = tmp_path / "run"
+    code, _, err = cli(["run", "analysis=skip_ratio", *TINY, "dataset=synthetic", "dataset.image_size=32",
+                        "dataset.num_images=8", "dataset.batch_size=4", f"hydra.run.dir={out}"], capsys)
+    assert code == 0, err
+    df = pd.read_csv(out / "skip_ratio.csv")
+    attn = df[df.sublayer == "attn"]
+    assert set(attn.block) == {"stages.1.blocks.1", "stages.2.blocks.1", "stages.3.blocks.1"}
+    # by hand: the MSA's input z and z + f(z) from hooks, per-position norms over channels, mean of ratios
+    import numpy as np
+    from vitstudy import data
+
+    indices = pd.read_csv(out / "images.csv").dataset_index.tolist()
+    torch.manual_seed(0)
+    net = timm.create_model("alternet50_cifar", layers=[1, 2, 2, 2], num_msa=[0, 1, 1, 1], channels=[32, 64, 128, 256],
+                            stem_chs=16, dim_head=8).eval()
+    from vitstudy.models import eval_transform
+
+    tf, _ = eval_transform(net)
+    ds = data.SyntheticImages(50000, 32, 10, 0)
+    x = torch.stack([tf(ds[i][0]) for i in indices])
+    seen = {}
+    block = net.stages[2].blocks[1]
+    block.register_forward_hook(lambda m, a, o: seen.update(z=a[0].double(), out=o.double()))
+    with torch.no_grad():
+        net(x)
+    ratio = (seen["z"].norm(dim=1) / (seen["out"] - seen["z"]).norm(dim=1)).flatten(1).mean(0).numpy()
+    got = attn[attn.block == "stages.2.blocks.1"].sort_values("token").ratio.to_numpy()
+    np.testing.assert_allclose(got, ratio, rtol=1e-4)
+
+
+@pytest.mark.parametrize("analysis", ["receptive_field", "skip_ablation", "lesion", "fourier"])
+def test_msa_blocks_are_analysed(analysis, tmp_path, capsys):
+    out = tmp_path / "run"
+    extra = {"receptive_field": ["analysis.num_images=4"], "skip_ablation": ["analysis.blocks=[stages.2.blocks.1]"],
+             "lesion": ["analysis.conv=conv3x3"], "fourier": ["reference=resnet_mini_cifar", "reference.pretrained=false"]}[analysis]
+    code, _, err = cli(["run", f"analysis={analysis}", *TINY, *extra, "dataset=synthetic", "dataset.image_size=32",
+                        "dataset.num_images=8", "dataset.batch_size=4", f"hydra.run.dir={out}"], capsys)
+    assert code == 0, err
+    df = pd.read_csv(out / f"{analysis}.csv")
+    if analysis == "receptive_field":
+        assert "stages.2.blocks.1.drop_path" in set(df.layer)
+    elif analysis == "lesion":
+        assert set(df[df.kind == "attention"].unit) == {"stages.1.blocks.1.attn", "stages.2.blocks.1.attn", "stages.3.blocks.1.attn"}
+    elif analysis == "fourier":
+        assert set(df[(df.model == "model") & (df.kind == "attention")].latent) == {
+            "stages.1.blocks.1", "stages.2.blocks.1", "stages.3.blocks.1"}
+
+
+def test_importing_the_package_registers_the_models_with_timm():
+    """In a notebook: `import vitstudy`, then timm's own create_model knows vitstudy's architectures."""
+    import subprocess
+    import sys
+
+    code = ("import vitstudy, timm; m = timm.create_model('alternet50_cifar', layers=[1, 2, 2, 2], num_msa=[0, 1, 1, 1]); "
+            "print(type(m).__name__, timm.is_model('vit_mini_cifar'))")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.split() == ["ResNetV2", "True"]

@@ -85,13 +85,42 @@ def test_zeroed_branch_equals_zero_weights(tiny_vit, tiny_resnet, images):
         assert not torch.allclose(intact, lesioned)
 
 
+def test_conv3x3_lesion_removes_the_conv_after_its_norm():
+    """Zeroing conv2 alone leaves bn2's shift (a constant map); the lesion equals conv2 and bn2 set to zero."""
+    torch.manual_seed(0)
+    r50 = timm.create_model("resnet50", layers=[1, 1, 1, 1], zero_init_last=False).eval()
+    for m in r50.modules():  # non-trivial running statistics and affine parameters
+        if isinstance(m, torch.nn.BatchNorm2d):
+            torch.nn.init.uniform_(m.running_mean, -0.5, 0.5), torch.nn.init.uniform_(m.running_var, 0.5, 2)
+            torch.nn.init.uniform_(m.weight, 0.5, 1.5), torch.nn.init.uniform_(m.bias, -0.5, 0.5)
+    x = torch.randn(2, 3, 32, 32)
+    path = lesion_units(r50, "conv3x3")[0][0]
+    twin = copy.deepcopy(r50)
+    torch.nn.init.zeros_(twin.layer1[0].conv2.weight)
+    torch.nn.init.zeros_(twin.layer1[0].bn2.weight), torch.nn.init.zeros_(twin.layer1[0].bn2.bias)
+    only_conv = copy.deepcopy(r50)
+    torch.nn.init.zeros_(only_conv.layer1[0].conv2.weight)
+    with torch.no_grad(), zeroed(r50, path):
+        lesioned = r50(x)
+    with torch.no_grad():
+        torch.testing.assert_close(lesioned, twin(x), rtol=1e-5, atol=1e-5)
+        assert not torch.allclose(lesioned, only_conv(x), atol=1e-3)
+
+
+def test_alternet_attention_blocks_are_lesion_units():
+    net = timm.create_model("alternet50_cifar", layers=[1, 2, 2, 2], num_msa=[0, 1, 1, 1], channels=[32, 64, 128, 256],
+                            stem_chs=16, dim_head=8)
+    units = dict(lesion_units(net, "conv3x3"))
+    assert units["stages.1.blocks.1.attn"] == "stages.1.blocks.1" and units["stages.3.blocks.1.attn"] == "stages.3.blocks.1"
+
+
 def test_lesion_units():
     units = lesion_units(timm.create_model("vit_tiny_patch16_224", img_size=32, patch_size=8, depth=2))
     assert units == [("blocks.0.attn", "blocks.0.norm2:in"), ("blocks.0.mlp", "blocks.0"),
                      ("blocks.1.attn", "blocks.1.norm2:in"), ("blocks.1.mlp", "blocks.1")]
     r50 = timm.create_model("resnet50", layers=[1, 1, 1, 1])
     assert lesion_units(r50)[0] == ("layer1.0.bn3", "layer1.0")
-    assert lesion_units(r50, "conv3x3")[0] == ("layer1.0.conv2", "layer1.0")
+    assert lesion_units(r50, "conv3x3")[0] == ("layer1.0.bn2", "layer1.0")
     assert lesion_units(timm.create_model("convnext_atto"))[0] == ("stages.0.blocks.0.mlp", "stages.0.blocks.0")
 
 

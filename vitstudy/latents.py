@@ -9,6 +9,7 @@ ResNet: the stem, then each unit. Here those are module paths, usable as `layers
                             `<block>.mlp:in` for post-norm blocks) and `<block>` (after the MLP);
                             PiT pooling -> `<first block of the stage>:in`, Swin patch merging -> `<stage>.downsample`
   ResNet / ResNetV2 / ConvNeXt: `<first block>:in` (the stem), every unit; ConvNeXt `<stage>.downsample`
+  AlterNet: as ResNetV2, its attention blocks (an `attn` without an MLP) are kind `attention`
 
 Kinds: embedding, attention, mlp, conv, downsampling (a pooling/patch-merging module, or a conv unit whose
 output grid is smaller than its input's: the blue bands of Park & Kim's figures). Importing this module
@@ -45,6 +46,11 @@ _PARALLEL = _classes("vision_transformer", "ParallelScalingBlock", "DiffParallel
 
 def is_transformer_block(mod: nn.Module) -> bool:
     return hasattr(mod, "attn") and hasattr(mod, "mlp")
+
+
+def is_attention_only_block(mod: nn.Module) -> bool:
+    """A residual block whose one sublayer is self-attention (AlterNet's MSA blocks: no MLP)."""
+    return hasattr(mod, "attn") and not hasattr(mod, "mlp")
 
 
 def _check_block(name: str, mod: nn.Module) -> None:
@@ -88,6 +94,8 @@ def latent_kinds(model: nn.Module) -> dict[str, str]:
         if is_transformer_block(mod):
             kinds[after_attention(b, mod)] = "attention"
             kinds[b] = "mlp"
+        elif is_attention_only_block(mod):
+            kinds[b] = "attention"
         else:
             kinds[b] = "conv"
     return kinds
@@ -182,4 +190,4 @@ def to_maps(x: torch.Tensor, latent: Latent) -> torch.Tensor:
 
 def family(model: nn.Module) -> str:
     """'transformer' if the model has attention blocks, else 'cnn' (picks figure colours and markers)."""
-    return "transformer" if any(is_transformer_block(m) for m in model.modules()) else "cnn"
+    return "transformer" if any(is_transformer_block(m) or is_attention_only_block(m) for m in model.modules()) else "cnn"

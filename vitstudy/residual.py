@@ -11,6 +11,7 @@ sublayer, the module whose input or output is z and the one whose output is f(z)
 | ResNet `BasicBlock`/`Bottleneck`  | res        | block input or `downsample`    | last BN (`bn2`/`bn3`), `se` when present |
 | ResNetV2 `PreAct*`/`Bottleneck`   | res        | block input or `downsample`    | `drop_path`                 |
 | ConvNeXt `ConvNeXtBlock`          | res        | `shortcut`                     | `drop_path`                 |
+| AlterNet `LocalAttentionBlock`    | attn       | block input                    | `drop_path`                 |
 
 `remove_skip` overrides the forward of chosen blocks so that they return f(z) only (the ResNet v1
 post-addition ReLU is kept); the original forward is restored on exit. This is an *inference-time
@@ -28,7 +29,7 @@ from torch import nn
 from .errors import VitstudyError
 from .layers import INPUT
 
-SUPPORTED = "ViT Block, Swin block, ResNet BasicBlock/Bottleneck, ResNetV2 blocks, ConvNeXt block"
+SUPPORTED = "ViT Block, Swin block, ResNet BasicBlock/Bottleneck, ResNetV2 blocks, ConvNeXt block, AlterNet attention block"
 
 
 @dataclass(frozen=True)
@@ -57,6 +58,8 @@ def _family(mod: nn.Module) -> str | None:
         return "resnetv2_preact" if name.startswith("PreAct") else "resnetv2"
     if name == "ConvNeXtBlock" and has("conv_dw", "shortcut", "drop_path"):
         return "convnext"
+    if name == "LocalAttentionBlock" and has("norm1", "conv", "norm2", "attn", "drop_path"):
+        return "alternet_msa"
     return None
 
 
@@ -84,6 +87,8 @@ def branches(model: nn.Module) -> list[Branch]:
             f1, f2 = ("ls1", "ls2") if fam == "vit" else ("drop_path1", "drop_path2")
             out.append(Branch(b, i, "attn", f"{b}.norm1{INPUT}", f"{b}.{f1}", f"{b}.norm2{INPUT}"))
             out.append(Branch(b, i, "mlp", f"{b}.norm2{INPUT}", f"{b}.{f2}", b))
+        elif fam == "alternet_msa":  # x + drop_path(attn(...)): an attention sublayer with an identity shortcut
+            out.append(Branch(b, i, "attn", f"{b}{INPUT}", f"{b}.drop_path", b))
         else:
             if fam == "convnext":
                 skip = f"{b}.shortcut"
@@ -169,6 +174,10 @@ def _convnext_forward(self, x):
     return self.drop_path(x)
 
 
+def _alternet_msa_forward(self, x):
+    return self.drop_path(self.attn(self.norm2(self.conv(self.norm1(x)))))
+
+
 @contextmanager
 def remove_skip(model: nn.Module, blocks: Iterable[str], which: str = "both"):
     """Within the context, the chosen blocks compute only their long branch: `out = f(z)`.
@@ -199,6 +208,8 @@ def remove_skip(model: nn.Module, blocks: Iterable[str], which: str = "both"):
                 fn = _resnetv2_preact_forward
             elif fam == "resnetv2":
                 fn = _resnetv2_forward
+            elif fam == "alternet_msa":
+                fn = _alternet_msa_forward
             else:
                 fn = _convnext_forward
             mod.forward = types.MethodType(fn, mod)

@@ -143,12 +143,17 @@ LESION_DEFAULTS = {"conv": "branch", "metric": "auto"}
 
 
 def _conv_branch(name: str, mod, mode: str) -> str:
-    """The module whose output is zeroed to remove a conv unit's branch ('branch') or its 3x3 conv ('conv3x3')."""
+    """The module whose output is zeroed to remove a conv unit's branch ('branch') or its 3x3 conv ('conv3x3').
+
+    A 3x3 conv followed by its own norm (post-norm units) is removed at the norm's output, so the norm's shift
+    does not turn the zeroed conv into a constant; in pre-activation units (norm, then conv) the conv's output
+    is zeroed. Layers after it run as usual.
+    """
     from timm.models import convnext, resnet, resnetv2
 
-    table = [(resnet.Bottleneck, "bn3", "conv2"), (resnet.BasicBlock, "bn2", "conv2"),
+    table = [(resnet.Bottleneck, "bn3", "bn2"), (resnet.BasicBlock, "bn2", "bn2"),
              (resnetv2.PreActBottleneck, "conv3", "conv2"), (resnetv2.PreActBasic, "conv2", "conv2"),
-             (resnetv2.Bottleneck, "norm3", "conv2"), (convnext.ConvNeXtBlock, "mlp", None)]
+             (resnetv2.Bottleneck, "norm3", "norm2"), (convnext.ConvNeXtBlock, "mlp", None)]
     for cls, branch, conv3x3 in table:
         if isinstance(mod, cls):
             target = branch if mode == "branch" else conv3x3
@@ -156,7 +161,17 @@ def _conv_branch(name: str, mod, mode: str) -> str:
                 raise VitstudyError(f"unit '{name}' ({type(mod).__name__}) has no 3x3 convolution; use analysis.conv=branch")
             return f"{name}.{target}"
     raise VitstudyError(f"lesion does not know the residual branch of '{name}' ({type(mod).__name__}); supported: "
-                        f"timm ViT/DeiT/PiT/Swin blocks, ResNet, ResNetV2 and ConvNeXt units")
+                        f"timm ViT/DeiT/PiT/Swin blocks, ResNet, ResNetV2, ConvNeXt units and AlterNet attention blocks")
+
+
+def removed(path: str, mode: str) -> str:
+    """What zeroing `path` removes, in words (the `removed` column)."""
+    leaf = path.rsplit(".", 1)[-1]
+    if leaf in ("bn2", "norm2") and mode == "conv3x3":
+        return f"3x3 conv2 and its norm (output of {path} set to zero)"
+    if leaf == "conv2" and mode == "conv3x3":
+        return f"3x3 conv2 of a pre-activation unit (output of {path} set to zero; later layers run as usual)"
+    return f"residual branch (output of {path} set to zero; the skip path is kept)"
 
 
 def lesion_units(model, conv_mode: str = "branch") -> list[tuple[str, str]]:
@@ -172,6 +187,8 @@ def lesion_units(model, conv_mode: str = "branch") -> list[tuple[str, str]]:
             post = isinstance(mod, latents._POST_NORM)
             units.append((f"{b}.norm1" if post else f"{b}.attn", latents.after_attention(b, mod)))
             units.append((f"{b}.norm2" if post else f"{b}.mlp", b))
+        elif latents.is_attention_only_block(mod):  # AlterNet MSA: its one sublayer, whatever analysis.conv says
+            units.append((f"{b}.attn", b))
         else:
             units.append((_conv_branch(b, mod, conv_mode), b))
     if not units:
@@ -219,7 +236,7 @@ def lesion(ctx) -> Result:
         value = 100.0 * h / seen
         rows.append({"model": m.key, "name": m.name, "weights": m.weights, "unit": path, "latent": latent,
                      "kind": lat.kind, "index": lat.index, "depth": lat.depth, "metric": metric, "intact": base,
-                     "value": value, "delta": value - base, "conv": p["conv"], "num_images": seen,
+                     "value": value, "delta": value - base, "conv": p["conv"], "removed": removed(path, p["conv"]), "num_images": seen,
                      "dataset": cfg.dataset.name})
     df = pd.DataFrame(rows)
     step = 1.0 / max(len(described) - 1, 1)
