@@ -19,9 +19,9 @@ import timm
 import torch
 
 from vitstudy.analyses.attention import INPUT_TAP, DistanceReducer
-from vitstudy.attention_capture import sites, unfused
-from vitstudy.engine import stream
-from vitstudy.models import LoadedModel
+from vitstudy.anatomy.attention import sites, unfused
+from vitstudy.pipeline.engine import stream
+from vitstudy.pipeline.models import LoadedModel
 
 
 def sync(device):

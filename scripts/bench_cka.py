@@ -30,7 +30,7 @@ def build(args):
     import torch
     from torch.utils.data import DataLoader, Dataset
 
-    from vitstudy.data import SyntheticImages
+    from vitstudy.pipeline.data import SyntheticImages
 
     torch.manual_seed(0)
     m1 = timm.create_model(args.model1).eval()
@@ -55,7 +55,7 @@ def build(args):
 
 
 def layer_names(model, spec):
-    from vitstudy.layers import resolve
+    from vitstudy.pipeline.layers import resolve
 
     return [l.name for l in resolve(model, spec, (3, 224, 224))]
 
@@ -152,7 +152,8 @@ def grid_worker(args) -> dict:
 
     import torch
 
-    from vitstudy import compose, data, models
+    from vitstudy import compose
+    from vitstudy.pipeline import data, models
     from vitstudy.api import run as run_analysis
 
     torch.set_num_threads(args.threads)

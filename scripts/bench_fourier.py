@@ -16,11 +16,11 @@ import time
 import timm
 import torch
 
-from vitstudy import latents
+from vitstudy.anatomy import latents
 from vitstudy.analyses.fourier import LatentReducer
-from vitstudy.engine import stream
-from vitstudy.layers import resolve
-from vitstudy.models import LoadedModel
+from vitstudy.pipeline.engine import stream
+from vitstudy.pipeline.layers import resolve
+from vitstudy.pipeline.models import LoadedModel
 
 
 def main() -> None:

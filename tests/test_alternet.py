@@ -7,9 +7,9 @@ import pytest
 import timm
 import torch
 
-import vitstudy.alternet as A
+import vitstudy.zoo.alternet as A
 from test_cli import cli
-from vitstudy import layers
+from vitstudy.pipeline import layers
 from vitstudy.errors import VitstudyError
 
 # a CPU-sized AlterNet: blocks 1-2-2-2, widths 32-256, MSAs at the end of c2, c3, c4, head dimension 8
@@ -185,7 +185,7 @@ def tiny():
 
 
 def test_latents_label_the_msas_attention(tiny):
-    from vitstudy.latents import latent_kinds
+    from vitstudy.anatomy.latents import latent_kinds
 
     kinds = latent_kinds(tiny)
     assert {n for n, k in kinds.items() if k == "attention"} == set(attn_blocks(tiny))
@@ -193,7 +193,7 @@ def test_latents_label_the_msas_attention(tiny):
 
 
 def test_msa_residual_branch_and_its_removal_by_hand(tiny):
-    from vitstudy.residual import branches, remove_skip
+    from vitstudy.anatomy.residual import branches, remove_skip
 
     brs = {b.block: b for b in branches(tiny)}
     name = "stages.2.blocks.1"
@@ -218,13 +218,13 @@ def test_skip_ratio_of_an_msa_equals_hand_computed_norms(tmp_path, capsys):
     assert set(attn.block) == {"stages.1.blocks.1", "stages.2.blocks.1", "stages.3.blocks.1"}
     # by hand: the MSA's input z and z + f(z) from hooks, per-position norms over channels, mean of ratios
     import numpy as np
-    from vitstudy import data
+    from vitstudy.pipeline import data
 
     indices = pd.read_csv(out / "images.csv").dataset_index.tolist()
     torch.manual_seed(0)
     net = timm.create_model("alternet50_cifar", layers=[1, 2, 2, 2], num_msa=[0, 1, 1, 1], channels=[32, 64, 128, 256],
                             stem_chs=16, dim_head=8).eval()
-    from vitstudy.models import eval_transform
+    from vitstudy.pipeline.models import eval_transform
 
     tf, _ = eval_transform(net)
     ds = data.SyntheticImages(50000, 32, 10, 0)

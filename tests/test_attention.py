@@ -12,9 +12,9 @@ import torch
 from conftest import SMALL_DATA, TINY_RESNET, TINY_VIT
 from test_cli import cli
 from vitstudy.analyses.attention import DistanceStats, subset_cka, subsets
-from vitstudy.attention_capture import sites, unfused
+from vitstudy.anatomy.attention import sites, unfused
 from vitstudy.metrics import attention as am
-from vitstudy.taps import tap
+from vitstudy.pipeline.taps import tap
 
 SWIN_KW = dict(img_size=32, window_size=4, depths=(2, 2), num_heads=(2, 4), embed_dim=32)
 FAMILIES = {

@@ -3,7 +3,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from vitstudy.data import ImageFiles, SyntheticImages, make_batches, sample_indices
+from vitstudy.pipeline.data import ImageFiles, SyntheticImages, make_batches, sample_indices
 from vitstudy.errors import VitstudyError
 
 

@@ -9,12 +9,12 @@ import torch
 
 from conftest import SMALL_DATA, TINY_RESNET, TINY_VIT
 from test_cli import assert_one_line_error, cli
-from vitstudy import latents
+from vitstudy.anatomy import latents
 from vitstudy.analyses.fourier import LatentReducer
-from vitstudy.engine import stream
-from vitstudy.layers import resolve
+from vitstudy.pipeline.engine import stream
+from vitstudy.pipeline.layers import resolve
 from vitstudy.metrics import fourier as F
-from vitstudy.models import LoadedModel
+from vitstudy.pipeline.models import LoadedModel
 
 
 def official_relative_log_amplitude(maps: np.ndarray) -> np.ndarray:

@@ -4,10 +4,10 @@ import timm
 import torch
 from torch import nn
 
-from vitstudy import latents
+from vitstudy.anatomy import latents
 from vitstudy.errors import VitstudyError
-from vitstudy.layers import PRESETS, resolve
-from vitstudy.taps import tap
+from vitstudy.pipeline.layers import PRESETS, resolve
+from vitstudy.pipeline.taps import tap
 
 
 def described(model, size):

@@ -4,8 +4,8 @@ import timm
 import torch
 
 from vitstudy.errors import VitstudyError
-from vitstudy.layers import Layer, block_names, features, resolve, token_info
-from vitstudy.taps import tap
+from vitstudy.pipeline.layers import Layer, block_names, features, resolve, token_info
+from vitstudy.pipeline.taps import tap
 
 
 def names(model, spec, size=(3, 32, 32)):

@@ -10,9 +10,9 @@ from conftest import SMALL_DATA, TINY_VIT
 from test_cka_math import minibatch_reference
 from test_cli import cli, finished_files
 from vitstudy.analyses.localization import localization_matrix, u_center_batched
-from vitstudy.layers import resolve
+from vitstudy.pipeline.layers import resolve
 from vitstudy.metrics.cka import u_center
-from vitstudy.models import LoadedModel
+from vitstudy.pipeline.models import LoadedModel
 
 
 class CopyPatches(nn.Module):

@@ -7,7 +7,7 @@ import torch
 from safetensors.torch import save_file
 
 from vitstudy.errors import VitstudyError
-from vitstudy.models import create, eval_transform
+from vitstudy.pipeline.models import create, eval_transform
 
 
 def small_vit(**kw):

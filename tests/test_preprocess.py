@@ -12,8 +12,8 @@ import torch
 
 from test_cka_math import minibatch_reference
 from test_cli import cli
-from vitstudy import data, preprocess
-from vitstudy.train_app import main as train_main
+from vitstudy.pipeline import data, preprocess
+from vitstudy.train.app import main as train_main
 
 VIT32 = ["model.name=vit_tiny_patch16_224", "model.pretrained=false", "model.kwargs.img_size=32", "model.kwargs.patch_size=8",
          "model.kwargs.depth=2"]

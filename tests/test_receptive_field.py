@@ -9,7 +9,7 @@ from torch import nn
 from conftest import SMALL_DATA, TINY_VIT
 from test_cli import cli
 from vitstudy.analyses.receptive_field import erf_maps, mass_radii
-from vitstudy.layers import resolve
+from vitstudy.pipeline.layers import resolve
 
 
 @pytest.mark.parametrize("channels", ["sum", "abs_mean"])

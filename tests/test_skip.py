@@ -15,9 +15,9 @@ from conftest import SMALL_DATA, TINY_RESNET, TINY_VIT
 from test_cli import assert_one_line_error, cli
 from vitstudy.analyses.skip import measure
 from vitstudy.errors import VitstudyError
-from vitstudy.layers import resolve
-from vitstudy.models import LoadedModel
-from vitstudy.residual import branches, remove_skip
+from vitstudy.pipeline.layers import resolve
+from vitstudy.pipeline.models import LoadedModel
+from vitstudy.anatomy.residual import branches, remove_skip
 
 
 class Zero(nn.Module):

@@ -177,12 +177,12 @@ def test_report_renders_every_figure_in_chromium(tmp_path, capsys):
 
 def test_feature_cache_serves_a_second_run_without_forward_passes(tmp_path, tiny_vit):
     """Same model and images: the second pass reads every tensor from disk, runs no forward, same sums."""
-    from vitstudy import data
+    from vitstudy.pipeline import data
     from vitstudy.analyses.cka import CKAReducer
-    from vitstudy.engine import stream
-    from vitstudy.features import FeatureCache
-    from vitstudy.layers import resolve
-    from vitstudy.models import LoadedModel, eval_transform
+    from vitstudy.pipeline.engine import stream
+    from vitstudy.pipeline.features import FeatureCache
+    from vitstudy.pipeline.layers import resolve
+    from vitstudy.pipeline.models import LoadedModel, eval_transform
     from omegaconf import OmegaConf
 
     transform, dcfg = eval_transform(tiny_vit, kwargs={"img_size": 32})

@@ -12,8 +12,10 @@ import timm
 import torch
 
 from test_cli import cli
-from vitstudy import cifar_models, data, layers, models, train
-from vitstudy.train_app import compose, main
+from vitstudy.zoo import cifar as cifar_models
+from vitstudy.pipeline import data, layers, models
+from vitstudy.train import loop as train
+from vitstudy.train.app import compose, main
 
 SYN = ["dataset=synthetic", "dataset.image_size=32", "dataset.size=128", "dataset.val_images=32", "dataset.batch_size=32",
        "recipe.batch_size=16"]
@@ -90,7 +92,7 @@ def test_resume_after_kills_continues_bitwise(tmp_path, capsys):
     assert code == 130 and "interrupted; rerun the same command to resume" in err
     assert torch.load(run / "checkpoints/last.pt", weights_only=True)["epoch"] == 1
     # resumed, then killed hard (os._exit) inside epoch 3's checkpoint write, after the data went to disk
-    p = subprocess.run([sys.executable, "-m", "vitstudy.train_app", *args, f"hydra.run.dir={run}", "debug_kill=save:3"],
+    p = subprocess.run([sys.executable, "-m", "vitstudy.train.app", *args, f"hydra.run.dir={run}", "debug_kill=save:3"],
                        capture_output=True, text=True, env=dict(os.environ, OMP_NUM_THREADS="2"), timeout=300)
     assert p.returncode == 137, p.stderr[-2000:]
     assert not (run / "run.json").exists()

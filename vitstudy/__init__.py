@@ -12,7 +12,7 @@ Importing the package registers vitstudy's own architectures with timm (`timm.cr
 """
 from __future__ import annotations
 
-from . import alternet, cifar_models  # noqa: F401,E402  (register vitstudy's own models with timm on import)
+from .zoo import alternet, cifar as cifar_models  # noqa: F401,E402  (register vitstudy's own models with timm on import)
 from .errors import VitstudyError
 
 __version__ = "0.1.0"

@@ -8,10 +8,10 @@ import pandas as pd
 import torch
 from omegaconf import DictConfig
 
-from .engine import stream
+from .pipeline.engine import stream
 from .errors import VitstudyError
-from .layers import resolve
-from .models import LoadedModel
+from .pipeline.layers import resolve
+from .pipeline.models import LoadedModel
 
 
 def compose(overrides: Sequence[str] = ()) -> DictConfig:
@@ -23,7 +23,7 @@ def compose(overrides: Sequence[str] = ()) -> DictConfig:
 
 def run(cfg: DictConfig | Sequence[str], out_dir: str | Path = "outputs/api", progress: bool | None = None):
     """Run the configured analysis, write its run directory, and return its Result (tables, figures)."""
-    from .runner import check_config, execute
+    from .pipeline.runner import check_config, execute
 
     overrides = None
     if not isinstance(cfg, DictConfig):

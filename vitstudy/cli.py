@@ -56,7 +56,7 @@ def fail(message: str, code: int = 2) -> None:
 
 @hydra.main(version_base="1.3", config_path="pkg://vitstudy.conf", config_name="config")
 def hydra_app(cfg: DictConfig) -> None:
-    from .runner import check_config, execute
+    from .pipeline.runner import check_config, execute
 
     hc = HydraConfig.get()
     out_dir = hc.runtime.output_dir
@@ -67,7 +67,7 @@ def hydra_app(cfg: DictConfig) -> None:
     except VitstudyError as err:
         if not multirun:
             fail(str(err))
-        from .results import write_json
+        from .pipeline.results import write_json
 
         write_json(os.path.join(out_dir, "failed.json"), {"error": str(err), "overrides": list(hc.overrides.task)})
         FAILED.append(out_dir)
@@ -174,8 +174,9 @@ def cmd_list() -> None:
 
 
 def cmd_layers(args: list[str]) -> None:
-    from . import analyses, models  # noqa: F401  (analysis modules register their layer presets)
-    from .layers import resolve
+    from . import analyses  # noqa: F401  (analysis modules register their layer presets)
+    from .pipeline import models
+    from .pipeline.layers import resolve
 
     cfg = compose(args)
     key = "reference" if any(a.startswith("reference") for a in args) and not any(a.startswith("model") for a in args) else "model"
@@ -225,7 +226,7 @@ def main(argv: list[str] | None = None) -> None:
         elif cmd == "collect":
             cmd_collect(rest)
         elif cmd == "train":
-            from .train_app import main as train_main
+            from .train.app import main as train_main
 
             train_main(rest)
         else:

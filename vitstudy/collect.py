@@ -13,7 +13,7 @@ from pathlib import Path
 import pandas as pd
 
 from .errors import VitstudyError
-from .results import RECORD, write_csv, write_figure, write_text
+from .pipeline.results import RECORD, write_csv, write_figure, write_text
 
 # Config keys that never explain a difference between results.
 IGNORED_PREFIXES = ("device", "progress", "force", "cache.", "dataset.num_workers")
@@ -101,7 +101,7 @@ def figure_grid(runs: list[dict], analysis: str):
     import matplotlib.image as mpimg
     import matplotlib.pyplot as plt
 
-    import vitstudy.plots  # noqa: F401  (backend and theme)
+    import vitstudy.plots.cka  # noqa: F401  (backend and theme)
 
     group = [r for r in runs if r["analysis"] == analysis and (r["dir"] / f"{analysis}.png").is_file()]
     if not group:

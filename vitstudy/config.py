@@ -21,7 +21,7 @@ TIMM_KWARGS = ("img_size", "patch_size", "depth", "embed_dim", "num_heads", "num
 class DataConfig:
     """A model's preprocessing: timm's data-config keys; unset keys come from the checkpoint or the architecture.
 
-    Resolution order (vitstudy.preprocess): these keys, then `preset`, then `model.kwargs.img_size` (size), then
+    Resolution order (vitstudy.pipeline.preprocess): these keys, then `preset`, then `model.kwargs.img_size` (size), then
     the data config a vitstudy training checkpoint carries, then timm's pretrained config of the architecture.
     """
 

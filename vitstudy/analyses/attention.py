@@ -14,11 +14,12 @@ import numpy as np
 import pandas as pd
 import torch
 
-from .. import models, plots_attention
-from ..attention_capture import Counter, Site, sites, unfused
-from ..engine import Reducer, stream
+from ..pipeline import models
+from ..plots import attention as plots_attention
+from ..anatomy.attention import Counter, Site, sites, unfused
+from ..pipeline.engine import Reducer, stream
 from ..errors import VitstudyError
-from ..layers import Layer, block_names, features, token_info
+from ..pipeline.layers import Layer, block_names, features, token_info
 from ..metrics.cka import MinibatchCKA, gram, u_center
 from . import Result, params, register
 

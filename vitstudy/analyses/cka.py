@@ -9,10 +9,11 @@ import numpy as np
 import pandas as pd
 import torch
 
-from .. import data, plots
-from ..engine import Reducer, stream
+from ..pipeline import data
+from ..plots import cka as plots
+from ..pipeline.engine import Reducer, stream
 from ..errors import VitstudyError
-from ..layers import Layer, features, token_info
+from ..pipeline.layers import Layer, features, token_info
 from ..metrics.cka import FullSetCKA, MinibatchCKA, gram, u_center
 from . import Result, params, register
 

@@ -9,9 +9,9 @@ from __future__ import annotations
 import numpy as np
 import pandas as pd
 
-from .. import models as model_loading
+from ..pipeline import models as model_loading
 from ..errors import VitstudyError
-from ..plots_grid import cka_grid_figure
+from ..plots.grid import cka_grid_figure
 from . import Result, params, register
 from .cka import compute, table
 

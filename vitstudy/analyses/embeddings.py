@@ -11,7 +11,7 @@ import numpy as np
 import pandas as pd
 import torch
 
-from .. import plots_attention
+from ..plots import attention as plots_attention
 from ..errors import VitstudyError
 from . import Result, params, register
 

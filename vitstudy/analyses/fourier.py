@@ -4,15 +4,16 @@
 spectrum (log(|FFT2| + 1e-6) per image and channel, averaged over images and channels, minus its
 zero-frequency value). `feature_variance`: the variance over spatial positions per image and channel,
 averaged. Both are streamed: each latent is reduced inside its forward hook to a float64 sum, so memory
-does not grow with the number of images. Latents come from the `latents` layer preset (vitstudy.latents).
+does not grow with the number of images. Latents come from the `latents` layer preset (vitstudy.anatomy.latents).
 """
 from __future__ import annotations
 
 import pandas as pd
 import torch
 
-from .. import latents, plots_fourier
-from ..engine import Reducer, stream
+from ..anatomy import latents
+from ..plots import fourier as plots_fourier
+from ..pipeline.engine import Reducer, stream
 from ..errors import VitstudyError
 from ..metrics import fourier as F
 from . import Result, params, register

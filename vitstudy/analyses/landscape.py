@@ -21,8 +21,8 @@ import torch.nn.functional as F
 from torch.nn.attention import SDPBackend, sdpa_kernel
 from tqdm.auto import tqdm
 
-from .. import plots  # noqa: F401  (sets the Agg backend and theme)
-from ..models import requires_grad
+from ..plots import cka as plots  # noqa: F401  (sets the Agg backend and theme)
+from ..pipeline.models import requires_grad
 from ..errors import VitstudyError
 from ..metrics import hessian as H
 from . import Result, params, register

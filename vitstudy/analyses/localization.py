@@ -15,10 +15,10 @@ import numpy as np
 import pandas as pd
 import torch
 
-from .. import plots_skip
-from ..engine import Reducer, stream
+from ..plots import skip as plots_skip
+from ..pipeline.engine import Reducer, stream
 from ..errors import VitstudyError
-from ..layers import Layer, token_info
+from ..pipeline.layers import Layer, token_info
 from ..metrics.cka import MinibatchCKA
 from . import Result, params, register
 from .skip import sample_loader

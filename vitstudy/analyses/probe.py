@@ -17,10 +17,11 @@ import torch
 import torch.nn.functional as F
 from omegaconf import OmegaConf
 
-from .. import data, plots_skip
-from ..engine import Reducer, stream
+from ..pipeline import data
+from ..plots import skip as plots_skip
+from ..pipeline.engine import Reducer, stream
 from ..errors import VitstudyError
-from ..layers import Layer, token_info
+from ..pipeline.layers import Layer, token_info
 from ..metrics.ridge import RidgeAccumulator
 from . import Result, params, register
 

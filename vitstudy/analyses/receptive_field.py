@@ -14,11 +14,11 @@ import numpy as np
 import pandas as pd
 import torch
 
-from .. import plots_skip
+from ..plots import skip as plots_skip
 from ..errors import VitstudyError
-from ..layers import Layer
-from ..models import requires_grad
-from ..residual import branches
+from ..pipeline.layers import Layer
+from ..pipeline.models import requires_grad
+from ..anatomy.residual import branches
 from . import Result, params, register
 from .localization import token_grid
 from .skip import sample_loader

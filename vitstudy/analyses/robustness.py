@@ -19,7 +19,8 @@ import pandas as pd
 import torch
 from tqdm.auto import tqdm
 
-from .. import latents, plots_fourier
+from ..anatomy import latents
+from ..plots import fourier as plots_fourier
 from ..errors import VitstudyError
 from ..metrics import fourier as F
 from . import Result, params, register
@@ -176,7 +177,7 @@ def removed(path: str, mode: str) -> str:
 
 def lesion_units(model, conv_mode: str = "branch") -> list[tuple[str, str]]:
     """(module to zero, latent after the removed sublayer) for every sublayer, in forward order."""
-    from ..layers import block_names
+    from ..pipeline.layers import block_names
 
     modules = dict(model.named_modules())
     units = []

@@ -11,11 +11,11 @@ import numpy as np
 import pandas as pd
 import torch
 
-from .. import plots_attention
-from ..attention_capture import Counter, sites, unfused
-from ..engine import Reducer, stream
+from ..plots import attention as plots_attention
+from ..anatomy.attention import Counter, sites, unfused
+from ..pipeline.engine import Reducer, stream
 from ..errors import VitstudyError
-from ..layers import Layer
+from ..pipeline.layers import Layer
 from ..metrics import attention as am
 from . import Result, params, register
 from .attention import INPUT_TAP, image_batches

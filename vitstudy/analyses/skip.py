@@ -1,7 +1,7 @@
 """Skip connections: how much flows through them (Raghu et al. 2021, Fig. 7 / E.1) and what removing one
 at inference does to the representations (an inference-time approximation of Fig. 8).
 
-skip_ratio: for every residual sublayer `out = z + f(z)` (see vitstudy.residual), the norm ratio
+skip_ratio: for every residual sublayer `out = z + f(z)` (see vitstudy.anatomy.residual), the norm ratio
 ‖z‖ / ‖f(z)‖ per image and token position (ViT token, CNN spatial location; norms over channels),
 aggregated over images as the mean of the per-image ratios or the ratio of the mean norms
 (`analysis.aggregate`; the paper does not say which). A zero long branch gives an infinite ratio,
@@ -20,12 +20,12 @@ import numpy as np
 import pandas as pd
 import torch
 
-from .. import plots, plots_skip
-from ..engine import Reducer, stream
+from ..plots import cka as plots, skip as plots_skip
+from ..pipeline.engine import Reducer, stream
 from ..errors import VitstudyError
-from ..layers import Layer, token_info
-from ..models import load
-from ..residual import branches, remove_skip, residual_blocks
+from ..pipeline.layers import Layer, token_info
+from ..pipeline.models import load
+from ..anatomy.residual import branches, remove_skip, residual_blocks
 from . import Result, params, register
 from .cka import CKAReducer, check, table
 

@@ -15,9 +15,9 @@ from hydra.core.config_store import ConfigStore
 from hydra.core.hydra_config import HydraConfig
 from omegaconf import DictConfig
 
-from .config import DatasetConfig, ModelConfig, register
-from .cli import fail
-from .errors import VitstudyError
+from ..config import DatasetConfig, ModelConfig, register
+from ..cli import fail
+from ..errors import VitstudyError
 
 GROUPS = {"model": "model", "dataset": "dataset", "recipe": "recipe"}
 
@@ -95,7 +95,7 @@ store()
 
 @hydra.main(version_base="1.3", config_path="pkg://vitstudy.conf", config_name="train")
 def hydra_app(cfg: DictConfig) -> None:
-    from .train import train
+    from .loop import train
 
     hc = HydraConfig.get()
     try:
@@ -107,20 +107,20 @@ def hydra_app(cfg: DictConfig) -> None:
 
 def compose(overrides: list[str]) -> DictConfig:
     """The resolved training config for `overrides`; errors become one-line VitstudyErrors."""
-    from .cli import compose as compose_config
+    from ..cli import compose as compose_config
 
     return compose_config(overrides, "train")
 
 
 def precheck(args: list[str]) -> None:
     """Unknown presets (model, dataset, recipe) and configs that do not compose fail in one line."""
-    from .cli import precheck as precheck_config
+    from ..cli import precheck as precheck_config
 
     precheck_config(args, GROUPS, "train")
 
 
 def main(args: list[str] | None = None) -> None:
-    """`vitstudy train ARGS` (and `python -m vitstudy.train_app ARGS`): pre-checks, then the Hydra app."""
+    """`vitstudy train ARGS` (and `python -m vitstudy.train.app ARGS`): pre-checks, then the Hydra app."""
     args = sys.argv[1:] if args is None else list(args)
     try:
         precheck(args)

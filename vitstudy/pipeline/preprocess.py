@@ -41,7 +41,7 @@ def resolve(model, user: Mapping | None = None, saved: Mapping | None = None,
     """(timm data config, source of each key) for `model`; see the module docstring for the order."""
     from timm.data import resolve_data_config
 
-    from .errors import VitstudyError, closest
+    from ..errors import VitstudyError, closest
 
     user = {k: v for k, v in (user or {}).items() if v is not None}
     preset_name = user.pop("preset", None)

@@ -4,7 +4,7 @@ from __future__ import annotations
 import matplotlib.pyplot as plt
 import numpy as np
 
-from . import plots  # noqa: F401  (backend and theme)
+from . import cka as plots  # noqa: F401  (backend and theme)
 
 
 def cka_grid_figure(blocks: dict[tuple[int, int], np.ndarray], labels: list[str], title: str):

@@ -15,7 +15,7 @@ from typing import Callable, Sequence
 import torch
 from torch import nn
 
-from .errors import VitstudyError, closest
+from ..errors import VitstudyError, closest
 
 INPUT = ":in"
 _BLOCK_CLASS = re.compile(r"(Block|Bottleneck|Basic|BasicBlock|Residual|ResBlock|DenseLayer)$")

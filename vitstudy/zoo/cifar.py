@@ -12,7 +12,7 @@ Training variants, as extra keyword arguments of the ViT constructors:
   2021 Fig. 8 trains such a model); the module tree and state dict are unchanged.
 - `global_pool='avg', class_token=False`: a GAP ViT without a CLS token (Raghu et al. Figs 10, 11).
 
-Importing this module registers the models; `vitstudy.models` imports it so `vitstudy run` finds them.
+Importing this module registers the models; `import vitstudy` imports it, so timm and `vitstudy run` find them.
 """
 from __future__ import annotations
 
@@ -27,9 +27,9 @@ from timm.models.resnetv2 import ResNetV2
 from timm.models.swin_transformer import _create_swin_transformer
 from timm.models.vision_transformer import Block, VisionTransformer
 
-from .errors import VitstudyError
+from ..errors import VitstudyError
 
-from .preprocess import CIFAR10_MEAN, CIFAR10_STD, CIFAR100_MEAN, CIFAR100_STD  # noqa: E402
+from ..pipeline.preprocess import CIFAR10_MEAN, CIFAR10_STD, CIFAR100_MEAN, CIFAR100_STD  # noqa: E402
 
 
 def _cfg(num_classes: int, mean, std, **kwargs) -> dict:

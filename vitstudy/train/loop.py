@@ -32,9 +32,10 @@ import torch
 from omegaconf import OmegaConf
 from torch.utils.data import DataLoader, Dataset
 
-from . import cifar_models, data, models, preprocess, results
-from .engine import resolve_device
-from .errors import VitstudyError
+from ..zoo import cifar as cifar_models
+from ..pipeline import data, models, preprocess, results
+from ..pipeline.engine import resolve_device
+from ..errors import VitstudyError
 
 COLUMNS = ["epoch", "step", "lr", "train_loss", "train_acc", "val_loss", "val_top1", "images_per_s", "wall_time_s"]
 FORMAT = "vitstudy-train-1"
@@ -282,7 +283,7 @@ def evaluate(model, loader, device, dtype) -> tuple[float, float]:
 
 
 def curve_figure(df: pd.DataFrame, title: str):
-    from . import plots  # noqa: F401  (Agg backend, theme)
+    from ..plots import cka as plots  # noqa: F401  (Agg backend, theme)
     import matplotlib.pyplot as plt
 
     fig, (ax1, ax2) = plt.subplots(1, 2, figsize=(9, 3.4))

@@ -8,7 +8,7 @@ from typing import Sequence
 
 import numpy as np
 
-from . import plots  # noqa: F401  (Agg backend and theme)
+from . import cka as plots  # noqa: F401  (Agg backend and theme)
 import matplotlib.pyplot as plt  # noqa: E402
 from matplotlib.patches import Patch  # noqa: E402
 from matplotlib.ticker import FormatStrFormatter  # noqa: E402

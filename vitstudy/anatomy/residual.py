@@ -26,8 +26,8 @@ from typing import Iterable
 
 from torch import nn
 
-from .errors import VitstudyError
-from .layers import INPUT
+from ..errors import VitstudyError
+from ..pipeline.layers import INPUT
 
 SUPPORTED = "ViT Block, Swin block, ResNet BasicBlock/Bottleneck, ResNetV2 blocks, ConvNeXt block, AlterNet attention block"
 

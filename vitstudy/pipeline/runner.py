@@ -12,11 +12,12 @@ import pandas as pd
 import torch
 from omegaconf import OmegaConf
 
-from . import analyses, data, models, results
+from .. import analyses
+from . import data, models, results
 from .cache import Cache, run_key
 from .features import FeatureCache
 from .engine import resolve_device
-from .errors import VitstudyError
+from ..errors import VitstudyError
 from .layers import Layer, resolve
 
 

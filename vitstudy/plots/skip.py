@@ -4,8 +4,8 @@ from __future__ import annotations
 import numpy as np
 import pandas as pd
 
-from . import plots  # noqa: F401  (Agg backend and theme)
-from .plots import plt
+from . import cka as plots  # noqa: F401  (Agg backend and theme)
+from .cka import plt
 
 SUBLAYER_NAMES = {"attn": "Self-Attention", "mlp": "MLP", "res": "residual block"}
 

@@ -11,8 +11,9 @@ from typing import Any, Mapping
 import timm
 import torch
 
-from . import alternet, cifar_models, preprocess  # noqa: F401  (alternet, cifar_models: register vitstudy's own models with timm)
-from .errors import VitstudyError, closest
+from ..zoo import alternet, cifar as cifar_models  # noqa: F401  (alternet, cifar_models: register vitstudy's own models with timm)
+from . import preprocess
+from ..errors import VitstudyError, closest
 
 
 @dataclass
@@ -213,7 +214,7 @@ def node(entry, layers=None, pretrained: bool | None = None):
 
     from omegaconf import DictConfig, OmegaConf
 
-    from .config import ModelConfig
+    from ..config import ModelConfig
 
     base = OmegaConf.structured(ModelConfig)
     if isinstance(entry, (dict, DictConfig)):

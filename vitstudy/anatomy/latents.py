@@ -23,9 +23,9 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
-from . import layers as _layers
-from .errors import VitstudyError
-from .layers import INPUT, Layer, block_names
+from ..pipeline import layers as _layers
+from ..errors import VitstudyError
+from ..pipeline.layers import INPUT, Layer, block_names
 
 KINDS = ("embedding", "attention", "mlp", "conv", "downsampling", "other")
 

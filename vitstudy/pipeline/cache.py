@@ -55,7 +55,7 @@ def run_key(cfg, model_keys) -> str:
         if key not in model_keys:
             conf.pop(key, None)  # e.g. cka_within does not depend on `reference`
     weights = {key: weights_id(cfg[key]) for key in model_keys if key in ("model", "reference")}
-    from . import __version__
+    from .. import __version__
 
     payload = json.dumps({"config": conf, "weights": weights, "vitstudy": __version__}, sort_keys=True, default=str)
     return hashlib.sha256(payload.encode()).hexdigest()[:20]

@@ -28,8 +28,8 @@ from timm.layers import BatchNormAct2d, create_conv2d
 from timm.models import build_model_with_cfg, generate_default_cfgs, register_model
 from timm.models.resnetv2 import ResNetV2
 
-from .cifar_models import CIFAR100_MEAN, CIFAR100_STD, _cfg, _cifar_stem
-from .errors import VitstudyError
+from .cifar import CIFAR100_MEAN, CIFAR100_STD, _cfg, _cifar_stem
+from ..errors import VitstudyError
 
 LAYERS = (3, 4, 6, 4)
 NUM_MSA = (0, 1, 1, 2)

@@ -9,8 +9,8 @@ from __future__ import annotations
 import numpy as np
 import pandas as pd
 
-from . import plots  # noqa: F401  (Agg backend and theme)
-from .plots import plt, sns
+from . import cka as plots  # noqa: F401  (Agg backend and theme)
+from .cka import plt, sns
 
 
 def _models(df: pd.DataFrame) -> list[str]:

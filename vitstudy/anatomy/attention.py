@@ -16,9 +16,9 @@ from typing import Iterable
 import torch
 from torch import nn
 
-from .errors import VitstudyError
-from .layers import Layer
-from .metrics import attention as am
+from ..errors import VitstudyError
+from ..pipeline.layers import Layer
+from ..metrics import attention as am
 
 ROW_SUM_TOL = 1e-3
 
