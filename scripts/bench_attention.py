@@ -18,7 +18,8 @@ import time
 import timm
 import torch
 
-from vitstudy.analyses.attention import INPUT_TAP, DistanceReducer
+from vitstudy.analyses.attention import DistanceReducer
+from vitstudy.analyses.common import INPUT
 from vitstudy.anatomy.attention import sites, unfused
 from vitstudy.pipeline.engine import stream
 from vitstudy.pipeline.models import LoadedModel
@@ -47,7 +48,7 @@ def main() -> None:
     batches = [torch.randn(args.batch_size, *size, generator=g).to(device) for _ in range(args.images // args.batch_size)]
     labels = torch.zeros(args.batch_size)
     site_list = sites(module)
-    layers = [[INPUT_TAP] + [s.layer for s in site_list]]
+    layers = [[INPUT] + [s.layer for s in site_list]]
     reducer = DistanceReducer(site_list)
     with torch.inference_mode():  # warm-up: one batch each
         module(batches[0])

@@ -173,7 +173,7 @@ def grid_worker(args) -> dict:
                     m.module(x)
         out["seconds"] = time.perf_counter() - t
     elif args.mode == "grid":  # the analysis stage less model loading, as for the bare forwards
-        run_analysis(["analysis=cka_grid", f"models=[{','.join(GRID_MODELS)}]", "analysis.pretrained=false", *common],
+        run_analysis(["analysis=cka_grid", f"analysis.models=[{','.join(GRID_MODELS)}]", "analysis.pretrained=false", *common],
                      out_dir="/tmp/vitstudy-bench/grid")
         t = json.load(open("/tmp/vitstudy-bench/grid/run.json"))["timings_s"]
         out["seconds"] = t["analysis"] - t["load_models"]

@@ -128,7 +128,7 @@ BAD = {
     "unknown dataset": (["dataset=imagenet22"], "unknown dataset"),
     "unknown layer": (["layers=[blocks.0,blocks.99]"], "no layer 'blocks.99'"),
     "bad type": (["dataset.num_images=many"], "could not be converted"),
-    "unknown key": (["model.pretrianed=false"], "not in 'ModelConfig'"),
+    "unknown key": (["model.pretrianed=false"], "unknown key model.pretrianed: no 'pretrianed' in model; closest: pretrained"),
     "missing root": (["dataset=imagefolder", "dataset.root=/no/such/dir"], "dataset root not found"),
     "too few images": (["dataset.num_images=3"], "too few"),
     "more images than data": (["dataset.size=10", "dataset.num_images=11"], "larger than the data set"),
@@ -184,4 +184,4 @@ def test_shell_completion_goes_through_hydra(tmp_path):
     env = dict(os.environ, COMP_LINE="vitstudy run mod", COMP_POINT="16")
     proc = subprocess.run([os.path.join(os.path.dirname(sys.executable), "vitstudy"), "-sc", "query=bash"],
                           capture_output=True, text=True, env=env, timeout=120)
-    assert proc.returncode == 0 and "model=" in proc.stdout and "models" in proc.stdout
+    assert proc.returncode == 0 and "model=" in proc.stdout and "model." in proc.stdout

@@ -141,7 +141,7 @@ def test_fourier_and_variance_end_to_end(tmp_path, capsys):
 
 
 BAD = {
-    "vector layer": (["analysis=fourier", "analysis.layers=null", "model.layers=[head]"], "not a feature map"),
+    "vector layer": (["analysis=fourier", "analysis.layers=null", "model.layers=[head]"], "without spatial positions"),
     "bad ddof": (["analysis=feature_variance", "analysis.ddof=2"], "analysis.ddof"),
     "unknown parameter": (["analysis=fourier", "+analysis.window=3"], "unknown parameter analysis.window"),
 }

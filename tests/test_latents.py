@@ -22,7 +22,7 @@ def capture(model, layers, x):
 
 
 def test_preset_is_registered():
-    assert PRESETS["latents"] is latents.latent_names
+    assert PRESETS["latents"] is latents.latent_names  # layers=latents
 
 
 def test_vit_latents_are_the_residual_stream_after_each_sublayer(tiny_vit, images):
@@ -104,5 +104,5 @@ def test_parallel_blocks_are_refused():
 
 
 def test_vector_layers_are_not_feature_maps(tiny_vit):
-    with pytest.raises(VitstudyError, match="not a feature map"):
+    with pytest.raises(VitstudyError, match="without spatial positions"):
         latents.describe(tiny_vit, resolve(tiny_vit, ["head"], (3, 32, 32)))

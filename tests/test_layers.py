@@ -4,7 +4,8 @@ import timm
 import torch
 
 from vitstudy.errors import VitstudyError
-from vitstudy.pipeline.layers import Layer, block_names, features, resolve, token_info
+from vitstudy.anatomy.blocks import block_names
+from vitstudy.pipeline.layers import Layer, features, resolve
 from vitstudy.pipeline.taps import tap
 
 
@@ -69,16 +70,32 @@ def test_residual_stream_after_attention_is_captured(tiny_vit, images):
 
 
 def test_token_modes(tiny_vit):
-    x = torch.arange(2 * 5 * 3, dtype=torch.float32).reshape(2, 5, 3)
-    layer = Layer("blocks.0", "blocks.0", False, (5, 3), "NLC")
-    assert features(x, layer, "flatten", 1, True).shape == (2, 15)
-    torch.testing.assert_close(features(x, layer, "cls", 1, True), x[:, 0])
-    torch.testing.assert_close(features(x, layer, "mean", 1, True), x[:, 1:].mean(1))
-    assert token_info(tiny_vit) == (1, True, 17)
-    torch.testing.assert_close(features(x, layer, "mean", 1, True, total_tokens=4), x.mean(1))  # no prefix here
+    x = torch.arange(2 * 17 * 3, dtype=torch.float32).reshape(2, 17, 3)  # CLS + a 4x4 grid of 8-px patches
+    layer = Layer("blocks.0", "blocks.0", False, (17, 3), "NLC")
+    assert features(x, layer, "flatten", tiny_vit).shape == (2, 51)
+    torch.testing.assert_close(features(x, layer, "cls", tiny_vit), x[:, 0])
+    torch.testing.assert_close(features(x, layer, "mean", tiny_vit), x[:, 1:].mean(1))
+    patches = x[:, 1:]  # the patch embedding's output: no CLS token yet
+    torch.testing.assert_close(features(patches, Layer("patch_embed", "patch_embed", False, (16, 3), "NLC"), "mean", tiny_vit),
+                               patches.mean(1))
+    gap = timm.create_model("vit_tiny_patch16_224", img_size=32, patch_size=8, depth=1, class_token=False, global_pool="avg")
     with pytest.raises(VitstudyError, match="no CLS token"):
-        features(x, layer, "cls", 0, False)
+        features(patches, layer, "cls", gap)
     fmap = torch.randn(2, 4, 3, 3)
-    torch.testing.assert_close(features(fmap, Layer("c", "c", False, (4, 3, 3), "NCHW"), "mean"), fmap.mean((2, 3)))
+    torch.testing.assert_close(features(fmap, Layer("c", "c", False, (4, 3, 3), "NCHW"), "mean", tiny_vit), fmap.mean((2, 3)))
+    x = x[:, :5]
     with pytest.raises(VitstudyError, match="token mode"):
-        features(x, layer, "avg")
+        features(x, layer, "avg", tiny_vit)
+
+
+def test_pit_class_token_is_a_prefix_token():
+    """PiT has a CLS token but no num_prefix_tokens: token modes, grids and probes must still leave it out."""
+    from vitstudy.anatomy import tokens
+
+    pit = timm.create_model("pit_ti_224", img_size=64).eval()
+    assert tokens.prefix_tokens(pit) == 1 and tokens.has_cls(pit)
+    block = resolve(pit, ["transformers.0.blocks.0"], (3, 64, 64))[0]
+    assert tokens.token_grid(pit, block) == (7, 7, 1)  # 64 px, patch 16 stride 8: a 7x7 grid plus the CLS token
+    x = torch.randn(2, 50, 8)
+    torch.testing.assert_close(features(x, block, "mean", pit), x[:, 1:].mean(1))
+    torch.testing.assert_close(features(x, block, "cls", pit), x[:, 0])

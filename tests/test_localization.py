@@ -94,4 +94,4 @@ def test_token_outside_grid_is_one_line(tmp_path, capsys):
 def test_layer_without_positions_is_one_line(tmp_path, capsys):
     code, _, err = cli(["run", "analysis=spatial_localization", *TINY_VIT, *SMALL_DATA, "analysis.layer=head",
                         f"hydra.run.dir={tmp_path}"], capsys)
-    assert code == 2 and "no spatial positions" in err
+    assert code == 2 and "without spatial positions" in err

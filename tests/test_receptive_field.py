@@ -47,7 +47,7 @@ def test_end_to_end_vit(tmp_path, capsys):
     assert (out / "receptive_field.png").stat().st_size > 0
 
 
-@pytest.mark.parametrize("extra,expected", [(["analysis.residual=middle"], "both, post or pre"),
+@pytest.mark.parametrize("extra,expected", [(["analysis.residual=middle"], "analysis.residual must be one of both, post, pre"),
                                             (["analysis.blocks=[5]"], "out of range")])
 def test_bad_input_one_line(extra, expected, tmp_path, capsys):
     code, _, err = cli(["run", "analysis=receptive_field", *TINY_VIT, *SMALL_DATA, *extra, f"hydra.run.dir={tmp_path}"], capsys)

@@ -43,7 +43,7 @@ CASES += [pytest.param(name, "vit", True, marks=pytest.mark.slow) for name in so
 @pytest.mark.parametrize("name, model, all_defaults", CASES)
 def test_every_analysis_runs_with_its_defaults(name, model, all_defaults, tmp_path, capsys):
     out = tmp_path / "run"
-    extra = ["models=[vit_tiny,resnet18]", "analysis.pretrained=false"] if name == "cka_grid" else []
+    extra = ["analysis.models=[vit_tiny,resnet18]", "analysis.pretrained=false"] if name == "cka_grid" else []
     extra += [] if all_defaults else CHEAPER.get(name, [])
     code, _, err = cli(["run", f"analysis={name}", *(VIT if model == "vit" else RESNET), *REFERENCE, *DATA, *extra,
                         f"hydra.run.dir={out}"], capsys)

@@ -196,10 +196,10 @@ SKIP_BAD = {
     "no residual structure": (["analysis=skip_ratio", "model.name=mobilenetv3_small_050", "model.kwargs.img_size=null",
                                "model.kwargs.patch_size=null", "model.kwargs.depth=null", "model.data.input_size=[3,32,32]"],
                               "no residual blocks of a known family"),
-    "bad aggregate": (["analysis=skip_ratio", "analysis.aggregate=median"], "mean_of_ratios or ratio_of_means"),
+    "bad aggregate": (["analysis=skip_ratio", "analysis.aggregate=median"], "analysis.aggregate must be one of mean_of_ratios, ratio_of_means"),
     "unknown parameter": (["analysis=skip_ratio", "+analysis.aggregat=x"], "unknown parameter analysis.aggregat"),
     "block out of range": (["analysis=skip_ablation", "analysis.blocks=[7]"], "block 7 does not exist"),
-    "bad sublayer": (["analysis=skip_ablation", "analysis.sublayer=ffn"], "attn, mlp or both"),
+    "bad sublayer": (["analysis=skip_ablation", "analysis.sublayer=ffn"], "analysis.sublayer must be one of attn, mlp, both"),
     "accuracy without matching labels": (["analysis=skip_ablation", "analysis.accuracy=true"], "use analysis.accuracy=auto"),
 }
 

@@ -113,7 +113,7 @@ def test_killed_job_resumes_from_its_checkpoint_and_matches(tmp_path):
 
 def test_cka_grid_equals_pairwise_cka_across(tmp_path, capsys):
     common = ["dataset.num_images=16", "dataset.batch_size=8", "dataset.image_size=32", "force=true"]
-    code, _, err = cli(["run", "analysis=cka_grid", "models=[vit_tiny,resnet18,deit_s]", "analysis.pretrained=false",
+    code, _, err = cli(["run", "analysis=cka_grid", "analysis.models=[vit_tiny,resnet18,deit_s]", "analysis.pretrained=false",
                         *common, f"hydra.run.dir={tmp_path / 'grid'}"], capsys)
     assert code == 0, err
     grid = pd.read_csv(tmp_path / "grid" / "cka_grid.csv")
@@ -130,7 +130,7 @@ def test_cka_grid_equals_pairwise_cka_across(tmp_path, capsys):
 
 def test_cka_grid_of_two_models_equals_cka_across_and_within(tmp_path, capsys):
     common = ["dataset.num_images=16", "dataset.batch_size=8", "dataset.image_size=32", "force=true"]
-    code, _, err = cli(["run", "analysis=cka_grid", "models=[vit_tiny,resnet18]", "analysis.pretrained=false", *common,
+    code, _, err = cli(["run", "analysis=cka_grid", "analysis.models=[vit_tiny,resnet18]", "analysis.pretrained=false", *common,
                         f"hydra.run.dir={tmp_path / 'grid'}"], capsys)
     assert code == 0, err
     grid = pd.read_csv(tmp_path / "grid" / "cka_grid.csv")
@@ -145,7 +145,7 @@ def test_cka_grid_of_two_models_equals_cka_across_and_within(tmp_path, capsys):
 
 
 def test_cka_grid_needs_two_models(tmp_path, capsys):
-    code, _, err = cli(["run", "analysis=cka_grid", "models=[vit_tiny]", "analysis.pretrained=false",
+    code, _, err = cli(["run", "analysis=cka_grid", "analysis.models=[vit_tiny]", "analysis.pretrained=false",
                         f"hydra.run.dir={tmp_path}"], capsys)
     assert code == 2 and "at least 2 distinct models" in err
 

@@ -13,8 +13,9 @@ import torch
 
 from test_cli import cli
 from vitstudy.zoo import cifar as cifar_models
-from vitstudy.pipeline import data, layers, models
-from vitstudy.train import loop as train
+from vitstudy.anatomy import tokens
+from vitstudy.pipeline import data, models
+from vitstudy.train import data as train
 from vitstudy.train.app import compose, main
 
 SYN = ["dataset=synthetic", "dataset.image_size=32", "dataset.size=128", "dataset.val_images=32", "dataset.batch_size=32",
@@ -97,11 +98,11 @@ def test_resume_after_kills_continues_bitwise(tmp_path, capsys):
     assert p.returncode == 137, p.stderr[-2000:]
     assert not (run / "run.json").exists()
     assert torch.load(run / "checkpoints/last.pt", weights_only=True)["epoch"] == 2  # the last complete checkpoint
-    assert list((run / "checkpoints").glob(".*.tmp"))  # the write that was killed
+    assert list((run / "checkpoints").glob(".*.tmp*"))  # the write that was killed
     code, out, err = train_cli([*args, f"hydra.run.dir={run}"], capsys)
     assert code in (0, None), err
     assert "resuming" in out and "after epoch 2/4" in out
-    assert not list((run / "checkpoints").glob(".*.tmp"))
+    assert not list((run / "checkpoints").glob(".*.tmp*"))
     a, b = pd.read_csv(ref / "train.csv"), pd.read_csv(run / "train.csv")
     cols = ["epoch", "step", "lr", "train_loss", "train_acc", "val_loss", "val_top1"]
     pd.testing.assert_frame_equal(a[cols], b[cols], check_exact=True)
@@ -122,7 +123,7 @@ def test_fraction_is_seeded_and_class_balanced():
     assert np.bincount(labels[train.balanced_subset(labels, 0.01, seed=0)]).tolist() == [1, 1, 1, 1]  # at least one per class
     assert train.balanced_subset(labels, 1.0, seed=0) == list(range(200))
     syn = data.SyntheticImages(40, 16, 10, seed=2)
-    assert train.labels_of(syn).tolist() == [syn[i][1] for i in range(40)]  # labels without rendering = rendered labels
+    assert data.labels(syn).tolist() == [syn[i][1] for i in range(40)]  # labels without rendering = rendered labels
 
 
 def test_remove_skip_removes_the_additions():
@@ -152,7 +153,7 @@ def test_gap_vit_has_no_cls_token(tmp_path, capsys):
     assert kw["global_pool"] == "avg" and kw["class_token"] is False and kw["remove_skip"] == [1]
     assert "cls_token" not in ckpt["state_dict"] and ckpt["state_dict"]["pos_embed"].shape[1] == 64  # 8x8 patches only
     model = timm.create_model("vit_mini_cifar", **kw)
-    assert model.cls_token is None and model.global_pool == "avg" and layers.token_info(model)[:2] == (0, False)
+    assert model.cls_token is None and model.global_pool == "avg" and (tokens.prefix_tokens(model), tokens.has_cls(model)) == (0, False)
     assert isinstance(model.blocks[1], cifar_models.NoSkipBlock)
     model.load_state_dict(ckpt["state_dict"])
 

@@ -15,7 +15,7 @@ from __future__ import annotations
 from .zoo import alternet, cifar as cifar_models  # noqa: F401,E402  (register vitstudy's own models with timm on import)
 from .errors import VitstudyError
 
-__version__ = "0.1.0"
+from ._version import __version__
 __all__ = ["cka_matrix", "compose", "run", "VitstudyError", "__version__"]
 
 

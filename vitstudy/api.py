@@ -16,7 +16,7 @@ from .pipeline.models import LoadedModel
 
 def compose(overrides: Sequence[str] = ()) -> DictConfig:
     """The resolved config for command-line style overrides, e.g. ["analysis=cka_within", "model=vit_b16"]."""
-    from .cli import compose as _compose
+    from .compose import compose as _compose
 
     return _compose(list(overrides))
 

@@ -12,11 +12,10 @@ from pathlib import Path
 
 import pandas as pd
 
+from .config import flatten, is_neutral
 from .errors import VitstudyError
 from .pipeline.results import RECORD, write_csv, write_figure, write_text
 
-# Config keys that never explain a difference between results.
-IGNORED_PREFIXES = ("device", "progress", "force", "cache.", "dataset.num_workers")
 
 
 def find_runs(roots: list[Path]) -> tuple[list[dict], list[dict]]:
@@ -49,22 +48,16 @@ def _log(job: Path) -> str:
     return str(logs[0]) if logs else ""
 
 
-def _flatten(d, prefix="") -> dict:
-    out = {}
-    for k, v in (d or {}).items():
-        key = f"{prefix}{k}"
-        if isinstance(v, dict):
-            out.update(_flatten(v, key + "."))
-        else:
-            out[key] = json.dumps(v) if isinstance(v, list) else v
-    return out
+def _flatten(d) -> dict:
+    """Dotted config keys; lists as JSON text so that they fit in a table cell."""
+    return {k: json.dumps(v) if isinstance(v, list) else v for k, v in flatten(d).items()}
 
 
 def varying(runs: list[dict]) -> list[str]:
     """Config keys whose value differs between the runs (the sweep's axes)."""
     flats = [_flatten(r.get("config", {})) for r in runs]
     keys = sorted(set().union(*flats)) if flats else []
-    return [k for k in keys if not k.startswith(IGNORED_PREFIXES)
+    return [k for k in keys if not is_neutral(k)
             and len({json.dumps(f.get(k), default=str) for f in flats}) > 1]
 
 
@@ -101,7 +94,7 @@ def figure_grid(runs: list[dict], analysis: str):
     import matplotlib.image as mpimg
     import matplotlib.pyplot as plt
 
-    import vitstudy.plots.cka  # noqa: F401  (backend and theme)
+    from . import plots  # noqa: F401  (backend and theme)
 
     group = [r for r in runs if r["analysis"] == analysis and (r["dir"] / f"{analysis}.png").is_file()]
     if not group:

@@ -1,8 +1,11 @@
-"""Structured config schema (Hydra ConfigStore): types, defaults and the keys each group accepts.
+"""Structured config schemas (Hydra ConfigStore): types, defaults and the keys each group accepts.
 
-Wrong types and unknown keys are rejected by OmegaConf when the YAML presets and the command-line
-overrides are merged into these dataclasses. The schema is stored without a group (`vitstudy_schema`), so it
-never shows up as a user choice; the primary config lists it first in its defaults.
+`Config` is `vitstudy run`'s config and `TrainConfig` `vitstudy train`'s; both are stored without a group
+(`vitstudy_schema`, `vitstudy_train_schema`), so they never show up as a user choice, and the primary configs list
+them first in their defaults. Each analysis' own parameters are a dataclass beside the analysis, stored as an
+option of the `analysis` group (vitstudy.analyses). Wrong types and unknown keys are rejected when presets and
+command-line overrides are composed, before anything loads. `RESULT_NEUTRAL` lists, once, the keys that never
+change a result.
 """
 from __future__ import annotations
 
@@ -11,6 +14,29 @@ from typing import Any, Dict, List, Optional
 
 from hydra.core.config_store import ConfigStore
 from omegaconf import MISSING
+
+
+# Keys that never change what a run computes, whichever command: how and where it runs. The result cache and
+# `vitstudy collect` ignore them; training also resumes across them (and across `TRAIN_RESUME_FREE`).
+RESULT_NEUTRAL = ("device", "progress", "force", "cache", "dataset.num_workers", "dataset.download", "resume", "threads",
+                  "debug_kill")
+TRAIN_RESUME_FREE = RESULT_NEUTRAL + ("dataset.root", "dataset.batch_size")  # data moved; evaluation batch size
+
+
+def is_neutral(key: str, keys=RESULT_NEUTRAL) -> bool:
+    """Whether a dotted config key is (inside) one of `keys`."""
+    return any(key == k or key.startswith(k + ".") for k in keys)
+
+
+def flatten(d, prefix: str = "") -> dict:
+    """{'a': {'b': 1}} -> {'a.b': 1}: nested config containers as dotted keys."""
+    out = {}
+    for k, v in (d or {}).items():
+        if isinstance(v, dict):
+            out.update(flatten(v, f"{prefix}{k}."))
+        else:
+            out[f"{prefix}{k}"] = v
+    return out
 
 
 TIMM_KWARGS = ("img_size", "patch_size", "depth", "embed_dim", "num_heads", "num_classes", "global_pool",
@@ -85,14 +111,13 @@ class CacheConfig:
 
 @dataclass
 class Config:
-    analysis: Dict[str, Any] = field(default_factory=dict)  # `name` + the analysis' own parameters
+    analysis: Any = MISSING  # the analysis' Params schema, chosen by `analysis=NAME` (stored by vitstudy.analyses)
     model: ModelConfig = field(default_factory=ModelConfig)
     reference: ModelConfig = field(default_factory=ModelConfig)
     dataset: DatasetConfig = field(default_factory=DatasetConfig)
     cka: CKAConfig = field(default_factory=CKAConfig)
     cache: CacheConfig = field(default_factory=CacheConfig)
     force: bool = False  # recompute even when a cached result exists
-    models: List[str] = field(default_factory=list)  # cka_grid: model presets or timm names
     layers: Any = "blocks"
     tokens: str = "flatten"  # transformer outputs: 'flatten' (all tokens), 'cls', 'mean' (patch tokens)
     seed: int = 0
@@ -100,6 +125,71 @@ class Config:
     progress: Optional[bool] = None  # tqdm bars: None shows them only on a terminal
 
 
+@dataclass
+class TrainModelConfig(ModelConfig):
+    pretrained: bool = False
+    remove_skip: Optional[List[int]] = None  # ViT blocks trained without their residual connections (Raghu Fig. 8)
+    global_pool: Optional[str] = None  # 'avg' with class_token=false: GAP ViT (Raghu Figs 10, 11); null: the model's own
+    class_token: Optional[bool] = None
+
+
+@dataclass
+class TrainDatasetConfig(DatasetConfig):
+    fraction: float = 1.0  # a class-balanced subset of the training split, in (0, 1]
+    fraction_seed: int = 0  # the subset depends on this seed only (not on `seed`), so runs can share it
+    train_split: str = "train"
+    val_split: str = "test"  # image folders: ROOT/<train_split> and ROOT/<val_split> (falls back to 'val')
+    val_images: Optional[int] = None  # a seeded sample of the validation split; null: all of it
+
+
+@dataclass
+class RecipeConfig:
+    name: str = "quick"
+    epochs: int = 3  # main schedule epochs; warm-up epochs come in addition (warmup_prefix, as Park & Kim)
+    warmup_epochs: int = 0
+    batch_size: int = 64
+    opt: str = "adamw"  # any timm.optim.create_optimizer_v2 name
+    lr: float = 1e-3
+    weight_decay: float = 0.05
+    momentum: float = 0.9
+    sched: str = "cosine"  # any timm.scheduler.create_scheduler_v2 name (cosine, multistep, step, ...)
+    min_lr: float = 0.0
+    warmup_lr: float = 1e-6
+    decay_milestones: List[int] = field(default_factory=list)  # multistep: epochs counted after warm-up
+    decay_rate: float = 0.1
+    clip_grad: Optional[float] = None  # max gradient norm
+    smoothing: float = 0.0  # label smoothing
+    mixup: float = 0.0  # Mixup alpha (0: off)
+    cutmix: float = 0.0  # CutMix alpha (0: off)
+    mixup_prob: float = 1.0
+    mixup_switch_prob: float = 0.5
+    auto_augment: Optional[str] = None  # timm string, e.g. 'rand-m9-n2-mstd1.0' (RandAugment m9 n2)
+    crop: str = "pad"  # 'pad': RandomCrop(size, padding) as on CIFAR; 'rrc': RandomResizedCrop as on ImageNet
+    crop_padding: int = 4
+    hflip: float = 0.5
+    color_jitter: Optional[float] = None
+    reprob: float = 0.0  # random erasing probability
+    drop_path: float = 0.0  # stochastic depth rate (timm scales it linearly with depth)
+
+
+@dataclass
+class TrainConfig:
+    model: TrainModelConfig = field(default_factory=TrainModelConfig)
+    dataset: TrainDatasetConfig = field(default_factory=TrainDatasetConfig)
+    recipe: RecipeConfig = field(default_factory=RecipeConfig)
+    layers: Any = "blocks"  # only so model presets (layers: ${layers}) resolve; unused in training
+    seed: int = 0  # weights, data order, augmentation
+    device: str = "auto"
+    amp: str = "auto"  # auto: bf16 autocast on CUDA, off on CPU; 'bf16', 'fp16' (with a grad scaler), 'off'
+    channels_last: Optional[bool] = None  # null: on for CNNs on CUDA
+    resume: bool = True  # continue from <run dir>/checkpoints/last.pt when it exists; false: start over
+    threads: Optional[int] = None  # torch.set_num_threads
+    progress: Optional[bool] = None
+    debug_kill: Optional[str] = None  # tests only: 'step:N': Ctrl-C after update N; 'save:N': hard exit inside epoch N's last.pt write
+
+
 def register() -> None:
+    """The run and training schemas, stored without a group so they never show up as user choices."""
     cs = ConfigStore.instance()
     cs.store(name="vitstudy_schema", node=Config)
+    cs.store(name="vitstudy_train_schema", node=TrainConfig)

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import difflib
+import sys
 from typing import Iterable
 
 
@@ -28,3 +29,9 @@ def closest(name: str, choices: Iterable[str], n: int = 5) -> str:
         return "closest: " + ", ".join(near)
     head = ", ".join(choices[:n])
     return f"valid: {head}" + (f", ... ({len(choices)} in all)" if len(choices) > n else "")
+
+
+def fail(message: str, code: int = 2) -> None:
+    """End the command with one line on stderr and a non-zero exit (the CLI's answer to bad input)."""
+    print(f"vitstudy: error: {message}", file=sys.stderr)
+    raise SystemExit(code)

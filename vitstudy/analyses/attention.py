@@ -8,7 +8,8 @@ Both stream: the softmax maps are reduced to per-image means inside the hook (me
 """
 from __future__ import annotations
 
-from dataclasses import replace
+from dataclasses import dataclass, field
+from typing import Any, List, Optional
 
 import numpy as np
 import pandas as pd
@@ -19,9 +20,11 @@ from ..plots import attention as plots_attention
 from ..anatomy.attention import Counter, Site, sites, unfused
 from ..pipeline.engine import Reducer, stream
 from ..errors import VitstudyError
-from ..pipeline.layers import Layer, block_names, features, token_info
+from ..anatomy.blocks import block_names
+from ..pipeline.layers import Layer, features
 from ..metrics.cka import MinibatchCKA, gram, u_center
-from . import Result, params, register
+from ._registry import Params, Result, at_least, register
+from .common import INPUT
 
 
 class DistanceStats:
@@ -60,7 +63,7 @@ class DistanceReducer(Reducer):
         self.batch = None
 
     def on_tensor(self, model_index: int, layer: Layer, tensor: torch.Tensor) -> None:
-        if layer.name == "":  # model input: batch size
+        if layer is INPUT:  # model input: batch size
             self.batch = tensor.shape[0]
             return
         self.counter.add(layer.name)
@@ -69,16 +72,6 @@ class DistanceReducer(Reducer):
     def end_batch(self, labels, outputs) -> None:
         self.counter.end_batch()
         self.stats.n += len(labels)
-
-
-INPUT_TAP = Layer("", "", True, (), "input")  # the model's own input (batch size, images for figures)
-
-
-def image_batches(ctx):
-    """The sampled images and their batching (one repeat), recorded for images.csv."""
-    batching, record = ctx.sample(tail=ctx.cfg.cka.tail)
-    ctx.record_images([record])
-    return batching
 
 
 def distance_table(m, stats: DistanceStats, site_list: list[Site], cfg) -> pd.DataFrame:
@@ -101,56 +94,48 @@ def measure(ctx, m, batching) -> pd.DataFrame:
     reducer = DistanceReducer(site_list)
     loader = ctx.loader([m], batching)
     with unfused(m.module, [s.name for s in site_list]):
-        stream([m], [[INPUT_TAP] + [s.layer for s in site_list]], loader, reducer, ctx.device,
+        stream([m], [[INPUT] + [s.layer for s in site_list]], loader, reducer, ctx.device,
                f"attention distance {m.label}", ctx.progress)
     return distance_table(m, reducer.stats, site_list, ctx.cfg)
 
 
-def compare_nodes(entries) -> list:
-    """Model nodes for `analysis.compare`: preset names, timm names or full model nodes (own checkpoint, kwargs,
-    data); nothing is inherited from the main model. Unlabelled entries are labelled with their full timm name,
-    so two tags of one architecture (Raghu Fig. 4) stay apart in the figure."""
-    nodes = []
-    for entry in entries or []:
+@dataclass
+class AttentionDistance(Params):
+    blocks: List[int] = field(default_factory=lambda: [0, 1, -2, -1])  # blocks drawn in the sorted-head figure (negative: from the end); the CSV has every block
+    compare: List[Any] = field(default_factory=list)  # more models on the same images: presets, timm names (arch.tag) or model nodes, e.g. the IN-21k twin
+
+
+def distance_models(cfg) -> dict:
+    """`model`, then every `analysis.compare` entry as its own node (own weights, kwargs, data; nothing inherited),
+    labelled with its full timm name unless it has a label, so two tags of one architecture stay apart (Fig. 4)."""
+    nodes = {"model": cfg.model}
+    for i, entry in enumerate(cfg.analysis.compare or []):
         node = models.node(entry)
         models.check_name(node.name)
         if not node.get("label"):
             node.label = node.name
-        nodes.append(node)
+        nodes[f"compare{i}"] = node
     return nodes
 
 
-def _compare_model(ctx, node, i: int):
-    m = models.load(node, f"compare{i}", name_given=True)
-    m.module.to(ctx.device)
-    print(f"vitstudy: {m.transform_line}", flush=True)
-    return m
-
-
-DISTANCE_DEFAULTS = {"blocks": [0, 1, -2, -1], "compare": []}
-
-
-@register("attention_distance", "mean attention distance in pixels per (block, head) (Raghu et al. Figs 3-4, Dosovitskiy et al. Fig. 7 right)")
+@register("attention_distance", "mean attention distance in pixels per (block, head) (Raghu et al. Figs 3-4, Dosovitskiy et al. Fig. 7 right)",
+          AttentionDistance, models=distance_models, lazy_models=True)
 def attention_distance(ctx) -> Result:
-    p = params(ctx.cfg, DISTANCE_DEFAULTS)
-    blocks = [int(b) for b in p["blocks"]]
-    compare = compare_nodes(p["compare"])
+    blocks = list(ctx.params.blocks)
     main = ctx.models["model"]
     site_list = sites(main.module)  # clear message for CNNs before any image is loaded
     for b in blocks:
         if not -len(site_list) <= b < len(site_list):
             raise VitstudyError(f"analysis.blocks has {b}, but {main.label} has {len(site_list)} attention blocks (valid: 0..{len(site_list) - 1} or negative from the end)")
-    batching = image_batches(ctx)
-    tables = [measure(ctx, main, batching)]
-    for i, node in enumerate(compare):
-        m = _compare_model(ctx, node, i)
-        tables.append(measure(ctx, m, batching))
-        ctx.models[m.key] = replace(m, module=None)  # recorded in run.json; the weights are freed
-        del m
+    batching, record = ctx.sample()
+    tables = []
+    for key in ctx.models.nodes:  # one model at a time: the compare models are built here and freed after use
+        tables.append(measure(ctx, ctx.models[key], batching))
+        ctx.models.release(key)
     df = pd.concat(tables, ignore_index=True)
     figs = {"attention_distance": plots_attention.sorted_heads(df, blocks),
             "attention_distance_depth": plots_attention.depth_scatter(df)}
-    return Result({"attention_distance": df}, figs, {"attention_models": [t.model.iloc[0] for t in tables]})
+    return Result({"attention_distance": df}, figs, {"attention_models": [t.model.iloc[0] for t in tables]}, [record])
 
 
 # --------------------------------------------------------------------------------------------------
@@ -164,11 +149,11 @@ class LocalGlobalReducer(Reducer):
     MinibatchCKA) give the minibatch CKA of *any* head subset afterwards: no second pass once the heads are ranked.
     """
 
-    def __init__(self, site: Site, proj: Layer, ref_layers: list[Layer], tokens: str, vit_info, ref_info, device):
+    def __init__(self, site: Site, proj: Layer, ref_layers: list[Layer], tokens: str, vit, ref, device):
         self.site, self.proj, self.tokens = site, proj, tokens
         self.ref_layers = ref_layers
         self.ref_index = {l.name: i for i, l in enumerate(ref_layers)}
-        self.vit_info, self.ref_info = vit_info, ref_info
+        self.vit, self.ref = vit, ref  # the modules (token modes count their prefix tokens)
         self.stats = DistanceStats([site])
         self.acc = MinibatchCKA(site.heads + len(ref_layers), device=device)
         self.heads: list[torch.Tensor] | None = None
@@ -177,16 +162,16 @@ class LocalGlobalReducer(Reducer):
 
     def on_tensor(self, model_index: int, layer: Layer, tensor: torch.Tensor) -> None:
         if model_index == 1:
-            x = features(tensor, layer, self.tokens, *self.ref_info)
+            x = features(tensor, layer, self.tokens, self.ref)
             self.refs[self.ref_index[layer.name]] = u_center(gram(x)).flatten()
-        elif layer.name == "":
+        elif layer is INPUT:
             self.batch = tensor.shape[0]
         elif layer.name == self.site.name:
             self.stats.add(layer.name, tensor, self.batch)
         else:  # input of attn.proj: (B, N, heads * head_dim), head h in channels [h d, (h + 1) d)
             b, n, c = tensor.shape
             per = tensor.reshape(b, n, self.site.heads, c // self.site.heads)
-            self.heads = [u_center(gram(features(per[:, :, h], self.proj, self.tokens, *self.vit_info))).flatten()
+            self.heads = [u_center(gram(features(per[:, :, h], self.proj, self.tokens, self.vit))).flatten()
                           for h in range(self.site.heads)]
 
     def end_batch(self, labels, outputs) -> None:
@@ -213,40 +198,46 @@ def subset_cka(inner: torch.Tensor, heads: list[int], ref: int) -> float:
     return float(cross / torch.sqrt(self_s * inner[ref, ref]))
 
 
-LG_DEFAULTS = {"block": 0, "subset_size": None, "subset_step": 1, "reference_layers": None}
+@dataclass
+class LocalGlobalCKA(Params):
+    block: int = 0  # the ViT block whose heads are ranked by mean attention distance
+    subset_size: Optional[int] = None  # heads per subset (sliding window over the ranked heads); null: a quarter of the block's heads, at least 1 (ViT-L/16: 4, ViT-Ti: 1)
+    subset_step: int = 1  # window stride; the last window (the most global heads) is always included
+    reference_layers: Any = None  # null: the first 5 residual blocks of `reference` (ResNet-50: layer1.0-2, layer2.0-1); or a layer spec
+
+    def check(self) -> None:
+        at_least("subset_size", self.subset_size, 1, allow_none=True)
+        at_least("subset_step", self.subset_step, 1)
 
 
 @register("local_global_cka", "CKA of local-to-global subsets of one block's heads with early CNN layers (Raghu et al. Fig. 5)",
-          models=("model", "reference"))
+          LocalGlobalCKA, models=("model", "reference"))
 def local_global_cka(ctx) -> Result:
-    cfg = ctx.cfg
-    p = params(cfg, LG_DEFAULTS)
+    cfg, p = ctx.cfg, ctx.params
     vit, ref = ctx.models["model"], ctx.models["reference"]
     site_list = sites(vit.module)
     if any(s.kind != "global" for s in site_list):
         raise VitstudyError(f"local_global_cka needs a ViT-family model with global attention; {vit.label} uses windowed attention")
-    block = int(p["block"])
+    block = p.block
     if not -len(site_list) <= block < len(site_list):
         raise VitstudyError(f"analysis.block={block} is out of range: {vit.label} has {len(site_list)} blocks")
     site = site_list[block]
-    size = max(1, site.heads // 4) if p["subset_size"] is None else int(p["subset_size"])
-    step = int(p["subset_step"])
+    size = max(1, site.heads // 4) if p.subset_size is None else p.subset_size
+    step = p.subset_step
     if not 1 <= size <= site.heads:
         raise VitstudyError(f"analysis.subset_size={size} must be between 1 and the {site.heads} heads of {site.name}")
-    if step < 1:
-        raise VitstudyError(f"analysis.subset_step={step} must be at least 1")
-    spec = p["reference_layers"]
+    spec = p.reference_layers
     if spec is None:
         spec = block_names(ref.module)[:5]  # ResNet-50: layer1.0-2, layer2.0-1 (block1unit1..block2unit2)
         if not spec:
             raise VitstudyError(f"found no residual blocks in {ref.label}; set analysis.reference_layers=[...]")
     ref_layers = ctx.layers(ref, spec)
     proj = Layer(f"{site.name}.proj:in", f"{site.name}.proj", True, (), "NLC")
-    reducer = LocalGlobalReducer(site, proj, ref_layers, cfg.tokens, token_info(vit.module), token_info(ref.module), ctx.device)
-    batching = image_batches(ctx)
+    reducer = LocalGlobalReducer(site, proj, ref_layers, cfg.tokens, vit.module, ref.module, ctx.device)
+    batching, record = ctx.sample(tail=cfg.cka.tail)
     loader = ctx.loader([vit, ref], batching)
     with unfused(vit.module, [site.name]):
-        stream([vit, ref], [[INPUT_TAP, site.layer, proj], ref_layers], loader, reducer, ctx.device, "local/global cka", ctx.progress)
+        stream([vit, ref], [[INPUT, site.layer, proj], ref_layers], loader, reducer, ctx.device, "local/global cka", ctx.progress)
     mean, _ = reducer.stats.mean_std(site.name)
     order = [int(h) for h in np.argsort(mean, kind="stable")]
     inner = reducer.acc.cross.cpu()
@@ -266,4 +257,4 @@ def local_global_cka(ctx) -> Result:
     fig = plots_attention.local_global(df, f"{vit.label} block {site.block} heads vs {ref.label}\n"
                                        f"subsets of {size} heads, step {step}, {reducer.stats.n} images, tokens={cfg.tokens}")
     return Result({"local_global_cka": df}, {"local_global_cka": fig},
-                  {"head_distances": heads_df.to_dict("list"), "reference_layers": [l.name for l in ref_layers]})
+                  {"head_distances": heads_df.to_dict("list"), "reference_layers": [l.name for l in ref_layers]}, [record])

@@ -5,17 +5,19 @@ hook, and every layer pair comes from one product of the stacked Ũ matrices (me
 """
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 import numpy as np
 import pandas as pd
 import torch
 
 from ..pipeline import data
-from ..plots import cka as plots
+from ..plots import cka as plots_cka
 from ..pipeline.engine import Reducer, stream
 from ..errors import VitstudyError
-from ..pipeline.layers import Layer, features, token_info
+from ..pipeline.layers import Layer, features
 from ..metrics.cka import FullSetCKA, MinibatchCKA, gram, u_center
-from . import Result, params, register
+from ._registry import Params, Result, register
 
 TOLERANCE = 1e-6  # |CKA| may exceed 1 by rounding only
 
@@ -31,7 +33,7 @@ class CKAReducer(Reducer):
         self.layers = layers
         self.index = [{layer.name: i for i, layer in enumerate(ls)} for ls in layers]
         self.tokens = tokens
-        self.token_info = [token_info(m.module) for m in models]
+        self.modules = [m.module for m in models]
         self.dtype = {"float32": torch.float32, "float64": torch.float64}[gram_dtype]
         self.estimator = estimator
         sizes = [len(ls) for ls in layers]
@@ -43,7 +45,7 @@ class CKAReducer(Reducer):
         self.buffers: list[list[torch.Tensor | None]] = [[None] * n for n in sizes]
 
     def on_tensor(self, model_index: int, layer: Layer, tensor: torch.Tensor) -> None:
-        x = features(tensor, layer, self.tokens, *self.token_info[model_index])
+        x = features(tensor, layer, self.tokens, self.modules[model_index])
         i = self.index[model_index][layer.name]
         if self.estimator == "unbiased":
             self.buffers[model_index][i] = u_center(gram(x, self.dtype)).flatten()
@@ -120,7 +122,6 @@ def compute(ctx, models, layers, stacked: bool | None = None) -> tuple[np.ndarra
                                    "runs": [torch.from_numpy(m) for m in runs], "used": used})
     stack = np.stack(runs)
     std = stack.std(axis=0, ddof=1) if len(runs) > 1 else np.full(stack.shape[1:], np.nan)
-    ctx.record_images(used)
     return stack.mean(axis=0), std, {"repeats": used}
 
 
@@ -150,16 +151,14 @@ def _run(ctx, within: bool) -> Result:
     estimator = "minibatch unbiased" if cfg.cka.estimator == "unbiased" else "full-set biased"
     title = f"CKA within {mx.label}" if within else f"CKA: {mx.label} vs {my.label}"
     subtitle = f"{estimator}, tokens={cfg.tokens}, {images} images x {cfg.cka.repeats}"
-    fig = plots.cka_heatmap(mean, f"{mx.label} layer", f"{my.label} layer", f"{title}\n{subtitle}")
-    result = Result({name: df}, {name: fig}, {"layers": {m.key: [l.name for l in ls] for m, ls in zip(models, layers)}})
-    if not within and params(cfg, ACROSS_DEFAULTS)["diagonal"]:
+    fig = plots_cka.cka_heatmap(mean, f"{mx.label} layer", f"{my.label} layer", f"{title}\n{subtitle}")
+    result = Result({name: df}, {name: fig}, {"layers": {m.key: [l.name for l in ls] for m, ls in zip(models, layers)}},
+                    info["repeats"])
+    if not within and ctx.params.diagonal:
         diag = diagonal(df, len(lx), len(ly))
         result.tables["cka_diagonal"] = diag
-        result.figures["cka_diagonal"] = plots.cka_diagonal_curve(diag, f"{mx.weights} vs {my.weights}", subtitle)
+        result.figures["cka_diagonal"] = plots_cka.cka_diagonal_curve(diag, f"{mx.weights} vs {my.weights}", subtitle)
     return result
-
-
-ACROSS_DEFAULTS = {"diagonal": False}
 
 
 def diagonal(df: pd.DataFrame, nx: int, ny: int) -> pd.DataFrame:
@@ -172,13 +171,17 @@ def diagonal(df: pd.DataFrame, nx: int, ny: int) -> pd.DataFrame:
     return diag
 
 
-@register("cka_within", "CKA between every pair of layers of one model (Raghu et al. 2021, Fig. 1)")
+@register("cka_within", "CKA between every pair of layers of one model (Raghu et al. 2021, Fig. 1); settings under cka.*")
 def cka_within(ctx) -> Result:
-    params(ctx.cfg, {})
     return _run(ctx, within=True)
 
 
+@dataclass
+class CKAAcross(Params):
+    diagonal: bool = False  # also write cka_diagonal.csv/.png: layer i vs layer i of two models of one architecture (Fig. 12)
+
+
 @register("cka_across", "CKA between every layer of `model` and every layer of `reference` (Raghu et al. 2021, Fig. 2)",
-          models=("model", "reference"))
+          CKAAcross, models=("model", "reference"))
 def cka_across(ctx) -> Result:
     return _run(ctx, within=False)

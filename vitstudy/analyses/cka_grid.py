@@ -9,29 +9,43 @@ from __future__ import annotations
 import numpy as np
 import pandas as pd
 
-from ..pipeline import models as model_loading
+from dataclasses import dataclass, field
+from typing import Any, List, Optional
+
 from ..errors import VitstudyError
-from ..plots.grid import cka_grid_figure
-from . import Result, params, register
+from ..pipeline import models as model_loading
+from ..plots.cka import cka_grid_figure
+from ._registry import Params, Result, register
 from .cka import compute, table
 
-DEFAULTS = {"pretrained": None}  # true/false overrides every listed model's `pretrained`
+
+@dataclass
+class CKAGrid(Params):
+    models: List[Any] = field(default_factory=list)  # model presets, timm names or model nodes: analysis.models=[vit_b16,resnet50]
+    pretrained: Optional[bool] = None  # true/false: override every listed model's pretrained flag
+
+    def check(self) -> None:
+        names = [str(m) if not hasattr(m, "get") else m.get("name") for m in self.models]
+        if len(names) < 2 or len(set(names)) != len(names):
+            raise VitstudyError(f"cka_grid needs a list of at least 2 distinct models, e.g. analysis.models=[vit_b16,resnet50]; "
+                                f"got {names}")
 
 
-@register("cka_grid", "CKA between every pair of M models (`models=[a,b,c]`) from one pass over the images", models=())
+def grid_models(cfg) -> dict:
+    """Every listed model as its own node (the key is its preset or timm name), with the run's layers."""
+    nodes = {}
+    for entry in cfg.analysis.models:
+        node = model_loading.node(entry, cfg.layers, cfg.analysis.pretrained)
+        nodes[str(entry) if not hasattr(entry, "get") else node.name] = node
+    return nodes
+
+
+@register("cka_grid", "CKA between every pair of M models (`analysis.models=[a,b,c]`) from one pass over the images",
+          CKAGrid, models=grid_models)
 def cka_grid(ctx) -> Result:
     cfg = ctx.cfg
-    p = params(cfg, DEFAULTS)
-    names = list(cfg.models)
-    if len(names) < 2 or len(set(names)) != len(names):
-        raise VitstudyError(f"cka_grid needs a list of at least 2 distinct models, e.g. models=[vit_b16,resnet50]; got {names}")
-    with ctx.stage("load_models"):
-        for name in names:
-            m = model_loading.load(model_loading.node(name, cfg.layers, p["pretrained"]), name)
-            m.module.to(ctx.device)
-            ctx.models[name] = m
-    models = [ctx.models[n] for n in names]
-    layers = [ctx.layers(m, cfg.layers) for m in models]
+    models = [ctx.models[key] for key in ctx.models.nodes]
+    layers = [ctx.layers(m) for m in models]
     mean, std, info = compute(ctx, models, layers, stacked=True)
     images = info["repeats"][0]["images"]
     offsets = np.cumsum([0] + [len(ls) for ls in layers])
@@ -44,4 +58,4 @@ def cka_grid(ctx) -> Result:
             blocks[(i, j)] = mean[sx, sy]
     fig = cka_grid_figure(blocks, [m.label for m in models], f"CKA grid, tokens={cfg.tokens}, {images} images x {cfg.cka.repeats}")
     return Result({"cka_grid": pd.concat(frames, ignore_index=True)}, {"cka_grid": fig},
-                  {"layers": {m.key: [l.name for l in ls] for m, ls in zip(models, layers)}})
+                  {"layers": {m.key: [l.name for l in ls] for m, ls in zip(models, layers)}}, info["repeats"])

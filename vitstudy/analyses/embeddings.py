@@ -7,13 +7,15 @@ embedding filters, the rows of `patch_embed.proj.weight` (D, 3, P, P) as D sampl
 """
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 import numpy as np
 import pandas as pd
 import torch
 
 from ..plots import attention as plots_attention
 from ..errors import VitstudyError
-from . import Result, params, register
+from ._registry import Params, Result, at_least, register
 
 
 def _grid(pe) -> tuple[int, int]:
@@ -52,7 +54,6 @@ def cosine_matrix(x: torch.Tensor) -> torch.Tensor:
 
 @register("position_embedding", "cosine similarity of learned position embeddings between patches (Dosovitskiy et al. Fig. 7 centre)")
 def position_embedding(ctx) -> Result:
-    params(ctx.cfg, {})
     m = ctx.models["model"]
     emb, grid, stored = patch_position_embedding(m.module, m.data_config["input_size"])
     sim = cosine_matrix(emb).numpy()
@@ -82,12 +83,20 @@ def filter_pca(weight: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     return vt.reshape(-1, *weight.shape[1:]), var
 
 
-@register("patch_embedding_pca", "principal components of the patch-embedding filters as RGB patches (Dosovitskiy et al. Fig. 7 left)")
+@dataclass
+class PatchEmbeddingPCA(Params):
+    components: int = 28  # components drawn (the paper: 28, a 4 x 7 grid); the CSV has every component
+    columns: int = 7  # columns of the drawn grid
+
+    def check(self) -> None:
+        at_least("components", self.components, 1)
+        at_least("columns", self.columns, 1)
+
+
+@register("patch_embedding_pca", "principal components of the patch-embedding filters as RGB patches (Dosovitskiy et al. Fig. 7 left)",
+          PatchEmbeddingPCA)
 def patch_embedding_pca(ctx) -> Result:
-    p = params(ctx.cfg, {"components": 28, "columns": 7})
-    k, columns = int(p["components"]), int(p["columns"])
-    if k < 1 or columns < 1:
-        raise VitstudyError(f"analysis.components={k} and analysis.columns={columns} must be at least 1")
+    k, columns = ctx.params.components, ctx.params.columns
     m = ctx.models["model"]
     proj = getattr(getattr(m.module, "patch_embed", None), "proj", None)
     w = getattr(proj, "weight", None)

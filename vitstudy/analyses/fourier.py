@@ -8,6 +8,9 @@ does not grow with the number of images. Latents come from the `latents` layer p
 """
 from __future__ import annotations
 
+from dataclasses import dataclass
+from typing import Any
+
 import pandas as pd
 import torch
 
@@ -16,7 +19,7 @@ from ..plots import fourier as plots_fourier
 from ..pipeline.engine import Reducer, stream
 from ..errors import VitstudyError
 from ..metrics import fourier as F
-from . import Result, params, register
+from ._registry import Params, Result, choice, register
 
 MODELS = ("model", "reference")
 
@@ -47,36 +50,44 @@ class LatentReducer(Reducer):
         return {n: (s / self.counts[model_index][n]).cpu() for n, s in self.sums[model_index].items()}
 
 
-def measure(ctx, statistic: str, p: dict):
-    """Stream the images through both models; returns (models, described latents, reducer, images used)."""
+def measure(ctx, statistic: str, ddof: int = 1):
+    """Stream the images through both models; returns (models, described latents, reducer, images used, record)."""
     models = [ctx.models[k] for k in MODELS]
-    spec = p["layers"]
+    spec = ctx.params.layers
     layer_lists = [ctx.layers(m) if spec is None else ctx.layers(m, spec) for m in models]
     described = [latents.describe(m.module, ls) for m, ls in zip(models, layer_lists)]
     batching, record = ctx.sample()
     loader = ctx.loader(models, batching)
-    reducer = LatentReducer(described, statistic, p.get("ddof", 1))
+    reducer = LatentReducer(described, statistic, ddof)
     stream(models, layer_lists, loader, reducer, ctx.device, statistic, ctx.progress)
-    ctx.record_images([record])
-    return models, described, reducer, batching.num_images
+    return models, described, reducer, batching.num_images, record
 
 
-def _check(p: dict) -> None:
-    if p["layers"] is not None and not isinstance(p["layers"], (str, list)):
-        raise VitstudyError(f"analysis.layers must be a layer spec (latents, blocks, all, a regex or a list) or null, got {p['layers']!r}")
-    if not isinstance(p.get("ddof", 1), int) or p.get("ddof", 1) not in (0, 1):
-        raise VitstudyError(f"analysis.ddof must be 0 (population variance) or 1 (unbiased, as torch.var), got {p.get('ddof')!r}")
+@dataclass
+class Fourier(Params):
+    layers: Any = "latents"  # layer spec for both models (latents = Park & Kim's residual stream after every sublayer); null = the global `layers` / `model.layers`
+
+    def check(self) -> None:
+        if self.layers is not None and not isinstance(self.layers, (str, list)):
+            raise VitstudyError(f"analysis.layers must be a layer spec (latents, blocks, all, a regex or a list) or null, got {self.layers!r}")
+
+
+@dataclass
+class FeatureVariance(Fourier):
+    ddof: int = 1  # 1 = unbiased variance over positions (torch.var, as the official notebook); 0 = population variance
+
+    def check(self) -> None:
+        super().check()
+        choice("ddof", self.ddof, (0, 1))
 
 
 def _title(m) -> str:
     return f"{m.label} ({m.weights})"
 
 
-@register("fourier", "Relative log amplitude of Fourier-transformed latents (Park & Kim 2022, Figs 2a, 8)", models=MODELS)
+@register("fourier", "Relative log amplitude of Fourier-transformed latents (Park & Kim 2022, Figs 2a, 8)", Fourier, models=MODELS)
 def fourier(ctx) -> Result:
-    p = params(ctx.cfg, {"layers": "latents"})
-    _check(p)
-    models, described, reducer, images = measure(ctx, "fourier", p)
+    models, described, reducer, images, record = measure(ctx, "fourier")
     rows, curves, profiles = [], [], []
     for i, (m, lats) in enumerate(zip(models, described)):
         means = reducer.means(i)
@@ -103,21 +114,20 @@ def fourier(ctx) -> Result:
     return Result({"fourier": pd.DataFrame(rows)}, {"fourier": fig2a, "fourier_high_frequency": fig8},
                   {"layers": {m.key: [l.name for l in ls] for m, ls in zip(models, described)},
                    "fourier": "mean over images and channels of log(|fft2|+1e-6), fftshifted, half diagonal from DC, minus DC; "
-                              "frequency = linspace(0, 1, K) pi as the paper's axis, frequency_axis = 2k/h pi per axis"})
+                              "frequency = linspace(0, 1, K) pi as the paper's axis, frequency_axis = 2k/h pi per axis"}, [record])
 
 
-@register("feature_variance", "Feature-map variance over spatial positions per latent (Park & Kim 2022, Fig. 9)", models=MODELS)
+@register("feature_variance", "Feature-map variance over spatial positions per latent (Park & Kim 2022, Fig. 9)", FeatureVariance,
+          models=MODELS)
 def feature_variance(ctx) -> Result:
-    p = params(ctx.cfg, {"layers": "latents", "ddof": 1})
-    _check(p)
-    models, described, reducer, images = measure(ctx, "variance", p)
+    models, described, reducer, images, record = measure(ctx, "variance", ctx.params.ddof)
     rows, profiles = [], []
     for i, (m, lats) in enumerate(zip(models, described)):
         means = reducer.means(i)
         values = [float(means[lat.name]) for lat in lats]
         for lat, v in zip(lats, values):
             rows.append({"model": m.key, "name": m.name, "weights": m.weights, "latent": lat.name, "kind": lat.kind,
-                         "index": lat.index, "depth": lat.depth, "variance": v, "ddof": p["ddof"],
+                         "index": lat.index, "depth": lat.depth, "variance": v, "ddof": ctx.params.ddof,
                          "grid_h": lat.grid[0], "grid_w": lat.grid[1], "channels": lat.channels,
                          "num_images": images, "dataset": ctx.cfg.dataset.name})
         profiles.append({"title": _title(m), "depths": [l.depth for l in lats], "values": values,
@@ -126,4 +136,4 @@ def feature_variance(ctx) -> Result:
                                       f"Variance over spatial positions, mean over images and channels, {images} images",
                                       ylim_bottom=0.0)
     return Result({"feature_variance": pd.DataFrame(rows)}, {"feature_variance": fig},
-                  {"layers": {m.key: [l.name for l in ls] for m, ls in zip(models, described)}})
+                  {"layers": {m.key: [l.name for l in ls] for m, ls in zip(models, described)}}, [record])

@@ -9,22 +9,21 @@ A well-localized token has its CKA maximum at q = p.
 """
 from __future__ import annotations
 
-import math
+from dataclasses import dataclass
+from typing import List, Optional
 
 import numpy as np
 import pandas as pd
 import torch
 
-from ..plots import skip as plots_skip
+from ..plots import localization as plots_localization
 from ..pipeline.engine import Reducer, stream
 from ..errors import VitstudyError
-from ..pipeline.layers import Layer, token_info
+from ..anatomy.tokens import token_grid
+from ..pipeline.layers import Layer
 from ..metrics.cka import MinibatchCKA
-from . import Result, params, register
-from .skip import sample_loader
-
-INPUT_LAYER = Layer("input", "", True, (), "NCHW")  # the model's own input (pre-hook on the root module)
-
+from ._registry import Params, Result, register
+from .common import INPUT, sample_loader
 
 def u_center_batched(k: torch.Tensor) -> torch.Tensor:
     """Ũ(K) for a stack of Gram matrices (P, n, n), as metrics.cka.u_center for each."""
@@ -44,27 +43,6 @@ def grams(x: torch.Tensor) -> torch.Tensor:
     return xp @ xp.transpose(1, 2)
 
 
-def token_grid(module, layer: Layer) -> tuple[int, int, int]:
-    """(rows, cols, prefix tokens) of a layer's spatial positions."""
-    if layer.layout == "NCHW":
-        return layer.shape[1], layer.shape[2], 0
-    if layer.layout == "NHWC":
-        return layer.shape[0], layer.shape[1], 0
-    if layer.layout == "NLC":
-        prefix, _, total = token_info(module)
-        n = layer.shape[0]
-        if total is None or n != total:
-            prefix = 0
-        grid = getattr(getattr(module, "patch_embed", None), "grid_size", None)
-        if grid is not None and grid[0] * grid[1] == n - prefix:
-            return int(grid[0]), int(grid[1]), prefix
-        side = math.isqrt(n - prefix)
-        if side * side != n - prefix:
-            raise VitstudyError(f"layer '{layer.name}' has {n - prefix} tokens, not a square grid; choose another layer")
-        return side, side, prefix
-    raise VitstudyError(f"layer '{layer.name}' has layout {layer.layout} (no spatial positions); choose a block or feature map")
-
-
 def patches(x: torch.Tensor, rows: int, cols: int) -> list[torch.Tensor]:
     """The input image (n, C, H, W) cut into rows x cols cells, each flattened: a list of (n, cells) tensors."""
     h, w = x.shape[-2:]
@@ -81,7 +59,7 @@ class LocalizationReducer(Reducer):
         self.tok = self.inp = None
 
     def on_tensor(self, model_index, layer, tensor):
-        if layer is INPUT_LAYER:
+        if layer is INPUT:
             self.inp = tensor
             return
         t = tensor
@@ -107,7 +85,7 @@ def localization_matrix(model, layer: Layer, loader, device, progress=None) -> t
     """CKA[p, q] between the token at position p of `layer` and the input patch at q (row-major positions)."""
     grid = token_grid(model.module, layer)
     reducer = LocalizationReducer(layer, grid, device)
-    stream([model], [[INPUT_LAYER, layer]], loader, reducer, device, "spatial_localization", progress)
+    stream([model], [[INPUT, layer]], loader, reducer, device, "spatial_localization", progress)
     return reducer.result(), grid
 
 
@@ -117,24 +95,26 @@ def default_tokens(rows: int, cols: int) -> list[tuple[int, int]]:
     return list(dict.fromkeys(out))
 
 
-DEFAULTS = {"layer": None, "tokens": None}
+@dataclass
+class SpatialLocalization(Params):
+    layer: Optional[str] = None  # module path (e.g. blocks.11, layer4.2); null = the last residual block
+    tokens: Optional[List[List[int]]] = None  # [[row, col], ...] tokens drawn; null = the paper's (0,0) (2,1) (4,2) (4,4) scaled to the grid
 
 
 @register("spatial_localization", "CKA between each token of a layer and the input patch at every grid position "
-          "(Raghu et al. 2021, Figs 9-10)")
+          "(Raghu et al. 2021, Figs 9-10)", SpatialLocalization)
 def spatial_localization(ctx) -> Result:
-    p = params(ctx.cfg, DEFAULTS)
+    p = ctx.params
     m = ctx.models["model"]
-    layer = ctx.layers(m, "blocks")[-1] if p["layer"] is None else ctx.layers(m, [str(p["layer"])])[0]
+    layer = ctx.layers(m, "blocks")[-1] if p.layer is None else ctx.layers(m, [str(p.layer)])[0]
     grid = token_grid(m.module, layer)
     rows, cols, prefix = grid
-    chosen = default_tokens(rows, cols) if p["tokens"] is None else [tuple(int(v) for v in t) for t in p["tokens"]]
+    chosen = default_tokens(rows, cols) if p.tokens is None else [tuple(int(v) for v in t) for t in p.tokens]
     for r, c in chosen:
         if not (0 <= r < rows and 0 <= c < cols):
             raise VitstudyError(f"analysis.tokens: ({r}, {c}) is outside the {rows} x {cols} grid of layer '{layer.name}'")
-    loader, used = sample_loader(ctx, [m])
+    loader, used = sample_loader(ctx, [m], tail=ctx.cfg.cka.tail)
     matrix, _ = localization_matrix(m, layer, loader, ctx.device, ctx.progress)
-    ctx.record_images([used])
     if not np.isfinite(matrix).all():
         raise VitstudyError(f"localization CKA of layer '{layer.name}' is not finite: a token or input patch is the same for every image")
     P = rows * cols
@@ -151,9 +131,9 @@ def spatial_localization(ctx) -> Result:
                             "argmax_q": best, "argmax_row": best // cols, "argmax_col": best % cols,
                             "cka_self": np.diag(matrix), "cka_max": matrix.max(1), "argmax_distance": dist,
                             "argmax_is_self": dist == 0, "argmax_is_neighbour": dist == 1, **settings})
-    fig = plots_skip.localization_figure(df, chosen, (rows, cols),
+    fig = plots_localization.localization_figure(df, chosen, (rows, cols),
                                          f"{m.label} {layer.name}: CKA(token, input patch), {used['images']} images")
     info = {"layer": layer.name, "grid": [rows, cols], "tokens_plotted": [list(t) for t in chosen],
             "fraction_argmax_self": float((dist == 0).mean()), "fraction_argmax_within_1": float((dist <= 1).mean())}
     return Result({"spatial_localization": df, "spatial_localization_summary": summary},
-                  {"spatial_localization": fig}, info)
+                  {"spatial_localization": fig}, info, [used])

@@ -11,33 +11,43 @@ Only XᵀX and XᵀY per probe are kept (float64), so memory does not grow with 
 """
 from __future__ import annotations
 
+from dataclasses import dataclass, field
+from typing import Any, List, Optional
+
 import numpy as np
 import pandas as pd
 import torch
 import torch.nn.functional as F
-from omegaconf import OmegaConf
 
 from ..pipeline import data
-from ..plots import skip as plots_skip
+from ..plots import probe as plots_probe
 from ..pipeline.engine import Reducer, stream
 from ..errors import VitstudyError
-from ..pipeline.layers import Layer, token_info
+from ..anatomy import tokens as anatomy_tokens
+from ..pipeline.layers import Layer
 from ..metrics.ridge import RidgeAccumulator
-from . import Result, params, register
+from ._registry import Params, Result, at_least, choice, register
 
 REPRESENTATIONS = ("cls", "gap", "gap_all", "first", "tokens")
-DEFAULTS = {"representations": "auto", "shots": None, "num_train": 1024, "num_val": 256, "num_test": 512,
-            "splits": "sample", "alphas": [1e-4, 1e-3, 1e-2, 1e-1, 1.0, 10.0], "max_tokens": 16}
 
 
-def dataset_labels(ds, indices) -> np.ndarray:
-    """Labels without decoding images where the data set keeps them (CIFAR targets, folder samples)."""
-    inner = getattr(ds, "ds", None)
-    if inner is not None and hasattr(inner, "targets"):
-        return np.asarray(inner.targets)[list(indices)]
-    if hasattr(ds, "samples"):
-        return np.asarray([ds.samples[i][1] for i in indices])
-    return np.asarray([ds[i][1] for i in indices])
+@dataclass
+class LinearProbe(Params):
+    representations: Any = "auto"  # auto (CLS ViT: cls gap gap_all tokens; GAP ViT: first gap tokens; CNN: gap tokens) or a list of cls, gap, gap_all, first, tokens
+    shots: Optional[int] = None  # k images per class for training (the paper: 10); null = num_train images
+    num_train: int = 1024  # train images when shots is null
+    num_val: int = 256  # validation images (ridge strength chosen on them)
+    num_test: int = 512  # held-out test images (accuracy reported)
+    splits: str = "sample"  # sample: disjoint random train/val/test from the data set; paper: CIFAR train[:45000] / train[45000:] / test split
+    alphas: List[float] = field(default_factory=lambda: [1e-4, 1e-3, 1e-2, 1e-1, 1.0, 10.0])  # ridge grid, relative: lambda = alpha * trace(C) / D
+    max_tokens: Optional[int] = 16  # per-token probes on at most this many evenly spaced positions (null = all; memory ~ tokens x D^2 x 8 bytes per layer)
+
+    def check(self) -> None:
+        choice("splits", self.splits, ("sample", "paper"))
+        at_least("shots", self.shots, 1, allow_none=True)
+        at_least("max_tokens", self.max_tokens, 1, allow_none=True)
+        if not self.alphas or any(a <= 0 for a in self.alphas):
+            raise VitstudyError(f"analysis.alphas must be a non-empty list of positive ridge strengths, got {list(self.alphas)}")
 
 
 def few_shot(ds, pool: np.ndarray, shots: int, num_classes: int) -> list[int]:
@@ -47,7 +57,7 @@ def few_shot(ds, pool: np.ndarray, shots: int, num_classes: int) -> list[int]:
     while start < len(pool):
         part = pool[start:start + step]
         start, step = start + step, min(2 * step, 8192)
-        for i, y in zip(part, dataset_labels(ds, part)):
+        for i, y in zip(part, data.labels(ds, part)):
             if 0 <= y < num_classes and len(chosen[int(y)]) < shots:
                 chosen[int(y)].append(int(i))
         if all(len(v) == shots for v in chosen.values()):
@@ -61,47 +71,45 @@ def few_shot(ds, pool: np.ndarray, shots: int, num_classes: int) -> list[int]:
 def make_splits(ctx, p) -> tuple[dict[str, tuple[object, list[int]]], int]:
     """{'train'|'val'|'test': (data set, indices)} and the number of classes."""
     cfg, rng = ctx.cfg, np.random.default_rng(ctx.cfg.seed)
-    if p["splits"] == "paper":
+    if p.splits == "paper":
         if cfg.dataset.name not in ("cifar10", "cifar100"):
             raise VitstudyError(f"analysis.splits=paper is the CIFAR split (first 45,000 train / last 5,000 val); "
                                 f"dataset is {cfg.dataset.name}: use dataset=cifar10 or cifar100, or analysis.splits=sample")
-        train_cfg = OmegaConf.merge(cfg.dataset, {"split": "train"})
-        test_cfg = OmegaConf.merge(cfg.dataset, {"split": "test"})
-        train_ds, test_ds = data.build_dataset(train_cfg), data.build_dataset(test_cfg)
+        train_ds, test_ds = data.build_dataset(cfg.dataset, "train"), data.build_dataset(cfg.dataset, "test")
         n = len(train_ds)
         train_pool, val_pool = rng.permutation(n - 5000), (n - 5000) + rng.permutation(5000)
         test_pool = rng.permutation(len(test_ds))
-    elif p["splits"] == "sample":
+    elif p.splits == "sample":
         train_ds = test_ds = ctx.dataset
         perm = rng.permutation(len(ctx.dataset))
-        val_pool, test_pool = perm[: p["num_val"]], perm[p["num_val"]: p["num_val"] + p["num_test"]]
-        train_pool = perm[p["num_val"] + p["num_test"]:]
+        val_pool, test_pool = perm[: p.num_val], perm[p.num_val: p.num_val + p.num_test]
+        train_pool = perm[p.num_val + p.num_test:]
     else:
-        raise VitstudyError(f"analysis.splits must be sample or paper, got {p['splits']!r}")
+        raise VitstudyError(f"analysis.splits must be sample or paper, got {p.splits!r}")
     classes = getattr(train_ds, "classes", []) or []
-    num_classes = len(classes) or int(dataset_labels(train_ds, train_pool[:2048]).max()) + 1
+    num_classes = len(classes) or int(data.labels(train_ds, train_pool[:2048]).max()) + 1
     if num_classes < 2:
         raise VitstudyError("linear_probe needs labelled images in at least 2 classes (a flat image folder has no labels)")
-    for name, size, pool in (("num_val", p["num_val"], val_pool), ("num_test", p["num_test"], test_pool)):
+    for name, size, pool in (("num_val", p.num_val, val_pool), ("num_test", p.num_test, test_pool)):
         if not 1 <= size <= len(pool):
             raise VitstudyError(f"analysis.{name}={size}: choose between 1 and {len(pool)}")
-    if p["shots"] is not None:
-        if int(p["shots"]) < 1:
-            raise VitstudyError(f"analysis.shots must be at least 1 (or null for num_train images), got {p['shots']}")
-        train = few_shot(train_ds, train_pool, int(p["shots"]), num_classes)
+    if p.shots is not None:
+        if int(p.shots) < 1:
+            raise VitstudyError(f"analysis.shots must be at least 1 (or null for num_train images), got {p.shots}")
+        train = few_shot(train_ds, train_pool, int(p.shots), num_classes)
     else:
-        if not 1 <= p["num_train"] <= len(train_pool):
-            raise VitstudyError(f"analysis.num_train={p['num_train']}: the train pool holds {len(train_pool)} images")
-        train = train_pool[: p["num_train"]].tolist()
-    return {"train": (train_ds, train), "val": (train_ds, val_pool[: p["num_val"]].tolist()),
-            "test": (test_ds, test_pool[: p["num_test"]].tolist())}, num_classes
+        if not 1 <= p.num_train <= len(train_pool):
+            raise VitstudyError(f"analysis.num_train={p.num_train}: the train pool holds {len(train_pool)} images")
+        train = train_pool[: p.num_train].tolist()
+    return {"train": (train_ds, train), "val": (train_ds, val_pool[: p.num_val].tolist()),
+            "test": (test_ds, test_pool[: p.num_test].tolist())}, num_classes
 
 
 class Extractor:
     """Layer tensor -> {representation: (n, P, D)} for one model."""
 
     def __init__(self, module, layers: list[Layer], reps: list[str], max_tokens: int | None):
-        self.prefix, self.has_cls, self.total = token_info(module)
+        self.module, self.has_cls = module, anatomy_tokens.has_cls(module)
         self.reps, self.max_tokens = reps, max_tokens
         maps = [l for l in layers if l.layout in ("NCHW", "NHWC")]
         last = maps[-1] if maps else None
@@ -124,7 +132,7 @@ class Extractor:
                 t = F.adaptive_avg_pool2d(x, self.grid).flatten(2).transpose(1, 2)
                 out["tokens"] = t[:, self.positions(t.shape[1])]
             return out
-        prefix = self.prefix if self.total is None or x.shape[1] == self.total else 0
+        prefix = anatomy_tokens.split(self.module, x.shape[1])[0]
         out = {}
         for r in self.reps:
             if r == "cls":
@@ -178,7 +186,7 @@ class EvalReducer(Reducer):
 
 
 def choose_reps(module, layers: list[Layer], spec) -> list[str]:
-    prefix, has_cls, _ = token_info(module)
+    has_cls = anatomy_tokens.has_cls(module)
     tokens = any(l.layout == "NLC" for l in layers)
     if spec == "auto":
         if not tokens:
@@ -196,20 +204,16 @@ def choose_reps(module, layers: list[Layer], spec) -> list[str]:
 
 
 @register("linear_probe", "closed-form ridge linear probes per layer on CLS / GAP / first / per-token representations "
-          "(Raghu et al. 2021, Figs 11, 13)")
+          "(Raghu et al. 2021, Figs 11, 13)", LinearProbe)
 def linear_probe(ctx) -> Result:
     cfg = ctx.cfg
-    p = params(cfg, DEFAULTS)
-    if not p["alphas"] or any(float(a) <= 0 for a in p["alphas"]):
-        raise VitstudyError(f"analysis.alphas must be a non-empty list of positive ridge strengths, got {p['alphas']}")
-    if p["max_tokens"] is not None and int(p["max_tokens"]) < 1:
-        raise VitstudyError(f"analysis.max_tokens must be at least 1 or null (all), got {p['max_tokens']}")
+    p = ctx.params
     m = ctx.models["model"]
     layers = ctx.layers(m)
-    reps = choose_reps(m.module, layers, p["representations"])
+    reps = choose_reps(m.module, layers, p.representations)
     splits, num_classes = make_splits(ctx, p)
-    extract = Extractor(m.module, layers, reps, p["max_tokens"])
-    alphas = [float(a) for a in p["alphas"]]
+    extract = Extractor(m.module, layers, reps, p.max_tokens)
+    alphas = [float(a) for a in p.alphas]
 
     def loader(split):
         ds, idx = splits[split]
@@ -227,13 +231,13 @@ def linear_probe(ctx) -> Result:
         ev = EvalReducer(extract, solutions)
         stream([m], [layers], loader(split)[0], ev, ctx.device, f"linear_probe {split}", ctx.progress)
         scores[split] = {k: v / ev.seen for k, v in ev.correct.items()}
-    ctx.record_images([{"repeat": i, "split": s, "seed": cfg.seed, "images": len(splits[s][1]), "batches": None,
-                        "tail": "none", "dropped": 0, "indices": splits[s][1]} for i, s in enumerate(("train", "val", "test"))])
+    used = [{"repeat": i, "split": s, "seed": cfg.seed, "images": len(splits[s][1]), "batches": None, "tail": "none", "dropped": 0,
+             "indices": splits[s][1]} for i, s in enumerate(("train", "val", "test"))]
     rows = []
     index = {l.name: i for i, l in enumerate(layers)}
     depth_den = max(len(layers) - 1, 1)
-    settings = {"shots": p["shots"], "num_train": len(splits["train"][1]), "num_val": len(splits["val"][1]),
-                "num_test": len(splits["test"][1]), "num_classes": num_classes, "splits": p["splits"],
+    settings = {"shots": p.shots, "num_train": len(splits["train"][1]), "num_val": len(splits["val"][1]),
+                "num_test": len(splits["test"][1]), "num_classes": num_classes, "splits": p.splits,
                 "dataset": cfg.dataset.name, "target": "{-1,1} one-hot, closed-form ridge"}
     for (lname, rep), val in scores["val"].items():
         test = scores["test"][(lname, rep)]
@@ -252,9 +256,9 @@ def linear_probe(ctx) -> Result:
         rows.append({**base, "token": np.nan, "accuracy": float(np.mean(accs)), "val_accuracy": float(np.mean(vals)),
                      "alpha": alphas[int(best[0])] if val.shape[1] == 1 else np.nan, **settings})
     df = pd.DataFrame(rows)
-    shots = f"{p['shots']}-shot" if p["shots"] else f"{settings['num_train']} train images"
-    fig = plots_skip.probe_figure(df, f"{m.label}: linear probes ({shots}, {num_classes} classes)")
+    shots = f"{p.shots}-shot" if p.shots else f"{settings['num_train']} train images"
+    fig = plots_probe.probe_figure(df, f"{m.label}: linear probes ({shots}, {num_classes} classes)")
     info = {"representations": reps, "alphas": alphas, "ridge": "lambda = alpha * trace(C) / D, C the centred train covariance",
-            "max_tokens": p["max_tokens"],
+            "max_tokens": p.max_tokens,
             "splits": {s: len(v[1]) for s, v in splits.items()}}
-    return Result({"linear_probe": df}, {"linear_probe": fig}, info)
+    return Result({"linear_probe": df}, {"linear_probe": fig}, info, used)

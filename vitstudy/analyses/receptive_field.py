@@ -10,20 +10,35 @@ Reported per layer: the radius (pixels, from the centre location) that holds 50%
 """
 from __future__ import annotations
 
+from dataclasses import dataclass
+from typing import List, Optional
+
 import numpy as np
 import pandas as pd
 import torch
 
-from ..plots import skip as plots_skip
+from ..plots import receptive_field as plots_erf
 from ..errors import VitstudyError
 from ..pipeline.layers import Layer
 from ..pipeline.models import requires_grad
 from ..anatomy.residual import branches
-from . import Result, params, register
-from .localization import token_grid
-from .skip import sample_loader
+from ..anatomy.tokens import token_grid
+from ._registry import Params, Result, choice, register, at_least
+from .common import sample_loader
 
-DEFAULTS = {"blocks": None, "residual": "both", "num_images": 32, "channels": "sum", "chunk": 64}
+@dataclass
+class ReceptiveField(Params):
+    blocks: Optional[List[int]] = None  # residual block indices (e.g. [0, 2, 5, 8, 11]); null = all
+    residual: str = "both"  # post (after the residual addition), pre (the long branch alone) or both
+    num_images: int = 32  # images averaged over (the paper: 32)
+    channels: str = "sum"  # sum: |d(sum_c f_c)/dx| (one backward per layer); abs_mean: mean_c |d f_c/dx| (one backward per channel)
+    chunk: int = 64  # channels per batched backward pass when channels=abs_mean
+
+    def check(self) -> None:
+        choice("residual", self.residual, ("both", "post", "pre"))
+        choice("channels", self.channels, ("sum", "abs_mean"))
+        at_least("num_images", self.num_images, 4)
+        at_least("chunk", self.chunk, 1)
 
 
 def centre_values(t: torch.Tensor, layer: Layer, grid: tuple[int, int, int]) -> torch.Tensor:
@@ -97,28 +112,23 @@ def mass_radii(erf: np.ndarray, centre: tuple[float, float], fractions=(0.5, 0.9
 
 
 @register("receptive_field", "effective receptive field: input gradient of the centre location per block, "
-          "after and before the residual addition (Raghu et al. 2021, Fig. 6)")
+          "after and before the residual addition (Raghu et al. 2021, Fig. 6)", ReceptiveField)
 def receptive_field(ctx) -> Result:
-    p = params(ctx.cfg, DEFAULTS)
-    if p["residual"] not in ("both", "post", "pre"):
-        raise VitstudyError(f"analysis.residual must be both, post or pre, got {p['residual']!r}")
-    if p["channels"] not in ("sum", "abs_mean"):
-        raise VitstudyError(f"analysis.channels must be sum or abs_mean, got {p['channels']!r}")
+    p = ctx.params
     m = ctx.models["model"]
     brs = branches(m.module)
-    if p["blocks"] is not None:
-        wanted = {int(b) for b in p["blocks"]}
+    if p.blocks is not None:
+        wanted = {int(b) for b in p.blocks}
         top = max(b.index for b in brs)
         if not wanted <= set(range(top + 1)):
             raise VitstudyError(f"analysis.blocks: {sorted(wanted - set(range(top + 1)))} out of range; the model has blocks 0..{top}")
         brs = [b for b in brs if b.index in wanted]
-    kinds = ["post", "pre"] if p["residual"] == "both" else [p["residual"]]
+    kinds = ["post", "pre"] if p.residual == "both" else [p.residual]
     specs = [(b, k, b.post if k == "post" else b.branch) for b in brs for k in kinds]
     layers = {l.name: l for l in ctx.layers(m, list(dict.fromkeys(s for _, _, s in specs)))}
-    loader, used = sample_loader(ctx, [m], num_images=int(p["num_images"]))
+    loader, used = sample_loader(ctx, [m], num_images=p.num_images)
     batches = (inputs[0] for inputs, _ in loader)
-    maps, grids = erf_maps(m.module, list(layers.values()), batches, p["channels"], int(p["chunk"]), ctx.device)
-    ctx.record_images([used])
+    maps, grids = erf_maps(m.module, list(layers.values()), batches, p.channels, p.chunk, ctx.device)
     h, w = next(iter(maps.values())).shape
     rows, panels = [], []
     for b, k, s in specs:
@@ -133,9 +143,9 @@ def receptive_field(ctx) -> Result:
                      "sublayer": b.sublayer, "residual": k, "layer": s, "grid_rows": r, "grid_cols": c,
                      "centre_row_px": centre[0], "centre_col_px": centre[1], "radius50_px": r50, "radius90_px": r90,
                      "centre_cell_mass": float(erf[y0:y1, x0:x1].sum() / total) if total > 0 else np.nan,
-                     "channels": p["channels"], "num_images": used["images"], "dataset": ctx.cfg.dataset.name})
+                     "channels": p.channels, "num_images": used["images"], "dataset": ctx.cfg.dataset.name})
         panels.append((f"{b.block} {b.sublayer}" if b.sublayer != "res" else b.block,
                        "after residual" if k == "post" else "before residual (branch)", erf))
-    fig = plots_skip.erf_figure(panels, f"{m.label}: |d centre / d input|, {used['images']} images, channels={p['channels']}")
+    fig = plots_erf.erf_figure(panels, f"{m.label}: |d centre / d input|, {used['images']} images, channels={p.channels}")
     return Result({"receptive_field": pd.DataFrame(rows)}, {"receptive_field": fig},
-                  {"channels": p["channels"], "input_size": [h, w]})
+                  {"channels": p.channels, "input_size": [h, w]}, [used])

@@ -12,6 +12,9 @@ Each batch needs several forward passes with altered inputs or modules, so these
 """
 from __future__ import annotations
 
+from dataclasses import dataclass, field
+from typing import List
+
 import math
 from contextlib import contextmanager
 
@@ -19,11 +22,11 @@ import pandas as pd
 import torch
 from tqdm.auto import tqdm
 
-from ..anatomy import latents
+from ..anatomy import families, latents
 from ..plots import fourier as plots_fourier
 from ..errors import VitstudyError
 from ..metrics import fourier as F
-from . import Result, params, register
+from ._registry import Params, Result, choice, register
 
 METRICS = ("auto", "accuracy", "agreement")
 
@@ -47,8 +50,7 @@ def choose_metric(requested: str, dataset, model) -> str:
 
 def _loader(ctx, models):
     batching, record = ctx.sample()
-    ctx.record_images([record])
-    return ctx.loader(models, batching), batching.num_images
+    return ctx.loader(models, batching), record
 
 
 def _hits(pred: torch.Tensor, target: torch.Tensor) -> int:
@@ -65,33 +67,36 @@ def _ylabel(metrics: set[str]) -> str:
 
 # ---------------------------------------------------------------- frequency noise
 
-NOISE_DEFAULTS = {"bands": [0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9], "window": 0.1, "eps": 0.1,
-                  "space": "pixel", "metric": "auto"}
+@dataclass
+class FrequencyNoise(Params):
+    bands: List[float] = field(default_factory=lambda: [0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9])  # band centres f, in units of pi
+    window: float = 0.1  # half-width s of the square annulus [f-s, f+s], in units of pi (FreqAttack's `s`; the paper's "window 0.1pi", unverified reading)
+    eps: float = 0.1  # noise amplitude: delta = eps * sign(N(0,1)) before band-passing (the paper's value is unverified)
+    space: str = "pixel"  # pixel: eps in [0,1] image units, divided by each model's std; normalized: added after normalisation (official code)
+    metric: str = "auto"  # auto: top-1 accuracy if the data set's classes match the model's head, else agreement with clean predictions; or accuracy / agreement
 
-
-def _check_noise(p: dict) -> None:
-    bands = p["bands"]
-    if not isinstance(bands, list) or not bands or not all(isinstance(b, (int, float)) and 0 < b <= 1 for b in bands):
-        raise VitstudyError(f"analysis.bands must be a non-empty list of band centres in (0, 1] (units of π), got {bands!r}")
-    if not isinstance(p["window"], (int, float)) or not 0 < p["window"] <= 1:
-        raise VitstudyError(f"analysis.window must be a half-width in (0, 1] (units of π), got {p['window']!r}")
-    if not isinstance(p["eps"], (int, float)) or not p["eps"] > 0 or not math.isfinite(p["eps"]):
-        raise VitstudyError(f"analysis.eps must be a positive noise amplitude, got {p['eps']!r}")
-    if p["space"] not in ("pixel", "normalized"):
-        raise VitstudyError(f"analysis.space must be 'pixel' (noise in [0, 1] image units) or 'normalized' "
-                            f"(after the model's mean/std, as the official code), got {p['space']!r}")
+    def check(self) -> None:
+        if not self.bands or not all(0 < b <= 1 for b in self.bands):
+            raise VitstudyError(f"analysis.bands must be a non-empty list of band centres in (0, 1] (units of π), got {list(self.bands)!r}")
+        if not 0 < self.window <= 1:
+            raise VitstudyError(f"analysis.window must be a half-width in (0, 1] (units of π), got {self.window!r}")
+        if not self.eps > 0 or not math.isfinite(self.eps):
+            raise VitstudyError(f"analysis.eps must be a positive noise amplitude, got {self.eps!r}")
+        if self.space not in ("pixel", "normalized"):
+            raise VitstudyError(f"analysis.space must be 'pixel' (noise in [0, 1] image units) or 'normalized' "
+                                f"(after the model's mean/std, as the official code), got {self.space!r}")
+        choice("metric", self.metric, METRICS)
 
 
 @register("frequency_noise", "Accuracy drop under band-limited random noise, model and reference (Park & Kim 2022, Fig. 2b)",
-          models=("model", "reference"))
+          FrequencyNoise, models=("model", "reference"))
 def frequency_noise(ctx) -> Result:
     cfg = ctx.cfg
-    p = params(cfg, NOISE_DEFAULTS)
-    _check_noise(p)
+    p = ctx.params
     models = [ctx.models["model"], ctx.models["reference"]]
-    metrics = [choose_metric(p["metric"], ctx.dataset, m) for m in models]
-    loader, images = _loader(ctx, models)
-    bands = [float(b) for b in p["bands"]]
+    metrics = [choose_metric(p.metric, ctx.dataset, m) for m in models]
+    loader, record = _loader(ctx, models)
+    bands = [float(b) for b in p.bands]
     clean = [0] * len(models)
     hits = [[0] * len(bands) for _ in models]
     rms = [[0.0] * len(bands) for _ in models]
@@ -110,11 +115,11 @@ def frequency_noise(ctx) -> Result:
                 for j, f in enumerate(bands):
                     key = (h, w, f)
                     if key not in masks:
-                        masks[key] = F.band_mask(h, w, f, p["window"]).to(ctx.device)
-                    delta = F.band_pass(F.sign_noise(x.shape, p["eps"], gens[i], ctx.device), masks[key])
-                    pixel = delta if p["space"] == "pixel" else delta * std
+                        masks[key] = F.band_mask(h, w, f, p.window).to(ctx.device)
+                    delta = F.band_pass(F.sign_noise(x.shape, p.eps, gens[i], ctx.device), masks[key])
+                    pixel = delta if p.space == "pixel" else delta * std
                     rms[i][j] += float(pixel.pow(2).mean(dim=(1, 2, 3)).sqrt().sum())
-                    noisy = x + (delta / std if p["space"] == "pixel" else delta)
+                    noisy = x + (delta / std if p.space == "pixel" else delta)
                     hits[i][j] += _hits(m.module(noisy).argmax(-1), target)
             seen += len(labels)
     rows, series = [], []
@@ -124,45 +129,32 @@ def frequency_noise(ctx) -> Result:
         for j, f in enumerate(bands):
             value = 100.0 * hits[i][j] / seen
             drops.append(value - base)
-            rows.append({"model": m.key, "name": m.name, "weights": m.weights, "band": f, "window": p["window"],
-                         "band_low": round(max(f - p["window"], 0.0), 6), "band_high": round(f + p["window"], 6), "eps": p["eps"],
-                         "space": p["space"], "metric": metrics[i], "clean": base, "value": value, "drop": value - base,
+            rows.append({"model": m.key, "name": m.name, "weights": m.weights, "band": f, "window": p.window,
+                         "band_low": round(max(f - p.window, 0.0), 6), "band_high": round(f + p.window, 6), "eps": p.eps,
+                         "space": p.space, "metric": metrics[i], "clean": base, "value": value, "drop": value - base,
                          "noise_rms": rms[i][j] / seen, "num_images": seen, "dataset": cfg.dataset.name})
         series.append({"label": f"{m.label} ({metrics[i]})", "family": latents.family(m.module), "bands": bands, "drops": drops})
     fig = plots_fourier.noise_drop(series, _ylabel(set(metrics)),
-                                   f"Band-limited sign noise, ε={p['eps']} ({p['space']}), half-width {p['window']}π, {seen} images")
+                                   f"Band-limited sign noise, ε={p.eps} ({p.space}), half-width {p.window}π, {seen} images")
     return Result({"frequency_noise": pd.DataFrame(rows)}, {"frequency_noise": fig},
                   {"metric": {m.key: metrics[i] for i, m in enumerate(models)},
                    "noise": "delta = eps*sign(randn) per pixel and channel; FFT, shifted, times the square annulus "
                             "(outer side 2*int((f+s)*n/2), inner 2*int((f-s)*n/2)); inverse FFT, real part; added "
-                            f"in {p['space']} space, no clipping"})
+                            f"in {p.space} space, no clipping"}, [record])
 
 
 # ---------------------------------------------------------------- lesion
 
-LESION_DEFAULTS = {"conv": "branch", "metric": "auto"}
+@dataclass
+class Lesion(Params):
+    conv: str = "branch"  # conv units: branch = zero the whole residual branch (the unit passes its shortcut); conv3x3 = remove only its 3x3 conv (after its own norm)
+    metric: str = "auto"  # auto: top-1 accuracy if the data set's classes match the model's head, else agreement with the intact model; or accuracy / agreement
 
-
-def _conv_branch(name: str, mod, mode: str) -> str:
-    """The module whose output is zeroed to remove a conv unit's branch ('branch') or its 3x3 conv ('conv3x3').
-
-    A 3x3 conv followed by its own norm (post-norm units) is removed at the norm's output, so the norm's shift
-    does not turn the zeroed conv into a constant; in pre-activation units (norm, then conv) the conv's output
-    is zeroed. Layers after it run as usual.
-    """
-    from timm.models import convnext, resnet, resnetv2
-
-    table = [(resnet.Bottleneck, "bn3", "bn2"), (resnet.BasicBlock, "bn2", "bn2"),
-             (resnetv2.PreActBottleneck, "conv3", "conv2"), (resnetv2.PreActBasic, "conv2", "conv2"),
-             (resnetv2.Bottleneck, "norm3", "norm2"), (convnext.ConvNeXtBlock, "mlp", None)]
-    for cls, branch, conv3x3 in table:
-        if isinstance(mod, cls):
-            target = branch if mode == "branch" else conv3x3
-            if target is None:
-                raise VitstudyError(f"unit '{name}' ({type(mod).__name__}) has no 3x3 convolution; use analysis.conv=branch")
-            return f"{name}.{target}"
-    raise VitstudyError(f"lesion does not know the residual branch of '{name}' ({type(mod).__name__}); supported: "
-                        f"timm ViT/DeiT/PiT/Swin blocks, ResNet, ResNetV2, ConvNeXt units and AlterNet attention blocks")
+    def check(self) -> None:
+        if self.conv not in ("branch", "conv3x3"):
+            raise VitstudyError(f"analysis.conv must be 'branch' (zero a conv unit's residual branch) or 'conv3x3' "
+                                f"(zero its 3x3 convolution), got {self.conv!r}")
+        choice("metric", self.metric, METRICS)
 
 
 def removed(path: str, mode: str) -> str:
@@ -176,22 +168,20 @@ def removed(path: str, mode: str) -> str:
 
 
 def lesion_units(model, conv_mode: str = "branch") -> list[tuple[str, str]]:
-    """(module to zero, latent after the removed sublayer) for every sublayer, in forward order."""
-    from ..pipeline.layers import block_names
-
-    modules = dict(model.named_modules())
+    """(module to zero, latent after the removed sublayer) for every sublayer, in forward order: a transformer's
+    attention and MLP, a conv unit's residual branch or, with conv_mode=conv3x3, its 3x3 conv after its own norm
+    (so the norm's shift does not turn the zeroed conv into a constant); see `anatomy.families`."""
     units = []
-    for b in block_names(model):
-        mod = modules[b]
-        if latents.is_transformer_block(mod):
-            latents._check_block(b, mod)
-            post = isinstance(mod, latents._POST_NORM)
-            units.append((f"{b}.norm1" if post else f"{b}.attn", latents.after_attention(b, mod)))
-            units.append((f"{b}.norm2" if post else f"{b}.mlp", b))
-        elif latents.is_attention_only_block(mod):  # AlterNet MSA: its one sublayer, whatever analysis.conv says
-            units.append((f"{b}.attn", b))
-        else:
-            units.append((_conv_branch(b, mod, conv_mode), b))
+    for block in families.blocks(model):
+        for sub in block.sublayers:
+            if sub.zero is None:
+                raise VitstudyError(f"lesion does not know the residual branch of '{block.path}' ({type(block.module).__name__}); "
+                                    f"supported: timm ViT/DeiT/PiT/Swin and other pre- or post-norm transformer blocks, "
+                                    f"ResNet, ResNetV2, ConvNeXt units and AlterNet attention blocks")
+            target = sub.zero_conv3x3 if conv_mode == "conv3x3" and sub.sublayer == "res" else sub.zero
+            if target is None:
+                raise VitstudyError(f"unit '{block.path}' ({type(block.module).__name__}) has no 3x3 convolution; use analysis.conv=branch")
+            units.append((target, sub.post))
     if not units:
         raise VitstudyError(f"found no residual blocks in {type(model).__name__} to lesion")
     return units
@@ -207,18 +197,16 @@ def zeroed(model, path: str):
         handle.remove()
 
 
-@register("lesion", "Accuracy change when one sublayer is removed, keeping its residual path (Park & Kim 2022, lesion figure)")
+@register("lesion", "Accuracy change when one sublayer is removed, keeping its residual path (Park & Kim 2022, lesion figure)",
+          Lesion)
 def lesion(ctx) -> Result:
     cfg = ctx.cfg
-    p = params(cfg, LESION_DEFAULTS)
-    if p["conv"] not in ("branch", "conv3x3"):
-        raise VitstudyError(f"analysis.conv must be 'branch' (zero a conv unit's residual branch) or 'conv3x3' "
-                            f"(zero its 3x3 convolution), got {p['conv']!r}")
+    p = ctx.params
     m = ctx.models["model"]
-    metric = choose_metric(p["metric"], ctx.dataset, m)
-    units = lesion_units(m.module, p["conv"])
+    metric = choose_metric(p.metric, ctx.dataset, m)
+    units = lesion_units(m.module, p.conv)
     described = {lat.name: lat for lat in latents.describe(m.module, ctx.layers(m, "latents"))}
-    loader, images = _loader(ctx, [m])
+    loader, record = _loader(ctx, [m])
     intact, hits, seen = 0, [0] * len(units), 0
     with torch.inference_mode():
         for inputs, labels in tqdm(loader, desc="lesion", disable=None if ctx.progress is None else not ctx.progress, leave=False):
@@ -237,7 +225,7 @@ def lesion(ctx) -> Result:
         value = 100.0 * h / seen
         rows.append({"model": m.key, "name": m.name, "weights": m.weights, "unit": path, "latent": latent,
                      "kind": lat.kind, "index": lat.index, "depth": lat.depth, "metric": metric, "intact": base,
-                     "value": value, "delta": value - base, "conv": p["conv"], "removed": removed(path, p["conv"]), "num_images": seen,
+                     "value": value, "delta": value - base, "conv": p.conv, "removed": removed(path, p.conv), "num_images": seen,
                      "dataset": cfg.dataset.name})
     df = pd.DataFrame(rows)
     step = 1.0 / max(len(described) - 1, 1)
@@ -246,4 +234,4 @@ def lesion(ctx) -> Result:
           "family": latents.family(m.module), "step": step}],
         _ylabel({metric}), f"Lesion: one sublayer removed at a time (residual path kept), {metric}, {seen} images",
         zero_line=True)
-    return Result({"lesion": df}, {"lesion": fig}, {"metric": metric, "units": [u for u, _ in units]})
+    return Result({"lesion": df}, {"lesion": fig}, {"metric": metric, "units": [u for u, _ in units]}, [record])

@@ -7,6 +7,8 @@ entropy of the map (normalised to sum 1) and the share of its mass in the centra
 """
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 import numpy as np
 import pandas as pd
 import torch
@@ -17,8 +19,8 @@ from ..pipeline.engine import Reducer, stream
 from ..errors import VitstudyError
 from ..pipeline.layers import Layer
 from ..metrics import attention as am
-from . import Result, params, register
-from .attention import INPUT_TAP, image_batches
+from ._registry import Params, Result, at_least, register
+from .common import INPUT
 
 ROW_TOL = 1e-6
 
@@ -39,7 +41,7 @@ class RolloutReducer(Reducer):
         self.checked = False
 
     def on_tensor(self, model_index: int, layer: Layer, tensor: torch.Tensor) -> None:
-        if layer.name == "":
+        if layer is INPUT:
             self.inputs = tensor
             return
         self.counter.add(layer.name)
@@ -79,32 +81,37 @@ def to_images(inputs: list[torch.Tensor], data_config: dict) -> np.ndarray:
     return np.stack([(x * std + mean).clamp(0, 1).permute(1, 2, 0).numpy() for x in inputs])
 
 
-DEFAULTS = {"residual": 0.5, "num_show": 8, "centre": 0.5}
+@dataclass
+class AttentionRollout(Params):
+    residual: float = 0.5  # Ã = residual * A + (1 - residual) * I (Abnar & Zuidema 2020 use 0.5)
+    num_show: int = 8  # images drawn in the figure (the first ones sampled); the CSV has every image
+    centre: float = 0.5  # side of the central box, as a fraction of the image, for the centre_share column
+
+    def check(self) -> None:
+        if not 0.0 < self.residual <= 1.0:
+            raise VitstudyError(f"analysis.residual={self.residual} must be in (0, 1]: the weight of attention against identity (0.5 in the paper)")
+        at_least("num_show", self.num_show, 0)
+        if not 0.0 < self.centre <= 1.0:
+            raise VitstudyError(f"analysis.centre={self.centre} must be in (0, 1]: the side of the central box as a fraction of the image")
 
 
-@register("attention_rollout", "attention rollout maps of the CLS token over the image (Dosovitskiy et al. Fig. 6, Abnar & Zuidema 2020)")
+@register("attention_rollout", "attention rollout maps of the CLS token over the image (Dosovitskiy et al. Fig. 6, Abnar & Zuidema 2020)",
+          AttentionRollout)
 def attention_rollout(ctx) -> Result:
     cfg = ctx.cfg
-    p = params(cfg, DEFAULTS)
-    residual, num_show, centre = float(p["residual"]), int(p["num_show"]), float(p["centre"])
-    if not 0.0 < residual <= 1.0:
-        raise VitstudyError(f"analysis.residual={residual} must be in (0, 1]: the weight of attention against identity (0.5 in the paper)")
-    if num_show < 0:
-        raise VitstudyError(f"analysis.num_show={num_show} must be 0 or more")
-    if not 0.0 < centre <= 1.0:
-        raise VitstudyError(f"analysis.centre={centre} must be in (0, 1]: the side of the central box as a fraction of the image")
+    residual, num_show, centre = ctx.params.residual, ctx.params.num_show, ctx.params.centre
     m = ctx.models["model"]
     site_list = sites(m.module)
     if site_list[0].kind != "global":
         raise VitstudyError(f"attention rollout needs global attention over one token grid; {m.label} uses windowed attention with changing grids")
     has_cls = getattr(m.module, "cls_token", None) is not None
     query = "cls" if has_cls else "mean of patch tokens (no CLS token)"
-    batching = image_batches(ctx)
+    batching, record = ctx.sample()
     flat = [i for b in batching.batches for i in b]
     reducer = RolloutReducer(site_list, has_cls, residual, num_show, centre, flat)
     loader = ctx.loader([m], batching)
     with unfused(m.module, [s.name for s in site_list]):
-        stream([m], [[INPUT_TAP] + [s.layer for s in site_list]], loader, reducer, ctx.device, "attention rollout", ctx.progress)
+        stream([m], [[INPUT] + [s.layer for s in site_list]], loader, reducer, ctx.device, "attention rollout", ctx.progress)
     df = pd.DataFrame(reducer.rows)
     df.insert(0, "model", m.name)
     df.insert(1, "weights", m.weights)
@@ -117,4 +124,4 @@ def attention_rollout(ctx) -> Result:
         title = (f"Attention rollout, {m.label} ({len(site_list)} blocks, {query}, {residual}A + {1 - residual:g}I)\n"
                  f"mean normalised entropy {df.entropy_normalised.mean():.3f}, centre share {df.centre_share.mean():.3f}")
         figures["attention_rollout"] = plots_attention.rollout_grid(images, np.stack(reducer.shown_maps), title)
-    return Result({"attention_rollout": df}, figures, {"rollout_query": query})
+    return Result({"attention_rollout": df}, figures, {"rollout_query": query}, [record])

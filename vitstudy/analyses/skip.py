@@ -15,27 +15,24 @@ from __future__ import annotations
 
 import copy
 import dataclasses
+from dataclasses import dataclass, field
+from typing import Any, List
 
 import numpy as np
 import pandas as pd
 import torch
 
-from ..plots import cka as plots, skip as plots_skip
+from ..plots import cka as plots_cka, skip as plots_skip
 from ..pipeline.engine import Reducer, stream
 from ..errors import VitstudyError
-from ..pipeline.layers import Layer, token_info
-from ..pipeline.models import load
+from ..anatomy import tokens as anatomy_tokens
+from ..pipeline.layers import Layer
 from ..anatomy.residual import branches, remove_skip, residual_blocks
-from . import Result, params, register
+from ._registry import Params, Result, at_least, choice, register
+from .common import sample_loader
 from .cka import CKAReducer, check, table
 
 LESION = "inference-time lesion (skip removed in the trained model, no retraining; Raghu et al. Fig. 8 retrains)"
-
-
-def sample_loader(ctx, models, num_images: int | None = None, seed_offset: int = 0):
-    """A loader over `num_images` sampled images (default dataset.num_images) and its record for images.csv."""
-    batching, used = ctx.sample(num_images, tail=ctx.cfg.cka.tail, repeat=seed_offset)
-    return ctx.loader(models, batching), used
 
 
 def position_norms(t: torch.Tensor, layer: Layer) -> torch.Tensor:
@@ -87,7 +84,7 @@ class SkipRatioReducer(Reducer):
 
 
 def _ratio_tables(m, spec, sums, images, groups, aggregate, dataset) -> tuple[pd.DataFrame, pd.DataFrame]:
-    prefix, has_cls, _ = token_info(m.module)
+    has_cls = anatomy_tokens.has_cls(m.module)
     rows, summary = [], []
     base = {"model": m.name, "label": m.label, "weights": m.weights}
     settings = {"aggregate": aggregate, "num_images": images, "dataset": dataset}
@@ -125,10 +122,10 @@ def _ratio_tables(m, spec, sums, images, groups, aggregate, dataset) -> tuple[pd
 
 
 def _groups(m, layer: Layer, positions: int) -> dict[str, slice]:
-    prefix, has_cls, total = token_info(m.module)
-    if layer.layout == "NLC" and prefix and positions == total:
+    prefix = anatomy_tokens.split(m.module, positions)[0] if layer.layout == "NLC" else 0
+    if prefix:
         out = {"all": slice(0, positions), "patches": slice(prefix, positions)}
-        if has_cls:
+        if anatomy_tokens.has_cls(m.module):
             out["cls"] = slice(0, 1)
         return out
     return {"all": slice(0, positions)}
@@ -158,33 +155,31 @@ def measure(models, layers_of, loader, device, heatmap_tokens: int = 10, aggrega
     return pd.concat(tokens, ignore_index=True), pd.concat(summary, ignore_index=True), specs
 
 
-SKIP_RATIO = {"aggregate": "mean_of_ratios", "heatmap_tokens": 10, "reference": False}
+@dataclass
+class SkipRatio(Params):
+    aggregate: str = "mean_of_ratios"  # over images: mean_of_ratios (mean of per-image ratios) or ratio_of_means (mean ||z|| / mean ||f(z)||)
+    heatmap_tokens: int = 10  # tokens / positions drawn in the heatmap (and given a median over images)
+    reference: bool = False  # true: also measure `reference` (e.g. a ResNet) and draw it in the same panel, as Fig. 7
+
+    def check(self) -> None:
+        choice("aggregate", self.aggregate, ("mean_of_ratios", "ratio_of_means"))
+        at_least("heatmap_tokens", self.heatmap_tokens, 1)
 
 
 @register("skip_ratio", "norm ratio ||z|| / ||f(z)|| of skip input to residual-branch output per block and token "
-          "(Raghu et al. 2021, Fig. 7)")
+          "(Raghu et al. 2021, Fig. 7)", SkipRatio,
+          models=lambda cfg: {"model": cfg.model, **({"reference": cfg.reference} if cfg.analysis.reference else {})})
 def skip_ratio(ctx) -> Result:
-    p = params(ctx.cfg, SKIP_RATIO)
-    if p["aggregate"] not in ("mean_of_ratios", "ratio_of_means"):
-        raise VitstudyError(f"analysis.aggregate must be mean_of_ratios or ratio_of_means, got {p['aggregate']!r}")
-    if int(p["heatmap_tokens"]) < 1:
-        raise VitstudyError(f"analysis.heatmap_tokens must be at least 1, got {p['heatmap_tokens']}")
-    models = [ctx.models["model"]]
-    if p["reference"]:
-        if "reference" not in ctx.models:
-            with ctx.stage("load_models"):
-                ctx.models["reference"] = load(ctx.cfg.reference, "reference")
-                ctx.models["reference"].module.to(ctx.device)
-        models.append(ctx.models["reference"])
+    p = ctx.params
+    models = [ctx.models[key] for key in ctx.models.nodes]
     loader, used = sample_loader(ctx, models)
-    tokens, summary, specs = measure(models, ctx.layers, loader, ctx.device, int(p["heatmap_tokens"]), p["aggregate"],
+    tokens, summary, specs = measure(models, ctx.layers, loader, ctx.device, p.heatmap_tokens, p.aggregate,
                                      ctx.cfg.dataset.name, ctx.progress)
-    ctx.record_images([used])
-    fig = plots_skip.skip_ratio_figure(tokens, summary, int(p["heatmap_tokens"]), p["aggregate"])
+    fig = plots_skip.skip_ratio_figure(tokens, summary, int(p.heatmap_tokens), p.aggregate)
     infinite = summary[summary.zero_branch > 0][["model", "block", "sublayer"]].drop_duplicates()
-    info = {"aggregate": p["aggregate"], "branch_points": {m.key: [dataclasses.asdict(b) for b, _, _ in s] for m, s in zip(models, specs)},
+    info = {"aggregate": p.aggregate, "branch_points": {m.key: [dataclasses.asdict(b) for b, _, _ in s] for m, s in zip(models, specs)},
             "zero_branches": infinite.to_dict("records")}
-    return Result({"skip_ratio": tokens, "skip_ratio_summary": summary}, {"skip_ratio": fig}, info)
+    return Result({"skip_ratio": tokens, "skip_ratio_summary": summary}, {"skip_ratio": fig}, info, [used])
 
 
 # ---- skip_ablation ----
@@ -207,7 +202,7 @@ class AblationReducer(CKAReducer):
 
 
 def _chosen_blocks(model, blocks) -> list[str]:
-    known = [p for p, _, _ in residual_blocks(model)]
+    known = residual_blocks(model)
     if not known:
         branches(model)  # raises the clear message
     chosen = []
@@ -226,30 +221,37 @@ def _chosen_blocks(model, blocks) -> list[str]:
     return chosen
 
 
-SKIP_ABLATION = {"blocks": [0], "sublayer": "both", "accuracy": "auto"}
+@dataclass
+class SkipAblation(Params):
+    blocks: List[Any] = field(default_factory=lambda: [0])  # residual blocks to lesion: indices in forward order or module paths (e.g. [blocks.6] or [layer3.0])
+    sublayer: str = "both"  # transformers: attn, mlp or both; convolutional blocks have one residual (any value removes it)
+    accuracy: Any = "auto"  # auto: top-1 when the data set's classes are the model's classes; true: require it; false: skip
+
+    def check(self) -> None:
+        choice("sublayer", self.sublayer, ("attn", "mlp", "both"))
+        if self.accuracy not in ("auto", True, False):
+            raise VitstudyError(f"analysis.accuracy must be auto, true or false, got {self.accuracy!r}")
 
 
 @register("skip_ablation", "CKA and top-1 of a model with the skip connection of chosen blocks removed at inference "
-          "vs intact (inference-time approximation of Raghu et al. 2021, Fig. 8)")
+          "vs intact (inference-time approximation of Raghu et al. 2021, Fig. 8)", SkipAblation)
 def skip_ablation(ctx) -> Result:
     cfg = ctx.cfg
-    p = params(cfg, SKIP_ABLATION)
+    p = ctx.params
     m = ctx.models["model"]
-    chosen = _chosen_blocks(m.module, p["blocks"])
-    if p["accuracy"] not in ("auto", True, False):
-        raise VitstudyError(f"analysis.accuracy must be auto, true or false, got {p['accuracy']!r}")
+    chosen = _chosen_blocks(m.module, list(p.blocks))
     classes = getattr(ctx.dataset, "classes", []) or []
     matches = len(classes) > 0 and len(classes) == getattr(m.module, "num_classes", -1)
-    if p["accuracy"] is True and not matches:
+    if p.accuracy is True and not matches:
         raise VitstudyError(f"analysis.accuracy=true needs a data set whose {len(classes)} classes are the model's "
                             f"{getattr(m.module, 'num_classes', '?')} classes; use analysis.accuracy=auto")
-    accuracy = matches if p["accuracy"] == "auto" else bool(p["accuracy"])
+    accuracy = matches if p.accuracy == "auto" else bool(p.accuracy)
     layers = ctx.layers(m)
     lesioned = dataclasses.replace(m, module=copy.deepcopy(m.module), label=f"{m.label} (lesioned)")
     runs, used, correct = [], [], []
-    with remove_skip(lesioned.module, chosen, p["sublayer"]):
+    with remove_skip(lesioned.module, chosen, p.sublayer):
         for r in range(cfg.cka.repeats):
-            loader, rec = sample_loader(ctx, [m, lesioned], seed_offset=r)
+            loader, rec = sample_loader(ctx, [m, lesioned], repeat=r, tail=cfg.cka.tail)
             reducer = AblationReducer([m, lesioned], [layers, layers], cfg.tokens, cfg.cka.estimator, cfg.cka.gram_dtype,
                                       ctx.device, accuracy=accuracy)
             stream([m, lesioned], [layers, layers], loader, reducer, ctx.device, f"skip_ablation {r + 1}/{cfg.cka.repeats}", ctx.progress)
@@ -259,7 +261,6 @@ def skip_ablation(ctx) -> Result:
             used.append(rec)
             correct.append((reducer.correct, reducer.seen))
     del lesioned
-    ctx.record_images(used)
     stack = np.stack(runs)
     std = stack.std(axis=0, ddof=1) if len(runs) > 1 else np.full(stack.shape[1:], np.nan)
     mean = stack.mean(axis=0)
@@ -267,7 +268,7 @@ def skip_ablation(ctx) -> Result:
     df = table(mean, std, m, m, layers, layers, cfg, images)
     df["variant_x"], df["variant_y"] = "intact", "lesioned"
     df["lesioned_blocks"] = " ".join(chosen)
-    df["sublayer"] = p["sublayer"]
+    df["sublayer"] = p.sublayer
     df["lesion"] = LESION
     tables = {"skip_ablation": df}
     if accuracy:
@@ -275,14 +276,14 @@ def skip_ablation(ctx) -> Result:
         top1 = [sum(c[i] for c, _ in correct) / seen for i in (0, 1)]
         tables["skip_ablation_accuracy"] = pd.DataFrame([
             {"model": m.name, "weights": m.weights, "variant": v, "top1": a, "top1_change": a - top1[0],
-             "lesioned_blocks": " ".join(chosen), "sublayer": p["sublayer"], "num_images": seen,
+             "lesioned_blocks": " ".join(chosen), "sublayer": p.sublayer, "num_images": seen,
              "dataset": cfg.dataset.name, "lesion": LESION} for v, a in zip(("intact", "lesioned"), top1)])
     where = ", ".join(chosen)
-    fig = plots.cka_heatmap(mean, f"{m.label} layer (intact)", f"{m.label} layer (skip removed)",
-                            f"Inference-time lesion: skip of {where} ({p['sublayer']}) removed, not retrained\n"
+    fig = plots_cka.cka_heatmap(mean, f"{m.label} layer (intact)", f"{m.label} layer (skip removed)",
+                            f"Inference-time lesion: skip of {where} ({p.sublayer}) removed, not retrained\n"
                             f"CKA, tokens={cfg.tokens}, {images} images x {cfg.cka.repeats}")
-    info = {"lesion": LESION, "lesioned_blocks": chosen, "sublayer": p["sublayer"], "accuracy_measured": accuracy,
+    info = {"lesion": LESION, "lesioned_blocks": chosen, "sublayer": p.sublayer, "accuracy_measured": accuracy,
             "accuracy_note": None if accuracy else f"not measured: the data set's {len(classes)} classes are not the model's "
                                                    f"{getattr(m.module, 'num_classes', '?')} classes",
             "layers": [l.name for l in layers]}
-    return Result(tables, {"skip_ablation": fig}, info)
+    return Result(tables, {"skip_ablation": fig}, info, used)

@@ -17,7 +17,8 @@ import torch
 from torch import nn
 
 from ..errors import VitstudyError
-from ..pipeline.layers import Layer
+from .layer import Layer
+from .tokens import prefix_tokens
 from ..metrics import attention as am
 
 ROW_SUM_TOL = 1e-3
@@ -87,7 +88,7 @@ def _vit_sites(model: nn.Module) -> list[Site]:
     if None in img:
         raise VitstudyError(f"{type(model).__name__}.patch_embed has no fixed img_size; set model.kwargs.img_size")
     stride = (img[0] / grid[0], img[1] / grid[1])
-    prefix = int(getattr(model, "num_prefix_tokens", 0) or 0)
+    prefix = prefix_tokens(model)
     dist = am.distance_matrix(grid[0], grid[1], stride, prefix)
     out = []
     for i, blk in enumerate(model.blocks):

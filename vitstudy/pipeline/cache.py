@@ -17,9 +17,9 @@ from typing import Any
 import torch
 from omegaconf import OmegaConf
 
+from ..config import flatten, is_neutral
 from .results import RECORD, atomic_path, write_json
 
-NOT_RESULT_KEYS = ("device", "progress", "force", "cache")
 
 
 def file_sha256(path: str) -> str:
@@ -45,17 +45,14 @@ def weights_id(model_cfg) -> str:
     return "random-init"
 
 
-def run_key(cfg, model_keys) -> str:
-    """A short hash of everything that determines a run's result."""
-    conf = OmegaConf.to_container(cfg, resolve=True)
-    for key in NOT_RESULT_KEYS:
-        conf.pop(key, None)
-    conf["dataset"].pop("num_workers", None)
-    for key in ("model", "reference"):
-        if key not in model_keys:
-            conf.pop(key, None)  # e.g. cka_within does not depend on `reference`
-    weights = {key: weights_id(cfg[key]) for key in model_keys if key in ("model", "reference")}
-    from .. import __version__
+def run_key(cfg, nodes: dict) -> str:
+    """A short hash of everything that determines a run's result: the config (less how and where it runs, and
+    the model nodes the analysis does not use) and the weights of every model it declares (`nodes`)."""
+    flat = flatten(OmegaConf.to_container(cfg, resolve=True))
+    conf = {k: v for k, v in flat.items() if not is_neutral(k)
+            and not is_neutral(k, tuple(key for key in ("model", "reference") if key not in nodes))}  # e.g. cka_within: no reference
+    weights = {key: weights_id(node) for key, node in nodes.items()}
+    from .._version import __version__
 
     payload = json.dumps({"config": conf, "weights": weights, "vitstudy": __version__}, sort_keys=True, default=str)
     return hashlib.sha256(payload.encode()).hexdigest()[:20]

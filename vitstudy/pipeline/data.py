@@ -177,15 +177,44 @@ class TorchvisionImages(Dataset):
         return to_rgb(img), int(label)
 
 
-def build_dataset(cfg) -> Dataset:
-    """The data set a config names (`synthetic`, `imagefolder`, `cifar10`, `cifar100`, `imagenette`)."""
+TORCHVISION = ("cifar10", "cifar100", "imagenette")
+
+
+def build_dataset(cfg, split: str | None = None) -> Dataset:
+    """The data set a config names (`synthetic`, `imagefolder`, `cifar10`, `cifar100`, `imagenette`).
+
+    `split` picks a torchvision split (default `cfg.split`) or, for an image folder, the subfolder `root/<split>`
+    (`test` falls back to `val`); synthetic images have no splits (training draws its own validation set).
+    """
     if cfg.name == "synthetic":
         return SyntheticImages(cfg.size, cfg.image_size, cfg.num_classes, cfg.seed)
     if cfg.name == "imagefolder":
-        return ImageFiles(cfg.root)
-    if cfg.name in ("cifar10", "cifar100", "imagenette"):
-        return TorchvisionImages(cfg.name, cfg.root, cfg.split, cfg.download)
-    raise VitstudyError(f"unknown dataset '{cfg.name}'; valid: synthetic, imagefolder, cifar10, cifar100, imagenette")
+        if split is None:
+            return ImageFiles(cfg.root)
+        if not cfg.root or not os.path.isdir(cfg.root):
+            raise VitstudyError(f"dataset root not found: {cfg.root!r}; set dataset.root=DIR holding {split}/ class folders")
+        path = os.path.join(cfg.root, split)
+        if not os.path.isdir(path) and split == "test" and os.path.isdir(os.path.join(cfg.root, "val")):
+            path = os.path.join(cfg.root, "val")
+        if not os.path.isdir(path):
+            raise VitstudyError(f"{cfg.root} has no {split}/ folder of class subfolders (set the split's folder name, "
+                                f"e.g. dataset.train_split / dataset.val_split for training)")
+        return ImageFiles(path)
+    if cfg.name in TORCHVISION:
+        return TorchvisionImages(cfg.name, cfg.root, split or cfg.split, cfg.download)
+    raise VitstudyError(f"unknown dataset '{cfg.name}'; valid: synthetic, imagefolder, {', '.join(TORCHVISION)}")
+
+
+def labels(ds: Dataset, indices=None) -> np.ndarray:
+    """The labels of `indices` (default: all) without decoding images where the data set keeps them apart."""
+    indices = range(len(ds)) if indices is None else indices
+    if isinstance(ds, ImageFiles):
+        return np.array([ds.samples[i][1] for i in indices], dtype=np.int64)
+    if isinstance(ds, TorchvisionImages) and hasattr(ds.ds, "targets"):
+        return np.asarray(ds.ds.targets)[list(indices)]
+    if isinstance(ds, SyntheticImages):  # the label is the first draw of image i's generator
+        return np.array([int(np.random.default_rng([ds.seed, i]).integers(ds.num_classes)) for i in indices], dtype=np.int64)
+    return np.array([ds[i][1] for i in indices], dtype=np.int64)
 
 
 def sample_indices(total: int, num_images: int, seed: int) -> list[int]:
@@ -257,4 +286,5 @@ def describe(base: Dataset) -> str:
     return f"{type(base).__name__} with {n} images" + (f" in {len(classes)} classes" if classes else "")
 
 
-__all__ = ["SyntheticImages", "ImageFiles", "TorchvisionImages", "build_dataset", "sample_indices", "make_batches", "loader"]
+__all__ = ["SyntheticImages", "ImageFiles", "TorchvisionImages", "build_dataset", "labels", "sample_indices", "make_batches",
+           "loader"]

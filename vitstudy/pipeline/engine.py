@@ -25,12 +25,6 @@ class Reducer:
         pass
 
 
-def resolve_device(name: str) -> torch.device:
-    if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    return torch.device(name)
-
-
 def stream(
     models: Sequence[LoadedModel],
     layers: Sequence[Sequence[Layer]],

@@ -7,17 +7,12 @@ from __future__ import annotations
 
 import json
 import os
-import subprocess
-import sys
 import tempfile
 from contextlib import contextmanager
-from importlib import metadata
 from pathlib import Path
 from typing import Any
 
 import pandas as pd
-import torch
-
 RECORD = "run.json"
 
 
@@ -91,36 +86,6 @@ def clear_finished(out_dir: Path, names) -> None:
         p = Path(out_dir) / name
         if p.exists():
             p.unlink()
-
-
-def versions() -> dict[str, str]:
-    out = {"python": sys.version.split()[0]}
-    for pkg in ("vitstudy", "torch", "torchvision", "timm", "hydra-core", "omegaconf", "numpy", "pandas", "seaborn", "matplotlib"):
-        try:
-            out[pkg] = metadata.version(pkg)
-        except metadata.PackageNotFoundError:
-            pass
-    return out
-
-
-def git_revision() -> str | None:
-    here = Path(__file__).resolve().parent
-    try:
-        rev = subprocess.run(["git", "-C", str(here), "rev-parse", "HEAD"], capture_output=True, text=True, timeout=5)
-        if rev.returncode != 0:
-            return None
-        dirty = subprocess.run(["git", "-C", str(here), "status", "--porcelain", "--untracked-files=no"],
-                               capture_output=True, text=True, timeout=5).stdout.strip()
-        return rev.stdout.strip() + ("+dirty" if dirty else "")
-    except (OSError, subprocess.SubprocessError):
-        return None
-
-
-def device_info(device: torch.device) -> dict[str, Any]:
-    info: dict[str, Any] = {"device": str(device), "threads": torch.get_num_threads()}
-    if device.type == "cuda":
-        info["gpu"] = torch.cuda.get_device_name(device)
-    return info
 
 
 def read_runs(root: Path) -> list[dict]:

@@ -12,33 +12,60 @@ import pandas as pd
 import torch
 from omegaconf import OmegaConf
 
-from .. import analyses
+from .. import analyses, runtime
 from . import data, models, results
 from .cache import Cache, run_key
 from .features import FeatureCache
-from .engine import resolve_device
 from ..errors import VitstudyError
 from .layers import Layer, resolve
 
 
+class Models(dict):
+    """The models an analysis declared, each built on first use through `models.load` (printed, on the device).
+
+    `release(key)` frees a model's weights and keeps its record for run.json (a comparison of many large models
+    holds one at a time).
+    """
+
+    def __init__(self, nodes: dict, device: torch.device, given: dict[str, bool], stage):
+        super().__init__()
+        self.nodes, self.device, self.given, self.stage = nodes, device, given, stage
+        self.records: dict[str, dict] = {}
+
+    def __missing__(self, key: str) -> models.LoadedModel:
+        if key not in self.nodes:
+            raise KeyError(f"the analysis did not declare a model '{key}' (declared: {', '.join(self.nodes)})")
+        with self.stage("load_models"):
+            m = models.load(self.nodes[key], key, self.given.get(key, True))
+            m.module.to(self.device)
+        print(f"vitstudy: {m.transform_line}", flush=True)
+        self[key] = m
+        self.records[key] = {"name": m.name, "weights": m.weights, "data_config": m.data_config,
+                             "data_sources": m.data_sources, "transform": m.transform_line}
+        return m
+
+    def release(self, key: str) -> None:
+        self.pop(key, None)
+
+
 @dataclass
 class Context:
-    """What an analysis gets: the config, loaded models, the data set, the device, a place to record."""
+    """What an analysis gets: the config, its parameters, its models (built on first use), the data set, the device."""
 
     cfg: Any
-    models: dict[str, models.LoadedModel]
+    params: Any  # the analysis' Params instance (value-checked)
+    models: Models
     dataset: Any
     device: torch.device
     progress: bool | None = None
     timings: dict[str, float] = field(default_factory=dict)
     cache: Cache | None = None  # resumable checkpoints (None: not checkpointed)
     features: FeatureCache | None = None  # captured activations shared between runs (cache.features=true)
-    images: list[dict] = field(default_factory=list)
     _layers: dict[str, list[Layer]] = field(default_factory=dict)
 
     def layers(self, m: models.LoadedModel, spec=None) -> list[Layer]:
-        """The checked layer list of a model, from its config (`<key>.layers`) unless `spec` is given."""
-        spec = self.cfg[m.key].layers if spec is None else spec
+        """The checked layer list of a model, from its config node (`<key>.layers`) unless `spec` is given."""
+        spec = self.models.nodes[m.key].layers if spec is None else spec
         key = f"{m.key}:{spec}"
         if key not in self._layers:
             self._layers[key] = resolve(m.module, spec, m.data_config["input_size"])
@@ -47,7 +74,7 @@ class Context:
     def sample(self, num_images: int | None = None, batch_size: int | None = None, tail: str = "fold",
                repeat: int = 0) -> tuple[data.Batching, dict]:
         """Images drawn afresh for `repeat` (seed + repeat), in batches of at least 4, and their record for
-        images.csv (hand the records to `record_images`)."""
+        images.csv (return the records in `Result.images`)."""
         cfg = self.cfg
         n = cfg.dataset.num_images if num_images is None else num_images
         indices = data.sample_indices(len(self.dataset), n, cfg.seed + repeat)
@@ -60,9 +87,6 @@ class Context:
         """A loader over `batching` that gives every model its own eval transform of the same images."""
         return data.loader(self.dataset, batching, [m.transform for m in models], self.cfg.dataset.num_workers)
 
-    def record_images(self, used: list[dict]) -> None:
-        self.images = used
-
     @contextmanager
     def stage(self, name: str):
         t = time.perf_counter()
@@ -70,40 +94,41 @@ class Context:
         self.timings[name] = round(self.timings.get(name, 0.0) + time.perf_counter() - t, 3)
 
 
-def names_given(overrides) -> dict[str, bool] | None:
-    """Whether the user chose each model's architecture (`model=`, `model.name=`, `experiment=` ...); None: unknown."""
+def names_given(overrides) -> dict[str, bool]:
+    """Whether the user chose each model's architecture (`model=`, `model.name=`, `experiment=` ...).
+
+    Unknown overrides (a config built in Python): `model` and `reference` count as not given, so the name is
+    compared with the default preset's; every other declared model (grid, compare) always counts as given.
+    """
     if overrides is None:
-        return None
+        return {"model": None, "reference": None}
     keys = {o.lstrip("+~").split("=", 1)[0] for o in overrides}
     return {"model": bool(keys & {"model", "model@model", "model.name", "experiment"}),
             "reference": bool(keys & {"reference", "model@reference", "reference.name", "experiment"})}
 
 
 def prepare(cfg, progress=None, cache: Cache | None = None, overrides=None) -> Context:
-    """Load what the config's analysis needs: its models (on the device, eval mode) and the data set.
-
-    Each model's preprocessing is printed in one line (and recorded in run.json).
-    """
+    """The Context of the config's analysis: its checked parameters, its models (the ones the analysis declares
+    eagerly, in declared order, unless it loads them itself on first use) and the data set."""
     analysis = analyses.get(cfg.analysis.name)
-    device = resolve_device(cfg.device)
-    torch.manual_seed(cfg.seed)
-    ctx = Context(cfg, {}, None, device, progress, cache=cache)
+    device = runtime.resolve_device(cfg.device)
+    torch.manual_seed(cfg.seed)  # random-init weights are drawn in declared order
+    timings: dict[str, float] = {}
+    ctx = Context(cfg, analyses.params_of(cfg), None, None, device, progress, timings, cache=cache)
+    ctx.models = Models(analysis.models(cfg), device, names_given(overrides), ctx.stage)
     if cfg.cache.features and cfg.cache.dir:
         ctx.features = FeatureCache(Path(cfg.cache.dir) / "features", cfg.cache.features_max_gb)
-    with ctx.stage("load_models"):
-        given = names_given(overrides) or {}
-        for key in analysis.models:
-            ctx.models[key] = models.load(cfg[key], key, given.get(key))
-            ctx.models[key].module.to(device)
-            print(f"vitstudy: {ctx.models[key].transform_line}", flush=True)
+    if not analysis.lazy_models:
+        for key in ctx.models.nodes:
+            ctx.models[key]
     with ctx.stage("load_dataset"):
         ctx.dataset = data.build_dataset(cfg.dataset)
     return ctx
 
 
-def images_table(ctx: Context) -> pd.DataFrame:
+def images_table(images: list[dict]) -> pd.DataFrame:
     rows = []
-    for rep in ctx.images:
+    for rep in images:
         for order, index in enumerate(rep["indices"]):
             rows.append({"repeat": rep["repeat"], "order": order, "dataset_index": index})
     return pd.DataFrame(rows)
@@ -119,7 +144,7 @@ def execute(cfg, out_dir: str | Path, progress=None, overrides=None) -> tuple[an
     t0 = time.perf_counter()
     analysis = analyses.get(cfg.analysis.name)
     out_dir = Path(out_dir)
-    cache = Cache(cfg.cache.dir, run_key(cfg, analysis.models), cfg.cache.checkpoint_every) if cfg.cache.dir else None
+    cache = Cache(cfg.cache.dir, run_key(cfg, analysis.models(cfg)), cfg.cache.checkpoint_every) if cfg.cache.dir else None
     if cache is not None:
         if cfg.force:
             cache.clear_checkpoint()
@@ -134,29 +159,12 @@ def execute(cfg, out_dir: str | Path, progress=None, overrides=None) -> tuple[an
     ctx = prepare(cfg, progress, cache, overrides)
     with ctx.stage("analysis"):
         result = analysis.run(ctx)
-    if ctx.images:
-        result.tables["images"] = images_table(ctx)
-    record = {
-        "analysis": analysis.name,
-        "status": "complete",
-        "started": started.isoformat(),
-        "finished": datetime.now(timezone.utc).isoformat(),
-        "wall_time_s": None,
-        "timings_s": ctx.timings,
-        "overrides": list(overrides or []),
-        "config": OmegaConf.to_container(cfg, resolve=True),
-        "models": {k: {"name": m.name, "weights": m.weights, "data_config": m.data_config, "data_sources": m.data_sources,
-                       "transform": m.transform_line} for k, m in ctx.models.items()},
-        "images": [{k: v for k, v in rep.items() if k != "indices"} for rep in ctx.images],
-        "dataset": data.describe(ctx.dataset),
-        "seed": cfg.seed,
-        "cache_key": cache.key if cache is not None else None,
-        "git_revision": results.git_revision(),
-        "versions": results.versions(),
-        **results.device_info(ctx.device),
-        **result.info,
-    }
-    record["wall_time_s"] = round(time.perf_counter() - t0, 3)  # up to writing the outputs
+    if result.images:
+        result.tables["images"] = images_table(result.images)
+    record = {"analysis": analysis.name, **runtime.record(
+        started, time.perf_counter() - t0, ctx.device, overrides, OmegaConf.to_container(cfg, resolve=True),
+        timings_s=ctx.timings, models=ctx.models.records, images=[{k: v for k, v in rep.items() if k != "indices"} for rep in result.images],
+        dataset=data.describe(ctx.dataset), seed=cfg.seed, cache_key=cache.key if cache is not None else None, **result.info)}
     written = results.write_result(out_dir, result, record)
     if ctx.features is not None:
         ctx.features.prune()
@@ -166,7 +174,8 @@ def execute(cfg, out_dir: str | Path, progress=None, overrides=None) -> tuple[an
 
 
 def check_config(cfg) -> None:
-    """Value checks the schema's types cannot express."""
+    """Value checks the schema's types cannot express (the analysis' own ones too), before anything loads."""
+    analyses.params_of(cfg)
     if cfg.cka.estimator not in ("unbiased", "biased"):
         raise VitstudyError(f"cka.estimator must be 'unbiased' or 'biased', got {cfg.cka.estimator!r}")
     if cfg.cka.repeats < 1:

@@ -1,4 +1,4 @@
-"""Figures of the attention analyses, in the papers' styles (see vitstudy.plots for the theme).
+"""Figures of the attention analyses, in the papers' styles .
 
 sorted_heads: Raghu et al. Figs 3-4 (heads sorted by mean distance, one panel per block, one row per model);
 depth_scatter: Dosovitskiy et al. Fig. 7 right; local_global: Raghu et al. Fig. 5; rollout_grid:
@@ -9,8 +9,9 @@ from __future__ import annotations
 import numpy as np
 import pandas as pd
 
-from . import cka as plots  # noqa: F401  (Agg backend and theme)
-from .cka import plt, sns
+import matplotlib.pyplot as plt
+
+from . import sns  # noqa: F401  (Agg backend and theme)
 
 
 def _models(df: pd.DataFrame) -> list[str]:

@@ -1,14 +1,11 @@
-"""Figure styles the papers use; analyses pass arrays and labels, never style decisions."""
+"""CKA figures: layer-by-layer heatmaps (Raghu et al. Figs 1-2), the same-layer curve (Fig. 12), model grids."""
 from __future__ import annotations
 
 import matplotlib
+import matplotlib.pyplot as plt
+import numpy as np
 
-matplotlib.use("Agg")  # files only; no display needed on clusters
-import matplotlib.pyplot as plt  # noqa: E402
-import numpy as np  # noqa: E402
-import seaborn as sns  # noqa: E402
-
-sns.set_theme(context="paper", style="white", font_scale=1.1)
+from . import sns  # noqa: F401  (Agg backend and theme)
 
 
 def cka_heatmap(matrix: np.ndarray, xlabel: str, ylabel: str, title: str):
@@ -41,4 +38,29 @@ def cka_diagonal_curve(diag, label: str, subtitle: str):
     ax.set_ylim(0, 1.02)
     ax.set_title(f"{label}\n{subtitle}", fontsize=8)
     fig.tight_layout()
+    return fig
+
+
+def cka_grid_figure(blocks: dict[tuple[int, int], np.ndarray], labels: list[str], title: str):
+    """Panel (i, j), i <= j: CKA(layers of model i on x, layers of model j on y), origin bottom left."""
+    m = len(labels)
+    fig, axes = plt.subplots(m, m, figsize=(2.6 * m + 1, 2.4 * m), squeeze=False)
+    im = None
+    for i in range(m):
+        for j in range(m):
+            ax = axes[j][i]
+            if (i, j) not in blocks:
+                ax.axis("off")
+                continue
+            b = blocks[(i, j)]
+            im = ax.imshow(b.T, origin="lower", cmap="magma", vmin=0, vmax=1, aspect="auto", interpolation="nearest")
+            ax.set_xticks([])
+            ax.set_yticks([])
+            if j == m - 1 or (i, j + 1) not in blocks:
+                ax.set_xlabel(labels[i], fontsize=8)
+            if i == 0 or (i - 1, j) not in blocks:
+                ax.set_ylabel(labels[j], fontsize=8)
+    fig.suptitle(title, fontsize=10)
+    if im is not None:
+        fig.colorbar(im, ax=axes, fraction=0.02, pad=0.02, label="CKA")
     return fig

@@ -8,10 +8,11 @@ from typing import Sequence
 
 import numpy as np
 
-from . import cka as plots  # noqa: F401  (Agg backend and theme)
-import matplotlib.pyplot as plt  # noqa: E402
-from matplotlib.patches import Patch  # noqa: E402
-from matplotlib.ticker import FormatStrFormatter  # noqa: E402
+import matplotlib.pyplot as plt
+from matplotlib.patches import Patch
+from matplotlib.ticker import FormatStrFormatter
+
+from . import sns  # noqa: F401  (Agg backend and theme)
 
 STYLE = {"transformer": ("tab:red", "o"), "cnn": ("tab:blue", "D")}
 SHADE = {"attention": ("tab:gray", "attention sublayer"), "downsampling": ("tab:blue", "downsampling")}

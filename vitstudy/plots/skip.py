@@ -1,11 +1,11 @@
-"""Figures of Raghu et al. 2021 Figs 6, 7, 9-11 and 13: skip ratios, receptive fields, localization, probes."""
+"""Skip-connection figures: norm ratios per block and token (Raghu et al. Fig. 7)."""
 from __future__ import annotations
 
+import matplotlib.pyplot as plt
 import numpy as np
 import pandas as pd
 
-from . import cka as plots  # noqa: F401  (Agg backend and theme)
-from .cka import plt
+from . import sns  # noqa: F401  (Agg backend and theme)
 
 SUBLAYER_NAMES = {"attn": "Self-Attention", "mlp": "MLP", "res": "residual block"}
 
@@ -49,60 +49,5 @@ def skip_ratio_figure(tokens: pd.DataFrame, summary: pd.DataFrame, k: int, aggre
     ax.set_ylabel(f"‖z‖ / ‖f(z)‖ ({aggregate})")
     ax.set_title("mean over tokens / positions", fontsize=9)
     ax.legend(fontsize=7)
-    fig.tight_layout()
-    return fig
-
-
-def localization_figure(df: pd.DataFrame, tokens: list[tuple[int, int]], grid: tuple[int, int], title: str):
-    """Fig. 9/10: for each chosen token p, the CKA with the input patch at every position q."""
-    fig, axes = plt.subplots(1, len(tokens), figsize=(2.9 * len(tokens), 3.0), squeeze=False)
-    for ax, (r, c) in zip(axes[0], tokens):
-        sub = df[(df.p_row == r) & (df.p_col == c)]
-        m = np.full(grid, np.nan)
-        m[sub.q_row.to_numpy(), sub.q_col.to_numpy()] = sub.cka.to_numpy()
-        im = ax.imshow(m, cmap="magma", interpolation="nearest")
-        ax.plot(c, r, marker="s", mfc="none", mec="cyan", ms=8)
-        ax.set_title(f"token ({r}, {c})", fontsize=9)
-        ax.set_xticks([])
-        ax.set_yticks([])
-        fig.colorbar(im, ax=ax, fraction=0.046, pad=0.04)
-    fig.suptitle(title, fontsize=9)
-    fig.tight_layout()
-    return fig
-
-
-def probe_figure(df: pd.DataFrame, title: str):
-    """Figs 11/13: test accuracy of linear probes against normalised depth, one line per representation."""
-    fig, ax = plt.subplots(figsize=(5.2, 3.8))
-    agg = df[df.token.isna()] if "token" in df else df
-    for rep, g in agg.groupby("representation", sort=False):
-        g = g.sort_values("depth")
-        ax.plot(g.depth, 100 * g.accuracy, marker="o", ms=3, label=rep)
-    ax.set_xlabel("normalised layer (0 = first, 1 = last)")
-    ax.set_ylabel("test accuracy (%)")
-    ax.set_title(title, fontsize=9)
-    ax.legend(fontsize=8)
-    fig.tight_layout()
-    return fig
-
-
-def erf_figure(maps: list[tuple[str, str, np.ndarray]], title: str):
-    """Fig. 6 / C.1-C.4: one panel per layer (columns), post- and pre-residual rows."""
-    kinds = list(dict.fromkeys(k for _, k, _ in maps))
-    names = list(dict.fromkeys(n for n, _, _ in maps))
-    fig, axes = plt.subplots(len(kinds), len(names), figsize=(1.9 * len(names) + 0.5, 2.0 * len(kinds) + 0.6), squeeze=False)
-    lookup = {(n, k): m for n, k, m in maps}
-    for i, k in enumerate(kinds):
-        for j, n in enumerate(names):
-            ax = axes[i, j]
-            ax.set_xticks([])
-            ax.set_yticks([])
-            if (n, k) in lookup:
-                ax.imshow(lookup[(n, k)], cmap="viridis", interpolation="nearest")
-            if i == 0:
-                ax.set_title(n, fontsize=7)
-            if j == 0:
-                ax.set_ylabel(k, fontsize=8)
-    fig.suptitle(title, fontsize=9)
     fig.tight_layout()
     return fig
