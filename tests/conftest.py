@@ -14,13 +14,6 @@ import torch  # noqa: E402
 
 torch.set_num_threads(2)
 
-# Small variants of real timm architectures: same module structure, 32-64 px inputs.
-TINY_VIT = ["model.name=vit_tiny_patch16_224", "model.pretrained=false", "model.kwargs.img_size=32",
-            "model.kwargs.patch_size=8", "model.kwargs.depth=3"]
-TINY_RESNET = ["reference.name=resnet18", "reference.pretrained=false", "reference.data.input_size=[3,32,32]"]
-SMALL_DATA = ["dataset=synthetic", "dataset.num_images=24", "dataset.batch_size=8", "dataset.image_size=40"]
-
-
 @pytest.fixture(scope="session")
 def tiny_vit():
     torch.manual_seed(0)

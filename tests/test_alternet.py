@@ -8,7 +8,7 @@ import timm
 import torch
 
 import vitstudy.zoo.alternet as A
-from test_cli import cli
+from helpers import cli
 from vitstudy.pipeline import layers
 from vitstudy.errors import VitstudyError
 
@@ -173,6 +173,12 @@ def test_train_one_epoch(tmp_path, capsys):
     ckpt = torch.load(out / "checkpoints/last.pt", weights_only=True)
     assert ckpt["model_config"]["name"] == "alternet50_cifar"
     assert any("attn.rel_pos_bias" in k for k in ckpt["state_dict"])
+    # analysed with the preset, whose kwargs (the full 3-4-6-4 build-up) are not the checkpoint's: its own win
+    code, stdout, err = cli(["run", "analysis=cka_within", "model=alternet50_cifar", f"model.checkpoint={out / 'checkpoints/last.pt'}",
+                             "dataset=synthetic", "dataset.image_size=32", "dataset.num_images=8", "dataset.batch_size=4",
+                             f"hydra.run.dir={tmp_path / 'cka'}"], capsys)
+    assert code == 0, err
+    assert "the checkpoint's dim_head=8, layers=(1, 2, 2, 2), num_msa=(0, 1, 1, 1) replace the config's" in stdout
 
 
 # --------------------------------------------------------------------------- AlterNet's MSAs are attention sublayers

@@ -9,8 +9,7 @@ import pytest
 import timm
 import torch
 
-from conftest import SMALL_DATA, TINY_RESNET, TINY_VIT
-from test_cli import cli
+from helpers import SMALL_DATA, TINY_RESNET, TINY_VIT, cli
 from vitstudy.analyses.attention import DistanceStats, subset_cka, subsets
 from vitstudy.anatomy.attention import sites, unfused
 from vitstudy.metrics import attention as am
@@ -103,7 +102,7 @@ def test_streamed_std_equals_numpy_std_over_images():
 
 def test_subset_cka_from_per_head_inner_products_equals_cka_of_concatenation():
     """Linear Gram of a concatenation = sum of per-head Grams; check against the Song et al. formula in numpy."""
-    from test_cka_math import minibatch_reference
+    from helpers import minibatch_reference
     from vitstudy.metrics.cka import MinibatchCKA, gram, u_center
 
     rng = np.random.default_rng(1)

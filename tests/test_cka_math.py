@@ -3,33 +3,10 @@ import numpy as np
 import pytest
 import torch
 
+from helpers import minibatch_reference, song_cka, song_hsic
 from vitstudy.analyses.cka import check
 from vitstudy.errors import VitstudyError
 from vitstudy.metrics.cka import FullSetCKA, MinibatchCKA, cka, gram, hsic_unbiased, u_center
-
-
-def song_hsic(k, l):
-    """Song et al. (2012) unbiased HSIC, written out from the formula in float64."""
-    n = k.shape[0]
-    kt, lt = k.copy(), l.copy()
-    np.fill_diagonal(kt, 0)
-    np.fill_diagonal(lt, 0)
-    one = np.ones(n)
-    return (np.trace(kt @ lt) + (one @ kt @ one) * (one @ lt @ one) / ((n - 1) * (n - 2))
-            - 2.0 / (n - 2) * (one @ kt @ lt @ one)) / (n * (n - 3))
-
-
-def song_cka(x, y):
-    k, l = x @ x.T, y @ y.T
-    return song_hsic(k, l) / np.sqrt(song_hsic(k, k) * song_hsic(l, l))
-
-
-def minibatch_reference(xs, ys):
-    """Nguyen et al. Eq. 2: average each HSIC term over batches, normalise once."""
-    xy = np.mean([song_hsic(x @ x.T, y @ y.T) for x, y in zip(xs, ys)])
-    xx = np.mean([song_hsic(x @ x.T, x @ x.T) for x in xs])
-    yy = np.mean([song_hsic(y @ y.T, y @ y.T) for y in ys])
-    return xy / np.sqrt(xx * yy)
 
 
 def ours(x, y):

@@ -11,35 +11,8 @@ import timm
 import torch
 from torch.utils.data import DataLoader, TensorDataset
 
-from conftest import SMALL_DATA, TINY_RESNET, TINY_VIT
-from test_cka_math import minibatch_reference
+from helpers import SMALL_DATA, TINY_RESNET, TINY_VIT, assert_one_line_error, cli, minibatch_reference
 from vitstudy import cka_matrix
-from vitstudy.cli import main
-
-
-def cli(args, capsys):
-    """Run `vitstudy ARGS` in this process; returns (exit code, stdout, stderr)."""
-    try:
-        main(list(args))
-        code = 0
-    except SystemExit as exit:
-        code = exit.code
-    out = capsys.readouterr()
-    return code, out.out, out.err
-
-
-def finished_files(run_dir):
-    return [f for f in os.listdir(run_dir) if f.endswith((".csv", ".png", ".pdf")) or f == "run.json"] if os.path.isdir(run_dir) else []
-
-
-def assert_one_line_error(args, expected, run_dir, capsys):
-    """`vitstudy ARGS hydra.run.dir=RUN_DIR` fails: one line naming `expected`, no traceback, nothing finished."""
-    code, _, err = cli([*args, f"hydra.run.dir={run_dir}"], capsys)
-    lines = err.strip().splitlines()
-    assert code not in (0, None) and len(lines) == 1 and lines[0].startswith("vitstudy: error:"), err
-    assert expected in lines[0] and "Traceback" not in err
-    assert finished_files(run_dir) == []
-    return code
 
 
 def test_cka_across_end_to_end(tmp_path, capsys):
@@ -135,7 +108,27 @@ BAD = {
     "missing checkpoint": (["model.checkpoint=/no/such/w.pth"], "checkpoint file not found"),
     "offline weights": (["model.pretrained=true"], "model.pretrained=false"),
     "bad estimator": (["cka.estimator=rbf"], "cka.estimator"),
+    "unknown analysis parameter": (["analysis=skip_ratio", "analysis.agregate=x"],
+                                   "unknown parameter analysis.agregate for skip_ratio; closest: aggregate"),
+    "bad analysis parameter type": (["analysis=skip_ratio", "analysis.heatmap_tokens=many"], "heatmap_tokens"),
+    "bad analysis parameter value": (["analysis=skip_ratio", "analysis.heatmap_tokens=0"], "analysis.heatmap_tokens must be at least 1"),
 }
+
+
+@pytest.mark.parametrize("sweep", ["analysis.agregate=x,y", "analysis.heatmap_tokens=5,0"])
+def test_bad_analysis_parameters_fail_before_any_model_is_built(sweep, tmp_path, capsys):
+    """With the default *pretrained* models offline, the parameter is what the one line names (checked first);
+    in a sweep every value is checked before the first job starts."""
+    code, out, err = cli(["run", "-m", "analysis=skip_ratio", sweep, f"hydra.sweep.dir={tmp_path}"], capsys)
+    lines = err.strip().splitlines()
+    assert code == 2 and len(lines) == 1 and "analysis." in lines[0] and "pretrained" not in lines[0], err
+    assert not list(tmp_path.rglob("*.json"))
+
+
+def test_list_shows_an_analysis_parameters(capsys):
+    code, out, _ = cli(["list", "skip_ratio"], capsys)
+    assert code == 0 and "analysis.aggregate=mean_of_ratios" in out and "analysis.heatmap_tokens=10" in out
+    assert "ratio_of_means (mean ||z|| / mean ||f(z)||)" in out  # the field's own comment
 
 
 @pytest.mark.parametrize("case", list(BAD))

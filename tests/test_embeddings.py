@@ -5,8 +5,7 @@ import pytest
 import timm
 import torch
 
-from conftest import SMALL_DATA, TINY_VIT
-from test_cli import cli
+from helpers import SMALL_DATA, TINY_VIT, cli
 from vitstudy.analyses.embeddings import cosine_matrix, filter_pca, patch_position_embedding
 
 

@@ -7,8 +7,7 @@ import pandas as pd
 import pytest
 import torch
 
-from conftest import SMALL_DATA, TINY_RESNET, TINY_VIT
-from test_cli import assert_one_line_error, cli
+from helpers import SMALL_DATA, TINY_RESNET, TINY_VIT, assert_one_line_error, cli
 from vitstudy.anatomy import latents
 from vitstudy.analyses.fourier import LatentReducer
 from vitstudy.pipeline.engine import stream

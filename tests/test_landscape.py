@@ -5,8 +5,7 @@ import pandas as pd
 import pytest
 import torch
 
-from conftest import TINY_VIT
-from test_cli import assert_one_line_error, cli
+from helpers import TINY_VIT, assert_one_line_error, cli
 from vitstudy.analyses.landscape import grid_losses, restored
 from vitstudy.metrics import hessian as H
 

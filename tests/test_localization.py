@@ -6,9 +6,7 @@ import pytest
 import torch
 from torch import nn
 
-from conftest import SMALL_DATA, TINY_VIT
-from test_cka_math import minibatch_reference
-from test_cli import cli, finished_files
+from helpers import SMALL_DATA, TINY_VIT, cli, finished_files, minibatch_reference
 from vitstudy.analyses.localization import localization_matrix, u_center_batched
 from vitstudy.pipeline.layers import resolve
 from vitstudy.metrics.cka import u_center

@@ -10,8 +10,7 @@ import pytest
 import timm
 import torch
 
-from test_cka_math import minibatch_reference
-from test_cli import cli
+from helpers import cli, minibatch_reference
 from vitstudy.pipeline import data, preprocess
 from vitstudy.train.app import main as train_main
 

@@ -5,8 +5,7 @@ import pandas as pd
 import pytest
 import torch
 
-from conftest import SMALL_DATA, TINY_VIT
-from test_cli import assert_one_line_error, cli
+from helpers import SMALL_DATA, TINY_VIT, assert_one_line_error, cli
 from vitstudy.metrics.ridge import RidgeAccumulator
 
 ALPHAS = [1e-3, 1e-1, 10.0]

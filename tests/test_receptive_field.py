@@ -6,8 +6,7 @@ import pytest
 import torch
 from torch import nn
 
-from conftest import SMALL_DATA, TINY_VIT
-from test_cli import cli
+from helpers import SMALL_DATA, TINY_VIT, cli
 from vitstudy.analyses.receptive_field import erf_maps, mass_radii
 from vitstudy.pipeline.layers import resolve
 

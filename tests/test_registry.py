@@ -4,7 +4,7 @@ import json
 
 import pytest
 
-from test_cli import cli
+from helpers import cli
 from vitstudy import analyses
 
 # The default model's architecture (ViT-Ti/16: 3 heads) and the default reference's (ResNet-18), shrunk to 32 px;

@@ -8,8 +8,7 @@ import pytest
 import timm
 import torch
 
-from conftest import SMALL_DATA, TINY_RESNET, TINY_VIT
-from test_cli import assert_one_line_error, cli
+from helpers import SMALL_DATA, TINY_RESNET, TINY_VIT, assert_one_line_error, cli
 from vitstudy.analyses.robustness import lesion_units, zeroed
 from vitstudy.metrics import fourier as F
 

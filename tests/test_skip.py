@@ -11,8 +11,7 @@ from timm.models.resnet import BasicBlock
 from timm.models.vision_transformer import Block
 from torch import nn
 
-from conftest import SMALL_DATA, TINY_RESNET, TINY_VIT
-from test_cli import assert_one_line_error, cli
+from helpers import SMALL_DATA, TINY_RESNET, TINY_VIT, assert_one_line_error, cli
 from vitstudy.analyses.skip import measure
 from vitstudy.errors import VitstudyError
 from vitstudy.pipeline.layers import resolve

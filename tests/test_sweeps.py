@@ -11,9 +11,8 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 import pytest
+from helpers import SMALL_DATA, TINY_RESNET, TINY_VIT, cli
 
-from conftest import SMALL_DATA, TINY_RESNET, TINY_VIT
-from test_cli import cli
 
 VITSTUDY = os.path.join(os.path.dirname(sys.executable), "vitstudy")
 ACROSS = ["analysis=cka_across", *TINY_VIT, *TINY_RESNET, *SMALL_DATA]
@@ -215,3 +214,24 @@ def test_api_run_returns_tables_for_a_cached_result(tmp_path):
     again = vitstudy.run(args, out_dir=tmp_path / "b", progress=False)
     assert again.info.get("cached") and again.tables["cka_across"].equals(pd.read_csv(tmp_path / "a" / "cka_across.csv"))
     assert len(first.tables["cka_across"]) == 3 * 8
+
+
+def test_weights_id_follows_the_cached_hub_snapshot(tmp_path, monkeypatch):
+    """Results computed with other weights under the same timm tag (e.g. a dry run's stand-ins) are not 'cached'."""
+    import huggingface_hub.constants as hub
+    from omegaconf import OmegaConf
+
+    from vitstudy.pipeline.cache import weights_id
+
+    monkeypatch.setattr(hub, "HF_HUB_CACHE", str(tmp_path))
+    node = OmegaConf.create({"name": "vit_tiny_patch16_224.augreg_in21k_ft_in1k", "pretrained": True, "checkpoint": None})
+    assert weights_id(node) == "timm:vit_tiny_patch16_224.augreg_in21k_ft_in1k"  # not downloaded yet
+    ids = []
+    for revision in ("a" * 40, "b" * 40):
+        repo = tmp_path / "models--timm--vit_tiny_patch16_224.augreg_in21k_ft_in1k"
+        (repo / "snapshots" / revision).mkdir(parents=True)
+        (repo / "snapshots" / revision / "model.safetensors").write_bytes(b"x")
+        (repo / "refs").mkdir(exist_ok=True)
+        (repo / "refs" / "main").write_text(revision)
+        ids.append(weights_id(node))
+    assert ids == [f"timm:vit_tiny_patch16_224.augreg_in21k_ft_in1k@{'a' * 40}", f"timm:vit_tiny_patch16_224.augreg_in21k_ft_in1k@{'b' * 40}"]

@@ -11,7 +11,7 @@ import pytest
 import timm
 import torch
 
-from test_cli import cli
+from helpers import cli
 from vitstudy.zoo import cifar as cifar_models
 from vitstudy.anatomy import tokens
 from vitstudy.pipeline import data, models

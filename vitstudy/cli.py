@@ -20,7 +20,7 @@ USAGE = """usage: vitstudy COMMAND [overrides...]
 
 commands:
   run [OVERRIDES] [-m]   run an analysis: vitstudy run analysis=cka_across model=vit_b16 reference=resnet50
-  list                   the analyses, model presets and dataset presets, one line each
+  list [ANALYSIS]        the analyses, model presets and dataset presets, one line each; an analysis' parameters
   layers [OVERRIDES]     the layers a model's layer spec selects: vitstudy layers model=vit_b16 layers=all
   collect DIR... [--out OUT]   summary tables, figure grids, failed jobs and index.html for sweep directories
   train [OVERRIDES]      train a model: vitstudy train model=vit_mini_cifar dataset=imagefolder dataset.root=DIR recipe=quick
@@ -54,7 +54,11 @@ def hydra_app(cfg: DictConfig) -> None:
     print(f"vitstudy: {cfg.analysis.name} {state}; outputs in {out_dir} ({csvs}, figures, run.json)")
 
 
-def cmd_list() -> None:
+def cmd_list(args: list[str]) -> None:
+    """Every analysis and preset; `vitstudy list NAME` (or `analysis=NAME`): one analysis' parameters."""
+    if args:
+        print_params(args[0].split("=", 1)[-1])
+        return
     for group, title in (("analysis", "analyses (analysis=NAME)"), ("model", "model presets (model=NAME, reference=NAME; any timm name via model.name=...)"),
                          ("dataset", "dataset presets (dataset=NAME)"), ("experiment", "experiments (experiment=NAME)")):
         items = presets(group)
@@ -62,6 +66,34 @@ def cmd_list() -> None:
             print(f"{title}:")
             for name, desc in items.items():
                 print(f"  {name:<22} {desc}")
+
+
+def print_params(name: str) -> None:
+    """An analysis' parameters with their defaults and the comment beside each field of its schema."""
+    import inspect
+    import json
+    import re
+    from dataclasses import MISSING, fields
+
+    from . import analyses
+
+    analysis = analyses.get(name)
+    comments = {}
+    for cls in reversed(analysis.params.__mro__):
+        try:
+            source = inspect.getsource(cls)
+        except (OSError, TypeError):
+            continue
+        comments.update(re.findall(r"^\s+(\w+): [^#\n]*#\s*(.*)$", source, flags=re.M))
+    print(f"{name}: {analysis.summary}")
+    for f in fields(analysis.params):
+        if f.name == "name":
+            continue
+        default = f.default if f.default is not MISSING else f.default_factory()
+        value = default if isinstance(default, str) else json.dumps(default)  # as written on the command line
+        print(f"  analysis.{f.name}={value}".ljust(44) + f" {comments.get(f.name, '')}")
+    if len(fields(analysis.params)) == 1:
+        print("  (no parameters of its own; see cka.*, dataset.*, layers, tokens)")
 
 
 def cmd_layers(args: list[str]) -> None:
@@ -112,7 +144,7 @@ def main(argv: list[str] | None = None) -> None:
             if FAILED:
                 fail(f"{len(FAILED)} job(s) failed; see failed.json in: {', '.join(FAILED)}", code=1)
         elif cmd == "list":
-            cmd_list()
+            cmd_list(rest)
         elif cmd == "layers":
             cmd_layers(rest)
         elif cmd == "collect":

@@ -31,7 +31,9 @@ def file_sha256(path: str) -> str:
 
 
 def weights_id(model_cfg) -> str:
-    """What the weights are, independent of where they were read from."""
+    """What the weights are, independent of where they were read from: a file's SHA-256, or the timm name with its
+    pretrained tag and, once they are in the Hugging Face cache, the snapshot's revision (so results computed with
+    other weights under the same tag, e.g. the stand-ins of a dry run, are not served as cached)."""
     if model_cfg.checkpoint:
         return "sha256:" + file_sha256(model_cfg.checkpoint) if os.path.isfile(model_cfg.checkpoint) else "missing"
     if model_cfg.pretrained:
@@ -41,8 +43,25 @@ def weights_id(model_cfg) -> str:
         if not tag:
             pcfg = get_pretrained_cfg(arch)
             tag = getattr(pcfg, "tag", "") if pcfg is not None else ""
-        return f"timm:{arch}.{tag}"
+        return f"timm:{arch}.{tag}" + _hub_revision(f"{arch}.{tag}")
     return "random-init"
+
+
+def _hub_revision(name: str) -> str:
+    """'@<revision>' of the cached Hugging Face snapshot timm loads `name` from ('' when not cached or not on the Hub)."""
+    from huggingface_hub import try_to_load_from_cache
+    from timm.models import get_pretrained_cfg
+
+    pcfg = get_pretrained_cfg(name)
+    hub_id = getattr(pcfg, "hf_hub_id", None) if pcfg is not None else None
+    if not hub_id:
+        return ""
+    repo, _, revision = hub_id.partition("@")
+    for filename in (getattr(pcfg, "hf_hub_filename", None) or "model.safetensors", "pytorch_model.bin"):
+        path = try_to_load_from_cache(repo, filename, revision=revision or None)
+        if isinstance(path, str):
+            return "@" + Path(path).parent.name
+    return ""
 
 
 def run_key(cfg, nodes: dict) -> str:

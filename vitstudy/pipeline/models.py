@@ -280,7 +280,14 @@ def load(cfg, key: str = "model", name_given: bool | None = None) -> LoadedModel
                     f"set {key}.name={saved_name} or leave {key}.name out (its kwargs come from the checkpoint)")
             print(f"vitstudy: {key}: building '{saved_name}', the architecture checkpoint {cfg.checkpoint} was saved from")
             name = saved_name
-        kwargs = {**{k: v for k, v in saved["model_config"].get("kwargs", {}).items() if v is not None}, **kwargs}
+        # the architecture the weights were trained as wins over the config's (a preset's defaults, e.g. AlterNet's
+        # num_msa, would not fit them); a differing value is said
+        own = {k: tuple(v) if isinstance(v, list) else v for k, v in saved["model_config"].get("kwargs", {}).items() if v is not None}
+        differ = sorted(k for k in kwargs if k in own and kwargs[k] != own[k])
+        if differ:
+            print(f"vitstudy: {key}: the checkpoint's {', '.join(f'{k}={own[k]}' for k in differ)} replace the config's "
+                  f"{', '.join(f'{k}={kwargs[k]}' for k in differ)}")
+        kwargs = {**kwargs, **own}
     model = create(name, pretrained=cfg.pretrained, checkpoint=cfg.checkpoint, **kwargs)
     saved_data = dict((saved or {}).get("data_config") or {})
     saved_size = (saved or {}).get("model_config", {}).get("kwargs", {}).get("img_size")
