@@ -38,6 +38,7 @@ prefer --cache DIR).
 from __future__ import annotations
 
 import argparse
+import functools
 import hashlib
 import os
 import re
@@ -228,19 +229,39 @@ def _preset_names(conf: Path) -> dict[str, dict]:
     return {p.stem: OmegaConf.to_container(OmegaConf.load(p)) or {} for p in sorted((conf / "model").glob("*.yaml"))}
 
 
-def makefile_runs(makefile: Path) -> dict[str, list[str]]:
-    """{figure target: the Hydra overrides of its `$(RUN_FIG)` line}, make variables ($(VAL), ...) dropped."""
-    runs, target = {}, None
-    for line in makefile.read_text().splitlines():
+def makefile_lines(makefile: Path) -> dict[str, str]:
+    """{figure target: the text after `$(RUN_FIG)` in its recipe}, make variables unexpanded."""
+    lines, target = {}, None
+    for line in makefile.read_text().replace("\\\n", " ").splitlines():
         m = re.match(r"^(fig-[\w-]+):", line)
         if m:
             target = m.group(1)
             continue
         if target and line.startswith("\t") and "$(RUN_FIG)" in line:
-            args = shlex.split(line.split("$(RUN_FIG)", 1)[1])
-            runs[target] = [a for a in args if "$(" not in a and "$$" not in a]
+            lines[target] = line.split("$(RUN_FIG)", 1)[1].strip()
             target = None
-    return runs
+    return lines
+
+
+def makefile_vars(makefile: Path) -> dict[str, str]:
+    """The Makefile's simple variable definitions (`NAME = / := / ?= value`), unexpanded."""
+    text = makefile.read_text().replace("\\\n", " ")
+    return {m.group(1): m.group(2).strip() for m in re.finditer(r"^([A-Za-z_][\w-]*)\s*[:?]?=(.*)$", text, re.M)}
+
+
+def makefile_runs(makefile: Path, values: dict[str, str] | None = None) -> dict[str, list[str]]:
+    """{figure target: the Hydra overrides of its `$(RUN_FIG)` line}, make variables expanded as make would
+    (the Makefile's definitions, then `values`, then the environment; `$$` -> `$`)."""
+    defs = {**makefile_vars(makefile), **(values or {})}
+
+    def expand(text: str, depth: int = 0) -> str:
+        def sub(m):
+            name = m.group(1)
+            value = defs.get(name, os.environ.get(name, ""))
+            return expand(value, depth + 1) if depth < 10 else value
+        return re.sub(r"\$\(([\w-]+)\)", sub, text.replace("$$", "\0")).replace("\0", "$")
+
+    return {t: shlex.split(expand(line)) for t, line in makefile_lines(makefile).items()}
 
 
 def _expand(overrides: list[str]) -> list[list[str]]:
@@ -255,27 +276,37 @@ def _expand(overrides: list[str]) -> list[list[str]]:
     return combos
 
 
-def figure_names(root: Path = REPO) -> dict[str, set[str]]:
+@functools.lru_cache(maxsize=None)
+def compose(overrides: tuple[str, ...]):
+    """`vitstudy.compose`, remembered per override tuple (the figure checks compose the same jobs repeatedly)."""
+    sys.path.insert(0, str(REPO))
+    from vitstudy.api import compose as vitstudy_compose
+
+    return vitstudy_compose(list(overrides))
+
+
+def figure_names(root: Path = REPO, targets: list[str] | None = None) -> dict[str, set[str]]:
     """{timm name: where it is needed} for every pretrained model of the figures.
 
     Sources: model presets with pretrained weights (conf/model/*.yaml), every experiment composed on its own and
     with each model/reference of the Makefile's figure targets (model.name, reference.name when its analysis
-    uses one, analysis.compare, models).
+    uses one, analysis.compare, models). With `targets`, only those Makefile targets.
     """
     sys.path.insert(0, str(root))
     from vitstudy import analyses
-    from vitstudy.api import compose
 
     needed: dict[str, set[str]] = {}
     presets = _preset_names(root / "conf")
-    for preset, node in presets.items():
-        if node.get("pretrained", True) and node.get("name"):
-            needed.setdefault(node["name"], set()).add(f"conf/model/{preset}.yaml")
-    runs = {f"experiment {p.stem}": [f"experiment={p.stem}"] for p in sorted((root / "conf" / "experiment").glob("*.yaml"))}
-    runs.update({f"make {t}": ov for t, ov in makefile_runs(root / "Makefile").items()})
+    runs = {f"make {t}": ov for t, ov in makefile_runs(root / "Makefile").items() if targets is None or t in targets}
+    if targets is None:
+        for preset, node in presets.items():
+            if node.get("pretrained", True) and node.get("name"):
+                needed.setdefault(node["name"], set()).add(f"conf/model/{preset}.yaml")
+        runs.update({f"experiment {p.stem}": [f"experiment={p.stem}"]
+                     for p in sorted((root / "conf" / "experiment").glob("*.yaml"))})
     for label, overrides in runs.items():
         for combo in _expand(overrides):
-            cfg = compose(combo)
+            cfg = compose(tuple(combo))
             uses = analyses.get(cfg.analysis.name).models
             for key in uses:
                 node = cfg[key]
