@@ -252,6 +252,8 @@ def main(argv: list[str] | None = None) -> int:
             missing = sorted({a for r in rows for a in r["analyses"].split()} - set(re.findall(r"<h2>([\w]+)</h2>", text)))
             if missing:
                 report_problem = f"index.html lacks the analyses {missing}"
+            elif not re.search(r"<p>\d+ finished runs, 0 failed or missing jobs\.</p>", text):
+                report_problem = f"index.html lists failed or missing jobs (see {fig_out / 'summary' / 'failed.csv'})"
         print(f"{'report':<20} {'ok' if not report_problem else 'FAILED':<7} {report_s:7.1f} s  {index}"
               + (f"\n    {report_problem}" if report_problem else ""), flush=True)
 
