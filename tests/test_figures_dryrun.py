@@ -60,8 +60,8 @@ def check(out: Path, targets: list[str], proc: subprocess.CompletedProcess) -> N
             assert (job / f"{analysis}.csv").stat().st_size > 0, job
             assert list(job.glob("*.png")), job
             assert not (job / "failed.json").exists()
-            for key, m in rec["models"].items():
-                cfg = rec["config"][key]
+            for key, m in rec["models"].items():  # model, reference, compare0... (analysis.compare)
+                cfg = rec["config"].get(key, {})
                 if cfg.get("checkpoint"):
                     assert m["weights"] == f"file:{cfg['checkpoint']}" and str(out / "train") in cfg["checkpoint"]
                 else:
