@@ -41,15 +41,17 @@ bench-grid: $(STAMP)
 	$(PY) scripts/bench_cka.py --grid
 
 ## paper figures: need pretrained weights (online or cached) and ImageNet images (IMAGENET_VAL=DIR).
-## Every target runs as a Hydra multirun into outputs/figures/<target>/; LAUNCHER=slurm (or joblib, local)
-## sends the same jobs through that launcher. `make report` collects everything into one HTML page.
+## Every target runs as a Hydra multirun into $(FIG_OUT)/<target>/ (default outputs/figures); LAUNCHER=slurm
+## (or joblib, local) sends the same jobs through that launcher. `make report` collects everything into one HTML
+## page. FIG_ARGS adds Hydra overrides to every target. `make figures-dryrun` runs them all on stand-ins first.
 VITSTUDY     := $(VENV)/bin/vitstudy
 IMAGENET_VAL ?= $(HOME)/data/imagenet/val
 IMAGENET_TRAIN ?= $(HOME)/data/imagenet/train
 CIFAR_ROOT   ?= $(HOME)/data/cifar
 LAUNCHER     ?=
 FIG_ARGS     ?=
-RUN_FIG = $(VITSTUDY) run -m $(if $(LAUNCHER),hydra/launcher=$(LAUNCHER)) hydra.sweep.dir=outputs/figures/$@ $(FIG_ARGS)
+FIG_OUT      ?= outputs/figures
+RUN_FIG = $(VITSTUDY) run -m $(if $(LAUNCHER),hydra/launcher=$(LAUNCHER)) hydra.sweep.dir=$(FIG_OUT)/$@ $(FIG_ARGS)
 VAL     = dataset.root=$(IMAGENET_VAL)
 
 FIGURES = fig-raghu-1 fig-raghu-2 fig-raghu-3 fig-raghu-4 fig-raghu-5 fig-raghu-6 fig-raghu-7 fig-raghu-8 \
@@ -59,7 +61,7 @@ FIGURES = fig-raghu-1 fig-raghu-2 fig-raghu-3 fig-raghu-4 fig-raghu-5 fig-raghu-
 
 figures: $(FIGURES)
 report:
-	$(VITSTUDY) collect outputs/figures --out outputs/figures/summary
+	$(VITSTUDY) collect $(FIG_OUT) --out $(FIG_OUT)/summary
 
 fig-raghu-1: $(STAMP)
 	$(RUN_FIG) experiment=raghu_fig1 $(VAL)
@@ -98,18 +100,33 @@ fig-parkkim-2b: $(STAMP)
 fig-parkkim-8: $(STAMP)
 	$(RUN_FIG) experiment=parkkim_fig8 $(VAL)
 
-## Park & Kim's CIFAR-100 figures: need the checkpoints of `make train-cifar` / `make train-alternet`
+## Park & Kim's CIFAR-100 figures: need the checkpoints of `make train-cifar` / `make train-alternet`, read from
+## $(CIFAR_CKPT)/<model preset>/checkpoints/best.pt (where those targets write them)
 CIFAR_FIGURES = fig-parkkim-1a fig-parkkim-1c fig-parkkim-9 fig-parkkim-lesion
+CIFAR_CKPT    ?= outputs/train/park_kim
+CKPT_MODEL     = 'model.checkpoint=$(CIFAR_CKPT)/$${model.name}/checkpoints/best.pt'
+CKPT_REFERENCE = 'reference.checkpoint=$(CIFAR_CKPT)/$${reference.name}/checkpoints/best.pt'
 .PHONY: figures-cifar $(CIFAR_FIGURES)
 figures-cifar: $(CIFAR_FIGURES)
 fig-parkkim-1a: $(STAMP)
-	$(RUN_FIG) experiment=parkkim_fig1a model=vit_ti_cifar,resnet50_cifar dataset.root=$(CIFAR100_ROOT)
+	$(RUN_FIG) experiment=parkkim_fig1a model=vit_ti_cifar,resnet50_cifar $(CKPT_MODEL) dataset.root=$(CIFAR100_ROOT)
 fig-parkkim-1c: $(STAMP)
-	$(RUN_FIG) experiment=parkkim_fig1c model=vit_ti_cifar,resnet50_cifar,alternet50_cifar dataset.root=$(CIFAR100_ROOT)
+	$(RUN_FIG) experiment=parkkim_fig1c model=vit_ti_cifar,resnet50_cifar,alternet50_cifar $(CKPT_MODEL) dataset.root=$(CIFAR100_ROOT)
 fig-parkkim-9: $(STAMP)
-	$(RUN_FIG) experiment=parkkim_fig9 dataset.root=$(CIFAR100_ROOT)
+	$(RUN_FIG) experiment=parkkim_fig9 $(CKPT_MODEL) $(CKPT_REFERENCE) dataset.root=$(CIFAR100_ROOT)
 fig-parkkim-lesion: $(STAMP)
-	$(RUN_FIG) experiment=parkkim_lesion dataset.root=$(CIFAR100_ROOT)
+	$(RUN_FIG) experiment=parkkim_lesion $(CKPT_MODEL) dataset.root=$(CIFAR100_ROOT)
+
+## figures-dryrun: every figure target end to end on stand-ins, offline, in minutes on a CPU, before the GPU hours:
+## RANDOM-init "pretrained" weights in a scratch Hugging Face cache (scripts/standin_weights.py), generated images
+## in the ImageNet and CIFAR layouts (scripts/standin_data.py), three tiny CIFAR-100 trainings for the CIFAR targets,
+## then each target with tiny image counts into $(DRYRUN_DIR)/figures, `make report`, and a check of every run
+## directory and a wall-time table. The numbers are meaningless; it checks configs, weights, loaders and plots.
+DRYRUN_DIR  ?= outputs/dryrun
+DRYRUN_ARGS ?=
+.PHONY: figures-dryrun
+figures-dryrun: $(STAMP)
+	$(PY) scripts/figures_dryrun.py --out $(DRYRUN_DIR) --make "$(MAKE) -o $(STAMP)" $(DRYRUN_ARGS)
 
 ## training: CPU-sized models on CIFAR-10 JPEG folders (about 25 min on 2 cores), and Park & Kim's CIFAR-100
 ## models with the full recipe (a GPU job: 305 epochs each, an estimated 1-3 GPU-hours per model, not measured)
@@ -120,10 +137,10 @@ train-quick: $(STAMP)
 train-cifar: $(STAMP)
 	for m in vit_ti_cifar pit_ti_cifar swin_ti_cifar resnet50_cifar; do \
 	  $(VITSTUDY) train model=$$m dataset=cifar100 dataset.root=$(CIFAR100_ROOT) dataset.download=true \
-	    recipe=park_kim dataset.num_workers=8 hydra.run.dir=outputs/train/park_kim/$$m || exit 1; done
+	    recipe=park_kim dataset.num_workers=8 hydra.run.dir=$(CIFAR_CKPT)/$$m || exit 1; done
 train-alternet: $(STAMP)
 	$(VITSTUDY) train model=alternet50_cifar dataset=cifar100 dataset.root=$(CIFAR100_ROOT) dataset.download=true \
-	  recipe=park_kim dataset.num_workers=8 hydra.run.dir=outputs/train/park_kim/alternet50_cifar
+	  recipe=park_kim dataset.num_workers=8 hydra.run.dir=$(CIFAR_CKPT)/alternet50_cifar
 
 clean-outputs:
 	rm -rf outputs/* multirun

@@ -300,7 +300,8 @@ def load(cfg, key: str = "model", name_given: bool | None = None) -> LoadedModel
     if cfg.checkpoint:
         weights = f"file:{os.path.abspath(cfg.checkpoint)}"
     elif cfg.pretrained:
-        weights = f"timm:{model.pretrained_cfg.get('tag') or cfg.name}"
+        tag = model.pretrained_cfg.get("tag")
+        weights = f"timm:{model.pretrained_cfg.get('architecture', name.split('.')[0])}.{tag}" if tag else f"timm:{name}"
     else:
         weights = "random-init"
     arch_tag = f"{model.pretrained_cfg.get('architecture', name.split('.')[0])}.{model.pretrained_cfg.get('tag') or 'default'}"
