@@ -235,3 +235,16 @@ def test_weights_id_follows_the_cached_hub_snapshot(tmp_path, monkeypatch):
         (repo / "refs" / "main").write_text(revision)
         ids.append(weights_id(node))
     assert ids == [f"timm:vit_tiny_patch16_224.augreg_in21k_ft_in1k@{'a' * 40}", f"timm:vit_tiny_patch16_224.augreg_in21k_ft_in1k@{'b' * 40}"]
+
+
+def test_finished_run_clears_a_half_written_checkpoint(tmp_path):
+    """A kill -9 during a checkpoint write leaves `.<name>.<random>.tmp.pt`; finishing the key removes it too."""
+    from vitstudy.pipeline.cache import Cache
+    cache = Cache(tmp_path, "abc123")
+    cache.save_checkpoint({"batch": 1})
+    leftover = cache.checkpoint_path.parent / f".{cache.checkpoint_path.name}.x1y2z3.tmp.pt"
+    leftover.write_bytes(b"half")
+    other = cache.checkpoint_path.parent / "other.pt"
+    other.write_bytes(b"another key's checkpoint")
+    cache.clear_checkpoint()
+    assert sorted(p.name for p in cache.checkpoint_path.parent.iterdir()) == ["other.pt"]

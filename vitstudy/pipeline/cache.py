@@ -148,5 +148,7 @@ class Cache:
             return None
 
     def clear_checkpoint(self) -> None:
-        if self.checkpoint_path.exists():
-            self.checkpoint_path.unlink()
+        """Remove this key's checkpoint and any half-written copy of it left by a kill during a write."""
+        self.checkpoint_path.unlink(missing_ok=True)
+        for leftover in self.checkpoint_path.parent.glob(f".{self.checkpoint_path.name}.*"):
+            leftover.unlink(missing_ok=True)
