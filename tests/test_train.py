@@ -181,3 +181,19 @@ def test_checkpoint_of_another_architecture_one_line(trained, tmp_path, capsys):
     # resuming a run directory with other settings
     code, _, err = train_cli([*QUICK, "recipe.lr=1e-2", f"hydra.run.dir={trained}"], capsys)
     assert code == 2 and "recipe.lr=0.003" in err and "resume=false" in err and err.count("\n") == 1, err
+
+
+def test_a_finished_run_is_extended_by_raising_epochs(trained, tmp_path, capsys):
+    """recipe.epochs may change on resume: the kept epochs stay, the cosine schedule is rebuilt for the new length."""
+    import shutil
+    out = tmp_path / "run"
+    shutil.copytree(trained, out)
+    before = pd.read_csv(out / "train.csv")
+    code, outp, err = train_cli([*QUICK[:2], "recipe.epochs=5", *QUICK[3:], f"hydra.run.dir={out}"], capsys)
+    assert code in (0, None), err
+    assert "recipe.epochs changed from 3 to 5 on resume" in outp + err
+    after = pd.read_csv(out / "train.csv")
+    assert after.epoch.tolist() == [1, 2, 3, 4, 5, 6]
+    pd.testing.assert_frame_equal(after.iloc[:4], before)
+    assert after.lr.iloc[-1] == pytest.approx(1e-5, rel=1e-6)  # the new schedule ends at min_lr after 1 + 5 epochs
+    assert json.loads((out / "run.json").read_text())["epochs"] == 6

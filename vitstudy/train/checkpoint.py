@@ -70,8 +70,8 @@ def load_checkpoint(path: Path) -> dict:
 def check_same_run(saved: dict, current: dict, ckpt_path: Path) -> None:
     a, b = flatten(saved), flatten(current)
     for key in sorted(set(a) | set(b)):
-        if is_neutral(key, TRAIN_RESUME_FREE + ("model.layers",)):
-            continue
+        if is_neutral(key, TRAIN_RESUME_FREE + ("model.layers", "recipe.epochs")):
+            continue  # recipe.epochs may change: the run is extended or shortened (the schedule is recomputed)
         if a.get(key) != b.get(key):
             raise VitstudyError(f"{ckpt_path} was trained with {key}={a.get(key)!r}, this command has {key}={b.get(key)!r}; "
                                 f"rerun with the same settings to resume, pass resume=false to start over, or choose another hydra.run.dir")

@@ -271,7 +271,13 @@ def train(cfg, out_dir: str | Path, overrides: list[str] | None = None) -> str:
     if ckpt is not None:
         model.load_state_dict(ckpt["state_dict"])
         opt.optimizer.load_state_dict(ckpt["optimizer"])
-        opt.scheduler.load_state_dict(ckpt["scheduler"])
+        saved_epochs = ckpt["config"]["recipe"]["epochs"]
+        if saved_epochs == r.epochs:
+            opt.scheduler.load_state_dict(ckpt["scheduler"])
+        else:  # timm's schedulers are functions of the update count: rebuilt for the new length, from this step on
+            print(f"vitstudy: recipe.epochs changed from {saved_epochs} to {r.epochs} on resume; the learning-rate "
+                  f"schedule is recomputed for {r.epochs} epochs from epoch {ckpt['epoch']} (train.csv's lr column shows it)",
+                  flush=True)
         opt.scaler.load_state_dict(ckpt["scaler"]) if ckpt["scaler"] else None
         history = History(ckpt["history"], ckpt["best"], ckpt["epoch"], ckpt["step"], ckpt["wall_time_s"])
         set_rng_state(ckpt["rng"])
