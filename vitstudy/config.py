@@ -122,6 +122,7 @@ class Config:
     tokens: str = "flatten"  # transformer outputs: 'flatten' (all tokens), 'cls', 'mean' (patch tokens)
     seed: int = 0
     device: str = "auto"
+    precision: str = "fp32"  # the models' forward passes: fp32, tf32 (CUDA), bf16 or fp16 (autocast); statistics stay float64
     progress: Optional[bool] = None  # tqdm bars: None shows them only on a terminal
 
 

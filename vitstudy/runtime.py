@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import subprocess
 import sys
+from contextlib import contextmanager
 from datetime import datetime, timezone
 from importlib import metadata
 from pathlib import Path
@@ -16,6 +17,29 @@ def resolve_device(name: str) -> torch.device:
     if name == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
     return torch.device(name)
+
+
+PRECISIONS = ("fp32", "tf32", "bf16", "fp16")
+
+
+@contextmanager
+def forward_precision(name: str, device: torch.device):
+    """The precision of the models' forward passes inside the block: fp32 (exact), tf32 (CUDA matmuls and convs in
+    TensorFloat-32; the same as fp32 on a CPU), bf16 or fp16 (autocast). Statistics stay float64: the engine runs
+    every reducer with autocast off."""
+    if name not in PRECISIONS:
+        from .errors import VitstudyError
+
+        raise VitstudyError(f"precision must be one of {', '.join(PRECISIONS)}; got {name!r}")
+    saved = (torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32)
+    if name == "tf32" and device.type == "cuda":
+        torch.backends.cuda.matmul.allow_tf32 = torch.backends.cudnn.allow_tf32 = True
+    dtype = {"bf16": torch.bfloat16, "fp16": torch.float16}.get(name)
+    try:
+        with torch.autocast(device.type, dtype=dtype or torch.float32, enabled=dtype is not None):
+            yield
+    finally:
+        torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32 = saved
 
 
 def versions() -> dict[str, str]:

@@ -88,6 +88,9 @@ class Hessian(Params):
           "(Park & Kim 2022, Figs 1c, 4); needs labels matching the model's head", Hessian)
 def hessian(ctx) -> Result:
     p = ctx.params
+    if ctx.cfg.precision in ("bf16", "fp16"):
+        raise VitstudyError(f"hessian differentiates the loss twice, which {ctx.cfg.precision} autocast does not do "
+                            f"reliably; run it with precision=fp32 (or tf32)")
     m = ctx.models["model"]
     check_labels(ctx.dataset, m)
     loader, batching, record = _loader(ctx, m, p.batch_size * p.num_batches, p.batch_size)

@@ -190,6 +190,7 @@ class AblationReducer(CKAReducer):
     def __init__(self, *args, accuracy: bool, **kw):
         super().__init__(*args, **kw)
         self.accuracy = accuracy
+        self.needs_outputs = accuracy  # top-1 reads the logits: the forwards run to the end
         self.correct = [0, 0]
         self.seen = 0
 

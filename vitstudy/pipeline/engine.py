@@ -1,7 +1,9 @@
 """The one driver loop every analysis shares: batch -> each model's forward -> reducers.
 
 A reducer sees each captured tensor inside the forward hook (so it can reduce and drop it at once) and
-is told when a batch is complete. Everything runs under `torch.inference_mode()`.
+is told when a batch is complete. Everything runs under `torch.inference_mode()`; reducers run with autocast
+off whatever the forward precision. A model's forward stops once its last tapped layer has been captured,
+unless the reducer needs the model's outputs (`Reducer.needs_outputs`): layers after it cost nothing.
 """
 from __future__ import annotations
 
@@ -18,11 +20,17 @@ from .taps import tap
 class Reducer:
     """Streaming statistics over batches; subclasses override what they need."""
 
+    needs_outputs = False  # True: end_batch reads the models' outputs (logits), so every forward runs to the end
+
     def on_tensor(self, model_index: int, layer: Layer, tensor: torch.Tensor) -> None:
         pass
 
     def end_batch(self, labels: torch.Tensor, outputs: list[torch.Tensor]) -> None:
         pass
+
+
+class _Captured(Exception):
+    """Raised from the hook of a model's last tapped layer: its forward has produced everything asked for."""
 
 
 def stream(
@@ -35,14 +43,22 @@ def stream(
     progress: bool | None = None,
     after_batch: Callable[[int], None] | None = None,
     features: tuple | None = None,
+    stop_early: bool | None = None,
 ) -> int:
     """Run every model once per batch with its layers tapped; returns the number of images seen.
 
     `after_batch(k)` is called once the k-th batch is fully reduced (e.g. to checkpoint the reducer).
     `features=(FeatureCache, namespaces per model, image indices per batch)` serves a batch's tensors from
     the cache when every one is there (no forward pass; the model's output is then None) and stores them
-    otherwise. Only for reducers that need nothing but the tapped tensors.
+    otherwise. Only for reducers that need nothing but the tapped tensors. `stop_early` (default: unless the
+    reducer needs outputs) ends each forward after its last tapped layer (the output is then None); where each
+    model stopped is kept in `LoadedModel.stopped_after`.
     """
+    stop = not reducer.needs_outputs if stop_early is None else stop_early
+    device = torch.device(device)
+    def off():  # statistics in their own precision, never autocast
+        return torch.autocast(device.type, enabled=False)
+
     seen = 0
     done = 0
     with torch.inference_mode():
@@ -53,23 +69,35 @@ def stream(
                     cache, namespaces, batches = features
                     hit = cache.get(namespaces[i], batches[b], [layer.name for layer in layers[i]])
                     if hit is not None:
-                        for layer in layers[i]:
-                            reducer.on_tensor(i, layer, hit[layer.name].to(device))
+                        with off():
+                            for layer in layers[i]:
+                                reducer.on_tensor(i, layer, hit[layer.name].to(device))
                         outputs.append(None)
                         continue
                 captured: dict[str, torch.Tensor] | None = {} if features is not None else None
+                pending = {layer.name for layer in layers[i]}
 
-                def on_tensor(layer, t, _i=i, _captured=captured):
-                    reducer.on_tensor(_i, layer, t)
+                def on_tensor(layer, t, _i=i, _captured=captured, _pending=pending):
+                    with off():
+                        reducer.on_tensor(_i, layer, t)
                     if _captured is not None:
                         _captured[layer.name] = t.detach().float().cpu()
+                    _pending.discard(layer.name)
+                    if stop and not _pending:
+                        raise _Captured(layer.name)
 
                 x = inputs[i].to(device, non_blocking=True)
                 with tap(m.module, layers[i], on_tensor):
-                    outputs.append(m.module(x))
+                    try:
+                        outputs.append(m.module(x))
+                        m.stopped_after = None
+                    except _Captured as last:
+                        outputs.append(None)
+                        m.stopped_after = str(last)
                 if captured is not None:
                     cache.put(namespaces[i], batches[b], captured)
-            reducer.end_batch(labels, outputs)
+            with off():
+                reducer.end_batch(labels, outputs)
             seen += len(labels)
             done += 1
             if after_batch is not None:

@@ -29,6 +29,7 @@ class LoadedModel:
     weights: str  # where the weights came from: 'random-init', 'timm:<tag>', or 'file:<path>'
     data_sources: dict = field(default_factory=dict)  # data-config key -> where its value came from
     transform_line: str = ""  # the one line printed at the start of a run (preprocess.line)
+    stopped_after: str | None = ""  # the engine's last forward: '' none yet, None to the output, else the layer it ended at
 
 
 @contextmanager

@@ -45,7 +45,15 @@ class Models(dict):
         return m
 
     def release(self, key: str) -> None:
+        if key in self:
+            self.note_forward(key)
         self.pop(key, None)
+
+    def note_forward(self, key: str) -> None:
+        """Record in run.json where the model's forward passes ended (the engine stops after the last tapped layer)."""
+        after = self[key].stopped_after
+        if after != "":
+            self.records[key]["forward"] = f"stopped after {after}" if after else "full (to the output)"
 
 
 @dataclass
@@ -157,8 +165,10 @@ def execute(cfg, out_dir: str | Path, progress=None, overrides=None) -> tuple[an
                 return None, cache.copy_result(source, out_dir)
     results.clear_finished(out_dir, [f"{analysis.name}.csv", "failed.json"])
     ctx = prepare(cfg, progress, cache, overrides)
-    with ctx.stage("analysis"):
+    with ctx.stage("analysis"), runtime.forward_precision(cfg.precision, ctx.device):
         result = analysis.run(ctx)
+    for key in list(ctx.models):
+        ctx.models.note_forward(key)
     if result.images:
         result.tables["images"] = images_table(result.images)
     record = {"analysis": analysis.name, **runtime.record(
@@ -176,6 +186,8 @@ def execute(cfg, out_dir: str | Path, progress=None, overrides=None) -> tuple[an
 def check_config(cfg) -> None:
     """Value checks the schema's types cannot express (the analysis' own ones too), before anything loads."""
     analyses.params_of(cfg)
+    if cfg.precision not in runtime.PRECISIONS:
+        raise VitstudyError(f"precision must be one of {', '.join(runtime.PRECISIONS)}; got {cfg.precision!r}")
     if cfg.cka.estimator not in ("unbiased", "biased"):
         raise VitstudyError(f"cka.estimator must be 'unbiased' or 'biased', got {cfg.cka.estimator!r}")
     if cfg.cka.repeats < 1:
