@@ -248,3 +248,16 @@ def test_finished_run_clears_a_half_written_checkpoint(tmp_path):
     other.write_bytes(b"another key's checkpoint")
     cache.clear_checkpoint()
     assert sorted(p.name for p in cache.checkpoint_path.parent.iterdir()) == ["other.pt"]
+
+
+def test_results_are_written_with_the_users_umask(tmp_path):
+    """Atomic writes go through mkstemp (mode 0600); the finished file gets the mode any file of the user gets."""
+    old = os.umask(0o022)
+    try:
+        import importlib
+        import vitstudy.pipeline.results as results
+        importlib.reload(results)
+        results.write_text(tmp_path / "a.csv", "x\n")
+        assert (tmp_path / "a.csv").stat().st_mode & 0o777 == 0o644
+    finally:
+        os.umask(old)

@@ -16,6 +16,10 @@ import pandas as pd
 RECORD = "run.json"
 
 
+_UMASK = os.umask(0o022)  # read once (os.umask can only be read by setting it)
+os.umask(_UMASK)
+
+
 @contextmanager
 def atomic_path(path: Path):
     """Yield a temporary path beside `path`; rename it over `path` only if the block succeeds."""
@@ -25,6 +29,7 @@ def atomic_path(path: Path):
     os.close(fd)
     try:
         yield Path(tmp)
+        os.chmod(tmp, 0o666 & ~_UMASK)  # mkstemp makes 0600; a result is as readable as any file the user writes
         os.replace(tmp, path)
     finally:
         if os.path.exists(tmp):
