@@ -1,0 +1,228 @@
+"""`vitstudy collect` / `make report`: a section per paper figure (named from conf/experiment headers), the run's
+settings, failed and missing jobs in place, figures as files beside a light page, readable grids only."""
+import json
+import re
+import shutil
+import subprocess
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+from helpers import TINY_RESNET, TINY_VIT, SMALL_DATA
+
+from vitstudy.cli import main
+from vitstudy.report import page
+from vitstudy.report.experiments import experiment_of, experiments, parse_header, target_name
+from vitstudy.report.grid import grid_axes
+from vitstudy.report.runs import find_runs
+from vitstudy.report.sections import job_labels, shorten_values
+from vitstudy.report.settings import intervals
+
+REPO = Path(__file__).resolve().parent.parent
+BROWSER = shutil.which("chromium") or shutil.which("chromium-browser")
+PAPERS = ("Raghu et al. 2021", "Park & Kim 2022", "Dosovitskiy et al. 2020")
+
+
+def vitstudy(args) -> int:
+    try:
+        main(list(args))
+        return 0
+    except SystemExit as exit:
+        return exit.code
+
+
+def test_every_experiment_names_its_paper_figure_and_finding():
+    """Each conf/experiment header parses, and each Makefile figure target runs the experiment its name says."""
+    found = experiments()
+    assert len(found) == len(list((REPO / "conf" / "experiment").glob("*.yaml")))
+    for exp in found.values():
+        assert exp.paper in PAPERS, exp
+        assert re.match(r"(Figs?\.? \w+|lesion figure)", exp.figure), exp
+        one_sentence = not re.search(r"\. [A-Z]", re.sub(r"Figs?\. ", "", exp.finds))
+        assert 40 < len(exp.finds) < 300 and exp.finds.endswith(".") and one_sentence, exp.finds
+        assert len(exp.measures) > 30 and "vitstudy run" not in exp.measures and "Paper finds" not in exp.measures
+    makefile = (REPO / "Makefile").read_text()
+    targets = dict(re.findall(r"^(fig-[\w-]+):.*\n\t\$\(RUN_FIG\) experiment=(\w+)", makefile, re.M))
+    assert len(targets) >= 22
+    for target, name in targets.items():
+        assert target_name(name) == target and name in found
+
+
+def test_header_parsing_reads_paper_figure_paragraph_and_finding():
+    text = ("# @package _global_\n# Someone et al. 2019, Fig. 3b (and C.1): a quantity per layer of a model,\n"
+            "# with a caveat.\n# Paper finds: The quantity grows\n# with depth.\n#   vitstudy run experiment=x\n"
+            "# Needs: weights.\ndefaults:\n  - override /analysis: cka_within\n")
+    exp = parse_header("someone_fig3b", text)
+    assert (exp.paper, exp.figure) == ("Someone et al. 2019", "Fig. 3b (and C.1)")
+    assert exp.measures == "a quantity per layer of a model, with a caveat."
+    assert exp.finds == "The quantity grows with depth."
+    assert exp.title == "Someone et al. 2019, Fig. 3b (and C.1)" and exp.target == "fig-someone-3b"
+    assert parse_header("x", "# just a preset\nname: x\n") is None
+    assert experiment_of(["model=a", "experiment=raghu_fig8", "x=1"]) == "raghu_fig8" and experiment_of([]) is None
+
+
+def test_labels_keep_only_what_varies():
+    assert shorten_values(["vit_base_patch16_224.augreg_in1k", "resnet50.a1_in1k"]) == ["vit_base_patch16_224", "resnet50"]
+    # same architecture: the tags tell them apart, the shared prefix goes
+    assert shorten_values(["vit_base_patch16_224.augreg_in1k", "vit_base_patch16_224.augreg_in21k_ft_in1k"]) == \
+        ["…in1k", "…in21k_ft_in1k"]
+    assert shorten_values(["[1]", "[7]"]) == ["[1]", "[7]"]
+    runs = [{"dir": Path(f"/s/{i}"), "config": {"model": {"name": m}, "analysis": {"name": "a", "blocks": b}}}
+            for i, (m, b) in enumerate([("vit_b.t1", [1]), ("resnet50.t2", [7])])]
+    labels = job_labels(runs, ["analysis.blocks", "model.name"])
+    assert labels == {"/s/0": "blocks=[1], model=vit_b.t1", "/s/1": "blocks=[7], model=resnet50.t2"}
+    runs[1]["config"]["analysis"]["name"] = "b"
+    assert job_labels(runs, ["analysis.blocks", "analysis.name", "model.name"]) == {"/s/0": "a", "/s/1": "b"}
+
+
+def test_intervals_are_summarised_per_quantity():
+    lo = np.array([0.1, 0.2, 0.5, np.nan])
+    hi = np.array([0.3, 0.3, 0.9, np.nan])
+    df = pd.DataFrame({"cka": [0.2, 0.25, 0.7, 0.1], "cka_se": [0.05, 0.02, 0.1, 0.3], "cka_ci_low": lo,
+                       "cka_ci_high": hi, "distance_se": [1.0, 3.0, 2.0, 4.0], "other": 1})
+    rows = {r["quantity"]: r for r in intervals({"t.csv": df})}
+    assert set(rows) == {"cka", "distance"}
+    assert rows["cka"]["values"] == 4 and rows["cka"]["median_ci_width"] == pytest.approx(0.2)  # widths .2 .1 .4
+    assert rows["cka"]["max_ci_width"] == pytest.approx(0.4) and rows["cka"]["median_se"] == pytest.approx(0.075)
+    assert rows["distance"]["median_se"] == pytest.approx(2.5) and "median_ci_width" not in rows["distance"]
+    assert intervals({"t.csv": pd.DataFrame({"cka": [1.0]})}) == []
+
+
+def test_grid_only_when_readable(tmp_path):
+    def run(i, **cfg):
+        d = tmp_path / str(i)
+        d.mkdir()
+        (d / "cka_across.png").write_bytes(b"")
+        return {"dir": d, "analysis": "cka_across", "config": cfg}
+
+    two_keys = [run(i, model={"name": m}, seed=s) for i, (m, s) in enumerate([(m, s) for m in "ab" for s in (0, 1)])]
+    assert grid_axes(two_keys, "cka_across") == ("model.name", "seed")
+    three_keys = [run(10 + i, model={"name": m}, seed=s, tokens=t)
+                  for i, (m, s, t) in enumerate([("a", 0, "cls"), ("a", 1, "mean"), ("b", 0, "mean")])]
+    assert grid_axes(three_keys, "cka_across") is None
+    wide = [run(20 + i, seed=i, model={"name": "a"}) for i in range(2)] + [run(30 + i, seed=i, model={"name": "b"}) for i in range(3)]
+    assert grid_axes(wide, "cka_across") == ("model.name", "seed")
+    assert grid_axes(wide + [run(40, seed=3, model={"name": "a"})], "cka_across") is None  # 4 columns
+    assert grid_axes([run(50 + i, seed=i) for i in range(3)], "cka_across") == (None, "seed")  # one row
+
+
+def test_figure_report_large_figures_are_downscaled(tmp_path, monkeypatch):
+    from PIL import Image
+
+    rng = np.random.default_rng(0)
+    big = tmp_path / "big.png"
+    Image.fromarray((rng.random((500, 3000, 3)) * 255).astype("uint8")).save(big)
+    monkeypatch.setattr(page, "MAX_BYTES", 200_000)
+    shown = page._copy_figure(big, tmp_path / "out")
+    assert shown.stat().st_size < big.stat().st_size and page._size(shown)[0] == page.MAX_WIDTH
+    strip = tmp_path / "strip.png"
+    Image.fromarray((rng.random((1500, 9000, 3)) * 255).astype("uint8")).save(strip)
+    shown = page._copy_figure(strip, tmp_path / "out2", strip_height=620)
+    assert page._size(shown)[1] == 1240  # twice the shown height
+
+
+@pytest.fixture(scope="module")
+def figure_dirs(tmp_path_factory):
+    """Two paper-figure targets as `make fig-raghu-7 fig-raghu-8` lays them out, on tiny random-init models:
+    fig-raghu-7 (one job), fig-raghu-8 (block 0 finished, block 7 failed, one job killed before it finished)."""
+    root = tmp_path_factory.mktemp("figures")
+    common = [*TINY_VIT, *SMALL_DATA, "cache.dir="]
+    assert vitstudy(["run", "-m", "experiment=raghu_fig7", *common, *TINY_RESNET, f"hydra.sweep.dir={root / 'fig-raghu-7'}"]) == 0
+    assert vitstudy(["run", "-m", "experiment=raghu_fig8", "analysis.blocks=[0],[7]", "layers=blocks", *common,
+                     f"hydra.sweep.dir={root / 'fig-raghu-8'}"]) == 1  # block 7 does not exist
+    killed = root / "fig-raghu-8" / "2"
+    shutil.copytree(root / "fig-raghu-8" / "0" / ".hydra", killed / ".hydra")  # as a job killed before run.json
+    (root / "fig-raghu-5").mkdir()  # a target that stopped before its first job
+    assert vitstudy(["collect", str(root), "--out", str(root / "summary")]) == 0
+    return root
+
+
+def section(html: str, key: str) -> str:
+    start = html.index(f"<section id='{key}'")
+    return html[start: html.index("</section>", start)]
+
+
+def test_figure_report_has_a_section_per_target(figure_dirs):
+    out = figure_dirs / "summary"
+    html = (out / "index.html").read_text()
+    assert len(html) < 100_000 and "base64" not in html
+    fig7, fig8 = section(html, "fig-raghu-7"), section(html, "fig-raghu-8")
+    assert "<h2>Raghu et al. 2021, Fig. 7 / E.1" in fig7 and "The paper finds:</b> Far more flows through" in fig7
+    assert "<h2>Raghu et al. 2021, Fig. 8, approximated" in fig8
+    # settings from run.json
+    assert "vit_tiny_patch16_224 (random-init, 3x32x32)" in fig7 and "reference resnet18 (random-init" in fig7
+    assert "24 images, 3 batches of 8" in fig7 and "SyntheticImages" in fig7
+    # failed and missing jobs in place, with the error and the log
+    assert "block 7 does not exist" in fig8 and "fig-raghu-8/1/skip_ablation.log" in fig8
+    assert "missing (killed, crashed or still running)" in fig8 and "block 7" not in fig7
+    failed = pd.read_csv(out / "failed.csv")
+    assert sorted(failed.status.str[:6]) == ["failed", "missin"]
+    # a target directory without jobs, and the figures not run here
+    assert "fig-raghu-5</span> (Raghu et al. 2021, Fig. 5): " in html and "has no job directory" in html
+    assert "Not in these directories (19)" in html
+    # figures beside the page, byte for byte; links relative
+    srcs = re.findall(r"<img src='([^']+)'", html)
+    assert len(srcs) == 2 and all(s.startswith("index_files/") for s in srcs)
+    for src in srcs:
+        name = Path(src).name
+        originals = list(figure_dirs.glob(f"fig-raghu-*/*/{name}"))
+        assert any((out / src).read_bytes() == o.read_bytes() for o in originals)
+    assert "href='../fig-raghu-7/0/skip_ratio.csv'" in fig7
+    # collecting again rewrites the page's folder (no stale figures)
+    (out / "index_files" / "stale.png").write_bytes(b"x")
+    assert vitstudy(["collect", str(figure_dirs), "--out", str(out)]) == 0
+    assert not (out / "index_files" / "stale.png").exists()
+
+
+def probe(page_path: Path, tmp: Path, js: str, height: int = 900) -> dict:
+    """Open the page in headless Chromium at 1400 px and return what `js` (an expression) evaluates to."""
+    probe_page = page_path.parent / "probe.html"
+    script = ("<script>for (const i of document.images) { i.loading = 'eager'; }"  # loaded before the load event
+              "window.addEventListener('load', () => {"
+              f"const r = document.createElement('pre'); r.id = 'probe'; r.textContent = JSON.stringify({js});"
+              "document.body.appendChild(r); });</script>")
+    probe_page.write_text(page_path.read_text().replace("</body>", script + "</body>"))
+    out = subprocess.run([BROWSER, "--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking",
+                          "--disable-component-update", "--disable-sync", "--no-first-run", f"--user-data-dir={tmp / 'u'}",
+                          f"--window-size=1400,{height}", "--virtual-time-budget=10000", "--dump-dom", probe_page.as_uri()],
+                         capture_output=True, text=True, timeout=120)
+    probe_page.unlink()
+    found = re.search(r"<pre id=\"probe\">(.*?)</pre>", out.stdout, re.S)
+    assert found, out.stderr[-2000:]
+    return json.loads(found.group(1).replace("&amp;", "&").replace("&lt;", "<").replace("&gt;", ">").replace("&quot;", '"'))
+
+
+@pytest.mark.skipif(BROWSER is None, reason="no headless Chromium (apt-get install chromium)")
+def test_figure_report_in_chromium(figure_dirs, tmp_path):
+    """Copied alone to another folder, the page shows every figure, each at least 600 px wide at a 1400 px window,
+    and each target's section names its paper figure."""
+    copy = tmp_path / "copied"
+    shutil.copytree(figure_dirs / "summary", copy)
+    js = ("{images: [...document.images].map(i => [i.getAttribute('src'), i.complete && i.naturalWidth > 0, "
+          "Math.round(i.getBoundingClientRect().width)]),"
+          " sections: [...document.querySelectorAll('section[id^=fig-]')].map(s => [s.id, s.querySelector('h2').textContent])}")
+    result = probe(copy / "index.html", tmp_path, js)
+    assert len(result["images"]) == 2
+    for src, loaded, width in result["images"]:
+        assert loaded and width >= 600, (src, loaded, width)
+    titles = dict(result["sections"])
+    assert set(titles) == {"fig-raghu-7", "fig-raghu-8"}
+    for key, h2 in titles.items():
+        assert h2.startswith(experiments()[key.replace("fig-raghu-", "raghu_fig")].title + key)
+
+
+@pytest.mark.skipif(BROWSER is None, reason="no headless Chromium (apt-get install chromium)")
+def test_sweep_report_in_chromium(tmp_path):
+    """A homogeneous sweep (one analysis, one varied key): its grid at full width, every run's figure loads
+    (moved here from test_sweeps, which now keeps the page's images as files)."""
+    sweep = tmp_path / "sweep"
+    args = ["analysis=cka_across", *TINY_VIT, *TINY_RESNET, *SMALL_DATA, "cache.dir="]
+    assert vitstudy(["run", "-m", *args, "model.kwargs.depth=2,3", f"hydra.sweep.dir={sweep}"]) == 0
+    assert vitstudy(["collect", str(sweep)]) == 0
+    js = ("[...document.images].map(i => [i.getAttribute('src'), i.complete && i.naturalWidth > 0, "
+          "Math.round(i.getBoundingClientRect().width), !!i.closest('details')])")
+    images = probe(sweep / "summary" / "index.html", tmp_path, js)
+    assert len(images) == 3 and all(loaded for _, loaded, _, _ in images)
+    shown = [(src, width) for src, _, width, hidden in images if not hidden]
+    assert len(shown) == 1 and shown[0][0].endswith("cka_across_grid.png") and shown[0][1] >= 600
