@@ -70,8 +70,13 @@ def test_labels_keep_only_what_varies():
     assert shorten_values(["[1]", "[7]"]) == ["[1]", "[7]"]
     runs = [{"dir": Path(f"/s/{i}"), "config": {"model": {"name": m}, "analysis": {"name": "a", "blocks": b}}}
             for i, (m, b) in enumerate([("vit_b.t1", [1]), ("resnet50.t2", [7])])]
-    labels = job_labels(runs, ["analysis.blocks", "model.name"])
-    assert labels == {"/s/0": "blocks=[1], model=vit_b.t1", "/s/1": "blocks=[7], model=resnet50.t2"}
+    # keys that vary with the model (a preset's kwargs, its input size) say nothing more: the model alone
+    assert job_labels(runs, ["analysis.blocks", "model.name"]) == {"/s/0": "model=vit_b.t1", "/s/1": "model=resnet50.t2"}
+    grid = [{"dir": Path(f"/g/{m}{b}"), "config": {"model": {"name": m, "kwargs": {"depth": len(m)}}, "analysis": {"blocks": [b]}}}
+            for m in ("vit", "resnet") for b in (1, 7)]
+    assert job_labels(grid, ["analysis.blocks", "model.kwargs.depth", "model.name"]) == {
+        "/g/vit1": "blocks=[1], model=vit", "/g/vit7": "blocks=[7], model=vit",
+        "/g/resnet1": "blocks=[1], model=resnet", "/g/resnet7": "blocks=[7], model=resnet"}
     runs[1]["config"]["analysis"]["name"] = "b"
     assert job_labels(runs, ["analysis.blocks", "analysis.name", "model.name"]) == {"/s/0": "a", "/s/1": "b"}
 

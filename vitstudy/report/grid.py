@@ -54,14 +54,13 @@ def figure_grid(runs: list[dict], analysis: str):
     images = [mpimg.imread(r["dir"] / f"{analysis}.png") for r in group]
     aspect = max(im.shape[0] / im.shape[1] for im in images)
     fig, ax = plt.subplots(len(rows), len(cols), figsize=(6.5 * len(cols), 6.5 * aspect * len(rows) + 0.6),
-                           squeeze=False, dpi=100)
+                           squeeze=False, dpi=100, layout="constrained")
     for a in ax.flat:
         a.axis("off")
     for im, rv, cv in zip(images, row_raw, col_raw):
         a = ax[rows.index(rv)][cols.index(cv)]
         a.imshow(im)
         a.set_title(", ".join(x for x in (f"{names[row_key]}={row_short[rv]}" if row_key else "",
-                                          f"{names[col_key]}={col_short[cv]}") if x), fontsize=11)
-    fig.suptitle(f"{analysis}: " + (f"rows {names[row_key]}, " if row_key else "") + f"columns {names[col_key]}", fontsize=12)
-    fig.tight_layout()
+                                          f"{names[col_key]}={col_short[cv]}") if x), fontsize=18)
+    fig.suptitle(f"{analysis}: " + (f"rows {names[row_key]}, " if row_key else "") + f"columns {names[col_key]}", fontsize=20)
     return fig

@@ -53,8 +53,10 @@ def write_page(out: Path, sections: list[Section], problems: pd.DataFrame, roots
     other = [s for s in sections if s not in figure_sections]
     n_runs = sum(len(s.runs) for s in sections)
     parts = ["<h1>vitstudy report</h1>",
-             f"<p class=meta>{_plural(len(figure_sections), 'paper figure')}"
-             + (f" and {_plural(len(other), 'other analysis', 'other analyses')}" if other else "")
+             "<p class=meta>" + (_plural(len(figure_sections), 'paper figure') if figure_sections else "")
+             + (" and " if figure_sections and other else "")
+             + (_plural(len(other), 'other analysis' if figure_sections else 'analysis',
+                        'other analyses' if figure_sections else 'analyses') if other else "")
              + f" from {', '.join(_code(r) for r in roots)}: {_plural(n_runs, 'finished job')}, "
              + (f"<span class=bad>{_plural(len(problems), 'failed or missing job')}</span>" if len(problems) else "no failed or missing jobs")
              + f". Generated {datetime.now(timezone.utc):%Y-%m-%d %H:%M} UTC.</p>"]
@@ -97,7 +99,9 @@ def _contents(sections: list[Section], missing: list) -> str:
         rows.append(f"<tr><td><a href='#{s.key}'>{html.escape(s.title)}</a><br><span class=dim><code>{html.escape(s.key)}</code></span></td>"
                     f"<td>{html.escape(_clip(what, 150))}</td><td>{html.escape(_clip(', '.join(models), 120)) or '-'}</td>"
                     f"<td>{'/'.join(images) or '-'}</td><td>{status or '-'}</td><td>{_secs(wall) if wall else '-'}</td></tr>")
-    table = ("<table class=toc><tr><th>figure</th><th>the paper finds</th><th>models</th><th>images</th><th>jobs</th><th>wall time</th></tr>"
+    figures = any(s.experiment for s in sections)
+    table = (f"<table class=toc><tr><th>{'figure' if figures else 'analysis'}</th>"
+             f"<th>{'the paper finds' if figures else 'what'}</th><th>models</th><th>images</th><th>jobs</th><th>wall time</th></tr>"
              + "".join(rows) + "</table>")
     absent = [e for e, why in missing if why.startswith("not run")]
     for e, why in missing:
@@ -121,8 +125,9 @@ def _section(s: Section, out: Path, files: Path, grid: Path | None) -> str:
     elif s.runs:
         parts.append(f"<p class=measures>{_plural(len(s.runs), 'run')}"
                      + (f" varying {', '.join(_code(k) for k in s.axes)}" if s.axes else "") + ".</p>")
+    shared = _shared_overrides(s)
     for p in s.problems:
-        parts.append(_problem(p, out))
+        parts.append(_problem(p, out, shared))
     if s.runs:
         parts.append(_settings(s))
     job_tables = {str(r["dir"]): tables_of(Path(r["dir"])) for r in s.runs}
@@ -144,14 +149,25 @@ def _section(s: Section, out: Path, files: Path, grid: Path | None) -> str:
     return "".join(parts)
 
 
-def _problem(p: dict, out: Path) -> str:
+def _problem(p: dict, out: Path, shared: set[str] = frozenset()) -> str:
+    """A failed or missing job: its status, the overrides that set it apart from the section's other jobs (all of
+    them on hover), its one-line error and its log."""
     job = Path(p["dir"])
     log = p.get("log") or ""
+    every = p.get("overrides", "").split()
+    own = [o for o in every if o not in shared]
+    overrides = (f" <code title='{html.escape(' '.join(every))}'>{html.escape(' '.join(own))}</code>" if own else "")
     return (f"<div class=problem><span class=bad>{html.escape(p['status'])}</span>: job {_link(out, job, job.name)}"
-            + (f" <code>{html.escape(p.get('overrides', ''))}</code>" if p.get("overrides") else "")
+            + overrides
             + (f"<br>error: {html.escape(_one_line(p.get('error', '')))}" if p.get("error") else "")
             + (f"<br>log: {_link(out, Path(log), log)}" if log else "<br>log: none found")
             + "</div>")
+
+
+def _shared_overrides(s: Section) -> set[str]:
+    """The overrides every job of a section has (the target's own), when it has more than one job."""
+    sets = [set(map(str, r.get("overrides") or [])) for r in s.runs] + [set(p.get("overrides", "").split()) for p in s.problems]
+    return set.intersection(*sets) if len(sets) > 1 else set()
 
 
 def _settings(s: Section) -> str:
