@@ -112,19 +112,104 @@ def test_grid_only_when_readable(tmp_path):
     assert grid_axes([run(50 + i, seed=i) for i in range(3)], "cka_across") == (None, "seed")  # one row
 
 
-def test_figure_report_large_figures_are_downscaled(tmp_path, monkeypatch):
+def synthetic_job(job: Path, analysis: str, overrides: list[str], run: dict | None = None, size=(900, 600), table=None):
+    """A job directory as `vitstudy run -m` leaves it, written by hand: .hydra/, and when `run` is given, run.json,
+    <analysis>.csv and <analysis>.png (a flat-colour image of `size`)."""
     from PIL import Image
 
-    rng = np.random.default_rng(0)
+    (job / ".hydra").mkdir(parents=True)
+    (job / ".hydra" / "overrides.yaml").write_text("".join(f"- {o}\n" for o in overrides))
+    (job / ".hydra" / "config.yaml").write_text(f"analysis:\n  name: {analysis}\n")
+    if run is None:
+        return
+    record = {"analysis": analysis, "status": "complete", "overrides": overrides, "wall_time_s": 75.0,
+              "timings_s": {"load_models": 5.0, "analysis": 70.0}, "device": "cpu", "threads": 2,
+              "finished": "2026-12-01T12:00:00+00:00", "git_revision": "0123456789abcdef", "versions": {"vitstudy": "0.1.0"},
+              "outputs": [f"{analysis}.csv", f"{analysis}.png"], **run}
+    (job / "run.json").write_text(json.dumps(record))
+    (table if table is not None else pd.DataFrame({"layer": [0, 1], "value": [0.5, 0.25]})).to_csv(job / f"{analysis}.csv", index=False)
+    Image.new("RGB", size, (40, 90, 160)).save(job / f"{analysis}.png")
+
+
+def test_figure_report_from_synthetic_run_dirs(tmp_path):
+    """Hand-written run directories (no model runs): a figure target with a finished and a failed job, a target
+    folder that never started a job, and a generic sweep varying three keys (no grid: one figure per run)."""
+    from vitstudy.collect import collect
+
+    root = tmp_path / "figures"
+    target = root / "fig-raghu-7"
+    target.mkdir(parents=True)
+    (target / "multirun.yaml").write_text("hydra: {}\n")
+    common = ["experiment=raghu_fig7", "dataset.root=/data/val"]
+    cfg = {"analysis": {"name": "skip_ratio"}, "model": {"name": "vit_base_patch16_224.augreg_in21k_ft_in1k"},
+           "dataset": {"name": "imagefolder", "root": "/data/val", "batch_size": 32}, "tokens": "flatten"}
+    ci = pd.DataFrame({"layer": [0, 1, 2], "ratio": [1.0, 2.0, 3.0], "ratio_ci_low": [0.9, 1.8, 2.7],
+                       "ratio_ci_high": [1.2, 2.1, 3.4]})  # widths 0.3 0.3 0.7: median 0.3, largest 0.7
+    synthetic_job(target / "0", "skip_ratio", [*common, "model=vit_b16"], table=ci, run={
+        "config": cfg, "dataset": "ImageFiles with 50000 images in 1000 classes",
+        "models": {"model": {"name": cfg["model"]["name"], "weights": "timm:augreg_in21k_ft_in1k",
+                             "data_config": {"input_size": [3, 224, 224]}}},
+        "images": [{"images": 512, "batches": 16}], "layers": {"model": ["blocks.0", "blocks.1", "blocks.2"]}})
+    synthetic_job(target / "1", "skip_ratio", [*common, "model=resnet50"])
+    (target / "1" / "failed.json").write_text(json.dumps({"error": "model.name: unknown model 'resnet5O'\nmore",
+                                                          "overrides": [*common, "model=resnet50"]}))
+    (target / "1" / "skip_ratio.log").write_text("vitstudy: error: model.name: unknown model 'resnet5O'\n")
+    (root / "fig-raghu-5").mkdir()
+    sweep = tmp_path / "sweep"
+    for i, (depth, seed, tokens) in enumerate([(2, 0, "cls"), (3, 1, "mean"), (2, 1, "flatten")]):
+        conf = {"analysis": {"name": "cka_across"}, "model": {"name": "vit", "kwargs": {"depth": depth}}, "seed": seed,
+                "tokens": tokens}
+        synthetic_job(sweep / str(i), "cka_across", [f"seed={seed}"], size=(700, 700), run={"config": conf})
+
+    out = collect([str(root), str(sweep)], str(tmp_path / "report"))
+    text = (out / "index.html").read_text()
+    assert "base64" not in text and len(text) < 60_000
+    fig7 = section(text, "fig-raghu-7")
+    assert fig7.startswith("<section id='fig-raghu-7'><h2>Raghu et al. 2021, Fig. 7 / E.1")
+    assert experiments()["raghu_fig7"].finds in fig7 and "The paper finds:" in fig7
+    # the settings that matter, from run.json
+    assert "vit_base_patch16_224.augreg_in21k_ft_in1k (timm:augreg_in21k_ft_in1k, 3x224x224)" in fig7
+    assert "512 images, 16 batches of 32" in fig7 and "ImageFiles with 50000 images" in fig7
+    assert "blocks.0" not in fig7 and "(model 3)" in fig7 and "cpu (2 threads)" in fig7 and "75.0 s" in fig7
+    # the intervals of the uncertainty columns: widths 0.3, 0.3, 0.7
+    assert re.search(r"<td>ratio</td>\s*<td>3</td>\s*<td>0\.3</td>\s*<td>0\.7</td>", fig7), fig7
+    # the failed job in place: what sets it apart, its error on one line, its log
+    assert "<span class=bad>failed</span>" in fig7 and ">model=resnet50</code>" in fig7
+    assert "error: model.name: unknown model &#x27;resnet5O&#x27; more" in fig7
+    assert "href='../figures/fig-raghu-7/1/skip_ratio.log'" in fig7
+    assert "1 finished</span>, <span class=bad>1 failed or missing" in text  # the contents table
+    assert "fig-raghu-5</span> (Raghu et al. 2021, Fig. 5): " in text and "has no job directory" in text
+    # every figure is a file beside the page, byte for byte its run's figure
+    srcs = re.findall(r"<img src='([^']+)'", text)
+    assert len(srcs) == 4 and all(s.startswith("index_files/") for s in srcs)
+    originals = [target / "0" / "skip_ratio.png"] + [sweep / str(i) / "cka_across.png" for i in range(3)]
+    assert sorted((out / s).read_bytes() for s in srcs) == sorted(p.read_bytes() for p in originals)
+    # the generic sweep varies three keys: no grid, each run's figure in the open, labelled by what varies
+    generic = section(text, "analysis-cka_across")
+    assert not (out / "cka_across_grid.png").exists() and "<details><summary>Runs" not in generic
+    assert "<h3>depth=2, seed=0, tokens=cls</h3>" in generic
+    failed = pd.read_csv(out / "failed.csv")
+    assert list(failed.status) == ["failed"] and failed.dir[0].endswith("fig-raghu-7/1")
+
+
+def test_figure_report_large_figures_are_downscaled(tmp_path, monkeypatch):
+    """Over MAX_BYTES, a figure beside the page is downscaled to MAX_WIDTH (a strip to twice its shown height)."""
+    from PIL import Image
+
+    rng = np.random.default_rng(0)  # noise: a PNG that does not compress
     big = tmp_path / "big.png"
-    Image.fromarray((rng.random((500, 3000, 3)) * 255).astype("uint8")).save(big)
-    monkeypatch.setattr(page, "MAX_BYTES", 200_000)
+    Image.fromarray((rng.random((200, 1200, 3)) * 255).astype("uint8")).save(big)
+    monkeypatch.setattr(page, "MAX_BYTES", 50_000)
+    monkeypatch.setattr(page, "MAX_WIDTH", 400)
     shown = page._copy_figure(big, tmp_path / "out")
-    assert shown.stat().st_size < big.stat().st_size and page._size(shown)[0] == page.MAX_WIDTH
+    assert shown.stat().st_size < big.stat().st_size and page._size(shown) == (400, 67)
     strip = tmp_path / "strip.png"
-    Image.fromarray((rng.random((1500, 9000, 3)) * 255).astype("uint8")).save(strip)
-    shown = page._copy_figure(strip, tmp_path / "out2", strip_height=620)
-    assert page._size(shown)[1] == 1240  # twice the shown height
+    Image.fromarray((rng.random((300, 1800, 3)) * 255).astype("uint8")).save(strip)
+    shown = page._copy_figure(strip, tmp_path / "out2", strip_height=50)
+    assert page._size(shown) == (600, 100)  # twice the shown height
+    small = tmp_path / "small.png"
+    Image.new("RGB", (300, 200)).save(small)
+    assert page._copy_figure(small, tmp_path / "out3").read_bytes() == small.read_bytes()  # small ones: copied
 
 
 @pytest.fixture(scope="module")
@@ -222,8 +307,10 @@ def test_sweep_report_in_chromium(tmp_path):
     """A homogeneous sweep (one analysis, one varied key): its grid at full width, every run's figure loads
     (moved here from test_sweeps, which now keeps the page's images as files)."""
     sweep = tmp_path / "sweep"
-    args = ["analysis=cka_across", *TINY_VIT, *TINY_RESNET, *SMALL_DATA, "cache.dir="]
-    assert vitstudy(["run", "-m", *args, "model.kwargs.depth=2,3", f"hydra.sweep.dir={sweep}"]) == 0
+    for depth in (2, 3):
+        synthetic_job(sweep / str(depth), "cka_across", [f"model.kwargs.depth={depth}"], size=(800, 700),
+                      run={"config": {"analysis": {"name": "cka_across"}, "model": {"name": "vit", "kwargs": {"depth": depth}}}})
+    (sweep / "multirun.yaml").write_text("hydra: {}\n")
     assert vitstudy(["collect", str(sweep)]) == 0
     js = ("[...document.images].map(i => [i.getAttribute('src'), i.complete && i.naturalWidth > 0, "
           "Math.round(i.getBoundingClientRect().width), !!i.closest('details')])")

@@ -93,24 +93,25 @@ LABEL_FIRST = ("analysis.name", "model.name", "reference.name", "dataset.name") 
 
 
 def job_labels(runs: list[dict], axes: list[str]) -> dict[str, str]:
-    """`key=value` of the fewest varying keys that tell the jobs apart: `analysis.name` alone when the analysis
-    varies, else the model (then the reference, the dataset) and only those other keys that still separate jobs
-    (a preset's architecture kwargs vary with the model and say nothing more); keys shortened to their last part
-    (`model` for model.name), long values to the part that differs, timm tags dropped when still unique."""
+    """`key=value` of the varying keys that tell the jobs apart: `analysis.name` alone when the analysis varies;
+    else the model (then the reference, the dataset) and every other varying key that is not fixed by those (a
+    preset's architecture kwargs or input size vary with the model and say nothing more); keys shortened to their
+    last part (`model` for model.name), long values to the part that differs, timm tags dropped when still unique."""
     if len(runs) < 2 or not axes:
         return {str(r["dir"]): "" for r in runs}
     flats = {str(r["dir"]): flat_config(r) for r in runs}
     if "analysis.name" in axes:
         return {d: str(f.get("analysis.name")) for d, f in flats.items()}
-    ordered = [k for k in LABEL_FIRST if k in axes] + [k for k in axes if k not in LABEL_FIRST]
-    chosen, groups = [], 1
-    for key in ordered:  # greedy: a key joins the label only when it splits jobs the chosen keys do not
-        n = len({tuple(value_text(f.get(k)) for k in (*chosen, key)) for f in flats.values()})
-        if n > groups:
+
+    def groups(keys) -> int:
+        return len({tuple(value_text(f.get(k)) for k in keys) for f in flats.values()})
+
+    chosen = []
+    for key in [k for k in LABEL_FIRST if k in axes]:  # the names, each only when it splits jobs the others do not
+        if groups([*chosen, key]) > groups(chosen):
             chosen.append(key)
-            groups = n
-        if groups == len(flats):
-            break
+    named = list(chosen)
+    chosen += [k for k in axes if k not in LABEL_FIRST and groups([*named, k]) > groups(named)]
     chosen = [k for k in axes if k in chosen]  # in the config's order
     names = short_keys(chosen)
     values = {key: shorten_values([value_text(f.get(key)) for f in flats.values()]) for key in chosen}
