@@ -72,7 +72,7 @@ def check(out: Path, targets: list[str], proc: subprocess.CompletedProcess) -> N
     html = (figures / "summary" / "index.html").read_text()
     assert "no failed or missing jobs" in html, html[:600]
     for target in targets:  # a section per target, named by its paper figure
-        assert re.search(rf"<section id='{target}'><h2>(Raghu et al\. 2021|Park & Kim 2022|Dosovitskiy et al\. 2020), ", html), target
+        assert re.search(rf"<section id='{target}'><h2>(Raghu et al\. 2021|Park &amp; Kim 2022|Dosovitskiy et al\. 2020), ", html), target
     for analysis in seen:
         assert f"<td>{analysis}" in html  # each job's settings name its analysis
     table = (out / "dryrun.csv").read_text()

@@ -39,7 +39,7 @@ figure{margin:10px 0 18px} figure img{display:block;height:auto;max-width:100%;b
 .strip{overflow-x:auto;border:1px solid #e2e2e2} .strip img{border:0}
 figcaption{font-size:13px;color:#555;margin-top:3px}
 table{border-collapse:collapse;font-size:13px;margin:6px 0} td,th{border:1px solid #d9d9d9;padding:3px 7px;vertical-align:top;text-align:left}
-th{background:#f3f3f3} table.settings th{width:110px} table.jobs{width:100%} table.toc td,table.toc th{padding:5px 8px;font-size:14px}
+th{background:#f3f3f3} table.settings th{width:110px} table.jobs{width:100%} table.toc td,table.toc th{padding:5px 8px;font-size:14px} table.toc td:nth-child(2){width:48%}
 details{margin:8px 0} summary{cursor:pointer;color:#2b6cb0} .csv{overflow-x:auto;max-width:100%}
 a{color:#2b6cb0} code{font-size:13px}
 """
@@ -93,11 +93,11 @@ def _contents(sections: list[Section], missing: list) -> str:
         if bad:
             status += (", " if ok else "") + f"<span class=bad>{bad} failed or missing</span>"
         wall = sum(float(r.get("wall_time_s") or 0) for r in s.runs)
-        models = sorted({m.get("name", "?") for r in s.runs for m in (r.get("models") or {}).values()})
+        models = sorted({str(m.get("name", "?")).split(".")[0] for r in s.runs for m in (r.get("models") or {}).values()})
         images = sorted({str(rep.get("images")) for r in s.runs for rep in (r.get("images") or [])[:1]})
         what = s.experiment.finds if s.experiment else (s.runs[0].get("analysis", "") if s.runs else "")
         rows.append(f"<tr><td><a href='#{s.key}'>{html.escape(s.title)}</a><br><span class=dim><code>{html.escape(s.key)}</code></span></td>"
-                    f"<td>{html.escape(_clip(what, 150))}</td><td>{html.escape(_clip(', '.join(models), 120)) or '-'}</td>"
+                    f"<td>{html.escape(what)}</td><td>{html.escape(_clip(', '.join(models), 110)) or '-'}</td>"
                     f"<td>{'/'.join(images) or '-'}</td><td>{status or '-'}</td><td>{_secs(wall) if wall else '-'}</td></tr>")
     figures = any(s.experiment for s in sections)
     table = (f"<table class=toc><tr><th>{'figure' if figures else 'analysis'}</th>"
