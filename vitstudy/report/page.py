@@ -21,6 +21,7 @@ MAX_WIDTH = 2600  # px of a downscaled figure: twice the page's width
 HEAD_ROWS = 8
 MIN_WIDTH = 720  # px: no figure is shown narrower (a tall one then takes more than a screen)
 MAX_HEIGHT = 820  # px: a square figure fits on a laptop screen
+MIN_SCALE = 0.6  # but never under 0.6 of its own pixels: a tall mosaic of panels keeps readable labels
 STRIP = 0.2  # height / width under which a figure scrolls sideways at a readable height
 STRIP_HEIGHT = 620  # px: the height such a strip is shown at (at most its own)
 
@@ -230,8 +231,9 @@ def _caption(out: Path, png: Path) -> str:
 
 
 def _figure(out: Path, dest_dir: Path, png: Path, caption: str, link: Path | None = None) -> str:
-    """A figure at the page's width, but at most MAX_HEIGHT tall (and never under MIN_WIDTH wide); a strip
-    much wider than tall (one row of many panels) at a readable height in a box that scrolls sideways."""
+    """A figure at the page's width, but at most MAX_HEIGHT tall (and never under MIN_WIDTH wide nor under
+    MIN_SCALE of its own width); a strip much wider than tall (one row of many panels) at a readable height in a
+    box that scrolls sideways."""
     width, height = _size(png)
     strip = bool(height) and height / width < STRIP
     shown = _copy_figure(png, dest_dir, STRIP_HEIGHT if strip else None)
@@ -243,7 +245,8 @@ def _figure(out: Path, dest_dir: Path, png: Path, caption: str, link: Path | Non
         caption += " · a wide figure: scroll sideways, or open it"
     else:
         ratio = f"{width / height:.3f}" if height else "1"
-        style, box = f"width:clamp({MIN_WIDTH}px,calc({MAX_HEIGHT}px * {ratio}),100%)", "<div>"
+        least = max(MIN_WIDTH, round(MIN_SCALE * width))
+        style, box = f"width:clamp({least}px,calc({MAX_HEIGHT}px * {ratio}),100%)", "<div>"
     return (f"<figure>{box}<a href='{html.escape(target)}'><img src='{html.escape(src)}' alt='{html.escape(png.name)}' "
             f"style='{style}' loading=lazy></a></div><figcaption>{caption}</figcaption></figure>")
 
