@@ -1,7 +1,6 @@
 """Sweeps: launchers, result cache, resume after kill -9, failed jobs, `vitstudy collect`, cka_grid."""
 import json
 import os
-import shutil
 import signal
 import subprocess
 import sys
@@ -38,7 +37,7 @@ def test_local_launcher_sweep_is_collected_then_fully_cached(tmp_path, capsys):
     assert len(df) == (2 + 3) * (8 + 4) and {"model.kwargs.depth", "reference.name"} <= set(df.columns)
     assert (summary / "cka_across_grid.png").stat().st_size > 0
     html = (summary / "index.html").read_text()
-    assert html.count("data:image/png;base64") >= 5 and "Failed and missing jobs" in html
+    assert html.count("<img src='index_files/") == 5 and "Failed and missing jobs" in html  # the grid and each run's figure
     # the same sweep again (in-process launcher: the cache does not depend on it): all cached, same numbers
     code, _, err = cli([*[a for a in args if a != "hydra/launcher=local"], f"hydra.sweep.dir={tmp_path / 'b'}"], capsys)
     assert code == 0, err
@@ -154,24 +153,6 @@ def test_collect_bad_input(tmp_path, capsys):
     assert code == 2 and "not a directory" in err
     code, _, err = cli(["collect", str(tmp_path)], capsys)
     assert code == 2 and "no run directories" in err
-
-
-@pytest.mark.skipif(not (shutil.which("chromium") or shutil.which("chromium-browser")), reason="no headless Chromium")
-def test_report_renders_every_figure_in_chromium(tmp_path, capsys):
-    assert cli(["run", "-m", *ACROSS, "model.kwargs.depth=2,3", f"hydra.sweep.dir={tmp_path}"], capsys)[0] == 0
-    cli(["collect", str(tmp_path)], capsys)
-    page = tmp_path / "summary" / "index.html"
-    browser = shutil.which("chromium") or shutil.which("chromium-browser")
-    js = ("document.title = [...document.images].filter(i => i.complete && i.naturalWidth > 0).length"
-          " + '/' + document.images.length")
-    probe = tmp_path / "probe.html"
-    probe.write_text(page.read_text().replace("</body>", f"<script>window.onload=()=>{{{js}}}</script></body>"))
-    out = subprocess.run([browser, "--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking",
-                          "--disable-component-update", "--disable-sync", "--no-first-run", f"--user-data-dir={tmp_path / 'u'}",
-                          "--virtual-time-budget=5000", "--dump-dom", probe.as_uri()], capture_output=True, text=True, timeout=120)
-    title = out.stdout.split("<title>")[1].split("</title>")[0]
-    loaded, total = map(int, title.split("/"))
-    assert total >= 3 and loaded == total
 
 
 def test_feature_cache_serves_a_second_run_without_forward_passes(tmp_path, tiny_vit):
