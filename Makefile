@@ -6,7 +6,7 @@ STAMP  := $(VENV)/.installed
 # torch is pinned to the release this project is tested with; pip takes it from a local cache where one exists.
 TORCH  ?= torch==2.14.1 torchvision==0.29.1
 
-.PHONY: demo test test-all bench bench-paper bench-grid clean-outputs train-quick train-cifar train-alternet
+.PHONY: demo tour test test-all bench bench-paper bench-grid bench-forward clean-outputs train-quick train-cifar train-alternet train-demo
 
 $(STAMP): pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -14,12 +14,15 @@ $(STAMP): pyproject.toml
 	$(PY) -m pip install -q --disable-pip-version-check -e '.[test,cluster]'
 	touch $(STAMP)
 
-## demo: CKA across a ViT-Ti/16 and a ResNet-18 (random init, offline) on 256 synthetic images
+## demo: CKA within and across the bundled trained CIFAR-10 ViT and ResNet on the bundled 1,000 CIFAR-10 test
+## images (offline); prints three findings computed from its CSVs; outputs under outputs/demo/
 demo: $(STAMP)
-	$(VENV)/bin/vitstudy run analysis=cka_across model=vit_tiny reference=resnet18 \
-	  model.pretrained=false reference.pretrained=false dataset=synthetic dataset.num_images=256 \
-	  hydra.run.dir=outputs/demo
-	@echo "demo outputs: $$(ls outputs/demo/*.csv outputs/demo/*.png outputs/demo/run.json | tr '\n' ' ')"
+	$(VENV)/bin/vitstudy demo --out outputs/demo
+
+## tour: the demo plus attention distance, position embeddings, skip ratios, spatial localization, Fourier,
+## feature variance and linear probes on the same models, collected into outputs/tour/report/index.html
+tour: $(STAMP)
+	$(VENV)/bin/vitstudy tour --out outputs/tour
 
 ## test: the fast offline test suite (random-init models, generated images)
 test: $(STAMP)
@@ -141,6 +144,20 @@ train-cifar: $(STAMP)
 train-alternet: $(STAMP)
 	$(VITSTUDY) train model=alternet50_cifar dataset=cifar100 dataset.root=$(CIFAR100_ROOT) dataset.download=true \
 	  recipe=park_kim dataset.num_workers=8 hydra.run.dir=$(CIFAR_CKPT)/alternet50_cifar
+
+## train-demo: retrain the bundled demo models from scratch on all of CIFAR-10 (CIFAR10_DIR: extracted JPEGs with
+## train/ and test/ class folders), then package them into vitstudy/zoo/weights (fp16 safetensors + demo.json).
+## DEMO_EPOCHS: main epochs after 3 warm-up epochs (the bundled models got 3 (ViT) and 4 (ResNet); see README).
+DEMO_EPOCHS ?= 4
+DEMO_RUNS   ?= outputs/train-demo
+train-demo: $(STAMP)
+	for m in vit_mini_cifar resnet_mini_cifar; do \
+	  $(VITSTUDY) train model=$$m recipe=demo recipe.epochs=$(DEMO_EPOCHS) dataset=imagefolder dataset.root=$(CIFAR10_DIR) \
+	    dataset.val_images=2000 hydra.run.dir=$(DEMO_RUNS)/$$m || exit 1; done
+	$(PY) scripts/package_demo.py --runs $(DEMO_RUNS) --cifar $(CIFAR10_DIR)
+
+bench-forward: $(STAMP)
+	$(PY) scripts/bench_forward.py --precision-models vit_cifar10_demo,resnet_cifar10_demo
 
 clean-outputs:
 	rm -rf outputs/* multirun

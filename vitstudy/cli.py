@@ -1,4 +1,4 @@
-"""`vitstudy run | list | layers`: a small dispatcher in front of Hydra.
+"""`vitstudy run | list | layers | collect | train | demo | tour`: a small dispatcher in front of Hydra.
 
 Hydra owns the command line of `run` (overrides, -m/--multirun, --cfg, --info, hydra.run.dir=...,
 launchers, shell completion), so `run` is stripped from argv and the @hydra.main app is called. Bad input
@@ -24,6 +24,8 @@ commands:
   layers [OVERRIDES]     the layers a model's layer spec selects: vitstudy layers model=vit_b16 layers=all
   collect DIR... [--out OUT]   summary tables, figure grids, failed jobs and index.html for sweep directories
   train [OVERRIDES]      train a model: vitstudy train model=vit_mini_cifar dataset=imagefolder dataset.root=DIR recipe=quick
+  demo [--out DIR] [OVERRIDES]   CKA within and across the bundled trained CIFAR-10 ViT and ResNet; prints 3 findings
+  tour [--out DIR] [OVERRIDES]   the demo plus 7 more paper analyses on them, collected into one HTML report
 
 Hydra's own flags work after `run`: --cfg job, --info, -m/--multirun, hydra.run.dir=DIR, --help.
 """
@@ -122,6 +124,19 @@ def cmd_collect(args: list[str]) -> None:
     print(f"vitstudy: summary in {out} (index.html, tables, figure grids, failed.csv)")
 
 
+def cmd_demo(cmd: str, args: list[str]) -> None:
+    """`vitstudy demo|tour [--out DIR] [OVERRIDES]`: the bundled models; extra overrides apply to every run."""
+    from . import demo
+
+    out = f"outputs/{cmd}"
+    if "--out" in args:
+        i = args.index("--out")
+        if i + 1 >= len(args):
+            raise VitstudyError(f"--out needs a directory: vitstudy {cmd} --out DIR")
+        out, args = args[i + 1], args[:i] + args[i + 2:]
+    getattr(demo, cmd)(lambda overrides: main(["run", *overrides]), out, args)
+
+
 def main(argv: list[str] | None = None) -> None:
     args = sys.argv[1:] if argv is None else list(argv)
     if "-sc" in args or "--shell-completion" in args:  # Hydra's completion: route to the app, drop `run`
@@ -149,12 +164,14 @@ def main(argv: list[str] | None = None) -> None:
             cmd_layers(rest)
         elif cmd == "collect":
             cmd_collect(rest)
+        elif cmd in ("demo", "tour"):
+            cmd_demo(cmd, rest)
         elif cmd == "train":
             from .train.app import main as train_main
 
             train_main(rest)
         else:
-            fail(f"unknown command '{cmd}'; {closest(cmd, ['run', 'list', 'layers', 'collect', 'train'])}")
+            fail(f"unknown command '{cmd}'; {closest(cmd, ['run', 'list', 'layers', 'collect', 'train', 'demo', 'tour'])}")
     except VitstudyError as err:
         fail(str(err))
     except KeyboardInterrupt:

@@ -48,11 +48,15 @@ def weights_id(model_cfg) -> str:
 
 
 def _hub_revision(name: str) -> str:
-    """'@<revision>' of the cached Hugging Face snapshot timm loads `name` from ('' when not cached or not on the Hub)."""
+    """'@<revision>' of the cached Hugging Face snapshot timm loads `name` from ('' when not cached or not on the Hub),
+    or '@sha256:<prefix>' of the local file a pretrained tag names."""
     from huggingface_hub import try_to_load_from_cache
     from timm.models import get_pretrained_cfg
 
     pcfg = get_pretrained_cfg(name)
+    local = getattr(pcfg, "file", None) if pcfg is not None else None
+    if local:  # a packaged file (the bundled demo models): its content
+        return "@sha256:" + file_sha256(local)[:16] if os.path.isfile(local) else "@missing"
     hub_id = getattr(pcfg, "hf_hub_id", None) if pcfg is not None else None
     if not hub_id:
         return ""

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import os
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Callable, Sequence
 
 import numpy as np
@@ -178,16 +179,22 @@ class TorchvisionImages(Dataset):
 
 
 TORCHVISION = ("cifar10", "cifar100", "imagenette")
+CIFAR10_SAMPLE = Path(__file__).resolve().parent.parent / "assets" / "cifar10_sample"  # see its README.md
 
 
 def build_dataset(cfg, split: str | None = None) -> Dataset:
-    """The data set a config names (`synthetic`, `imagefolder`, `cifar10`, `cifar100`, `imagenette`).
+    """The data set a config names (`synthetic`, `cifar10_sample`, `imagefolder`, `cifar10`, `cifar100`, `imagenette`).
 
     `split` picks a torchvision split (default `cfg.split`) or, for an image folder, the subfolder `root/<split>`
     (`test` falls back to `val`); synthetic images have no splits (training draws its own validation set).
     """
     if cfg.name == "synthetic":
         return SyntheticImages(cfg.size, cfg.image_size, cfg.num_classes, cfg.seed)
+    if cfg.name == "cifar10_sample":  # bundled: 1,000 CIFAR-10 test JPEGs, 100 per class
+        if split not in (None, "test"):
+            raise VitstudyError("dataset=cifar10_sample is 1,000 CIFAR-10 test images, too few to train on; "
+                                "train with dataset=cifar10 or dataset=imagefolder dataset.root=DIR")
+        return ImageFiles(str(CIFAR10_SAMPLE))
     if cfg.name == "imagefolder":
         if split is None:
             return ImageFiles(cfg.root)
@@ -202,7 +209,7 @@ def build_dataset(cfg, split: str | None = None) -> Dataset:
         return ImageFiles(path)
     if cfg.name in TORCHVISION:
         return TorchvisionImages(cfg.name, cfg.root, split or cfg.split, cfg.download)
-    raise VitstudyError(f"unknown dataset '{cfg.name}'; valid: synthetic, imagefolder, {', '.join(TORCHVISION)}")
+    raise VitstudyError(f"unknown dataset '{cfg.name}'; valid: synthetic, cifar10_sample, imagefolder, {', '.join(TORCHVISION)}")
 
 
 def labels(ds: Dataset, indices=None) -> np.ndarray:

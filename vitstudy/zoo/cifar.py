@@ -16,12 +16,13 @@ Importing this module registers the models; `import vitstudy` imports it, so tim
 """
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Sequence
 
 import torch
 from torch import nn
 from timm.layers import BatchNormAct2d, create_conv2d
-from timm.models import build_model_with_cfg, generate_default_cfgs, register_model
+from timm.models import build_model_with_cfg, generate_default_cfgs, load_pretrained, register_model
 from timm.models.pit import _create_pit
 from timm.models.resnetv2 import ResNetV2
 from timm.models.swin_transformer import _create_swin_transformer
@@ -37,9 +38,20 @@ def _cfg(num_classes: int, mean, std, **kwargs) -> dict:
             "interpolation": "bicubic", "mean": mean, "std": std, "license": "none", **kwargs}
 
 
-default_cfgs = generate_default_cfgs({
-    "vit_mini_cifar": _cfg(10, CIFAR10_MEAN, CIFAR10_STD, first_conv="patch_embed.proj", classifier="head"),
-    "resnet_mini_cifar": _cfg(10, CIFAR10_MEAN, CIFAR10_STD, first_conv="stem.conv", classifier="head.fc"),
+CIFAR10_CLASSES = ("airplane", "automobile", "bird", "cat", "deer", "dog", "frog", "horse", "ship", "truck")
+WEIGHTS = Path(__file__).parent / "weights"  # the bundled demo models (make train-demo; scripts/package_demo.py)
+
+
+def _demo(arch: str, **kwargs) -> dict:
+    """The bundled CIFAR-10 weights as a timm pretrained tag: timm's own loader reads the packaged local `file`."""
+    return _cfg(10, CIFAR10_MEAN, CIFAR10_STD, file=str(WEIGHTS / f"{arch}.demo_cifar10.safetensors"),
+                license="mit", description="vitstudy train recipe=demo on CIFAR-10 (see README)",
+                label_names=CIFAR10_CLASSES, **kwargs)
+
+
+default_cfgs = generate_default_cfgs({  # an architecture's first tag is its default (timm's convention)
+    "vit_mini_cifar.demo_cifar10": _demo("vit_mini_cifar", first_conv="patch_embed.proj", classifier="head"),
+    "resnet_mini_cifar.demo_cifar10": _demo("resnet_mini_cifar", first_conv="stem.conv", classifier="head.fc"),
     "vit_ti_cifar": _cfg(100, CIFAR100_MEAN, CIFAR100_STD, first_conv="patch_embed.proj", classifier="head"),
     "pit_ti_cifar": _cfg(100, CIFAR100_MEAN, CIFAR100_STD, first_conv="patch_embed.conv", classifier="head"),
     "swin_ti_cifar": _cfg(100, CIFAR100_MEAN, CIFAR100_STD, first_conv="patch_embed.proj", classifier="head.fc"),
@@ -105,8 +117,11 @@ def _cifar_stem(model: ResNetV2, chs: int) -> ResNetV2:
 def _resnet(variant: str, pretrained: bool, defaults: dict, kwargs: dict) -> ResNetV2:
     _no_skip_option(variant, kwargs)
     args = dict(defaults, **{k: v for k, v in kwargs.items() if v is not None})
-    model = build_model_with_cfg(ResNetV2, variant, pretrained, feature_cfg=dict(flatten_sequential=True), **args)
-    return _cifar_stem(model, model.stem.conv.out_channels)
+    model = build_model_with_cfg(ResNetV2, variant, False, feature_cfg=dict(flatten_sequential=True), **args)
+    model = _cifar_stem(model, model.stem.conv.out_channels)
+    if pretrained:  # after the stem swap, so the stem's weights land in the CIFAR stem
+        load_pretrained(model, num_classes=model.num_classes, in_chans=args.get("in_chans", 3))
+    return model
 
 
 @register_model
