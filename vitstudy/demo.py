@@ -19,6 +19,7 @@ DEMO_RUNS = {  # run directory -> overrides
     "cka_within_resnet": ["analysis=cka_within", f"model={RESNET}"],
     "cka_across": ["analysis=cka_across", f"model={VIT}", f"reference={RESNET}"],
 }
+PROBE = ["analysis.num_train=600", "analysis.num_val=150", "analysis.num_test=250"]
 TOUR_RUNS = {
     "attention_distance": ["analysis=attention_distance", f"model={VIT}"],
     "position_embedding": ["analysis=position_embedding", f"model={VIT}"],
@@ -26,8 +27,9 @@ TOUR_RUNS = {
     "spatial_localization": ["analysis=spatial_localization", f"model={VIT}"],
     "fourier": ["analysis=fourier", f"model={VIT}", f"reference={RESNET}"],
     "feature_variance": ["analysis=feature_variance", f"model={VIT}", f"reference={RESNET}"],
-    "linear_probe_vit": ["analysis=linear_probe", f"model={VIT}"],
-    "linear_probe_resnet": ["analysis=linear_probe", f"model={RESNET}"],
+    # the 1,000 bundled images split 600 / 150 / 250 into probe train / ridge validation / test
+    "linear_probe_vit": ["analysis=linear_probe", f"model={VIT}", *PROBE],
+    "linear_probe_resnet": ["analysis=linear_probe", f"model={RESNET}", *PROBE],
 }
 
 
