@@ -177,3 +177,24 @@ def test_families_without_the_structure_refuse_in_one_line(args, message, tmp_pa
     base = ["run", "model.pretrained=false", "model.data.input_size=[3,32,32]",
             "dataset=synthetic", "dataset.num_images=4", "dataset.batch_size=4", "dataset.image_size=32"]
     assert_one_line_error([base[0], *args, *base[1:]], message, tmp_path / "run", capsys)
+
+
+@pytest.mark.slow
+def test_coverage_script_runs_and_refuses_without_crashing(tmp_path):
+    """scripts/coverage.py on three families: exit 0 (nothing crashed), a tidy CSV, refusals with their line."""
+    import csv
+    import importlib.util
+    from pathlib import Path
+
+    path = Path(__file__).resolve().parent.parent / "scripts" / "coverage.py"  # not the `coverage` package
+    spec = importlib.util.spec_from_file_location("vitstudy_coverage_script", path)
+    cov = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(cov)
+
+    code = cov.main(["--families", "cait", "mvitv2", "vgg", "--analyses", "skip_ratio", "attention_distance",
+                     "--out", str(tmp_path), "--doc", str(tmp_path / "page.md")])
+    assert code == 0
+    rows = {(r["family"], r["analysis"]): r for r in csv.DictReader(open(tmp_path / "coverage.csv"))}
+    assert len(rows) == 6 and rows[("cait", "attention_distance")]["outcome"] == "runs"
+    assert rows[("vgg", "skip_ratio")]["outcome"] == "refused" and "no skip connections" in rows[("vgg", "skip_ratio")]["message"]
+    assert "| cait | `cait_xxs24_224` |" in (tmp_path / "page.md").read_text()
