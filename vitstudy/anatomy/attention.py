@@ -12,7 +12,8 @@ their tokens; CaiT's self-attention blocks see the patch tokens only (its class 
 blocks `blocks_token_only`, which update only that token and are left out) and mix heads after the softmax
 (talking heads), so its probabilities are the softmax output, the input of `proj_w`, (B, N, N, heads); ConViT's
 gated positional blocks (GPSA, before `local_up_to_layer`) see the patch tokens, the later ones the class token
-too, and their probabilities are the gated, renormalised mix that multiplies the values; Swin and Swin-V2 attend
+too, and their probabilities are the gated, renormalised mix that multiplies the values; PiT's stages attend over
+its class token(s) and a grid that each stage's strided pooling conv shrinks; Swin and Swin-V2 attend
 inside (shifted) windows. XCiT is refused: its cross-covariance attention is a softmax over channels, not positions.
 """
 from __future__ import annotations
@@ -120,6 +121,32 @@ def _vit_sites(model: nn.Module) -> list[Site]:
     return out
 
 
+def _conv_out(n: int, conv: nn.Conv2d, dim: int) -> int:
+    k, st, pad, dil = conv.kernel_size[dim], conv.stride[dim], conv.padding[dim], conv.dilation[dim]
+    return (n + 2 * pad - dil * (k - 1) - 1) // st + 1
+
+
+def _pit_sites(model: nn.Module) -> list[Site]:
+    """PiT: stages `transformers.S` of ViT blocks over (class tokens + an H x W grid); each stage after the first
+    starts with a strided depthwise conv (`pool.conv`) that shrinks the grid, so the stride in pixels grows."""
+    img = _pair(model.patch_embed.img_size)
+    grid = tuple(int(g) for g in _pair(model.patch_embed.grid_size))
+    prefix = prefix_tokens(model)
+    out, depth = [], 0
+    for s, stage in enumerate(model.transformers):
+        pool = getattr(stage, "pool", None)
+        if pool is not None:
+            grid = (_conv_out(grid[0], pool.conv, 0), _conv_out(grid[1], pool.conv, 1))
+        stride = (img[0] / grid[0], img[1] / grid[1])
+        dist = am.distance_matrix(grid[0], grid[1], stride, prefix)
+        for j, blk in enumerate(stage.blocks):
+            if not _attention_ok(getattr(blk, "attn", None)):
+                raise VitstudyError(f"block 'transformers.{s}.blocks.{j}' of {type(model).__name__} has no standard timm attention")
+            out.append(Site(f"transformers.{s}.blocks.{j}.attn", depth, int(blk.attn.num_heads), "global", grid, stride, prefix, dist=dist))
+            depth += 1
+    return out
+
+
 def block_prefix(model: nn.Module, i: int) -> int:
     """Prefix tokens that block i of a ViT-family model attends over: CaiT's class token joins after `blocks` (in
     `blocks_token_only`), ConViT's at block `local_up_to_layer`; every other ViT has them from the start."""
@@ -168,6 +195,8 @@ def sites(model: nn.Module) -> list[Site]:
     if swin:
         return _swin_sites(model, swin)
     pe = getattr(model, "patch_embed", None)
+    if pe is not None and hasattr(pe, "grid_size") and isinstance(getattr(model, "transformers", None), nn.Sequential):
+        return _pit_sites(model)
     if pe is not None and hasattr(pe, "grid_size") and isinstance(getattr(model, "blocks", None), (nn.Sequential, nn.ModuleList)):
         return _vit_sites(model)
     if any(_attention_ok(m) for m in model.modules()):
