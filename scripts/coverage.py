@@ -254,6 +254,8 @@ def main(argv=None) -> int:
     ap.add_argument("--out", default="outputs/coverage", help="coverage.csv, coverage.md and crash tracebacks go here")
     ap.add_argument("--doc", help="write the coverage page here (docs/coverage.md)")
     ap.add_argument("--before", help="an earlier coverage.csv: the page shows runs then and now, and marks new cells")
+    ap.add_argument("--from-csv", nargs="*", help="run nothing: render the table from these coverage.csv files "
+                    "(later rows win, e.g. a rerun of some families)")
     ap.add_argument("--keep-runs", action="store_true", help="keep every run directory under OUT/runs/")
     ap.add_argument("--threads", type=int, default=1, help="torch threads (default 1)")
     args = ap.parse_args(argv)
@@ -273,6 +275,16 @@ def main(argv=None) -> int:
         ap.error(f"unknown families or analyses: {sorted(unknown)}")
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
+    if args.from_csv:
+        cells = {}
+        for path in args.from_csv:
+            with open(path, newline="") as fh:
+                for r in csv.DictReader(fh):
+                    r["model"] = r.get("model") or r.get("arch")
+                    cells[(r["family"], r["analysis"])] = Outcome(r["family"], r["model"], r["analysis"], r["outcome"],
+                                                                  r["message"], float(r["seconds"]))
+        outcomes = [cells[(f.key, a)] for f in families for a in analyses if (f.key, a) in cells]
+        return _finish(outcomes, analyses, families, out, args, time.perf_counter())
     outcomes: list[Outcome] = []
     t0 = time.perf_counter()
     with open(out / "coverage.csv", "w", newline="") as fh:
@@ -286,6 +298,15 @@ def main(argv=None) -> int:
                 fh.flush()
                 print(f"{time.perf_counter() - t0:7.0f}s {f.key:22s} {a:22s} {o.outcome:8s} {o.seconds:6.1f}s {o.message[:110]}",
                       file=sys.stderr, flush=True)
+    return _finish(outcomes, analyses, families, out, args, t0)
+
+
+def _finish(outcomes: list[Outcome], analyses: list[str], families: list[Family], out: Path, args, t0: float) -> int:
+    """Write the tidy CSV, the markdown table and (--doc) the page; 1 when anything crashed."""
+    with open(out / "coverage.csv", "w", newline="") as fh:
+        writer = csv.DictWriter(fh, fieldnames=list(Outcome.__dataclass_fields__))
+        writer.writeheader()
+        writer.writerows(o.__dict__ for o in outcomes)
     table = markdown(outcomes, analyses, families, before=read_before(args.before))
     (out / "coverage.md").write_text(table)
     if args.doc:
