@@ -15,7 +15,7 @@ The tidy table (family, model, analysis, outcome, message, seconds) goes to OUT/
 analyses table to OUT/coverage.md and, with --doc, to that page (docs/coverage.md). Exit status 1 when anything
 crashed.
 
-    python scripts/coverage.py                                   # 42 families x 4 analyses (~6 CPU-minutes)
+    python scripts/coverage.py                                   # 41 families x 4 analyses (~6 CPU-minutes; 15-45 min wall on 2 busy cores)
     python scripts/coverage.py --doc docs/coverage.md --before outputs/coverage_main/coverage.csv
     python scripts/coverage.py --families cait beit --analyses skip_ratio attention_distance
     python scripts/coverage.py --analyses all                    # every registered analysis (about an hour)
@@ -234,7 +234,7 @@ def write_doc(path: Path, table: str) -> None:
             "shrunk with constructor kwargs), a few synthetic images, through the Python API. A cell is ✓ when the run "
             "finished and wrote its run directory, – when vitstudy refused in one line (the lines are listed below the "
             "table). Random init: the numbers themselves are not shown here, only whether each analysis finds the "
-            "structure it needs.\n\nRegenerate (about 6 CPU-minutes; `--before` adds the then/now counts):\n\n"
+            "structure it needs.\n\nRegenerate (about 6 CPU-minutes, 15 min wall on 2 busy cores; `--before` adds the then/now counts):\n\n"
             "    PYTHONPATH=$PWD python scripts/coverage.py --doc docs/coverage.md [--before OLD/coverage.csv]\n\n"
             "Where the anatomy lives: `vitstudy/anatomy/families.py` (residual branches per block family), "
             "`attention.py` (attention sites), `tokens.py` (token grids), `latents.py`. Residual branches that no module "
