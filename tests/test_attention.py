@@ -22,6 +22,7 @@ FAMILIES = {
     "gap_vit": ("vit_base_patch16_gap_224", dict(img_size=32, patch_size=8, depth=2, embed_dim=64, num_heads=4)),
     "registers": ("vit_base_patch16_reg4_gap_256", dict(img_size=32, patch_size=8, depth=2, embed_dim=64, num_heads=4)),
     "swin": ("swin_tiny_patch4_window7_224", SWIN_KW),
+    "pit_distilled": ("pit_ti_distilled_224", dict(img_size=32, patch_size=8, stride=4, depth=(1, 1, 1), heads=(1, 2, 2))),
 }
 SWIN_CLI = ["model.name=swin_tiny_patch4_window7_224", "model.pretrained=false", "model.kwargs.img_size=32",
             "model.kwargs.window_size=4", "model.kwargs.embed_dim=48"]  # list kwargs (depths) reach timm as ListConfig

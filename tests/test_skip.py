@@ -192,9 +192,9 @@ def test_skip_ablation_end_to_end(tmp_path, capsys):
 
 
 SKIP_BAD = {
-    "no residual structure": (["analysis=skip_ratio", "model.name=mobilenetv3_small_050", "model.kwargs.img_size=null",
+    "no residual structure": (["analysis=skip_ratio", "model.name=densenet121", "model.kwargs.img_size=null",
                                "model.kwargs.patch_size=null", "model.kwargs.depth=null", "model.data.input_size=[3,32,32]"],
-                              "no residual blocks of a known family"),
+                              "DenseNet has no skip connections to measure: DenseNet concatenates"),
     "bad aggregate": (["analysis=skip_ratio", "analysis.aggregate=median"], "analysis.aggregate must be one of mean_of_ratios, ratio_of_means"),
     "unknown parameter": (["analysis=skip_ratio", "+analysis.aggregat=x"], "unknown parameter analysis.aggregat"),
     "block out of range": (["analysis=skip_ablation", "analysis.blocks=[7]"], "block 7 does not exist"),

@@ -17,7 +17,7 @@ import torch
 
 from ..pipeline import models
 from ..plots import attention as plots_attention
-from ..anatomy.attention import Counter, Site, sites, unfused
+from ..anatomy.attention import Counter, Site, excluded, sites, unfused
 from ..pipeline.engine import Reducer, stream
 from ..errors import VitstudyError
 from ..anatomy.blocks import block_names
@@ -135,7 +135,10 @@ def attention_distance(ctx) -> Result:
     df = pd.concat(tables, ignore_index=True)
     figs = {"attention_distance": plots_attention.sorted_heads(df, blocks),
             "attention_distance_depth": plots_attention.depth_scatter(df)}
-    return Result({"attention_distance": df}, figs, {"attention_models": [t.model.iloc[0] for t in tables]}, [record])
+    info = {"attention_models": [t.model.iloc[0] for t in tables]}
+    if excluded(main.module):  # e.g. CaiT's class-attention blocks
+        info["excluded"] = excluded(main.module)
+    return Result({"attention_distance": df}, figs, info, [record])
 
 
 # --------------------------------------------------------------------------------------------------

@@ -21,7 +21,7 @@ from ..plots import receptive_field as plots_erf
 from ..errors import VitstudyError
 from ..pipeline.layers import Layer
 from ..pipeline.models import requires_grad
-from ..anatomy.residual import branches
+from ..anatomy.residual import branches, terms as residual_terms
 from ..anatomy.tokens import token_grid
 from ._registry import Params, Result, choice, register, at_least
 from .common import sample_loader
@@ -53,10 +53,14 @@ def centre_values(t: torch.Tensor, layer: Layer, grid: tuple[int, int, int]) -> 
 
 
 def erf_maps(module: torch.nn.Module, layers: list[Layer], batches, channels: str = "sum", chunk: int = 64,
-             device="cpu") -> tuple[dict[str, np.ndarray], dict[str, tuple[int, int, int]]]:
-    """Per layer: the (H, W) mean absolute input gradient of its centre location, and its grid."""
+             device="cpu", targets: dict | None = None) -> tuple[dict[str, np.ndarray], dict[str, tuple[int, int, int]]]:
+    """Per target: the (H, W) mean absolute input gradient of its centre location, and its grid. A target is a layer,
+    or (`targets`: name -> ((layer name, coef), ...)) a signed sum of layers' centre vectors, e.g. a residual branch
+    that no module outputs alone (`anatomy.residual.terms`: post - z)."""
     mods = dict(module.named_modules())
     grids = {l.name: token_grid(module, l) for l in layers}
+    targets = targets or {l.name: ((l.name, 1.0),) for l in layers}
+    grids.update({name: grids[parts[0][0]] for name, parts in targets.items()})
     sums: dict[str, torch.Tensor] = {}
     count = 0
     with requires_grad(module, False), torch.enable_grad():
@@ -69,16 +73,16 @@ def erf_maps(module: torch.nn.Module, layers: list[Layer], batches, channels: st
                 # the centre is copied inside the hook: ResNet v1 adds the shortcut to the branch output in place
                 keep = lambda t, _l: captured.__setitem__(_l.name, centre_values(t, _l, grids[_l.name]).clone())  # noqa: E731
                 if l.is_input:
-                    handles.append(mod.register_forward_pre_hook(lambda m, a, _l=l: keep(a[0], _l)))
+                    handles.append(mod.register_forward_pre_hook(lambda m, a, _l=l: keep(_l.of_input(a), _l)))
                 else:
-                    handles.append(mod.register_forward_hook(lambda m, a, o, _l=l: keep(o, _l)))
+                    handles.append(mod.register_forward_hook(lambda m, a, o, _l=l: keep(_l.of_output(o), _l)))
             try:
                 module(x)
             finally:
                 for h in handles:
                     h.remove()
-            for l in layers:
-                v = captured[l.name]  # (B, C)
+            for name, parts in targets.items():
+                v = sum(coef * captured[n] for n, coef in parts) if len(parts) > 1 else captured[parts[0][0]]  # (B, C)
                 if channels == "sum":
                     (g,) = torch.autograd.grad(v.sum(), x, retain_graph=True)
                     total = g.abs().sum((0, 1))
@@ -92,7 +96,7 @@ def erf_maps(module: torch.nn.Module, layers: list[Layer], batches, channels: st
                         (g,) = torch.autograd.grad(v, x, grad_outputs=eye, retain_graph=True, is_grads_batched=True)
                         total += g.abs().sum((0, 1, 2)).double()
                     total = total / C
-                sums[l.name] = sums.get(l.name, 0) + total.double().detach()
+                sums[name] = sums.get(name, 0) + total.double().detach()
             count += x.shape[0]
             del captured
     return {k: (v / count).cpu().numpy() for k, v in sums.items()}, grids
@@ -124,11 +128,12 @@ def receptive_field(ctx) -> Result:
             raise VitstudyError(f"analysis.blocks: {sorted(wanted - set(range(top + 1)))} out of range; the model has blocks 0..{top}")
         brs = [b for b in brs if b.index in wanted]
     kinds = ["post", "pre"] if p.residual == "both" else [p.residual]
-    specs = [(b, k, b.post if k == "post" else b.branch) for b in brs for k in kinds]
-    layers = {l.name: l for l in ctx.layers(m, list(dict.fromkeys(s for _, _, s in specs)))}
+    specs = [(b, k, b.post if k == "post" else b.branch_point) for b in brs for k in kinds]
+    targets = {s: ((b.post, 1.0),) if k == "post" else residual_terms(b)[1] for b, k, s in specs}
+    layers = {l.name: l for l in ctx.layers(m, list(dict.fromkeys(n for parts in targets.values() for n, _ in parts)))}
     loader, used = sample_loader(ctx, [m], num_images=p.num_images)
     batches = (inputs[0] for inputs, _ in loader)
-    maps, grids = erf_maps(m.module, list(layers.values()), batches, p.channels, p.chunk, ctx.device)
+    maps, grids = erf_maps(m.module, list(layers.values()), batches, p.channels, p.chunk, ctx.device, targets)
     h, w = next(iter(maps.values())).shape
     rows, panels = [], []
     for b, k, s in specs:

@@ -174,16 +174,20 @@ def lesion_units(model, conv_mode: str = "branch") -> list[tuple[str, str]]:
     units = []
     for block in families.blocks(model):
         for sub in block.sublayers:
+            if not sub.residual:  # a unit without an additive skip (strided inverted residual, DenseNet, VGG)
+                continue
             if sub.zero is None:
                 raise VitstudyError(f"lesion does not know the residual branch of '{block.path}' ({type(block.module).__name__}); "
-                                    f"supported: timm ViT/DeiT/PiT/Swin and other pre- or post-norm transformer blocks, "
-                                    f"ResNet, ResNetV2, ConvNeXt units and AlterNet attention blocks")
+                                    f"supported: the block families of vitstudy.anatomy.families (timm ViT, DeiT, BEiT, EVA, "
+                                    f"CaiT, Swin, MViT-v2, ..., ResNet, RegNet, EfficientNet, ConvNeXt units)")
             target = sub.zero_conv3x3 if conv_mode == "conv3x3" and sub.sublayer == "res" else sub.zero
             if target is None:
                 raise VitstudyError(f"unit '{block.path}' ({type(block.module).__name__}) has no 3x3 convolution; use analysis.conv=branch")
             units.append((target, sub.post))
     if not units:
-        raise VitstudyError(f"found no residual blocks in {type(model).__name__} to lesion")
+        reasons = [b.family.reason for b in families.blocks(model) if b.family.reason]
+        raise VitstudyError(f"found no residual blocks in {type(model).__name__} to lesion"
+                            + (f": {reasons[0]}" if reasons else ""))
     return units
 
 

@@ -45,9 +45,10 @@ class RolloutReducer(Reducer):
             self.inputs = tensor
             return
         self.counter.add(layer.name)
+        site = next(s for s in self.sites if s.name == layer.name)
         if not self.checked:
-            next(s for s in self.sites if s.name == layer.name).check(tensor, tensor.shape[0])
-        a = am.residual_attention(tensor.to(torch.float64).mean(dim=1), self.residual)
+            site.check(tensor, tensor.shape[0])
+        a = am.residual_attention(site.probabilities(tensor).to(torch.float64).mean(dim=1), self.residual)
         self.r = a if self.r is None else a @ self.r
 
     def end_batch(self, labels, outputs) -> None:
@@ -104,7 +105,11 @@ def attention_rollout(ctx) -> Result:
     site_list = sites(m.module)
     if site_list[0].kind != "global":
         raise VitstudyError(f"attention rollout needs global attention over one token grid; {m.label} uses windowed attention with changing grids")
-    has_cls = getattr(m.module, "cls_token", None) is not None
+    if len({s.tokens for s in site_list}) > 1:  # ConViT: the class token joins mid-depth
+        raise VitstudyError(f"attention rollout multiplies the maps of all blocks, but {m.label}'s blocks attend over "
+                            f"{sorted({s.tokens for s in site_list})} tokens (a class token joins mid-depth)")
+    # the class token must be among the attended tokens (CaiT's joins only in its class-attention blocks)
+    has_cls = getattr(m.module, "cls_token", None) is not None and site_list[0].num_prefix > 0
     query = "cls" if has_cls else "mean of patch tokens (no CLS token)"
     batching, record = ctx.sample()
     flat = [i for b in batching.batches for i in b]

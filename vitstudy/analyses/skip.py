@@ -27,7 +27,7 @@ from ..pipeline.engine import Reducer, stream
 from ..errors import VitstudyError
 from ..anatomy import tokens as anatomy_tokens
 from ..pipeline.layers import Layer
-from ..anatomy.residual import branches, remove_skip, residual_blocks
+from ..anatomy.residual import branches, combine, positions_channels, remove_skip, residual_blocks, terms as residual_terms
 from ._registry import Params, Result, at_least, choice, register
 from .common import sample_loader
 from .cka import CKAReducer, check, table
@@ -46,10 +46,15 @@ def position_norms(t: torch.Tensor, layer: Layer) -> torch.Tensor:
 
 
 class SkipRatioReducer(Reducer):
-    """Per branch and position: Σ ratio, Σ ratio², Σ‖z‖, Σ‖f‖, zero-branch counts; per image group means."""
+    """Per branch and position: Σ ratio, Σ ratio², Σ‖z‖, Σ‖f‖, zero-branch counts; per image group means.
 
-    def __init__(self, specs: list[list], first_tokens: int, groups: list[dict[str, slice]]):
+    z and f(z) are tapped layers, or (`residual.terms`) the stream after the addition minus the other term: those
+    layers are kept as float64 (B, positions, C) tensors until the batch ends, every other one as its norms."""
+
+    def __init__(self, specs: list[list], first_tokens: int, groups: list[dict[str, slice]], terms: list[list] | None = None):
         self.specs = specs  # per model: list of (Branch, skip Layer, branch Layer)
+        self.terms = terms or [[(((lz.name, 1.0),), ((lf.name, 1.0),)) for _, lz, lf in spec] for spec in specs]
+        self.full = [{n for zt, ft in t for part in (zt, ft) if len(part) > 1 for n, _ in part} for t in self.terms]
         self.first_tokens = first_tokens
         self.groups = groups
         self.cur: list[dict[str, torch.Tensor]] = [{} for _ in specs]
@@ -57,14 +62,23 @@ class SkipRatioReducer(Reducer):
         self.images = [0] * len(specs)
 
     def on_tensor(self, model_index, layer, tensor):
-        self.cur[model_index][layer.name] = position_norms(tensor, layer).cpu()
+        if layer.name in self.full[model_index]:
+            self.cur[model_index][layer.name] = positions_channels(tensor, layer.layout).to(torch.float64).cpu()
+        else:
+            self.cur[model_index][layer.name] = position_norms(tensor, layer).cpu()
+
+    def _norms(self, mi: int, part) -> torch.Tensor:
+        if len(part) == 1 and part[0][0] not in self.full[mi]:
+            return self.cur[mi][part[0][0]]
+        return torch.linalg.vector_norm(combine(part, self.cur[mi]), dim=-1)
 
     def end_batch(self, labels, outputs):
         for mi, spec in enumerate(self.specs):
             for bi, (br, lz, lf) in enumerate(spec):
-                z, f = self.cur[mi][lz.name], self.cur[mi][lf.name]
+                zt, ft = self.terms[mi][bi]
+                z, f = self._norms(mi, zt), self._norms(mi, ft)
                 if z.shape != f.shape:
-                    raise VitstudyError(f"skip input '{br.skip}' {tuple(z.shape)} and branch output '{br.branch}' {tuple(f.shape)} differ in positions")
+                    raise VitstudyError(f"skip input '{br.skip_point}' {tuple(z.shape)} and branch output '{br.branch_point}' {tuple(f.shape)} differ in positions")
                 r = torch.where(f > 0, z / f.clamp_min(torch.finfo(torch.float64).tiny), torch.inf)
                 finite = torch.where(torch.isfinite(r), r, 0.0)
                 s = self.sums[mi][bi]
@@ -99,7 +113,7 @@ def _ratio_tables(m, spec, sums, images, groups, aggregate, dataset) -> tuple[pd
         tokens_layout = lz.layout == "NLC" and "cls" in groups
         for t in range(len(zero)):
             rows.append({**base, "block": br.block, "index": br.index, "sublayer": br.sublayer,
-                         "skip_point": br.skip, "branch_point": br.branch, "token": t,
+                         "skip_point": br.skip_point, "branch_point": br.branch_point, "token": t,
                          "is_cls": bool(tokens_layout and has_cls and t == 0),
                          "ratio": float((mean_r if aggregate == "mean_of_ratios" else rom)[t]),
                          "mean_of_ratios": float(mean_r[t]), "ratio_of_means": float(rom[t]),
@@ -122,7 +136,7 @@ def _ratio_tables(m, spec, sums, images, groups, aggregate, dataset) -> tuple[pd
 
 
 def _groups(m, layer: Layer, positions: int) -> dict[str, slice]:
-    prefix = anatomy_tokens.split(m.module, positions)[0] if layer.layout == "NLC" else 0
+    prefix = anatomy_tokens.prefix_of(m.module, layer, positions) if layer.layout == "NLC" else 0
     if prefix:
         out = {"all": slice(0, positions), "patches": slice(prefix, positions)}
         if anatomy_tokens.has_cls(m.module):
@@ -138,17 +152,19 @@ def measure(models, layers_of, loader, device, heatmap_tokens: int = 10, aggrega
     `layers_of(model, names)` resolves layer specs (Context.layers, or layers.resolve). Returns the per-token
     table, the per-group summary table and, per model, the (Branch, skip Layer, branch Layer) triples.
     """
-    specs, groups, layer_lists = [], [], []
+    specs, groups, layer_lists, all_terms = [], [], [], []
     for m in models:
         brs = branches(m.module)
-        names = list(dict.fromkeys(n for b in brs for n in (b.skip, b.branch)))
+        bterms = [residual_terms(b) for b in brs]
+        names = list(dict.fromkeys(n for zt, ft in bterms for part in (zt, ft) for n, _ in part))
         layers = {l.name: l for l in layers_of(m, names)}
-        specs.append([(b, layers[b.skip], layers[b.branch]) for b in brs])
-        first = layers[brs[0].skip]
+        specs.append([(b, layers[zt[0][0]], layers[ft[0][0]]) for b, (zt, ft) in zip(brs, bterms)])
+        all_terms.append(bterms)
+        first = specs[-1][0][1]
         positions = int(np.prod(first.shape[:-1])) if first.layout in ("NLC", "NHWC") else int(np.prod(first.shape[1:]))
         groups.append(_groups(m, first, positions))
         layer_lists.append(list(layers.values()))
-    reducer = SkipRatioReducer(specs, heatmap_tokens, groups)
+    reducer = SkipRatioReducer(specs, heatmap_tokens, groups, all_terms)
     images = stream(models, layer_lists, loader, reducer, device, "skip_ratio", progress)
     tokens, summary = zip(*(_ratio_tables(m, s, sums, images, g, aggregate, dataset)
                             for m, s, sums, g in zip(models, specs, reducer.sums, groups)))

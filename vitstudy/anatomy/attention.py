@@ -6,6 +6,15 @@ an empty dict). `unfused(model)` switches `fused_attn` off on the analysed model
 restores it afterwards; the probabilities are then the input of each module's `attn_drop` (identity in
 eval mode), shape (B, heads, N, N), or (B * windows, heads, n, n) for Swin. `sites(model)` says where
 they are and how tokens map to pixels; `check_capture` verifies the count and that rows sum to 1.
+
+Per family (`sites`): ViT, DeiT (distilled), DeiT-III, BEiT, EVA, registers, GAP and hybrids attend over all
+their tokens; CaiT's self-attention blocks see the patch tokens only (its class token joins in the class-attention
+blocks `blocks_token_only`, which update only that token and are left out) and mix heads after the softmax
+(talking heads), so its probabilities are the softmax output, the input of `proj_w`, (B, N, N, heads); ConViT's
+gated positional blocks (GPSA, before `local_up_to_layer`) see the patch tokens, the later ones the class token
+too, and their probabilities are the gated, renormalised mix that multiplies the values; PiT's stages attend over
+its class token(s) and a grid that each stage's strided pooling conv shrinks; Swin and Swin-V2 attend
+inside (shifted) windows. XCiT is refused: its cross-covariance attention is a softmax over channels, not positions.
 """
 from __future__ import annotations
 
@@ -38,18 +47,25 @@ class Site:
     window: tuple[int, int] | None = None
     shift: tuple[int, int] = (0, 0)
     dist: torch.Tensor = field(default=None, repr=False)  # (N, N) or (windows, n, n) float64 pixels
+    tap: str = "attn_drop"  # submodule (of the attention module) whose input is the probabilities
+    heads_last: bool = False  # the tapped tensor is (B, N, N, heads) (CaiT's talking-heads `proj_w` input)
 
     @property
     def layer(self) -> Layer:
-        """The tap: the input of `attn_drop`, i.e. the softmax output."""
-        return Layer(self.name, f"{self.name}.attn_drop", True, (), "attn")
+        """The tap: the input of `attn_drop` (or `tap`), i.e. the softmax output."""
+        return Layer(self.name, f"{self.name}.{self.tap}", True, (), "attn")
 
     @property
     def tokens(self) -> int:
         return self.num_prefix + self.grid[0] * self.grid[1]
 
+    def probabilities(self, attn: torch.Tensor) -> torch.Tensor:
+        """A captured tensor as (B, heads, queries, keys) probabilities."""
+        return attn.permute(0, 3, 1, 2) if self.heads_last else attn
+
     def per_image(self, attn: torch.Tensor) -> torch.Tensor:
         """(B, heads) mean attention distance in pixels for one captured map."""
+        attn = self.probabilities(attn)
         dist = self.dist.to(attn.device)
         if self.kind == "window":
             return am.window_mean_distance(attn, dist)
@@ -57,6 +73,7 @@ class Site:
 
     def check(self, attn: torch.Tensor, batch: int) -> None:
         """Shape and row sums of a captured map; a mismatch means it is not the softmax we expect."""
+        attn = self.probabilities(attn)
         if self.kind == "window":
             n = self.window[0] * self.window[1]
             windows = (self.grid[0] // self.window[0]) * (self.grid[1] // self.window[1])
@@ -88,16 +105,66 @@ def _vit_sites(model: nn.Module) -> list[Site]:
     if None in img:
         raise VitstudyError(f"{type(model).__name__}.patch_embed has no fixed img_size; set model.kwargs.img_size")
     stride = (img[0] / grid[0], img[1] / grid[1])
-    prefix = prefix_tokens(model)
-    dist = am.distance_matrix(grid[0], grid[1], stride, prefix)
+    dists: dict[int, torch.Tensor] = {}
     out = []
     for i, blk in enumerate(model.blocks):
         attn = getattr(blk, "attn", None)
         if attn is None or not _attention_ok(attn):
             raise VitstudyError(f"block 'blocks.{i}' of {type(model).__name__} has no standard timm attention "
                                 f"(an `attn` module with `attn_drop` and `num_heads`); attention maps are not supported for it")
-        out.append(Site(f"blocks.{i}.attn", i, int(attn.num_heads), "global", grid, stride, prefix, dist=dist))
+        prefix = block_prefix(model, i)
+        if prefix not in dists:
+            dists[prefix] = am.distance_matrix(grid[0], grid[1], stride, prefix)
+        talking = isinstance(getattr(attn, "proj_w", None), nn.Linear)  # CaiT: heads mixed after the softmax
+        out.append(Site(f"blocks.{i}.attn", i, int(attn.num_heads), "global", grid, stride, prefix, dist=dists[prefix],
+                        tap="proj_w" if talking else "attn_drop", heads_last=talking))
     return out
+
+
+def _conv_out(n: int, conv: nn.Conv2d, dim: int) -> int:
+    k, st, pad, dil = conv.kernel_size[dim], conv.stride[dim], conv.padding[dim], conv.dilation[dim]
+    return (n + 2 * pad - dil * (k - 1) - 1) // st + 1
+
+
+def _pit_sites(model: nn.Module) -> list[Site]:
+    """PiT: stages `transformers.S` of ViT blocks over (class tokens + an H x W grid); each stage after the first
+    starts with a strided depthwise conv (`pool.conv`) that shrinks the grid, so the stride in pixels grows."""
+    img = _pair(model.patch_embed.img_size)
+    grid = tuple(int(g) for g in _pair(model.patch_embed.grid_size))
+    prefix = prefix_tokens(model)
+    out, depth = [], 0
+    for s, stage in enumerate(model.transformers):
+        pool = getattr(stage, "pool", None)
+        if pool is not None:
+            grid = (_conv_out(grid[0], pool.conv, 0), _conv_out(grid[1], pool.conv, 1))
+        stride = (img[0] / grid[0], img[1] / grid[1])
+        dist = am.distance_matrix(grid[0], grid[1], stride, prefix)
+        for j, blk in enumerate(stage.blocks):
+            if not _attention_ok(getattr(blk, "attn", None)):
+                raise VitstudyError(f"block 'transformers.{s}.blocks.{j}' of {type(model).__name__} has no standard timm attention")
+            out.append(Site(f"transformers.{s}.blocks.{j}.attn", depth, int(blk.attn.num_heads), "global", grid, stride, prefix, dist=dist))
+            depth += 1
+    return out
+
+
+def block_prefix(model: nn.Module, i: int) -> int:
+    """Prefix tokens that block i of a ViT-family model attends over: CaiT's class token joins after `blocks` (in
+    `blocks_token_only`), ConViT's at block `local_up_to_layer`; every other ViT has them from the start."""
+    if getattr(model, "blocks_token_only", None) is not None:
+        return 0
+    late = getattr(model, "local_up_to_layer", None)
+    if late is not None and i < int(late):
+        return 0
+    return prefix_tokens(model)
+
+
+def excluded(model: nn.Module) -> str | None:
+    """Attention modules `sites` leaves out on purpose, in one line (said in the analyses' output)."""
+    cls_blocks = getattr(model, "blocks_token_only", None)
+    if cls_blocks is not None and len(cls_blocks):
+        return (f"the {len(cls_blocks)} class-attention blocks (blocks_token_only) are left out: only the class token "
+                f"queries there, it does not attend between image positions")
+    return None
 
 
 def _swin_sites(model: nn.Module, blocks: list[tuple[str, nn.Module]]) -> list[Site]:
@@ -120,11 +187,16 @@ def _swin_sites(model: nn.Module, blocks: list[tuple[str, nn.Module]]) -> list[S
 
 def sites(model: nn.Module) -> list[Site]:
     """The attention modules of a timm ViT-family (ViT, DeiT, DeiT-III, registers, GAP, hybrid) or Swin model."""
+    if type(model).__name__ == "Xcit":
+        raise VitstudyError("XCiT's cross-covariance attention is a softmax over channels, not over image positions, "
+                            "so it has no attention distance or map; use another transformer")
     swin = [(n, m) for n, m in model.named_modules()
             if hasattr(m, "shift_size") and hasattr(m, "window_size") and hasattr(m, "input_resolution") and _attention_ok(getattr(m, "attn", None))]
     if swin:
         return _swin_sites(model, swin)
     pe = getattr(model, "patch_embed", None)
+    if pe is not None and hasattr(pe, "grid_size") and isinstance(getattr(model, "transformers", None), nn.Sequential):
+        return _pit_sites(model)
     if pe is not None and hasattr(pe, "grid_size") and isinstance(getattr(model, "blocks", None), (nn.Sequential, nn.ModuleList)):
         return _vit_sites(model)
     if any(_attention_ok(m) for m in model.modules()):

@@ -7,27 +7,49 @@ every conv block; the stem and final norm).
 """
 from __future__ import annotations
 
+import importlib
 import re
 
 from torch import nn
 
 from .layer import INPUT
 
-_BLOCK_CLASS = re.compile(r"(Block|Bottleneck|Basic|BasicBlock|Residual|ResBlock|DenseLayer)$")
+_BLOCK_CLASS = re.compile(r"(Block|Block1d|Block2d|Bottleneck|Basic|BasicBlock|Residual|ResBlock|DenseLayer|"
+                          r"TransformerLayer|DepthwiseSeparableConv)$")
+
+
+def _classes(module: str, *names: str) -> tuple[type, ...]:
+    try:
+        mod = importlib.import_module(module)
+    except ImportError:
+        return ()
+    return tuple(getattr(mod, n) for n in names if hasattr(mod, n))
+
+
+# Containers named like blocks whose children are the residual blocks (CrossViT: one ViT block list per branch).
+_CONTAINERS = _classes("timm.models.crossvit", "MultiScaleBlock")
+# Class-attention blocks update only the CLS token (CaiT's blocks_token_only, XCiT's cls_attn_blocks, CrossViT's
+# cross-attention fusion): not blocks of the token stream.
+_CLASS_ATTENTION = _classes("timm.models.xcit", "ClassAttentionBlock") + _classes("timm.models.cait", "LayerScaleBlockClassAttn") + \
+    _classes("timm.models.crossvit", "CrossAttentionBlock")
 _CONV = (nn.Conv1d, nn.Conv2d, nn.Conv3d)
 _NORM = (nn.LayerNorm, nn.GroupNorm, nn.modules.batchnorm._BatchNorm, nn.LocalResponseNorm)
 _ACT = (nn.ReLU, nn.ReLU6, nn.GELU, nn.SiLU, nn.Hardswish, nn.LeakyReLU, nn.ELU, nn.Mish, nn.Tanh, nn.Sigmoid)
 
 
 def _is_block(name: str, mod: nn.Module) -> bool:
+    if isinstance(mod, _CONTAINERS + _CLASS_ATTENTION):
+        return False
     return bool(name) and bool(_BLOCK_CLASS.search(type(mod).__name__))
 
 
 def block_names(model: nn.Module) -> list[str]:
-    """Residual blocks: ViT `blocks.i`, ResNet `layerS.B`, Swin `layers.S.blocks.B`, ConvNeXt `stages.S.blocks.B`."""
+    """Residual blocks: ViT `blocks.i`, ResNet `layerS.B`, Swin `layers.S.blocks.B`, ConvNeXt `stages.S.blocks.B`,
+    CrossViT's per-branch ViT blocks `blocks.i.blocks.j.k`; class-attention blocks are left out."""
     found: list[str] = []
+    skipped = [n + "." for n, m in model.named_modules() if n and isinstance(m, _CLASS_ATTENTION)]
     for name, mod in model.named_modules():
-        if _is_block(name, mod) and not any(name.startswith(b + ".") for b in found):
+        if _is_block(name, mod) and not any(name.startswith(b + ".") for b in found) and not name.startswith(tuple(skipped)):
             found.append(name)
     if found:
         return found

@@ -14,19 +14,16 @@ from typing import Sequence
 import torch
 from torch import nn
 
-from ..anatomy import latents, tokens as anatomy_tokens
-from ..anatomy.blocks import _CONV, block_names, dense_names
-from ..anatomy.layer import INPUT, Layer
+from ..anatomy import families, latents, tokens as anatomy_tokens
+from ..anatomy.blocks import _CONV
+from ..anatomy.layer import INPUT, Layer, parse
 from ..errors import VitstudyError, closest
 
-PRESETS = {"blocks": block_names, "all": dense_names, "latents": latents.latent_names}
+PRESETS = {"blocks": families.block_layers, "all": families.dense_layers, "latents": latents.latent_names}
 
 
 def _match(spec: str, available: Sequence[str]) -> list[str]:
-    if spec in available:
-        return [spec]
-    base = spec[: -len(INPUT)] if spec.endswith(INPUT) else None
-    if base is not None and base in available:
+    if spec in available or parse(spec)[0] in available:  # a module, its input (`:in`) or one of its outputs (`[i]`)
         return [spec]
     try:
         pattern = re.compile(spec)
@@ -60,7 +57,7 @@ def select(model: nn.Module, spec) -> tuple[list[str], bool]:
     return names, explicit and len(specs) == len(names)
 
 
-def _layout(mod: nn.Module, shape: tuple, model: nn.Module) -> str:
+def _layout(mod: nn.Module, shape: tuple, model: nn.Module, input_hw: tuple | None = None) -> str:
     if len(shape) == 1:
         return "NC"
     if len(shape) == 2:
@@ -68,6 +65,9 @@ def _layout(mod: nn.Module, shape: tuple, model: nn.Module) -> str:
     if len(shape) == 3:
         if isinstance(mod, _CONV + (nn.modules.batchnorm._BatchNorm, nn.GroupNorm)):
             return "NCHW"
+        fit = anatomy_tokens.channels_last_fit(shape, input_hw)  # which reading puts the image's aspect on H, W
+        if fit is not None:
+            return fit
         return "NHWC" if getattr(model, "output_fmt", "NCHW") == "NHWC" else "NCHW"
     return "N" + "?" * len(shape)
 
@@ -83,8 +83,10 @@ def probe(model: nn.Module, names: list[str], input_size, keep_order: bool) -> l
     handles = []
 
     def make(name, is_input):
+        _, _, index = parse(name)
+
         def hook(mod, args, output=None):
-            value = args[0] if is_input and args else output
+            value = (args[index or 0] if args else None) if is_input else output if index is None else output[index]
             seen[name].append(value)
             if name not in order:
                 order.append(name)
@@ -92,8 +94,8 @@ def probe(model: nn.Module, names: list[str], input_size, keep_order: bool) -> l
         return hook
 
     for n in names:
-        is_input = n.endswith(INPUT)
-        mod = modules[n[: -len(INPUT)] if is_input else n]
+        path, is_input, _ = parse(n)
+        mod = modules[path]
         if is_input:
             handles.append(mod.register_forward_pre_hook(make(n, True)))
         else:
@@ -114,6 +116,9 @@ def probe(model: nn.Module, names: list[str], input_size, keep_order: bool) -> l
             problem = "does not run in the forward pass"
         elif len(values) > 1:
             problem = f"runs {len(values)} times per forward pass"
+        elif isinstance(values[0], (tuple, list)) and any(isinstance(v, torch.Tensor) for v in values[0]):
+            problem = (f"returns a {type(values[0]).__name__} of {len(values[0])}, not a batch tensor; "
+                       f"pick one element with '{n}[i]'")
         elif not isinstance(values[0], torch.Tensor) or values[0].dim() < 2:
             problem = f"returns {type(values[0]).__name__}, not a batch tensor"
         elif values[0].shape[0] != 2:
@@ -123,7 +128,11 @@ def probe(model: nn.Module, names: list[str], input_size, keep_order: bool) -> l
                 raise VitstudyError(f"layer '{n}' {problem}; choose another module (see `vitstudy layers`)")
             continue
         t = values[0]
-        layers.append(Layer(n, n[: -len(INPUT)] if n.endswith(INPUT) else n, n.endswith(INPUT), tuple(t.shape[1:]), _layout(modules[n.split(":")[0]], tuple(t.shape[1:]), model)))
+        path, is_input, index = parse(n)
+        shape = tuple(t.shape[1:])
+        layout = _layout(modules[path], shape, model, tuple(input_size[-2:]))
+        grid = anatomy_tokens.infer_grid(model, shape[0], tuple(input_size[-2:])) if layout == "NLC" else None
+        layers.append(Layer(n, path, is_input, shape, layout, index, grid))
         kept_tensors.append(t)
     if not keep_order:  # drop a layer whose tensor is the same object as a later one (e.g. act3 == block output)
         unique = []
@@ -153,7 +162,7 @@ def features(x: torch.Tensor, layer: Layer, tokens: str, model: nn.Module) -> to
     if tokens == "flatten" or layer.layout == "NC":
         return x.reshape(x.shape[0], -1)
     if layer.layout == "NLC":
-        prefix = anatomy_tokens.split(model, x.shape[1])[0]
+        prefix = anatomy_tokens.prefix_of(model, layer, x.shape[1])
         if tokens == "cls":
             if not (anatomy_tokens.has_cls(model) and prefix):
                 raise VitstudyError(f"layer '{layer.name}' has no CLS token (the model has none); use tokens=mean or tokens=flatten")

@@ -21,9 +21,9 @@ def tap(model: nn.Module, layers: Sequence[Layer], fn: Callable[[Layer, torch.Te
     for layer in layers:
         mod = modules[layer.module]
         if layer.is_input:
-            handles.append(mod.register_forward_pre_hook(lambda m, args, _l=layer: fn(_l, args[0])))
+            handles.append(mod.register_forward_pre_hook(lambda m, args, _l=layer: fn(_l, _l.of_input(args))))
         else:
-            handles.append(mod.register_forward_hook(lambda m, args, out, _l=layer: fn(_l, out)))
+            handles.append(mod.register_forward_hook(lambda m, args, out, _l=layer: fn(_l, _l.of_output(out))))
     try:
         yield
     finally:
