@@ -44,7 +44,22 @@ def find_runs(roots: list[Path]) -> tuple[list[dict], list[dict]]:
 
 
 def _log(job: Path) -> str:
-    logs = sorted(job.glob("*.log")) + sorted((job.parent / ".submitit").rglob("*.err")) if job.exists() else []
+    """The job's error log: the one its failed.json names, else submitit's log of the job id Hydra recorded
+    (`.hydra/hydra.yaml`: hydra.job.id, e.g. 123_4 for a SLURM array task), else a log in the job directory."""
+    if not job.exists():
+        return ""
+    if (job / "failed.json").is_file():
+        log = json.loads((job / "failed.json").read_text()).get("log")
+        if log:
+            return str(log)
+    if (job / ".hydra" / "hydra.yaml").is_file():
+        from omegaconf import OmegaConf
+
+        job_id = OmegaConf.select(OmegaConf.load(job / ".hydra" / "hydra.yaml"), "hydra.job.id", default=None)
+        logs = sorted((job.parent / ".submitit" / str(job_id)).glob("*_log.err")) if job_id else []
+        if logs:
+            return str(logs[0])
+    logs = sorted(job.glob("*.log"))
     return str(logs[0]) if logs else ""
 
 
