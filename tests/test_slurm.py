@@ -203,3 +203,54 @@ def test_missing_sbatch_is_one_line(tmp_path, capsys, monkeypatch):
     lines = err.strip().splitlines()
     assert code == 2 and len(lines) == 1 and "hydra/launcher=slurm needs SLURM, but sbatch, srun, squeue is not on PATH" in lines[0]
     assert "scripts/slurm_local.sh" in lines[0] and "Traceback" not in err
+
+
+@needs_cluster
+@pytest.mark.slow
+def test_preempted_job_is_requeued_and_resumes_from_its_reducer_checkpoint(tmp_path, capsys):
+    """submitit's pre-timeout/preemption signal (USR2, what `--signal=USR2@signal_delay_s` sends before the time
+    limit) after the first reducer checkpoint: the job requeues itself (`scontrol requeue`), starts again, resumes
+    from the checkpoint and its CKA equals an uninterrupted run's to 1e-12."""
+    vitstudy = os.path.join(os.path.dirname(os.sys.executable), "vitstudy")
+    common = ["analysis=cka_within", "model.name=vit_tiny_patch16_224", "model.pretrained=false", "model.kwargs.depth=4",
+              "dataset=synthetic", "dataset.num_images=480", "dataset.batch_size=8", "dataset.image_size=64",
+              "cache.checkpoint_every=1", "layers=all"]
+    sweep, partial = tmp_path / "sweep", tmp_path / "cache" / "partial"
+    env = dict(os.environ, OMP_NUM_THREADS="1")
+    times = {"submitted": time.time()}
+    proc = subprocess.Popen([vitstudy, "run", "-m", *common, *SLURM, f"cache.dir={tmp_path / 'cache'}",
+                             f"hydra.sweep.dir={sweep}"], env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        deadline = time.time() + 300
+        while time.time() < deadline and not list(partial.glob("*.pt")) and proc.poll() is None:
+            time.sleep(0.05)
+        jobs = [p.name for p in sweep.glob(".submitit/[0-9]*")]  # one job: a plain job, not an array
+        assert jobs and list(partial.glob("*.pt")), "the job wrote no checkpoint"
+        subprocess.run(["scancel", "--signal=USR2", jobs[0]], check=True)
+        times["signalled"] = time.time()
+        out, err = proc.communicate(timeout=600)
+        times["finished"] = time.time()
+    finally:  # a failed test leaves no job behind
+        if proc.poll() is None:
+            proc.kill()
+            for job in sweep.glob(".submitit/[0-9]*"):
+                subprocess.run(["scancel", job.name])
+    assert proc.returncode == 0, err
+    log = next(sweep.glob(".submitit/[0-9]*/*_log.out")).read_text().splitlines()
+    starts = [_stamp(l) for l in log if l.startswith("submitit INFO") and "Starting with JobEnvironment" in l]
+    requeued = [_stamp(l) for l in log if l.startswith("submitit INFO") and "Requeued job" in l]
+    assert len(starts) == 2 and len(requeued) == 1, "\n".join(log)
+    times.update(requeued=requeued[0], restarted=starts[1])
+    record = json.loads((sweep / "0" / "run.json").read_text())
+    resumed_at = record["images"][0]["resumed_at_batch"]
+    print("preemption timeline (s after submission): " + ", ".join(
+        f"{k} {v - times['submitted']:.1f}" for k, v in sorted(times.items(), key=lambda kv: kv[1])) +
+        f"; resumed at batch {resumed_at} of 60")
+    assert resumed_at > 0
+    code, _, err = cli(["run", *common, f"cache.dir={tmp_path / 'fresh'}", f"hydra.run.dir={tmp_path / 'whole'}"], capsys)
+    assert code == 0, err
+    resumed = pd.read_csv(sweep / "0" / "cka_within.csv").cka.to_numpy()
+    whole = pd.read_csv(tmp_path / "whole" / "cka_within.csv").cka.to_numpy()
+    print(f"largest |CKA resumed - uninterrupted| = {np.abs(resumed - whole).max():.3g}")
+    np.testing.assert_allclose(resumed, whole, rtol=0, atol=1e-12)
+    assert not list(partial.glob("*.pt"))  # the finished job cleared its checkpoint
