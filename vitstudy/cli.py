@@ -15,6 +15,7 @@ from omegaconf import DictConfig
 
 from .compose import normalise, precheck, presets
 from .errors import VitstudyError, closest, fail
+from .launch import FAILED, job_failed, submitit_launch
 
 USAGE = """usage: vitstudy COMMAND [overrides...]
 
@@ -29,11 +30,10 @@ commands:
 
 Hydra's own flags work after `run`: --cfg job, --info, -m/--multirun, hydra.run.dir=DIR, --help.
 """
-FAILED: list[str] = []
 
 
 @hydra.main(version_base="1.3", config_path="pkg://vitstudy.conf", config_name="config")
-def hydra_app(cfg: DictConfig) -> None:
+def hydra_app(cfg: DictConfig) -> dict | None:
     from .pipeline.runner import check_config, execute
 
     hc = HydraConfig.get()
@@ -45,12 +45,7 @@ def hydra_app(cfg: DictConfig) -> None:
     except VitstudyError as err:
         if not multirun:
             fail(str(err))
-        from .pipeline.results import write_json
-
-        write_json(os.path.join(out_dir, "failed.json"), {"error": str(err), "overrides": list(hc.overrides.task)})
-        FAILED.append(out_dir)
-        print(f"vitstudy: error in {out_dir}: {err}", file=sys.stderr)
-        return
+        return job_failed(out_dir, err, list(hc.overrides.task))
     csvs = ", ".join(p.name for p in written if p.suffix == ".csv")
     state = "cached (same config and weights; force=true recomputes)" if result is None else "done"
     print(f"vitstudy: {cfg.analysis.name} {state}; outputs in {out_dir} ({csvs}, figures, run.json)")
@@ -150,12 +145,18 @@ def main(argv: list[str] | None = None) -> None:
         return
     cmd, rest = args[0], args[1:]
     try:
-        if cmd == "run":
+        if cmd in ("run", "train"):
             FAILED.clear()
-            rest = normalise(rest)
-            precheck(rest)
-            sys.argv = [sys.argv[0]] + rest
-            hydra_app()
+            with submitit_launch():  # sweeps through submitit: finished jobs skipped, one-line sbatch errors (launch.py)
+                if cmd == "run":
+                    rest = normalise(rest)
+                    precheck(rest)
+                    sys.argv = [sys.argv[0]] + rest
+                    hydra_app()
+                else:
+                    from .train.app import main as train_main
+
+                    train_main(rest)
             if FAILED:
                 fail(f"{len(FAILED)} job(s) failed; see failed.json in: {', '.join(FAILED)}", code=1)
         elif cmd == "list":
@@ -166,10 +167,6 @@ def main(argv: list[str] | None = None) -> None:
             cmd_collect(rest)
         elif cmd in ("demo", "tour"):
             cmd_demo(cmd, rest)
-        elif cmd == "train":
-            from .train.app import main as train_main
-
-            train_main(rest)
         else:
             fail(f"unknown command '{cmd}'; {closest(cmd, ['run', 'list', 'layers', 'collect', 'train', 'demo', 'tour'])}")
     except VitstudyError as err:

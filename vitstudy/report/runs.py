@@ -68,6 +68,11 @@ def job_log(job: Path) -> str:
     if logs:
         return str(logs[0])
     submitit = job.parent / ".submitit"
+    if (job / ".hydra" / "hydra.yaml").is_file():  # submitit's log of the job id Hydra recorded (123_4: an array task)
+        job_id = OmegaConf.select(OmegaConf.load(job / ".hydra" / "hydra.yaml"), "hydra.job.id", default=None)
+        found = sorted((submitit / str(job_id)).glob("*_log.err")) if job_id else []
+        if found:
+            return str(found[0])
     if submitit.is_dir():
         needle = str(job)
         for path in sorted(submitit.rglob("*.err")) + sorted(submitit.rglob("*.out")):
