@@ -23,6 +23,7 @@ commands:
   list [ANALYSIS]        the analyses, model presets and dataset presets, one line each; an analysis' parameters
   layers [OVERRIDES]     the layers a model's layer spec selects: vitstudy layers model=vit_b16 layers=all
   collect DIR... [--out OUT]   summary tables, figure grids, failed jobs and index.html for sweep directories
+  compare RUN [RUN_B] --a Q --b Q [--by COLS]   does a value differ between two selections beyond its uncertainty
   train [OVERRIDES]      train a model: vitstudy train model=vit_mini_cifar dataset=imagefolder dataset.root=DIR recipe=quick
 
 Hydra's own flags work after `run`: --cfg job, --info, -m/--multirun, hydra.run.dir=DIR, --help.
@@ -149,12 +150,16 @@ def main(argv: list[str] | None = None) -> None:
             cmd_layers(rest)
         elif cmd == "collect":
             cmd_collect(rest)
+        elif cmd == "compare":
+            from .compare import main as compare_main
+
+            compare_main(rest)
         elif cmd == "train":
             from .train.app import main as train_main
 
             train_main(rest)
         else:
-            fail(f"unknown command '{cmd}'; {closest(cmd, ['run', 'list', 'layers', 'collect', 'train'])}")
+            fail(f"unknown command '{cmd}'; {closest(cmd, ['run', 'list', 'layers', 'collect', 'compare', 'train'])}")
     except VitstudyError as err:
         fail(str(err))
     except KeyboardInterrupt:
