@@ -90,16 +90,16 @@ class MinibatchCKA:
             term = prod * scale
             self.cross += term
             self.self_x += torch.diagonal(prod) * scale
-            self.terms["cross"].append(term.cpu())  # the self terms are its diagonal
+            self.terms["cross"].append(term.to("cpu", torch.float64))  # the self terms are its diagonal
         else:
             term = (ux @ uy.T) * scale
             sx, sy = (ux * ux).sum(dim=1) * scale, (uy * uy).sum(dim=1) * scale
             self.cross += term
             self.self_x += sx
             self.self_y += sy
-            self.terms["cross"].append(term.cpu())
-            self.terms["self_x"].append(sx.cpu())
-            self.terms["self_y"].append(sy.cpu())
+            self.terms["cross"].append(term.to("cpu", torch.float64))
+            self.terms["self_x"].append(sx.to("cpu", torch.float64))
+            self.terms["self_y"].append(sy.to("cpu", torch.float64))
             if self.null is not None:
                 self._permuted(ux, uy, perms, scale)
         self.batches += 1
