@@ -2,6 +2,7 @@
 gamma_1/gamma_2), derived from a shared drop-path (CaiT) or post-normed (Swin-V2) against ratios computed by hand
 in float64; CaiT's attention distance (late class token, talking heads) against a hand formula; tuple-returning
 blocks (MViT-v2, TNT) tapped at their token tensor; one-line refusals for structure still missing."""
+import sys
 import math
 
 import numpy as np
@@ -189,6 +190,7 @@ def test_coverage_script_runs_and_refuses_without_crashing(tmp_path):
     path = Path(__file__).resolve().parent.parent / "scripts" / "coverage.py"  # not the `coverage` package
     spec = importlib.util.spec_from_file_location("vitstudy_coverage_script", path)
     cov = importlib.util.module_from_spec(spec)
+    sys.modules[spec.name] = cov  # dataclasses look their module up by name
     spec.loader.exec_module(cov)
 
     code = cov.main(["--families", "cait", "mvitv2", "vgg", "--analyses", "skip_ratio", "attention_distance",

@@ -82,9 +82,9 @@ def test_streamed_sums_equal_the_whole_set_formula(tiny_vit, tiny_resnet, images
         layer_lists.append(resolve(module, "latents", (3, 32, 32)))
     described = [latents.describe(m.module, ls) for m, ls in zip(models, layer_lists)]
     batches = [((images[i:i + 8], images[i:i + 8]), torch.zeros(8)) for i in range(0, 24, 8)]
-    results = {}
+    results, reducers = {}, {}
     for stat in ("fourier", "variance"):
-        reducer = LatentReducer(described, stat)
+        reducer = reducers[stat] = LatentReducer(described, stat)
         stream(models, layer_lists, batches, reducer, torch.device("cpu"), progress=False)
         results[stat] = [reducer.means(0), reducer.means(1)]
     for i, (m, lats) in enumerate(zip(models, described)):
@@ -108,9 +108,21 @@ def test_streamed_sums_equal_the_whole_set_formula(tiny_vit, tiny_resnet, images
                 t = t[:, 1:].reshape(t.shape[0], hh, hh, t.shape[2]).transpose(0, 3, 1, 2)
             got = F.relative(results["fourier"][i][lat.name]).numpy()
             np.testing.assert_allclose(got, official_relative_log_amplitude(t), rtol=1e-4, atol=1e-4)
+            # standard errors over the 24 images: sd over images of each image's channel mean / sqrt(24)
+            h = t.shape[2]
+            amp = np.roll(np.log(np.abs(np.fft.fft2(t)) + 1e-6), shift=(h // 2, t.shape[3] // 2), axis=(2, 3)).mean(1)
+            per_image = np.stack([np.diag(a)[h // 2:] for a in amp])  # (24, K)
+            se, delta_se, n = reducers["fourier"].standard_errors(i, lat.name)
+            assert n == 24
+            np.testing.assert_allclose(se, per_image.std(0, ddof=1) / math.sqrt(24), rtol=1e-3, atol=1e-6)
+            rel = per_image - per_image[:, :1]
+            np.testing.assert_allclose(delta_se, rel.std(0, ddof=1) / math.sqrt(24), rtol=1e-3, atol=1e-6)
             var = float(results["variance"][i][lat.name])
             if t.shape[2] * t.shape[3] > 1:
                 assert var == pytest.approx(t.reshape(*t.shape[:2], -1).var(axis=-1, ddof=1).mean(), rel=1e-5)
+                vse, _, _ = reducers["variance"].standard_errors(i, lat.name)
+                per = t.reshape(*t.shape[:2], -1).var(axis=-1, ddof=1).mean(1)
+                assert float(vse) == pytest.approx(per.std(ddof=1) / math.sqrt(24), rel=1e-4)
             else:
                 assert math.isnan(var)
 

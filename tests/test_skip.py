@@ -91,6 +91,13 @@ def test_ratios_match_independent_float64_norms(tiny_vit, images):
         tokens, summary, _ = measure([loaded(tiny_vit)], layers_of, loader, "cpu", 3, aggregate, "t")
         got = tokens[(tokens.block == "blocks.1") & (tokens.sublayer == "mlp")].sort_values("token")
         np.testing.assert_allclose(got.ratio, want, rtol=1e-5)
+        if aggregate == "mean_of_ratios":  # standard errors over the 8 images: sd / sqrt(n); ratio of means: delta method
+            se = (nz / nf).std(0, ddof=1) / np.sqrt(8)
+        else:
+            r = nz.mean(0) / nf.mean(0)
+            se = np.sqrt(((nz - r * nf) ** 2).sum(0) / (8 * 7)) / nf.mean(0)
+        np.testing.assert_allclose(got.ratio_se, se, rtol=1e-4)
+        np.testing.assert_allclose(got.ratio_ci_high - got.ratio, 2.3646242515927 * se, rtol=1e-4)  # t(7), 0.975
         cls = summary[(summary.block == "blocks.1") & (summary.sublayer == "mlp") & (summary.group == "cls")]
         assert cls.ratio.item() == pytest.approx(want[0], rel=1e-5)
     assert got.is_cls.tolist()[:2] == [True, False]

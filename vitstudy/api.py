@@ -4,6 +4,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Iterable, Sequence
 
+import numpy as np
 import pandas as pd
 import torch
 from omegaconf import DictConfig
@@ -80,9 +81,18 @@ def cka_matrix(
     matrix = reducer.result()
     lx, ly = layer_lists[0], layer_lists[-1]
     check(matrix, [l.name for l in lx], [l.name for l in ly])
+    reps = reducer.replicates()
+    if reps is not None:
+        from .metrics import uncertainty
+
+        ci = uncertainty.se_columns("cka", matrix, uncertainty.jackknife_se(reps), len(reps) - 1)
+    else:
+        ci = {k: np.full(matrix.shape, np.nan) for k in ("cka_se", "cka_ci_low", "cka_ci_high")}
     rows = [
         {"model_x": loaded[0].name, "layer_x": a.name, "index_x": i, "model_y": loaded[-1].name, "layer_y": b.name,
-         "index_y": j, "cka": float(matrix[i, j]), "estimator": estimator, "tokens": tokens, "num_images": seen}
+         "index_y": j, "cka": float(matrix[i, j]), **{k: float(v[i, j]) for k, v in ci.items()},
+         "estimator": estimator, "tokens": tokens, "num_images": seen,
+         "uncertainty": "jackknife_batches" if reps is not None else "none"}
         for i, a in enumerate(lx) for j, b in enumerate(ly)
     ]
     return pd.DataFrame(rows)

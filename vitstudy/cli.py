@@ -1,4 +1,4 @@
-"""`vitstudy run | list | layers | collect | train | demo | tour`: a small dispatcher in front of Hydra.
+"""`vitstudy run | list | layers | collect | compare | train | demo | tour`: a small dispatcher in front of Hydra.
 
 Hydra owns the command line of `run` (overrides, -m/--multirun, --cfg, --info, hydra.run.dir=...,
 launchers, shell completion), so `run` is stripped from argv and the @hydra.main app is called. Bad input
@@ -24,6 +24,7 @@ commands:
   list [ANALYSIS]        the analyses, model presets and dataset presets, one line each; an analysis' parameters
   layers [OVERRIDES]     the layers a model's layer spec selects: vitstudy layers model=vit_b16 layers=all
   collect DIR... [--out OUT]   summary tables, figure grids, failed jobs and index.html for sweep directories
+  compare RUN [RUN_B] --a Q --b Q [--by COLS]   does a value differ between two selections beyond its uncertainty
   train [OVERRIDES]      train a model: vitstudy train model=vit_mini_cifar dataset=imagefolder dataset.root=DIR recipe=quick
   demo [--out DIR] [OVERRIDES]   CKA within and across the bundled trained CIFAR-10 ViT and ResNet; prints 3 findings
   tour [--out DIR] [OVERRIDES]   the demo plus 7 more paper analyses on them, collected into one HTML report
@@ -167,8 +168,12 @@ def main(argv: list[str] | None = None) -> None:
             cmd_collect(rest)
         elif cmd in ("demo", "tour"):
             cmd_demo(cmd, rest)
+        elif cmd == "compare":
+            from .compare import main as compare_main
+
+            compare_main(rest)
         else:
-            fail(f"unknown command '{cmd}'; {closest(cmd, ['run', 'list', 'layers', 'collect', 'train', 'demo', 'tour'])}")
+            fail(f"unknown command '{cmd}'; {closest(cmd, ['run', 'list', 'layers', 'collect', 'compare', 'train', 'demo', 'tour'])}")
     except VitstudyError as err:
         fail(str(err))
     except KeyboardInterrupt:

@@ -98,6 +98,7 @@ class CKAConfig:
     repeats: int = 1  # independent samples of images; mean and std are reported
     tail: str = "fold"  # a last batch of fewer than 4 images: 'fold' into the previous batch, or 'drop'
     gram_dtype: str = "float32"  # dtype of the per-batch Gram product (after centring); HSIC sums are float64
+    null: int = 0  # cka_across: permutations of the image pairing within each batch (no extra forward): chance level and p-value per cell
 
 
 @dataclass

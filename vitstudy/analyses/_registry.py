@@ -22,6 +22,7 @@ class Result:
     figures: dict[str, Any] = field(default_factory=dict)  # name -> matplotlib Figure
     info: dict[str, Any] = field(default_factory=dict)  # recorded in run.json (choices made, layers used)
     images: list[dict] = field(default_factory=list)  # the image samples used (Context.sample records) -> images.csv
+    replicates: dict[str, dict] = field(default_factory=dict)  # table -> jackknife replicates -> <table>.replicates.npz (vitstudy compare)
 
 
 @dataclass

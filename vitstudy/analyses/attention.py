@@ -22,6 +22,7 @@ from ..pipeline.engine import Reducer, stream
 from ..errors import VitstudyError
 from ..anatomy.blocks import block_names
 from ..pipeline.layers import Layer, features
+from ..metrics import uncertainty
 from ..metrics.cka import MinibatchCKA, gram, u_center
 from ._registry import Params, Result, at_least, register
 from .common import INPUT
@@ -35,6 +36,8 @@ class DistanceStats:
         self.order = [s.name for s in site_list]
         self.s1 = {s.name: torch.zeros(s.heads, dtype=torch.float64) for s in site_list}
         self.s2 = {s.name: torch.zeros(s.heads, dtype=torch.float64) for s in site_list}
+        self.batch_sums: dict[str, list[torch.Tensor]] = {s.name: [] for s in site_list}  # per batch Σ, for the jackknife
+        self.batch_counts: dict[str, list[int]] = {s.name: [] for s in site_list}
         self.n = 0
         self.checked: set[str] = set()
 
@@ -44,14 +47,24 @@ class DistanceStats:
             site.check(attn, batch)
             self.checked.add(name)
         m = site.per_image(attn).to(torch.float64).cpu()
-        self.s1[name] += m.sum(0)
+        total = m.sum(0)
+        self.s1[name] += total
         self.s2[name] += (m * m).sum(0)
+        self.batch_sums[name].append(total)
+        self.batch_counts[name].append(m.shape[0])
 
     def mean_std(self, name: str) -> tuple[np.ndarray, np.ndarray]:
         n = self.n
         mean = self.s1[name] / n
         var = (self.s2[name] - self.s1[name] * mean) / (n - 1) if n > 1 else torch.full_like(mean, float("nan"))
         return mean.numpy(), var.clamp_min(0).sqrt().numpy()
+
+    def replicates(self, name: str) -> np.ndarray:
+        """Leave-one-batch-out means (B, heads): how the mean moves without each batch (for paired comparisons)."""
+        sums = torch.stack(self.batch_sums[name]).numpy()
+        counts = np.asarray(self.batch_counts[name], dtype=np.float64)
+        with np.errstate(invalid="ignore", divide="ignore"):  # one batch: no replicate (NaN)
+            return (sums.sum(0)[None] - sums) / (counts.sum() - counts)[:, None]
 
 
 class DistanceReducer(Reducer):
@@ -78,25 +91,30 @@ def distance_table(m, stats: DistanceStats, site_list: list[Site], cfg) -> pd.Da
     rows = []
     for s in site_list:
         mean, std = stats.mean_std(s.name)
+        se = std / np.sqrt(stats.n)  # images are independent draws; heads of one image are not
+        ci = uncertainty.se_columns("mean_distance", mean, se, stats.n - 1)
         rank = np.argsort(np.argsort(mean, kind="stable"), kind="stable")
         for h in range(s.heads):
             rows.append({"model": m.name, "label": m.label, "weights": m.weights, "block": s.block, "layer": s.name,
-                         "head": h, "head_rank": int(rank[h]), "mean_distance": float(mean[h]), "std_distance": float(std[h]),
-                         "num_images": stats.n, "kind": s.kind, "stride_px": s.stride[0], "grid": f"{s.grid[0]}x{s.grid[1]}",
+                         "head": h, "head_rank": int(rank[h]), "mean_distance": float(mean[h]),
+                         **{k: float(v[h]) for k, v in ci.items()}, "std_distance": float(std[h]),
+                         "num_images": stats.n, "uncertainty": "se_images", "kind": s.kind, "stride_px": s.stride[0], "grid": f"{s.grid[0]}x{s.grid[1]}",
                          "window": "" if s.window is None else f"{s.window[0]}x{s.window[1]}",
                          "shift": f"{s.shift[0]}x{s.shift[1]}", "prefix_tokens": s.num_prefix, "dataset": cfg.dataset.name})
     return pd.DataFrame(rows)
 
 
-def measure(ctx, m, batching) -> pd.DataFrame:
-    """Mean attention distance of every head of `m` over the sampled images."""
+def measure(ctx, m, batching) -> tuple[pd.DataFrame, np.ndarray]:
+    """Mean attention distance of every head of `m` over the sampled images, and its leave-one-batch-out
+    replicates (B, rows) in the table's row order."""
     site_list = sites(m.module)
     reducer = DistanceReducer(site_list)
     loader = ctx.loader([m], batching)
     with unfused(m.module, [s.name for s in site_list]):
         stream([m], [[INPUT] + [s.layer for s in site_list]], loader, reducer, ctx.device,
                f"attention distance {m.label}", ctx.progress)
-    return distance_table(m, reducer.stats, site_list, ctx.cfg)
+    reps = np.concatenate([reducer.stats.replicates(s.name) for s in site_list], axis=1)
+    return distance_table(m, reducer.stats, site_list, ctx.cfg), reps
 
 
 @dataclass
@@ -128,17 +146,26 @@ def attention_distance(ctx) -> Result:
         if not -len(site_list) <= b < len(site_list):
             raise VitstudyError(f"analysis.blocks has {b}, but {main.label} has {len(site_list)} attention blocks (valid: 0..{len(site_list) - 1} or negative from the end)")
     batching, record = ctx.sample()
-    tables = []
+    tables, reps = [], []
     for key in ctx.models.nodes:  # one model at a time: the compare models are built here and freed after use
-        tables.append(measure(ctx, ctx.models[key], batching))
+        table, rep = measure(ctx, ctx.models[key], batching)
+        tables.append(table)
+        reps.append(rep)
         ctx.models.release(key)
     df = pd.concat(tables, ignore_index=True)
     figs = {"attention_distance": plots_attention.sorted_heads(df, blocks),
             "attention_distance_depth": plots_attention.depth_scatter(df)}
-    info = {"attention_models": [t.model.iloc[0] for t in tables]}
+    replicates = {}
+    if len(batching.batches) > 1:  # paired comparisons (vitstudy compare): every model saw the same batches
+        replicates["attention_distance"] = {
+            "values": np.concatenate(reps, axis=1), "strata": np.zeros(len(batching.batches), dtype=np.int64),
+            "units": uncertainty.unit_ids(batching.batches), "estimate": df.mean_distance.to_numpy(),
+            "column": "mean_distance", "method": "jackknife_batches"}
+    info = {"attention_models": [t.model.iloc[0] for t in tables],
+            "uncertainty": {"attention_distance": {"method": "se_images", "description": uncertainty.METHODS["se_images"]}}}
     if excluded(main.module):  # e.g. CaiT's class-attention blocks
         info["excluded"] = excluded(main.module)
-    return Result({"attention_distance": df}, figs, info, [record])
+    return Result({"attention_distance": df}, figs, info, [record], replicates)
 
 
 # --------------------------------------------------------------------------------------------------
@@ -244,20 +271,36 @@ def local_global_cka(ctx) -> Result:
     mean, _ = reducer.stats.mean_std(site.name)
     order = [int(h) for h in np.argsort(mean, kind="stable")]
     inner = reducer.acc.cross.cpu()
-    rows = []
+    terms = reducer.acc.batch_terms()[0]  # (B, H+R, H+R): the jackknife deletes one batch's inner products
+    loo = [inner - t for t in terms]
+    rows, reps = [], []
     for k, heads in enumerate(subsets(order, size, step)):
         for j, layer in enumerate(ref_layers):
             value = subset_cka(inner, heads, site.heads + j)
             if not np.isfinite(value) or abs(value) > 1 + 1e-6:
                 raise VitstudyError(f"CKA of heads {heads} of {site.name} vs '{layer.name}' is {value:.6g}, outside [-1, 1]")
+            reps.append([subset_cka(i, heads, site.heads + j) for i in loo])
             rows.append({"model": vit.name, "weights": vit.weights, "reference": ref.name, "reference_weights": ref.weights,
                          "layer": site.name, "block": site.block, "subset": k, "heads": " ".join(map(str, heads)),
                          "subset_size": size, "subset_mean_distance": float(mean[heads].mean()),
                          "reference_layer": layer.name, "cka": value, "tokens": cfg.tokens, "estimator": "unbiased",
                          "num_images": reducer.stats.n, "batch_size": cfg.dataset.batch_size, "dataset": cfg.dataset.name})
     df = pd.DataFrame(rows)
+    reps = np.asarray(reps, dtype=np.float64).T  # (B, rows)
+    ci = uncertainty.se_columns("cka", df.cka.to_numpy(), uncertainty.jackknife_se(reps), len(reps) - 1)
+    df.insert(df.columns.get_loc("cka") + 1, "cka_se", ci["cka_se"])
+    df.insert(df.columns.get_loc("cka") + 2, "cka_ci_low", ci["cka_ci_low"])
+    df.insert(df.columns.get_loc("cka") + 3, "cka_ci_high", ci["cka_ci_high"])
+    df["uncertainty"] = "jackknife_batches"  # given the ranking of the heads (itself measured on these images)
     heads_df = pd.DataFrame({"head": range(site.heads), "mean_distance": mean})
     fig = plots_attention.local_global(df, f"{vit.label} block {site.block} heads vs {ref.label}\n"
                                        f"subsets of {size} heads, step {step}, {reducer.stats.n} images, tokens={cfg.tokens}")
+    units = uncertainty.unit_ids(batching.batches)
     return Result({"local_global_cka": df}, {"local_global_cka": fig},
-                  {"head_distances": heads_df.to_dict("list"), "reference_layers": [l.name for l in ref_layers]}, [record])
+                  {"head_distances": heads_df.to_dict("list"), "reference_layers": [l.name for l in ref_layers],
+                   "uncertainty": {"local_global_cka": {"method": "jackknife_batches", "df": len(reps) - 1,
+                                                        "description": uncertainty.METHODS["jackknife_batches"] +
+                                                        "; the heads' ranking is taken as given"}}},
+                  [record], {"local_global_cka": {"values": reps, "strata": np.zeros(len(reps), dtype=np.int64),
+                                                  "units": units, "estimate": df.cka.to_numpy(), "column": "cka",
+                                                  "method": "jackknife_batches"}})

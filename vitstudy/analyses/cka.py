@@ -2,6 +2,9 @@
 
 One pass: each model runs once per batch, each layer's centred Gram is formed once inside its forward
 hook, and every layer pair comes from one product of the stacked Ũ matrices (metrics.cka.MinibatchCKA).
+Every cell comes with a delete-one-batch jackknife standard error and 95% interval from the same pass
+(metrics.uncertainty); `cka.null=K` adds K permutations of the image pairing (cka_across): chance level
+and permutation p-value per cell.
 """
 from __future__ import annotations
 
@@ -16,6 +19,7 @@ from ..plots import cka as plots_cka
 from ..pipeline.engine import Reducer, stream
 from ..errors import VitstudyError
 from ..pipeline.layers import Layer, features
+from ..metrics import uncertainty
 from ..metrics.cka import FullSetCKA, MinibatchCKA, gram, u_center
 from ._registry import Params, Result, register
 
@@ -26,7 +30,7 @@ class CKAReducer(Reducer):
     """Per batch: features -> centred Gram -> Ũ per layer (in the hook); then one product for all pairs."""
 
     def __init__(self, models, layers, tokens: str, estimator: str = "unbiased", gram_dtype: str = "float32", device="cpu",
-                 stacked: bool | None = None):
+                 stacked: bool | None = None, permutations: int = 0, null_keys: tuple[int, ...] = (0,)):
         # stacked (one model, or cka_grid's models): every pair of all their layers from one L x L product;
         # otherwise (two models, cka_across): only the cross terms. Default: stacked unless there are two models.
         self.within = len(models) != 2 if stacked is None else stacked
@@ -36,10 +40,15 @@ class CKAReducer(Reducer):
         self.modules = [m.module for m in models]
         self.dtype = {"float32": torch.float32, "float64": torch.float64}[gram_dtype]
         self.estimator = estimator
+        self.permutations, self.null_keys = permutations, tuple(null_keys)
+        if permutations and (self.within or estimator != "unbiased"):
+            raise VitstudyError("cka.null (a permutation null) needs two models and the unbiased minibatch estimator: "
+                                "use it with cka_across and cka.estimator=unbiased")
         sizes = [len(ls) for ls in layers]
         self.offsets = np.cumsum([0] + sizes[:-1]).tolist() if self.within else [0, 0]
         if estimator == "unbiased":
-            self.acc = MinibatchCKA(sum(sizes), None, device) if self.within else MinibatchCKA(sizes[0], sizes[1], device)
+            self.acc = MinibatchCKA(sum(sizes), None, device) if self.within else \
+                MinibatchCKA(sizes[0], sizes[1], device, permutations)
         else:
             self.acc = FullSetCKA(sum(sizes)) if self.within else FullSetCKA(sizes[0], sizes[1])
         self.buffers: list[list[torch.Tensor | None]] = [[None] * n for n in sizes]
@@ -60,11 +69,26 @@ class CKAReducer(Reducer):
         if self.within:
             self.acc.update(torch.stack([u for b in self.buffers for u in b]))
         else:
-            self.acc.update(torch.stack(self.buffers[0]), torch.stack(self.buffers[1]))
+            perms = None
+            if self.permutations:  # seeded by (seed, repeat, batch): a resumed run draws the same permutations
+                n = len(labels)
+                g = torch.Generator().manual_seed(uncertainty.null_seed(*self.null_keys, self.acc.batches))
+                perms = torch.stack([torch.randperm(n, generator=g) for _ in range(self.permutations)])
+            self.acc.update(torch.stack(self.buffers[0]), torch.stack(self.buffers[1]), perms)
         self.buffers = [[None] * len(b) for b in self.buffers]
 
     def result(self) -> np.ndarray:
         return self.acc.result().numpy()
+
+    def replicates(self) -> np.ndarray | None:
+        """Leave-one-batch-out CKA matrices (B, L, M), or None for the full-set estimator."""
+        if self.estimator != "unbiased" or self.acc.batches == 0:
+            return None
+        return uncertainty.cka_replicates(*[None if t is None else t.numpy() for t in self.acc.batch_terms()])
+
+    def null(self) -> np.ndarray | None:
+        r = self.acc.null_result() if self.estimator == "unbiased" else None
+        return None if r is None else r.numpy()
 
 
 def check(matrix: np.ndarray, names_x: list[str], names_y: list[str]) -> None:
@@ -78,33 +102,110 @@ def check(matrix: np.ndarray, names_x: list[str], names_y: list[str]) -> None:
         raise VitstudyError(f"CKA of layer '{names_x[i]}' vs '{names_y[j]}' is {value:.6g}, outside [-1, 1]{hint}")
 
 
-def compute(ctx, models, layers, stacked: bool | None = None) -> tuple[np.ndarray, np.ndarray, dict]:
-    """Mean and std of the CKA matrix over `cka.repeats` independent image samples, and what was used.
+@dataclass
+class Estimate:
+    """A CKA matrix over `cka.repeats` image samples with its uncertainty.
 
-    With a cache (sweeps), the reducer's sums are checkpointed every `cache.checkpoint_every` batches and
-    after each repeat; a rerun after a kill continues from there and gives the same sums.
+    mean/std: over repeats (std NaN for one repeat); se, low, high: delete-one-batch jackknife (repeats are strata),
+    95% t interval with `df` degrees of freedom; replicates (units, L, M) of the mean with `strata` (repeat of each
+    unit) and `units` (ids of the batches' image sets) for paired comparisons; null (K, L, M): the mean CKA under
+    K permutations of the image pairing (cka.null), or None.
+    """
+
+    mean: np.ndarray
+    std: np.ndarray
+    se: np.ndarray
+    low: np.ndarray
+    high: np.ndarray
+    df: int
+    method: str
+    replicates: np.ndarray | None = None
+    strata: np.ndarray | None = None
+    units: np.ndarray | None = None
+    null: np.ndarray | None = None
+
+    @classmethod
+    def from_runs(cls, matrices: list[np.ndarray], replicates: list[np.ndarray | None], units: list[np.ndarray],
+                  nulls: list[np.ndarray | None] | None = None) -> "Estimate":
+        stack = np.stack(matrices)
+        std = stack.std(axis=0, ddof=1) if len(matrices) > 1 else np.full(stack.shape[1:], np.nan)
+        mean = stack.mean(axis=0)
+        null = np.mean(np.stack(nulls), axis=0) if nulls and nulls[0] is not None else None
+        if any(r is None for r in replicates):
+            nan = np.full(mean.shape, np.nan)
+            return cls(mean, std, nan, nan, nan, 0, "none", null=null)
+        _, reps, strata = uncertainty.combine_repeats(matrices, replicates)
+        se = uncertainty.jackknife_se(reps, strata)
+        df = uncertainty.jackknife_df(strata)
+        low, high = uncertainty.interval(mean, se, df)
+        return cls(mean, std, se, low, high, df, "jackknife_batches", reps, strata, np.concatenate(units), null)
+
+    def block(self, sx: slice, sy: slice) -> "Estimate":
+        """The sub-matrix of layers sx x sy (cka_grid: one pair of models)."""
+        cut = (lambda a: None if a is None else a[:, sx, sy])
+        return Estimate(self.mean[sx, sy], self.std[sx, sy], self.se[sx, sy], self.low[sx, sy], self.high[sx, sy],
+                        self.df, self.method, cut(self.replicates), self.strata, self.units, cut(self.null))
+
+    def columns(self) -> dict[str, np.ndarray]:
+        """The table columns beside `cka`: cka_se, cka_ci_low, cka_ci_high and, with a null, cka_chance and cka_p."""
+        cols = {"cka_se": self.se.ravel(), "cka_ci_low": self.low.ravel(), "cka_ci_high": self.high.ravel()}
+        if self.null is not None:
+            cols["cka_chance"] = self.null.mean(axis=0).ravel()
+            cols["cka_p"] = uncertainty.permutation_pvalue(self.mean, self.null).ravel()
+            cols["null_permutations"] = len(self.null)
+        return cols
+
+    def replicate_record(self, column: str = "cka") -> dict | None:
+        """What `<table>.replicates.npz` holds for paired comparisons (rows in the table's order)."""
+        if self.replicates is None:
+            return None
+        return {"values": self.replicates.reshape(len(self.replicates), -1), "strata": self.strata, "units": self.units,
+                "estimate": self.mean.ravel(), "column": column, "method": self.method}
+
+    def info(self) -> dict:
+        return {"method": self.method, "description": uncertainty.METHODS.get(self.method, "not available for the "
+                "full-set biased estimator"), "level": uncertainty.LEVEL, "df": self.df,
+                "null_permutations": 0 if self.null is None else len(self.null)}
+
+
+CHECKPOINT_FORMAT = 2  # runs carry their jackknife replicates; older checkpoints are not resumed
+
+
+def compute(ctx, models, layers, stacked: bool | None = None) -> tuple[Estimate, dict]:
+    """The CKA matrix over `cka.repeats` independent image samples with its jackknife interval, and what was used.
+
+    With a cache (sweeps), the reducer's sums and per-batch terms are checkpointed every `cache.checkpoint_every`
+    batches and after each repeat; a rerun after a kill continues from there and gives the same numbers.
     """
     cfg, cache = ctx.cfg, ctx.cache
+    permutations = int(cfg.cka.get("null", 0) or 0)
     state = cache.load_checkpoint() if cache is not None else None
-    runs = [m.numpy() for m in state["runs"]] if state else []
+    if state is not None and state.get("format") != CHECKPOINT_FORMAT:
+        state = None
+    runs = list(state["runs"]) if state else []  # per repeat: matrix, replicates, units, null (tensors)
     # the feature cache's namespaces hash every weight: once per run, not once per repeat
     namespaces = [ctx.features.namespace(m, cfg.dataset) for m in models] if ctx.features is not None else None
     used = list(state["used"]) if state else []
     for r in range(len(runs), cfg.cka.repeats):
         batching, record = ctx.sample(tail=cfg.cka.tail, repeat=r)
-        reducer = CKAReducer(models, layers, cfg.tokens, cfg.cka.estimator, cfg.cka.gram_dtype, ctx.device, stacked)
+        reducer = CKAReducer(models, layers, cfg.tokens, cfg.cka.estimator, cfg.cka.gram_dtype, ctx.device, stacked,
+                             permutations, (cfg.seed, r))
         start = 0
         if state and state.get("acc") is not None and state.get("repeat") == r:
-            reducer.acc.load_state_dict(state["acc"])
-            start = state["batches_done"]
+            try:
+                reducer.acc.load_state_dict(state["acc"])
+                start = state["batches_done"]
+            except (ValueError, KeyError):  # not resumable (other settings): this repeat starts again
+                reducer = CKAReducer(models, layers, cfg.tokens, cfg.cka.estimator, cfg.cka.gram_dtype, ctx.device,
+                                     stacked, permutations, (cfg.seed, r))
         remaining = data.Batching(batching.batches[start:], batching.tail, batching.dropped)
         loader = ctx.loader(models, remaining)
 
         def checkpoint(done, r=r, start=start):
             resumable = cfg.cka.estimator == "unbiased"
             if cache is not None and cache.every and resumable and (start + done) % cache.every == 0:
-                cache.save_checkpoint({"repeat": r, "batches_done": start + done, "acc": reducer.acc.state_dict(),
-                                       "runs": [torch.from_numpy(m) for m in runs], "used": used})
+                cache.save_checkpoint({"format": CHECKPOINT_FORMAT, "repeat": r, "batches_done": start + done,
+                                       "acc": reducer.acc.state_dict(), "runs": runs, "used": used})
 
         desc = f"cka repeat {r + 1}/{cfg.cka.repeats}" if cfg.cka.repeats > 1 else "cka"
         features = (ctx.features, namespaces, remaining.batches) if namespaces is not None else None
@@ -115,45 +216,66 @@ def compute(ctx, models, layers, stacked: bool | None = None) -> tuple[np.ndarra
             check(matrix, names, names)
         else:
             check(matrix, [l.name for l in layers[0]], [l.name for l in layers[1]])
-        runs.append(matrix)
+        reps, null = reducer.replicates(), reducer.null()
+        runs.append({"matrix": torch.from_numpy(matrix), "units": torch.from_numpy(uncertainty.unit_ids(batching.batches)),
+                     "replicates": None if reps is None else torch.from_numpy(reps),
+                     "null": None if null is None else torch.from_numpy(null)})
         used.append({**record, "resumed_at_batch": start})
         if cache is not None:
-            cache.save_checkpoint({"repeat": r + 1, "batches_done": 0, "acc": None,
-                                   "runs": [torch.from_numpy(m) for m in runs], "used": used})
-    stack = np.stack(runs)
-    std = stack.std(axis=0, ddof=1) if len(runs) > 1 else np.full(stack.shape[1:], np.nan)
-    return stack.mean(axis=0), std, {"repeats": used}
+            cache.save_checkpoint({"format": CHECKPOINT_FORMAT, "repeat": r + 1, "batches_done": 0, "acc": None,
+                                   "runs": runs, "used": used})
+
+    def arrays(key):
+        return [None if run[key] is None else run[key].numpy() for run in runs]
+
+    est = Estimate.from_runs(arrays("matrix"), arrays("replicates"), arrays("units"), arrays("null"))
+    return est, {"repeats": used}
 
 
-def table(mean, std, mx, my, lx: list[Layer], ly: list[Layer], cfg, images: int) -> pd.DataFrame:
-    """Tidy long form: one row per layer pair."""
+def table(est: Estimate, mx, my, lx: list[Layer], ly: list[Layer], cfg, images: int) -> pd.DataFrame:
+    """Tidy long form: one row per layer pair, with the jackknife interval (and the permutation null)."""
     ix, iy = np.meshgrid(np.arange(len(lx)), np.arange(len(ly)), indexing="ij")
     ix, iy = ix.ravel(), iy.ravel()
+    extra = est.columns()
+    null = {k: extra.pop(k) for k in ("cka_chance", "cka_p", "null_permutations") if k in extra}
     return pd.DataFrame({
         "model_x": mx.name, "weights_x": mx.weights, "layer_x": [lx[i].name for i in ix], "index_x": ix,
         "model_y": my.name, "weights_y": my.weights, "layer_y": [ly[j].name for j in iy], "index_y": iy,
-        "cka": mean.ravel(), "cka_std": std.ravel(), "repeats": cfg.cka.repeats,
+        "cka": est.mean.ravel(), "cka_std": est.std.ravel(), **extra, "repeats": cfg.cka.repeats,
         "estimator": cfg.cka.estimator, "tokens": cfg.tokens, "num_images": images,
-        "batch_size": cfg.dataset.batch_size, "dataset": cfg.dataset.name,
+        "batch_size": cfg.dataset.batch_size, "dataset": cfg.dataset.name, **null, "uncertainty": est.method,
     })
+
+
+def heatmap(est: Estimate, xlabel: str, ylabel: str, title: str):
+    """The CKA heatmap with a panel of 95% interval widths; with a null, cells indistinguishable from chance marked."""
+    chance = None
+    if est.null is not None:
+        chance = uncertainty.permutation_pvalue(est.mean, est.null) > CHANCE_ALPHA
+    width = est.high - est.low if est.method != "none" else None
+    return plots_cka.cka_heatmap(est.mean, xlabel, ylabel, title, width=width, chance=chance)
+
+
+CHANCE_ALPHA = 0.05  # cells with permutation p above this are marked as indistinguishable from chance
 
 
 def _run(ctx, within: bool) -> Result:
     cfg = ctx.cfg
     models = [ctx.models["model"]] if within else [ctx.models["model"], ctx.models["reference"]]
     layers = [ctx.layers(m) for m in models]
-    mean, std, info = compute(ctx, models, layers)
+    est, info = compute(ctx, models, layers)
     mx, my = models[0], models[-1]
     lx, ly = layers[0], layers[-1]
     images = info["repeats"][0]["images"]
     name = "cka_within" if within else "cka_across"
-    df = table(mean, std, mx, my, lx, ly, cfg, images)
+    df = table(est, mx, my, lx, ly, cfg, images)
     estimator = "minibatch unbiased" if cfg.cka.estimator == "unbiased" else "full-set biased"
     title = f"CKA within {mx.label}" if within else f"CKA: {mx.label} vs {my.label}"
     subtitle = f"{estimator}, tokens={cfg.tokens}, {images} images x {cfg.cka.repeats}"
-    fig = plots_cka.cka_heatmap(mean, f"{mx.label} layer", f"{my.label} layer", f"{title}\n{subtitle}")
-    result = Result({name: df}, {name: fig}, {"layers": {m.key: [l.name for l in ls] for m, ls in zip(models, layers)}},
-                    info["repeats"])
+    fig = heatmap(est, f"{mx.label} layer", f"{my.label} layer", f"{title}\n{subtitle}")
+    result = Result({name: df}, {name: fig}, {"layers": {m.key: [l.name for l in ls] for m, ls in zip(models, layers)},
+                                              "uncertainty": {name: est.info()}},
+                    info["repeats"], replicates={name: est.replicate_record()} if est.replicates is not None else {})
     if not within and ctx.params.diagonal:
         diag = diagonal(df, len(lx), len(ly))
         result.tables["cka_diagonal"] = diag

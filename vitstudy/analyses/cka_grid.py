@@ -46,16 +46,25 @@ def cka_grid(ctx) -> Result:
     cfg = ctx.cfg
     models = [ctx.models[key] for key in ctx.models.nodes]
     layers = [ctx.layers(m) for m in models]
-    mean, std, info = compute(ctx, models, layers, stacked=True)
+    est, info = compute(ctx, models, layers, stacked=True)
     images = info["repeats"][0]["images"]
     offsets = np.cumsum([0] + [len(ls) for ls in layers])
-    frames, blocks = [], {}
+    frames, blocks, reps = [], {}, []
     for i, (mx, lx) in enumerate(zip(models, layers)):
         for j in range(i, len(models)):
             my, ly = models[j], layers[j]
             sx, sy = slice(offsets[i], offsets[i + 1]), slice(offsets[j], offsets[j + 1])
-            frames.append(table(mean[sx, sy], std[sx, sy], mx, my, lx, ly, cfg, images))
-            blocks[(i, j)] = mean[sx, sy]
+            part = est.block(sx, sy)
+            frames.append(table(part, mx, my, lx, ly, cfg, images))
+            blocks[(i, j)] = part.mean
+            if part.replicates is not None:
+                reps.append(part.replicates.reshape(len(part.replicates), -1))
     fig = cka_grid_figure(blocks, [m.label for m in models], f"CKA grid, tokens={cfg.tokens}, {images} images x {cfg.cka.repeats}")
+    replicates = {}
+    if reps:
+        df = pd.concat(frames, ignore_index=True)
+        replicates["cka_grid"] = {"values": np.concatenate(reps, axis=1), "strata": est.strata, "units": est.units,
+                                  "estimate": df.cka.to_numpy(), "column": "cka", "method": est.method}
     return Result({"cka_grid": pd.concat(frames, ignore_index=True)}, {"cka_grid": fig},
-                  {"layers": {m.key: [l.name for l in ls] for m, ls in zip(models, layers)}}, info["repeats"])
+                  {"layers": {m.key: [l.name for l in ls] for m, ls in zip(models, layers)},
+                   "uncertainty": {"cka_grid": est.info()}}, info["repeats"], replicates=replicates)

@@ -21,9 +21,10 @@ from ..pipeline.engine import Reducer, stream
 from ..errors import VitstudyError
 from ..anatomy.tokens import token_grid
 from ..pipeline.layers import Layer
+from ..metrics import uncertainty
 from ..metrics.cka import MinibatchCKA
 from ._registry import Params, Result, register
-from .common import INPUT, sample_loader
+from .common import INPUT
 
 def u_center_batched(k: torch.Tensor) -> torch.Tensor:
     """Ũ(K) for a stack of Gram matrices (P, n, n), as metrics.cka.u_center for each."""
@@ -80,12 +81,19 @@ class LocalizationReducer(Reducer):
     def result(self) -> np.ndarray:
         return self.acc.result().numpy()
 
+    def replicates(self) -> np.ndarray:
+        """Leave-one-batch-out CKA matrices (B, P, P) for the jackknife."""
+        return uncertainty.cka_replicates(*[t.numpy() for t in self.acc.batch_terms()])
 
-def localization_matrix(model, layer: Layer, loader, device, progress=None) -> tuple[np.ndarray, tuple[int, int, int]]:
-    """CKA[p, q] between the token at position p of `layer` and the input patch at q (row-major positions)."""
+
+def localization_matrix(model, layer: Layer, loader, device, progress=None, replicates: bool = False):
+    """CKA[p, q] between the token at position p of `layer` and the input patch at q (row-major positions), the
+    grid, and with `replicates=True` also the leave-one-batch-out matrices (B, P, P)."""
     grid = token_grid(model.module, layer)
     reducer = LocalizationReducer(layer, grid, device)
     stream([model], [[INPUT, layer]], loader, reducer, device, "spatial_localization", progress)
+    if replicates:
+        return reducer.result(), grid, reducer.replicates()
     return reducer.result(), grid
 
 
@@ -113,8 +121,11 @@ def spatial_localization(ctx) -> Result:
     for r, c in chosen:
         if not (0 <= r < rows and 0 <= c < cols):
             raise VitstudyError(f"analysis.tokens: ({r}, {c}) is outside the {rows} x {cols} grid of layer '{layer.name}'")
-    loader, used = sample_loader(ctx, [m], tail=ctx.cfg.cka.tail)
-    matrix, _ = localization_matrix(m, layer, loader, ctx.device, ctx.progress)
+    batching, used = ctx.sample(tail=ctx.cfg.cka.tail)
+    matrix, _, reps = localization_matrix(m, layer, ctx.loader([m], batching), ctx.device, ctx.progress, replicates=True)
+    se = uncertainty.jackknife_se(reps)
+    df_jk = len(reps) - 1
+    ci = uncertainty.se_columns("cka", matrix, se, df_jk)
     if not np.isfinite(matrix).all():
         raise VitstudyError(f"localization CKA of layer '{layer.name}' is not finite: a token or input patch is the same for every image")
     P = rows * cols
@@ -124,16 +135,26 @@ def spatial_localization(ctx) -> Result:
     settings = {"num_images": used["images"], "batch_size": ctx.cfg.dataset.batch_size, "dataset": ctx.cfg.dataset.name,
                 "estimator": "minibatch unbiased", "prefix_tokens_dropped": prefix}
     df = pd.DataFrame({**base, "p": pi, "p_row": pi // cols, "p_col": pi % cols, "q": qi, "q_row": qi // cols,
-                       "q_col": qi % cols, "cka": matrix.ravel(), "is_self": pi == qi, **settings})
+                       "q_col": qi % cols, "cka": matrix.ravel(), **{k: v.ravel() for k, v in ci.items()},
+                       "is_self": pi == qi, **settings, "uncertainty": "jackknife_batches"})
     best = matrix.argmax(1)
     dist = np.maximum(np.abs(best // cols - np.arange(P) // cols), np.abs(best % cols - np.arange(P) % cols))
     summary = pd.DataFrame({**base, "p": np.arange(P), "p_row": np.arange(P) // cols, "p_col": np.arange(P) % cols,
                             "argmax_q": best, "argmax_row": best // cols, "argmax_col": best % cols,
-                            "cka_self": np.diag(matrix), "cka_max": matrix.max(1), "argmax_distance": dist,
-                            "argmax_is_self": dist == 0, "argmax_is_neighbour": dist == 1, **settings})
+                            "cka_self": np.diag(matrix), **{k.replace("cka", "cka_self"): np.diag(v) for k, v in ci.items()},
+                            "cka_max": matrix.max(1), "argmax_distance": dist,
+                            "argmax_is_self": dist == 0, "argmax_is_neighbour": dist == 1,
+                            # share of the leave-one-batch-out replicates whose best patch is the same: how stable the argmax is
+                            "argmax_stability": (reps.argmax(2) == best[None]).mean(0), **settings,
+                            "uncertainty": "jackknife_batches"})
     fig = plots_localization.localization_figure(df, chosen, (rows, cols),
                                          f"{m.label} {layer.name}: CKA(token, input patch), {used['images']} images")
     info = {"layer": layer.name, "grid": [rows, cols], "tokens_plotted": [list(t) for t in chosen],
-            "fraction_argmax_self": float((dist == 0).mean()), "fraction_argmax_within_1": float((dist <= 1).mean())}
+            "fraction_argmax_self": float((dist == 0).mean()), "fraction_argmax_within_1": float((dist <= 1).mean()),
+            "uncertainty": {"spatial_localization": {"method": "jackknife_batches", "df": df_jk,
+                                                     "description": uncertainty.METHODS["jackknife_batches"]}}}
+    record = {"values": reps.reshape(len(reps), -1), "strata": np.zeros(len(reps), dtype=np.int64),
+              "units": uncertainty.unit_ids(batching.batches), "estimate": matrix.ravel(), "column": "cka",
+              "method": "jackknife_batches"}
     return Result({"spatial_localization": df, "spatial_localization_summary": summary},
-                  {"spatial_localization": fig}, info, [used])
+                  {"spatial_localization": fig}, info, [used], {"spatial_localization": record})

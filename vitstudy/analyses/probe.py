@@ -25,6 +25,7 @@ from ..pipeline.engine import Reducer, stream
 from ..errors import VitstudyError
 from ..anatomy import tokens as anatomy_tokens
 from ..pipeline.layers import Layer
+from ..metrics import uncertainty
 from ..metrics.ridge import RidgeAccumulator
 from ._registry import Params, Result, at_least, choice, register
 
@@ -167,9 +168,13 @@ class TrainReducer(Reducer):
 
 
 class EvalReducer(Reducer):
-    def __init__(self, extract: Extractor, solutions: dict):
-        self.extract, self.solutions = extract, solutions
+    """Correct predictions per (layer, representation), alpha and token; with `chosen` (the alpha of each token's
+    probe), also Σ and Σ² over images of each image's share of tokens right (the token average's SE over images)."""
+
+    def __init__(self, extract: Extractor, solutions: dict, chosen: dict | None = None):
+        self.extract, self.solutions, self.chosen = extract, solutions, chosen or {}
         self.correct: dict[tuple[str, str], torch.Tensor] = {}
+        self.image_sums: dict[tuple[str, str], list[float]] = {}
         self.cur: dict = {}
         self.seen = 0
 
@@ -179,8 +184,14 @@ class EvalReducer(Reducer):
 
     def end_batch(self, labels, outputs):
         for key, pred in self.cur.items():
-            hits = (pred == labels.to(pred.device)[None, :, None]).sum(1).double().cpu()  # (A, P)
+            right = pred == labels.to(pred.device)[None, :, None]  # (A, n, P)
+            hits = right.sum(1).double().cpu()  # (A, P)
             self.correct[key] = self.correct.get(key, 0) + hits
+            if key in self.chosen:
+                best = self.chosen[key].to(pred.device)
+                share = right[best, :, torch.arange(right.shape[2], device=pred.device)].double().mean(0)  # (n,)
+                s1, s2 = self.image_sums.get(key, (0.0, 0.0))
+                self.image_sums[key] = (s1 + float(share.sum()), s2 + float((share * share).sum()))
         self.seen += len(labels)
         self.cur = {}
 
@@ -226,11 +237,13 @@ def linear_probe(ctx) -> Result:
     stream([m], [layers], train_loader, train, ctx.device, "linear_probe train", ctx.progress)
     solutions = {k: acc.solve(alphas) for k, acc in train.acc.items()}
     train.acc.clear()
-    scores = {}
+    scores, chosen, image_sums = {}, None, {}
     for split in ("val", "test"):
-        ev = EvalReducer(extract, solutions)
+        ev = EvalReducer(extract, solutions, chosen)
         stream([m], [layers], loader(split)[0], ev, ctx.device, f"linear_probe {split}", ctx.progress)
         scores[split] = {k: v / ev.seen for k, v in ev.correct.items()}
+        chosen = {k: v.argmax(0) for k, v in scores["val"].items()}  # the probe of each token: its best alpha on val
+        image_sums = ev.image_sums
     used = [{"repeat": i, "split": s, "seed": cfg.seed, "images": len(splits[s][1]), "batches": None, "tail": "none", "dropped": 0,
              "indices": splits[s][1]} for i, s in enumerate(("train", "val", "test"))]
     rows = []
@@ -246,19 +259,33 @@ def linear_probe(ctx) -> Result:
         base = {"model": m.name, "label": m.label, "weights": m.weights, "layer": lname, "index": index[lname],
                 "depth": index[lname] / depth_den, "representation": rep}
         accs, vals = [], []
+        n_test = settings["num_test"]
         for j in range(val.shape[1]):
             a = int(best[j])
             accs.append(float(test[a, j]))
             vals.append(float(val[a, j]))
             if rep == "tokens":
+                ci = uncertainty.proportion_columns("accuracy", round(accs[-1] * n_test), n_test)
                 rows.append({**base, "token": int(pos[j]) if len(pos) > j else j, "accuracy": accs[-1],
-                             "val_accuracy": vals[-1], "alpha": alphas[a], **settings})
-        rows.append({**base, "token": np.nan, "accuracy": float(np.mean(accs)), "val_accuracy": float(np.mean(vals)),
-                     "alpha": alphas[int(best[0])] if val.shape[1] == 1 else np.nan, **settings})
+                             **{k: float(v) for k, v in ci.items()},
+                             "val_accuracy": vals[-1], "alpha": alphas[a], **settings, "uncertainty": "wilson"})
+        acc = float(np.mean(accs))
+        if val.shape[1] == 1:  # one probe: a binomial proportion over the test images
+            ci, method = uncertainty.proportion_columns("accuracy", round(acc * n_test), n_test), "wilson"
+        else:  # the mean over token probes: each image's share of tokens right, SE over images
+            s1, s2 = image_sums[(lname, rep)]
+            _, se = uncertainty.mean_se(s1, s2, n_test)
+            ci, method = uncertainty.se_columns("accuracy", acc, se, n_test - 1), "se_images"
+        rows.append({**base, "token": np.nan, "accuracy": acc, **{k: float(v) for k, v in ci.items()},
+                     "val_accuracy": float(np.mean(vals)),
+                     "alpha": alphas[int(best[0])] if val.shape[1] == 1 else np.nan, **settings, "uncertainty": method})
     df = pd.DataFrame(rows)
     shots = f"{p.shots}-shot" if p.shots else f"{settings['num_train']} train images"
     fig = plots_probe.probe_figure(df, f"{m.label}: linear probes ({shots}, {num_classes} classes)")
     info = {"representations": reps, "alphas": alphas, "ridge": "lambda = alpha * trace(C) / D, C the centred train covariance",
             "max_tokens": p.max_tokens,
+            "uncertainty": {"linear_probe": {"one probe": uncertainty.METHODS["wilson"],
+                                             "mean over token probes": uncertainty.METHODS["se_images"] +
+                                             " (each image's share of token probes right)"}},
             "splits": {s: len(v[1]) for s, v in splits.items()}}
     return Result({"linear_probe": df}, {"linear_probe": fig}, info, used)

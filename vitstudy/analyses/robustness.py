@@ -26,6 +26,7 @@ from ..anatomy import families, latents
 from ..plots import fourier as plots_fourier
 from ..errors import VitstudyError
 from ..metrics import fourier as F
+from ..metrics import uncertainty
 from ._registry import Params, Result, choice, register
 
 METRICS = ("auto", "accuracy", "agreement")
@@ -55,6 +56,20 @@ def _loader(ctx, models):
 
 def _hits(pred: torch.Tensor, target: torch.Tensor) -> int:
     return int((pred == target).sum())
+
+
+def _count_changes(counts: list[int], before: torch.Tensor, after: torch.Tensor) -> None:
+    """counts += [images right only after, images right only before] (the paired difference's discordant pairs)."""
+    counts[0] += int((after & ~before).sum())
+    counts[1] += int((before & ~after).sum())
+
+
+def _paired_columns(name: str, value: float, changed: list[int], seen: int) -> dict:
+    """{name_se, name_ci_low, name_ci_high} in points (%) of a paired change of a proportion on the same images."""
+    _, se = uncertainty.paired_difference(changed[0], changed[1], seen)
+    se = 100.0 * float(se)
+    low, high = uncertainty.interval(value, se, seen - 1)
+    return {f"{name}_se": se, f"{name}_ci_low": float(low), f"{name}_ci_high": float(high)}
 
 
 def _ylabel(metrics: set[str]) -> str:
@@ -99,6 +114,7 @@ def frequency_noise(ctx) -> Result:
     bands = [float(b) for b in p.bands]
     clean = [0] * len(models)
     hits = [[0] * len(bands) for _ in models]
+    changed = [[[0, 0] for _ in bands] for _ in models]  # images right only with noise (gain), only without it (loss)
     rms = [[0.0] * len(bands) for _ in models]
     gens = [torch.Generator(device=ctx.device).manual_seed(cfg.seed + 7919 * i) for i in range(len(models))]
     masks: dict = {}
@@ -110,6 +126,7 @@ def frequency_noise(ctx) -> Result:
                 pred = m.module(x).argmax(-1)
                 target = labels.to(ctx.device) if metrics[i] == "top1" else pred
                 clean[i] += _hits(pred, target)
+                right = pred == target
                 std = torch.tensor(m.data_config["std"], device=ctx.device).view(1, -1, 1, 1)
                 h, w = x.shape[-2:]
                 for j, f in enumerate(bands):
@@ -120,27 +137,39 @@ def frequency_noise(ctx) -> Result:
                     pixel = delta if p.space == "pixel" else delta * std
                     rms[i][j] += float(pixel.pow(2).mean(dim=(1, 2, 3)).sqrt().sum())
                     noisy = x + (delta / std if p.space == "pixel" else delta)
-                    hits[i][j] += _hits(m.module(noisy).argmax(-1), target)
+                    noisy_pred = m.module(noisy).argmax(-1)
+                    hits[i][j] += _hits(noisy_pred, target)
+                    _count_changes(changed[i][j], right, noisy_pred == target)
             seen += len(labels)
     rows, series = [], []
     for i, m in enumerate(models):
         base = 100.0 * clean[i] / seen
-        drops = []
+        clean_ci = uncertainty.proportion_columns("clean", clean[i], seen, 100.0)
+        drops, lows, highs = [], [], []
         for j, f in enumerate(bands):
             value = 100.0 * hits[i][j] / seen
             drops.append(value - base)
+            ci = {**clean_ci, **uncertainty.proportion_columns("value", hits[i][j], seen, 100.0),
+                  **_paired_columns("drop", value - base, changed[i][j], seen)}
+            lows.append(float(ci["drop_ci_low"]))
+            highs.append(float(ci["drop_ci_high"]))
             rows.append({"model": m.key, "name": m.name, "weights": m.weights, "band": f, "window": p.window,
                          "band_low": round(max(f - p.window, 0.0), 6), "band_high": round(f + p.window, 6), "eps": p.eps,
                          "space": p.space, "metric": metrics[i], "clean": base, "value": value, "drop": value - base,
-                         "noise_rms": rms[i][j] / seen, "num_images": seen, "dataset": cfg.dataset.name})
-        series.append({"label": f"{m.label} ({metrics[i]})", "family": latents.family(m.module), "bands": bands, "drops": drops})
+                         **{k: float(v) for k, v in ci.items()},
+                         "noise_rms": rms[i][j] / seen, "num_images": seen, "dataset": cfg.dataset.name,
+                         "uncertainty": "wilson; drop: paired_se_images"})
+        series.append({"label": f"{m.label} ({metrics[i]})", "family": latents.family(m.module), "bands": bands, "drops": drops,
+                       "low": lows, "high": highs})
     fig = plots_fourier.noise_drop(series, _ylabel(set(metrics)),
                                    f"Band-limited sign noise, ε={p.eps} ({p.space}), half-width {p.window}π, {seen} images")
     return Result({"frequency_noise": pd.DataFrame(rows)}, {"frequency_noise": fig},
                   {"metric": {m.key: metrics[i] for i, m in enumerate(models)},
                    "noise": "delta = eps*sign(randn) per pixel and channel; FFT, shifted, times the square annulus "
                             "(outer side 2*int((f+s)*n/2), inner 2*int((f-s)*n/2)); inverse FFT, real part; added "
-                            f"in {p.space} space, no clipping"}, [record])
+                            f"in {p.space} space, no clipping",
+                   "uncertainty": {"frequency_noise": {"clean, value": uncertainty.METHODS["wilson"],
+                                                       "drop": uncertainty.METHODS["paired_se_images"]}}}, [record])
 
 
 # ---------------------------------------------------------------- lesion
@@ -212,30 +241,41 @@ def lesion(ctx) -> Result:
     described = {lat.name: lat for lat in latents.describe(m.module, ctx.layers(m, "latents"))}
     loader, record = _loader(ctx, [m])
     intact, hits, seen = 0, [0] * len(units), 0
+    changed = [[0, 0] for _ in units]
     with torch.inference_mode():
         for inputs, labels in tqdm(loader, desc="lesion", disable=None if ctx.progress is None else not ctx.progress, leave=False):
             x = inputs[0].to(ctx.device)
             pred = m.module(x).argmax(-1)
             target = labels.to(ctx.device) if metric == "top1" else pred
             intact += _hits(pred, target)
+            right = pred == target
             for u, (path, _) in enumerate(units):
                 with zeroed(m.module, path):
-                    hits[u] += _hits(m.module(x).argmax(-1), target)
+                    lesioned = m.module(x).argmax(-1)
+                hits[u] += _hits(lesioned, target)
+                _count_changes(changed[u], right, lesioned == target)
             seen += len(labels)
     base = 100.0 * intact / seen
+    intact_ci = uncertainty.proportion_columns("intact", intact, seen, 100.0)
     rows = []
-    for (path, latent), h in zip(units, hits):
+    for (path, latent), h, ch in zip(units, hits, changed):
         lat = described[latent]
         value = 100.0 * h / seen
+        ci = {**intact_ci, **uncertainty.proportion_columns("value", h, seen, 100.0),
+              **_paired_columns("delta", value - base, ch, seen)}
         rows.append({"model": m.key, "name": m.name, "weights": m.weights, "unit": path, "latent": latent,
                      "kind": lat.kind, "index": lat.index, "depth": lat.depth, "metric": metric, "intact": base,
-                     "value": value, "delta": value - base, "conv": p.conv, "removed": removed(path, p.conv), "num_images": seen,
-                     "dataset": cfg.dataset.name})
+                     "value": value, "delta": value - base, **{k: float(v) for k, v in ci.items()},
+                     "conv": p.conv, "removed": removed(path, p.conv), "num_images": seen,
+                     "dataset": cfg.dataset.name, "uncertainty": "wilson; delta: paired_se_images"})
     df = pd.DataFrame(rows)
     step = 1.0 / max(len(described) - 1, 1)
     fig = plots_fourier.depth_profile(
         [{"title": f"{m.label} ({m.weights})", "depths": df.depth, "values": df.delta, "kinds": df.kind,
-          "family": latents.family(m.module), "step": step}],
+          "family": latents.family(m.module), "step": step, "low": df.delta_ci_low, "high": df.delta_ci_high}],
         _ylabel({metric}), f"Lesion: one sublayer removed at a time (residual path kept), {metric}, {seen} images",
         zero_line=True)
-    return Result({"lesion": df}, {"lesion": fig}, {"metric": metric, "units": [u for u, _ in units]}, [record])
+    return Result({"lesion": df}, {"lesion": fig}, {"metric": metric, "units": [u for u, _ in units],
+                                                    "uncertainty": {"lesion": {"intact, value": uncertainty.METHODS["wilson"],
+                                                                               "delta": uncertainty.METHODS["paired_se_images"]}}},
+                  [record])

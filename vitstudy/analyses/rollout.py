@@ -19,6 +19,7 @@ from ..pipeline.engine import Reducer, stream
 from ..errors import VitstudyError
 from ..pipeline.layers import Layer
 from ..metrics import attention as am
+from ..metrics import uncertainty
 from ._registry import Params, Result, at_least, register
 from .common import INPUT
 
@@ -123,10 +124,21 @@ def attention_rollout(ctx) -> Result:
     for k, v in {"query": query, "residual": residual, "centre_fraction": centre, "blocks": len(site_list),
                  "grid": f"{site_list[0].grid[0]}x{site_list[0].grid[1]}", "dataset": cfg.dataset.name}.items():
         df[k] = v
+    summary = []
+    for stat in ("entropy", "entropy_normalised", "centre_share", "patch_mass"):
+        v = df[stat].to_numpy(dtype=np.float64)
+        n = len(v)
+        mean, se = uncertainty.mean_se(v.sum(), (v * v).sum(), n)
+        summary.append({"model": m.name, "weights": m.weights, "statistic": stat, "mean": float(mean),
+                        **{k: float(x) for k, x in uncertainty.se_columns("mean", mean, se, n - 1).items()},
+                        "std": float(v.std(ddof=1)) if n > 1 else np.nan, "median": float(np.median(v)),
+                        "num_images": n, "uncertainty": "se_images"})
     figures = {}
     if reducer.shown_maps:
         images = to_images(reducer.shown_inputs, m.data_config)
         title = (f"Attention rollout, {m.label} ({len(site_list)} blocks, {query}, {residual}A + {1 - residual:g}I)\n"
                  f"mean normalised entropy {df.entropy_normalised.mean():.3f}, centre share {df.centre_share.mean():.3f}")
         figures["attention_rollout"] = plots_attention.rollout_grid(images, np.stack(reducer.shown_maps), title)
-    return Result({"attention_rollout": df}, figures, {"rollout_query": query}, [record])
+    return Result({"attention_rollout": df, "attention_rollout_summary": pd.DataFrame(summary)}, figures,
+                  {"rollout_query": query,
+                   "uncertainty": {"attention_rollout_summary": uncertainty.METHODS["se_images"]}}, [record])

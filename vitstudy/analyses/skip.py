@@ -22,7 +22,7 @@ import numpy as np
 import pandas as pd
 import torch
 
-from ..plots import cka as plots_cka, skip as plots_skip
+from ..plots import skip as plots_skip
 from ..pipeline.engine import Reducer, stream
 from ..errors import VitstudyError
 from ..anatomy import tokens as anatomy_tokens
@@ -30,7 +30,8 @@ from ..pipeline.layers import Layer
 from ..anatomy.residual import branches, combine, positions_channels, remove_skip, residual_blocks, terms as residual_terms
 from ._registry import Params, Result, at_least, choice, register
 from .common import sample_loader
-from .cka import CKAReducer, check, table
+from ..metrics import uncertainty
+from .cka import CKAReducer, Estimate, check, heatmap, table
 
 LESION = "inference-time lesion (skip removed in the trained model, no retraining; Raghu et al. Fig. 8 retrains)"
 
@@ -83,16 +84,21 @@ class SkipRatioReducer(Reducer):
                 finite = torch.where(torch.isfinite(r), r, 0.0)
                 s = self.sums[mi][bi]
                 if s is None:
-                    s = self.sums[mi][bi] = {k: torch.zeros(z.shape[1], dtype=torch.float64) for k in ("r", "r2", "z", "f", "zero")}
+                    s = self.sums[mi][bi] = {k: torch.zeros(z.shape[1], dtype=torch.float64)
+                                             for k in ("r", "r2", "z", "f", "zero", "zz", "ff", "zf")}
                     s.update(first=[], groups={g: [] for g in self.groups[mi]})
                 s["r"] += finite.sum(0)
                 s["r2"] += (finite**2).sum(0)
                 s["z"] += z.sum(0)
                 s["f"] += f.sum(0)
                 s["zero"] += (~torch.isfinite(r)).sum(0).double()
+                s["zz"] += (z * z).sum(0)  # second moments: the ratio of means' standard error (delta method)
+                s["ff"] += (f * f).sum(0)
+                s["zf"] += (z * f).sum(0)
                 s["first"].append(r[:, : self.first_tokens])
-                for g, sl in self.groups[mi].items():  # per image: mean ratio and ratio of summed norms over the group
-                    s["groups"][g].append(torch.stack([r[:, sl].mean(1), z[:, sl].sum(1) / f[:, sl].sum(1)], 1))
+                for g, sl in self.groups[mi].items():  # per image: mean ratio, ratio of summed norms, the two sums
+                    zs, fs = z[:, sl].sum(1), f[:, sl].sum(1)
+                    s["groups"][g].append(torch.stack([r[:, sl].mean(1), zs / fs, zs, fs], 1))
             self.images[mi] += len(labels)
         self.cur = [{} for _ in self.specs]
 
@@ -109,6 +115,10 @@ def _ratio_tables(m, spec, sums, images, groups, aggregate, dataset) -> tuple[pd
         var = (s["r2"] / n - (s["r"] / n) ** 2).clamp_min(0) * n / max(n - 1, 1)
         std_r = torch.where(zero > 0, torch.nan, var.sqrt())
         rom = torch.where(s["f"] > 0, s["z"] / s["f"], torch.inf)
+        se_mor = np.where(zero.numpy() > 0, np.nan, std_r.numpy() / np.sqrt(n))
+        se_rom = np.where(s["f"].numpy() > 0, uncertainty.ratio_se(s["z"], s["f"], s["zz"], s["ff"], s["zf"], n), np.nan)
+        value = (mean_r if aggregate == "mean_of_ratios" else rom).numpy()
+        ci = uncertainty.se_columns("ratio", value, se_mor if aggregate == "mean_of_ratios" else se_rom, n - 1)
         first = np.median(torch.cat(s["first"]).numpy(), axis=0) if s["first"] else None  # numpy: mean of the middle two
         tokens_layout = lz.layout == "NLC" and "cls" in groups
         for t in range(len(zero)):
@@ -116,22 +126,33 @@ def _ratio_tables(m, spec, sums, images, groups, aggregate, dataset) -> tuple[pd
                          "skip_point": br.skip_point, "branch_point": br.branch_point, "token": t,
                          "is_cls": bool(tokens_layout and has_cls and t == 0),
                          "ratio": float((mean_r if aggregate == "mean_of_ratios" else rom)[t]),
-                         "mean_of_ratios": float(mean_r[t]), "ratio_of_means": float(rom[t]),
+                         **{k: float(v[t]) for k, v in ci.items()}, "mean_of_ratios": float(mean_r[t]), "ratio_of_means": float(rom[t]),
                          "median_of_ratios": float(first[t]) if first is not None and t < len(first) else np.nan,
                          "std_of_ratios": float(std_r[t]), "zero_branch": int(zero[t]),
-                         "flag": "zero branch output: infinite ratio" if zero[t] > 0 else "", **settings})
+                         "flag": "zero branch output: infinite ratio" if zero[t] > 0 else "", **settings,
+                         "uncertainty": "se_images"})
         for g, sl in groups.items():
-            per_image = torch.cat(s["groups"][g])  # (images, 2): mean ratio, ratio of sums
+            per_image = torch.cat(s["groups"][g])  # (images, 4): mean ratio, ratio of sums, sum of ||z||, sum of ||f||
             zg = int(zero[sl].sum())
             mor = float("inf") if zg else float(s["r"][sl].sum() / (n * len(zero[sl])))
             fsum = float(s["f"][sl].sum())
             rm = float(s["z"][sl].sum()) / fsum if fsum > 0 else float("inf")
             col = 0 if aggregate == "mean_of_ratios" else 1
+            pi = per_image.numpy()
+            if col == 0:
+                se = float(pi[:, 0].std(ddof=1) / np.sqrt(n)) if n > 1 and not zg else float("nan")
+            else:
+                zs, fs = pi[:, 2], pi[:, 3]
+                se = float(uncertainty.ratio_se(zs.sum(), fs.sum(), (zs * zs).sum(), (fs * fs).sum(), (zs * fs).sum(), n)) \
+                    if fsum > 0 else float("nan")
+            value = mor if col == 0 else rm
+            ci = uncertainty.se_columns("ratio", value, se, n - 1)
             summary.append({**base, "block": br.block, "index": br.index, "sublayer": br.sublayer, "group": g,
-                            "positions": len(zero[sl]), "ratio": mor if col == 0 else rm,
+                            "positions": len(zero[sl]), "ratio": value, **{k: float(v) for k, v in ci.items()},
                             "mean_of_ratios": mor, "ratio_of_means": rm,
                             "median_over_images": float(np.median(per_image[:, col].numpy())), "zero_branch": zg,
-                            "flag": "zero branch output: infinite ratio" if zg else "", **settings})
+                            "flag": "zero branch output: infinite ratio" if zg else "", **settings,
+                            "uncertainty": "se_images"})
     return pd.DataFrame(rows), pd.DataFrame(summary)
 
 
@@ -194,7 +215,8 @@ def skip_ratio(ctx) -> Result:
     fig = plots_skip.skip_ratio_figure(tokens, summary, int(p.heatmap_tokens), p.aggregate)
     infinite = summary[summary.zero_branch > 0][["model", "block", "sublayer"]].drop_duplicates()
     info = {"aggregate": p.aggregate, "branch_points": {m.key: [dataclasses.asdict(b) for b, _, _ in s] for m, s in zip(models, specs)},
-            "zero_branches": infinite.to_dict("records")}
+            "zero_branches": infinite.to_dict("records"),
+            "uncertainty": {"skip_ratio": {"ratio": uncertainty.METHODS["se_images"] + "; ratio_of_means by the delta method"}}}
     return Result({"skip_ratio": tokens, "skip_ratio_summary": summary}, {"skip_ratio": fig}, info, [used])
 
 
@@ -208,12 +230,16 @@ class AblationReducer(CKAReducer):
         self.accuracy = accuracy
         self.needs_outputs = accuracy  # top-1 reads the logits: the forwards run to the end
         self.correct = [0, 0]
+        self.changed = [0, 0]  # images right only when lesioned (gain), right only when intact (loss)
         self.seen = 0
 
     def end_batch(self, labels, outputs):
         if self.accuracy:
-            for i, out in enumerate(outputs):
-                self.correct[i] += int((out.argmax(-1).cpu() == labels).sum())
+            hits = [out.argmax(-1).cpu() == labels for out in outputs]
+            for i, h in enumerate(hits):
+                self.correct[i] += int(h.sum())
+            self.changed[0] += int((hits[1] & ~hits[0]).sum())
+            self.changed[1] += int((hits[0] & ~hits[1]).sum())
             self.seen += len(labels)
         super().end_batch(labels, outputs)
 
@@ -265,42 +291,57 @@ def skip_ablation(ctx) -> Result:
     accuracy = matches if p.accuracy == "auto" else bool(p.accuracy)
     layers = ctx.layers(m)
     lesioned = dataclasses.replace(m, module=copy.deepcopy(m.module), label=f"{m.label} (lesioned)")
-    runs, used, correct = [], [], []
+    matrices, reps, units, used, correct = [], [], [], [], []
     with remove_skip(lesioned.module, chosen, p.sublayer):
         for r in range(cfg.cka.repeats):
-            loader, rec = sample_loader(ctx, [m, lesioned], repeat=r, tail=cfg.cka.tail)
+            batching, rec = ctx.sample(tail=cfg.cka.tail, repeat=r)
+            loader = ctx.loader([m, lesioned], batching)
             reducer = AblationReducer([m, lesioned], [layers, layers], cfg.tokens, cfg.cka.estimator, cfg.cka.gram_dtype,
                                       ctx.device, accuracy=accuracy)
             stream([m, lesioned], [layers, layers], loader, reducer, ctx.device, f"skip_ablation {r + 1}/{cfg.cka.repeats}", ctx.progress)
             matrix = reducer.result()
             check(matrix, [l.name for l in layers], [l.name for l in layers])
-            runs.append(matrix)
+            matrices.append(matrix)
+            reps.append(reducer.replicates())
+            units.append(uncertainty.unit_ids(batching.batches))
             used.append(rec)
-            correct.append((reducer.correct, reducer.seen))
+            correct.append((reducer.correct, reducer.changed, reducer.seen))
     del lesioned
-    stack = np.stack(runs)
-    std = stack.std(axis=0, ddof=1) if len(runs) > 1 else np.full(stack.shape[1:], np.nan)
-    mean = stack.mean(axis=0)
+    est = Estimate.from_runs(matrices, reps, units)
     images = used[0]["images"]
-    df = table(mean, std, m, m, layers, layers, cfg, images)
+    df = table(est, m, m, layers, layers, cfg, images)
     df["variant_x"], df["variant_y"] = "intact", "lesioned"
     df["lesioned_blocks"] = " ".join(chosen)
     df["sublayer"] = p.sublayer
     df["lesion"] = LESION
     tables = {"skip_ablation": df}
+    uncertainty_info = {"skip_ablation": est.info()}
     if accuracy:
-        seen = sum(s for _, s in correct)
-        top1 = [sum(c[i] for c, _ in correct) / seen for i in (0, 1)]
-        tables["skip_ablation_accuracy"] = pd.DataFrame([
-            {"model": m.name, "weights": m.weights, "variant": v, "top1": a, "top1_change": a - top1[0],
-             "lesioned_blocks": " ".join(chosen), "sublayer": p.sublayer, "num_images": seen,
-             "dataset": cfg.dataset.name, "lesion": LESION} for v, a in zip(("intact", "lesioned"), top1)])
+        seen = sum(s for _, _, s in correct)
+        hits = [sum(c[i] for c, _, _ in correct) for i in (0, 1)]
+        gain, loss = (sum(ch[i] for _, ch, _ in correct) for i in (0, 1))
+        top1 = [h / seen for h in hits]
+        change, change_se = uncertainty.paired_difference(gain, loss, seen)
+        low, high = uncertainty.interval(change, change_se, seen - 1)
+        rows = []
+        for k, (v, a) in enumerate(zip(("intact", "lesioned"), top1)):
+            ci = uncertainty.proportion_columns("top1", hits[k], seen)
+            rows.append({"model": m.name, "weights": m.weights, "variant": v, "top1": a,
+                         **{c: float(x) for c, x in ci.items()}, "top1_change": a - top1[0],
+                         "top1_change_se": float(change_se) if k else 0.0, "top1_change_ci_low": float(low) if k else 0.0,
+                         "top1_change_ci_high": float(high) if k else 0.0,
+                         "lesioned_blocks": " ".join(chosen), "sublayer": p.sublayer, "num_images": seen,
+                         "dataset": cfg.dataset.name, "lesion": LESION, "uncertainty": "wilson; top1_change: paired_se_images"})
+        tables["skip_ablation_accuracy"] = pd.DataFrame(rows)
+        uncertainty_info["skip_ablation_accuracy"] = {"top1": uncertainty.METHODS["wilson"],
+                                                      "top1_change": uncertainty.METHODS["paired_se_images"]}
     where = ", ".join(chosen)
-    fig = plots_cka.cka_heatmap(mean, f"{m.label} layer (intact)", f"{m.label} layer (skip removed)",
-                            f"Inference-time lesion: skip of {where} ({p.sublayer}) removed, not retrained\n"
+    fig = heatmap(est, f"{m.label} layer (intact)", f"{m.label} layer (skip removed)",
+                  f"Inference-time lesion: skip of {where} ({p.sublayer}) removed, not retrained\n"
                             f"CKA, tokens={cfg.tokens}, {images} images x {cfg.cka.repeats}")
     info = {"lesion": LESION, "lesioned_blocks": chosen, "sublayer": p.sublayer, "accuracy_measured": accuracy,
             "accuracy_note": None if accuracy else f"not measured: the data set's {len(classes)} classes are not the model's "
                                                    f"{getattr(m.module, 'num_classes', '?')} classes",
-            "layers": [l.name for l in layers]}
-    return Result(tables, {"skip_ablation": fig}, info, used)
+            "layers": [l.name for l in layers], "uncertainty": uncertainty_info}
+    replicates = {"skip_ablation": est.replicate_record()} if est.replicates is not None else {}
+    return Result(tables, {"skip_ablation": fig}, info, used, replicates)

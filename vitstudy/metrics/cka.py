@@ -63,43 +63,100 @@ class MinibatchCKA:
     from one matrix product. Each batch has weight 1 after division by n(n - 3) (Nguyen et al. Eq. 2),
     so a ragged last batch counts like the others. With `ys=None` (one model) the single L x L product
     serves both the cross terms and the self terms.
+
+    Each batch's terms are also kept (float64, on the CPU: L x M per batch), so that the delete-one-batch
+    jackknife (`replicates`) can say how sure the ratio is without another pass. With `permutations=K`
+    (two models only), `update(ux, uy, perms)` also accumulates K cross sums with the images of the smaller side
+    permuted within the batch: Ũ(P K Pᵀ) = P Ũ(K) Pᵀ, so each is one gather and one product, no forward pass.
     """
 
-    def __init__(self, n_x: int, n_y: int | None = None, device="cpu"):
+    def __init__(self, n_x: int, n_y: int | None = None, device="cpu", permutations: int = 0):
         self.within = n_y is None
         self.cross = torch.zeros(n_x, n_x if self.within else n_y, dtype=torch.float64, device=device)
         self.self_x = torch.zeros(n_x, dtype=torch.float64, device=device)
         self.self_y = None if self.within else torch.zeros(n_y, dtype=torch.float64, device=device)
         self.batches = 0
+        self.terms: dict[str, list[torch.Tensor]] = {"cross": [], "self_x": [], "self_y": []}
+        if permutations and self.within:
+            raise ValueError("permutation nulls need two models (cross terms only)")
+        self.null = torch.zeros(permutations, *self.cross.shape, dtype=torch.float64, device=device) if permutations else None
 
-    def update(self, ux: torch.Tensor, uy: torch.Tensor | None = None) -> None:
+    def update(self, ux: torch.Tensor, uy: torch.Tensor | None = None, perms: torch.Tensor | None = None) -> None:
         n2 = ux.shape[1]
         n = int(round(n2**0.5))
         scale = 1.0 / (n * (n - 3))
         if self.within:
             prod = ux @ ux.T
-            self.cross += prod * scale
+            term = prod * scale
+            self.cross += term
             self.self_x += torch.diagonal(prod) * scale
+            self.terms["cross"].append(term.to("cpu", torch.float64))  # the self terms are its diagonal
         else:
-            self.cross += (ux @ uy.T) * scale
-            self.self_x += (ux * ux).sum(dim=1) * scale
-            self.self_y += (uy * uy).sum(dim=1) * scale
+            term = (ux @ uy.T) * scale
+            sx, sy = (ux * ux).sum(dim=1) * scale, (uy * uy).sum(dim=1) * scale
+            self.cross += term
+            self.self_x += sx
+            self.self_y += sy
+            self.terms["cross"].append(term.to("cpu", torch.float64))
+            self.terms["self_x"].append(sx.to("cpu", torch.float64))
+            self.terms["self_y"].append(sy.to("cpu", torch.float64))
+            if self.null is not None:
+                self._permuted(ux, uy, perms, scale)
         self.batches += 1
 
+    def _permuted(self, ux: torch.Tensor, uy: torch.Tensor, perms: torch.Tensor, scale: float) -> None:
+        """K more cross sums, each with the images of one side permuted (rows and columns of its Ũ)."""
+        n = int(round(ux.shape[1] ** 0.5))
+        if perms is None or perms.shape != (len(self.null), n):
+            raise ValueError(f"need {len(self.null)} permutations of the batch's {n} images")
+        perms = perms.to(ux.device)
+        for k, p in enumerate(perms):
+            idx = (p[:, None] * n + p[None, :]).flatten()
+            if ux.shape[0] <= uy.shape[0]:
+                self.null[k] += (ux.index_select(1, idx) @ uy.T) * scale
+            else:
+                self.null[k] += (ux @ uy.index_select(1, idx).T) * scale
+
     def state_dict(self) -> dict:
+        def stacked(key):
+            return torch.stack(self.terms[key]) if self.terms[key] else None
+
         return {"cross": self.cross.cpu(), "self_x": self.self_x.cpu(),
-                "self_y": None if self.self_y is None else self.self_y.cpu(), "batches": self.batches}
+                "self_y": None if self.self_y is None else self.self_y.cpu(), "batches": self.batches,
+                "cross_terms": stacked("cross"), "self_x_terms": stacked("self_x"), "self_y_terms": stacked("self_y"),
+                "null": None if self.null is None else self.null.cpu()}
 
     def load_state_dict(self, state: dict) -> None:
         device = self.cross.device
         self.cross, self.self_x = state["cross"].to(device), state["self_x"].to(device)
         self.self_y = None if state["self_y"] is None else state["self_y"].to(device)
         self.batches = state["batches"]
+        self.terms = {k: [] if state.get(f"{k}_terms") is None else list(state[f"{k}_terms"].unbind(0))
+                      for k in ("cross", "self_x", "self_y")}
+        if len(self.terms["cross"]) != self.batches:
+            raise ValueError("the checkpoint does not hold every batch's HSIC terms")
+        if self.null is not None:
+            if state.get("null") is None or state["null"].shape != self.null.shape:
+                raise ValueError("the checkpoint's permutation null does not match cka.null")
+            self.null = state["null"].to(device)
 
     def result(self) -> torch.Tensor:
         """CKA matrix (float64, CPU). Entries whose self-HSIC is not positive come out non-finite."""
         sy = self.self_x if self.within else self.self_y
         return (self.cross / torch.sqrt(self.self_x[:, None] * sy[None, :])).cpu()
+
+    def batch_terms(self) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]:
+        """Per-batch (cross (B, L, M), self_x (B, L), self_y (B, M) or None for one model), float64 CPU."""
+        cross = torch.stack(self.terms["cross"])
+        if self.within:
+            return cross, torch.diagonal(cross, dim1=1, dim2=2), None
+        return cross, torch.stack(self.terms["self_x"]), torch.stack(self.terms["self_y"])
+
+    def null_result(self) -> torch.Tensor | None:
+        """(K, L, M) CKA of each permutation of the image pairing (the same self terms), float64 CPU."""
+        if self.null is None:
+            return None
+        return (self.null / torch.sqrt(self.self_x[:, None] * self.self_y[None, :])).cpu()
 
 
 class FullSetCKA:

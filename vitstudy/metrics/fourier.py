@@ -18,17 +18,22 @@ def half_diagonal(h: int, w: int) -> tuple[torch.Tensor, torch.Tensor]:
     return (i - h // 2) % h, (i - w // 2) % w
 
 
-def log_amplitude_sum(maps: torch.Tensor) -> torch.Tensor:
-    """Sum over images and channels of log(|FFT2| + 1e-6) on the half diagonal, in float64: shape (K,).
+def log_amplitude(maps: torch.Tensor) -> torch.Tensor:
+    """log(|FFT2| + 1e-6) on the half diagonal per image and channel, in float64: shape (B, C, K).
 
     `maps` is (B, C, H, W). The FFT runs in the maps' own precision (float32 for float32 models, as the
-    official code); only the half diagonal is gathered before the float64 sum.
+    official code); only the half diagonal is gathered before the cast to float64.
     """
     h, w = maps.shape[-2:]
     rows, cols = half_diagonal(h, w)
     f = torch.fft.fft2(maps if maps.dtype in (torch.float32, torch.float64) else maps.float())
     amp = f[..., rows.to(f.device), cols.to(f.device)].abs()
-    return torch.log(amp + EPS).to(torch.float64).sum(dim=(0, 1))
+    return torch.log(amp + EPS).to(torch.float64)
+
+
+def log_amplitude_sum(maps: torch.Tensor) -> torch.Tensor:
+    """Sum over images and channels of log(|FFT2| + 1e-6) on the half diagonal, in float64: shape (K,)."""
+    return log_amplitude(maps).sum(dim=(0, 1))
 
 
 def relative(mean_log_amplitude: torch.Tensor) -> torch.Tensor:
@@ -46,13 +51,18 @@ def true_frequency(k: int, h: int) -> torch.Tensor:
     return 2 * torch.arange(k, dtype=torch.float64) / h
 
 
+def spatial_variance(maps: torch.Tensor, ddof: int = 1) -> torch.Tensor:
+    """The variance over spatial positions per image and channel, in float64: shape (B, C)."""
+    x = maps.flatten(2).to(torch.float64)
+    return x.var(dim=-1, correction=ddof)
+
+
 def spatial_variance_sum(maps: torch.Tensor, ddof: int = 1) -> torch.Tensor:
     """Sum over images and channels of the variance over spatial positions, in float64 (a scalar).
 
     Park & Kim: `latent.var(dim=[-1, -2]).mean(dim=[0, 1])` (torch.var, unbiased: ddof=1).
     """
-    x = maps.flatten(2).to(torch.float64)
-    return x.var(dim=-1, correction=ddof).sum()
+    return spatial_variance(maps, ddof).sum()
 
 
 def _centred(side: int, n: int) -> torch.Tensor:

@@ -50,6 +50,16 @@ def write_csv(path: Path, df: pd.DataFrame) -> None:
         df.to_csv(tmp, index=False)
 
 
+def write_npz(path: Path, arrays: dict) -> Path:
+    """Numpy arrays (and short strings) in one uncompressed .npz, written atomically."""
+    import numpy as np
+
+    with atomic_path(path) as tmp:
+        with open(tmp, "wb") as f:
+            np.savez(f, **{k: np.asarray(v) for k, v in arrays.items()})
+    return Path(path)
+
+
 def write_figure(stem: Path, fig, formats=("png", "pdf")) -> list[Path]:
     import matplotlib.pyplot as plt
 
@@ -79,6 +89,9 @@ def write_result(out_dir: Path, result, record: dict) -> list[Path]:
         written.append(path)
     for name, fig in result.figures.items():
         written += write_figure(out_dir / name, fig)
+    for name, arrays in getattr(result, "replicates", {}).items():  # jackknife replicates for paired comparisons
+        if arrays is not None:
+            written.append(write_npz(out_dir / f"{name}.replicates.npz", arrays))
     record = dict(record, outputs=[p.name for p in written] + [RECORD])
     record.setdefault("timings_s", {})["write"] = round(time.perf_counter() - t, 3)
     write_json(out_dir / RECORD, record)

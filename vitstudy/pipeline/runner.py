@@ -192,6 +192,8 @@ def check_config(cfg) -> None:
         raise VitstudyError(f"cka.estimator must be 'unbiased' or 'biased', got {cfg.cka.estimator!r}")
     if cfg.cka.repeats < 1:
         raise VitstudyError(f"cka.repeats must be at least 1, got {cfg.cka.repeats}")
+    if cfg.cka.null < 0:
+        raise VitstudyError(f"cka.null must be 0 (off) or a number of permutations, got {cfg.cka.null}")
     if cfg.cka.gram_dtype not in ("float32", "float64"):
         raise VitstudyError(f"cka.gram_dtype must be 'float32' or 'float64', got {cfg.cka.gram_dtype!r}")
     if cfg.tokens not in ("flatten", "cls", "mean"):

@@ -14,6 +14,13 @@ import matplotlib.pyplot as plt
 from . import sns  # noqa: F401  (Agg backend and theme)
 
 
+def _err(df: pd.DataFrame, value: str) -> np.ndarray:
+    """Asymmetric error bars (2, n) from the table's `<value>_ci_low/high` columns (0 where not available)."""
+    v = df[value].to_numpy(dtype=float)
+    err = np.vstack([v - df[f"{value}_ci_low"].to_numpy(dtype=float), df[f"{value}_ci_high"].to_numpy(dtype=float) - v])
+    return np.nan_to_num(np.clip(err, 0, None))
+
+
 def _models(df: pd.DataFrame) -> list[str]:
     return list(dict.fromkeys(df.model))
 
@@ -38,12 +45,15 @@ def sorted_heads(df: pd.DataFrame, blocks: list[int]):
             ax.xaxis.set_major_locator(plt.MaxNLocator(integer=True))
             rows = d[d.block == block].sort_values("mean_distance")
             ax.scatter(np.arange(len(rows)), rows.mean_distance, s=14, color=sns.color_palette()[0])
+            if "mean_distance_ci_low" in rows:  # 95% interval over images
+                ax.errorbar(np.arange(len(rows)), rows.mean_distance,
+                            yerr=_err(rows, "mean_distance"), fmt="none", ecolor=sns.color_palette()[0], elinewidth=0.8, capsize=1.5)
             ax.set_title(f"{rows.label.iloc[0]}\nblock {block} ({rows.layer.iloc[0]})", fontsize=7)
             ax.set_ylim(0, top)
             ax.set_xlabel("sorted attention head", fontsize=8)
             if c == 0:
                 ax.set_ylabel("mean distance (px)", fontsize=8)
-    fig.suptitle(f"Mean attention distance, {int(df.num_images.iloc[0])} images", fontsize=9)
+    fig.suptitle(f"Mean attention distance, {int(df.num_images.iloc[0])} images (bars: 95% interval over images)", fontsize=9)
     fig.tight_layout()
     return fig
 
@@ -60,6 +70,9 @@ def depth_scatter(df: pd.DataFrame):
         for h in range(heads):
             sel = d[d["head"] == h]
             ax.scatter(sel.block, sel.mean_distance, s=8, color=palette[h], alpha=0.8, label=f"head {h}")
+            if "mean_distance_ci_low" in sel:
+                ax.errorbar(sel.block, sel.mean_distance, yerr=_err(sel, "mean_distance"), fmt="none",
+                            ecolor=palette[h], alpha=0.6, elinewidth=0.6)
         ax.set_xlabel("network depth (block)")
         ax.set_title(d.label.iloc[0], fontsize=8)
         ax.set_ylim(0, top)
@@ -73,7 +86,10 @@ def local_global(df: pd.DataFrame, title: str):
     fig, ax = plt.subplots(figsize=(4.6, 3.4))
     for layer in dict.fromkeys(df.reference_layer):
         d = df[df.reference_layer == layer].sort_values("subset_mean_distance")
-        ax.plot(d.subset_mean_distance, d.cka, marker="o", markersize=3, label=layer)
+        line, = ax.plot(d.subset_mean_distance, d.cka, marker="o", markersize=3, label=layer)
+        if "cka_ci_low" in d:  # 95% interval, jackknife over batches
+            ax.errorbar(d.subset_mean_distance, d.cka, yerr=_err(d, "cka"), fmt="none", ecolor=line.get_color(),
+                        elinewidth=0.8, capsize=1.5)
     ax.set_xlabel("mean distance of head subset (px)")
     ax.set_ylabel("CKA")
     ax.set_title(title, fontsize=8)

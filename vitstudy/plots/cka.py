@@ -8,35 +8,66 @@ import numpy as np
 from . import sns  # noqa: F401  (Agg backend and theme)
 
 
-def cka_heatmap(matrix: np.ndarray, xlabel: str, ylabel: str, title: str):
-    """Layer-by-layer CKA as in Raghu et al.: rows = y layers, columns = x layers, origin bottom left.
-
-    `matrix[i, j]` is CKA(x layer i, y layer j).
-    """
+def _panel(ax, fig, matrix, xlabel, ylabel, title, cmap, vmin, vmax, label):
     nx, ny = matrix.shape
-    side = 4.2
-    fig, ax = plt.subplots(figsize=(side * max(0.6, min(1.6, nx / max(ny, 1))) + 1.0, side))
-    im = ax.imshow(matrix.T, origin="lower", cmap="magma", vmin=0.0, vmax=1.0, aspect="auto",
+    im = ax.imshow(matrix.T, origin="lower", cmap=cmap, vmin=vmin, vmax=vmax, aspect="auto",
                    interpolation="nearest", extent=(-0.5, nx - 0.5, -0.5, ny - 0.5))
     ax.set_xlabel(xlabel)
     ax.set_ylabel(ylabel)
     ax.set_title(title, fontsize=9)
-    for axis, n in ((ax.xaxis, nx), (ax.yaxis, ny)):
+    for axis in (ax.xaxis, ax.yaxis):
         axis.set_major_locator(matplotlib.ticker.MaxNLocator(nbins=8, integer=True))
+    ax.grid(False)
     cbar = fig.colorbar(im, ax=ax, fraction=0.046, pad=0.04)
-    cbar.set_label("CKA")
+    cbar.set_label(label)
+
+
+def cka_heatmap(matrix: np.ndarray, xlabel: str, ylabel: str, title: str, width: np.ndarray | None = None,
+                chance: np.ndarray | None = None):
+    """Layer-by-layer CKA as in Raghu et al.: rows = y layers, columns = x layers, origin bottom left.
+
+    `matrix[i, j]` is CKA(x layer i, y layer j). `width` (same shape): the 95% interval widths, drawn as a second
+    panel; `chance` (bool, same shape): cells whose permutation p-value says they are indistinguishable from
+    chance, marked with a small cross.
+    """
+    nx, ny = matrix.shape
+    side = 4.2
+    panel_w = side * max(0.6, min(1.6, nx / max(ny, 1))) + 1.0
+    panels = 1 if width is None else 2
+    fig, axes = plt.subplots(1, panels, figsize=(panel_w * panels, side), squeeze=False)
+    ax = axes[0, 0]
+    _panel(ax, fig, matrix, xlabel, ylabel, title, "magma", 0.0, 1.0, "CKA")
+    if chance is not None and chance.any():
+        i, j = np.nonzero(chance)
+        size = max(2.0, min(30.0, 2400.0 / max(nx * ny, 1)))
+        ax.scatter(i, j, marker="x", s=size, c="tab:cyan", linewidths=0.6,
+                   label=f"not above chance (p > 0.05): {int(chance.sum())} of {chance.size}")
+        ax.legend(fontsize=6, loc="upper left", framealpha=0.8)
+    if width is not None:
+        finite = width[np.isfinite(width)]
+        top = float(finite.max()) if finite.size and finite.max() > 0 else 1.0
+        _panel(axes[0, 1], fig, width, xlabel, ylabel, "width of the 95% interval\n(jackknife over batches)",
+               "viridis", 0.0, top, "interval width")
     fig.tight_layout()
     return fig
 
 
 def cka_diagonal_curve(diag, label: str, subtitle: str):
-    """Per-layer CKA between two models of one architecture against layer index (Raghu et al. Fig. 12)."""
+    """Per-layer CKA between two models of one architecture against layer index (Raghu et al. Fig. 12), with its
+    95% interval as a band (jackknife over batches) and the std over repeats as error bars when there are repeats."""
     fig, ax = plt.subplots(figsize=(5, 3.4))
-    ax.errorbar(diag.index_x, diag.cka, yerr=diag.cka_std.fillna(0), marker="o", ms=4, capsize=2)
+    line, = ax.plot(diag.index_x, diag.cka, marker="o", ms=4, label="CKA")
+    if "cka_ci_low" in diag and diag.cka_ci_low.notna().any():
+        ax.fill_between(diag.index_x, diag.cka_ci_low, diag.cka_ci_high, color=line.get_color(), alpha=0.25, lw=0,
+                        label="95% interval (jackknife over batches)")
+    if diag.cka_std.notna().any():
+        ax.errorbar(diag.index_x, diag.cka, yerr=diag.cka_std, fmt="none", capsize=2, color=line.get_color(),
+                    label="std over repeats")
     ax.set_xlabel("layer index (input to output)")
     ax.set_ylabel("CKA with the same layer")
     ax.set_ylim(0, 1.02)
     ax.set_title(f"{label}\n{subtitle}", fontsize=8)
+    ax.legend(fontsize=7, loc="lower left")
     fig.tight_layout()
     return fig
 

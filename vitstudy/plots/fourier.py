@@ -26,13 +26,17 @@ def _panels(n: int, width: float, height: float = 4.0):
 def frequency_curves(panels: Sequence[dict], title: str):
     """Fig. 2a: one Δ log-amplitude curve per latent, from 0.0π to 1.0π, coloured by normalised depth.
 
-    Each panel: {"title", "curves": [(depth, frequency, delta), ...]}; deeper latents are drawn first.
+    Each panel: {"title", "curves": [(depth, frequency, delta[, low, high]), ...]}; deeper latents are drawn first;
+    low/high (the 95% interval over images) are drawn as a faint band around each curve.
     """
     fig, axes = _panels(len(panels), 3.6)
     cmap = plt.get_cmap("plasma")
     for ax, panel in zip(axes, panels):
-        for depth, freq, delta in sorted(panel["curves"], key=lambda c: -c[0]):
+        for curve in sorted(panel["curves"], key=lambda c: -c[0]):
+            depth, freq, delta = curve[:3]
             ax.plot(freq, delta, color=cmap(depth), lw=1.6)
+            if len(curve) == 5:
+                ax.fill_between(freq, curve[3], curve[4], color=cmap(depth), alpha=0.15, lw=0)
         ax.set_xlim(0, 1)
         ax.set_xlabel("Frequency")
         ax.set_title(panel["title"], fontsize=9)
@@ -60,7 +64,8 @@ def depth_profile(panels: Sequence[dict], ylabel: str, title: str, zero_line: bo
     """Figs 8, 9 and the lesion figure: a value per latent against normalised depth, with shading.
 
     Each panel: {"title", "depths", "values", "kinds", "family"} and optionally "step" (the depth between two
-    latents, when the points are not every latent); NaN values are left out of the line.
+    latents, when the points are not every latent) and "low"/"high" (the 95% interval, drawn as error bars);
+    NaN values are left out of the line.
     """
     fig, axes = _panels(len(panels), 5.2)
     for ax, panel in zip(axes, panels):
@@ -68,6 +73,12 @@ def depth_profile(panels: Sequence[dict], ylabel: str, title: str, zero_line: bo
         depths, values = np.asarray(panel["depths"], float), np.asarray(panel["values"], float)
         ok = np.isfinite(values)
         ax.plot(depths[ok], values[ok], marker=marker, color=color, markersize=5, lw=1.5)
+        if panel.get("low") is not None:
+            low, high = np.asarray(panel["low"], float)[ok], np.asarray(panel["high"], float)[ok]
+            err = np.vstack([values[ok] - low, high - values[ok]])
+            if np.isfinite(err).any():
+                ax.errorbar(depths[ok], values[ok], yerr=np.nan_to_num(np.clip(err, 0, None)), fmt="none",
+                            ecolor=color, elinewidth=1.0, capsize=2)
         used = _shade(ax, depths, panel["kinds"], panel.get("step"))
         if zero_line:
             ax.axhline(0, color="black", lw=0.8)
@@ -88,12 +99,18 @@ def depth_profile(panels: Sequence[dict], ylabel: str, title: str, zero_line: bo
 def noise_drop(series: Sequence[dict], ylabel: str, title: str):
     """Fig. 2b: change of the metric under band-limited noise against the band centre, one line per model.
 
-    Each series: {"label", "family", "bands", "drops"}.
+    Each series: {"label", "family", "bands", "drops"} and optionally "low"/"high" (the 95% interval of each drop,
+    drawn as error bars).
     """
     fig, ax = plt.subplots(figsize=(5.0, 3.8))
     for s in series:
         color, marker = STYLE.get(s["family"], ("tab:green", "s"))
         ax.plot(s["bands"], s["drops"], marker=marker, color=color, label=s["label"], lw=1.5)
+        if s.get("low") is not None:
+            drops = np.asarray(s["drops"], float)
+            err = np.vstack([drops - np.asarray(s["low"], float), np.asarray(s["high"], float) - drops])
+            ax.errorbar(s["bands"], drops, yerr=np.nan_to_num(np.clip(err, 0, None)), fmt="none", ecolor=color,
+                        elinewidth=1.0, capsize=2)
     ax.axhline(0, color="black", lw=0.8)
     ax.set_xlabel("Noise frequency")
     ax.set_ylabel(ylabel)

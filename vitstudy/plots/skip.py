@@ -42,12 +42,15 @@ def skip_ratio_figure(tokens: pd.DataFrame, summary: pd.DataFrame, k: int, aggre
         ok = np.isfinite(y)
         line, = ax.plot(g["index"].to_numpy()[ok], y[ok], marker="o", ms=3, label=name,
                         ls="--" if group == "cls" else "-")
+        if "ratio_ci_low" in g:  # 95% interval over images
+            ax.fill_between(g["index"].to_numpy()[ok], g.ratio_ci_low.to_numpy(dtype=float)[ok],
+                            g.ratio_ci_high.to_numpy(dtype=float)[ok], color=line.get_color(), alpha=0.2, lw=0)
         if (~ok).any():  # infinite ratios: a marker at the top edge
             ax.plot(g["index"].to_numpy()[~ok], np.full((~ok).sum(), 1.0), "^", color=line.get_color(),
                     transform=ax.get_xaxis_transform(), clip_on=False, label=f"{name}: ∞ (zero branch)")
     ax.set_xlabel("block index")
     ax.set_ylabel(f"‖z‖ / ‖f(z)‖ ({aggregate})")
-    ax.set_title("mean over tokens / positions", fontsize=9)
+    ax.set_title("mean over tokens / positions (bands: 95% interval over images)", fontsize=9)
     ax.legend(fontsize=7)
     fig.tight_layout()
     return fig
