@@ -93,10 +93,11 @@ def early_stop(args, device) -> None:
     vit_t, res_t = times["vit bare forward"], times["resnet50 bare forward"]
     for k, t in times.items():
         print(f"{k:40s} {t / (args.batches * args.batch_size) * 1e3:8.1f} ms/image   {t / vit_t:5.2f}x ViT forward")
+    bound = vit_t + 0.35 * res_t  # the issue's target: the ViT forward plus 0.35x the ResNet-50's
     for stop in ("early stop", "full forward"):
         lg = times[f"local_global_cka, {stop}"]
-        print(f"local_global_cka, {stop}: {lg / vit_t:.2f}x ViT forward; (time - ViT forward) = "
-              f"{(lg - vit_t) / res_t:.2f}x ResNet-50 forward (target <= 0.35x)")
+        print(f"local_global_cka, {stop}: {lg / (vit_t + res_t):.2f}x the two bare forwards, "
+              f"{lg / bound:.2f}x the target bound (ViT forward + 0.35x ResNet-50 forward; <= 1 meets it)")
     print(f"cka_within blocks.0-3, early stop: {times['cka_within blocks.0-3, early stop'] / vit_t:.2f}x "
           f"the full ViT-B/16 forward (target <= 0.40x)")
 
@@ -104,7 +105,7 @@ def early_stop(args, device) -> None:
 PRECISION_RUNS = {  # analysis, overrides, value column, key columns
     "cka_within": (["layers=blocks"], "cka", ["layer_x", "layer_y"]),
     "attention_distance": ([], "mean_distance", ["layer", "head"]),
-    "fourier": ([], "delta_log_amplitude", ["latent", "k"]),
+    "fourier": (["reference.name=MODEL_ITSELF"], "delta_log_amplitude", ["model", "latent", "k"]),
 }
 
 
@@ -121,7 +122,8 @@ def precision(args) -> None:
                 with tempfile.TemporaryDirectory() as out:
                     overrides = [f"analysis={analysis}", f"model={model}", f"dataset={args.data_preset}",
                                  f"dataset.num_images={args.images}", f"precision={prec}", f"device={args.device}",
-                                 "cache.dir=", "progress=false", *extra]
+                                 "cache.dir=", "progress=false",
+                                 *[e.replace("reference.name=MODEL_ITSELF", f"reference={model}") for e in extra]]
                     t = time.perf_counter()
                     try:
                         result = vitstudy.run(overrides, out_dir=out)

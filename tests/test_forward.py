@@ -89,3 +89,17 @@ def test_reducers_run_without_autocast(precision):
                torch.device("cpu"))
     low = {"bf16": torch.bfloat16, "fp16": torch.float16}[precision]
     assert seen == [(low, torch.float32)]  # a Linear's output came out of the autocast forward; the reducer's product did not
+
+
+def test_bf16_attention_distance_accepts_rounded_softmax_rows(tmp_path, capsys):
+    """A bf16 forward rounds each probability, so rows sum to 1 only to bf16's precision: still measured, and close."""
+    import pandas as pd
+
+    runs = {}
+    for precision in ("fp32", "bf16"):
+        out = tmp_path / precision
+        code, _, err = cli(["run", "analysis=attention_distance", *TINY_VIT, *SMALL_DATA, f"precision={precision}",
+                            f"hydra.run.dir={out}"], capsys)
+        assert code == 0, err
+        runs[precision] = pd.read_csv(out / "attention_distance.csv").mean_distance.to_numpy()
+    assert abs(runs["fp32"] - runs["bf16"]).max() < 0.05 * runs["fp32"].max()

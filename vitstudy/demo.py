@@ -46,6 +46,13 @@ def _stage(layer: str) -> str:
     return f"stage {int(m.group(1)) + 1}, block {int(m.group(2)) + 1}" if m else layer
 
 
+def _interval(row) -> str:
+    """' [low, high]' from a row's 95% interval columns (jackknife over batches), '' when the table has none."""
+    if "cka_ci_low" in row and pd.notna(row.get("cka_ci_low")):
+        return f" [95% CI {row.cka_ci_low:.2f}, {row.cka_ci_high:.2f}]"
+    return ""
+
+
 def findings(out: Path) -> list[str]:
     """Three sentences with the numbers, read back from the CSVs the demo wrote (never from memory)."""
     out = Path(out)
@@ -56,20 +63,20 @@ def findings(out: Path) -> list[str]:
         first, last = df.index_x.min(), df.index_x.max()
         cell = df[(df.index_x == first) & (df.index_y == last)].iloc[0]
         adjacent = df[df.index_y == df.index_x + 1].cka.mean()
-        ends[label] = (cell.cka, cell.layer_x, cell.layer_y, adjacent, last + 1)
+        ends[label] = (cell.cka, cell.layer_x, cell.layer_y, adjacent, last + 1, _interval(cell))
     v, r = ends["ViT"], ends["ResNet"]
-    lines.append(f"CKA between first and last block: ViT {v[0]:.2f} ({v[1]} vs {v[2]}), ResNet {r[0]:.2f} ({r[1]} vs {r[2]}); "
+    lines.append(f"CKA between first and last block: ViT {v[0]:.2f}{v[5]} ({v[1]} vs {v[2]}), ResNet {r[0]:.2f}{r[5]} ({r[1]} vs {r[2]}); "
                  f"{'the ViT keeps more of its first representation across depth (Raghu et al. Fig. 1)' if v[0] > r[0] else 'here the ResNet is the more uniform one, unlike Raghu et al. Fig. 1'}.")
     across = pd.read_csv(out / "cka_across" / "cka_across.csv")
     last_vit = across[across.index_x == across.index_x.max()]
     best = last_vit.loc[last_vit.cka.idxmax()]
     lines.append(f"The ViT's last block ({best.layer_x}) is closest to the ResNet's {best.layer_y} "
-                 f"({_stage(best.layer_y)}), CKA {best.cka:.2f}, of {across.index_y.max() + 1} ResNet blocks.")
+                 f"({_stage(best.layer_y)}), CKA {best.cka:.2f}{_interval(best)}, of {across.index_y.max() + 1} ResNet blocks.")
     mid = across.index_y.max() // 2
     mid_rows = across[across.index_y == mid]
     match = mid_rows.loc[mid_rows.cka.idxmax()]
     lines.append(f"The ResNet's middle block ({match.layer_y}) is closest to ViT {match.layer_x} of {across.index_x.max() + 1} "
-                 f"(CKA {match.cka:.2f}): the ViT reaches mid-ResNet representations "
+                 f"(CKA {match.cka:.2f}{_interval(match)}): the ViT reaches mid-ResNet representations "
                  f"{'earlier' if match.index_x / across.index_x.max() < mid / across.index_y.max() else 'no earlier'} "
                  f"in relative depth (Raghu et al. Fig. 2).")
     return lines
