@@ -18,7 +18,8 @@ _BLOCK_CLASS = re.compile(r"(Block|Block1d|Block2d|Bottleneck|Basic|BasicBlock|R
                           r"TransformerLayer|DepthwiseSeparableConv)$")
 
 
-def _classes(module: str, *names: str) -> tuple[type, ...]:
+def timm_classes(module: str, *names: str) -> tuple[type, ...]:
+    """The classes `names` of a timm module that exist in the installed timm (older releases lack some)."""
     try:
         mod = importlib.import_module(module)
     except ImportError:
@@ -27,11 +28,11 @@ def _classes(module: str, *names: str) -> tuple[type, ...]:
 
 
 # Containers named like blocks whose children are the residual blocks (CrossViT: one ViT block list per branch).
-_CONTAINERS = _classes("timm.models.crossvit", "MultiScaleBlock")
+_CONTAINERS = timm_classes("timm.models.crossvit", "MultiScaleBlock")
 # Class-attention blocks update only the CLS token (CaiT's blocks_token_only, XCiT's cls_attn_blocks, CrossViT's
 # cross-attention fusion): not blocks of the token stream.
-_CLASS_ATTENTION = _classes("timm.models.xcit", "ClassAttentionBlock") + _classes("timm.models.cait", "LayerScaleBlockClassAttn") + \
-    _classes("timm.models.crossvit", "CrossAttentionBlock")
+_CLASS_ATTENTION = timm_classes("timm.models.xcit", "ClassAttentionBlock") + timm_classes("timm.models.cait", "LayerScaleBlockClassAttn") + \
+    timm_classes("timm.models.crossvit", "CrossAttentionBlock")
 _CONV = (nn.Conv1d, nn.Conv2d, nn.Conv3d)
 _NORM = (nn.LayerNorm, nn.GroupNorm, nn.modules.batchnorm._BatchNorm, nn.LocalResponseNorm)
 _ACT = (nn.ReLU, nn.ReLU6, nn.GELU, nn.SiLU, nn.Hardswish, nn.LeakyReLU, nn.ELU, nn.Mish, nn.Tanh, nn.Sigmoid)

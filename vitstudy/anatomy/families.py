@@ -46,23 +46,14 @@ side) have no stream between their sublayers and are refused.
 """
 from __future__ import annotations
 
-import importlib
 from dataclasses import dataclass
 from typing import Callable
 
 from torch import nn
 
 from ..errors import VitstudyError
-from .blocks import block_names, dense_names
+from .blocks import block_names, dense_names, timm_classes as _classes
 from .layer import INPUT
-
-
-def _classes(module: str, *names: str) -> tuple[type, ...]:
-    try:
-        mod = importlib.import_module(module)
-    except ImportError:
-        return ()
-    return tuple(getattr(mod, n) for n in names if hasattr(mod, n))
 
 
 POST_NORM = _classes("timm.models.vision_transformer", "ResPostBlock") + \
