@@ -310,7 +310,21 @@ def figure_names(root: Path = REPO, targets: list[str] | None = None) -> dict[st
             for node in analyses.get(cfg.analysis.name).models(cfg).values():  # model, reference, compare and grid models
                 if node.pretrained and not node.checkpoint:
                     needed.setdefault(node.name, set()).add(label)
-    return needed
+    return {name: where for name, where in needed.items() if not _bundled(name)}
+
+
+def _bundled(name: str) -> bool:
+    """Weights that ship inside vitstudy (a pretrained tag whose config names a local file): no stand-in needed."""
+    import timm
+
+    from timm.models import get_pretrained_cfg
+
+    import vitstudy  # noqa: F401  (registers the bundled tags)
+
+    arch, _, tag = name.partition(".")
+    pcfg = get_pretrained_cfg(name) if tag else (get_pretrained_cfg(arch) if timm.is_model(arch) else None)
+    file = getattr(pcfg, "file", None) if pcfg is not None else None
+    return bool(file) and Path(file).is_file()
 
 
 def _size(n: int) -> str:
