@@ -81,6 +81,7 @@ def check(out: Path, targets: list[str], proc: subprocess.CompletedProcess) -> N
     assert "RANDOM" in proc.stdout
 
 
+@pytest.mark.slow  # ~80 s; `make test` stays near 10 minutes; run by `make test-all` and `make figures-dryrun`
 def test_dryrun_cheap_targets(tmp_path):
     out = tmp_path / "dry"
     proc = dryrun(out, CHEAP)
