@@ -62,10 +62,9 @@ def findings(out: Path) -> list[str]:
         df = pd.read_csv(out / f"cka_within_{key}" / "cka_within.csv")
         first, last = df.index_x.min(), df.index_x.max()
         cell = df[(df.index_x == first) & (df.index_y == last)].iloc[0]
-        adjacent = df[df.index_y == df.index_x + 1].cka.mean()
-        ends[label] = (cell.cka, cell.layer_x, cell.layer_y, adjacent, last + 1, _interval(cell))
+        ends[label] = (cell.cka, _interval(cell), cell.layer_x, cell.layer_y)
     v, r = ends["ViT"], ends["ResNet"]
-    lines.append(f"CKA between first and last block: ViT {v[0]:.2f}{v[5]} ({v[1]} vs {v[2]}), ResNet {r[0]:.2f}{r[5]} ({r[1]} vs {r[2]}); "
+    lines.append(f"CKA between first and last block: ViT {v[0]:.2f}{v[1]} ({v[2]} vs {v[3]}), ResNet {r[0]:.2f}{r[1]} ({r[2]} vs {r[3]}); "
                  f"{'the ViT keeps more of its first representation across depth (Raghu et al. Fig. 1)' if v[0] > r[0] else 'here the ResNet is the more uniform one, unlike Raghu et al. Fig. 1'}.")
     across = pd.read_csv(out / "cka_across" / "cka_across.csv")
     last_vit = across[across.index_x == across.index_x.max()]

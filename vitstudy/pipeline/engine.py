@@ -7,6 +7,8 @@ unless the reducer needs the model's outputs (`Reducer.needs_outputs`): layers a
 """
 from __future__ import annotations
 
+from contextlib import nullcontext
+
 from typing import Callable, Sequence
 
 import torch
@@ -56,8 +58,10 @@ def stream(
     """
     stop = not reducer.needs_outputs if stop_early is None else stop_early
     device = torch.device(device)
-    def off():  # statistics in their own precision, never autocast
-        return torch.autocast(device.type, enabled=False)
+    amp = torch.is_autocast_enabled(device.type)
+
+    def off():  # statistics in their own precision, never autocast; nothing to switch off in an fp32/tf32 forward
+        return torch.autocast(device.type, enabled=False) if amp else nullcontext()
 
     seen = 0
     done = 0
