@@ -1,0 +1,97 @@
+"""Issue 20 items 1, 2 and 7: what the feature cache and the result cache serve, and bad devices.
+
+Every number is held against features computed by hand (module by module, no hooks) and CKA written out in
+float64 numpy (tests/helpers), never against the engine's own output.
+"""
+import numpy as np
+import pytest
+import timm
+import torch
+from omegaconf import OmegaConf
+
+from helpers import minibatch_reference
+from vitstudy.analyses.cka import CKAReducer
+from vitstudy.pipeline.engine import stream
+from vitstudy.pipeline.features import FeatureCache
+from vitstudy.pipeline.layers import resolve
+from vitstudy.pipeline.models import LoadedModel
+
+LAYERS = ["layer1.0.bn1", "layer1.0.bn2", "layer1.0", "layer1.1.act1:in", "layer2.0"]
+BATCHES = [list(range(0, 8)), list(range(8, 16)), list(range(16, 24))]
+DATASET = OmegaConf.create({"name": "synthetic", "size": 24, "image_size": 32})
+
+
+@pytest.fixture(scope="module")
+def resnet():
+    """ResNet-18 with nonzero last BN (zero_init_last=false): its blocks' in-place ReLU and `x += shortcut` matter."""
+    torch.manual_seed(1)
+    net = timm.create_model("resnet18", zero_init_last=False).eval()
+    return LoadedModel("model", "resnet18", "resnet18", net, None, {"input_size": (3, 32, 32)}, "random-init")
+
+
+@pytest.fixture(scope="module")
+def pictures():
+    return torch.randn(24, 3, 32, 32, generator=torch.Generator().manual_seed(3))
+
+
+def by_hand(net, x) -> dict[str, torch.Tensor]:
+    """The listed layers' outputs module by module (no hooks; every intermediate kept)."""
+    with torch.no_grad():
+        s = net.maxpool(torch.relu(net.bn1(net.conv1(x))))
+        b = net.layer1[0]
+        bn1 = b.bn1(b.conv1(s))
+        bn2 = b.bn2(b.conv2(torch.relu(bn1)))
+        out0 = torch.relu(bn2 + s)
+        b1 = net.layer1[1]
+        in_act1 = b1.bn1(b1.conv1(out0))
+        out1 = torch.relu(b1.bn2(b1.conv2(torch.relu(in_act1))) + out0)
+        return {"layer1.0.bn1": bn1, "layer1.0.bn2": bn2, "layer1.0": out0, "layer1.1.act1:in": in_act1,
+                "layer2.0": net.layer2[0](out1)}
+
+
+def loader(pictures, models=1):
+    return [([pictures[idx]] * models, torch.zeros(len(idx), dtype=torch.long)) for idx in BATCHES]
+
+
+def run(m, layers, pictures, features=None, estimator="unbiased"):
+    reducer = CKAReducer([m], [layers], "flatten", estimator)
+    stream([m], [layers], loader(pictures), reducer, "cpu", progress=False, features=features)
+    return reducer.result()
+
+
+def test_cached_features_are_the_tensors_before_later_in_place_ops(tmp_path, resnet, pictures):
+    """Item 1: the cache kept the live tensor, so bn1 was stored as relu(bn1) and bn2 as layer1.0 (CKA 1.0)."""
+    layers = resolve(resnet.module, LAYERS, (3, 32, 32))
+    cache = FeatureCache(tmp_path, max_gb=1)
+    ns = cache.namespace(resnet, DATASET)
+    live = run(resnet, layers, pictures)
+    filling = run(resnet, layers, pictures, (cache, [ns], BATCHES))
+    served = run(resnet, layers, pictures, (cache, [ns], BATCHES))
+    hand = by_hand(resnet.module, pictures)
+    entry = torch.load(tmp_path / ns / "5.pt", weights_only=True)
+    for name in LAYERS:  # each stored tensor is the layer's own output (or input), not what later ops made of it
+        np.testing.assert_allclose(entry[name].numpy(), hand[name][5].numpy(), rtol=1e-5, atol=1e-5, err_msg=name)
+    flat = {n: t.double().reshape(24, -1).numpy() for n, t in hand.items()}
+    for i, a in enumerate(LAYERS):
+        for j, b in enumerate(LAYERS):
+            want = minibatch_reference([flat[a][idx] for idx in BATCHES], [flat[b][idx] for idx in BATCHES])
+            for got in (live, filling, served):
+                assert got[i, j] == pytest.approx(want, abs=2e-5), (a, b)
+
+
+def test_full_set_cka_keeps_copies_of_the_tensors(resnet, pictures):
+    """Item 1, the other stored tensor: the biased full-set estimator keeps every batch's features until the end."""
+    layers = resolve(resnet.module, LAYERS, (3, 32, 32))
+    got = run(resnet, layers, pictures, estimator="biased")
+    hand = {n: t.double().reshape(24, -1).numpy() for n, t in by_hand(resnet.module, pictures).items()}
+
+    def centred_gram(x):
+        k = x @ x.T
+        h = np.eye(len(k)) - 1.0 / len(k)
+        return h @ k @ h
+
+    grams = {n: centred_gram(x) for n, x in hand.items()}
+    for i, a in enumerate(LAYERS):
+        for j, b in enumerate(LAYERS):
+            want = (grams[a] * grams[b]).sum() / np.sqrt((grams[a] ** 2).sum() * (grams[b] ** 2).sum())
+            assert got[i, j] == pytest.approx(want, abs=2e-5), (a, b)
