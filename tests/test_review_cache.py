@@ -95,3 +95,46 @@ def test_full_set_cka_keeps_copies_of_the_tensors(resnet, pictures):
         for j, b in enumerate(LAYERS):
             want = (grams[a] * grams[b]).sum() / np.sqrt((grams[a] ** 2).sum() * (grams[b] ** 2).sum())
             assert got[i, j] == pytest.approx(want, abs=2e-5), (a, b)
+
+
+@pytest.fixture(scope="module")
+def vit():
+    torch.manual_seed(0)
+    net = timm.create_model("vit_tiny_patch16_224", img_size=32, patch_size=8, depth=2).eval()
+    return LoadedModel("model", "vit", "vit", net, "Compose(...)", {"input_size": (3, 32, 32)}, "random-init")
+
+
+def test_feature_cache_keys_on_precision_and_device(tmp_path, vit):
+    """Item 2: the namespace changes with everything that changes a captured tensor, and only with that."""
+    def ns(precision="fp32", device="cpu", transform=None):
+        m = vit if transform is None else LoadedModel(**{**vit.__dict__, "transform": transform})
+        return FeatureCache(tmp_path, precision=precision, device=device).namespace(m, DATASET)
+
+    assert ns("bf16") != ns("fp32") != ns("fp16") != ns("bf16")
+    assert ns("tf32") == ns("fp32")  # tf32 is CUDA only: on a CPU the same forward as fp32
+    assert ns(device="meta") != ns()
+    assert ns(transform="Compose(Resize(40))") != ns()
+
+
+def test_a_bf16_fill_is_not_served_to_an_fp32_run(tmp_path, vit, pictures):
+    """Item 2: a bf16 run fills the cache; the fp32 run after it computes its own tensors, as an uncached run."""
+    from vitstudy.runtime import forward_precision
+
+    layers = resolve(vit.module, "all", (3, 32, 32))
+    root = tmp_path / "features"
+
+    def cka(precision, cached=True):
+        cache = FeatureCache(root, precision=precision, device="cpu")
+        with forward_precision(precision, torch.device("cpu")):
+            got = run(vit, layers, pictures, (cache, [cache.namespace(vit, DATASET)], BATCHES) if cached else None)
+        return got, cache
+
+    bf16, filled = cka("bf16")
+    fp32, cache = cka("fp32")
+    plain, _ = cka("fp32", cached=False)
+    assert filled.computed == 3 and cache.served == 0 and cache.computed == 3
+    assert np.abs(bf16 - plain).max() > 1e-4  # the precisions differ visibly: the check below can tell them apart
+    np.testing.assert_allclose(fp32, plain, atol=1e-6)
+    again, cache = cka("fp32")
+    assert cache.served == 3
+    np.testing.assert_allclose(again, plain, atol=1e-6)

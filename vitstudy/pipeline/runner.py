@@ -125,7 +125,7 @@ def prepare(cfg, progress=None, cache: Cache | None = None, overrides=None) -> C
     ctx = Context(cfg, analyses.params_of(cfg), None, None, device, progress, timings, cache=cache)
     ctx.models = Models(analysis.models(cfg), device, names_given(overrides), ctx.stage)
     if cfg.cache.features and cfg.cache.dir:
-        ctx.features = FeatureCache(Path(cfg.cache.dir) / "features", cfg.cache.features_max_gb)
+        ctx.features = FeatureCache(Path(cfg.cache.dir) / "features", cfg.cache.features_max_gb, cfg.precision, device)
     if not analysis.lazy_models:
         for key in ctx.models.nodes:
             ctx.models[key]
@@ -174,7 +174,8 @@ def execute(cfg, out_dir: str | Path, progress=None, overrides=None) -> tuple[an
     record = {"analysis": analysis.name, **runtime.record(
         started, time.perf_counter() - t0, ctx.device, overrides, OmegaConf.to_container(cfg, resolve=True),
         timings_s=ctx.timings, models=ctx.models.records, images=[{k: v for k, v in rep.items() if k != "indices"} for rep in result.images],
-        dataset=data.describe(ctx.dataset), seed=cfg.seed, cache_key=cache.key if cache is not None else None, **result.info)}
+        dataset=data.describe(ctx.dataset), seed=cfg.seed, cache_key=cache.key if cache is not None else None,
+        **({"feature_cache": ctx.features.describe()} if ctx.features is not None else {}), **result.info)}
     written = results.write_result(out_dir, result, record)
     if ctx.features is not None:
         ctx.features.prune()
