@@ -138,3 +138,66 @@ def test_a_bf16_fill_is_not_served_to_an_fp32_run(tmp_path, vit, pictures):
     again, cache = cka("fp32")
     assert cache.served == 3
     np.testing.assert_allclose(again, plain, atol=1e-6)
+
+
+# ---- item 7: devices ----
+
+from helpers import SMALL_DATA, TINY_VIT, assert_one_line_error, cli  # noqa: E402
+
+WITHIN = ["analysis=cka_within", *TINY_VIT, *SMALL_DATA, "model.layers=[blocks.0,blocks.2]"]
+
+
+@pytest.mark.parametrize("device, expected", [
+    ("cuda", "device 'cuda' is not available: no CUDA GPU is visible (torch.cuda.is_available() is False); valid on this machine: auto, cpu"),
+    ("cuda:1", "device 'cuda:1' is not available"),
+    ("gpu0", "unknown device 'gpu0'; valid on this machine: auto, cpu")])
+def test_a_device_this_machine_lacks_is_one_line(tmp_path, capsys, monkeypatch, device, expected):
+    """Item 7: no traceback from deep in the first forward; the line names the valid devices, exit 2, nothing loads."""
+    from vitstudy.pipeline import models
+
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    monkeypatch.setattr(models, "load", lambda *a, **k: pytest.fail("a model loaded before the device was checked"))
+    assert assert_one_line_error(["run", *WITHIN, f"device={device}"], expected, tmp_path / "run", capsys) == 2
+
+
+def test_the_error_names_the_valid_devices(monkeypatch):
+    from vitstudy.errors import VitstudyError
+    from vitstudy.runtime import resolve_device
+
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: 2)
+    assert resolve_device("cuda:1") == torch.device("cuda:1")
+    with pytest.raises(VitstudyError, match=r"has 2 CUDA GPU\(s\); valid: auto, cpu, cuda, cuda:0, cuda:1"):
+        resolve_device("cuda:2")
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    with pytest.raises(VitstudyError, match="valid on this machine: auto, cpu$"):
+        resolve_device("cuda")
+    assert resolve_device("auto") == torch.device("cpu") == resolve_device("cpu")
+
+
+def test_a_result_from_another_device_is_served_and_said(tmp_path, capsys):
+    """Item 7: the result cache ignores the device (and keys the precision); a result computed on another device is
+    copied, with a line in the output and `other_device`/`served_on` in run.json."""
+    import json
+
+    from vitstudy.compose import compose
+    from vitstudy.pipeline.cache import run_key
+    from vitstudy.analyses import get
+
+    nodes = get("cka_within").models(compose(WITHIN))
+    assert run_key(compose([*WITHIN, "device=cpu"]), nodes) == run_key(compose([*WITHIN, "device=cuda"]), nodes)
+    assert run_key(compose([*WITHIN, "precision=bf16"]), nodes) != run_key(compose(WITHIN), nodes)
+
+    args = ["run", *WITHIN, f"cache.dir={tmp_path / 'cache'}", "device=cpu"]
+    assert cli([*args, f"hydra.run.dir={tmp_path / 'a'}"], capsys)[0] == 0
+    code, out, _ = cli([*args, f"hydra.run.dir={tmp_path / 'b'}"], capsys)  # same device: served, nothing to say
+    record = json.loads((tmp_path / "b" / "run.json").read_text())
+    assert code == 0 and "cached" in out and "note:" not in out
+    assert record["other_device"] is None and record["served_on"] == {"device": "cpu"}
+    source = json.loads((tmp_path / "a" / "run.json").read_text())  # as if `a` had run on a GPU
+    (tmp_path / "a" / "run.json").write_text(json.dumps({**source, "device": "cuda:0", "gpu": "NVIDIA H200"}))
+    code, out, _ = cli([*args, f"hydra.run.dir={tmp_path / 'c'}"], capsys)
+    record = json.loads((tmp_path / "c" / "run.json").read_text())
+    assert code == 0 and "vitstudy: note: the cached result was computed on cuda:0 (NVIDIA H200), this run is on cpu" in out
+    assert record["device"] == "cuda:0" and record["served_on"] == {"device": "cpu"}
+    assert record["other_device"].startswith("the cached result was computed on cuda:0 (NVIDIA H200)")
