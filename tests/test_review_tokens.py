@@ -65,3 +65,19 @@ def test_skip_ratio_groups_follow_each_blocks_own_class_token(convit):
     ax = next(a for a in fig.axes if a.get_xlabel() == "block index")
     lines = {line.get_label(): line.get_xdata().tolist() for line in ax.get_lines()}
     assert lines["convit Self-Attention"] == [0, 1, 2, 3] and lines["convit Self-Attention CLS"] == [2, 3]
+
+
+def test_linear_probe_reads_the_class_token_only_where_it_has_joined(convit):
+    """The 'cls' probe of a ConViT block before `local_up_to_layer` was the first patch token."""
+    from vitstudy.analyses.probe import Extractor
+
+    layers = resolve(convit.module, ["blocks.1", "blocks.2"], (3, 32, 32))
+    extract = Extractor(convit.module, layers, ["cls", "gap", "tokens"], None)
+    early, late = torch.randn(2, 16, 32), torch.randn(2, 17, 32)
+    got = extract(layers[0], early)
+    assert "cls" not in got
+    torch.testing.assert_close(got["gap"][:, 0], early.mean(1))
+    got = extract(layers[1], late)
+    torch.testing.assert_close(got["cls"][:, 0], late[:, 0])
+    torch.testing.assert_close(got["gap"][:, 0], late[:, 1:].mean(1))
+    torch.testing.assert_close(got["tokens"], late[:, 1:])
