@@ -189,7 +189,10 @@ def test_a_result_from_another_device_is_served_and_said(tmp_path, capsys):
     assert run_key(compose([*WITHIN, "precision=bf16"]), nodes) != run_key(compose(WITHIN), nodes)
 
     args = ["run", *WITHIN, f"cache.dir={tmp_path / 'cache'}", "device=cpu"]
-    assert cli([*args, f"hydra.run.dir={tmp_path / 'a'}"], capsys)[0] == 0
+    assert cli([*args, "cache.features=true", f"hydra.run.dir={tmp_path / 'a'}"], capsys)[0] == 0
+    features = json.loads((tmp_path / "a" / "run.json").read_text())["feature_cache"]  # item 2: what it keys on
+    assert features["forward"] == {"precision": "fp32", "device": "cpu"} and features["batches_computed"] == 3
+    assert "forward precision (tf32 counts as fp32 off CUDA)" in features["keyed_on"]
     code, out, _ = cli([*args, f"hydra.run.dir={tmp_path / 'b'}"], capsys)  # same device: served, nothing to say
     record = json.loads((tmp_path / "b" / "run.json").read_text())
     assert code == 0 and "cached" in out and "note:" not in out
@@ -201,3 +204,17 @@ def test_a_result_from_another_device_is_served_and_said(tmp_path, capsys):
     assert code == 0 and "vitstudy: note: the cached result was computed on cuda:0 (NVIDIA H200), this run is on cpu" in out
     assert record["device"] == "cuda:0" and record["served_on"] == {"device": "cpu"}
     assert record["other_device"].startswith("the cached result was computed on cuda:0 (NVIDIA H200)")
+
+
+def test_served_equals_live_for_every_token_layer_of_a_vit(tmp_path, vit, pictures):
+    """Item 1 for the other layer kinds (token outputs, norms, attention and MLP sublayers, `:in` inputs): served
+    from the cache, CKA equals the uncached run's to float32 rounding."""
+    layers = resolve(vit.module, "all", (3, 32, 32)) + \
+        resolve(vit.module, ["blocks.0.norm1:in", "blocks.1.attn.proj:in", "blocks.1.mlp.fc2"], (3, 32, 32))
+    cache = FeatureCache(tmp_path, max_gb=1)
+    ns = cache.namespace(vit, DATASET)
+    live = run(vit, layers, pictures)
+    run(vit, layers, pictures, (cache, [ns], BATCHES))
+    served = run(vit, layers, pictures, (cache, [ns], BATCHES))
+    assert cache.served == 3
+    np.testing.assert_allclose(served, live, atol=1e-6)
