@@ -78,6 +78,7 @@ def other_device(record: dict, device: torch.device) -> str | None:
     there_type = str(record.get("device", "")).split(":")[0]
     if there_type == here["device"].split(":")[0] and record.get("gpu") == here.get("gpu"):
         return None
+
     def show(d, gpu):
         return f"{d} ({gpu})" if gpu else str(d)
 
