@@ -81,3 +81,19 @@ def test_linear_probe_reads_the_class_token_only_where_it_has_joined(convit):
     torch.testing.assert_close(got["cls"][:, 0], late[:, 0])
     torch.testing.assert_close(got["gap"][:, 0], late[:, 1:].mean(1))
     torch.testing.assert_close(got["tokens"], late[:, 1:])
+
+
+def test_skip_ratio_groups_of_a_hybrid_vit_whose_first_blocks_are_cnn_stages():
+    """ViT-S/R26 (64 px): the ResNet stages' positions form one group; the ViT blocks after them keep cls/patches."""
+    torch.manual_seed(0)
+    net = timm.create_model("vit_small_r26_s32_224", img_size=64, depth=1, embed_dim=32, num_heads=2).eval()
+    m = LoadedModel("model", "hybrid", "hybrid", net, None, {"input_size": (3, 64, 64)}, "random-init")
+    x = torch.randn(8, 3, 64, 64, generator=torch.Generator().manual_seed(1))
+    loader = [([x[:4]], torch.zeros(4, dtype=torch.long)), ([x[4:]], torch.zeros(4, dtype=torch.long))]
+    tokens, summary, _ = measure([m], lambda mm, names: resolve(mm.module, names, (3, 64, 64)), loader, "cpu",
+                                 progress=False)
+    vit = summary.sublayer.isin(["attn", "mlp"])
+    assert set(summary[~vit].group) == {"all"} and not tokens[~tokens.sublayer.isin(["attn", "mlp"])].is_cls.any()
+    for _, g in summary[vit].groupby("sublayer"):
+        assert dict(zip(g.group, g.positions)) == {"all": 5, "patches": 4, "cls": 1}  # 2 x 2 patches at stride 32
+    assert tokens[tokens.sublayer.isin(["attn", "mlp"])].groupby("sublayer").is_cls.sum().tolist() == [1, 1]
