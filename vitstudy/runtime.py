@@ -13,10 +13,41 @@ from typing import Any
 import torch
 
 
+def valid_devices() -> list[str]:
+    """The `device=` values this machine can run: auto, cpu, and each CUDA GPU (or Apple's mps) it has."""
+    out = ["auto", "cpu"]
+    if torch.cuda.is_available():
+        out += ["cuda"] + [f"cuda:{i}" for i in range(torch.cuda.device_count())]
+    mps = getattr(torch.backends, "mps", None)
+    if mps is not None and mps.is_available():
+        out.append("mps")
+    return out
+
+
 def resolve_device(name: str) -> torch.device:
+    """The torch device of `device=NAME` ('auto': the first GPU if there is one), or a one-line VitstudyError naming
+    the valid ones, before any model loads (torch itself fails deep in the first forward, 17-31 lines)."""
+    from .errors import VitstudyError
+
     if name == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    return torch.device(name)
+    valid = valid_devices()
+    try:
+        device = torch.device(name)
+    except (RuntimeError, TypeError, ValueError):
+        raise VitstudyError(f"unknown device {name!r}; valid on this machine: {', '.join(valid)}") from None
+    if device.type == "cpu":
+        return device
+    if device.type == "cuda" and torch.cuda.is_available():
+        if device.index is None or device.index < torch.cuda.device_count():
+            return device
+        raise VitstudyError(f"device {name!r}: this machine has {torch.cuda.device_count()} CUDA GPU(s); valid: {', '.join(valid)}")
+    if device.type == "mps" and "mps" in valid:
+        return device
+    why = {"cuda": "no CUDA GPU is visible (torch.cuda.is_available() is False)",
+           "mps": "no Apple GPU is visible (torch.backends.mps.is_available() is False)"}.get(
+        device.type, "vitstudy runs on cpu, cuda or mps")
+    raise VitstudyError(f"device {name!r} is not available: {why}; valid on this machine: {', '.join(valid)}")
 
 
 PRECISIONS = ("fp32", "tf32", "bf16", "fp16")

@@ -133,11 +133,12 @@ class Extractor:
                 t = F.adaptive_avg_pool2d(x, self.grid).flatten(2).transpose(1, 2)
                 out["tokens"] = t[:, self.positions(t.shape[1])]
             return out
-        prefix = anatomy_tokens.split(self.module, x.shape[1])[0]
+        prefix = anatomy_tokens.prefix_of(self.module, layer, x.shape[1])  # this layer's own: ConViT's CLS joins late
         out = {}
         for r in self.reps:
             if r == "cls":
-                out[r] = x[:, :1].clone()
+                if self.has_cls and prefix:  # a layer before the class token joins has no 'cls' probe
+                    out[r] = x[:, :1].clone()
             elif r == "gap":
                 out[r] = x[:, prefix:].mean(1, keepdim=True)
             elif r == "gap_all":

@@ -50,9 +50,10 @@ class SkipRatioReducer(Reducer):
     """Per branch and position: Σ ratio, Σ ratio², Σ‖z‖, Σ‖f‖, zero-branch counts; per image group means.
 
     z and f(z) are tapped layers, or (`residual.terms`) the stream after the addition minus the other term: those
-    layers are kept as float64 (B, positions, C) tensors until the batch ends, every other one as its norms."""
+    layers are kept as float64 (B, positions, C) tensors until the batch ends, every other one as its norms.
+    `groups[model][branch]`: the branch's own token groups (a class token may join mid-depth, as ConViT's)."""
 
-    def __init__(self, specs: list[list], first_tokens: int, groups: list[dict[str, slice]], terms: list[list] | None = None):
+    def __init__(self, specs: list[list], first_tokens: int, groups: list[list[dict[str, slice]]], terms: list[list] | None = None):
         self.specs = specs  # per model: list of (Branch, skip Layer, branch Layer)
         self.terms = terms or [[(((lz.name, 1.0),), ((lf.name, 1.0),)) for _, lz, lf in spec] for spec in specs]
         self.full = [{n for zt, ft in t for part in (zt, ft) if len(part) > 1 for n, _ in part} for t in self.terms]
@@ -86,7 +87,7 @@ class SkipRatioReducer(Reducer):
                 if s is None:
                     s = self.sums[mi][bi] = {k: torch.zeros(z.shape[1], dtype=torch.float64)
                                              for k in ("r", "r2", "z", "f", "zero", "zz", "ff", "zf")}
-                    s.update(first=[], groups={g: [] for g in self.groups[mi]})
+                    s.update(first=[], groups={g: [] for g in self.groups[mi][bi]})
                 s["r"] += finite.sum(0)
                 s["r2"] += (finite**2).sum(0)
                 s["z"] += z.sum(0)
@@ -96,19 +97,18 @@ class SkipRatioReducer(Reducer):
                 s["ff"] += (f * f).sum(0)
                 s["zf"] += (z * f).sum(0)
                 s["first"].append(r[:, : self.first_tokens])
-                for g, sl in self.groups[mi].items():  # per image: mean ratio, ratio of summed norms, the two sums
+                for g, sl in self.groups[mi][bi].items():  # per image: mean ratio, ratio of summed norms, the two sums
                     zs, fs = z[:, sl].sum(1), f[:, sl].sum(1)
                     s["groups"][g].append(torch.stack([r[:, sl].mean(1), zs / fs, zs, fs], 1))
             self.images[mi] += len(labels)
         self.cur = [{} for _ in self.specs]
 
 
-def _ratio_tables(m, spec, sums, images, groups, aggregate, dataset) -> tuple[pd.DataFrame, pd.DataFrame]:
-    has_cls = anatomy_tokens.has_cls(m.module)
+def _ratio_tables(m, spec, sums, images, branch_groups, aggregate, dataset) -> tuple[pd.DataFrame, pd.DataFrame]:
     rows, summary = [], []
     base = {"model": m.name, "label": m.label, "weights": m.weights}
     settings = {"aggregate": aggregate, "num_images": images, "dataset": dataset}
-    for (br, lz, lf), s in zip(spec, sums):
+    for (br, lz, lf), s, groups in zip(spec, sums, branch_groups):
         n = images
         zero = s["zero"]
         mean_r = torch.where(zero > 0, torch.inf, s["r"] / n)
@@ -120,11 +120,10 @@ def _ratio_tables(m, spec, sums, images, groups, aggregate, dataset) -> tuple[pd
         value = (mean_r if aggregate == "mean_of_ratios" else rom).numpy()
         ci = uncertainty.se_columns("ratio", value, se_mor if aggregate == "mean_of_ratios" else se_rom, n - 1)
         first = np.median(torch.cat(s["first"]).numpy(), axis=0) if s["first"] else None  # numpy: mean of the middle two
-        tokens_layout = lz.layout == "NLC" and "cls" in groups
         for t in range(len(zero)):
             rows.append({**base, "block": br.block, "index": br.index, "sublayer": br.sublayer,
                          "skip_point": br.skip_point, "branch_point": br.branch_point, "token": t,
-                         "is_cls": bool(tokens_layout and has_cls and t == 0),
+                         "is_cls": "cls" in groups and t == 0,  # this branch's own tokens: a CLS may join late
                          "ratio": float((mean_r if aggregate == "mean_of_ratios" else rom)[t]),
                          **{k: float(v[t]) for k, v in ci.items()}, "mean_of_ratios": float(mean_r[t]), "ratio_of_means": float(rom[t]),
                          "median_of_ratios": float(first[t]) if first is not None and t < len(first) else np.nan,
@@ -156,7 +155,10 @@ def _ratio_tables(m, spec, sums, images, groups, aggregate, dataset) -> tuple[pd
     return pd.DataFrame(rows), pd.DataFrame(summary)
 
 
-def _groups(m, layer: Layer, positions: int) -> dict[str, slice]:
+def _groups(m, layer: Layer) -> dict[str, slice]:
+    """The token groups of one layer's positions, from its own prefix tokens (anatomy.tokens): 'all', and for a
+    token layer with prefix tokens 'patches' and (a class token) 'cls'."""
+    positions = int(np.prod(layer.shape[:-1])) if layer.layout in ("NLC", "NHWC") else int(np.prod(layer.shape[1:]))
     prefix = anatomy_tokens.prefix_of(m.module, layer, positions) if layer.layout == "NLC" else 0
     if prefix:
         out = {"all": slice(0, positions), "patches": slice(prefix, positions)}
@@ -181,9 +183,7 @@ def measure(models, layers_of, loader, device, heatmap_tokens: int = 10, aggrega
         layers = {l.name: l for l in layers_of(m, names)}
         specs.append([(b, layers[zt[0][0]], layers[ft[0][0]]) for b, (zt, ft) in zip(brs, bterms)])
         all_terms.append(bterms)
-        first = specs[-1][0][1]
-        positions = int(np.prod(first.shape[:-1])) if first.layout in ("NLC", "NHWC") else int(np.prod(first.shape[1:]))
-        groups.append(_groups(m, first, positions))
+        groups.append([_groups(m, lz) for _, lz, _ in specs[-1]])  # per branch: ConViT's CLS joins mid-depth
         layer_lists.append(list(layers.values()))
     reducer = SkipRatioReducer(specs, heatmap_tokens, groups, all_terms)
     images = stream(models, layer_lists, loader, reducer, device, "skip_ratio", progress)

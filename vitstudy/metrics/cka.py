@@ -172,7 +172,8 @@ class FullSetCKA:
         self.ys: list[list[torch.Tensor]] = [] if self.within else [[] for _ in range(n_y)]
 
     def add(self, side: str, index: int, feats: torch.Tensor) -> None:
-        (self.xs if side == "x" else self.ys)[index].append(feats.reshape(feats.shape[0], -1).float().cpu())
+        # a copy: kept past the hook, the live tensor may still change in place (ReLU(inplace), `x += shortcut`)
+        (self.xs if side == "x" else self.ys)[index].append(feats.reshape(feats.shape[0], -1).to("cpu", torch.float32, copy=True))
 
     def result(self) -> torch.Tensor:
         def centred(parts):

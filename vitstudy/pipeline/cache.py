@@ -2,8 +2,10 @@
 
 A result is identified by what determines it: the resolved config, less where and how it runs (device,
 workers, progress bars, cache settings), and the identity of each model's weights (a checkpoint file's
-SHA-256, or the timm name with its resolved pretrained tag). A rerun of a finished job copies the finished
-outputs instead of recomputing; a killed job continues from its last reducer checkpoint, written atomically.
+SHA-256, or the timm name with its resolved pretrained tag). The forward precision is part of the config, so
+part of the key; the device is not: a result computed on a GPU is served to a CPU run (they differ at float32
+rounding), and the run says so (`other_device`, `served_on` in run.json). A rerun of a finished job copies the
+finished outputs instead of recomputing; a killed job continues from its last reducer checkpoint, written atomically.
 """
 from __future__ import annotations
 
@@ -68,6 +70,23 @@ def _hub_revision(name: str) -> str:
     return ""
 
 
+def other_device(record: dict, device: torch.device) -> str | None:
+    """A line saying that a cached result was computed on another device (type or GPU model) than `device`, else None."""
+    from ..runtime import device_info
+
+    here = device_info(torch.device(device))
+    there_type = str(record.get("device", "")).split(":")[0]
+    if there_type == here["device"].split(":")[0] and record.get("gpu") == here.get("gpu"):
+        return None
+
+    def show(d, gpu):
+        return f"{d} ({gpu})" if gpu else str(d)
+
+    return (f"the cached result was computed on {show(record.get('device', 'an unrecorded device'), record.get('gpu'))}, "
+            f"this run is on {show(here['device'], here.get('gpu'))}: numbers may differ at float32 rounding "
+            f"(force=true recomputes)")
+
+
 def run_key(cfg, nodes: dict) -> str:
     """A short hash of everything that determines a run's result: the config (less how and where it runs, and
     the model nodes the analysis does not use) and the weights of every model it declares (`nodes`)."""
@@ -124,9 +143,16 @@ class Cache:
         write_json(self.index, {"run_dir": str(Path(run_dir).resolve())})
         self.clear_checkpoint()
 
-    def copy_result(self, source: Path, out_dir: Path) -> list[Path]:
-        """Copy a finished run's outputs into `out_dir`; its run.json says where they came from."""
+    def copy_result(self, source: Path, out_dir: Path, device: torch.device | None = None) -> list[Path]:
+        """Copy a finished run's outputs into `out_dir`; its run.json says where they came from, and, served to
+        `device`, where it was served and whether that is another device than the one it was computed on."""
         record = json.loads((source / RECORD).read_text())
+        if device is not None:
+            from ..runtime import device_info
+
+            served = device_info(torch.device(device))
+            record.update(served_on={k: v for k, v in served.items() if k != "threads"},
+                          other_device=other_device(record, device))
         out_dir.mkdir(parents=True, exist_ok=True)
         written = []
         for name in record.get("outputs", []):

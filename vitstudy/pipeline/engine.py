@@ -84,8 +84,8 @@ def stream(
                 def on_tensor(layer, t, _i=i, _captured=captured, _pending=pending):
                     with off():
                         reducer.on_tensor(_i, layer, t)
-                    if _captured is not None:
-                        _captured[layer.name] = t.detach().float().cpu()
+                    if _captured is not None:  # a copy: later in-place ops (ReLU(inplace), `x += shortcut`) change t
+                        _captured[layer.name] = t.detach().to("cpu", torch.float32, copy=True)
                     _pending.discard(layer.name)
                     if stop and not _pending:
                         raise _Captured(layer.name)

@@ -125,7 +125,7 @@ def prepare(cfg, progress=None, cache: Cache | None = None, overrides=None) -> C
     ctx = Context(cfg, analyses.params_of(cfg), None, None, device, progress, timings, cache=cache)
     ctx.models = Models(analysis.models(cfg), device, names_given(overrides), ctx.stage)
     if cfg.cache.features and cfg.cache.dir:
-        ctx.features = FeatureCache(Path(cfg.cache.dir) / "features", cfg.cache.features_max_gb)
+        ctx.features = FeatureCache(Path(cfg.cache.dir) / "features", cfg.cache.features_max_gb, cfg.precision, device)
     if not analysis.lazy_models:
         for key in ctx.models.nodes:
             ctx.models[key]
@@ -157,12 +157,16 @@ def execute(cfg, out_dir: str | Path, progress=None, overrides=None) -> tuple[an
         if cfg.force:
             cache.clear_checkpoint()
         elif cfg.cache.results:
+            device = runtime.resolve_device(cfg.device)
             here = cache.finished_in(out_dir)  # a finished job rerun in place (a sweep rerun into the same dir)
             if here is not None:
+                _say_other_device(out_dir, device)
                 return None, here
             source = cache.lookup()
             if source is not None and source.resolve() != out_dir.resolve():
-                return None, cache.copy_result(source, out_dir)
+                written = cache.copy_result(source, out_dir, device)
+                _say_other_device(out_dir, device)
+                return None, written
     results.clear_finished(out_dir, [f"{analysis.name}.csv", "failed.json"])
     ctx = prepare(cfg, progress, cache, overrides)
     with ctx.stage("analysis"), runtime.forward_precision(cfg.precision, ctx.device):
@@ -174,7 +178,8 @@ def execute(cfg, out_dir: str | Path, progress=None, overrides=None) -> tuple[an
     record = {"analysis": analysis.name, **runtime.record(
         started, time.perf_counter() - t0, ctx.device, overrides, OmegaConf.to_container(cfg, resolve=True),
         timings_s=ctx.timings, models=ctx.models.records, images=[{k: v for k, v in rep.items() if k != "indices"} for rep in result.images],
-        dataset=data.describe(ctx.dataset), seed=cfg.seed, cache_key=cache.key if cache is not None else None, **result.info)}
+        dataset=data.describe(ctx.dataset), seed=cfg.seed, cache_key=cache.key if cache is not None else None,
+        **({"feature_cache": ctx.features.describe()} if ctx.features is not None else {}), **result.info)}
     written = results.write_result(out_dir, result, record)
     if ctx.features is not None:
         ctx.features.prune()
@@ -183,9 +188,21 @@ def execute(cfg, out_dir: str | Path, progress=None, overrides=None) -> tuple[an
     return result, written
 
 
+def _say_other_device(run_dir: Path, device: torch.device) -> None:
+    """Print a line when the result served from `run_dir` was computed on another device than this run's."""
+    import json
+
+    from .cache import other_device
+
+    note = other_device(json.loads((Path(run_dir) / results.RECORD).read_text()), device)
+    if note:
+        print(f"vitstudy: note: {note}", flush=True)
+
+
 def check_config(cfg) -> None:
     """Value checks the schema's types cannot express (the analysis' own ones too), before anything loads."""
     analyses.params_of(cfg)
+    runtime.resolve_device(cfg.device)  # one line naming the valid devices, before any model loads
     if cfg.precision not in runtime.PRECISIONS:
         raise VitstudyError(f"precision must be one of {', '.join(runtime.PRECISIONS)}; got {cfg.precision!r}")
     if cfg.cka.estimator not in ("unbiased", "biased"):

@@ -33,9 +33,13 @@ def skip_ratio_figure(tokens: pd.DataFrame, summary: pd.DataFrame, k: int, aggre
         _inf_heatmap(ax, piv.to_numpy(), f"{first}: {SUBLAYER_NAMES.get(sub, sub)}\n‖z‖/‖f(z)‖ ({aggregate})",
                      "token (0 = CLS)" if t0.is_cls.any() else "token / position", "block", fig)
     ax = axes[-1]
-    for (label, sub, group), g in summary.groupby(["label", "sublayer", "group"], sort=False):
-        if group == "all" and (summary[(summary.label == label)].group == "patches").any():
-            continue  # a CLS model: draw spatial tokens and CLS separately, as the paper
+    # spatial tokens and CLS separately, as the paper: per block its patches, or all positions where it has no
+    # prefix tokens (a CNN stage, ConViT's blocks before the class token joins)
+    keys = list(zip(summary.label, summary.sublayer, summary["index"]))
+    with_patches = {k for k, g in zip(keys, summary.group) if g == "patches"}
+    drawn = summary[[g != "all" or k not in with_patches for k, g in zip(keys, summary.group)]]
+    drawn = drawn.assign(group=drawn.group.replace("all", "patches"))
+    for (label, sub, group), g in drawn.groupby(["label", "sublayer", "group"], sort=False):
         name = f"{label} {SUBLAYER_NAMES.get(sub, sub)}" + (" CLS" if group == "cls" else "")
         g = g.sort_values("index")
         y = g.ratio.to_numpy(dtype=float)
