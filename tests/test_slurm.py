@@ -258,9 +258,10 @@ def test_preempted_job_is_requeued_and_resumes_from_its_reducer_checkpoint(tmp_p
     times.update(requeued=requeued[0], restarted=starts[1])
     record = json.loads((sweep / "0" / "run.json").read_text())
     resumed_at = record["images"][0]["resumed_at_batch"]
-    print("preemption timeline (s after submission): " + ", ".join(
-        f"{k} {v - times['submitted']:.1f}" for k, v in sorted(times.items(), key=lambda kv: kv[1])) +
-        f"; resumed at batch {resumed_at} of 60")
+    with capsys.disabled():  # shown with -s (the CLI's capture below would swallow it)
+        print("\npreemption timeline (s after submission): " + ", ".join(
+            f"{k} {v - times['submitted']:.1f}" for k, v in sorted(times.items(), key=lambda kv: kv[1])) +
+            f"; resumed at batch {resumed_at} of 60")
     assert resumed_at > 0
     code, _, err = cli(["run", *common, f"cache.dir={tmp_path / 'fresh'}", f"hydra.run.dir={tmp_path / 'whole'}"], capsys)
     assert code == 0, err
