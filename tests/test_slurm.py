@@ -282,7 +282,8 @@ TRAIN = ["model=vit_mini_cifar", "model.kwargs.depth=2", "model.kwargs.embed_dim
 def test_preempted_training_is_requeued_and_resumes_bitwise(tmp_path, capsys):
     """`vitstudy train -m` on SLURM, sent submitit's preemption signal (USR2) once the first epoch's checkpoint is
     written: the job requeues itself, starts again, resumes after its last complete epoch and ends with train.csv's
-    losses, accuracies and learning rates bitwise equal to an uninterrupted run's, and the same final weights."""
+    losses, accuracies and learning rates bitwise equal to an uninterrupted run's, and the same final weights.
+    The same command again submits nothing (the training is finished)."""
     vitstudy = os.path.join(os.path.dirname(os.sys.executable), "vitstudy")
     sweep = tmp_path / "sweep"
     env = dict(os.environ, OMP_NUM_THREADS="1")
@@ -337,3 +338,32 @@ def test_preempted_training_is_requeued_and_resumes_bitwise(tmp_path, capsys):
     sa = torch.load(run / "checkpoints" / "last.pt", weights_only=True)["state_dict"]
     sb = torch.load(tmp_path / "whole" / "checkpoints" / "last.pt", weights_only=True)["state_dict"]
     assert sa.keys() == sb.keys() and all(torch.equal(sa[k], sb[k]) for k in sa)
+
+    jobs = {p.name for p in sweep.glob(".submitit/[0-9]*")}
+    code, out, err = cli(["train", "-m", *TRAIN, *SLURM, f"hydra.sweep.dir={sweep}"], capsys)  # the same command again
+    assert code in (0, None), err
+    assert "all 1 job(s) of the sweep already finished; nothing submitted" in out and "submitted 1" not in out, out
+    assert {p.name for p in sweep.glob(".submitit/[0-9]*")} == jobs
+
+
+def test_a_finished_training_run_is_not_submitted_again(tmp_path, capsys):
+    """The launcher's check before sbatch (launch._trained): a training run directory with a complete run.json and
+    the same settings is finished; other settings, resume=false, a settings change a resume allows but a finished
+    run has not had (recipe.epochs), or a missing run.json are not. Runs without a cluster."""
+    from vitstudy.launch import _trained
+    from vitstudy.train.app import compose
+
+    small = ["model=vit_mini_cifar", "model.kwargs.depth=1", "model.kwargs.embed_dim=24", "recipe=quick",
+             "recipe.epochs=1", "dataset=synthetic", "dataset.image_size=32", "dataset.size=32", "dataset.val_images=16",
+             "dataset.batch_size=16", "recipe.batch_size=16", "dataset.num_workers=0"]
+    run = tmp_path / "run"
+    code, _, err = cli(["train", *small, f"hydra.run.dir={run}"], capsys)
+    assert code in (0, None), err
+    assert _trained(compose(small), run)
+    assert _trained(compose([*small, "dataset.batch_size=8", "device=cpu"]), run)  # evaluation batch, device: free
+    assert not _trained(compose([*small, "recipe.epochs=2"]), run)  # longer: the job must extend it
+    assert not _trained(compose([*small, "recipe.lr=1e-2"]), run)
+    assert not _trained(compose([*small, "resume=false"]), run)
+    assert not _trained(compose(small), tmp_path / "elsewhere")
+    (run / "run.json").unlink()  # killed before the end: resumes
+    assert not _trained(compose(small), run)
