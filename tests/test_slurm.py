@@ -29,6 +29,12 @@ SLURM = ["hydra/launcher=slurm", "hydra.launcher.gpus_per_node=0", "hydra.launch
          "hydra.launcher.mem_gb=1", "hydra.launcher.timeout_min=10"]
 
 
+# SAME_THREADS: a job's numbers are compared with a run in this process to 1e-12, so the jobs (which inherit the
+# environment through sbatch) get this process's thread count: float32 products summed in another order differ in
+# the last bits (CKA 6.3e-8 apart between 1 and 2 threads), e.g. when OMP_NUM_THREADS=1 is exported and conftest
+# sets 2 threads here.
+
+
 def _cluster() -> str:
     """Why the cluster tests cannot run here ('' when they can)."""
     if shutil.which("sinfo") is None or shutil.which("sbatch") is None:
@@ -85,9 +91,10 @@ def most_at_once(spans: list[tuple[float, float]]) -> int:
 
 
 @needs_cluster
-def test_sweep_runs_as_a_job_array_with_array_parallelism_and_is_collected(tmp_path, capsys):
+def test_sweep_runs_as_a_job_array_with_array_parallelism_and_is_collected(tmp_path, capsys, monkeypatch):
     """2 x 2 sweep as one SLURM array, at most 2 tasks at once (the node could run 8); collect gathers it; the
     same command again submits nothing; a job's numbers equal the same run in this process."""
+    monkeypatch.setenv("OMP_NUM_THREADS", str(torch.get_num_threads()))  # see SAME_THREADS
     sweep = tmp_path / "sweep"
     args = ["run", "-m", *ACROSS, "model.kwargs.depth=2,3", "reference.name=resnet18,resnet10t", *SLURM,
             "hydra.launcher.array_parallelism=2", f"cache.dir={tmp_path / 'cache'}", f"hydra.sweep.dir={sweep}"]
@@ -231,7 +238,7 @@ def test_preempted_job_is_requeued_and_resumes_from_its_reducer_checkpoint(tmp_p
               "dataset=synthetic", "dataset.num_images=480", "dataset.batch_size=8", "dataset.image_size=64",
               "cache.checkpoint_every=1", "layers=all"]
     sweep, partial = tmp_path / "sweep", tmp_path / "cache" / "partial"
-    env = dict(os.environ, OMP_NUM_THREADS="1")
+    env = dict(os.environ, OMP_NUM_THREADS=str(torch.get_num_threads()))  # see SAME_THREADS
     times = {"submitted": time.time()}
     proc = subprocess.Popen([vitstudy, "run", "-m", *common, *SLURM, f"cache.dir={tmp_path / 'cache'}",
                              f"hydra.sweep.dir={sweep}"], env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
