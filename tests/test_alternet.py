@@ -1,4 +1,4 @@
-"""AlterNet (Park & Kim 2022 Fig. 11; SCIENCE.md §3.4): structure, parameter count from a formula, window attention
+"""AlterNet (Park & Kim 2022 Fig. 11; docs/methods.md#alternet): structure, parameter count from a formula, window attention
 against hand-derived cases, layer specs, and end-to-end `vitstudy run` / `vitstudy train` on a tiny variant."""
 import json
 

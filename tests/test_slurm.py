@@ -1,5 +1,7 @@
 """Sweeps on a real SLURM cluster through the `hydra/launcher=slurm` preset: job arrays with array_parallelism,
-failed jobs, sbatch refusals in one line, preemption and requeue.
+failed jobs and a rerun that submits only them, sbatch refusals in one line, preemption and requeue of an analysis
+(resumes from its reducer checkpoint) and of `vitstudy train` (resumes bitwise from its last epoch). docs/slurm.md
+describes what these check.
 
 The cluster tests need a one-node cluster on this machine (`scripts/slurm_local.sh start`, run by `.ci/run`); without
 one they are skipped with the reason. The tests of what reaches sbatch use a stand-in `sbatch` and always run.
@@ -18,12 +20,19 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 import pytest
+import torch
 from helpers import SMALL_DATA, TINY_RESNET, TINY_VIT, cli
 
 ACROSS = ["analysis=cka_across", *TINY_VIT, *TINY_RESNET, *SMALL_DATA]
 # small requests: the machine is shared (the local cluster lets up to 4 jobs share a CPU)
 SLURM = ["hydra/launcher=slurm", "hydra.launcher.gpus_per_node=0", "hydra.launcher.cpus_per_task=1",
          "hydra.launcher.mem_gb=1", "hydra.launcher.timeout_min=10"]
+
+
+# SAME_THREADS: a job's numbers are compared with a run in this process to 1e-12, so the jobs (which inherit the
+# environment through sbatch) get this process's thread count: float32 products summed in another order differ in
+# the last bits (CKA 6.3e-8 apart between 1 and 2 threads), e.g. when OMP_NUM_THREADS=1 is exported and conftest
+# sets 2 threads here.
 
 
 def _cluster() -> str:
@@ -82,9 +91,10 @@ def most_at_once(spans: list[tuple[float, float]]) -> int:
 
 
 @needs_cluster
-def test_sweep_runs_as_a_job_array_with_array_parallelism_and_is_collected(tmp_path, capsys):
+def test_sweep_runs_as_a_job_array_with_array_parallelism_and_is_collected(tmp_path, capsys, monkeypatch):
     """2 x 2 sweep as one SLURM array, at most 2 tasks at once (the node could run 8); collect gathers it; the
     same command again submits nothing; a job's numbers equal the same run in this process."""
+    monkeypatch.setenv("OMP_NUM_THREADS", str(torch.get_num_threads()))  # see SAME_THREADS
     sweep = tmp_path / "sweep"
     args = ["run", "-m", *ACROSS, "model.kwargs.depth=2,3", "reference.name=resnet18,resnet10t", *SLURM,
             "hydra.launcher.array_parallelism=2", f"cache.dir={tmp_path / 'cache'}", f"hydra.sweep.dir={sweep}"]
@@ -123,9 +133,10 @@ def test_sweep_runs_as_a_job_array_with_array_parallelism_and_is_collected(tmp_p
 
 
 @needs_cluster
-def test_failed_job_is_recorded_with_its_log_and_the_others_finish(tmp_path, capsys):
+def test_failed_job_is_recorded_and_a_rerun_submits_only_it(tmp_path, capsys):
     """num_images=3 is too few for unbiased CKA: that array task fails, the other finishes; the exit names the
-    failed job; failed.json and collect's failed.csv point at the job's SLURM log, which holds the error."""
+    failed job; failed.json and collect's failed.csv point at the job's SLURM log, which holds the error. The same
+    command again submits only the failed job (a plain job, not an array), which fails the same way."""
     sweep = tmp_path / "sweep"
     args = ["run", "-m", *ACROSS, "dataset.num_images=3,16", *SLURM, f"cache.dir={tmp_path / 'cache'}",
             f"hydra.sweep.dir={sweep}"]
@@ -142,6 +153,17 @@ def test_failed_job_is_recorded_with_its_log_and_the_others_finish(tmp_path, cap
     failed = pd.read_csv(sweep / "summary" / "failed.csv")
     assert len(failed) == 1 and "too few" in failed.error[0] and "num_images=3" in failed.overrides[0]
     assert failed.log[0] == info["log"]
+
+    before = {p.name for p in sweep.glob(".submitit/[0-9]*")}
+    finished_at = (sweep / "1" / "run.json").stat().st_mtime_ns
+    code, out, err = cli(args, capsys)  # the rerun: job 1 is found finished, only job 0 reaches SLURM
+    assert code == 1 and f"1 job(s) failed; see failed.json in: {sweep / '0'}" in err, err
+    assert f"job 1 already finished in {sweep / '1'}; not submitted" in out and "#1 :" not in out and "#0 :" in out
+    new = re.search(r"submitted 1 job\(s\) to SLURM as job (\d+);", out)
+    assert new, out
+    assert {p.name for p in sweep.glob(".submitit/[0-9]*")} - before == {new.group(1)}
+    assert json.loads((sweep / "0" / "failed.json").read_text())["job_id"] == new.group(1)
+    assert statuses(sweep) == ["complete"] and (sweep / "1" / "run.json").stat().st_mtime_ns == finished_at
 
 
 @needs_cluster
@@ -216,7 +238,7 @@ def test_preempted_job_is_requeued_and_resumes_from_its_reducer_checkpoint(tmp_p
               "dataset=synthetic", "dataset.num_images=480", "dataset.batch_size=8", "dataset.image_size=64",
               "cache.checkpoint_every=1", "layers=all"]
     sweep, partial = tmp_path / "sweep", tmp_path / "cache" / "partial"
-    env = dict(os.environ, OMP_NUM_THREADS="1")
+    env = dict(os.environ, OMP_NUM_THREADS=str(torch.get_num_threads()))  # see SAME_THREADS
     times = {"submitted": time.time()}
     proc = subprocess.Popen([vitstudy, "run", "-m", *common, *SLURM, f"cache.dir={tmp_path / 'cache'}",
                              f"hydra.sweep.dir={sweep}"], env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
@@ -243,9 +265,10 @@ def test_preempted_job_is_requeued_and_resumes_from_its_reducer_checkpoint(tmp_p
     times.update(requeued=requeued[0], restarted=starts[1])
     record = json.loads((sweep / "0" / "run.json").read_text())
     resumed_at = record["images"][0]["resumed_at_batch"]
-    print("preemption timeline (s after submission): " + ", ".join(
-        f"{k} {v - times['submitted']:.1f}" for k, v in sorted(times.items(), key=lambda kv: kv[1])) +
-        f"; resumed at batch {resumed_at} of 60")
+    with capsys.disabled():  # shown with -s (the CLI's capture below would swallow it)
+        print("\npreemption timeline (s after submission): " + ", ".join(
+            f"{k} {v - times['submitted']:.1f}" for k, v in sorted(times.items(), key=lambda kv: kv[1])) +
+            f"; resumed at batch {resumed_at} of 60")
     assert resumed_at > 0
     code, _, err = cli(["run", *common, f"cache.dir={tmp_path / 'fresh'}", f"hydra.run.dir={tmp_path / 'whole'}"], capsys)
     assert code == 0, err
@@ -254,3 +277,100 @@ def test_preempted_job_is_requeued_and_resumes_from_its_reducer_checkpoint(tmp_p
     print(f"largest |CKA resumed - uninterrupted| = {np.abs(resumed - whole).max():.3g}")
     np.testing.assert_allclose(resumed, whole, rtol=0, atol=1e-12)
     assert not list(partial.glob("*.pt"))  # the finished job cleared its checkpoint
+
+
+TRAIN = ["model=vit_mini_cifar", "model.kwargs.depth=2", "model.kwargs.embed_dim=48", "recipe=quick", "recipe.epochs=9",
+         "dataset=synthetic", "dataset.image_size=32", "dataset.size=128", "dataset.val_images=32", "dataset.batch_size=32",
+         "recipe.batch_size=16", "dataset.num_workers=0", "threads=1"]  # 10 epochs of 8 updates, about 1 s each
+
+
+@needs_cluster
+@pytest.mark.slow
+def test_preempted_training_is_requeued_and_resumes_bitwise(tmp_path, capsys):
+    """`vitstudy train -m` on SLURM, sent submitit's preemption signal (USR2) once the first epoch's checkpoint is
+    written: the job requeues itself, starts again, resumes after its last complete epoch and ends with train.csv's
+    losses, accuracies and learning rates bitwise equal to an uninterrupted run's, and the same final weights.
+    The same command again submits nothing (the training is finished)."""
+    vitstudy = os.path.join(os.path.dirname(os.sys.executable), "vitstudy")
+    sweep = tmp_path / "sweep"
+    env = dict(os.environ, OMP_NUM_THREADS="1")
+    times = {"submitted": time.time()}
+    proc = subprocess.Popen([vitstudy, "train", "-m", *TRAIN, *SLURM, f"hydra.sweep.dir={sweep}"], env=env,
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        deadline = time.time() + 300
+        while time.time() < deadline and not list(sweep.glob("*/checkpoints/last.pt")) and proc.poll() is None:
+            time.sleep(0.05)
+        jobs = [p.name for p in sweep.glob(".submitit/[0-9]*")]
+        assert jobs and list(sweep.glob("*/checkpoints/last.pt")), "the job wrote no checkpoint"
+        subprocess.run(["scancel", "--signal=USR2", jobs[0]], check=True)
+        times["signalled"] = time.time()
+        out, err = proc.communicate(timeout=600)
+        times["finished"] = time.time()
+    finally:  # a failed test leaves no job behind
+        if proc.poll() is None:
+            proc.kill()
+            for job in sweep.glob(".submitit/[0-9]*"):
+                subprocess.run(["scancel", job.name])
+    assert proc.returncode == 0, err
+    lines = next(sweep.glob(".submitit/[0-9]*/*_log.out")).read_text().splitlines()
+    info = [l for l in lines if l.startswith("submitit INFO")]
+    starts = [_stamp(l) for l in info if "Starting with JobEnvironment" in l]
+    requeued = [_stamp(l) for l in info if "Requeued job" in l]
+    done = [_stamp(l) for l in info if "Exiting after successful completion" in l]
+    assert len(starts) == 2 and len(requeued) == 1 and len(done) == 1, "\n".join(lines)
+    resumed = [l for l in lines if l.startswith("vitstudy: resuming")]
+    assert len(resumed) == 1, "\n".join(lines)
+    after = int(re.search(r"after epoch (\d+)/10", resumed[0]).group(1))
+    times.update(started=starts[0], requeued=requeued[0], resumed=starts[1], job_done=done[0])
+    with capsys.disabled():  # shown with -s (the CLI's capture below would swallow it)
+        print("\ntrain preemption timeline (s after submission): " + ", ".join(
+            f"{k} {v - times['submitted']:.1f}" for k, v in sorted(times.items(), key=lambda kv: kv[1])) +
+            f"; resumed after epoch {after} of 10")
+    run = next(sweep.glob("*/train.csv")).parent
+    assert 1 <= after < 10 and json.loads((run / "run.json").read_text())["resumed_from_epoch"] == after
+
+    torch_threads = torch.get_num_threads()
+    try:  # the same training, uninterrupted, in this process
+        code, _, err = cli(["train", *TRAIN, f"hydra.run.dir={tmp_path / 'whole'}"], capsys)
+    finally:
+        torch.set_num_threads(torch_threads)  # threads=1 is process-wide
+    assert code in (0, None), err
+    a, b = pd.read_csv(run / "train.csv"), pd.read_csv(tmp_path / "whole" / "train.csv")
+    cols = ["epoch", "step", "lr", "train_loss", "train_acc", "val_loss", "val_top1"]
+    with capsys.disabled():
+        print("largest |loss resumed - uninterrupted| = "
+              f"{max(np.abs(a[c] - b[c]).max() for c in ('train_loss', 'val_loss')):.3g} over {len(a)} epochs")
+    pd.testing.assert_frame_equal(a[cols], b[cols], check_exact=True)
+    sa = torch.load(run / "checkpoints" / "last.pt", weights_only=True)["state_dict"]
+    sb = torch.load(tmp_path / "whole" / "checkpoints" / "last.pt", weights_only=True)["state_dict"]
+    assert sa.keys() == sb.keys() and all(torch.equal(sa[k], sb[k]) for k in sa)
+
+    jobs = {p.name for p in sweep.glob(".submitit/[0-9]*")}
+    code, out, err = cli(["train", "-m", *TRAIN, *SLURM, f"hydra.sweep.dir={sweep}"], capsys)  # the same command again
+    assert code in (0, None), err
+    assert "all 1 job(s) of the sweep already finished; nothing submitted" in out and "submitted 1" not in out, out
+    assert {p.name for p in sweep.glob(".submitit/[0-9]*")} == jobs
+
+
+def test_a_finished_training_run_is_not_submitted_again(tmp_path, capsys):
+    """The launcher's check before sbatch (launch._trained): a training run directory with a complete run.json and
+    the same settings is finished; other settings, resume=false, a settings change a resume allows but a finished
+    run has not had (recipe.epochs), or a missing run.json are not. Runs without a cluster."""
+    from vitstudy.launch import _trained
+    from vitstudy.train.app import compose
+
+    small = ["model=vit_mini_cifar", "model.kwargs.depth=1", "model.kwargs.embed_dim=24", "recipe=quick",
+             "recipe.epochs=1", "dataset=synthetic", "dataset.image_size=32", "dataset.size=32", "dataset.val_images=16",
+             "dataset.batch_size=16", "recipe.batch_size=16", "dataset.num_workers=0"]
+    run = tmp_path / "run"
+    code, _, err = cli(["train", *small, f"hydra.run.dir={run}"], capsys)
+    assert code in (0, None), err
+    assert _trained(compose(small), run)
+    assert _trained(compose([*small, "dataset.batch_size=8", "device=cpu"]), run)  # evaluation batch, device: free
+    assert not _trained(compose([*small, "recipe.epochs=2"]), run)  # longer: the job must extend it
+    assert not _trained(compose([*small, "recipe.lr=1e-2"]), run)
+    assert not _trained(compose([*small, "resume=false"]), run)
+    assert not _trained(compose(small), tmp_path / "elsewhere")
+    (run / "run.json").unlink()  # killed before the end: resumes
+    assert not _trained(compose(small), run)

@@ -1,8 +1,9 @@
 """Sweeps through submitit (`hydra/launcher=slurm`, `hydra/launcher=local`): what vitstudy adds to the launch of
 hydra-submitit-launcher, and the record of failed jobs.
 
-- Jobs whose run directory already holds their finished result (same cache key) are not submitted: a rerun of a
-  finished sweep submits nothing, a rerun after failures submits only the failed or missing jobs.
+- Jobs whose run directory already holds their finished result (same cache key; for training, a complete
+  `run.json` with the same settings) are not submitted: a rerun of a finished sweep submits nothing, a rerun after
+  failures submits only the failed or missing jobs.
 - `sbatch` refusing the jobs (memory, partition, account, GPUs, ...) or SLURM missing ends the command with one
   line naming sbatch's message and the launcher key to change; no traceback.
 - The wait is bounded without accounting: submitit alone polls `sacct`, which fails without slurmdbd, and waits
@@ -142,24 +143,44 @@ def _check_slurm() -> None:
 
 
 def _finished(sweep_config, out_dir: Path) -> bool:
-    """An analysis job whose run directory already holds its finished result (what the runner would report cached)."""
+    """A job whose run directory already holds its finished result: an analysis the runner would report cached, or
+    a training run that ended (see `_trained`)."""
     from omegaconf import open_dict, read_write
 
-    if "analysis" not in sweep_config:  # `vitstudy train`: rerunning resumes or finds the training done
-        return False
     try:
-        from . import analyses
-        from .pipeline.cache import Cache, run_key
-
         cfg = sweep_config.copy()
         with read_write(cfg), open_dict(cfg):
             del cfg["hydra"]
+        if "analysis" not in cfg:
+            return _trained(cfg, out_dir)
+        from . import analyses
+        from .pipeline.cache import Cache, run_key
+
         if cfg.force or not cfg.cache.dir or not cfg.cache.results:
             return False
         cache = Cache(cfg.cache.dir, run_key(cfg, analyses.get(cfg.analysis.name).models(cfg)))
         return cache.finished_in(out_dir) is not None
     except Exception:  # anything unusual: let the job decide
         return False
+
+
+def _trained(cfg, out_dir: Path) -> bool:
+    """`vitstudy train`: the run directory's `run.json` says complete, its `checkpoints/last.pt` is there and it was
+    trained with these settings (up to the keys a resume may change, as `train.checkpoint.check_same_run`).
+    `resume=false` always trains again. Submitting such a job would only reload the last epoch and rewrite outputs."""
+    from omegaconf import OmegaConf
+
+    from .config import TRAIN_RESUME_FREE, flatten, is_neutral
+    from .pipeline.results import RECORD
+
+    record = out_dir / RECORD
+    if not cfg.get("resume", True) or not record.is_file() or not (out_dir / "checkpoints" / "last.pt").is_file():
+        return False
+    saved = json.loads(record.read_text())
+    if saved.get("command") != "train" or saved.get("status") != "complete":
+        return False
+    a, b = flatten(saved.get("config")), flatten(OmegaConf.to_container(cfg, resolve=True))
+    return all(a.get(k) == b.get(k) for k in set(a) | set(b) if not is_neutral(k, TRAIN_RESUME_FREE + ("model.layers",)))
 
 
 def launch(self, job_overrides: Sequence[Sequence[str]], initial_job_idx: int) -> list:
@@ -190,7 +211,8 @@ def launch(self, job_overrides: Sequence[Sequence[str]], initial_job_idx: int) -
             sweep_config.hydra.job.num = idx
         out_dir = sweep_dir / str(sweep_config.hydra.sweep.subdir)
         if _finished(sweep_config, out_dir):
-            print(f"vitstudy: job {idx} already finished in {out_dir}; not submitted (force=true recomputes)", flush=True)
+            again = "force=true recomputes" if "analysis" in sweep_config else "resume=false trains again"
+            print(f"vitstudy: job {idx} already finished in {out_dir}; not submitted ({again})", flush=True)
             returns[idx] = JobReturn(overrides=list(overrides), working_dir=str(out_dir), status=JobStatus.COMPLETED)
         else:
             todo.append((idx, list(overrides), out_dir))

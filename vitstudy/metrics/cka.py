@@ -1,6 +1,6 @@
 """Linear CKA: the unbiased minibatch estimator (Nguyen et al. 2021) and full-set biased CKA (Kornblith et al. 2019).
 
-Notation as in SCIENCE.md §1: K = X Xᵀ for the n x p features X of one minibatch. The unbiased HSIC is
+Notation as in docs/methods.md#cka-estimator: K = X Xᵀ for the n x p features X of one minibatch. The unbiased HSIC is
 computed in the U-centred form HSIC₁(K, L) = <Ũ(K), Ũ(L)> / (n (n - 3)), which equals the Song et al.
 (2012) expression exactly but avoids its float32 cancellation. Features are shifted per batch before the
 Gram product (Ũ is unchanged by the shift in exact arithmetic, and a large common offset no longer

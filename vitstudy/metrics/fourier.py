@@ -1,6 +1,6 @@
 """Pure tensor math for Park & Kim 2022 (Figs 2a, 2b, 8, 9): Fourier amplitudes, feature-map variance,
 band-passed noise. Definitions follow the official code (xxxnell/how-do-vits-work, `fourier_analysis.ipynb`,
-`featuremap_variance.ipynb`, `ops/adversarial.py`); see SCIENCE.md §3.3.
+`featuremap_variance.ipynb`, `ops/adversarial.py`); see docs/methods.md#fourier.
 """
 from __future__ import annotations
 

@@ -2,7 +2,7 @@
 
 Raghu et al. 2021 train ViTs on less data (Figs 4, 12), without the skip connection of one block (Fig. 8)
 and with GAP instead of CLS (Figs 10, 11); Park & Kim 2022 train ViT-Ti, PiT-Ti, Swin-Ti and ResNet-50 on
-CIFAR-100 with one recipe (SCIENCE.md §3.1). The loop is built from timm's parts: `create_optimizer_v2`,
+CIFAR-100 with one recipe (docs/methods.md#training-recipes). The loop is built from timm's parts: `create_optimizer_v2`,
 `create_scheduler_v2` (stepped per update), `Mixup`/CutMix with `SoftTargetCrossEntropy`, label smoothing,
 RandAugment through `create_transform(is_training=True)`.
 

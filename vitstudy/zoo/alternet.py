@@ -1,4 +1,4 @@
-"""AlterNet (Park & Kim 2022, "How Do Vision Transformers Work?", Sec. 4 / Fig. 11; SCIENCE.md §3.4).
+"""AlterNet (Park & Kim 2022, "How Do Vision Transformers Work?", Sec. 4 / Fig. 11; docs/methods.md#alternet).
 
 A pre-activation ResNet-50 (timm `ResNetV2`, BatchNorm, stages of 3-4-6-4 bottlenecks) in which some
 bottlenecks are replaced by multi-head self-attention blocks, following the official `models/alternet.py`

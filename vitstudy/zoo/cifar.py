@@ -1,6 +1,6 @@
 """CIFAR models for training from scratch, registered in timm's model registry (`timm.create_model`).
 
-Park & Kim 2022 (README of xxxnell/how-do-vits-work; SCIENCE.md §3.1) define their CIFAR models as:
+Park & Kim 2022 (README of xxxnell/how-do-vits-work; docs/methods.md#cifar-models) define their CIFAR models as:
 ViT-Ti (img 32, patch 2, dim 192, depth 12, 3 heads, no qkv bias), PiT-Ti (patch 2, stride 1, dims 32,
 depths 2-6-4, heads 2-4-8), Swin-Ti (patch 1, window 4, dim 96, depths 2-2-6-2, heads 3-6-12-24, no qkv
 bias) and ResNet-50 with the CIFAR stem (3x3 conv, stride 1, no pooling). Here the ResNet-50 is timm's
