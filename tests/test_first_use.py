@@ -26,3 +26,72 @@ def test_report_labels_probe_splits_not_repeats():
     cka = {"analysis": "cka_within", "config": {"dataset": {"batch_size": 64}},
            "images": [{"repeat": r, "images": 512, "batches": 8} for r in range(3)]}
     assert settings(cka)["images"] == "512 images x 3 repeats, 8 batches of 64"
+
+
+def _modules_after(args):
+    """The heavy modules `vitstudy ARGS` imported, its exit code and stderr, in a fresh interpreter."""
+    code = ("import sys\nfrom vitstudy.cli import main\ntry:\n    main(sys.argv[1:])\nexcept SystemExit as e:\n    c = e.code\n"
+            "else:\n    c = 0\nprint('MODULES', sorted(m for m in ('torch', 'timm', 'matplotlib', 'torchvision') if m in sys.modules),"
+            " file=sys.stderr)\nsys.exit(c)")
+    proc = subprocess.run([sys.executable, "-c", code, *args], capture_output=True, text=True, timeout=300)
+    return proc.returncode, proc.stdout, proc.stderr
+
+
+@pytest.mark.parametrize("args", [["--help"], ["list"], ["run", "model=vit_b61"], []])
+def test_help_list_and_unknown_presets_import_no_torch(args):
+    code, out, err = _modules_after(args)
+    assert "MODULES []" in err, err
+    if args == ["run", "model=vit_b61"]:
+        assert code == 2 and "unknown model 'vit_b61'" in err
+    elif not args:  # no command: the usage on stderr, exit 2 (a usage error)
+        assert code == 2 and err.startswith("usage: vitstudy COMMAND") and out == ""
+    else:
+        assert code == 0
+
+
+def test_import_vitstudy_still_registers_its_models_with_timm():
+    code = ("import sys, vitstudy\nassert 'timm' not in sys.modules and 'torch' not in sys.modules\n"
+            "assert {'run', 'cka_matrix', 'compose'} <= set(dir(vitstudy))\n"
+            "import timm\nprint(timm.is_model('alternet50_cifar'), timm.is_model('vit_mini_cifar'))")
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0 and proc.stdout.split() == ["True", "True"], proc.stderr
+
+
+def test_run_help_is_vitstudy_s_own(capsys):
+    code, out, _ = cli(["run", "--help"], capsys)
+    assert code == 0 and out.startswith("vitstudy run: ") and "is powered by Hydra" not in out.splitlines()[0]
+
+
+def test_list_an_analysis_shows_the_cka_settings_it_reads(capsys):
+    code, out, _ = cli(["list", "cka_across"], capsys)
+    assert code == 0
+    for line in ("cka.estimator=unbiased", "cka.repeats=1", "cka.tail=fold", "cka.gram_dtype=float32", "cka.null=0"):
+        assert line in out, out
+    code, out, _ = cli(["list", "cka_within"], capsys)
+    assert "cka.repeats=1" in out and "cka.null" not in out  # the permutation null is cka_across's only
+
+
+def test_list_shows_experiment_descriptions_whole(capsys):
+    from importlib import resources
+
+    code, out, _ = cli(["list"], capsys)
+    lines = {l.split()[0]: l for l in out.splitlines() if l.startswith("  ")}
+    # the header's first paragraph, written out from conf/experiment/parkkim_fig1a.yaml
+    assert lines["parkkim_fig1a"].endswith("on a 21 x 21 grid of filter-normalised random directions."), lines["parkkim_fig1a"]
+    folder = resources.files("vitstudy.conf") / "experiment"
+    for entry in folder.iterdir():
+        if entry.name.endswith(".yaml"):
+            assert lines[entry.name[:-5]].rstrip().endswith((".", ")", ":")), lines[entry.name[:-5]]
+
+
+def test_preprocessing_warning_goes_to_stderr(tmp_path, capsys):
+    """A checkpoint without a data config: mean/std are the architecture's guesses, said on stderr, not stdout."""
+    import timm
+    import torch
+
+    path = tmp_path / "w.pth"
+    torch.save(timm.create_model("vit_tiny_patch16_224", img_size=32, patch_size=8, depth=3).state_dict(), path)
+    code, out, err = cli(["run", "analysis=cka_within", *TINY_VIT, *SMALL_DATA, f"model.checkpoint={path}",
+                          f"hydra.run.dir={tmp_path / 'run'}"], capsys)
+    assert code == 0, err
+    assert "WARNING" in err and "WARNING" not in out

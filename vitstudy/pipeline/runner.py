@@ -1,6 +1,7 @@
 """Run one analysis from a resolved config: load models and images, run, write the run directory."""
 from __future__ import annotations
 
+import sys
 import time
 from contextlib import contextmanager
 from dataclasses import dataclass, field
@@ -38,7 +39,8 @@ class Models(dict):
         with self.stage("load_models"):
             m = models.load(self.nodes[key], key, self.given.get(key, True))
             m.module.to(self.device)
-        print(f"vitstudy: {m.transform_line}", flush=True)
+        warn = "WARNING" in m.transform_line  # preprocessing guessed for a checkpoint: a warning, on stderr
+        print(f"vitstudy: {m.transform_line}", file=sys.stderr if warn else sys.stdout, flush=True)
         self[key] = m
         self.records[key] = {"name": m.name, "weights": m.weights, "data_config": m.data_config,
                              "data_sources": m.data_sources, "transform": m.transform_line}
