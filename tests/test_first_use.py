@@ -95,3 +95,35 @@ def test_preprocessing_warning_goes_to_stderr(tmp_path, capsys):
                           f"hydra.run.dir={tmp_path / 'run'}"], capsys)
     assert code == 0, err
     assert "WARNING" in err and "WARNING" not in out
+
+
+def test_compare_bad_selection_lists_the_columns(tmp_path, capsys):
+    import numpy as np
+
+    from test_uncertainty import _fake_run
+
+    _fake_run(tmp_path / "a", "in1k", np.arange(4.0), np.ones((5, 4)), np.arange(5, dtype=np.int64))
+    code, _, err = cli(["compare", str(tmp_path / "a"), "--a", "blok==0", "--b", "block==1"], capsys)
+    lines = err.strip().splitlines()
+    assert code == 2 and len(lines) == 1 and "blok" in lines[0]
+    assert "columns: model, block, head, mean_distance" in lines[0], lines[0]
+
+
+def test_cka_matrix_takes_a_preset_name_like_the_cli():
+    """`cka_matrix("vit_cifar10_demo", ...)` builds the bundled model as `model=vit_cifar10_demo` does; anything else
+    that is not a module is one VitstudyError saying what it takes."""
+    import timm
+    import torch
+    from torch.utils.data import DataLoader, TensorDataset
+
+    import vitstudy
+
+    x = torch.randn(16, 3, 32, 32, generator=torch.Generator().manual_seed(0))
+    loader = DataLoader(TensorDataset(x), batch_size=8)
+    by_name = vitstudy.cka_matrix("vit_cifar10_demo", loader)
+    module = timm.create_model("vit_mini_cifar.demo_cifar10", pretrained=True)
+    by_module = vitstudy.cka_matrix(module, loader)
+    assert len(by_name) == len(by_module) > 1
+    assert by_name.cka.tolist() == pytest.approx(by_module.cka.tolist(), abs=1e-6)
+    with pytest.raises(vitstudy.VitstudyError, match="torch.nn.Module or a model preset / timm name"):
+        vitstudy.cka_matrix(42, loader)
