@@ -127,3 +127,17 @@ def test_cka_matrix_takes_a_preset_name_like_the_cli():
     assert by_name.cka.tolist() == pytest.approx(by_module.cka.tolist(), abs=1e-6)
     with pytest.raises(vitstudy.VitstudyError, match="torch.nn.Module or a model preset / timm name"):
         vitstudy.cka_matrix(42, loader)
+
+
+def test_unreadable_images_are_reported_before_the_count_and_leave_no_empty_log(tmp_path, capsys):
+    folder = tmp_path / "imgs"
+    folder.mkdir()
+    for i in range(6):
+        (folder / f"{i}.jpg").write_text("not a jpeg")
+    run_dir = tmp_path / "run"
+    code, out, err = cli(["run", "analysis=cka_within", *TINY_VIT, "dataset=imagefolder", f"dataset.root={folder}",
+                          "dataset.num_images=1024", f"hydra.run.dir={run_dir}"], capsys)
+    lines = err.strip().splitlines()
+    assert code == 2 and len(lines) == 1 and "cannot read image" in lines[0] and "6 of 6" in lines[0], err
+    assert "larger than the data set" not in err
+    assert not list(run_dir.glob("*.log")), list(run_dir.iterdir())  # no empty log left behind

@@ -44,12 +44,33 @@ def hydra_app(cfg: DictConfig) -> dict | None:
         check_config(cfg)
         result, written = execute(cfg, out_dir, overrides=list(hc.overrides.task))
     except VitstudyError as err:
+        settle_log(out_dir, str(err))
         if not multirun:
             fail(str(err))
         return job_failed(out_dir, err, list(hc.overrides.task))
     csvs = ", ".join(p.name for p in written if p.suffix == ".csv")
     state = "cached (same config and weights; force=true recomputes)" if result is None else "done"
     print(f"vitstudy: {cfg.analysis.name} {state}; outputs in {out_dir} ({csvs}, figures, run.json)")
+
+
+def settle_log(out_dir: str, message: str) -> None:
+    """A failed job's log: removed when Hydra's file handler wrote nothing to it yet (no empty `.log` left behind),
+    else ended with the error line (progress lines above it show how far the job got)."""
+    import logging
+    from pathlib import Path
+
+    root = logging.getLogger()
+    for handler in list(root.handlers):
+        path = Path(getattr(handler, "baseFilename", "") or "")
+        if not isinstance(handler, logging.FileHandler) or path.parent.resolve() != Path(out_dir).resolve():
+            continue
+        handler.flush()
+        if path.is_file() and path.stat().st_size == 0:
+            root.removeHandler(handler)
+            handler.close()
+            path.unlink()
+        else:
+            handler.emit(logging.LogRecord("vitstudy", logging.ERROR, "", 0, f"vitstudy: error: {message}", None, None))
 
 
 def cmd_list(args: list[str]) -> None:
