@@ -141,3 +141,24 @@ def test_unreadable_images_are_reported_before_the_count_and_leave_no_empty_log(
     assert code == 2 and len(lines) == 1 and "cannot read image" in lines[0] and "6 of 6" in lines[0], err
     assert "larger than the data set" not in err
     assert not list(run_dir.glob("*.log")), list(run_dir.iterdir())  # no empty log left behind
+
+
+def test_offline_weights_error_names_the_config_entry_to_change(tmp_path, capsys):
+    """Offline (conftest: HF_HUB_OFFLINE=1, an empty HF_HOME) with the model's weights turned off, the default
+    pretrained reference is what fails, and the one line says how to change *it*; likewise a compare entry."""
+    from helpers import assert_one_line_error
+
+    assert_one_line_error(["run", "analysis=cka_across", *TINY_VIT, *SMALL_DATA],
+                          "reference.checkpoint=/path/to/weights.safetensors (or .pth) or reference.pretrained=false",
+                          tmp_path / "a", capsys)
+    assert_one_line_error(["run", "analysis=attention_distance", *TINY_VIT, *SMALL_DATA, "analysis.compare=[vit_s16]"],
+                          "give analysis.compare entry 0 as a mapping with a checkpoint", tmp_path / "b", capsys)
+
+
+def test_layers_needs_no_weights_offline(capsys):
+    """`vitstudy layers model=vit_b16 layers=all` (a README command) lists module names without the pretrained weights."""
+    assert os.environ["HF_HUB_OFFLINE"] == "1"
+    code, out, err = cli(["layers", "model=vit_b16", "layers=blocks"], capsys)
+    assert code == 0, err
+    assert [l.split()[0] for l in out.strip().splitlines()] == [f"blocks.{i}" for i in range(12)]
+    assert all(l.endswith("NLC   (197, 768)") for l in out.strip().splitlines()), out  # 14 x 14 patches + CLS, width 768

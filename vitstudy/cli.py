@@ -142,7 +142,10 @@ def cmd_layers(args: list[str]) -> None:
 
     cfg = compose(args)
     key = "reference" if any(a.startswith("reference") for a in args) and not any(a.startswith("model") for a in args) else "model"
-    m = models.load(cfg[key], key)
+    node = cfg[key]
+    if not node.checkpoint:  # module names and shapes do not depend on the weights: none are downloaded or read
+        node.pretrained = False
+    m = models.load(node, key)
     for layer in resolve(m.module, cfg[key].layers, m.data_config["input_size"]):
         print(f"{layer.name:<40} {layer.layout:<5} {tuple(layer.shape)}")
 
