@@ -162,3 +162,46 @@ def test_layers_needs_no_weights_offline(capsys):
     assert code == 0, err
     assert [l.split()[0] for l in out.strip().splitlines()] == [f"blocks.{i}" for i in range(12)]
     assert all(l.endswith("NLC   (197, 768)") for l in out.strip().splitlines()), out  # 14 x 14 patches + CLS, width 768
+
+
+def test_progress_lines_count_batches_images_per_second_and_time_left():
+    """The log-mode line, against numbers worked out by hand from a fake clock: 4 batches of 8 images, 2 s each."""
+    from vitstudy.pipeline.progress import LogLines
+
+    ticks = iter([0.0, 2.0, 4.0, 6.0, 8.0, 10.0, 10.0])
+    lines = []
+    items = [(None, [0] * 8)] * 5
+    out = list(LogLines(items, "cka", every=3.0, write=lines.append, clock=lambda: next(ticks)))
+    assert out == items
+    # a line once 3 s have passed since the last: after batch 2 (4 s, 16 images, 3 batches x 2 s left) and batch 4
+    # (8 s), then the end (10 s)
+    assert lines == ["vitstudy: cka 2/5 batches, 4.0 images/s, 0:00:06 left",
+                     "vitstudy: cka 4/5 batches, 4.0 images/s, 0:00:02 left",
+                     "vitstudy: cka 5/5 batches, 4.0 images/s, done in 0:00:10"]
+    ticks = iter([0.0, 5.0, 5.0])
+    lines = []
+    list(LogLines(items[:1], "cka", every=3.0, write=lines.append, clock=lambda: next(ticks)))
+    assert lines == ["vitstudy: cka 1/1 batches, 1.6 images/s, done in 0:00:05"]  # said once, not twice
+
+
+@pytest.mark.parametrize("progress", ["auto", "log", "false", "true"])
+def test_progress_modes_from_the_command_line(progress, tmp_path, capsys, monkeypatch):
+    """Output not a terminal (pytest captures it): auto and log print timed lines to stderr and the run's log,
+    false prints nothing, true forces the tqdm bar."""
+    monkeypatch.setenv("VITSTUDY_PROGRESS_SECONDS", "0")
+    run_dir = tmp_path / "run"
+    code, out, err = cli(["run", "analysis=cka_within", *TINY_VIT, *SMALL_DATA, f"progress={progress}",
+                          "cache.results=false", f"hydra.run.dir={run_dir}"], capsys)
+    assert code == 0, err
+    lines = [l for l in err.splitlines() if l.startswith("vitstudy: cka ")]
+    if progress in ("auto", "log"):
+        assert lines[0].startswith("vitstudy: cka 1/3 batches, ") and "images/s" in lines[0] and "left" in lines[0], err
+        assert lines[-1].startswith("vitstudy: cka 3/3 batches, ") and "done in" in lines[-1]
+        log = (run_dir / "cka_within.log").read_text()
+        assert "cka 1/3 batches" in log and "cka 3/3 batches" in log
+    else:
+        assert lines == []
+        assert ("\r" in err or "it/s" in err) == (progress == "true"), err
+    code, _, err = cli(["run", "analysis=cka_within", *TINY_VIT, *SMALL_DATA, "progress=sometimes",
+                        f"hydra.run.dir={tmp_path / 'bad'}"], capsys)
+    assert code == 2 and "progress must be auto, true" in err

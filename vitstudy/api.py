@@ -22,8 +22,11 @@ def compose(overrides: Sequence[str] = ()) -> DictConfig:
     return _compose(list(overrides))
 
 
-def run(cfg: DictConfig | Sequence[str], out_dir: str | Path = "outputs/api", progress: bool | None = None):
-    """Run the configured analysis, write its run directory, and return its Result (tables, figures)."""
+def run(cfg: DictConfig | Sequence[str], out_dir: str | Path = "outputs/api", progress: bool | str | None = None):
+    """Run the configured analysis, write its run directory, and return its Result (tables, figures).
+
+    `progress`: None takes the config's `progress` (auto: a bar on a terminal, else timed lines); True, "log", False.
+    """
     from .pipeline.runner import check_config, execute
 
     overrides = None
