@@ -81,7 +81,7 @@ def cka_matrix(
     from .analyses.cka import CKAReducer, check
 
     model = as_module(model, "model")
-    other = None if other is None else as_module(other, "other")
+    other = None if other is None else as_module(other, "reference")
 
     first = next(iter(loader))
     x0 = first[0] if isinstance(first, (tuple, list)) else first
