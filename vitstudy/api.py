@@ -22,8 +22,11 @@ def compose(overrides: Sequence[str] = ()) -> DictConfig:
     return _compose(list(overrides))
 
 
-def run(cfg: DictConfig | Sequence[str], out_dir: str | Path = "outputs/api", progress: bool | None = None):
-    """Run the configured analysis, write its run directory, and return its Result (tables, figures)."""
+def run(cfg: DictConfig | Sequence[str], out_dir: str | Path = "outputs/api", progress: bool | str | None = None):
+    """Run the configured analysis, write its run directory, and return its Result (tables, figures).
+
+    `progress`: None takes the config's `progress` (auto: a bar on a terminal, else timed lines); True, "log", False.
+    """
     from .pipeline.runner import check_config, execute
 
     overrides = None
@@ -45,10 +48,23 @@ def _batches(loader: Iterable, copies: int):
         yield (x,) * copies, torch.zeros(len(x))
 
 
+def as_module(model, key: str = "model") -> torch.nn.Module:
+    """A torch module as given, or one built from a preset or timm name as `vitstudy run` builds it
+    (`"vit_cifar10_demo"`, `"resnet18"`: pretrained weights where the preset or timm has them)."""
+    if isinstance(model, torch.nn.Module):
+        return model
+    if isinstance(model, str):
+        from .pipeline import models
+
+        return models.load(models.node(model), key).module
+    raise VitstudyError(f"{key} must be a torch.nn.Module or a model preset / timm name (a str), "
+                        f"got {type(model).__name__}")
+
+
 def cka_matrix(
-    model: torch.nn.Module,
+    model: torch.nn.Module | str,
     loader: Iterable,
-    other: torch.nn.Module | None = None,
+    other: torch.nn.Module | str | None = None,
     layers="blocks",
     other_layers=None,
     tokens: str = "flatten",
@@ -59,9 +75,13 @@ def cka_matrix(
     """Minibatch CKA between the layers of `model` and those of `other` (or of `model` itself).
 
     `loader` yields image batches `x` or tuples `(x, ...)` that both models accept; every batch needs at
-    least 4 images. Returns the tidy table of `cka_within` / `cka_across` (one row per layer pair).
+    least 4 images. `model` and `other` are torch modules, or preset / timm names built as the CLI builds them.
+    Returns the tidy table of `cka_within` / `cka_across` (one row per layer pair).
     """
     from .analyses.cka import CKAReducer, check
+
+    model = as_module(model, "model")
+    other = None if other is None else as_module(other, "reference")
 
     first = next(iter(loader))
     x0 = first[0] if isinstance(first, (tuple, list)) else first

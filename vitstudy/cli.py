@@ -13,7 +13,7 @@ import hydra
 from hydra.core.hydra_config import HydraConfig
 from omegaconf import DictConfig
 
-from .compose import normalise, precheck, presets
+from .compose import load_analyses, normalise, precheck, presets
 from .errors import VitstudyError, closest, fail
 from .launch import FAILED, job_failed, submitit_launch
 
@@ -44,12 +44,33 @@ def hydra_app(cfg: DictConfig) -> dict | None:
         check_config(cfg)
         result, written = execute(cfg, out_dir, overrides=list(hc.overrides.task))
     except VitstudyError as err:
+        settle_log(out_dir, str(err))
         if not multirun:
             fail(str(err))
         return job_failed(out_dir, err, list(hc.overrides.task))
     csvs = ", ".join(p.name for p in written if p.suffix == ".csv")
     state = "cached (same config and weights; force=true recomputes)" if result is None else "done"
     print(f"vitstudy: {cfg.analysis.name} {state}; outputs in {out_dir} ({csvs}, figures, run.json)")
+
+
+def settle_log(out_dir: str, message: str) -> None:
+    """A failed job's log: removed when Hydra's file handler wrote nothing to it yet (no empty `.log` left behind),
+    else ended with the error line (progress lines above it show how far the job got)."""
+    import logging
+    from pathlib import Path
+
+    root = logging.getLogger()
+    for handler in list(root.handlers):
+        path = Path(getattr(handler, "baseFilename", "") or "")
+        if not isinstance(handler, logging.FileHandler) or path.parent.resolve() != Path(out_dir).resolve():
+            continue
+        handler.flush()
+        if path.is_file() and path.stat().st_size == 0:
+            root.removeHandler(handler)
+            handler.close()
+            path.unlink()
+        else:
+            handler.emit(logging.LogRecord("vitstudy", logging.ERROR, "", 0, f"vitstudy: error: {message}", None, None))
 
 
 def cmd_list(args: list[str]) -> None:
@@ -66,32 +87,51 @@ def cmd_list(args: list[str]) -> None:
                 print(f"  {name:<22} {desc}")
 
 
-def print_params(name: str) -> None:
-    """An analysis' parameters with their defaults and the comment beside each field of its schema."""
+# The shared `cka.*` settings each analysis reads (vitstudy.config.CKAConfig); `vitstudy list NAME` shows them.
+CKA_SETTINGS = {"cka_within": ("estimator", "repeats", "tail", "gram_dtype"),
+                "cka_across": ("estimator", "repeats", "tail", "gram_dtype", "null"),
+                "cka_grid": ("estimator", "repeats", "tail", "gram_dtype"),
+                "skip_ablation": ("estimator", "repeats", "tail", "gram_dtype"),
+                "local_global_cka": ("tail",), "spatial_localization": ("tail",)}
+
+
+def _field_lines(prefix: str, schema: type, keys=None) -> list[str]:
+    """`prefix.key=default   comment` for the fields of a dataclass schema (the comment beside each field)."""
     import inspect
     import json
     import re
     from dataclasses import MISSING, fields
 
-    from . import analyses
-
-    analysis = analyses.get(name)
     comments = {}
-    for cls in reversed(analysis.params.__mro__):
+    for cls in reversed(schema.__mro__):
         try:
             source = inspect.getsource(cls)
         except (OSError, TypeError):
             continue
         comments.update(re.findall(r"^\s+(\w+): [^#\n]*#\s*(.*)$", source, flags=re.M))
-    print(f"{name}: {analysis.summary}")
-    for f in fields(analysis.params):
-        if f.name == "name":
+    out = []
+    for f in fields(schema):
+        if f.name == "name" or (keys is not None and f.name not in keys):
             continue
         default = f.default if f.default is not MISSING else f.default_factory()
         value = default if isinstance(default, str) else json.dumps(default)  # as written on the command line
-        print(f"  analysis.{f.name}={value}".ljust(44) + f" {comments.get(f.name, '')}")
-    if len(fields(analysis.params)) == 1:
-        print("  (no parameters of its own; see cka.*, dataset.*, layers, tokens)")
+        out.append(f"  {prefix}.{f.name}={value}".ljust(44) + f" {comments.get(f.name, '')}".rstrip())
+    return out
+
+
+def print_params(name: str) -> None:
+    """An analysis' parameters with their defaults and the comment beside each field of its schema, then the
+    shared `cka.*` settings it reads."""
+    from .config import CKAConfig
+
+    analysis = load_analyses().get(name)
+    print(f"{name}: {analysis.summary}")
+    own = _field_lines("analysis", analysis.params)
+    print("\n".join(own) if own else "  (no parameters of its own)")
+    if name in CKA_SETTINGS:
+        print("shared CKA settings it reads:")
+        print("\n".join(_field_lines("cka", CKAConfig, CKA_SETTINGS[name])))
+    print("also: layers, tokens, dataset.*, seed, precision (all values: vitstudy run analysis=NAME --cfg job)")
 
 
 def cmd_layers(args: list[str]) -> None:
@@ -102,7 +142,10 @@ def cmd_layers(args: list[str]) -> None:
 
     cfg = compose(args)
     key = "reference" if any(a.startswith("reference") for a in args) and not any(a.startswith("model") for a in args) else "model"
-    m = models.load(cfg[key], key)
+    node = cfg[key]
+    if not node.checkpoint:  # module names and shapes do not depend on the weights: none are downloaded or read
+        node.pretrained = False
+    m = models.load(node, key)
     for layer in resolve(m.module, cfg[key].layers, m.data_config["input_size"]):
         print(f"{layer.name:<40} {layer.layout:<5} {tuple(layer.shape)}")
 
@@ -139,9 +182,13 @@ def main(argv: list[str] | None = None) -> None:
         if os.environ.get("COMP_LINE"):
             os.environ["COMP_LINE"] = os.environ["COMP_LINE"].replace(" run ", " ", 1)
         sys.argv = [sys.argv[0]] + [a for a in args if a != "run"]
+        load_analyses()
         hydra_app()
         return
-    if not args or args[0] in ("-h", "--help", "help"):
+    if not args:  # no command: the usage, on stderr, and the exit status of a usage error
+        print(USAGE, end="", file=sys.stderr)
+        raise SystemExit(2)
+    if args[0] in ("-h", "--help", "help"):
         print(USAGE, end="")
         return
     cmd, rest = args[0], args[1:]
@@ -152,6 +199,7 @@ def main(argv: list[str] | None = None) -> None:
                 if cmd == "run":
                     rest = normalise(rest)
                     precheck(rest)
+                    load_analyses()  # their parameter schemas, for Hydra (precheck stops early for --help)
                     sys.argv = [sys.argv[0]] + rest
                     hydra_app()
                 else:

@@ -49,7 +49,8 @@ def _select(df: pd.DataFrame, query: str | None, which: str) -> np.ndarray:
     try:
         mask = df.eval(query, engine="python")
     except Exception as err:  # a pandas expression error: say which selection and why, in one line
-        raise VitstudyError(f"--{which} {query!r} is not a valid selection of the table's rows: {str(err).splitlines()[0]}") from None
+        raise VitstudyError(f"--{which} {query!r} is not a valid selection of the table's rows: {str(err).splitlines()[0]}; "
+                            f"columns: {', '.join(map(str, df.columns))}") from None
     rows = np.flatnonzero(np.asarray(mask, dtype=bool))
     if len(rows) == 0:
         raise VitstudyError(f"--{which} {query!r} selects no rows")

@@ -6,12 +6,13 @@ of `vitstudy run`; this module composes the same configs outside it (`compose`) 
 """
 from __future__ import annotations
 
+import ast
 import re
+import sys
 from importlib import resources
 
 from omegaconf import DictConfig, OmegaConf
 
-from . import analyses  # noqa: F401  (every analysis stores its parameter schema in Hydra's ConfigStore)
 from .config import register
 from .errors import VitstudyError, closest
 
@@ -24,7 +25,7 @@ def presets(group: str) -> dict[str, str]:
     """Preset names of a config group with their first comment line (or `name:`) as a description; the analyses
     with their one-line summary."""
     if group == "analysis":
-        return {name: a.summary for name, a in sorted(analyses.REGISTRY.items())}
+        return analysis_summaries()
     out = {}
     folder = resources.files("vitstudy.conf") / group
     if not folder.is_dir():
@@ -32,10 +33,54 @@ def presets(group: str) -> dict[str, str]:
     for entry in sorted(folder.iterdir(), key=lambda e: e.name):
         if entry.name.endswith(".yaml"):
             lines = entry.read_text().splitlines()
-            comment = next((l.lstrip("# ").strip() for l in lines if l.startswith("#") and "@package" not in l), "")
+            comment = _first_paragraph(lines) if group == "experiment" else \
+                next((l.lstrip("# ").strip() for l in lines if l.startswith("#") and "@package" not in l), "")
             name = next((l.split(":", 1)[1].strip() for l in lines if l.startswith("name:")), "")
             out[entry.name[:-5]] = f"{name}  {comment}".strip() if group == "model" else (comment or name)
     return out
+
+
+def _first_paragraph(lines: list[str]) -> str:
+    """The header comment's description, whole (its first lines up to 'Paper finds:', a command or a blank)."""
+    out = []
+    for line in lines:
+        if "@package" in line:
+            continue
+        if not line.startswith("#"):
+            break
+        text = line[1:]
+        if not text.strip() or text.startswith("   ") or text.strip().startswith(("Paper finds", "vitstudy ")):
+            if out:
+                break
+            continue
+        out.append(text.strip())
+    return " ".join(out)
+
+
+def analysis_summaries() -> dict[str, str]:
+    """Every analysis name with its one-line summary, read from the `@register(name, summary, ...)` lines of
+    vitstudy/analyses/*.py without importing them (they import torch: seconds that `vitstudy list` and an unknown
+    analysis name should not cost); the registry itself once it is loaded."""
+    if "vitstudy.analyses" in sys.modules:
+        from . import analyses
+
+        return {name: a.summary for name, a in sorted(analyses.REGISTRY.items())}
+    out = {}
+    for entry in (resources.files("vitstudy") / "analyses").iterdir():
+        if not entry.name.endswith(".py"):
+            continue
+        for node in ast.walk(ast.parse(entry.read_text())):
+            if (isinstance(node, ast.Call) and getattr(node.func, "id", None) == "register" and len(node.args) >= 2
+                    and all(isinstance(a, ast.Constant) and isinstance(a.value, str) for a in node.args[:2])):
+                out[node.args[0].value] = node.args[1].value
+    return dict(sorted(out.items()))
+
+
+def load_analyses():
+    """The analysis registry; importing it stores every analysis' parameter schema in Hydra's ConfigStore."""
+    from . import analyses
+
+    return analyses
 
 
 def normalise(args: list[str]) -> list[str]:
@@ -81,7 +126,7 @@ def precheck(args: list[str], groups: dict[str, str] = GROUPS, config_name: str 
     for variant in single_runs(overrides):  # a sweep: each value once, so a bad one fails before any job starts
         config = compose(variant, config_name)
         if "analysis" in config:
-            analyses.params_of(config)
+            load_analyses().params_of(config)
 
 
 def single_runs(overrides: list[str]) -> list[list[str]]:
@@ -126,6 +171,7 @@ def compose(overrides: list[str], config_name: str = "config") -> DictConfig:
     from hydra import initialize_config_module
     from hydra.core.global_hydra import GlobalHydra
 
+    load_analyses()
     GlobalHydra.instance().clear()
     try:
         with initialize_config_module("vitstudy.conf", version_base="1.3"):

@@ -124,7 +124,7 @@ class Config:
     seed: int = 0
     device: str = "auto"
     precision: str = "fp32"  # the models' forward passes: fp32, tf32 (CUDA), bf16 or fp16 (autocast); statistics stay float64
-    progress: Optional[bool] = None  # tqdm bars: None shows them only on a terminal
+    progress: Any = "auto"  # auto: a bar on a terminal, else a line every 30 s (stderr, run log); true: bar; log: lines; false: none
 
 
 @dataclass

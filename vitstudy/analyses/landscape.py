@@ -22,7 +22,7 @@ import pandas as pd
 import torch
 import torch.nn.functional as F
 from torch.nn.attention import SDPBackend, sdpa_kernel
-from tqdm.auto import tqdm
+from ..pipeline.progress import track
 
 from ..plots import landscape as plots_landscape
 from ..pipeline.models import requires_grad
@@ -102,8 +102,7 @@ def hessian(ctx) -> Result:
     if state:
         gen.set_state(state["generator"])
     with restored(m.module):
-        for b, (inputs, labels) in enumerate(tqdm(loader, desc="hessian", leave=False,
-                                                  disable=None if ctx.progress is None else not ctx.progress)):
+        for b, (inputs, labels) in enumerate(track(loader, "hessian", ctx.progress)):
             if b < done:
                 continue
             x, y = inputs[0].to(ctx.device), labels.to(ctx.device)

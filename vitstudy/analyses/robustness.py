@@ -20,7 +20,7 @@ from contextlib import contextmanager
 
 import pandas as pd
 import torch
-from tqdm.auto import tqdm
+from ..pipeline.progress import track
 
 from ..anatomy import families, latents
 from ..plots import fourier as plots_fourier
@@ -120,7 +120,7 @@ def frequency_noise(ctx) -> Result:
     masks: dict = {}
     seen = 0
     with torch.inference_mode():
-        for inputs, labels in tqdm(loader, desc="frequency_noise", disable=None if ctx.progress is None else not ctx.progress, leave=False):
+        for inputs, labels in track(loader, "frequency_noise", ctx.progress):
             for i, m in enumerate(models):
                 x = inputs[i].to(ctx.device)
                 pred = m.module(x).argmax(-1)
@@ -243,7 +243,7 @@ def lesion(ctx) -> Result:
     intact, hits, seen = 0, [0] * len(units), 0
     changed = [[0, 0] for _ in units]
     with torch.inference_mode():
-        for inputs, labels in tqdm(loader, desc="lesion", disable=None if ctx.progress is None else not ctx.progress, leave=False):
+        for inputs, labels in track(loader, "lesion", ctx.progress):
             x = inputs[0].to(ctx.device)
             pred = m.module(x).argmax(-1)
             target = labels.to(ctx.device) if metric == "top1" else pred

@@ -131,6 +131,24 @@ class ImageFiles(Dataset):
         if not files:
             raise VitstudyError(f"no images ({', '.join(IMAGE_EXTENSIONS[:4])}, ...) under {root}")
         self.samples = files
+        self.check_readable()
+
+    def check_readable(self, probes: int = 16) -> None:
+        """Open the headers of up to `probes` files spread over the folder: unreadable images are named before
+        any count or batch error (a folder of broken files would first be reported as too small)."""
+        n = len(self.samples)
+        picks = range(n) if n <= probes else sorted({round(i * (n - 1) / (probes - 1)) for i in range(probes)})
+        bad = []
+        for i in picks:
+            try:
+                with Image.open(self.samples[i][0]):
+                    pass
+            except Exception as err:
+                bad.append((self.samples[i][0], err))
+        if bad:
+            path, err = bad[0]
+            raise VitstudyError(f"cannot read image {path}: {type(err).__name__}: {str(err).splitlines()[0] if str(err) else ''}"
+                                f" ({len(bad)} of {len(picks)} files checked under {self.root} are unreadable)")
 
     def __len__(self) -> int:
         return len(self.samples)

@@ -12,10 +12,10 @@ from contextlib import nullcontext
 from typing import Callable, Sequence
 
 import torch
-from tqdm.auto import tqdm
 
 from .layers import Layer
 from .models import LoadedModel
+from .progress import track
 from .taps import tap
 
 
@@ -42,7 +42,7 @@ def stream(
     reducer: Reducer,
     device: torch.device,
     desc: str = "batches",
-    progress: bool | None = None,
+    progress: bool | str | None = None,
     after_batch: Callable[[int], None] | None = None,
     features: tuple | None = None,
     stop_early: bool | None = None,
@@ -66,7 +66,7 @@ def stream(
     seen = 0
     done = 0
     with torch.inference_mode():
-        for b, (inputs, labels) in enumerate(tqdm(loader, desc=desc, disable=None if progress is None else not progress, leave=False)):
+        for b, (inputs, labels) in enumerate(track(loader, desc, progress)):
             outputs = []
             for i, m in enumerate(models):
                 if features is not None:

@@ -56,8 +56,21 @@ def check_name(name: str) -> None:
         raise VitstudyError(f"unknown timm model '{name}'; {closest(name, timm.list_models())}")
 
 
-def create(name: str, pretrained: bool = False, checkpoint: str | None = None, **kwargs) -> torch.nn.Module:
-    """`timm.create_model` with weights from the Hub/cache (`pretrained`) or a local `checkpoint` file."""
+def weights_hint(key: str) -> str:
+    """How to give the weights of the model at config key `key` another way (offline, not in the cache)."""
+    if key in ("model", "reference"):
+        return f"pass {key}.checkpoint=/path/to/weights.safetensors (or .pth) or {key}.pretrained=false"
+    if key.startswith("compare") and key[7:].isdigit():
+        return (f"give analysis.compare entry {key[7:]} as a mapping with a checkpoint, e.g. "
+                f"{{name: NAME, checkpoint: /path/to/weights.safetensors}}, or {{name: NAME, pretrained: false}}")
+    return (f"give the analysis.models entry '{key}' as a mapping with a checkpoint, e.g. {{name: NAME, checkpoint: PATH}}, "
+            f"or set analysis.pretrained=false")
+
+
+def create(name: str, pretrained: bool = False, checkpoint: str | None = None, *, config_key: str = "model",
+           **kwargs) -> torch.nn.Module:
+    """`timm.create_model` with weights from the Hub/cache (`pretrained`) or a local `checkpoint` file;
+    `config_key` (model, reference, compare0, ...) names the config entry an error tells the user to change."""
     check_name(name)
     if checkpoint:
         pretrained = False
@@ -71,8 +84,8 @@ def create(name: str, pretrained: bool = False, checkpoint: str | None = None, *
     except Exception as err:  # hub and cache failures surface as OSError/RuntimeError subclasses
         if pretrained and _is_offline_error(err):
             raise VitstudyError(
-                f"pretrained weights for '{name}' are not available (offline and not in the Hugging Face cache): "
-                f"pass model.checkpoint=/path/to/weights.safetensors (or .pth) or model.pretrained=false"
+                f"pretrained weights for {config_key} '{name}' are not available (offline and not in the Hugging Face "
+                f"cache): {weights_hint(config_key)}"
             ) from None
         raise VitstudyError(f"cannot build timm model '{name}': {type(err).__name__}: {err}") from None
     if checkpoint:
@@ -289,7 +302,7 @@ def load(cfg, key: str = "model", name_given: bool | None = None) -> LoadedModel
             print(f"vitstudy: {key}: the checkpoint's {', '.join(f'{k}={own[k]}' for k in differ)} replace the config's "
                   f"{', '.join(f'{k}={kwargs[k]}' for k in differ)}")
         kwargs = {**kwargs, **own}
-    model = create(name, pretrained=cfg.pretrained, checkpoint=cfg.checkpoint, **kwargs)
+    model = create(name, pretrained=cfg.pretrained, checkpoint=cfg.checkpoint, config_key=key, **kwargs)
     saved_data = dict((saved or {}).get("data_config") or {})
     saved_size = (saved or {}).get("model_config", {}).get("kwargs", {}).get("img_size")
     if "input_size" not in saved_data and saved_size is not None:  # older checkpoints: the size they were built at

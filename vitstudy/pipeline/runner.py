@@ -1,6 +1,7 @@
 """Run one analysis from a resolved config: load models and images, run, write the run directory."""
 from __future__ import annotations
 
+import sys
 import time
 from contextlib import contextmanager
 from dataclasses import dataclass, field
@@ -18,6 +19,7 @@ from .cache import Cache, run_key
 from .features import FeatureCache
 from ..errors import VitstudyError
 from .layers import Layer, resolve
+from .progress import mode as progress_mode
 
 
 class Models(dict):
@@ -38,7 +40,8 @@ class Models(dict):
         with self.stage("load_models"):
             m = models.load(self.nodes[key], key, self.given.get(key, True))
             m.module.to(self.device)
-        print(f"vitstudy: {m.transform_line}", flush=True)
+        warn = "WARNING" in m.transform_line  # preprocessing guessed for a checkpoint: a warning, on stderr
+        print(f"vitstudy: {m.transform_line}", file=sys.stderr if warn else sys.stdout, flush=True)
         self[key] = m
         self.records[key] = {"name": m.name, "weights": m.weights, "data_config": m.data_config,
                              "data_sources": m.data_sources, "transform": m.transform_line}
@@ -65,7 +68,7 @@ class Context:
     models: Models
     dataset: Any
     device: torch.device
-    progress: bool | None = None
+    progress: bool | str | None = None  # the `progress` mode (pipeline.progress): auto, bar, log or off
     timings: dict[str, float] = field(default_factory=dict)
     cache: Cache | None = None  # resumable checkpoints (None: not checkpointed)
     features: FeatureCache | None = None  # captured activations shared between runs (cache.features=true)
@@ -168,6 +171,7 @@ def execute(cfg, out_dir: str | Path, progress=None, overrides=None) -> tuple[an
                 _say_other_device(out_dir, device)
                 return None, written
     results.clear_finished(out_dir, [f"{analysis.name}.csv", "failed.json"])
+    progress = cfg.get("progress", "auto") if progress is None else progress  # the CLI's progress=...; the API's argument
     ctx = prepare(cfg, progress, cache, overrides)
     with ctx.stage("analysis"), runtime.forward_precision(cfg.precision, ctx.device):
         result = analysis.run(ctx)
@@ -213,5 +217,6 @@ def check_config(cfg) -> None:
         raise VitstudyError(f"cka.null must be 0 (off) or a number of permutations, got {cfg.cka.null}")
     if cfg.cka.gram_dtype not in ("float32", "float64"):
         raise VitstudyError(f"cka.gram_dtype must be 'float32' or 'float64', got {cfg.cka.gram_dtype!r}")
+    progress_mode(cfg.get("progress", "auto"))
     if cfg.tokens not in ("flatten", "cls", "mean"):
         raise VitstudyError(f"tokens must be one of flatten, cls, mean; got {cfg.tokens!r}")

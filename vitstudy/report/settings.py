@@ -61,12 +61,17 @@ def _images(run: dict) -> str:
     if not reps:
         return ("none recorded: the analysis reads the weights only, or samples its own images (see its parameters; "
                 f"dataset.num_images={ds.get('num_images', '?')})")
+    if any(r.get("split") for r in reps):  # one record per split (linear_probe's train/val/test), not repeats
+        text = ", ".join(f"{r.get('split', '?')} {r.get('images', '?')}" for r in reps) + " images"
+        batches = [r.get("batches") for r in reps if r.get("batches") is not None]
+        return text + (f" in {'/'.join(map(str, batches))} batches" if batches else "")
     counts = sorted({r.get("images") for r in reps})
     each = "/".join(str(c) for c in counts)
-    batches = sorted({r.get("batches") for r in reps})
+    batches = sorted({r.get("batches") for r in reps} - {None})
     dropped = sum(r.get("dropped", 0) or 0 for r in reps)
     text = f"{each} images" + (f" x {len(reps)} repeats" if len(reps) > 1 else "")
-    text += f", {'/'.join(map(str, batches))} batches of {ds.get('batch_size', '?')}"
+    if batches:
+        text += f", {'/'.join(map(str, batches))} batches of {ds.get('batch_size', '?')}"
     if dropped:
         text += f", {dropped} dropped (cka.tail=drop)"
     return text
