@@ -125,7 +125,7 @@ def test_missing_inputs_are_said_not_omitted(tmp_path):
     cka_job(tmp_path / "vit", "vit_tiny_patch16_224", 0.7, 0.01)
     (f,) = claims.for_target("raghu_fig1", records(tmp_path))
     assert f.verdict == "missing" and "cka_within run of a CNN" in f.note
-    (g,) = claims.for_target("raghu_fig6", records(tmp_path))  # a target without declared claims says so
+    (g,) = claims.for_target("raghu_fig99", records(tmp_path))  # a target without declared claims says so
     assert g.verdict == "missing" and "no claim declared" in g.note
     (tmp_path / "vit" / "cka_within.csv").unlink()
     cka_job(tmp_path / "res", "resnet18", 0.3, 0.01)
@@ -151,3 +151,90 @@ def test_collect_writes_findings_and_shows_verdicts(tmp_path):
     page = (out / "index.html").read_text()
     assert "<span class='verdict holds'>holds</span>, 0.40 [" in page and "Paper finds" in page
     assert "CKA between every pair of layers" in page  # the contents' "what": the analysis' summary, not its name
+
+
+def recompute(out: Path) -> dict[tuple[str, str], float]:
+    """Every tour claim's value from the tour's CSVs with plain pandas (not vitstudy.claims): (figure, first words
+    of the claim) -> value."""
+    import math
+
+    read = lambda run, table=None: pd.read_csv(out / run / f"{table or run}.csv")
+    vals = {}
+
+    def far(df):
+        n = df.index_y.max() + 1
+        k = max(1, math.ceil(n / 4))
+        return df[(df.index_x < k) & (df.index_y >= n - k)].cka.mean()
+    vals["Fig. 1", "ViTs keep"] = far(read("cka_within_vit", "cka_within")) - far(read("cka_within_resnet", "cka_within"))
+    across = read("cka_across")
+    nx, ny = across.index_x.max() + 1, across.index_y.max() + 1
+    k, half = max(1, math.ceil(nx / 4)), max(1, ny // 2)
+    lower = across[across.index_y < half]
+    vals["Fig. 2", "The ResNet's lower"] = lower[lower.index_x < k].cka.mean() - lower[lower.index_x >= nx - k].cka.mean()
+    k3 = max(1, math.ceil(nx / 3))
+    vals["Fig. 2", "The final third"] = across[across.index_x >= nx - k3].cka.mean() - across[across.index_x < nx - k3].cka.mean()
+    att = read("attention_distance")
+    first, last = att[att.block == att.block.min()].mean_distance, att[att.block == att.block.max()].mean_distance
+    vals["Fig. 3", "Lower layers"] = np.std(first.to_numpy()) - np.std(last.to_numpy())
+    vals["Fig. 7 (right)", "Attention distance"] = last.mean() - first.mean()
+    summ = read("skip_ratio", "skip_ratio_summary")
+    summ = summ[summ.group == "all"]
+    is_cnn = summ.model.str.contains("resnet")
+    vals["Fig. 7", "Far more"] = summ[~is_cnn].ratio.mean() - summ[is_cnn].ratio.mean()
+    loc = read("spatial_localization")
+    vals["Fig. 9", "Final-block"] = loc[loc.is_self].cka.mean() - loc[~loc.is_self].cka.mean()
+    pv, pr = read("linear_probe_vit", "linear_probe"), read("linear_probe_resnet", "linear_probe")
+    vals["Fig. 13", "ViTs learn"] = pv[pv.depth >= 0.5].accuracy.mean() - pr[pr.depth >= 0.5].accuracy.mean()
+    pos = read("position_embedding")
+    dist = (pos.row_a - pos.row_b).abs() + (pos.col_a - pos.col_b).abs()
+    vals["Fig. 7 (centre)", "Position embeddings are"] = pos[dist == 1].cosine.mean() - pos[dist > 1].cosine.mean()
+    line = (pos.row_a == pos.row_b) | (pos.col_a == pos.col_b)
+    vals["Fig. 7 (centre)", "Position embeddings encode"] = pos[line & (dist > 1)].cosine.mean() - pos[~line & (dist > 1)].cosine.mean()
+    four = read("fourier")
+    top = four[four.k == four.groupby(["name", "latent"]).k.transform("max")]
+    cnn = top.name.str.contains("resnet")
+    vals["Fig. 2a", "Convolutions"] = (top[cnn & (top.depth >= 0.5)].delta_log_amplitude.mean()
+                                       - top[~cnn & (top.depth >= 0.5)].delta_log_amplitude.mean())
+
+    def steps(df, col, kind, log=False):
+        df = df.sort_values("index")
+        v = np.log(df[col].to_numpy()) if log else df[col].to_numpy()
+        kinds = df.kind.to_numpy()
+        return np.mean([v[i] - v[i - 1] for i in range(1, len(v)) if kinds[i] == kind])
+    vals["Fig. 8", "MSAs decrease"] = steps(top[~cnn], "delta_log_amplitude", "attention")
+    var = read("feature_variance")
+    vit = var[~var.name.str.contains("resnet")]
+    vals["Fig. 9", "MSAs reduce"] = steps(vit, "variance", "attention", log=True)
+    vals["Fig. 9", "MLPs increase"] = steps(vit, "variance", "mlp", log=True)
+    return vals
+
+
+def check_tour_findings(out: Path, findings: pd.DataFrame):
+    """At least 10 claims over at least 5 paper figures, none missing, each value equal to `recompute`."""
+    expected = recompute(out)
+    assert len(findings) >= 10 and findings[["paper", "figure"]].drop_duplicates().shape[0] >= 5
+    assert set(findings.verdict) <= {"holds", "contradicted", "inconclusive"}
+    assert (findings.ci_low <= findings.value).all() and (findings.value <= findings.ci_high).all()
+    for (figure, start), value in expected.items():
+        row = findings[(findings.figure == figure) & findings.claim.str.startswith(start)]
+        assert len(row) == 1, (figure, start)
+        assert row.value.item() == pytest.approx(value, rel=1e-9, abs=1e-12), (figure, start)
+    assert len(expected) == len(findings)
+
+
+@pytest.mark.slow
+def test_tour_claims_equal_an_independent_recomputation(tmp_path, capsys):
+    """A reduced tour (200 images) on the bundled models: its findings.csv against `recompute`."""
+    from helpers import cli
+
+    out = tmp_path / "tour"
+    code, _, err = cli(["tour", "--out", str(out), "dataset.num_images=200", "cache.dir="], capsys)
+    assert code in (0, None), err
+    check_tour_findings(out, pd.read_csv(out / "report" / "findings.csv"))
+
+
+def test_bundled_tour_findings_in_docs_match_their_claims():
+    """docs/tour_findings.csv (the full tour on the bundled models) holds every tour claim, in the tour's order."""
+    df = pd.read_csv(Path(__file__).resolve().parent.parent / "docs" / "tour_findings.csv")
+    assert [(r.figure, r.claim) for r in df.itertuples()] == [(c.figure, c.text) for _, c in claims.TOUR]
+    assert set(df.verdict) <= {"holds", "contradicted", "inconclusive"}

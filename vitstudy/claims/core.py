@@ -51,10 +51,11 @@ class Need:
     analysis: str
     kind: str | None = None
     table: str | None = None
+    independent_rows: bool = False  # rows are independent samples (images, batches): se from their spread
 
     def describe(self) -> str:
         who = {"vit": "a ViT", "cnn": "a CNN"}.get(self.kind or "", "any model")
-        return f"a finished {self.analysis} run of {who}"
+        return f"{self.analysis} run of {who}"
 
 
 @dataclass(frozen=True)
@@ -126,6 +127,7 @@ class Table:
     strata: np.ndarray | None = None
     units: np.ndarray | None = None
     se: np.ndarray | None = None  # per row; None: exact (a table of weights, no sampling)
+    independent: bool = False  # rows are independent samples: delta-method se with their sample sd
     run: str = ""
     model: str = ""
 
@@ -235,10 +237,28 @@ def estimate(claim: Claim, tables: dict[str, Table]) -> tuple[float, float, floa
             var += float(uncertainty.jackknife_se(np.array(reps)[:, None], strata)[0]) ** 2
             dof = min(dof, uncertainty.jackknife_df(strata))
         methods.append(("paired " if paired and len(with_reps) > 1 else "") + "jackknife over batches")
-    bound, exact = 0.0, True
+    bound, exact, unknown = 0.0, True, False
     for r in read:
         tab = tables[r]
+        if tab.independent:
+            sd = float(np.std(base[r][read[r]], ddof=1)) if len(read[r]) > 1 else float("nan")
+            grads = []
+            for i in read[r]:
+                h = 1e-6 * max(1.0, abs(base[r][i]))
+                t.current[r] = base[r].copy()
+                t.current[r][i] += h
+                up = float(claim.compute(t))
+                t.current[r][i] -= 2 * h
+                grads.append((up - float(claim.compute(t))) / (2 * h))
+            t.current[r] = base[r]
+            var += float(np.sum(np.square(grads))) * sd ** 2
+            dof = min(dof, len(read[r]) - 1)
+            methods.append(f"se over {len(read[r])} independent rows ({tab.column}: images or batches)")
+            continue
         if tab.reps is not None or tab.se is None:
+            continue
+        if np.isnan(tab.se[read[r]]).all():
+            unknown = True
             continue
         exact = False
         for i in read[r]:
@@ -254,6 +274,9 @@ def estimate(claim: Claim, tables: dict[str, Table]) -> tuple[float, float, floa
     if not exact:
         methods.append(f"se bound sum |d/dv| {tables[next(r for r in read if tables[r].se is not None)].column}_se")
     se = float(np.sqrt(var)) + bound
+    if unknown:
+        se = float("nan")
+        methods.append("no interval: the table has no standard-error column")
     if not methods:
         methods.append("exact (no sampled images)")
     return value, se, dof, "; ".join(methods)
@@ -264,7 +287,8 @@ def evaluate(claim: Claim, tables: dict[str, Table]) -> Finding:
     f = Finding(claim, runs=list(dict.fromkeys(t.run for t in tables.values())),
                 models=list(dict.fromkeys(t.model for t in tables.values())))
     try:
-        value, se, dof, f.method = estimate(claim, tables)
+        with np.errstate(invalid="ignore", divide="ignore"):  # a NaN or infinite cell gives a NaN statistic, judged below
+            value, se, dof, f.method = estimate(claim, tables)
     except Missing as why:
         f.note = str(why)
         return f
@@ -298,7 +322,7 @@ def resolve(claim: Claim, runs: list[dict], column_of: Callable[[Need], str | No
     found = {r: [run for run in runs if matches(run, claim.needs[r])] for r in roles}
     absent = [r for r in roles if not found[r]]
     if absent:
-        f = Finding(claim, target=target, note="; ".join(f"no {claim.needs[r].describe()} ({r})" for r in absent))
+        f = Finding(claim, target=target, note="; ".join(f"no finished {claim.needs[r].describe()} ({r})" for r in absent))
         return [f]
     out = []
     firsts = found[roles[0]]
@@ -312,6 +336,7 @@ def resolve(claim: Claim, runs: list[dict], column_of: Callable[[Need], str | No
             for r, run in chosen.items():
                 need = claim.needs[r]
                 tab = load_table(Path(run["dir"]), need.table or need.analysis, claim.column)
+                tab.independent = need.independent_rows
                 tab.run = _rel(Path(run["dir"]), root)
                 tab.model = model_name(run).split(".")[0]
                 tables[r] = tab

@@ -39,6 +39,13 @@ FIG7_DEPTH = Claim(PAPER, "Fig. 7 (right)", "Attention distance grows with depth
                    "mean attention distance (px): last block minus first block",
                    {"vit": Need("attention_distance", "vit")}, _deeper, 0.0, ">", caveat=DATA_CAVEAT)
 
+FIG6 = Claim(PAPER, "Fig. 6", "Attention rollout of the CLS token concentrates on part of the image",
+             "mean over images of the rollout map's entropy divided by the uniform map's (1: uniform)",
+             {"vit": Need("attention_rollout", "vit", independent_rows=True)}, lambda t: mean(t, "vit"), 1.0, "<",
+             column="entropy_normalised",
+             caveat="concentration is necessary, not sufficient: whether the region is the object needs the images")
+
 CLAIMS = {
+    "vit_fig6": [FIG6],
     "vit_fig7": [FIG7_POSITION, FIG7_ROWS, FIG7_DEPTH],
 }

@@ -6,7 +6,7 @@ from __future__ import annotations
 import numpy as np
 
 from .core import Claim, Need
-from .stats import far_cka, group_means, mean, of_kind, quarter
+from .stats import far_cka, mean, quarter
 
 PAPER = "Raghu et al. 2021"
 DATA_CAVEAT = ("depends on training data: with less pre-training data ViTs learn fewer local heads in lower layers "
@@ -76,12 +76,22 @@ def _localises(t, role):
 
 
 def _fig13(t):
-    """Mean probe accuracy over the layers of the upper half of each network, ViT minus ResNet."""
-    def upper(role):
-        acc = group_means(t, role, "layer_index" if "layer_index" in t.df(role) else "layer")
-        acc = acc.sort_index() if "layer_index" in t.df(role) else acc.reindex(list(dict.fromkeys(t.df(role).layer)))
-        return float(acc.iloc[len(acc) // 2:].mean())
-    return upper("vit") - upper("cnn")
+    """Mean probe accuracy over the layers of the upper half of each network (relative depth >= 0.5), ViT minus
+    ResNet; every representation probed (the target probes GAP)."""
+    return mean(t, "vit", "depth >= 0.5") - mean(t, "cnn", "depth >= 0.5")
+
+
+def _fig11(t):
+    """Last probed layer: the CLS token's probe accuracy minus the per-token probes' (CLS-trained ViT)."""
+    last = float(t.df("vit").depth.max())
+    return (mean(t, "vit", f"depth == {last} and representation == 'cls'")
+            - mean(t, "vit", f"depth == {last} and representation == 'tokens'"))
+
+
+def _fig6(t):
+    """Radius (px) holding half of the receptive-field mass after the first block's residual, ViT minus ResNet."""
+    first = lambda df: (df.residual == "post") & (df["index"] == df[df.residual == "post"]["index"].min())
+    return mean(t, "vit", first) - mean(t, "cnn", first)
 
 
 def _fig12(t):
@@ -135,7 +145,15 @@ FIG10 = Claim(PAPER, "Fig. 10", "A GAP-trained ViT localises less in its final b
 FIG13 = Claim(PAPER, "Fig. 13", "ViTs learn stronger intermediate representations than ResNets (linear probes)",
               "mean test accuracy of the probes of the upper half of layers, ViT minus ResNet",
               {"vit": Need("linear_probe", "vit"), "cnn": Need("linear_probe", "cnn")}, _fig13, 0.0, ">",
+              column="accuracy",
               caveat="the paper's models are large and pre-trained on JFT/ImageNet-21k; scale matters (Fig. 13 compares sizes)")
+FIG11 = Claim(PAPER, "Fig. 11", "Per-token probes do poorly for the spatial tokens of a CLS-trained ViT",
+              "test accuracy at the last probed layer: CLS-token probe minus the per-token probes",
+              {"vit": Need("linear_probe", "vit")}, _fig11, 0.0, ">", column="accuracy")
+FIG6 = Claim(PAPER, "Fig. 6", "ViT's lower-layer receptive fields are larger than ResNet's",
+             "50%-mass radius (px) of the effective receptive field after the first block, ViT minus ResNet",
+             {"vit": Need("receptive_field", "vit"), "cnn": Need("receptive_field", "cnn")}, _fig6, 0.0, ">",
+             column="radius50_px")
 FIG12 = Claim(PAPER, "Fig. 12", "With less pre-training data the lower layers still match, the higher layers do not",
               "per-block CKA (less vs more data): lowest quarter of blocks minus highest quarter",
               {"diag": Need("cka_across", "vit", "cka_diagonal")}, _fig12, 0.0, ">")
@@ -146,11 +164,12 @@ CLAIMS = {
     "raghu_fig3": [FIG3],
     "raghu_fig4": [FIG4],
     "raghu_fig5": [FIG5],
+    "raghu_fig6": [FIG6],
     "raghu_fig7": [FIG7],
     "raghu_fig8": [FIG8],
     "raghu_fig9": [FIG9, FIG9_CNN],
     "raghu_fig10": [FIG10],
-    "raghu_fig11": [FIG13],
+    "raghu_fig11": [FIG11],
     "raghu_fig12": [FIG12],
     "raghu_fig13": [FIG13],
 }
