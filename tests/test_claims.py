@@ -238,3 +238,11 @@ def test_bundled_tour_findings_in_docs_match_their_claims():
     df = pd.read_csv(Path(__file__).resolve().parent.parent / "docs" / "tour_findings.csv")
     assert [(r.figure, r.claim) for r in df.itertuples()] == [(c.figure, c.text) for _, c in claims.TOUR]
     assert set(df.verdict) <= {"holds", "contradicted", "inconclusive"}
+
+
+def test_docs_claims_md_is_generated_from_the_declarations():
+    from vitstudy.claims.listing import markdown
+
+    text = (Path(__file__).resolve().parent.parent / "docs" / "claims.md").read_text()
+    assert text == markdown(), "stale: python -m vitstudy.claims > docs/claims.md"
+    assert all(f"`{t}`" in text for t in claims.CLAIMS) and len(claims.CLAIMS) == 22

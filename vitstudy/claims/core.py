@@ -52,10 +52,11 @@ class Need:
     kind: str | None = None
     table: str | None = None
     independent_rows: bool = False  # rows are independent samples (images, batches): se from their spread
+    name: str | None = None  # a regular expression the model's timm name must match (e.g. 'gap')
 
     def describe(self) -> str:
         who = {"vit": "a ViT", "cnn": "a CNN"}.get(self.kind or "", "any model")
-        return f"{self.analysis} run of {who}"
+        return f"{self.analysis} run of {who}" + (f" named like /{self.name}/" if self.name else "")
 
 
 @dataclass(frozen=True)
@@ -311,7 +312,8 @@ def model_name(run: dict) -> str:
 
 
 def matches(run: dict, need: Need) -> bool:
-    return run.get("analysis") == need.analysis and (need.kind is None or kind_of(model_name(run)) == need.kind)
+    return (run.get("analysis") == need.analysis and (need.kind is None or kind_of(model_name(run)) == need.kind)
+            and (need.name is None or re.search(need.name, model_name(run)) is not None))
 
 
 def resolve(claim: Claim, runs: list[dict], column_of: Callable[[Need], str | None] | None = None,

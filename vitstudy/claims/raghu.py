@@ -139,9 +139,10 @@ FIG9_CNN = Claim(PAPER, "Fig. 9", "ResNet positions are less spatially discrimin
                  lambda t: _localises(t, "vit") - _localises(t, "cnn"), 0.0, ">")
 FIG10 = Claim(PAPER, "Fig. 10", "A GAP-trained ViT localises less in its final block than a CLS-trained one",
               "localisation contrast (own patch minus others, CKA) of the GAP ViT minus the CLS ViT",
-              {"gap": Need("spatial_localization", "vit"), "cls": Need("spatial_localization", "vit")},
+              {"gap": Need("spatial_localization", "vit", name="gap"),
+               "cls": Need("spatial_localization", "vit", name="^(?!.*gap)")},
               lambda t: _localises(t, "gap") - _localises(t, "cls"), 0.0, "<",
-              caveat="the two roles are told apart by run order (GAP model first); see conf/experiment/raghu_fig10.yaml")
+              caveat="needs a CLS-trained ViT beside the GAP one: vitstudy run -m experiment=raghu_fig10 model=vit_m16_gap,vit_b16")
 FIG13 = Claim(PAPER, "Fig. 13", "ViTs learn stronger intermediate representations than ResNets (linear probes)",
               "mean test accuracy of the probes of the upper half of layers, ViT minus ResNet",
               {"vit": Need("linear_probe", "vit"), "cnn": Need("linear_probe", "cnn")}, _fig13, 0.0, ">",
