@@ -172,7 +172,8 @@ def recompute(out: Path) -> dict[tuple[str, str], float]:
     lower = across[across.index_y < half]
     vals["Fig. 2", "The ResNet's lower"] = lower[lower.index_x < k].cka.mean() - lower[lower.index_x >= nx - k].cka.mean()
     k3 = max(1, math.ceil(nx / 3))
-    vals["Fig. 2", "The final third"] = across[across.index_x >= nx - k3].cka.mean() - across[across.index_x < nx - k3].cka.mean()
+    best = across.groupby("index_x").cka.max()
+    vals["Fig. 2", "The final third"] = best[best.index >= nx - k3].mean() - best[best.index < nx - k3].mean()
     att = read("attention_distance")
     first, last = att[att.block == att.block.min()].mean_distance, att[att.block == att.block.max()].mean_distance
     vals["Fig. 3", "Lower layers"] = np.std(first.to_numpy()) - np.std(last.to_numpy())
