@@ -36,6 +36,10 @@ def attach_findings(found: list[Section], root: Path) -> list:
         first = next(iter(f.claim.needs.values()))
         if first.analysis in by_analysis:
             by_analysis[first.analysis].findings.append(f)
+    for s in generic:  # a tour section is named by the paper figures it checks
+        figures = list(dict.fromkeys(f"{f.claim.paper}, {f.claim.figure}" for f in s.findings))
+        if figures:
+            s.title = f"{'; '.join(figures)}: {s.title}"
     return out + rest
 
 
@@ -57,7 +61,6 @@ def collect(dirs: list[str], out: str | None = None) -> Path:
     found = sections(runs, problems)
     findings = attach_findings(found, roots[0])
     found = paper_order(found)
-    write_csv(out_dir / "findings.csv", claims.frame(findings))
     grids = {}
     for s in found:
         if s.root is None and s.analysis and s.runs:
@@ -67,5 +70,8 @@ def collect(dirs: list[str], out: str | None = None) -> Path:
     failed = pd.DataFrame(problems, columns=PROBLEM_COLUMNS)
     write_csv(out_dir / "failed.csv", failed[["dir", "status", "error", "overrides", "log"]])
     missing = missing_experiments(found, roots) if any(s.experiment for s in found) else []
+    findings += [claims.Finding(c, target=e.name, note=why) for e, why in missing if not why.startswith("not run")
+                 for c in claims.CLAIMS.get(e.name, [])]  # a target that stopped before its jobs: its claims missing
+    write_csv(out_dir / "findings.csv", claims.frame(findings))
     write_text(out_dir / "index.html", write_page(out_dir, found, failed, roots, written, grids, missing))
     return out_dir

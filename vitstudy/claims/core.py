@@ -302,6 +302,7 @@ def evaluate(claim: Claim, tables: dict[str, Table]) -> Finding:
     f.verdict = claim.judge(f.ci_low, f.ci_high)
     if not np.isfinite(value):
         f.verdict = "inconclusive"
+        f.note = f"the statistic is not finite ({value}): an input cell is infinite or undefined (see the table's flag column)"
     return f
 
 
