@@ -9,9 +9,9 @@ from .core import Claim, Need
 from .stats import far_cka, group_means, mean, quarter
 
 PAPER = "Raghu et al. 2021"
-DATA_CAVEAT = ("depends on training data: with less pre-training data ViTs learn fewer local heads in lower layers "
-               "(Raghu et al. Figs 4, 5, 7, C.5); a small ViT trained on CIFAR-10 alone, like the bundled one, is such "
-               "a model, so near-uniform attention there is the paper's finding, not a failure")
+DATA_CAVEAT = ("depends on training data and scale: trained on less data, ViTs learn fewer local heads in their lower "
+               "layers (Raghu et al. Fig. 4 and C.5, experiment raghu_fig4); a small ViT trained on CIFAR-10 alone, like "
+               "the bundled one, is such a model, so near-uniform attention there is the paper's finding, not a failure")
 
 
 def _fig1(t):
