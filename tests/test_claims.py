@@ -247,3 +247,30 @@ def test_docs_claims_md_is_generated_from_the_declarations():
     text = (Path(__file__).resolve().parent.parent / "docs" / "claims.md").read_text()
     assert text == markdown(), "stale: python -m vitstudy.claims > docs/claims.md"
     assert all(f"`{t}`" in text for t in claims.CLAIMS) and len(claims.CLAIMS) == 22
+
+
+def test_independent_rows_use_their_spread(tmp_path):
+    """Dosovitskiy Fig. 6 on a rollout table of 5 images: mean normalised entropy, se = sd / sqrt(5), t with 4 df."""
+    ent = np.array([0.80, 0.85, 0.90, 0.70, 0.75])
+    _write(tmp_path / "roll", "attention_rollout", "vit_large_patch16_224",
+           pd.DataFrame({"order": range(5), "entropy_normalised": ent}))
+    (f,) = claims.for_target("vit_fig6", records(tmp_path))
+    se = ent.std(ddof=1) / np.sqrt(5)
+    assert f.value == pytest.approx(0.8) and f.ci_high == pytest.approx(0.8 + T975_DF4 * se, rel=1e-6)
+    assert f.verdict == "holds"  # well below 1 (uniform)
+
+
+def test_roles_told_apart_by_model_name(tmp_path):
+    """Raghu Fig. 10: the GAP ViT against the CLS ViT of one multirun, each found by its timm name."""
+    def loc(job, model, self_cka):
+        p, q = np.meshgrid(np.arange(4), np.arange(4), indexing="ij")
+        cka = np.where(p == q, self_cka, 0.2).ravel()
+        df = pd.DataFrame({"model": model, "p": p.ravel(), "q": q.ravel(), "cka": cka, "is_self": (p == q).ravel()})
+        _write(job, "spatial_localization", model, df, {"values": cka[None, :] + 0.001 * np.arange(5)[:, None] * cka[None, :],
+                                                        "strata": np.zeros(5, dtype=np.int64), "units": np.arange(5),
+                                                        "column": np.array("cka")})
+    loc(tmp_path / "0", "vit_medium_patch16_gap_256.sw_in12k_ft_in1k", 0.4)
+    loc(tmp_path / "1", "vit_base_patch16_224.augreg_in21k_ft_in1k", 0.9)
+    (f,) = claims.for_target("raghu_fig10", records(tmp_path))
+    assert f.value == pytest.approx((0.4 - 0.2) - (0.9 - 0.2)) and f.verdict == "holds"
+    assert f.models == ["vit_medium_patch16_gap_256", "vit_base_patch16_224"]
