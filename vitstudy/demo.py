@@ -124,6 +124,9 @@ def tour(run, out: str | Path = "outputs/tour", extra: list[str] | None = None) 
     for name, overrides in TOUR_RUNS.items():
         _run(name, overrides, out, list(extra or []), run)
     report = collect([str(out)], str(out / "report"))
+    checked = pd.read_csv(Path(report) / "findings.csv")
+    counts = ", ".join(f"{n} {v}" for v, n in checked.verdict.value_counts().items())
     print(f"vitstudy tour: {len(DEMO_RUNS) + len(TOUR_RUNS)} runs in {time.perf_counter() - t:.0f} s; "
+          f"{len(checked)} paper claims checked ({counts}): {Path(report) / 'findings.csv'}; "
           f"report: {Path(report) / 'index.html'}")
     return Path(report)
