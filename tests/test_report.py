@@ -259,6 +259,23 @@ def test_figure_report_has_a_section_per_target(figure_dirs):
         originals = list(figure_dirs.glob(f"fig-raghu-*/*/{name}"))
         assert any((out / src).read_bytes() == o.read_bytes() for o in originals)
     assert "href='../fig-raghu-7/0/skip_ratio.csv'" in fig7
+    # the paper's claims checked on each target's jobs: findings.csv, a verdict per section and in the contents
+    found = pd.read_csv(out / "findings.csv")
+    row = found[found.target == "raghu_fig7"].iloc[0]
+    summ = pd.read_csv(figure_dirs / "fig-raghu-7" / "0" / "skip_ratio_summary.csv")
+    summ = summ[summ.group == "all"]
+    cnn = summ.model.str.startswith("resnet")
+    expected = summ[~cnn].ratio.mean() - summ[cnn].ratio.mean()  # random-init ResNet blocks can give infinite ratios
+    assert row.value == pytest.approx(expected, rel=1e-9) or row.value == expected
+    if np.isfinite(expected):
+        assert row.verdict in ("holds", "contradicted", "inconclusive") and row.ci_low <= row.value <= row.ci_high
+    else:
+        assert row.verdict == "inconclusive" and "not finite" in row.note
+    assert f"<span class='verdict {row.verdict}'>{row.verdict}</span>" in fig7 and "Paper finds</b> (Raghu et al. 2021, Fig. 7)" in fig7
+    assert set(found[found.target == "raghu_fig8"].verdict) <= {"holds", "contradicted", "inconclusive", "missing"}
+    fig5 = found[found.target == "raghu_fig5"]  # its directory has no job: its claim is listed as missing, with why
+    assert fig5.verdict.tolist() == ["missing"] and "no job" in fig5.note.item()
+    assert "this run (claims)" in html
     # collecting again rewrites the page's folder (no stale figures)
     (out / "index_files" / "stale.png").write_bytes(b"x")
     assert vitstudy(["collect", str(figure_dirs), "--out", str(out)]) == 0

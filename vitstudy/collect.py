@@ -10,14 +10,37 @@ from pathlib import Path
 
 import pandas as pd
 
+from . import claims
 from .errors import VitstudyError
 from .pipeline.results import write_csv, write_figure, write_text
 from .report.grid import figure_grid
 from .report.page import write_page
 from .report.runs import PROBLEM_COLUMNS, find_runs, summarise, varying
-from .report.sections import missing_experiments, sections
+from .report.sections import Section, missing_experiments, paper_order, sections
 
-__all__ = ["collect", "find_runs", "summarise", "varying", "figure_grid"]
+__all__ = ["collect", "find_runs", "summarise", "varying", "figure_grid", "attach_findings"]
+
+
+def attach_findings(found: list[Section], root: Path) -> list:
+    """Every figure target's claims on its jobs, and the tour's claims on the runs outside figure targets (those
+    whose analyses ran here), each attached to its section; returns them all (findings.csv, in the papers' order)."""
+    out = []
+    for s in found:
+        if s.experiment is not None:
+            s.findings = claims.for_target(s.experiment.name, s.runs, root)
+            out += s.findings
+    generic = [s for s in found if s.experiment is None and s.root is None]
+    by_analysis = {s.analysis: s for s in generic}
+    rest = claims.for_runs([r for s in generic for r in s.runs], root=root)
+    for f in rest:
+        first = next(iter(f.claim.needs.values()))
+        if first.analysis in by_analysis:
+            by_analysis[first.analysis].findings.append(f)
+    for s in generic:  # a tour section is named by the paper figures it checks
+        figures = list(dict.fromkeys(f"{f.claim.paper}, {f.claim.figure}" for f in s.findings))
+        if figures:
+            s.title = f"{'; '.join(figures)}: {s.title}"
+    return out + rest
 
 
 def collect(dirs: list[str], out: str | None = None) -> Path:
@@ -36,6 +59,8 @@ def collect(dirs: list[str], out: str | None = None) -> Path:
         written[name] = out_dir / f"{name}.csv"
         write_csv(written[name], df)
     found = sections(runs, problems)
+    findings = attach_findings(found, roots[0])
+    found = paper_order(found)
     grids = {}
     for s in found:
         if s.root is None and s.analysis and s.runs:
@@ -45,5 +70,8 @@ def collect(dirs: list[str], out: str | None = None) -> Path:
     failed = pd.DataFrame(problems, columns=PROBLEM_COLUMNS)
     write_csv(out_dir / "failed.csv", failed[["dir", "status", "error", "overrides", "log"]])
     missing = missing_experiments(found, roots) if any(s.experiment for s in found) else []
+    findings += [claims.Finding(c, target=e.name, note=why) for e, why in missing if not why.startswith("not run")
+                 for c in claims.CLAIMS.get(e.name, [])]  # a target that stopped before its jobs: its claims missing
+    write_csv(out_dir / "findings.csv", claims.frame(findings))
     write_text(out_dir / "index.html", write_page(out_dir, found, failed, roots, written, grids, missing))
     return out_dir

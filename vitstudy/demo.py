@@ -53,9 +53,23 @@ def _interval(row) -> str:
     return ""
 
 
+def verdicts(out: Path, pairs=None) -> list:
+    """The papers' claims checked on the runs under `out` (claims.Finding), the demo's three by default."""
+    from . import claims
+    from .claims.core import run_record
+
+    runs = [run_record(p.parent) for p in sorted(Path(out).glob("*/run.json"))]
+    return claims.for_runs(runs, claims.DEMO if pairs is None else pairs, root=Path(out))
+
+
+def _verdict(f) -> str:
+    return f"{f.claim.paper} {f.claim.figure}, \"{f.claim.text}\": {f.summary()}"
+
+
 def findings(out: Path) -> list[str]:
-    """Three sentences with the numbers, read back from the CSVs the demo wrote (never from memory)."""
+    """Three findings with their verdicts and numbers, read back from the CSVs the demo wrote (never from memory)."""
     out = Path(out)
+    checked = verdicts(out)
     lines = []
     ends = {}
     for key, label in (("vit", "ViT"), ("resnet", "ResNet")):
@@ -64,17 +78,17 @@ def findings(out: Path) -> list[str]:
         cell = df[(df.index_x == first) & (df.index_y == last)].iloc[0]
         ends[label] = (cell.cka, _interval(cell), cell.layer_x, cell.layer_y)
     v, r = ends["ViT"], ends["ResNet"]
-    lines.append(f"CKA between first and last block: ViT {v[0]:.2f}{v[1]} ({v[2]} vs {v[3]}), ResNet {r[0]:.2f}{r[1]} ({r[2]} vs {r[3]}); "
+    lines.append(f"{_verdict(checked[0])}. CKA between first and last block: ViT {v[0]:.2f}{v[1]} ({v[2]} vs {v[3]}), ResNet {r[0]:.2f}{r[1]} ({r[2]} vs {r[3]}); "
                  f"{'the ViT keeps more of its first representation across depth (Raghu et al. Fig. 1)' if v[0] > r[0] else 'here the ResNet is the more uniform one, unlike Raghu et al. Fig. 1'}.")
     across = pd.read_csv(out / "cka_across" / "cka_across.csv")
     last_vit = across[across.index_x == across.index_x.max()]
     best = last_vit.loc[last_vit.cka.idxmax()]
-    lines.append(f"The ViT's last block ({best.layer_x}) is closest to the ResNet's {best.layer_y} "
+    lines.append(f"{_verdict(checked[2])}. The ViT's last block ({best.layer_x}) is closest to the ResNet's {best.layer_y} "
                  f"({_stage(best.layer_y)}), CKA {best.cka:.2f}{_interval(best)}, of {across.index_y.max() + 1} ResNet blocks.")
     mid = across.index_y.max() // 2
     mid_rows = across[across.index_y == mid]
     match = mid_rows.loc[mid_rows.cka.idxmax()]
-    lines.append(f"The ResNet's middle block ({match.layer_y}) is closest to ViT {match.layer_x} of {across.index_x.max() + 1} "
+    lines.append(f"{_verdict(checked[1])}. The ResNet's middle block ({match.layer_y}) is closest to ViT {match.layer_x} of {across.index_x.max() + 1} "
                  f"(CKA {match.cka:.2f}{_interval(match)}): the ViT reaches mid-ResNet representations "
                  f"{'earlier' if match.index_x / across.index_x.max() < mid / across.index_y.max() else 'no earlier'} "
                  f"in relative depth (Raghu et al. Fig. 2).")
@@ -89,6 +103,10 @@ def demo(run, out: str | Path = "outputs/demo", extra: list[str] | None = None) 
     for name, overrides in DEMO_RUNS.items():
         _run(name, overrides, out, list(extra or []), run)
     lines = findings(out)
+    from . import claims
+    from .pipeline.results import write_csv
+
+    write_csv(out / "findings.csv", claims.frame(verdicts(out)))
     print(f"\nvitstudy demo ({time.perf_counter() - t:.0f} s; bundled ViT-mini and ResNet-mini trained on CIFAR-10, "
           f"1,000 bundled CIFAR-10 test images; CSVs and figures under {out}/):")
     for line in lines:
@@ -106,6 +124,9 @@ def tour(run, out: str | Path = "outputs/tour", extra: list[str] | None = None) 
     for name, overrides in TOUR_RUNS.items():
         _run(name, overrides, out, list(extra or []), run)
     report = collect([str(out)], str(out / "report"))
+    checked = pd.read_csv(Path(report) / "findings.csv")
+    counts = ", ".join(f"{n} {v}" for v, n in checked.verdict.value_counts().items())
     print(f"vitstudy tour: {len(DEMO_RUNS) + len(TOUR_RUNS)} runs in {time.perf_counter() - t:.0f} s; "
+          f"{len(checked)} paper claims checked ({counts}): {Path(report) / 'findings.csv'}; "
           f"report: {Path(report) / 'index.html'}")
     return Path(report)

@@ -43,6 +43,11 @@ table{border-collapse:collapse;font-size:13px;margin:6px 0} td,th{border:1px sol
 th{background:#f3f3f3} table.settings th{width:110px} table.jobs{width:100%} table.toc td,table.toc th{padding:5px 8px;font-size:14px} table.toc td:nth-child(2){width:48%}
 details{margin:8px 0} summary{cursor:pointer;color:#2b6cb0} .csv{overflow-x:auto;max-width:100%}
 a{color:#2b6cb0} code{font-size:13px}
+.claims{margin:8px 0 12px;padding:0;list-style:none} .claims li{border-left:4px solid #a0aec0;background:#f7fafc;padding:6px 12px;margin:6px 0}
+.claims li.holds{border-left-color:#2f855a} .claims li.contradicted{border-left-color:#c53030} .claims li.inconclusive{border-left-color:#b7791f}
+.verdict{font-weight:700;padding:0 5px;border-radius:3px;color:#fff;white-space:nowrap} .verdict.holds{background:#2f855a}
+.verdict.contradicted{background:#c53030} .verdict.inconclusive{background:#b7791f} .verdict.missing{background:#718096}
+.stat{color:#555;font-size:13px} .caveat{color:#744210;font-size:13px}
 """
 
 
@@ -96,13 +101,13 @@ def _contents(sections: list[Section], missing: list) -> str:
         wall = sum(float(r.get("wall_time_s") or 0) for r in s.runs)
         models = sorted({str(m.get("name", "?")).split(".")[0] for r in s.runs for m in (r.get("models") or {}).values()})
         images = sorted({str(rep.get("images")) for r in s.runs for rep in (r.get("images") or [])[:1]})
-        what = s.experiment.finds if s.experiment else (s.runs[0].get("analysis", "") if s.runs else "")
+        what = s.experiment.finds if s.experiment else _summary(s.analysis)
         rows.append(f"<tr><td><a href='#{s.key}'>{html.escape(s.title)}</a><br><span class=dim><code>{html.escape(s.key)}</code></span></td>"
-                    f"<td>{html.escape(what)}</td><td>{html.escape(_clip(', '.join(models), 110)) or '-'}</td>"
+                    f"<td>{html.escape(what)}</td><td>{_verdicts(s.findings)}</td><td>{html.escape(_clip(', '.join(models), 110)) or '-'}</td>"
                     f"<td>{'/'.join(images) or '-'}</td><td>{status or '-'}</td><td>{_secs(wall) if wall else '-'}</td></tr>")
     figures = any(s.experiment for s in sections)
     table = (f"<table class=toc><tr><th>{'figure' if figures else 'analysis'}</th>"
-             f"<th>{'the paper finds' if figures else 'what'}</th><th>models</th><th>images</th><th>jobs</th><th>wall time</th></tr>"
+             f"<th>{'the paper finds' if figures else 'what'}</th><th>this run (claims)</th><th>models</th><th>images</th><th>jobs</th><th>wall time</th></tr>"
              + "".join(rows) + "</table>")
     absent = [e for e, why in missing if why.startswith("not run")]
     for e, why in missing:
@@ -114,6 +119,44 @@ def _contents(sections: list[Section], missing: list) -> str:
     return table
 
 
+def _summary(analysis: str | None) -> str:
+    """The analysis' one-line summary from the registry (what it measures), or its name when unknown."""
+    if not analysis:
+        return ""
+    from ..analyses import REGISTRY
+
+    entry = REGISTRY.get(analysis)
+    return getattr(entry, "summary", None) or analysis
+
+
+def _verdicts(findings: list) -> str:
+    """'2 holds · 1 contradicted' in the verdicts' colours, '-' without claims."""
+    if not findings:
+        return "-"
+    counts = {}
+    for f in findings:
+        counts[f.verdict] = counts.get(f.verdict, 0) + 1
+    return " ".join(f"<span class='verdict {v}'>{n} {v}</span>" for v, n in counts.items())
+
+
+def _claims(findings: list) -> str:
+    """Per claim: what the paper finds, and this run's verdict with the value and its 95% interval."""
+    if not findings:
+        return ""
+    items = []
+    for f in findings:
+        c = f.claim
+        where = f"{c.paper}, {c.figure}" if c.paper else ""
+        this = (f"<span class='verdict missing'>missing</span> {html.escape(f.note)}" if f.verdict == "missing" else
+                f"<span class='verdict {f.verdict}'>{f.verdict}</span>, {html.escape(f.summary().split(', ', 1)[1])}"
+                f" <span class=stat>{html.escape(c.statistic)}; {html.escape(f.method)}"
+                + (f"; {html.escape(', '.join(f.models))}" if f.models else "") + "</span>")
+        caveat = f"<br><span class=caveat>{html.escape(c.caveat)}</span>" if c.caveat else ""
+        items.append(f"<li class={f.verdict}><b>Paper finds</b> ({html.escape(where)}): {html.escape(c.text)}.<br>"
+                     f"<b>This run:</b> {this}{caveat}</li>")
+    return "<ul class=claims>" + "".join(items) + "</ul>"
+
+
 def _section(s: Section, out: Path, files: Path, grid: Path | None) -> str:
     exp = s.experiment
     cls = "" if exp else " class=generic"
@@ -122,9 +165,11 @@ def _section(s: Section, out: Path, files: Path, grid: Path | None) -> str:
     if exp:
         if exp.finds:
             parts.append(f"<p class=finds><b>The paper finds:</b> {html.escape(exp.finds)}</p>")
+        parts.append(_claims(s.findings))
         parts.append(f"<p class=measures><b>This run</b> (<code>experiment={html.escape(exp.name)}</code>): {html.escape(exp.measures)}</p>")
     elif s.runs:
-        parts.append(f"<p class=measures>{_plural(len(s.runs), 'run')}"
+        parts.append(_claims(s.findings))
+        parts.append(f"<p class=measures>{html.escape(_summary(s.analysis))}: {_plural(len(s.runs), 'run')}"
                      + (f" varying {', '.join(_code(k) for k in s.axes)}" if s.axes else "") + ".</p>")
     shared = _shared_overrides(s)
     for p in s.problems:

@@ -23,6 +23,7 @@ class Section:
     problems: list[dict] = field(default_factory=list)
     labels: dict[str, str] = field(default_factory=dict)  # str(run dir) -> what tells it apart from the others
     axes: list[str] = field(default_factory=list)  # the config keys that vary between its runs
+    findings: list = field(default_factory=list)  # claims.Finding: the paper's findings checked on these runs
 
     @property
     def jobs(self) -> int:
@@ -175,3 +176,15 @@ def missing_experiments(sections: list[Section], roots: list[Path]) -> list[tupl
         out.append((exp, f"{dirs[0]} has no job directory (the make target stopped before any job started)" if dirs
                     else f"not run here (make {exp.target})"))
     return out
+
+
+def paper_order(found: list[Section]) -> list[Section]:
+    """The sections in the papers' order: figure targets first (already so), then the analysis sections by the
+    earliest figure their claims check (the tour reads like the papers), those without claims last."""
+    figure = [s for s in found if s.root is not None or s.experiment is not None]
+    other = [s for s in found if s not in figure]
+
+    def rank(s: Section):
+        targets = [f.target for f in s.findings if f.target]
+        return (0, min(sort_key(t) for t in targets)) if targets else (1, (9,), s.title)
+    return figure + sorted(other, key=rank)
