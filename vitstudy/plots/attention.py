@@ -127,7 +127,7 @@ def depth_scatter(df: pd.DataFrame):
 
 def local_global(df: pd.DataFrame, title: str):
     """CKA of head subsets against their mean attention distance, one line per reference layer."""
-    fig, ax = plt.subplots(figsize=(4.6, 3.4))
+    fig, ax = plt.subplots(figsize=(5.2, 3.4))
     for layer in dict.fromkeys(df.reference_layer):
         d = df[df.reference_layer == layer].sort_values("subset_mean_distance")
         line, = ax.plot(d.subset_mean_distance, d.cka, marker="o", markersize=3, label=layer)
@@ -136,8 +136,9 @@ def local_global(df: pd.DataFrame, title: str):
                         elinewidth=0.8, capsize=1.5)
     ax.set_xlabel("mean distance of head subset (px)")
     ax.set_ylabel("CKA")
-    ax.set_title(title, fontsize=8)
-    ax.legend(fontsize=7, title="reference layer", title_fontsize=7)
+    ax.set_title(wrap(title, 60), fontsize=8)
+    ax.legend(fontsize=7, title="reference layer", title_fontsize=7, loc="upper left", bbox_to_anchor=(1.02, 1.0),
+              frameon=False)  # beside the curves, never over them
     fig.tight_layout()
     return fig
 
