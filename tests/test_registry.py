@@ -1,11 +1,14 @@
 """Every registered analysis, with its own defaults, on a tiny version of the default ViT and of a ResNet: it runs and
-leaves a complete run directory, or refuses in one line saying why the model lacks what it needs."""
+leaves a complete run directory, or refuses in one line saying why the model lacks what it needs; and every figure
+it draws reads (no overlapping text, no legend over data: vitstudy.plots.layout, tests/test_figure_layout.py)."""
 import json
 
 import pytest
 
 from helpers import cli
 from vitstudy import analyses
+from vitstudy.pipeline import results
+from vitstudy.plots.layout import layout_problems
 
 # The default model's architecture (ViT-Ti/16: 3 heads) and the default reference's (ResNet-18), shrunk to 32 px;
 # 10 classes so that the synthetic images' labels are the models' classes (hessian, loss_landscape, accuracies).
@@ -41,8 +44,16 @@ CASES += [pytest.param(name, "vit", True, marks=pytest.mark.slow) for name in so
 
 
 @pytest.mark.parametrize("name, model, all_defaults", CASES)
-def test_every_analysis_runs_with_its_defaults(name, model, all_defaults, tmp_path, capsys):
+def test_every_analysis_runs_with_its_defaults(name, model, all_defaults, tmp_path, capsys, monkeypatch):
     out = tmp_path / "run"
+    problems = {}
+    write_figure = results.write_figure
+
+    def checked(stem, fig, formats=("png", "pdf")):  # the layout of each figure, checked before it is written
+        problems[stem.name] = layout_problems(fig)
+        return write_figure(stem, fig, formats)
+
+    monkeypatch.setattr(results, "write_figure", checked)
     extra = ["analysis.models=[vit_tiny,resnet18]", "analysis.pretrained=false"] if name == "cka_grid" else []
     extra += [] if all_defaults else CHEAPER.get(name, [])
     code, _, err = cli(["run", f"analysis={name}", *(VIT if model == "vit" else RESNET), *REFERENCE, *DATA, *extra,
@@ -58,3 +69,5 @@ def test_every_analysis_runs_with_its_defaults(name, model, all_defaults, tmp_pa
     for output in record["outputs"]:
         assert (out / output).stat().st_size > 0, output
     assert (out / f"{name}.csv").is_file()
+    unreadable = {k: v for k, v in problems.items() if v}
+    assert not unreadable, unreadable

@@ -22,6 +22,7 @@ from ..pipeline.engine import Reducer, stream
 from ..errors import VitstudyError
 from ..anatomy.blocks import block_names
 from ..pipeline.layers import Layer, features
+from ..metrics import attention as am
 from ..metrics import uncertainty
 from ..metrics.cka import MinibatchCKA, gram, u_center
 from ._registry import Params, Result, at_least, register
@@ -88,7 +89,9 @@ class DistanceReducer(Reducer):
 
 
 def distance_table(m, stats: DistanceStats, site_list: list[Site], cfg) -> pd.DataFrame:
+    """One row per (block, head); `uniform_distance` is what uniform attention on that block's grid would give."""
     rows = []
+    uniform = {s.name: am.uniform_distance(s.dist, s.num_prefix) if s.dist is not None else float("nan") for s in site_list}
     for s in site_list:
         mean, std = stats.mean_std(s.name)
         se = std / np.sqrt(stats.n)  # images are independent draws; heads of one image are not
@@ -98,6 +101,7 @@ def distance_table(m, stats: DistanceStats, site_list: list[Site], cfg) -> pd.Da
             rows.append({"model": m.name, "label": m.label, "weights": m.weights, "block": s.block, "layer": s.name,
                          "head": h, "head_rank": int(rank[h]), "mean_distance": float(mean[h]),
                          **{k: float(v[h]) for k, v in ci.items()}, "std_distance": float(std[h]),
+                         "uniform_distance": uniform[s.name],
                          "num_images": stats.n, "uncertainty": "se_images", "kind": s.kind, "stride_px": s.stride[0], "grid": f"{s.grid[0]}x{s.grid[1]}",
                          "window": "" if s.window is None else f"{s.window[0]}x{s.window[1]}",
                          "shift": f"{s.shift[0]}x{s.shift[1]}", "prefix_tokens": s.num_prefix, "dataset": cfg.dataset.name})

@@ -16,6 +16,7 @@ import torch
 
 from ..pipeline import data
 from ..plots import cka as plots_cka
+from ..plots import model_label
 from ..pipeline.engine import Reducer, stream
 from ..errors import VitstudyError
 from ..pipeline.layers import Layer, features
@@ -270,9 +271,10 @@ def _run(ctx, within: bool) -> Result:
     name = "cka_within" if within else "cka_across"
     df = table(est, mx, my, lx, ly, cfg, images)
     estimator = "minibatch unbiased" if cfg.cka.estimator == "unbiased" else "full-set biased"
-    title = f"CKA within {mx.label}" if within else f"CKA: {mx.label} vs {my.label}"
+    nx, ny = model_label(mx.label, mx.weights), model_label(my.label, my.weights)  # "(random init)" when untrained
+    title = f"CKA within {nx}" if within else f"CKA: {nx} vs {ny}"
     subtitle = f"{estimator}, tokens={cfg.tokens}, {images} images x {cfg.cka.repeats}"
-    fig = heatmap(est, f"{mx.label} layer", f"{my.label} layer", f"{title}\n{subtitle}")
+    fig = heatmap(est, f"{nx} layer", f"{ny} layer", f"{title}\n{subtitle}")
     result = Result({name: df}, {name: fig}, {"layers": {m.key: [l.name for l in ls] for m, ls in zip(models, layers)},
                                               "uncertainty": {name: est.info()}},
                     info["repeats"], replicates={name: est.replicate_record()} if est.replicates is not None else {})

@@ -76,6 +76,19 @@ def window_mean_distance(attn: torch.Tensor, dist: torch.Tensor) -> torch.Tensor
     return per / (nw * n)
 
 
+def uniform_distance(dist: torch.Tensor, num_prefix: int = 0) -> float:
+    """The mean attention distance a head attending uniformly would get: the reference for "local" and "global".
+
+    Global attention, dist (N, N): every query spreads 1/N over all N tokens, prefix keys included and dropped
+    without renormalising as `mean_distance` does, so sum_j D_ij / N averaged over the patch queries. Swin windows,
+    dist (windows, n, n): 1/n over the window's tokens, averaged over every query.
+    """
+    if dist.dim() == 3:
+        return float(dist.to(torch.float64).mean())
+    n = dist.shape[-1]
+    return float(dist[num_prefix:, num_prefix:].to(torch.float64).sum() / ((n - num_prefix) * n))
+
+
 def residual_attention(attn_mean: torch.Tensor, residual: float = 0.5) -> torch.Tensor:
     """Ã = r A + (1 - r) I for head-averaged attention (B, N, N); rows still sum to 1 when A's do."""
     eye = torch.eye(attn_mean.shape[-1], dtype=attn_mean.dtype, device=attn_mean.device)

@@ -11,7 +11,31 @@ import pandas as pd
 
 import matplotlib.pyplot as plt
 
-from . import sns  # noqa: F401  (Agg backend and theme)
+from . import model_label, sns, wrap  # noqa: F401  (Agg backend and theme)
+
+UNIFORM = dict(color="0.45", ls="--", lw=1.0)  # the uniform-attention reference line
+
+
+def _label(d: pd.DataFrame) -> str:
+    return model_label(d.label.iloc[0], d.weights.iloc[0] if "weights" in d else None)
+
+
+def _uniform(d: pd.DataFrame) -> float | None:
+    """The uniform-attention mean distance of one block's rows (the table's `uniform_distance`), if known."""
+    if "uniform_distance" not in d:
+        return None
+    u = d.uniform_distance.dropna()
+    return float(u.iloc[0]) if len(u) else None
+
+
+def _top(df: pd.DataFrame) -> float:
+    """One y range for every panel (compared models are read on one scale), above the uniform reference."""
+    highs = [float(df.mean_distance.max())]
+    if "mean_distance_ci_high" in df:
+        highs.append(float(df.mean_distance_ci_high.max()))
+    if "uniform_distance" in df and df.uniform_distance.notna().any():
+        highs.append(float(df.uniform_distance.max()))
+    return max(1.0, max(h for h in highs if np.isfinite(h)) * 1.12)
 
 
 def _err(df: pd.DataFrame, value: str) -> np.ndarray:
@@ -33,8 +57,8 @@ def sorted_heads(df: pd.DataFrame, blocks: list[int]):
         depth = sorted(df[df.model == name].block.unique())
         chosen[name] = list(dict.fromkeys(depth[b] for b in blocks))  # -1 and 1 coincide in a 2-block model
     cols = max(len(c) for c in chosen.values())
-    fig, axes = plt.subplots(len(names), cols, figsize=(2.6 * cols, 2.4 * len(names)), sharey=True, squeeze=False)
-    top = max(1.0, float(df.mean_distance.max()) * 1.1)
+    fig, axes = plt.subplots(len(names), cols, figsize=(2.6 * cols, 2.5 * len(names) + 0.4), sharey=True, squeeze=False)
+    top = _top(df)
     for ax in axes.flat:
         ax.set_visible(False)
     for r, name in enumerate(names):
@@ -48,42 +72,62 @@ def sorted_heads(df: pd.DataFrame, blocks: list[int]):
             if "mean_distance_ci_low" in rows:  # 95% interval over images
                 ax.errorbar(np.arange(len(rows)), rows.mean_distance,
                             yerr=_err(rows, "mean_distance"), fmt="none", ecolor=sns.color_palette()[0], elinewidth=0.8, capsize=1.5)
-            ax.set_title(f"{rows.label.iloc[0]}\nblock {block} ({rows.layer.iloc[0]})", fontsize=7)
+            uniform = _uniform(rows)
+            if uniform is not None:
+                ax.axhline(uniform, **UNIFORM, label="uniform attention")
+            ax.set_title(wrap(_label(rows), 30) + f"\nblock {block} ({rows.layer.iloc[0]})", fontsize=7)
             ax.set_ylim(0, top)
+            ax.tick_params(labelsize=7)
             ax.set_xlabel("sorted attention head", fontsize=8)
             if c == 0:
                 ax.set_ylabel("mean distance (px)", fontsize=8)
-    fig.suptitle(f"Mean attention distance, {int(df.num_images.iloc[0])} images (bars: 95% interval over images)", fontsize=9)
+    note = ", dashed: uniform attention" if "uniform_distance" in df and df.uniform_distance.notna().any() else ""
+    fig.suptitle(wrap(f"Mean attention distance, {int(df.num_images.iloc[0])} images (bars: 95% interval over images{note})",
+                      int(16 * cols)), fontsize=9)
     fig.tight_layout()
     return fig
 
 
 def depth_scatter(df: pd.DataFrame):
-    """One panel per model: every head's mean distance against the block index (network depth)."""
+    """One panel per model: every head's mean distance against the block index (network depth), one colour per
+    head (legend beside the panels), the uniform-attention distance of each block as a dashed line."""
     names = _models(df)
-    fig, axes = plt.subplots(1, len(names), figsize=(3.6 * len(names), 3.2), sharey=True, squeeze=False)
-    top = max(1.0, float(df.mean_distance.max()) * 1.1)
+    # at least 7 in wide: the report shows figures at full width, and a narrow one would be blown up (huge fonts)
+    fig, axes = plt.subplots(1, len(names), figsize=(max(7.0, 3.4 * len(names) + 1.6), 3.0), sharey=True, squeeze=False)
+    top = _top(df)
+    heads = int(df["head"].max()) + 1
+    palette = sns.color_palette("husl", heads)
     for ax, name in zip(axes[0], names):
         d = df[df.model == name]
-        heads = int(d["head"].max()) + 1
-        palette = sns.color_palette("husl", heads)
         for h in range(heads):
             sel = d[d["head"] == h]
-            ax.scatter(sel.block, sel.mean_distance, s=8, color=palette[h], alpha=0.8, label=f"head {h}")
+            if sel.empty:
+                continue
+            ax.scatter(sel.block, sel.mean_distance, s=10, color=palette[h], alpha=0.85, label=f"head {h}")
             if "mean_distance_ci_low" in sel:
                 ax.errorbar(sel.block, sel.mean_distance, yerr=_err(sel, "mean_distance"), fmt="none",
                             ecolor=palette[h], alpha=0.6, elinewidth=0.6)
-        ax.set_xlabel("network depth (block)")
-        ax.set_title(d.label.iloc[0], fontsize=8)
+        if "uniform_distance" in d:
+            per_block = d.groupby("block").uniform_distance.first()
+            values = per_block.dropna().unique()
+            name = f"uniform attention ({values[0]:.1f} px)" if len(values) == 1 else "uniform attention"
+            ax.plot(per_block.index, per_block.to_numpy(), **UNIFORM, label=name)
+        ax.xaxis.set_major_locator(plt.MaxNLocator(integer=True))
+        ax.set_xlabel("network depth (block)", fontsize=8)
+        ax.set_title(wrap(_label(d), 36), fontsize=8)
         ax.set_ylim(0, top)
-    axes[0, 0].set_ylabel("mean attention distance (px)")
+        ax.tick_params(labelsize=7)
+    axes[0, 0].set_ylabel("mean attention distance (px)", fontsize=8)
+    handles, labels = axes[0, 0].get_legend_handles_labels()
+    if heads <= 16:  # one entry per head; beyond that the colours only say "different heads"
+        axes[0, -1].legend(handles, labels, fontsize=7, loc="upper left", bbox_to_anchor=(1.02, 1.0), frameon=False)
     fig.tight_layout()
     return fig
 
 
 def local_global(df: pd.DataFrame, title: str):
     """CKA of head subsets against their mean attention distance, one line per reference layer."""
-    fig, ax = plt.subplots(figsize=(4.6, 3.4))
+    fig, ax = plt.subplots(figsize=(5.2, 3.4))
     for layer in dict.fromkeys(df.reference_layer):
         d = df[df.reference_layer == layer].sort_values("subset_mean_distance")
         line, = ax.plot(d.subset_mean_distance, d.cka, marker="o", markersize=3, label=layer)
@@ -92,8 +136,9 @@ def local_global(df: pd.DataFrame, title: str):
                         elinewidth=0.8, capsize=1.5)
     ax.set_xlabel("mean distance of head subset (px)")
     ax.set_ylabel("CKA")
-    ax.set_title(title, fontsize=8)
-    ax.legend(fontsize=7, title="reference layer", title_fontsize=7)
+    ax.set_title(wrap(title, 60), fontsize=8)
+    ax.legend(fontsize=7, title="reference layer", title_fontsize=7, loc="upper left", bbox_to_anchor=(1.02, 1.0),
+              frameon=False)  # beside the curves, never over them
     fig.tight_layout()
     return fig
 

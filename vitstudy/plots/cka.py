@@ -5,7 +5,7 @@ import matplotlib
 import matplotlib.pyplot as plt
 import numpy as np
 
-from . import sns  # noqa: F401  (Agg backend and theme)
+from . import sns, wrap  # noqa: F401  (Agg backend and theme)
 
 
 def _panel(ax, fig, matrix, xlabel, ylabel, title, cmap, vmin, vmax, label):
@@ -36,6 +36,8 @@ def cka_heatmap(matrix: np.ndarray, xlabel: str, ylabel: str, title: str, width:
     panels = 1 if width is None else 2
     fig, axes = plt.subplots(1, panels, figsize=(panel_w * panels, side), squeeze=False)
     ax = axes[0, 0]
+    chars = max(24, int((panel_w - 1.0) * 11))  # a 9-pt title over the panel, not over its neighbour
+    xlabel, ylabel, title = wrap(xlabel, chars), wrap(ylabel, int(side * 9)), wrap(title, chars)
     _panel(ax, fig, matrix, xlabel, ylabel, title, "magma", 0.0, 1.0, "CKA")
     if chance is not None and chance.any():
         i, j = np.nonzero(chance)
@@ -66,7 +68,7 @@ def cka_diagonal_curve(diag, label: str, subtitle: str):
     ax.set_xlabel("layer index (input to output)")
     ax.set_ylabel("CKA with the same layer")
     ax.set_ylim(0, 1.02)
-    ax.set_title(f"{label}\n{subtitle}", fontsize=8)
+    ax.set_title(wrap(f"{label}\n{subtitle}", 60), fontsize=8)
     ax.legend(fontsize=7, loc="lower left")
     fig.tight_layout()
     return fig
@@ -91,7 +93,7 @@ def cka_grid_figure(blocks: dict[tuple[int, int], np.ndarray], labels: list[str]
                 ax.set_xlabel(labels[i], fontsize=8)
             if i == 0 or (i - 1, j) not in blocks:
                 ax.set_ylabel(labels[j], fontsize=8)
-    fig.suptitle(title, fontsize=10)
+    fig.suptitle(wrap(title, int(16 * m)), fontsize=10)
     if im is not None:
         fig.colorbar(im, ax=axes, fraction=0.02, pad=0.02, label="CKA")
     return fig

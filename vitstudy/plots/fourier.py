@@ -12,15 +12,21 @@ import matplotlib.pyplot as plt
 from matplotlib.patches import Patch
 from matplotlib.ticker import FormatStrFormatter
 
-from . import sns  # noqa: F401  (Agg backend and theme)
+from . import sns, wrap  # noqa: F401  (Agg backend and theme)
 
 STYLE = {"transformer": ("tab:red", "o"), "cnn": ("tab:blue", "D")}
 SHADE = {"attention": ("tab:gray", "attention sublayer"), "downsampling": ("tab:blue", "downsampling")}
 
 
-def _panels(n: int, width: float, height: float = 4.0):
-    fig, axes = plt.subplots(1, n, figsize=(width * n, height), squeeze=False)
+def _panels(n: int, width: float, height: float = 4.0, layout: str | None = None):
+    """One row of panels sharing the y axis: compared models are read on one scale."""
+    fig, axes = plt.subplots(1, n, figsize=(width * n, height), squeeze=False, sharey=True, layout=layout)
     return fig, axes[0]
+
+
+def _title_width(width: float) -> int:
+    """Characters of a 9-pt title that fit over a panel `width` inches wide."""
+    return max(16, int(width * 11))
 
 
 def frequency_curves(panels: Sequence[dict], title: str):
@@ -29,7 +35,7 @@ def frequency_curves(panels: Sequence[dict], title: str):
     Each panel: {"title", "curves": [(depth, frequency, delta[, low, high]), ...]}; deeper latents are drawn first;
     low/high (the 95% interval over images) are drawn as a faint band around each curve.
     """
-    fig, axes = _panels(len(panels), 3.6)
+    fig, axes = _panels(len(panels), 3.6, layout="constrained")  # suptitle, titles and colorbar laid out together
     cmap = plt.get_cmap("plasma")
     for ax, panel in zip(axes, panels):
         for curve in sorted(panel["curves"], key=lambda c: -c[0]):
@@ -39,13 +45,13 @@ def frequency_curves(panels: Sequence[dict], title: str):
                 ax.fill_between(freq, curve[3], curve[4], color=cmap(depth), alpha=0.15, lw=0)
         ax.set_xlim(0, 1)
         ax.set_xlabel("Frequency")
-        ax.set_title(panel["title"], fontsize=9)
+        ax.set_title(wrap(panel["title"], _title_width(3.0)), fontsize=9)
         ax.xaxis.set_major_formatter(FormatStrFormatter("%.1fπ"))
         ax.yaxis.set_major_formatter(FormatStrFormatter("%.1f"))
     axes[0].set_ylabel(r"$\Delta$ Log amplitude")
     sm = plt.cm.ScalarMappable(cmap=cmap, norm=plt.Normalize(0, 1))
     fig.colorbar(sm, ax=list(axes), fraction=0.046, pad=0.04).set_label("Normalized depth")
-    fig.suptitle(title, fontsize=9)
+    fig.suptitle(wrap(title, _title_width(3.6 * len(panels))), fontsize=9)
     return fig
 
 
@@ -86,12 +92,12 @@ def depth_profile(panels: Sequence[dict], ylabel: str, title: str, zero_line: bo
         if ylim_bottom is not None and ok.any():
             ax.set_ylim(bottom=ylim_bottom)
         ax.set_xlabel("Normalized depth")
-        ax.set_title(panel["title"], fontsize=9)
+        ax.set_title(wrap(panel["title"], _title_width(4.6)), fontsize=9)
         if used:
             ax.legend(handles=[Patch(color=SHADE[k][0], alpha=0.3, label=SHADE[k][1]) for k in sorted(used)],
                       fontsize=7, loc="best", frameon=False)
     axes[0].set_ylabel(ylabel)
-    fig.suptitle(title, fontsize=9)
+    fig.suptitle(wrap(title, _title_width(5.2 * len(panels))), fontsize=9)
     fig.tight_layout()
     return fig
 
@@ -116,6 +122,6 @@ def noise_drop(series: Sequence[dict], ylabel: str, title: str):
     ax.set_ylabel(ylabel)
     ax.xaxis.set_major_formatter(FormatStrFormatter("%.1fπ"))
     ax.legend(fontsize=8, frameon=False)
-    ax.set_title(title, fontsize=9)
+    ax.set_title(wrap(title, _title_width(4.6)), fontsize=9)
     fig.tight_layout()
     return fig

@@ -5,7 +5,7 @@ import matplotlib.pyplot as plt
 import numpy as np
 import pandas as pd
 
-from . import sns  # noqa: F401  (Agg backend and theme)
+from . import model_label, sns, wrap  # noqa: F401  (Agg backend and theme)
 
 SUBLAYER_NAMES = {"attn": "Self-Attention", "mlp": "MLP", "res": "residual block"}
 
@@ -25,12 +25,13 @@ def skip_ratio_figure(tokens: pd.DataFrame, summary: pd.DataFrame, k: int, aggre
     """Fig. 7: per-token heatmaps (first k tokens x blocks) of the first model's sublayers, and per-block lines."""
     first = tokens.label.iloc[0]
     t0 = tokens[(tokens.label == first) & (tokens.token < k)]
+    shown = model_label(first, t0.weights.iloc[0] if "weights" in t0 else None)
     subs = list(dict.fromkeys(t0.sublayer))
     fig, axes = plt.subplots(1, len(subs) + 1, figsize=(4.2 * (len(subs) + 1), 3.8), squeeze=False)
     axes = axes[0]
     for ax, sub in zip(axes, subs):
         piv = t0[t0.sublayer == sub].pivot(index="index", columns="token", values="ratio")
-        _inf_heatmap(ax, piv.to_numpy(), f"{first}: {SUBLAYER_NAMES.get(sub, sub)}\n‖z‖/‖f(z)‖ ({aggregate})",
+        _inf_heatmap(ax, piv.to_numpy(), wrap(f"{shown}: {SUBLAYER_NAMES.get(sub, sub)}", 40) + f"\n‖z‖/‖f(z)‖ ({aggregate})",
                      "token (0 = CLS)" if t0.is_cls.any() else "token / position", "block", fig)
     ax = axes[-1]
     # spatial tokens and CLS separately, as the paper: per block its patches, or all positions where it has no
@@ -40,7 +41,7 @@ def skip_ratio_figure(tokens: pd.DataFrame, summary: pd.DataFrame, k: int, aggre
     drawn = summary[[g != "all" or k not in with_patches for k, g in zip(keys, summary.group)]]
     drawn = drawn.assign(group=drawn.group.replace("all", "patches"))
     for (label, sub, group), g in drawn.groupby(["label", "sublayer", "group"], sort=False):
-        name = f"{label} {SUBLAYER_NAMES.get(sub, sub)}" + (" CLS" if group == "cls" else "")
+        name = f"{model_label(label, g.weights.iloc[0] if 'weights' in g else None)} {SUBLAYER_NAMES.get(sub, sub)}" + (" CLS" if group == "cls" else "")
         g = g.sort_values("index")
         y = g.ratio.to_numpy(dtype=float)
         ok = np.isfinite(y)
@@ -54,7 +55,7 @@ def skip_ratio_figure(tokens: pd.DataFrame, summary: pd.DataFrame, k: int, aggre
                     transform=ax.get_xaxis_transform(), clip_on=False, label=f"{name}: ∞ (zero branch)")
     ax.set_xlabel("block index")
     ax.set_ylabel(f"‖z‖ / ‖f(z)‖ ({aggregate})")
-    ax.set_title("mean over tokens / positions (bands: 95% interval over images)", fontsize=9)
-    ax.legend(fontsize=7)
+    ax.set_title(wrap("mean over tokens / positions (bands: 95% interval over images)", 40), fontsize=9)
+    ax.legend(fontsize=7, loc="upper left", bbox_to_anchor=(1.02, 1.0), frameon=False)  # beside, never over, the lines
     fig.tight_layout()
     return fig

@@ -1,6 +1,7 @@
 """Figure grids for homogeneous sweeps: the runs' own figures side by side, only when a grid stays readable
 (one analysis, at most two varied keys as rows and columns, a few columns); otherwise the report shows one
-figure per run at full width."""
+figure per run at full width. Keys that vary together (model.name and its label, say) are one key: they would
+otherwise make a diagonal grid with blank cells."""
 from __future__ import annotations
 
 from .runs import flat_config, varying
@@ -8,27 +9,62 @@ from .sections import short_keys, value_text, shorten_values
 
 MAX_COLUMNS = 3  # at the page's 1,300 px a cell stays over 400 px wide
 MAX_ROWS = 6
+JOIN = " + "  # an axis of keys that vary together is named by its keys joined with this
+
+
+def _partition(group: list[dict], key: str) -> frozenset:
+    """Which runs share a value of `key`: the set of groups of run indices."""
+    by = {}
+    for i, r in enumerate(group):
+        by.setdefault(value_text(flat_config(r).get(key)), []).append(i)
+    return frozenset(frozenset(v) for v in by.values())
+
+
+def _bundles(group: list[dict], keys: list[str]) -> list[str]:
+    """The varied keys with those that vary together (split the runs the same way) merged into one axis, named
+    by its keys joined with JOIN, model.name first."""
+    merged: dict[frozenset, list[str]] = {}
+    for key in sorted(keys, key=lambda k: (k != "model.name", k)):
+        merged.setdefault(_partition(group, key), []).append(key)
+    return [JOIN.join(ks) for ks in merged.values()]
+
+
+def _value(run: dict, axis: str | None) -> str:
+    """A run's value on an axis: the first key's value (the others follow from it)."""
+    return value_text(flat_config(run).get(axis.split(JOIN)[0])) if axis else ""
+
+
+def _group(runs: list[dict], analysis: str) -> list[dict]:
+    return [r for r in runs if r["analysis"] == analysis and (r["dir"] / f"{analysis}.png").is_file()]
 
 
 def grid_axes(runs: list[dict], analysis: str) -> tuple[str | None, str | None] | None:
-    """(row key, column key) when the runs of `analysis` make a readable grid, else None."""
-    group = [r for r in runs if r["analysis"] == analysis and (r["dir"] / f"{analysis}.png").is_file()]
+    """(row axis, column axis) when the runs of `analysis` make a readable grid, else None; an axis is a varied key,
+    or keys that vary together joined with JOIN."""
+    group = _group(runs, analysis)
     if len(group) < 2 or len({r["analysis"] for r in runs}) > 1:
         return None
-    axes = varying(group)
+    axes = _bundles(group, varying(group))
     if not axes or len(axes) > 2:
         return None
     if len(axes) == 1:
         row, col = None, axes[0]  # one key: the runs side by side
     else:
-        row = "model.name" if "model.name" in axes else axes[0]
-        col = next(k for k in axes if k != row)
-    cells = {(value_text(flat_config(r).get(row)) if row else "", value_text(flat_config(r).get(col))) for r in group}
+        row = next((a for a in axes if a.split(JOIN)[0] == "model.name"), axes[0])
+        col = next(a for a in axes if a != row)
+    cells = {(_value(r, row), _value(r, col)) for r in group}
     n_rows = len({c[0] for c in cells})
     n_cols = len({c[1] for c in cells})
     if len(cells) < len(group) or n_cols > MAX_COLUMNS or n_rows > MAX_ROWS:
         return None  # a repeated combination (other seeds) or too many cells
     return row, col
+
+
+def axis_name(axis: str) -> str:
+    """The short name of an axis: `model` for model.name, `model (label)` for keys that vary together."""
+    keys = axis.split(JOIN)
+    names = short_keys(keys)
+    return names[keys[0]] + (f" ({', '.join(names[k] for k in keys[1:])})" if len(keys) > 1 else "")
 
 
 def figure_grid(runs: list[dict], analysis: str):
@@ -43,10 +79,10 @@ def figure_grid(runs: list[dict], analysis: str):
     from .. import plots  # noqa: F401  (backend and theme)
 
     row_key, col_key = axes
-    group = [r for r in runs if r["analysis"] == analysis and (r["dir"] / f"{analysis}.png").is_file()]
-    names = short_keys([k for k in axes if k])
-    row_raw = [value_text(flat_config(r).get(row_key)) if row_key else "" for r in group]
-    col_raw = [value_text(flat_config(r).get(col_key)) for r in group]
+    group = _group(runs, analysis)
+    names = {a: axis_name(a) for a in axes if a}
+    row_raw = [_value(r, row_key) for r in group]
+    col_raw = [_value(r, col_key) for r in group]
     row_short = dict(zip(row_raw, shorten_values(row_raw))) if row_key else {"": ""}
     col_short = dict(zip(col_raw, shorten_values(col_raw)))
     rows = sorted(set(row_raw))
