@@ -85,7 +85,10 @@ def cka_matrix(
     if reps is not None:
         from .metrics import uncertainty
 
+        from .analyses.cka import RANGE
+
         ci = uncertainty.se_columns("cka", matrix, uncertainty.jackknife_se(reps), len(reps) - 1)
+        ci["cka_ci_low"], ci["cka_ci_high"] = uncertainty.clip_interval(matrix, ci["cka_ci_low"], ci["cka_ci_high"], *RANGE)
     else:
         ci = {k: np.full(matrix.shape, np.nan) for k in ("cka_se", "cka_ci_low", "cka_ci_high")}
     rows = [
