@@ -1,6 +1,7 @@
 """The Python API: the same analyses from a notebook, with or without Hydra configs."""
 from __future__ import annotations
 
+import itertools
 from pathlib import Path
 from typing import Iterable, Sequence
 
@@ -63,7 +64,10 @@ def cka_matrix(
     """
     from .analyses.cka import CKAReducer, check
 
-    first = next(iter(loader))
+    batches = iter(loader)  # the first batch gives the input size and is then used, not loaded a second time
+    first = next(batches, None)
+    if first is None:
+        raise VitstudyError("the loader yields no batches")
     x0 = first[0] if isinstance(first, (tuple, list)) else first
     device = torch.device(device) if device else next(model.parameters()).device
     mods = [model] if other is None else [model, other]
@@ -75,7 +79,7 @@ def cka_matrix(
         loaded.append(LoadedModel(key, name, name, mod, None, {}, "given"))
         layer_lists.append(resolve(mod, spec, tuple(x0.shape[1:])))
     reducer = CKAReducer(loaded, layer_lists, tokens, estimator, "float32", device)
-    seen = stream(loaded, layer_lists, _batches(loader, len(mods)), reducer, device, "cka", progress)
+    seen = stream(loaded, layer_lists, _batches(itertools.chain([first], batches), len(mods)), reducer, device, "cka", progress)
     if seen < 4:
         raise VitstudyError(f"{seen} images are too few for CKA: at least 4 are needed")
     matrix = reducer.result()
