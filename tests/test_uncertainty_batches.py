@@ -127,3 +127,18 @@ def test_fewer_than_ten_batches_are_flagged_in_run_json_and_the_report():
     run = {"analysis": "cka_across", "uncertainty": {"cka_across": few.info()}}
     assert "only 4 batches" in settings(run)["intervals"]
     assert "intervals" not in settings({"analysis": "cka_across", "uncertainty": {"cka_across": enough.info()}})
+
+
+def test_a_run_from_three_batches_says_so_in_its_output_line_and_run_json(tmp_path, capsys):
+    import json
+
+    from helpers import SMALL_DATA, TINY_RESNET, TINY_VIT, cli
+
+    out = tmp_path / "run"
+    code, stdout, err = cli(["run", "analysis=cka_across", *TINY_VIT, *TINY_RESNET, *SMALL_DATA,
+                             f"hydra.run.dir={out}"], capsys)
+    assert code == 0, err
+    line = [s for s in stdout.splitlines() if "cka_across done" in s][0]
+    assert "WARNING: intervals from only 3 batches (under 10)" in line
+    info = json.loads((out / "run.json").read_text())["uncertainty"]["cka_across"]
+    assert info["few_batches"] and info["batches"] == 3 and info["interval_range"] == [0.0, 1.0]
