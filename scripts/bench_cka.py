@@ -10,7 +10,10 @@ the same images (vitstudy's synthetic set, generated lazily so the data set itse
 preprocessing for both models, in the same batches, and compute the same quantity: minibatch unbiased linear
 CKA over all tokens/positions, averaged over batches (Nguyen et al. 2021). The float64 reference casts each
 batch's float32 features to float64 and evaluates the Song et al. formula written out (not vitstudy's code).
-Printed ratios: wall time / wall time of the bare forward passes of both models over the same loader.
+Printed ratios: wall time / wall time of the bare forward passes of both models over the same loader. Imports
+happen before the clock starts (as a run imports its analysis before its analysis stage). First, the overhead line:
+vitstudy against the bare forwards in one process, interleaved over several rounds, median of the per-round wall
+and CPU ratios, the number to read on a shared, noisy machine (docs/performance.md).
 """
 from __future__ import annotations
 
@@ -68,6 +71,21 @@ def worker(args) -> dict:
     m1, m2, loader = build(args)
     l1, l2 = layer_names(m1, args.layers), layer_names(m2, args.layers)
     out: dict = {"mode": args.mode, "images": args.images, "layers": [len(l1), len(l2)]}
+    # every import before the clock: a run imports its analysis before its analysis stage (run.json timings_s)
+    if args.mode == "vitstudy":
+        from vitstudy import cka_matrix
+    elif args.mode in ("torch-cka", "pytorch-cka"):
+        sys.path.insert(0, HERE)
+        from peer_cka import pytorch_cka_matrix, torch_cka_matrix
+
+        try:  # the peer package itself, imported inside its wrapper
+            __import__("torch_cka.cka" if args.mode == "torch-cka" else "cka")
+        except ImportError:
+            pass
+    if args.mode == "overhead":
+        out.update(overhead(args, m1, m2, loader, l1, l2))
+        out["peak_rss_mb"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+        return out
     t = time.perf_counter()
     if args.mode == "data":
         for _ in loader:
@@ -77,19 +95,11 @@ def worker(args) -> dict:
             for x, _ in loader:
                 m1(x), m2(x)
     elif args.mode == "vitstudy":
-        from vitstudy import cka_matrix
-
         df = cka_matrix(m1, loader, other=m2, layers=l1, other_layers=l2)
         out["matrix"] = df.pivot(index="index_x", columns="index_y", values="cka").to_numpy().tolist()
     elif args.mode == "torch-cka":
-        sys.path.insert(0, HERE)
-        from peer_cka import torch_cka_matrix
-
         out["matrix"] = torch_cka_matrix(m1, m2, loader, l1, l2).tolist()
     elif args.mode == "pytorch-cka":
-        sys.path.insert(0, HERE)
-        from peer_cka import pytorch_cka_matrix
-
         out["matrix"] = pytorch_cka_matrix(m1, m2, loader, l1, l2).tolist()
     elif args.mode == "reference":
         out["matrix"] = reference(m1, m2, loader, l1, l2).tolist()
@@ -97,6 +107,42 @@ def worker(args) -> dict:
     out["peak_rss_mb"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
     del np
     return out
+
+
+def overhead(args, m1, m2, loader, l1, l2) -> dict:
+    """vitstudy against the bare forwards in one process, interleaved: a warm-up of each, then `rounds` rounds of
+    both in alternating order. Per round the ratio of wall and of CPU time (all threads); the medians are the result,
+    so that load from other processes on a shared machine moves both sides of a ratio alike."""
+    import statistics
+
+    import torch
+
+    from vitstudy import cka_matrix
+
+    def bare():
+        with torch.inference_mode():
+            for x, _ in loader:
+                m1(x), m2(x)
+
+    def ours():
+        cka_matrix(m1, loader, other=m2, layers=l1, other_layers=l2)
+
+    def timed(f):
+        w, c = time.perf_counter(), time.process_time()
+        f()
+        return time.perf_counter() - w, time.process_time() - c
+
+    timed(bare), timed(ours)  # warm-up: allocator, thread pools, first-call paths
+    wall, cpu, seconds = [], [], []
+    for r in range(args.rounds):
+        order = (bare, ours) if r % 2 == 0 else (ours, bare)
+        got = {f: timed(f) for f in order}
+        wall.append(got[ours][0] / got[bare][0])
+        cpu.append(got[ours][1] / got[bare][1])
+        seconds.append((got[bare][0], got[ours][0]))
+    return {"wall_ratio": statistics.median(wall), "cpu_ratio": statistics.median(cpu), "wall_ratios": wall,
+            "cpu_ratios": cpu, "seconds": statistics.median(o for _, o in seconds),
+            "bare_seconds": statistics.median(b for b, _ in seconds)}
 
 
 def song_hsic(k, l):
@@ -190,7 +236,7 @@ def grid_worker(args) -> dict:
 def run(mode, args, images) -> dict:
     cmd = [sys.executable, os.path.abspath(__file__), "--worker", mode, "--images", str(images),
            "--batch", str(args.batch), "--model1", args.model1, "--model2", args.model2,
-           "--layers", args.layers, "--threads", str(args.threads)]
+           "--layers", args.layers, "--threads", str(args.threads), "--rounds", str(args.rounds)]
     proc = subprocess.run(cmd, capture_output=True, text=True)
     if proc.returncode != 0:
         return {"mode": mode, "images": images, "error": (proc.stderr.strip().splitlines() or ["?"])[-1]}
@@ -208,6 +254,9 @@ def main():
     p.add_argument("--layers", default="blocks")
     p.add_argument("--threads", type=int, default=os.cpu_count() or 1)
     p.add_argument("--peers", default="torch-cka,pytorch-cka")
+    p.add_argument("--overhead", type=int, default=512, help="images for the interleaved vitstudy/bare ratio (0: skip)")
+    p.add_argument("--rounds", type=int, default=3, help="interleaved rounds of the overhead measurement")
+    p.add_argument("--only-overhead", action="store_true", help="run the interleaved overhead measurement only")
     p.add_argument("--paper-scale", action="store_true", help="layers=all of ViT-B/16 vs ResNet-50; ours vs bare only")
     p.add_argument("--grid", action="store_true", help=f"cka_grid of {len(GRID_MODELS)} tiny models")
     args = p.parse_args()
@@ -230,12 +279,26 @@ def main():
         args.model1, args.model2, args.layers, args.peers, args.big = "vit_base_patch16_224", "resnet50", "all", "", 0
     peers = [x for x in args.peers.split(",") if x]
     print(f"# {args.model1} vs {args.model2}, layers={args.layers}, batch {args.batch}, {args.threads} threads, random init")
+    if args.overhead:
+        report_overhead(run("overhead", args, args.overhead), args)
+        if args.only_overhead:
+            return
     rows = [run(m, args, args.images) for m in ["data", "bare", "vitstudy", *peers]]
     if not args.paper_scale:
         rows.append(run("reference", args, args.images))
     if args.big:
         rows += [run(m, args, args.big) for m in ["bare", "vitstudy", *peers]]
     report(rows, args)
+
+
+def report_overhead(r, args):
+    if "error" in r:
+        print(f"overhead failed: {r['error']}")
+        return
+    rounds = ", ".join(f"{w:.3f}/{c:.3f}" for w, c in zip(r["wall_ratios"], r["cpu_ratios"]))
+    print(f"vitstudy / bare forwards, {r['images']} images, one process, {args.rounds} interleaved rounds: "
+          f"wall {r['wall_ratio']:.3f}x, CPU {r['cpu_ratio']:.3f}x (median; per round wall/CPU: {rounds}; "
+          f"bare {r['bare_seconds']:.1f} s, vitstudy {r['seconds']:.1f} s)")
 
 
 def report(rows, args):

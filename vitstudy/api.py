@@ -1,6 +1,7 @@
 """The Python API: the same analyses from a notebook, with or without Hydra configs."""
 from __future__ import annotations
 
+import itertools
 from pathlib import Path
 from typing import Iterable, Sequence
 
@@ -83,7 +84,10 @@ def cka_matrix(
     model = as_module(model, "model")
     other = None if other is None else as_module(other, "reference")
 
-    first = next(iter(loader))
+    batches = iter(loader)  # the first batch gives the input size and is then used, not loaded a second time
+    first = next(batches, None)
+    if first is None:
+        raise VitstudyError("the loader yields no batches")
     x0 = first[0] if isinstance(first, (tuple, list)) else first
     device = torch.device(device) if device else next(model.parameters()).device
     mods = [model] if other is None else [model, other]
@@ -95,7 +99,7 @@ def cka_matrix(
         loaded.append(LoadedModel(key, name, name, mod, None, {}, "given"))
         layer_lists.append(resolve(mod, spec, tuple(x0.shape[1:])))
     reducer = CKAReducer(loaded, layer_lists, tokens, estimator, "float32", device)
-    seen = stream(loaded, layer_lists, _batches(loader, len(mods)), reducer, device, "cka", progress)
+    seen = stream(loaded, layer_lists, _batches(itertools.chain([first], batches), len(mods)), reducer, device, "cka", progress)
     if seen < 4:
         raise VitstudyError(f"{seen} images are too few for CKA: at least 4 are needed")
     matrix = reducer.result()
@@ -105,7 +109,10 @@ def cka_matrix(
     if reps is not None:
         from .metrics import uncertainty
 
+        from .analyses.cka import RANGE
+
         ci = uncertainty.se_columns("cka", matrix, uncertainty.jackknife_se(reps), len(reps) - 1)
+        ci["cka_ci_low"], ci["cka_ci_high"] = uncertainty.clip_interval(matrix, ci["cka_ci_low"], ci["cka_ci_high"], *RANGE)
     else:
         ci = {k: np.full(matrix.shape, np.nan) for k in ("cka_se", "cka_ci_low", "cka_ci_high")}
     rows = [

@@ -50,7 +50,10 @@ def hydra_app(cfg: DictConfig) -> dict | None:
         return job_failed(out_dir, err, list(hc.overrides.task))
     csvs = ", ".join(p.name for p in written if p.suffix == ".csv")
     state = "cached (same config and weights; force=true recomputes)" if result is None else "done"
-    print(f"vitstudy: {cfg.analysis.name} {state}; outputs in {out_dir} ({csvs}, figures, run.json)")
+    notes = sorted({u["note"] for u in ((result.info if result else {}).get("uncertainty") or {}).values()
+                    if isinstance(u, dict) and u.get("note")})  # e.g. intervals from too few batches
+    print(f"vitstudy: {cfg.analysis.name} {state}; outputs in {out_dir} ({csvs}, figures, run.json)"
+          + "".join(f"; WARNING: {n}" for n in notes))
 
 
 def settle_log(out_dir: str, message: str) -> None:

@@ -55,8 +55,10 @@ def song_cka(x, y):
 
 
 def minibatch_reference(xs, ys):
-    """Nguyen et al. Eq. 2: average each HSIC term over batches, normalise once."""
-    xy = np.mean([song_hsic(x @ x.T, y @ y.T) for x, y in zip(xs, ys)])
-    xx = np.mean([song_hsic(x @ x.T, x @ x.T) for x in xs])
-    yy = np.mean([song_hsic(y @ y.T, y @ y.T) for y in ys])
+    """Nguyen et al. Eq. 2: average each HSIC term over batches, normalise once; a batch of n images has weight
+    n(n - 3) (equal batches: the plain mean of the paper)."""
+    w = [len(x) * (len(x) - 3) for x in xs]
+    xy = np.average([song_hsic(x @ x.T, y @ y.T) for x, y in zip(xs, ys)], weights=w)
+    xx = np.average([song_hsic(x @ x.T, x @ x.T) for x in xs], weights=w)
+    yy = np.average([song_hsic(y @ y.T, y @ y.T) for y in ys], weights=w)
     return xy / np.sqrt(xx * yy)

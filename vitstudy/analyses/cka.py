@@ -25,6 +25,8 @@ from ..metrics.cka import FullSetCKA, MinibatchCKA, gram, u_center
 from ._registry import Params, Result, register
 
 TOLERANCE = 1e-6  # |CKA| may exceed 1 by rounding only
+RANGE = (0.0, 1.0)  # population linear CKA: intervals are cut to it (docs/uncertainty.md)
+BATCH_WEIGHTS = "n(n-3): a batch of n images counts by its image pairs, relative to the first (full) batch"
 
 
 class CKAReducer(Reducer):
@@ -108,7 +110,7 @@ class Estimate:
     """A CKA matrix over `cka.repeats` image samples with its uncertainty.
 
     mean/std: over repeats (std NaN for one repeat); se, low, high: delete-one-batch jackknife (repeats are strata),
-    95% t interval with `df` degrees of freedom; replicates (units, L, M) of the mean with `strata` (repeat of each
+    95% t interval with `df` degrees of freedom cut to [0, 1] (RANGE); replicates (units, L, M) of the mean with `strata` (repeat of each
     unit) and `units` (ids of the batches' image sets) for paired comparisons; null (K, L, M): the mean CKA under
     K permutations of the image pairing (cka.null), or None.
     """
@@ -138,7 +140,7 @@ class Estimate:
         _, reps, strata = uncertainty.combine_repeats(matrices, replicates)
         se = uncertainty.jackknife_se(reps, strata)
         df = uncertainty.jackknife_df(strata)
-        low, high = uncertainty.interval(mean, se, df)
+        low, high = uncertainty.clip_interval(mean, *uncertainty.interval(mean, se, df), *RANGE)
         return cls(mean, std, se, low, high, df, "jackknife_batches", reps, strata, np.concatenate(units), null)
 
     def block(self, sx: slice, sy: slice) -> "Estimate":
@@ -163,13 +165,31 @@ class Estimate:
         return {"values": self.replicates.reshape(len(self.replicates), -1), "strata": self.strata, "units": self.units,
                 "estimate": self.mean.ravel(), "column": column, "method": self.method}
 
+    @property
+    def batches(self) -> int:
+        """How many batches (over all repeats) the jackknife deleted one at a time; 0 without a jackknife."""
+        return 0 if self.strata is None else len(self.strata)
+
+    def note(self) -> str | None:
+        """A warning for intervals from fewer than uncertainty.FEW_UNITS batches, or None."""
+        if self.method != "jackknife_batches" or self.batches >= uncertainty.FEW_UNITS:
+            return None
+        return (f"intervals from only {self.batches} batches (under {uncertainty.FEW_UNITS}): their se has "
+                f"{self.df} degrees of freedom and is itself uncertain; use more images or a smaller dataset.batch_size")
+
     def info(self) -> dict:
-        return {"method": self.method, "description": uncertainty.METHODS.get(self.method, "not available for the "
-                "full-set biased estimator"), "level": uncertainty.LEVEL, "df": self.df,
-                "null_permutations": 0 if self.null is None else len(self.null)}
+        out = {"method": self.method, "description": uncertainty.METHODS.get(self.method, "not available for the "
+               "full-set biased estimator"), "level": uncertainty.LEVEL, "df": self.df,
+               "null_permutations": 0 if self.null is None else len(self.null)}
+        if self.method == "jackknife_batches":
+            out.update(batches=self.batches, few_batches=self.batches < uncertainty.FEW_UNITS,
+                       interval_range=list(RANGE), batch_weights=BATCH_WEIGHTS)
+            if self.note():
+                out["note"] = self.note()
+        return out
 
 
-CHECKPOINT_FORMAT = 2  # runs carry their jackknife replicates; older checkpoints are not resumed
+CHECKPOINT_FORMAT = 3  # runs carry their jackknife replicates and batch weights; older checkpoints are not resumed
 
 
 def compute(ctx, models, layers, stacked: bool | None = None) -> tuple[Estimate, dict]:

@@ -60,9 +60,11 @@ class MinibatchCKA:
     """Running sums of HSIC₁ over minibatches for every pair of layers; normalised once at the end.
 
     `update` takes the stacked, flattened Ũ matrices of one batch (layers x n²): all layer pairs come
-    from one matrix product. Each batch has weight 1 after division by n(n - 3) (Nguyen et al. Eq. 2),
-    so a ragged last batch counts like the others. With `ys=None` (one model) the single L x L product
-    serves both the cross terms and the self terms.
+    from one matrix product. A batch of n images adds <Ũ(K), Ũ(L)> / (n₁(n₁ - 3)), n₁ the first batch's size:
+    its HSIC₁ (Nguyen et al. Eq. 2) weighted by n(n - 3)/(n₁(n₁ - 3)), its number of image pairs relative to a full
+    batch. Equal batches thus have weight 1 each, exactly as in Nguyen et al., and a short last batch counts by the
+    pairs it holds instead of as much as a full one (docs/uncertainty.md). With `ys=None` (one model) the single
+    L x L product serves both the cross terms and the self terms.
 
     Each batch's terms are also kept (float64, on the CPU: L x M per batch), so that the delete-one-batch
     jackknife (`replicates`) can say how sure the ratio is without another pass. With `permutations=K`
@@ -76,6 +78,7 @@ class MinibatchCKA:
         self.self_x = torch.zeros(n_x, dtype=torch.float64, device=device)
         self.self_y = None if self.within else torch.zeros(n_y, dtype=torch.float64, device=device)
         self.batches = 0
+        self.unit: int | None = None  # n₁(n₁ - 3) of the first batch: the weight of a full batch
         self.terms: dict[str, list[torch.Tensor]] = {"cross": [], "self_x": [], "self_y": []}
         if permutations and self.within:
             raise ValueError("permutation nulls need two models (cross terms only)")
@@ -84,7 +87,9 @@ class MinibatchCKA:
     def update(self, ux: torch.Tensor, uy: torch.Tensor | None = None, perms: torch.Tensor | None = None) -> None:
         n2 = ux.shape[1]
         n = int(round(n2**0.5))
-        scale = 1.0 / (n * (n - 3))
+        if self.unit is None:
+            self.unit = n * (n - 3)
+        scale = 1.0 / self.unit  # HSIC₁ of this batch times its weight n(n - 3) / unit
         if self.within:
             prod = ux @ ux.T
             term = prod * scale
@@ -122,7 +127,7 @@ class MinibatchCKA:
             return torch.stack(self.terms[key]) if self.terms[key] else None
 
         return {"cross": self.cross.cpu(), "self_x": self.self_x.cpu(),
-                "self_y": None if self.self_y is None else self.self_y.cpu(), "batches": self.batches,
+                "self_y": None if self.self_y is None else self.self_y.cpu(), "batches": self.batches, "unit": self.unit,
                 "cross_terms": stacked("cross"), "self_x_terms": stacked("self_x"), "self_y_terms": stacked("self_y"),
                 "null": None if self.null is None else self.null.cpu()}
 
@@ -131,6 +136,9 @@ class MinibatchCKA:
         self.cross, self.self_x = state["cross"].to(device), state["self_x"].to(device)
         self.self_y = None if state["self_y"] is None else state["self_y"].to(device)
         self.batches = state["batches"]
+        if self.batches and not state.get("unit"):
+            raise ValueError("the checkpoint predates the batch weights")
+        self.unit = state.get("unit")
         self.terms = {k: [] if state.get(f"{k}_terms") is None else list(state[f"{k}_terms"].unbind(0))
                       for k in ("cross", "self_x", "self_y")}
         if len(self.terms["cross"]) != self.batches:

@@ -22,10 +22,11 @@ from typing import Sequence
 import numpy as np
 
 LEVEL = 0.95
+FEW_UNITS = 10  # a jackknife from fewer batches gives an se with few degrees of freedom: flagged (docs/uncertainty.md)
 
 METHODS = {
     "jackknife_batches": "delete-one-batch jackknife of the statistic (a smooth function of sums over minibatches); "
-                         "interval: estimate +- t(units - strata) * se; repeats are strata",
+                         "interval: estimate +- t(units - strata) * se, cut to the measure's range; repeats are strata",
     "se_images": "standard error of the mean over images (sd / sqrt(n)); interval: mean +- t(n - 1) * se",
     "wilson": "binomial proportion over images: se = sqrt(p(1 - p)/n), Wilson score interval",
     "paired_se_images": "difference of two proportions on the same images: se of the per-image differences; "
@@ -113,6 +114,19 @@ def interval(estimate, se, df, level: float = LEVEL) -> tuple[np.ndarray, np.nda
     estimate, se = np.asarray(estimate, dtype=np.float64), np.asarray(se, dtype=np.float64)
     q = critical(df, level) if df and df > 0 else float("nan")
     return estimate - q * se, estimate + q * se
+
+
+def clip_interval(estimate, low, high, lower: float, upper: float) -> tuple[np.ndarray, np.ndarray]:
+    """An interval cut to the range [lower, upper] of the quantity it covers, never past the estimate itself.
+
+    The cut-off part holds no possible value, so coverage is unchanged; an estimate outside the range (the
+    unbiased CKA can come out slightly below 0) stays inside its own interval.
+    """
+    estimate = np.asarray(estimate, dtype=np.float64)
+    with np.errstate(invalid="ignore"):
+        low = np.maximum(np.asarray(low, dtype=np.float64), np.minimum(estimate, lower))
+        high = np.minimum(np.asarray(high, dtype=np.float64), np.maximum(estimate, upper))
+    return low, high
 
 
 # ------------------------------------------------------------------ jackknife

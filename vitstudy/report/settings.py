@@ -29,6 +29,9 @@ def settings(run: dict) -> dict[str, str]:
     if "cka" in str(run.get("analysis", "")) or any("cka" in k for k in _table_names(run)):
         cka = cfg.get("cka", {})
         out["CKA"] = f"{cka.get('estimator', '?')} estimator, {cka.get('repeats', '?')} repeat(s), gram {cka.get('gram_dtype', '?')}"
+    notes = sorted({u["note"] for u in (run.get("uncertainty") or {}).values() if isinstance(u, dict) and u.get("note")})
+    if notes:
+        out["intervals"] = "WARNING: " + "; ".join(notes)
     out["device"] = run.get("gpu") or str(run.get("device", "-"))
     if run.get("threads"):
         out["device"] += f" ({run['threads']} threads)" if run.get("device") == "cpu" else ""
