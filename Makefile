@@ -147,7 +147,7 @@ train-alternet: $(STAMP)
 
 ## train-demo: retrain the bundled demo models from scratch on all of CIFAR-10 (CIFAR10_DIR: extracted JPEGs with
 ## train/ and test/ class folders), then package them into vitstudy/zoo/weights (fp16 safetensors + demo.json).
-## DEMO_EPOCHS: main epochs after 3 warm-up epochs (the bundled models got 3 (ViT) and 4 (ResNet); see README).
+## DEMO_EPOCHS: main epochs after 3 warm-up epochs (the bundled models got 3 (ViT) and 4 (ResNet); see docs/demo.md).
 DEMO_EPOCHS ?= 4
 DEMO_RUNS   ?= outputs/train-demo
 train-demo: $(STAMP)

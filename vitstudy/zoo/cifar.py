@@ -45,7 +45,7 @@ WEIGHTS = Path(__file__).parent / "weights"  # the bundled demo models (make tra
 def _demo(arch: str, **kwargs) -> dict:
     """The bundled CIFAR-10 weights as a timm pretrained tag: timm's own loader reads the packaged local `file`."""
     return _cfg(10, CIFAR10_MEAN, CIFAR10_STD, file=str(WEIGHTS / f"{arch}.demo_cifar10.safetensors"),
-                license="mit", description="vitstudy train recipe=demo on CIFAR-10 (see README)",
+                license="mit", description="vitstudy train recipe=demo on CIFAR-10 (see docs/demo.md)",
                 label_names=CIFAR10_CLASSES, **kwargs)
 
 
