@@ -21,7 +21,7 @@ from vitstudy.report.settings import intervals
 
 REPO = Path(__file__).resolve().parent.parent
 BROWSER = shutil.which("chromium") or shutil.which("chromium-browser")
-PAPERS = ("Raghu et al. 2021", "Park & Kim 2022", "Dosovitskiy et al. 2020")
+PAPERS = ("Raghu et al. 2021", "Park & Kim 2022", "Dosovitskiy et al. 2020", "Darcet et al. 2024", "Sun et al. 2024")
 
 
 def vitstudy(args) -> int:
