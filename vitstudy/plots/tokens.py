@@ -5,6 +5,7 @@ from __future__ import annotations
 import matplotlib.pyplot as plt
 import numpy as np
 import pandas as pd
+from matplotlib.ticker import FormatStrFormatter, NullFormatter
 
 from . import sns  # noqa: F401  (Agg backend and theme)
 
@@ -41,6 +42,8 @@ def norm_histograms(hist: pd.DataFrame, summary: pd.DataFrame, title: str, panel
             ax.axvline(float(thr.iloc[0]), color="black", ls="--", lw=1)
         ax.set_xscale("log")
         ax.set_yscale("log")
+        ax.xaxis.set_major_formatter(FormatStrFormatter("%g"))
+        ax.xaxis.set_minor_formatter(NullFormatter())
         ax.set_xlabel("token norm")
         ax.set_title(layer, fontsize=9)
     axes[0][0].set_ylabel("tokens")
