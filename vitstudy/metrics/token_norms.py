@@ -48,8 +48,8 @@ class Bins:
 class Split:
     """The high-norm cut of one histogram: the first bin counted high (None: not bimodal, no high-norm tokens)."""
 
-    first_high_bin: int | None
-    threshold: float  # the norm at the cut (NaN when not bimodal)
+    first_high_bin: int | None  # in the middle of the empty bins between the two sides
+    threshold: float  # the norm at the cut: that bin's lower edge (NaN when not bimodal)
     separation: float  # (mean_hi - mean_lo) / (sd_lo + sd_hi) of log10 norms at the minimum-error cut (NaN: no cut)
     high_share: float  # share of the counts above the cut (0 when not bimodal)
     bic_gain: float = float("nan")  # 2 (log-likelihood of two Gaussians - of one) - 3 ln n at the cut (> 0: two fit better)
@@ -109,4 +109,7 @@ def split(counts: np.ndarray, bins: Bins) -> Split:
     k, separation, share, gain = cut
     if separation <= MIN_SEPARATION or share >= 0.5 or gain <= 0:
         return Split(None, float("nan"), separation, 0.0, gain)
+    occupied = np.flatnonzero(np.asarray(counts))
+    below, above = occupied[occupied < k].max(), occupied[occupied >= k].min()
+    k = (below + 1 + above + 1) // 2  # the middle of the empty bins between the sides (the same tokens either way)
     return Split(int(k), float(10 ** bins.bounds()[0][k]), separation, share, gain)
