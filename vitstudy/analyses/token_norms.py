@@ -157,7 +157,7 @@ def layer_splits(reducer: TokenNormReducer, tls: list[TokenLayer], threshold: fl
         hist = reducer.counts[t.layer.name][t.prefix:].sum(0).numpy()
         s = tn.split(hist, reducer.bins)
         rule = ("minimum-error cut of the bimodal patch-norm histogram" if s.first_high_bin is not None else
-                f"not bimodal (separation {s.separation:.2f}, needs > {tn.MIN_SEPARATION:g}; upper side <= half; "
+                f"not bimodal (separation {s.separation:.2f}, needs > {tn.MIN_SEPARATION:g}; the upper side must be under half; "
                 f"BIC gain {s.bic_gain:.1f}, needs > 0): no high-norm tokens")
         out[t.layer.name] = LayerSplit(s.first_high_bin, s.threshold, rule, s.separation, s.bic_gain)
     return out

@@ -5,7 +5,7 @@ from __future__ import annotations
 import matplotlib.pyplot as plt
 import numpy as np
 import pandas as pd
-from matplotlib.ticker import FormatStrFormatter, NullFormatter
+from matplotlib.ticker import FormatStrFormatter, MaxNLocator, NullFormatter
 
 from . import sns  # noqa: F401  (Agg backend and theme)
 
@@ -125,6 +125,7 @@ def massive_map(values: np.ndarray, kinds: list[str], title: str):
     prefix = sum(k != "patch" for k in kinds)
     if prefix:
         ax.axhline(prefix - 0.5, color="white", lw=0.8)
+    ax.yaxis.set_major_locator(MaxNLocator(integer=True))
     ax.set_xlabel("channel")
     ax.set_ylabel("token (prefix tokens above the line)" if prefix else "token")
     fig.colorbar(im, ax=ax, fraction=0.046, pad=0.04).set_label("|activation|")
