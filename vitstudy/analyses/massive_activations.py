@@ -19,6 +19,7 @@ import numpy as np
 import pandas as pd
 import torch
 
+from ..anatomy.residual import positions_channels
 from ..errors import VitstudyError
 from ..metrics import uncertainty
 from ..pipeline.engine import Reducer, stream
@@ -51,6 +52,7 @@ class MassiveReducer(Reducer):
 
     def on_tensor(self, model_index, layer, tensor) -> None:
         t = self.tls[layer.name]
+        tensor = positions_channels(tensor, layer.layout)
         if tensor.dim() != 3 or tensor.shape[1] != t.tokens:
             raise VitstudyError(f"layer '{layer.name}' gave {tuple(tensor.shape)}; the probe saw {t.tokens} tokens")
         x = tensor.to(torch.float64)

@@ -52,7 +52,7 @@ def token_layers(m, layers: list[Layer], analysis: str) -> list[TokenLayer]:
     out = []
     kinds = anatomy_tokens.prefix_kinds(m.module)
     for d, layer in enumerate(layers):
-        if layer.layout != "NLC":
+        if layer.layout not in ("NLC", "NHWC"):  # NHWC: a token grid without prefix tokens (Swin)
             raise VitstudyError(f"{analysis} needs a token sequence (a ViT-family model); {m.label}'s layer "
                                 f"'{layer.name}' is a {layer.layout} feature map of shape {tuple(layer.shape)}")
         rows, cols, prefix = anatomy_tokens.token_grid(m.module, layer)
@@ -110,6 +110,7 @@ class TokenNormReducer(Reducer):
             if layer.name not in self.tls:
                 return
         t = self.tls[layer.name]
+        tensor = positions_channels(tensor, layer.layout)
         if tensor.dim() != 3 or tensor.shape[1] != t.tokens:
             raise VitstudyError(f"layer '{layer.name}' gave {tuple(tensor.shape)}; the probe saw {t.tokens} tokens")
         norms = torch.linalg.vector_norm(tensor.to(torch.float64), dim=-1)  # (B, L)
