@@ -139,3 +139,42 @@ def test_high_norm_split_finds_a_two_percent_mode_and_no_mode_in_one_gaussian(se
         assert 10 ** 0.9 < s.threshold < 10 ** 1.6 and abs(s.high_share - 400 / 20400) < 1e-3
     else:
         assert np.isnan(s.threshold) and s.high_share == 0.0
+
+
+def test_class_token_attention_to_high_norm_patches_matches_hooks():
+    """analysis.cls_attention: the class token's head-mean attention in block i+1 to the patch high-norm at block i
+    (the planted one) and to the others, against attention probabilities captured by plain hooks."""
+    from vitstudy.analyses.token_norms import attention_pairs, layer_splits
+    from vitstudy.anatomy.attention import unfused
+
+    model = vit(reg_tokens=4)
+    j = 6
+    with torch.no_grad():
+        model.pos_embed[0, model.pos_embed.shape[1] - 16 + j] += dense(model.embed_dim, 1000.0)
+    layers = resolve(model, "blocks", (3, 32, 32))
+    m = SimpleNamespace(module=model, label="planted", stopped_after=None)
+    tls = token_layers(m, layers, "token_norms")
+    reducer = TokenNormReducer(tls, tn.Bins(-3.0, 5.0, 200), None, 0, None)
+    pairs = attention_pairs(m, tls)
+    assert [(s.name, prev) for s, prev in pairs] == [("blocks.1.attn", "blocks.0"), ("blocks.2.attn", "blocks.1")]
+    reducer.attention = {s.name: (s, prev) for s, prev in pairs}
+    loader = _loader()
+    with unfused(model):
+        stream([m], [layers + [s.layer for s, _ in pairs]], loader, reducer, torch.device("cpu"), progress=False)
+    got = {}
+    hooks = [model.blocks[i].attn.attn_drop.register_forward_pre_hook(
+        lambda mod, a, i=i: got.setdefault(i, []).append(a[0].detach().double().numpy())) for i in (1, 2)]
+    with unfused(model), torch.no_grad():
+        for (x,), _ in loader:
+            model(x)
+    for h in hooks:
+        h.remove()
+    splits = layer_splits(reducer, tls, None)
+    for i, prev in ((1, "blocks.0"), (2, "blocks.1")):
+        cls = np.concatenate(got[i]).mean(1)[:, 0, 5:]  # (images, 16 patches): head mean of the class row
+        s = splits[prev]
+        first = s.first_high_bin
+        high = reducer.att_sum[prev][first:].sum() / reducer.att_n[prev][first:].sum()
+        normal = reducer.att_sum[prev][:first].sum() / reducer.att_n[prev][:first].sum()
+        assert float(high) == pytest.approx(cls[:, j].mean(), rel=1e-9)
+        assert float(normal) == pytest.approx(np.delete(cls, j, axis=1).mean(), rel=1e-9)

@@ -11,7 +11,8 @@ embedding's output) with its four neighbours, for the patches that are high-norm
 """
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from contextlib import nullcontext
+from dataclasses import dataclass
 from typing import Any, Optional
 
 import numpy as np
@@ -19,6 +20,7 @@ import pandas as pd
 import torch
 
 from ..anatomy import tokens as anatomy_tokens
+from ..anatomy.attention import sites, unfused
 from ..anatomy.residual import positions_channels
 from ..errors import VitstudyError
 from ..metrics import token_norms as tn
@@ -95,6 +97,10 @@ class TokenNormReducer(Reducer):
         self.shown: dict[str, list[torch.Tensor]] = {t.layer.name: [] for t in tls}
         self.shown_inputs: list[torch.Tensor] = []
         self.cos: torch.Tensor | None = None
+        self.attention: dict[str, tuple] = {}  # attention site name -> (site, tapped layer whose norms bin it)
+        self.att_sum = {t.layer.name: torch.zeros(nb, dtype=torch.float64) for t in tls}
+        self.att_n = {t.layer.name: torch.zeros(nb, dtype=torch.float64) for t in tls}
+        self.idx: dict[str, torch.Tensor] = {}  # this batch's bin of every token, per layer (for the attention)
         self.images = 0
         self.taken = 0  # images kept for the maps so far (before this batch)
 
@@ -102,6 +108,15 @@ class TokenNormReducer(Reducer):
         take = max(0, min(self.num_show - self.taken, tensor.shape[0]))
         if layer is INPUT:
             self.shown_inputs += [x.float().cpu() for x in tensor[:take]]
+            return
+        if layer.name in self.attention:
+            site, prev = self.attention[layer.name]
+            t = self.tls[prev]
+            cls = site.probabilities(tensor).to(torch.float64).mean(1)[:, 0, t.prefix:]  # (B, patches): head mean
+            pidx = self.idx[prev][:, t.prefix:].flatten()
+            nb = self.bins.count + 2
+            self.att_sum[prev] += torch.zeros(nb, dtype=torch.float64, device=cls.device).index_add_(0, pidx, cls.flatten()).cpu()
+            self.att_n[prev] += torch.bincount(pidx, minlength=nb).double().cpu()
             return
         if self.embed is not None and layer.name == self.embed.name:
             t = next(iter(self.tls.values()))
@@ -119,6 +134,8 @@ class TokenNormReducer(Reducer):
         onehot = torch.zeros(norms.shape[1], nb, dtype=torch.int64, device=norms.device)
         onehot.scatter_add_(1, idx.transpose(0, 1), torch.ones_like(idx.transpose(0, 1)))
         name = layer.name
+        if self.attention:
+            self.idx[name] = idx
         self.counts[name] += onehot.cpu()
         self.s1[name] += norms.sum(0).cpu()
         self.s2[name] += (norms * norms).sum(0).cpu()
@@ -136,6 +153,7 @@ class TokenNormReducer(Reducer):
         self.images += len(labels)
         self.taken = min(self.num_show, self.images)
         self.cos = None
+        self.idx = {}
 
 
 @dataclass
@@ -164,6 +182,33 @@ def layer_splits(reducer: TokenNormReducer, tls: list[TokenLayer], threshold: fl
     return out
 
 
+def attention_pairs(m, tls: list[TokenLayer]) -> list[tuple]:
+    """(attention site of block i, the tapped layer feeding it: block i-1's output) for a class-token ViT whose
+    tapped layers are its blocks; a one-line refusal otherwise."""
+    need = "analysis.cls_attention needs a ViT with a class token, global attention and layers=blocks"
+    if not tls or tls[0].kinds[:1] != ("class",):
+        raise VitstudyError(f"{need}; {m.label} has no class token first")
+    try:
+        site_list = sites(m.module)
+    except VitstudyError as err:
+        raise VitstudyError(f"{need}: {err}") from None
+    names = [t.layer.name for t in tls]
+    pairs = []
+    for site in site_list:
+        block = site.name.rsplit(".", 1)[0]
+        if site.kind != "global" or block not in names:
+            raise VitstudyError(f"{need}; its attention '{site.name}' is not inside a tapped block ({', '.join(names[:3])}, ...)")
+        j = names.index(block)
+        if j > 0:
+            pairs.append((site, names[j - 1]))
+    return pairs
+
+
+def _ratio(total: torch.Tensor, count: torch.Tensor) -> float:
+    n = float(count.sum())
+    return float(total.sum()) / n if n else float("nan")
+
+
 def high_counts(reducer: TokenNormReducer, t: TokenLayer, s: LayerSplit) -> np.ndarray:
     """Per token: the number of images where it is high-norm."""
     if s.rule == "analysis.threshold":
@@ -182,6 +227,7 @@ class TokenNorms(Params):
     log_high: float = 5.0  # log10 of the highest bin edge
     num_show: int = 4  # images whose norm maps are drawn (the first ones sampled)
     map_layers: int = 3  # layers drawn in the maps (evenly spaced, the last one included)
+    cls_attention: bool = False  # true: also the class token's attention (next block, head mean) to high-norm vs other patches (unfused attention: slower)
 
     def check(self) -> None:
         at_least("bins", self.bins, 2)
@@ -214,7 +260,11 @@ def token_norms(ctx) -> Result:
     reducer = TokenNormReducer(tls, bins, p.threshold, int(p.num_show), embed)
     batching, record = ctx.sample()
     taps = [INPUT] + ([embed] if embed is not None and embed.name not in {t.layer.name for t in tls} else []) + layers
-    stream([m], [taps], ctx.loader([m], batching), reducer, ctx.device, "token_norms", ctx.progress)
+    attention_sites = attention_pairs(m, tls) if p.cls_attention else []
+    reducer.attention = {site.name: (site, prev) for site, prev in attention_sites}
+    with unfused(m.module, [site.name for site, _ in attention_sites]) if attention_sites else nullcontext():
+        stream([m], [taps + [site.layer for site, _ in attention_sites]], ctx.loader([m], batching), reducer,
+               ctx.device, "token_norms", ctx.progress)
     n = reducer.images
     splits = layer_splits(reducer, tls, p.threshold)
     base = {"model": m.name, "weights": m.weights}
@@ -258,6 +308,9 @@ def token_norms(ctx) -> Result:
                               for kind in dict.fromkeys(t.kinds[:t.prefix])},
                            "neighbour_cosine_high": float(cs[hi].sum() / cn[hi].sum()) if cn[hi].sum() else float("nan"),
                            "neighbour_cosine_normal": float(cs[lo].sum() / cn[lo].sum()) if cn[lo].sum() else float("nan"),
+                           **({"cls_attention_high": _ratio(reducer.att_sum[name][hi], reducer.att_n[name][hi]),
+                               "cls_attention_normal": _ratio(reducer.att_sum[name][lo], reducer.att_n[name][lo])}
+                              if p.cls_attention else {}),
                            "num_images": n})
     table, hist, summary = pd.DataFrame(rows), pd.DataFrame(hist_rows), pd.DataFrame(layer_rows)
     label = f"{m.label} ({m.weights})"
@@ -279,6 +332,8 @@ def token_norms(ctx) -> Result:
             f"mean_hi - mean_lo > {tn.MIN_SEPARATION:g} (sd_lo + sd_hi), the upper side is the minority and two Gaussians "
             f"beat one by BIC; else none",
             "neighbour_cosine": "mean cosine of each patch's patch-embedding vector with its 4 neighbours, by the patch's norm bin at the layer",
+            "cls_attention": "mean attention probability (head mean) from the class token to a patch in the next block, for the "
+                             "patches high-norm at this layer against the others (analysis.cls_attention=true)",
             "uncertainty": {"token_norms": uncertainty.METHODS["se_images"]}}
     return Result({"token_norms": table, "token_norms_layers": summary, "token_norms_histogram": hist}, figures, info,
                   [record])
