@@ -59,7 +59,7 @@ VAL     = dataset.root=$(IMAGENET_VAL)
 
 FIGURES = fig-raghu-1 fig-raghu-2 fig-raghu-3 fig-raghu-4 fig-raghu-5 fig-raghu-6 fig-raghu-7 fig-raghu-8 \
           fig-raghu-9 fig-raghu-10 fig-raghu-11 fig-raghu-12 fig-raghu-13 fig-vit-6 fig-vit-7 \
-          fig-parkkim-2a fig-parkkim-2b fig-parkkim-8
+          fig-parkkim-2a fig-parkkim-2b fig-parkkim-8 fig-darcet-7 fig-sun-10 fig-sun-11
 .PHONY: figures report $(FIGURES)
 
 figures: $(FIGURES)
@@ -102,6 +102,15 @@ fig-parkkim-2b: $(STAMP)
 	$(RUN_FIG) experiment=parkkim_fig2b $(VAL)
 fig-parkkim-8: $(STAMP)
 	$(RUN_FIG) experiment=parkkim_fig8 $(VAL)
+
+## high-norm tokens and massive activations (Darcet et al. 2024, Sun et al. 2024); tags in conf/experiment/*.yaml
+DARCET_MODELS = vit_large_patch14_dinov2.lvd142m,vit_large_patch14_reg4_dinov2.lvd142m,deit3_base_patch16_224.fb_in22k_ft_in1k,vit_base_patch16_clip_224.laion2b
+fig-darcet-7: $(STAMP)
+	$(RUN_FIG) experiment=darcet_fig7 model.name=$(DARCET_MODELS) $(VAL)
+fig-sun-10: $(STAMP)
+	$(RUN_FIG) experiment=sun_fig10 $(VAL)
+fig-sun-11: $(STAMP)
+	$(RUN_FIG) experiment=sun_fig11 $(VAL)
 
 ## Park & Kim's CIFAR-100 figures: need the checkpoints of `make train-cifar` / `make train-alternet`, read from
 ## $(CIFAR_CKPT)/<model preset>/checkpoints/best.pt (where those targets write them)

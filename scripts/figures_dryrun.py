@@ -16,7 +16,7 @@ Steps (each idempotent, all under --out, default outputs/dryrun):
 5. `make report`, then a check: every job of every target has run.json with status complete, its <analysis>.csv
    and a .png, index.html has a section for every target and failed.csv no job; a table of wall times (OUT/dryrun.csv).
 
-    python scripts/figures_dryrun.py                          # all 22 targets (about 9 GB of fp32 stand-ins)
+    python scripts/figures_dryrun.py                          # all 25 targets (about 17 GB of fp32 stand-ins)
     python scripts/figures_dryrun.py --targets fig-parkkim-2a fig-parkkim-9 --dtype float16
     make figures-dryrun DRYRUN_DIR=/scratch/dry DRYRUN_ARGS="--dtype float16"
 Exit status 1 when a target fails or its outputs are incomplete (the table says which and why).

@@ -32,9 +32,10 @@ ALL_ANALYSES = {
     "fig-parkkim-2a": {"fourier"}, "fig-parkkim-2b": {"frequency_noise"}, "fig-parkkim-8": {"fourier"},
     "fig-parkkim-1a": {"loss_landscape"}, "fig-parkkim-1c": {"hessian"}, "fig-parkkim-9": {"feature_variance"},
     "fig-parkkim-lesion": {"lesion"},
+    "fig-darcet-7": {"token_norms"}, "fig-sun-10": {"massive_activations"}, "fig-sun-11": {"massive_activations"},
 }
 JOBS = {"fig-raghu-2": 2, "fig-raghu-6": 2, "fig-raghu-8": 3, "fig-raghu-9": 3, "fig-raghu-11": 3, "fig-raghu-13": 5,
-        "fig-vit-7": 3, "fig-parkkim-1a": 2, "fig-parkkim-1c": 3}
+        "fig-vit-7": 3, "fig-parkkim-1a": 2, "fig-parkkim-1c": 3, "fig-darcet-7": 4}
 
 
 def dryrun(out: Path, targets: list[str]) -> subprocess.CompletedProcess:
@@ -72,7 +73,7 @@ def check(out: Path, targets: list[str], proc: subprocess.CompletedProcess) -> N
     html = (figures / "summary" / "index.html").read_text()
     assert "no failed or missing jobs" in html, html[:600]
     for target in targets:  # a section per target, named by its paper figure
-        assert re.search(rf"<section id='{target}'><h2>(Raghu et al\. 2021|Park &amp; Kim 2022|Dosovitskiy et al\. 2020), ", html), target
+        assert re.search(rf"<section id='{target}'><h2>(Raghu et al\. 2021|Park &amp; Kim 2022|Dosovitskiy et al\. 2020|Darcet et al\. 2024|Sun et al\. 2024), ", html), target
     for analysis in seen:
         assert f"<td>{analysis}" in html  # each job's settings name its analysis
     table = (out / "dryrun.csv").read_text()

@@ -36,6 +36,8 @@ CNN_REFUSALS = {
     "local_global_cka": "no self-attention",
     "position_embedding": "position embedding",
     "patch_embedding_pca": "patch embedding",
+    "token_norms": "token sequence",
+    "massive_activations": "token sequence",
 }
 
 

@@ -214,3 +214,19 @@ SKIP_BAD = {
 def test_bad_input_one_line(case, tmp_path, capsys):
     extra, expected = SKIP_BAD[case]
     assert_one_line_error(["run", *TINY_VIT, *SMALL_DATA, *extra], expected, tmp_path / "run", capsys)
+
+
+def test_registers_are_their_own_token_group():
+    """A ViT with a class token and 4 registers: the summary's registers group is tokens 1-4 (timm's order),
+    its mean of ratios the mean of those tokens' per-token ratios."""
+    torch.manual_seed(0)
+    model = timm.create_model("vit_tiny_patch16_224", pretrained=False, img_size=32, patch_size=8, depth=2, reg_tokens=4)
+    x = torch.randn(8, 3, 32, 32)
+    tokens, summary = run_measure(model, x)
+    reg = summary[summary.group == "registers"]
+    assert len(reg) == 2 * 2 and (reg.positions == 4).all()
+    for _, row in reg.iterrows():
+        per = tokens[(tokens.block == row.block) & (tokens.sublayer == row.sublayer)].set_index("token").ratio
+        assert row.ratio == pytest.approx(per.loc[1:4].mean(), rel=1e-12)
+        cls = summary[(summary.block == row.block) & (summary.sublayer == row.sublayer) & (summary.group == "cls")]
+        assert cls.ratio.item() == pytest.approx(per.loc[0], rel=1e-12)

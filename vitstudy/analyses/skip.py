@@ -164,6 +164,10 @@ def _groups(m, layer: Layer) -> dict[str, slice]:
         out = {"all": slice(0, positions), "patches": slice(prefix, positions)}
         if anatomy_tokens.has_cls(m.module):
             out["cls"] = slice(0, 1)
+        kinds = anatomy_tokens.prefix_kinds(m.module)
+        if len(kinds) == prefix and "register" in kinds:  # registers: contiguous, after class / distillation
+            first = kinds.index("register")
+            out["registers"] = slice(first, first + kinds.count("register"))
         return out
     return {"all": slice(0, positions)}
 

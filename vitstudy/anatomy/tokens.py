@@ -21,6 +21,21 @@ def prefix_tokens(model: nn.Module) -> int:
     return int(cls.shape[1]) if isinstance(cls, torch.Tensor) and cls.dim() == 3 else 0
 
 
+def prefix_kinds(model: nn.Module) -> list[str]:
+    """The kind of each prefix token in the model's order: 'class', 'distillation', then 'register' (timm's
+    `_pos_embed` concatenates class, distillation (DeiT) and `reg_token`); kinds it cannot tell are 'prefix'."""
+    n = prefix_tokens(model)
+    kinds = []
+    if getattr(model, "cls_token", None) is not None:
+        kinds.append("class")
+    if getattr(model, "dist_token", None) is not None:
+        kinds.append("distillation")
+    reg = getattr(model, "reg_token", None)
+    if isinstance(reg, torch.Tensor):
+        kinds += ["register"] * int(reg.shape[1])
+    return (kinds + ["prefix"] * n)[:n]
+
+
 def has_cls(model: nn.Module) -> bool:
     """Whether the first token is a class token."""
     return getattr(model, "cls_token", None) is not None

@@ -41,12 +41,12 @@ def skip_ratio_figure(tokens: pd.DataFrame, summary: pd.DataFrame, k: int, aggre
     drawn = summary[[g != "all" or k not in with_patches for k, g in zip(keys, summary.group)]]
     drawn = drawn.assign(group=drawn.group.replace("all", "patches"))
     for (label, sub, group), g in drawn.groupby(["label", "sublayer", "group"], sort=False):
-        name = f"{model_label(label, g.weights.iloc[0] if 'weights' in g else None)} {SUBLAYER_NAMES.get(sub, sub)}" + (" CLS" if group == "cls" else "")
+        name = f"{model_label(label, g.weights.iloc[0] if 'weights' in g else None)} {SUBLAYER_NAMES.get(sub, sub)}" + {"cls": " CLS", "registers": " registers"}.get(group, "")
         g = g.sort_values("index")
         y = g.ratio.to_numpy(dtype=float)
         ok = np.isfinite(y)
         line, = ax.plot(g["index"].to_numpy()[ok], y[ok], marker="o", ms=3, label=name,
-                        ls="--" if group == "cls" else "-")
+                        ls={"cls": "--", "registers": ":"}.get(group, "-"))
         if "ratio_ci_low" in g:  # 95% interval over images
             ax.fill_between(g["index"].to_numpy()[ok], g.ratio_ci_low.to_numpy(dtype=float)[ok],
                             g.ratio_ci_high.to_numpy(dtype=float)[ok], color=line.get_color(), alpha=0.2, lw=0)
