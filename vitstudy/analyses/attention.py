@@ -107,10 +107,10 @@ def distance_table(m, stats: DistanceStats, site_list: list[Site], cfg) -> pd.Da
 def measure(ctx, m, batching) -> tuple[pd.DataFrame, np.ndarray]:
     """Mean attention distance of every head of `m` over the sampled images, and its leave-one-batch-out
     replicates (B, rows) in the table's row order."""
-    site_list = sites(m.module)
+    site_list = sites(m.module, m.data_config.get("input_size"))
     reducer = DistanceReducer(site_list)
     loader = ctx.loader([m], batching)
-    with unfused(m.module, [s.name for s in site_list]):
+    with unfused(m.module, site_list):
         stream([m], [[INPUT] + [s.layer for s in site_list]], loader, reducer, ctx.device,
                f"attention distance {m.label}", ctx.progress)
     reps = np.concatenate([reducer.stats.replicates(s.name) for s in site_list], axis=1)
@@ -141,7 +141,7 @@ def distance_models(cfg) -> dict:
 def attention_distance(ctx) -> Result:
     blocks = list(ctx.params.blocks)
     main = ctx.models["model"]
-    site_list = sites(main.module)  # clear message for CNNs before any image is loaded
+    site_list = sites(main.module, main.data_config.get("input_size"))  # clear message for CNNs before any image is loaded
     for b in blocks:
         if not -len(site_list) <= b < len(site_list):
             raise VitstudyError(f"analysis.blocks has {b}, but {main.label} has {len(site_list)} attention blocks (valid: 0..{len(site_list) - 1} or negative from the end)")
@@ -245,7 +245,7 @@ class LocalGlobalCKA(Params):
 def local_global_cka(ctx) -> Result:
     cfg, p = ctx.cfg, ctx.params
     vit, ref = ctx.models["model"], ctx.models["reference"]
-    site_list = sites(vit.module)
+    site_list = sites(vit.module, vit.data_config.get("input_size"))
     if any(s.kind != "global" for s in site_list):
         raise VitstudyError(f"local_global_cka needs a ViT-family model with global attention; {vit.label} uses windowed attention")
     block = p.block
@@ -266,7 +266,7 @@ def local_global_cka(ctx) -> Result:
     reducer = LocalGlobalReducer(site, proj, ref_layers, cfg.tokens, vit.module, ref.module, ctx.device)
     batching, record = ctx.sample(tail=cfg.cka.tail)
     loader = ctx.loader([vit, ref], batching)
-    with unfused(vit.module, [site.name]):
+    with unfused(vit.module, [site]):
         stream([vit, ref], [[INPUT, site.layer, proj], ref_layers], loader, reducer, ctx.device, "local/global cka", ctx.progress)
     mean, _ = reducer.stats.mean_std(site.name)
     order = [int(h) for h in np.argsort(mean, kind="stable")]

@@ -103,7 +103,7 @@ def attention_rollout(ctx) -> Result:
     cfg = ctx.cfg
     residual, num_show, centre = ctx.params.residual, ctx.params.num_show, ctx.params.centre
     m = ctx.models["model"]
-    site_list = sites(m.module)
+    site_list = sites(m.module, m.data_config.get("input_size"))
     if site_list[0].kind != "global":
         raise VitstudyError(f"attention rollout needs global attention over one token grid; {m.label} uses windowed attention with changing grids")
     if len({s.tokens for s in site_list}) > 1:  # ConViT: the class token joins mid-depth
@@ -116,7 +116,7 @@ def attention_rollout(ctx) -> Result:
     flat = [i for b in batching.batches for i in b]
     reducer = RolloutReducer(site_list, has_cls, residual, num_show, centre, flat)
     loader = ctx.loader([m], batching)
-    with unfused(m.module, [s.name for s in site_list]):
+    with unfused(m.module, site_list):
         stream([m], [[INPUT] + [s.layer for s in site_list]], loader, reducer, ctx.device, "attention rollout", ctx.progress)
     df = pd.DataFrame(reducer.rows)
     df.insert(0, "model", m.name)

@@ -76,6 +76,48 @@ def window_mean_distance(attn: torch.Tensor, dist: torch.Tensor) -> torch.Tensor
     return per / (nw * n)
 
 
+def grouped_mean_distance(attn: torch.Tensor, dist: torch.Tensor, num_queries: int) -> torch.Tensor:
+    """Described sites: attn (B, groups, H, Q, K), dist (groups, Q, K) with uncounted query rows zero -> (B, H),
+    the mean over the `num_queries` counted queries of sum_k A_qk D_qk."""
+    b, g, h, q, k = attn.shape
+    a = attn.transpose(1, 2).reshape(b, h, g * q * k)
+    return (a @ dist.reshape(g * q * k).to(attn.dtype)) / num_queries
+
+
+def cell_centres(n: int) -> torch.Tensor:
+    """(n,) float64 centres of n grid cells in cell units: 0.5, 1.5, ..."""
+    return torch.arange(n, dtype=torch.float64) + 0.5
+
+
+def pooled_centres(n: int, kernel: int, stride: int, padding: int) -> torch.Tensor:
+    """Centres (in input-cell units) of the footprints of a conv/pool over n cells: output j covers input cells
+    j*stride - padding .. j*stride - padding + kernel - 1 (padding cells included: the footprint is the kernel's)."""
+    m = (n + 2 * padding - kernel) // stride + 1
+    return torch.arange(m, dtype=torch.float64) * stride - padding + (kernel - 1) / 2 + 0.5
+
+
+def adaptive_centres(n: int, m: int) -> torch.Tensor:
+    """Centres (in input-cell units) of adaptive average pooling's m bins over n cells (torch's bin edges)."""
+    j = torch.arange(m)
+    start = torch.div(j * n, m, rounding_mode="floor")
+    end = torch.div((j + 1) * n + m - 1, m, rounding_mode="floor")
+    return (start + end).to(torch.float64) / 2
+
+
+def plane(rows: torch.Tensor, cols: torch.Tensor) -> torch.Tensor:
+    """(len(rows) * len(cols), 2) positions, row-major, from per-axis coordinates."""
+    r, c = torch.meshgrid(rows, cols, indexing="ij")
+    return torch.stack([r.flatten(), c.flatten()], dim=1)
+
+
+def pair_distances(q_pos: torch.Tensor, k_pos: torch.Tensor) -> torch.Tensor:
+    """(groups, Q, K) Euclidean distances between pixel positions; NaN positions (prefix tokens, padded queries)
+    give 0, so they drop out of sum_k A_qk D_qk without renormalising the rows."""
+    d = torch.cdist(q_pos.nan_to_num(0.0), k_pos.nan_to_num(0.0))
+    bad = q_pos.isnan().any(-1)[:, :, None] | k_pos.isnan().any(-1)[:, None, :]
+    return d.masked_fill(bad, 0.0)
+
+
 def residual_attention(attn_mean: torch.Tensor, residual: float = 0.5) -> torch.Tensor:
     """Ã = r A + (1 - r) I for head-averaged attention (B, N, N); rows still sum to 1 when A's do."""
     eye = torch.eye(attn_mean.shape[-1], dtype=attn_mean.dtype, device=attn_mean.device)
