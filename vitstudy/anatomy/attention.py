@@ -185,6 +185,9 @@ def excluded(model: nn.Module) -> str | None:
     if cls_blocks is not None and len(cls_blocks):
         return (f"the {len(cls_blocks)} class-attention blocks (blocks_token_only) are left out: only the class token "
                 f"queries there, it does not attend between image positions")
+    if type(model).__name__ == "CrossVit":
+        return ("the fusion blocks' cross-attention is left out: only each branch's class token queries there, "
+                "it does not attend between image positions")
     return None
 
 
@@ -522,19 +525,100 @@ def _efficientformer_sites(model, img) -> list[Site]:
     return out
 
 
+def _crossvit_sites(model, img) -> list[Site]:
+    """CrossViT: each branch i resizes the image to img_size_scaled[i] and attends over its class token and its own
+    patch grid (ViT blocks `blocks.J.blocks.i.K.attn`); a grid cell spans img / grid input pixels. The fusion
+    blocks' cross-attention (only the class token queries) is left out, see `excluded`."""
+    grids = [(sc[0] // _pair(pe.patch_size)[0], sc[1] // _pair(pe.patch_size)[1])
+             for sc, pe in zip(model.img_size_scaled, model.patch_embed)]
+    pos = []
+    for g in grids:
+        stride = _strides(img, g)
+        pos.append((stride, _with_prefix(_px(am.plane(am.cell_centres(g[0]), am.cell_centres(g[1])), stride), 1)))
+    out = []
+    for j, ms in enumerate(model.blocks):
+        for i, branch in enumerate(ms.blocks):
+            for k, blk in enumerate(branch):
+                stride, p = pos[i]
+                out.append(_described(f"blocks.{j}.blocks.{i}.{k}.attn", len(out), int(blk.attn.num_heads), "global",
+                                      grids[i], stride, "bhqk", p, p, num_prefix=1))
+    return out
+
+
+def _tnt_sites(model, img) -> list[Site]:
+    """TNT: per block, inner attention among the pixel tokens of each patch ((B * patches, heads, n, n); a pixel
+    token is the strided conv's output, centred on its kernel's footprint) and outer attention over the class
+    token and the patch grid."""
+    pe = model.pixel_embed
+    ps, nps = _pair(pe.patch_size), _pair(pe.new_patch_size)
+    conv = pe.proj
+    grid = (img[0] // ps[0], img[1] // ps[1])
+    inner = []
+    for r in range(grid[0]):
+        for c in range(grid[1]):
+            if pe.legacy:  # conv over the image, then unfold: pixel token a of patch r is conv output r * nps + a
+                rows = am.pooled_centres(img[0], conv.kernel_size[0], conv.stride[0], conv.padding[0])[r * nps[0]:(r + 1) * nps[0]]
+                cols = am.pooled_centres(img[1], conv.kernel_size[1], conv.stride[1], conv.padding[1])[c * nps[1]:(c + 1) * nps[1]]
+            else:  # unfold into patches, conv inside each patch (zero padding at the patch border)
+                rows = am.pooled_centres(ps[0], conv.kernel_size[0], conv.stride[0], conv.padding[0]) + r * ps[0]
+                cols = am.pooled_centres(ps[1], conv.kernel_size[1], conv.stride[1], conv.padding[1]) + c * ps[1]
+            inner.append(am.plane(rows, cols))
+    inner = torch.stack(inner)
+    stride = _strides(img, grid)
+    outer = _with_prefix(_px(am.plane(am.cell_centres(grid[0]), am.cell_centres(grid[1])), stride), 1)
+    out = []
+    for i, blk in enumerate(model.blocks):
+        out.append(_described(f"blocks.{i}.attn_in", len(out), int(blk.attn_in.num_heads), "window",
+                              (grid[0] * nps[0], grid[1] * nps[1]), (ps[0] / nps[0], ps[1] / nps[1]),
+                              "(bg)hqk", inner, inner, window=tuple(nps)))
+        out.append(_described(f"blocks.{i}.attn_out", len(out), int(blk.attn_out.num_heads), "global", grid, stride,
+                              "bhqk", outer, outer, num_prefix=1))
+    return out
+
+
+def _hiera_sites(model, img) -> list[Site]:
+    """Hiera: tokens are `unroll`ed so that a max-pool over q_stride is a max over the slowest index. Their
+    positions are found by unrolling the patch grid's own coordinates; each pooling (the queries of a stage's first
+    block, and the block's output) takes a token's position as the mean of the ones it pools (its footprint's
+    centre). Mask-unit attention: token n = t * windows + w, (B, heads, windows, Tq, Tk); global: (B, heads, Nq, N)."""
+    names = [(n, m) for n, m in model.named_modules() if type(m).__name__ == "MaskUnitAttention"]
+    found = probe(model, img, {n: SOFTMAX_TAP for n, _ in names})
+    size = [int(v) for v in model.unroll.size]
+    if len(size) != 2:
+        raise VitstudyError("Hiera with a temporal axis (video) has no 2-D image positions; use an image model")
+    stride = _strides(img, size)
+    grid = am.plane(am.cell_centres(size[0]), am.cell_centres(size[1]))
+    with torch.no_grad():
+        pos = model.unroll(_px(grid, stride)[None].to(torch.float64))[0]
+    out = []
+    for i, (n, m) in enumerate(names):
+        tokens = int(found[n].args[0][1])
+        if tokens != len(pos):
+            raise VitstudyError(f"Hiera attention '{n}' sees {tokens} tokens, expected {len(pos)} (masked input?)")
+        qs = int(m.q_stride)
+        pooled = pos.reshape(qs, -1, 2).mean(0)
+        if m.use_mask_unit_attn:
+            windows = tokens // (qs * int(m.window_size))
+            k = pos.reshape(-1, windows, 2).transpose(0, 1)  # (windows, T, 2)
+            q = pooled.reshape(-1, windows, 2).transpose(0, 1)
+            layout, kind = "bhgqk", "window"
+        else:
+            k, q, layout, kind = pos[None], pooled[None], "bhqk", "global" if qs == 1 else "pooled"
+        h = round(math.sqrt(tokens * size[0] / size[1]))
+        out.append(_described(n, i, int(m.heads), kind, (h, tokens // max(h, 1)), _strides(img, (h, tokens // max(h, 1))),
+                              layout, q, k, tap=SOFTMAX_TAP))
+        pos = pooled
+    return out
+
+
 DESCRIBED = {"PyramidVisionTransformerV2": _pvt_sites, "Twins": _twins_sites, "MaxxVit": _maxxvit_sites,
              "Nest": _nest_sites, "MultiScaleVit": _mvit_sites, "Levit": _levit_sites, "LevitDistilled": _levit_sites,
-             "EfficientFormer": _efficientformer_sites}
+             "EfficientFormer": _efficientformer_sites, "CrossVit": _crossvit_sites, "TNT": _tnt_sites,
+             "Hiera": _hiera_sites}
 
 REFUSED = {
     "CoaT": "CoaT's factorized attention takes the softmax of the keys over tokens and multiplies K^T V first "
             "(Xu et al. 2021): no query-by-key probability map exists, so it has no attention distance or rollout",
-    "Hiera": "Hiera's mask-unit attention runs on tokens unrolled into mask units (Ryali et al. 2023); their order "
-             "is not yet mapped back to pixels here, so its attention maps are not supported yet",
-    "CrossVit": "CrossViT's two branches (each with its own grid) and their class-token cross-attention are not yet "
-                "described here, so its attention maps are not supported yet",
-    "TNT": "TNT's inner (pixel) and outer (patch) attention are not yet described here, so its attention maps are "
-           "not supported yet",
 }
 
 
