@@ -113,7 +113,7 @@ def plane(rows: torch.Tensor, cols: torch.Tensor) -> torch.Tensor:
 def pair_distances(q_pos: torch.Tensor, k_pos: torch.Tensor) -> torch.Tensor:
     """(groups, Q, K) Euclidean distances between pixel positions; NaN positions (prefix tokens, padded queries)
     give 0, so they drop out of sum_k A_qk D_qk without renormalising the rows."""
-    d = torch.cdist(q_pos.nan_to_num(0.0), k_pos.nan_to_num(0.0))
+    d = torch.cdist(q_pos.nan_to_num(0.0), k_pos.nan_to_num(0.0), compute_mode="donot_use_mm_for_euclid_dist")
     bad = q_pos.isnan().any(-1)[:, :, None] | k_pos.isnan().any(-1)[:, None, :]
     return d.masked_fill(bad, 0.0)
 
