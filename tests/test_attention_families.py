@@ -379,3 +379,71 @@ def test_half_diagonal_of_a_map_with_too_few_columns_refuses_in_one_line():
     assert "\n" not in str(err.value)
     rows, cols = fourier.half_diagonal(8, 8)
     assert rows.tolist() == cols.tolist() == [0, 1, 2, 3]
+
+
+# ------------------------------------------------------------------ rollout through windows and stages
+
+
+def _random_maps(site_list, b=2, seed=0):
+    from vitstudy.anatomy.attention import positions
+    g = torch.Generator().manual_seed(seed)
+    out = []
+    for s in site_list:
+        q, k = positions(s)
+        a = torch.rand(b, q.shape[0], q.shape[1], k.shape[1], generator=g, dtype=torch.float64)
+        out.append(a / a.sum(-1, keepdim=True))
+    return out
+
+
+def test_staged_rollout_equals_plain_rollout_on_one_grid():
+    from vitstudy.analyses.rollout import compose, plan
+    from vitstudy.metrics import attention as am
+    model = timm.create_model("vit_tiny_patch16_224", img_size=32, patch_size=8, depth=3)
+    site_list = sites(model)
+    maps = _random_maps(site_list)
+    steps, prefix = plan(site_list, "vit")
+    v = torch.zeros(2, 17, dtype=torch.float64)
+    v[:, 0] = 1
+    got = compose(steps, maps, v, 0.5)
+    want = am.rollout([a[:, 0] for a in maps], 0.5)[:, 0]
+    torch.testing.assert_close(got, want, rtol=0, atol=1e-14)
+
+
+def test_swin_rollout_composes_shifted_windows_and_patch_merging_at_full_resolution():
+    """Float64 brute force: every Swin block's attention scattered into a full (N x N) matrix with timm's own
+    roll + window_partition on an index map, the patch merging as the 2x2 average (rows of a 2x-downsampling), and
+    R = Ã_4 M Ã_3 Ã_2 M' ...: the mean of R's last-stage rows equals the staged rollout's map."""
+    from timm.models.swin_transformer import window_partition
+    from vitstudy.analyses.rollout import compose, plan
+    model = timm.create_model("swin_tiny_patch4_window7_224", img_size=32, window_size=4, depths=(2, 2), num_heads=(2, 4), embed_dim=32)
+    site_list = sites(model)
+    maps = _random_maps(site_list)
+    steps, _ = plan(site_list, "swin")
+    r = 0.5
+    full = None
+    prev = None
+    for s, a in zip(site_list, maps):
+        gh, gw = s.grid
+        n = gh * gw
+        idx = torch.arange(n, dtype=torch.float64).reshape(1, gh, gw, 1)
+        idx = torch.roll(idx, shifts=(-s.shift[0], -s.shift[1]), dims=(1, 2))
+        win = window_partition(idx, s.window).reshape(-1, s.window[0] * s.window[1]).long()  # (windows, n) raster index
+        big = torch.zeros(2, n, n, dtype=torch.float64)
+        for w in range(win.shape[0]):
+            big[:, win[w][:, None], win[w][None, :]] = a[:, w]
+        step = r * big + (1 - r) * torch.eye(n, dtype=torch.float64)
+        if prev is not None and prev != n:  # patch merging: token (i, j) = mean of the 2x2 block below it
+            ph, pw = gh * 2, gw * 2
+            m = torch.zeros(n, ph * pw, dtype=torch.float64)
+            for i in range(gh):
+                for j in range(gw):
+                    for di in range(2):
+                        for dj in range(2):
+                            m[i * gw + j, (2 * i + di) * pw + 2 * j + dj] = 0.25
+            full = m @ full
+        full = step if full is None else step @ full
+        prev = n
+    want = full.mean(dim=1)  # mean of the last stage's rows: no CLS token
+    nout = site_list[-1].grid[0] * site_list[-1].grid[1]
+    got = compose(steps, maps, torch.full((2, nout), 1.0 / nout, dtype=torch.float64), r)
+    torch.testing.assert_close(got, want, rtol=0, atol=1e-14)

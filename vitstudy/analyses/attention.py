@@ -246,12 +246,16 @@ def local_global_cka(ctx) -> Result:
     cfg, p = ctx.cfg, ctx.params
     vit, ref = ctx.models["model"], ctx.models["reference"]
     site_list = sites(vit.module, vit.data_config.get("input_size"))
-    if any(s.kind != "global" for s in site_list):
-        raise VitstudyError(f"local_global_cka needs a ViT-family model with global attention; {vit.label} uses windowed attention")
     block = p.block
     if not -len(site_list) <= block < len(site_list):
         raise VitstudyError(f"analysis.block={block} is out of range: {vit.label} has {len(site_list)} blocks")
     site = site_list[block]
+    if site.kind not in ("global", "pooled") or site.layout not in (None, "bhqk"):
+        raise VitstudyError(f"local_global_cka needs attention over the whole token grid at analysis.block={block}; "
+                            f"{vit.label}'s {site.name} uses {site.kind} attention (its heads see windows of the image)")
+    if not isinstance(dict(vit.module.named_modules()).get(f"{site.name}.proj"), torch.nn.Linear):
+        raise VitstudyError(f"local_global_cka reads each head's output at the input of the attention's `proj` linear "
+                            f"layer; {vit.label}'s {site.name} has none (its heads' outputs are not laid out per token)")
     size = max(1, site.heads // 4) if p.subset_size is None else p.subset_size
     step = p.subset_step
     if not 1 <= size <= site.heads:

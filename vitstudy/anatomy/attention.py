@@ -111,6 +111,39 @@ class Site:
                                 f"{type(attn).__name__} there is not a softmax over keys; this attention type is not supported")
 
 
+def positions(site: Site) -> tuple[torch.Tensor, torch.Tensor]:
+    """(groups, Q, 2) and (groups, K, 2) pixel centres of a site's queries and keys (NaN: prefix or padding), for
+    every kind of site: described ones store them; ViT-family grids and Swin windows are rebuilt here."""
+    if site.q_pos is not None:
+        return site.q_pos, site.k_pos
+    if site.kind == "window":  # Swin: window partition of the map rolled by -shift, as metrics.window_distances
+        gh, gw = site.grid
+        out = []
+        for wr in range(gh // site.window[0]):
+            for wc in range(gw // site.window[1]):
+                local = am.grid_coords(*site.window)
+                y = (local[:, 0] + wr * site.window[0] + site.shift[0]) % gh
+                x = (local[:, 1] + wc * site.window[1] + site.shift[1]) % gw
+                out.append(torch.stack([y, x], dim=1) + 0.5)
+        pos = torch.stack(out) * torch.tensor(site.stride, dtype=torch.float64)
+        return pos, pos
+    pos = am.grid_coords(*site.grid) + 0.5
+    pos = torch.cat([torch.full((site.num_prefix, 2), float("nan"), dtype=torch.float64),
+                     pos * torch.tensor(site.stride, dtype=torch.float64)])[None]
+    return pos, pos
+
+
+def grouped_of(site: Site, attn: torch.Tensor) -> torch.Tensor:
+    """Any captured map as (B, groups, heads, Q, K)."""
+    if site.layout is not None:
+        return site.probabilities(attn)
+    attn = site.probabilities(attn)
+    if site.kind == "window":
+        nw = (site.grid[0] // site.window[0]) * (site.grid[1] // site.window[1])
+        return attn.reshape(attn.shape[0] // nw, nw, *attn.shape[1:])
+    return attn.unsqueeze(1)
+
+
 def _pair(v) -> tuple:
     return tuple(v) if isinstance(v, (tuple, list)) else (v, v)
 

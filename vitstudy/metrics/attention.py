@@ -8,11 +8,15 @@ then the mean is taken over query patches. Prefix rows and columns of the distan
 matrix-vector product per (image, head) gives the per-image mean with no temporaries.
 
 Rollout (Abnar & Zuidema 2020; Dosovitskiy et al. Fig. 6): R = Ã_L ... Ã_1, Ã_l = r A_l + (1 - r) I with
-A_l the head-averaged attention of block l and r = 0.5.
+A_l the head-averaged attention of block l and r = 0.5. Across windows and stages (`nearest_links`,
+`pull_back`): each block's attention is over its own queries and keys; a key (or pooled query) is the mean of the
+block's input tokens nearest to it (its footprint: the merge's or pooling's own cells), so a stage change carries
+the rollout through that pooling matrix.
 """
 from __future__ import annotations
 
 import math
+from dataclasses import dataclass
 
 import torch
 
@@ -131,6 +135,44 @@ def rollout(attns: list[torch.Tensor], residual: float = 0.5) -> torch.Tensor:
         a = residual_attention(a, residual)
         r = a if r is None else a @ r
     return r
+
+
+@dataclass
+class Links:
+    """A sparse (targets x inputs) pooling matrix: target `src[i]` spreads weight `weight[i]` onto input `dst[i]`."""
+
+    src: torch.Tensor
+    dst: torch.Tensor
+    weight: torch.Tensor
+
+
+def nearest_links(targets: torch.Tensor, inputs: torch.Tensor, prefix: int) -> Links:
+    """Tokens to the tokens they are computed from, by position: each input token (T, 2) belongs to its nearest
+    target, prefix i (the first `prefix` rows of both) to prefix i; a target that no input chose takes its nearest
+    input (e.g. a zero-padded key beyond the border); each target averages its members evenly. NaN targets after
+    the prefix (padded queries) get none. This is the pooling matrix of a patch merging or strided pooling, and the
+    identity when both sets have the same positions."""
+    nt, ni = len(targets), len(inputs)
+    tv = torch.arange(prefix, nt)[~targets[prefix:].isnan().any(-1)]
+    iv = torch.arange(prefix, ni)
+    d = torch.cdist(inputs[iv], targets[tv], compute_mode="donot_use_mm_for_euclid_dist")
+    owner = tv[d.argmin(dim=1)]  # each input's target
+    src, dst = [owner], [iv]
+    lonely = tv[torch.bincount(owner, minlength=nt)[tv] == 0]
+    if len(lonely):
+        src.append(lonely)
+        dst.append(iv[torch.cdist(targets[lonely], inputs[iv], compute_mode="donot_use_mm_for_euclid_dist").argmin(dim=1)])
+    src.append(torch.arange(prefix))
+    dst.append(torch.arange(prefix))
+    src, dst = torch.cat(src), torch.cat(dst)
+    count = torch.bincount(src, minlength=nt).to(torch.float64)
+    return Links(src, dst, 1.0 / count[src])
+
+
+def pull_back(v: torch.Tensor, links: Links, num_inputs: int) -> torch.Tensor:
+    """v (B, targets) -> (B, inputs): v @ M for the pooling matrix M of `links`."""
+    out = v.new_zeros(v.shape[0], num_inputs)
+    return out.index_add_(1, links.dst.to(v.device), v[:, links.src.to(v.device)] * links.weight.to(v.device, v.dtype))
 
 
 def entropy(p: torch.Tensor) -> torch.Tensor:
