@@ -688,11 +688,13 @@ def sites(model: nn.Module, input_size=None) -> list[Site]:
         return _pit_sites(model)
     if pe is not None and hasattr(pe, "grid_size") and isinstance(getattr(model, "blocks", None), (nn.Sequential, nn.ModuleList)):
         return _vit_sites(model)
-    if any(_attention_ok(m) for m in model.modules()):
-        raise VitstudyError(f"{type(model).__name__} has attention modules but not in a layout vitstudy knows "
-                            f"(timm ViT family with patch_embed.grid_size and blocks.N.attn, or Swin); attention maps are not supported for it yet")
-    raise VitstudyError(f"{type(model).__name__} has no self-attention to measure (it is not a timm ViT-family or Swin model); "
-                        f"use a transformer, e.g. model=vit_b16, model=deit_s or model=swin_t")
+    named = sorted({type(m).__name__ for m in model.modules() if any(w in type(m).__name__ for w in ("Attn", "Attention"))})
+    if any(_attention_ok(m) for m in model.modules()) or named:
+        raise VitstudyError(f"{type(model).__name__} has attention modules ({', '.join(named) or 'timm Attention'}) but not in a layout vitstudy knows (the ViT "
+                            f"family, PiT, Swin, or one of {', '.join(sorted(DESCRIBED))}); attention maps are not supported for it yet")
+    raise VitstudyError(f"{type(model).__name__} has no self-attention to measure (none of its modules is a softmax "
+                        f"attention over image positions that vitstudy knows); use a transformer, e.g. model=vit_b16, "
+                        f"model=deit_s or model=swin_t")
 
 
 @contextmanager
