@@ -447,3 +447,37 @@ def test_swin_rollout_composes_shifted_windows_and_patch_merging_at_full_resolut
     nout = site_list[-1].grid[0] * site_list[-1].grid[1]
     got = compose(steps, maps, torch.full((2, nout), 1.0 / nout, dtype=torch.float64), r)
     torch.testing.assert_close(got, want, rtol=0, atol=1e-14)
+
+
+# ------------------------------------------------------------------ end to end
+
+
+PCPVT_CLI = ["model.name=twins_pcpvt_small", "model.pretrained=false", "model.data.input_size=[3,64,64]", "model.kwargs.img_size=64",
+             "+model.kwargs.depths=[1,1,1,1]", "+model.kwargs.embed_dims=[16,32,32,32]", "+model.kwargs.num_heads=[1,2,2,2]"]
+DATA = ["dataset=synthetic", "dataset.num_images=8", "dataset.batch_size=4", "dataset.image_size=64", "dataset.num_workers=0"]
+
+
+def test_attention_distance_and_rollout_run_on_twins_pcpvt_end_to_end(tmp_path, capsys):
+    import pandas as pd
+    from helpers import cli
+    out = tmp_path / "dist"
+    code, _, err = cli(["run", "analysis=attention_distance", *PCPVT_CLI, *DATA, f"hydra.run.dir={out}"], capsys)
+    assert code == 0, err
+    df = pd.read_csv(out / "attention_distance.csv")
+    assert set(df.kind) == {"pooled", "global"} and len(df) == 1 + 2 + 2 + 2  # heads per block
+    # the last stage (2x2 grid, 32 px cells, no reduction) is bounded by the grid's diameter
+    assert (df.mean_distance > 0).all() and (df[df.grid == "2x2"].mean_distance <= 32 * math.sqrt(2) + 1e-9).all()
+    roll = tmp_path / "roll"
+    code, _, err = cli(["run", "analysis=attention_rollout", *PCPVT_CLI, *DATA, f"hydra.run.dir={roll}"], capsys)
+    assert code == 0, err
+    r = pd.read_csv(roll / "attention_rollout.csv")
+    assert (r.grid == "16x16").all() and r.composition.str.startswith("windows and stages").all()
+    np.testing.assert_allclose(r.patch_mass, 1.0, rtol=1e-6)  # no prefix tokens: the pooling matrices keep all mass (float32 rows)
+
+
+def test_rollout_refuses_two_token_sets_in_one_line(tmp_path, capsys):
+    from helpers import cli
+    code, _, err = cli(["run", "analysis=attention_rollout", "model.name=tnt_s_patch16_224", "model.pretrained=false",
+                        "model.data.input_size=[3,32,32]", "model.kwargs.img_size=32", "model.kwargs.patch_size=8",
+                        "model.kwargs.depth=1", *DATA, f"hydra.run.dir={tmp_path / 'r'}"], capsys)
+    assert code != 0 and "pixel and patch tokens" in err and len(err.strip().splitlines()) == 1, err
