@@ -15,6 +15,16 @@ gated positional blocks (GPSA, before `local_up_to_layer`) see the patch tokens,
 too, and their probabilities are the gated, renormalised mix that multiplies the values; PiT's stages attend over
 its class token(s) and a grid that each stage's strided pooling conv shrinks; Swin and Swin-V2 attend
 inside (shifted) windows. XCiT is refused: its cross-covariance attention is a softmax over channels, not positions.
+
+Described families (`DESCRIBED`, a probe forward at the model's input size gives each module's map size): PVT-v2
+and Twins' global sub-sampled attention (queries on the stage grid, keys from the strided `sr` conv or PVT-v2-li's
+7x7 adaptive pool), Twins' locally-grouped windows (zero-padded map: padded keys attended, padded queries dropped),
+MaxViT block and grid partitions and CoAtNet's global Attention2d, NesT's nested blocks, MViT-v2's pooled q and k
+(class token unpooled), LeViT's attention and its subsampling AttentionDownsample, EfficientFormer's last-stage
+attention, CrossViT per branch (fusion cross-attention left out), TNT inner (pixel tokens in each patch) and outer,
+Hiera (mask units; positions by unrolling the grid's coordinates). Modules without `attn_drop` (MViT-v2, LeViT,
+EfficientFormer, Hiera) are tapped at their softmax output through a `SoftmaxTap` (a TorchFunctionMode active
+only inside those modules' forward). CoaT is refused: its factorized attention has no query-by-key map.
 """
 from __future__ import annotations
 
