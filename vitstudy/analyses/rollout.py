@@ -198,9 +198,10 @@ def attention_rollout(ctx) -> Result:
     site_list = sites(m.module, m.data_config.get("input_size"))
     kind = type(m.module).__name__
     if kind in ("CrossVit", "TNT"):
+        how = ("two branches with their own grids, joined only through their class tokens' cross-attention"
+               if kind == "CrossVit" else "pixel and patch tokens, joined by a linear projection of each patch's pixel tokens")
         raise VitstudyError(f"attention rollout multiplies one chain of token maps, but {m.label} ({kind}) runs two token "
-                            f"sets side by side ({'two branches' if kind == 'CrossVit' else 'pixel and patch tokens'}) "
-                            f"that only exchange through non-attention layers")
+                            f"sets side by side ({how})")
     # the class token must be among the attended tokens (CaiT's joins only in its class-attention blocks)
     has_cls = getattr(m.module, "cls_token", None) is not None and site_list[0].num_prefix > 0
     query = "cls" if has_cls else "mean of patch tokens (no CLS token)"
