@@ -1,9 +1,11 @@
 #!/usr/bin/env python
 """Which timm models the structure-dependent analyses support, measured: one small random-init architecture per
 family, through the Python API (`vitstudy.run([...], out_dir=...)` with `model.pretrained=false`), a few synthetic
-images. By default the four analyses that each need a different piece of a model's anatomy:
+images. By default the six analyses that each need a different piece of a model's anatomy:
   cka_within (layers=blocks)    every block's output is one tensor (tuple-returning blocks: MViT-v2, CrossViT, TNT)
   attention_distance            where the softmax probabilities are and how tokens map to pixels
+  attention_rollout             the same, composed through windows and stages (merges' pooling matrices)
+  local_global_cka              one block's per-head outputs (the input of its attention's proj)
   skip_ratio                    where each residual branch z + f(z) is
   fourier (analysis.layers=latents)  the residual stream after every sublayer, laid out on a spatial grid
 
@@ -15,7 +17,8 @@ The tidy table (family, model, analysis, outcome, message, seconds) goes to OUT/
 analyses table to OUT/coverage.md and, with --doc, to that page (docs/coverage.md). Exit status 1 when anything
 crashed.
 
-    python scripts/coverage.py                                   # 41 families x 4 analyses (~6 CPU-minutes; 15-45 min wall on 2 busy cores)
+    python scripts/coverage.py                                   # 41 families x 6 analyses (~10 CPU-minutes; 20-60 min wall on 2 busy cores)
+    python scripts/coverage.py --default-size --out outputs/coverage_224   # the same architectures at their default input size
     python scripts/coverage.py --doc docs/coverage.md --before outputs/coverage_main/coverage.csv
     python scripts/coverage.py --families cait beit --analyses skip_ratio attention_distance
     python scripts/coverage.py --analyses all                    # every registered analysis (about an hour)
@@ -99,7 +102,7 @@ FAMILIES: list[Family] = [
 
 TIMM_KWARGS = ("img_size", "patch_size", "depth", "embed_dim", "num_heads", "num_classes", "global_pool",
                "class_token", "drop_path_rate", "window_size")  # keys the model schema has (no `+` needed)
-DEFAULT_ANALYSES = ["cka_within", "attention_distance", "skip_ratio", "fourier"]
+DEFAULT_ANALYSES = ["cka_within", "attention_distance", "attention_rollout", "local_global_cka", "skip_ratio", "fourier"]
 # The structure each default analysis is asked for, said explicitly (they are also the defaults today).
 STRUCTURE = {"cka_within": ["layers=blocks"], "fourier": ["analysis.layers=latents"]}
 COMMON = ["model.pretrained=false", "model.kwargs.num_classes=10",
@@ -109,12 +112,25 @@ COMMON = ["model.pretrained=false", "model.kwargs.num_classes=10",
 # Cost knobs only (images, iterations, bands); every structural default is kept.
 CHEAPER = {
     "attention_distance": ["analysis.blocks=[0,-1]"],  # the figure's blocks; the CSV has every block either way
+    "attention_rollout": ["analysis.num_show=2"],
     "hessian": ["analysis.batch_size=4", "analysis.num_batches=1", "analysis.top_k=1", "analysis.max_iter=2"],
     "loss_landscape": ["analysis.steps=2", "analysis.num_images=4"],
     "linear_probe": ["analysis.num_train=16", "analysis.num_val=8", "analysis.num_test=8", "analysis.max_tokens=2"],
     "receptive_field": ["analysis.num_images=4"],
     "frequency_noise": ["analysis.bands=[0.5]"],
 }
+
+
+def at_default_size(f: Family) -> Family:
+    """The same shrunk architecture at its timm default input size (img_size set to it, patch size left at the
+    architecture's own): the structure at the resolution users run, e.g. NesT's 14x14 blocks at 224 px."""
+    import timm
+
+    size = tuple(int(v) for v in timm.models.get_pretrained_cfg(f.arch).input_size[-2:])
+    kwargs = {k: v for k, v in f.kwargs.items() if k != "patch_size"}
+    if "img_size" in kwargs:
+        kwargs["img_size"] = size if size[0] != size[1] else size[0]
+    return Family(f.key, f.arch, kwargs, size, f.kind)
 
 
 def value(v) -> str:
@@ -234,10 +250,13 @@ def write_doc(path: Path, table: str) -> None:
             "shrunk with constructor kwargs), a few synthetic images, through the Python API. A cell is ✓ when the run "
             "finished and wrote its run directory, – when vitstudy refused in one line (the lines are listed below the "
             "table). Random init: the numbers themselves are not shown here, only whether each analysis finds the "
-            "structure it needs.\n\nRegenerate (about 6 CPU-minutes, 15 min wall on 2 busy cores; `--before` adds the then/now counts):\n\n"
-            "    PYTHONPATH=$PWD python scripts/coverage.py --doc docs/coverage.md [--before OLD/coverage.csv]\n\n"
+            "structure it needs.\n\nRegenerate (about 10 CPU-minutes, 20-40 min wall on 2 busy cores; `--before` adds the then/now "
+            "counts; the second table, at each family's default input size, comes from `--default-size`):\n\n"
+            "    PYTHONPATH=$PWD python scripts/coverage.py --doc docs/coverage.md [--before OLD/coverage.csv]\n"
+            "    PYTHONPATH=$PWD python scripts/coverage.py --default-size --analyses attention_distance attention_rollout "
+            "local_global_cka fourier --out outputs/coverage_default\n\n"
             "Where the anatomy lives: `vitstudy/anatomy/families.py` (residual branches per block family), "
-            "`attention.py` (attention sites), `tokens.py` (token grids), `latents.py`. Residual branches that no module "
+            "`attention.py` (attention sites; per family in docs/attention_families/README.md), `tokens.py` (token grids), `latents.py`. Residual branches that no module "
             "outputs alone (BEiT/EVA's gamma inside the addition, CaiT/ConViT/CoaT's shared drop-path, MViT-v2's pooled "
             "shortcut) are derived in float64 as post - z. At random init some branches are exactly zero (Swin-V2 and "
             "timm ResNets zero-init their last norm): `skip_ratio` then runs and reports an infinite, flagged ratio.\n\n")
@@ -258,6 +277,8 @@ def main(argv=None) -> int:
                     "(later rows win, e.g. a rerun of some families)")
     ap.add_argument("--keep-runs", action="store_true", help="keep every run directory under OUT/runs/")
     ap.add_argument("--threads", type=int, default=1, help="torch threads (default 1)")
+    ap.add_argument("--default-size", action="store_true", help="run each family at its timm default input size "
+                    "(e.g. 224 px) instead of the small one")
     args = ap.parse_args(argv)
 
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
@@ -267,6 +288,8 @@ def main(argv=None) -> int:
     from vitstudy.analyses import REGISTRY
 
     families = [f for f in FAMILIES if not args.families or f.key in args.families]
+    if args.default_size:
+        families = [at_default_size(f) for f in families]
     unknown = set(args.families or []) - {f.key for f in FAMILIES}
     wanted = DEFAULT_ANALYSES if not args.analyses else list(REGISTRY) if args.analyses == ["all"] else args.analyses
     analyses = [a for a in wanted if a in REGISTRY]

@@ -297,7 +297,7 @@ def test_attention_rollout_end_to_end_cls_and_gap(tmp_path, capsys):
     (["analysis=local_global_cka", *TINY_VIT, *TINY_RESNET, "analysis.subset_size=4"], "analysis.subset_size=4 must be between 1 and the 3 heads"),
     (["analysis=local_global_cka", *TINY_VIT, *TINY_RESNET, "analysis.block=7"], "analysis.block=7 is out of range"),
     (["analysis=attention_rollout", *TINY_VIT, "analysis.residual=0"], "analysis.residual=0.0 must be in (0, 1]"),
-    (["analysis=attention_rollout", *SWIN_CLI], "uses windowed attention"),
+    (["analysis=local_global_cka", *SWIN_CLI, *TINY_RESNET], "needs attention over the whole token grid"),
 ])
 def test_bad_input_is_one_line(tmp_path, capsys, args, message):
     code, _, err = cli(["run", *args, *SMALL_DATA, "dataset.num_images=8", f"hydra.run.dir={tmp_path / 'run'}"], capsys)

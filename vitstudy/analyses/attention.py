@@ -91,7 +91,7 @@ class DistanceReducer(Reducer):
 def distance_table(m, stats: DistanceStats, site_list: list[Site], cfg) -> pd.DataFrame:
     """One row per (block, head); `uniform_distance` is what uniform attention on that block's grid would give."""
     rows = []
-    uniform = {s.name: am.uniform_distance(s.dist, s.num_prefix) if s.dist is not None else float("nan") for s in site_list}
+    uniform = {s.name: s.uniform_distance() if s.dist is not None else float("nan") for s in site_list}
     for s in site_list:
         mean, std = stats.mean_std(s.name)
         se = std / np.sqrt(stats.n)  # images are independent draws; heads of one image are not
@@ -111,10 +111,10 @@ def distance_table(m, stats: DistanceStats, site_list: list[Site], cfg) -> pd.Da
 def measure(ctx, m, batching) -> tuple[pd.DataFrame, np.ndarray]:
     """Mean attention distance of every head of `m` over the sampled images, and its leave-one-batch-out
     replicates (B, rows) in the table's row order."""
-    site_list = sites(m.module)
+    site_list = sites(m.module, m.data_config.get("input_size"))
     reducer = DistanceReducer(site_list)
     loader = ctx.loader([m], batching)
-    with unfused(m.module, [s.name for s in site_list]):
+    with unfused(m.module, site_list):
         stream([m], [[INPUT] + [s.layer for s in site_list]], loader, reducer, ctx.device,
                f"attention distance {m.label}", ctx.progress)
     reps = np.concatenate([reducer.stats.replicates(s.name) for s in site_list], axis=1)
@@ -145,7 +145,7 @@ def distance_models(cfg) -> dict:
 def attention_distance(ctx) -> Result:
     blocks = list(ctx.params.blocks)
     main = ctx.models["model"]
-    site_list = sites(main.module)  # clear message for CNNs before any image is loaded
+    site_list = sites(main.module, main.data_config.get("input_size"))  # clear message for CNNs before any image is loaded
     for b in blocks:
         if not -len(site_list) <= b < len(site_list):
             raise VitstudyError(f"analysis.blocks has {b}, but {main.label} has {len(site_list)} attention blocks (valid: 0..{len(site_list) - 1} or negative from the end)")
@@ -249,13 +249,17 @@ class LocalGlobalCKA(Params):
 def local_global_cka(ctx) -> Result:
     cfg, p = ctx.cfg, ctx.params
     vit, ref = ctx.models["model"], ctx.models["reference"]
-    site_list = sites(vit.module)
-    if any(s.kind != "global" for s in site_list):
-        raise VitstudyError(f"local_global_cka needs a ViT-family model with global attention; {vit.label} uses windowed attention")
+    site_list = sites(vit.module, vit.data_config.get("input_size"))
     block = p.block
     if not -len(site_list) <= block < len(site_list):
         raise VitstudyError(f"analysis.block={block} is out of range: {vit.label} has {len(site_list)} blocks")
     site = site_list[block]
+    if site.kind not in ("global", "pooled") or site.layout not in (None, "bhqk"):
+        raise VitstudyError(f"local_global_cka needs attention over the whole token grid at analysis.block={block}; "
+                            f"{vit.label}'s {site.name} uses {site.kind} attention (its heads see windows of the image)")
+    if not isinstance(dict(vit.module.named_modules()).get(f"{site.name}.proj"), torch.nn.Linear):
+        raise VitstudyError(f"local_global_cka reads each head's output at the input of the attention's `proj` linear "
+                            f"layer; {vit.label}'s {site.name} has none (its heads' outputs are not laid out per token)")
     size = max(1, site.heads // 4) if p.subset_size is None else p.subset_size
     step = p.subset_step
     if not 1 <= size <= site.heads:
@@ -270,7 +274,7 @@ def local_global_cka(ctx) -> Result:
     reducer = LocalGlobalReducer(site, proj, ref_layers, cfg.tokens, vit.module, ref.module, ctx.device)
     batching, record = ctx.sample(tail=cfg.cka.tail)
     loader = ctx.loader([vit, ref], batching)
-    with unfused(vit.module, [site.name]):
+    with unfused(vit.module, [site]):
         stream([vit, ref], [[INPUT, site.layer, proj], ref_layers], loader, reducer, ctx.device, "local/global cka", ctx.progress)
     mean, _ = reducer.stats.mean_std(site.name)
     order = [int(h) for h in np.argsort(mean, kind="stable")]

@@ -4,17 +4,24 @@ Head-averaged attention of each block with the residual correction Ã = 0.5 A + 
 blocks inside the hooks (R <- Ã_l R, first block first, float64). The map is the CLS row of R over the patch
 columns; models without a CLS token use the mean of the patch rows (recorded in `query`). Per image:
 entropy of the map (normalised to sum 1) and the share of its mass in the central box.
+
+Windows and stages (Swin, PVT-v2, Twins, MaxViT/CoAtNet, NesT, MViT-v2, LeViT, EfficientFormer, Hiera, PiT): each
+block's attention is read over its own queries and keys (windows, grids and shifts put back at their pixels); a key
+or query that pools tokens (a patch merging, a strided conv or pool) is the mean of the block's input tokens nearest
+to it (metrics.attention.nearest_links), so Ã_l = r A_l P_keys + (1 - r) P_queries and the rollout is carried through
+each merge's pooling matrix to the first block's full-resolution grid. It is computed backwards from the map's query
+(v^T Ã_L ... Ã_1) so no full-resolution matrix is ever formed.
 """
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import numpy as np
 import pandas as pd
 import torch
 
 from ..plots import attention as plots_attention
-from ..anatomy.attention import Counter, sites, unfused
+from ..anatomy.attention import Counter, Site, grouped_of, positions, sites, unfused
 from ..pipeline.engine import Reducer, stream
 from ..errors import VitstudyError
 from ..pipeline.layers import Layer
@@ -61,7 +68,10 @@ class RolloutReducer(Reducer):
         self.checked = True
         p = self.prefix
         rows = r[:, 0, p:] if self.has_cls else r[:, p:, p:].mean(dim=1)
-        maps = rows.reshape(len(rows), *self.grid).cpu()
+        self._record(rows.reshape(len(rows), *self.grid).cpu(), labels)
+
+    def _record(self, maps: torch.Tensor, labels) -> None:
+        """Per-image statistics of (B, gh, gw) rollout maps over the first block's grid; the first maps kept to draw."""
         mass = maps.sum(dim=(1, 2))
         ent = am.entropy(maps)
         share = am.centre_share(maps, self.centre)
@@ -74,6 +84,88 @@ class RolloutReducer(Reducer):
         take = max(0, min(self.num_show - len(self.shown_maps), len(maps)))
         self.shown_maps += [m.numpy() for m in maps[:take]]
         self.shown_inputs += [x.float().cpu() for x in self.inputs[:take]]
+
+
+@dataclass
+class Step:
+    """One block of the staged rollout: how its keys and queries pool its input tokens."""
+
+    site: Site
+    num_inputs: int
+    outputs: torch.Tensor  # flat (group, query) indices that are the block's output tokens (prefix, real queries)
+    keys: am.Links  # flat keys -> input tokens
+    queries: am.Links  # flat queries -> input tokens (the residual path)
+    shape: tuple = field(default=())  # (groups, Q, K)
+
+
+def plan(site_list: list[Site], label: str) -> tuple[list[Step], int]:
+    """The steps from the first block's raster grid (and prefix tokens) to the last block's outputs."""
+    s0 = site_list[0]
+    prefix = s0.num_prefix
+    cur = torch.cat([torch.full((prefix, 2), float("nan"), dtype=torch.float64),
+                     (am.grid_coords(*s0.grid) + 0.5) * torch.tensor(s0.stride, dtype=torch.float64)])
+    steps = []
+    for s in site_list:
+        if s.num_prefix != prefix:
+            raise VitstudyError(f"attention rollout multiplies the maps of all blocks, but {label}'s blocks attend over "
+                                f"{sorted({x.num_prefix for x in site_list})} prefix tokens (a class token joins mid-depth)")
+        q, k = positions(s)
+        g, nq, nk = q.shape[0], q.shape[1], k.shape[1]
+        qf, kf = q.reshape(-1, 2), k.reshape(-1, 2)
+        real = torch.arange(prefix, len(qf))[~qf[prefix:].isnan().any(-1)]
+        outputs = torch.cat([torch.arange(prefix), real])
+        steps.append(Step(s, len(cur), outputs, am.nearest_links(kf, cur, prefix), am.nearest_links(qf, cur, prefix), (g, nq, nk)))
+        cur = qf[outputs]
+    return steps, prefix
+
+
+def compose(steps: list[Step], maps: list[torch.Tensor], v: torch.Tensor, residual: float) -> torch.Tensor:
+    """v^T Ã_L ... Ã_1 over the first block's tokens (prefix, then its raster grid), from v (B, last block's outputs)
+    and each block's head-averaged map (B, groups, Q, K); Ã_l = r A_l P_keys + (1 - r) P_queries."""
+    b = v.shape[0]
+    for step, a in zip(reversed(steps), reversed(maps)):
+        g, nq, nk = step.shape
+        vq = v.new_zeros(b, g * nq)
+        vq[:, step.outputs.to(v.device)] = v
+        u = torch.einsum("bgq,bgqk->bgk", vq.reshape(b, g, nq), a).reshape(b, g * nk)
+        v = residual * am.pull_back(u, step.keys, step.num_inputs) + (1 - residual) * am.pull_back(vq, step.queries, step.num_inputs)
+    return v
+
+
+class StagedRolloutReducer(RolloutReducer):
+    """Rollout through windows and stages: head-averaged maps kept per block, composed backwards at batch end."""
+
+    def __init__(self, site_list, has_cls: bool, residual: float, num_show: int, centre: float, indices: list[int], label: str):
+        super().__init__(site_list, has_cls, residual, num_show, centre, indices)
+        self.steps, self.prefix = plan(site_list, label)
+        self.maps: dict[str, torch.Tensor] = {}
+
+    def on_tensor(self, model_index: int, layer: Layer, tensor: torch.Tensor) -> None:
+        if layer is INPUT:
+            self.inputs = tensor
+            return
+        self.counter.add(layer.name)
+        site = next(s for s in self.sites if s.name == layer.name)
+        if not self.checked:
+            site.check(tensor, self.inputs.shape[0])
+        self.maps[layer.name] = grouped_of(site, tensor).to(torch.float64).mean(dim=2)  # (B, groups, Q, K)
+
+    def end_batch(self, labels, outputs) -> None:
+        self.counter.end_batch()
+        last = self.steps[-1]
+        b = len(labels)
+        n_out = len(last.outputs)
+        v = torch.zeros(b, n_out, dtype=torch.float64, device=self.maps[last.site.name].device)
+        if self.has_cls:
+            v[:, 0] = 1.0
+        else:
+            v[:, self.prefix:] = 1.0 / (n_out - self.prefix)
+        v = compose(self.steps, [self.maps.pop(s.site.name) for s in self.steps], v, self.residual)
+        err = float((v.sum(-1) - 1).abs().max())
+        if err > ROW_TOL:
+            raise VitstudyError(f"rollout rows sum to 1 +- {err:.3g}: the captured attention is not row-stochastic")
+        self.checked = True
+        self._record(v[:, self.prefix:].reshape(b, *self.grid).cpu(), labels)
 
 
 def to_images(inputs: list[torch.Tensor], data_config: dict) -> np.ndarray:
@@ -103,25 +195,31 @@ def attention_rollout(ctx) -> Result:
     cfg = ctx.cfg
     residual, num_show, centre = ctx.params.residual, ctx.params.num_show, ctx.params.centre
     m = ctx.models["model"]
-    site_list = sites(m.module)
-    if site_list[0].kind != "global":
-        raise VitstudyError(f"attention rollout needs global attention over one token grid; {m.label} uses windowed attention with changing grids")
-    if len({s.tokens for s in site_list}) > 1:  # ConViT: the class token joins mid-depth
-        raise VitstudyError(f"attention rollout multiplies the maps of all blocks, but {m.label}'s blocks attend over "
-                            f"{sorted({s.tokens for s in site_list})} tokens (a class token joins mid-depth)")
+    site_list = sites(m.module, m.data_config.get("input_size"))
+    kind = type(m.module).__name__
+    if kind in ("CrossVit", "TNT"):
+        how = ("two branches with their own grids, joined only through their class tokens' cross-attention"
+               if kind == "CrossVit" else "pixel and patch tokens, joined by a linear projection of each patch's pixel tokens")
+        raise VitstudyError(f"attention rollout multiplies one chain of token maps, but {m.label} ({kind}) runs two token "
+                            f"sets side by side ({how})")
     # the class token must be among the attended tokens (CaiT's joins only in its class-attention blocks)
     has_cls = getattr(m.module, "cls_token", None) is not None and site_list[0].num_prefix > 0
     query = "cls" if has_cls else "mean of patch tokens (no CLS token)"
+    flat_plain = all(s.kind == "global" and s.layout is None for s in site_list) and len({s.tokens for s in site_list}) == 1
+    if not flat_plain:
+        plan(site_list, m.label)  # refuse (e.g. ConViT's late class token) before any image is loaded
     batching, record = ctx.sample()
     flat = [i for b in batching.batches for i in b]
-    reducer = RolloutReducer(site_list, has_cls, residual, num_show, centre, flat)
+    reducer = (RolloutReducer(site_list, has_cls, residual, num_show, centre, flat) if flat_plain else
+               StagedRolloutReducer(site_list, has_cls, residual, num_show, centre, flat, m.label))
     loader = ctx.loader([m], batching)
-    with unfused(m.module, [s.name for s in site_list]):
+    with unfused(m.module, site_list):
         stream([m], [[INPUT] + [s.layer for s in site_list]], loader, reducer, ctx.device, "attention rollout", ctx.progress)
     df = pd.DataFrame(reducer.rows)
     df.insert(0, "model", m.name)
     df.insert(1, "weights", m.weights)
     for k, v in {"query": query, "residual": residual, "centre_fraction": centre, "blocks": len(site_list),
+                 "composition": "one grid" if flat_plain else "windows and stages (nearest-token pooling)",
                  "grid": f"{site_list[0].grid[0]}x{site_list[0].grid[1]}", "dataset": cfg.dataset.name}.items():
         df[k] = v
     summary = []

@@ -8,11 +8,15 @@ then the mean is taken over query patches. Prefix rows and columns of the distan
 matrix-vector product per (image, head) gives the per-image mean with no temporaries.
 
 Rollout (Abnar & Zuidema 2020; Dosovitskiy et al. Fig. 6): R = Ã_L ... Ã_1, Ã_l = r A_l + (1 - r) I with
-A_l the head-averaged attention of block l and r = 0.5.
+A_l the head-averaged attention of block l and r = 0.5. Across windows and stages (`nearest_links`,
+`pull_back`): each block's attention is over its own queries and keys; a key (or pooled query) is the mean of the
+block's input tokens nearest to it (its footprint: the merge's or pooling's own cells), so a stage change carries
+the rollout through that pooling matrix.
 """
 from __future__ import annotations
 
 import math
+from dataclasses import dataclass
 
 import torch
 
@@ -89,6 +93,48 @@ def uniform_distance(dist: torch.Tensor, num_prefix: int = 0) -> float:
     return float(dist[num_prefix:, num_prefix:].to(torch.float64).sum() / ((n - num_prefix) * n))
 
 
+def grouped_mean_distance(attn: torch.Tensor, dist: torch.Tensor, num_queries: int) -> torch.Tensor:
+    """Described sites: attn (B, groups, H, Q, K), dist (groups, Q, K) with uncounted query rows zero -> (B, H),
+    the mean over the `num_queries` counted queries of sum_k A_qk D_qk."""
+    b, g, h, q, k = attn.shape
+    a = attn.transpose(1, 2).reshape(b, h, g * q * k)
+    return (a @ dist.reshape(g * q * k).to(attn.dtype)) / num_queries
+
+
+def cell_centres(n: int) -> torch.Tensor:
+    """(n,) float64 centres of n grid cells in cell units: 0.5, 1.5, ..."""
+    return torch.arange(n, dtype=torch.float64) + 0.5
+
+
+def pooled_centres(n: int, kernel: int, stride: int, padding: int) -> torch.Tensor:
+    """Centres (in input-cell units) of the footprints of a conv/pool over n cells: output j covers input cells
+    j*stride - padding .. j*stride - padding + kernel - 1 (padding cells included: the footprint is the kernel's)."""
+    m = (n + 2 * padding - kernel) // stride + 1
+    return torch.arange(m, dtype=torch.float64) * stride - padding + (kernel - 1) / 2 + 0.5
+
+
+def adaptive_centres(n: int, m: int) -> torch.Tensor:
+    """Centres (in input-cell units) of adaptive average pooling's m bins over n cells (torch's bin edges)."""
+    j = torch.arange(m)
+    start = torch.div(j * n, m, rounding_mode="floor")
+    end = torch.div((j + 1) * n + m - 1, m, rounding_mode="floor")
+    return (start + end).to(torch.float64) / 2
+
+
+def plane(rows: torch.Tensor, cols: torch.Tensor) -> torch.Tensor:
+    """(len(rows) * len(cols), 2) positions, row-major, from per-axis coordinates."""
+    r, c = torch.meshgrid(rows, cols, indexing="ij")
+    return torch.stack([r.flatten(), c.flatten()], dim=1)
+
+
+def pair_distances(q_pos: torch.Tensor, k_pos: torch.Tensor) -> torch.Tensor:
+    """(groups, Q, K) Euclidean distances between pixel positions; NaN positions (prefix tokens, padded queries)
+    give 0, so they drop out of sum_k A_qk D_qk without renormalising the rows."""
+    d = torch.cdist(q_pos.nan_to_num(0.0), k_pos.nan_to_num(0.0), compute_mode="donot_use_mm_for_euclid_dist")
+    bad = q_pos.isnan().any(-1)[:, :, None] | k_pos.isnan().any(-1)[:, None, :]
+    return d.masked_fill(bad, 0.0)
+
+
 def residual_attention(attn_mean: torch.Tensor, residual: float = 0.5) -> torch.Tensor:
     """Ã = r A + (1 - r) I for head-averaged attention (B, N, N); rows still sum to 1 when A's do."""
     eye = torch.eye(attn_mean.shape[-1], dtype=attn_mean.dtype, device=attn_mean.device)
@@ -102,6 +148,44 @@ def rollout(attns: list[torch.Tensor], residual: float = 0.5) -> torch.Tensor:
         a = residual_attention(a, residual)
         r = a if r is None else a @ r
     return r
+
+
+@dataclass
+class Links:
+    """A sparse (targets x inputs) pooling matrix: target `src[i]` spreads weight `weight[i]` onto input `dst[i]`."""
+
+    src: torch.Tensor
+    dst: torch.Tensor
+    weight: torch.Tensor
+
+
+def nearest_links(targets: torch.Tensor, inputs: torch.Tensor, prefix: int) -> Links:
+    """Tokens to the tokens they are computed from, by position: each input token (T, 2) belongs to its nearest
+    target, prefix i (the first `prefix` rows of both) to prefix i; a target that no input chose takes its nearest
+    input (e.g. a zero-padded key beyond the border); each target averages its members evenly. NaN targets after
+    the prefix (padded queries) get none. This is the pooling matrix of a patch merging or strided pooling, and the
+    identity when both sets have the same positions."""
+    nt, ni = len(targets), len(inputs)
+    tv = torch.arange(prefix, nt)[~targets[prefix:].isnan().any(-1)]
+    iv = torch.arange(prefix, ni)
+    d = torch.cdist(inputs[iv], targets[tv], compute_mode="donot_use_mm_for_euclid_dist")
+    owner = tv[d.argmin(dim=1)]  # each input's target
+    src, dst = [owner], [iv]
+    lonely = tv[torch.bincount(owner, minlength=nt)[tv] == 0]
+    if len(lonely):
+        src.append(lonely)
+        dst.append(iv[torch.cdist(targets[lonely], inputs[iv], compute_mode="donot_use_mm_for_euclid_dist").argmin(dim=1)])
+    src.append(torch.arange(prefix))
+    dst.append(torch.arange(prefix))
+    src, dst = torch.cat(src), torch.cat(dst)
+    count = torch.bincount(src, minlength=nt).to(torch.float64)
+    return Links(src, dst, 1.0 / count[src])
+
+
+def pull_back(v: torch.Tensor, links: Links, num_inputs: int) -> torch.Tensor:
+    """v (B, targets) -> (B, inputs): v @ M for the pooling matrix M of `links`."""
+    out = v.new_zeros(v.shape[0], num_inputs)
+    return out.index_add_(1, links.dst.to(v.device), v[:, links.src.to(v.device)] * links.weight.to(v.device, v.dtype))
 
 
 def entropy(p: torch.Tensor) -> torch.Tensor:
