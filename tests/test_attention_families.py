@@ -304,6 +304,7 @@ def test_pvt_v2_uniform_attention_over_reduced_keys_matches_float64_loops():
         want = _np_pairs(q, k).mean()
         got = float(s.per_image(_to_layout(_uniform(s), s.layout))[0, 0])
         assert got == pytest.approx(want, rel=1e-12), s.name
+        assert s.uniform_distance() == pytest.approx(want, rel=1e-12), s.name  # the figures' reference line
 
 
 def test_twins_padded_windows_count_only_real_queries():
@@ -321,6 +322,7 @@ def test_twins_padded_windows_count_only_real_queries():
             total += _np_pairs([((i + 0.5) * st, (j + 0.5) * st)], keys).mean()
     got = float(s.per_image(_to_layout(_uniform(s), s.layout))[0, 0])
     assert got == pytest.approx(total / 576, rel=1e-12)
+    assert s.uniform_distance() == pytest.approx(total / 576, rel=1e-12)  # the figures' reference line
 
 
 def test_levit_downsample_queries_are_the_strided_subgrid():
