@@ -76,7 +76,7 @@ def test_timm_resnet_checkpoint_without_data_keys_is_flagged(tmp_path, capsys):
     code, stdout, err = cli(["run", "analysis=cka_within", "model.name=resnet18", f"model.checkpoint={path}", "model.kwargs.num_classes=10",
                              *DATA32, f"hydra.run.dir={tmp_path / 'run'}"], capsys)
     assert code == 0, err
-    line = next(l for l in stdout.splitlines() if l.startswith("vitstudy: model resnet18"))
+    line = next(l for l in err.splitlines() if l.startswith("vitstudy: model resnet18"))  # a warning: on stderr
     assert "3x224x224" in line and "WARNING: input_size, mean, std are the architecture's defaults" in line
     assert "model.data.preset=cifar10" in line
     code, stdout, err = cli(["run", "analysis=cka_within", "model.name=resnet18", f"model.checkpoint={path}", "model.kwargs.num_classes=10",

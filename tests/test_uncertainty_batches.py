@@ -136,7 +136,7 @@ def test_a_run_from_three_batches_says_so_in_its_output_line_and_run_json(tmp_pa
 
     out = tmp_path / "run"
     code, stdout, err = cli(["run", "analysis=cka_across", *TINY_VIT, *TINY_RESNET, *SMALL_DATA,
-                             f"hydra.run.dir={out}"], capsys)
+                             "cache.results=false", f"hydra.run.dir={out}"], capsys)
     assert code == 0, err
     line = [s for s in stdout.splitlines() if "cka_across done" in s][0]
     assert "WARNING: intervals from only 3 batches (under 10)" in line

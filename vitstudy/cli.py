@@ -44,7 +44,7 @@ def hydra_app(cfg: DictConfig) -> dict | None:
         check_config(cfg)
         result, written = execute(cfg, out_dir, overrides=list(hc.overrides.task))
     except VitstudyError as err:
-        settle_log(out_dir, str(err))
+        settle_log(out_dir, str(err), keep=multirun)
         if not multirun:
             fail(str(err))
         return job_failed(out_dir, err, list(hc.overrides.task))
@@ -56,9 +56,10 @@ def hydra_app(cfg: DictConfig) -> dict | None:
           + "".join(f"; WARNING: {n}" for n in notes))
 
 
-def settle_log(out_dir: str, message: str) -> None:
-    """A failed job's log: removed when Hydra's file handler wrote nothing to it yet (no empty `.log` left behind),
-    else ended with the error line (progress lines above it show how far the job got)."""
+def settle_log(out_dir: str, message: str, keep: bool = False) -> None:
+    """A failed job's log ends with the error line (progress lines above it show how far the job got). A single
+    run's log that is still empty is removed instead (the error is on the terminal, no empty `.log` is left behind);
+    a sweep job's is kept (`keep`): failed.json and the report link it as the job's log."""
     import logging
     from pathlib import Path
 
@@ -68,7 +69,7 @@ def settle_log(out_dir: str, message: str) -> None:
         if not isinstance(handler, logging.FileHandler) or path.parent.resolve() != Path(out_dir).resolve():
             continue
         handler.flush()
-        if path.is_file() and path.stat().st_size == 0:
+        if not keep and path.is_file() and path.stat().st_size == 0:
             root.removeHandler(handler)
             handler.close()
             path.unlink()

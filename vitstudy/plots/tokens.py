@@ -67,9 +67,13 @@ def prefix_norms(summary: pd.DataFrame, title: str):
     ax2 = ax.twinx()
     ax2.plot(x, 100 * summary.high_norm_share, color="black", ls=":", marker="x", ms=3, label="high-norm patches (%)")
     ax2.set_ylabel("high-norm patches (%)")
+    share = float(np.nanmax(100 * summary.high_norm_share.to_numpy(dtype=float), initial=0.0))
+    ax2.set_ylim(0, max(1.0, 1.15 * share))  # a share: never below 0, and 0% reads as a line at the bottom
     lines = ax.get_legend_handles_labels()
     lines2 = ax2.get_legend_handles_labels()
-    ax.legend(lines[0] + lines2[0], lines[1] + lines2[1], fontsize=7, frameon=False, loc="upper left")
+    # below the axes: inside it would hide points of the lines it names (tests/test_registry.py checks)
+    ax.legend(lines[0] + lines2[0], lines[1] + lines2[1], fontsize=7, frameon=False, loc="upper center",
+              bbox_to_anchor=(0.5, -0.2), ncol=2)
     ax.set_title(title, fontsize=9)
     fig.tight_layout()
     return fig
