@@ -227,6 +227,27 @@ def test_missing_sbatch_is_one_line(tmp_path, capsys, monkeypatch):
     assert "scripts/slurm_local.sh" in lines[0] and "Traceback" not in err
 
 
+
+def _signal_once_written(proc, sweep, written, times: dict) -> tuple[str, str]:
+    """Wait until `written()` finds the job's first checkpoint, send the job submitit's preemption signal (USR2),
+    then wait for the sweep command to end; returns its stdout and stderr. A failed test leaves no job behind."""
+    try:
+        deadline = time.time() + 300
+        while time.time() < deadline and not written() and proc.poll() is None:
+            time.sleep(0.05)
+        jobs = [p.name for p in sweep.glob(".submitit/[0-9]*")]  # one job: a plain job, not an array
+        assert jobs and written(), "the job wrote no checkpoint"
+        subprocess.run(["scancel", "--signal=USR2", jobs[0]], check=True)
+        times["signalled"] = time.time()
+        out, err = proc.communicate(timeout=600)
+        times["finished"] = time.time()
+        return out, err
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            for job in sweep.glob(".submitit/[0-9]*"):
+                subprocess.run(["scancel", job.name])
+
 @needs_cluster
 @pytest.mark.slow
 def test_preempted_job_is_requeued_and_resumes_from_its_reducer_checkpoint(tmp_path, capsys):
@@ -242,21 +263,7 @@ def test_preempted_job_is_requeued_and_resumes_from_its_reducer_checkpoint(tmp_p
     times = {"submitted": time.time()}
     proc = subprocess.Popen([vitstudy, "run", "-m", *common, *SLURM, f"cache.dir={tmp_path / 'cache'}",
                              f"hydra.sweep.dir={sweep}"], env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-    try:
-        deadline = time.time() + 300
-        while time.time() < deadline and not list(partial.glob("*.pt")) and proc.poll() is None:
-            time.sleep(0.05)
-        jobs = [p.name for p in sweep.glob(".submitit/[0-9]*")]  # one job: a plain job, not an array
-        assert jobs and list(partial.glob("*.pt")), "the job wrote no checkpoint"
-        subprocess.run(["scancel", "--signal=USR2", jobs[0]], check=True)
-        times["signalled"] = time.time()
-        out, err = proc.communicate(timeout=600)
-        times["finished"] = time.time()
-    finally:  # a failed test leaves no job behind
-        if proc.poll() is None:
-            proc.kill()
-            for job in sweep.glob(".submitit/[0-9]*"):
-                subprocess.run(["scancel", job.name])
+    out, err = _signal_once_written(proc, sweep, lambda: list(partial.glob("*.pt")), times)
     assert proc.returncode == 0, err
     log = next(sweep.glob(".submitit/[0-9]*/*_log.out")).read_text().splitlines()
     starts = [_stamp(l) for l in log if l.startswith("submitit INFO") and "Starting with JobEnvironment" in l]
@@ -297,21 +304,7 @@ def test_preempted_training_is_requeued_and_resumes_bitwise(tmp_path, capsys):
     times = {"submitted": time.time()}
     proc = subprocess.Popen([vitstudy, "train", "-m", *TRAIN, *SLURM, f"hydra.sweep.dir={sweep}"], env=env,
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-    try:
-        deadline = time.time() + 300
-        while time.time() < deadline and not list(sweep.glob("*/checkpoints/last.pt")) and proc.poll() is None:
-            time.sleep(0.05)
-        jobs = [p.name for p in sweep.glob(".submitit/[0-9]*")]
-        assert jobs and list(sweep.glob("*/checkpoints/last.pt")), "the job wrote no checkpoint"
-        subprocess.run(["scancel", "--signal=USR2", jobs[0]], check=True)
-        times["signalled"] = time.time()
-        out, err = proc.communicate(timeout=600)
-        times["finished"] = time.time()
-    finally:  # a failed test leaves no job behind
-        if proc.poll() is None:
-            proc.kill()
-            for job in sweep.glob(".submitit/[0-9]*"):
-                subprocess.run(["scancel", job.name])
+    out, err = _signal_once_written(proc, sweep, lambda: list(sweep.glob("*/checkpoints/last.pt")), times)
     assert proc.returncode == 0, err
     lines = next(sweep.glob(".submitit/[0-9]*/*_log.out")).read_text().splitlines()
     info = [l for l in lines if l.startswith("submitit INFO")]

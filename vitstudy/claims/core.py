@@ -213,6 +213,19 @@ class Tables:
         return out
 
 
+def _derivative(claim: Claim, t, role: str, values: np.ndarray, i: int) -> float:
+    """d statistic / d value i of `role`'s table, by a central difference (the statistic is any Python function);
+    the table's values are restored afterwards."""
+    h = 1e-6 * max(1.0, abs(values[i]))
+    t.current[role] = values.copy()
+    t.current[role][i] += h
+    up = float(claim.compute(t))
+    t.current[role][i] -= 2 * h
+    down = float(claim.compute(t))
+    t.current[role] = values
+    return (up - down) / (2 * h)
+
+
 def estimate(claim: Claim, tables: dict[str, Table]) -> tuple[float, float, float, str]:
     """(value, se, degrees of freedom, method) of the claim's statistic on these tables."""
     t = Tables(tables)
@@ -243,15 +256,7 @@ def estimate(claim: Claim, tables: dict[str, Table]) -> tuple[float, float, floa
         tab = tables[r]
         if tab.independent:
             sd = float(np.std(base[r][read[r]], ddof=1)) if len(read[r]) > 1 else float("nan")
-            grads = []
-            for i in read[r]:
-                h = 1e-6 * max(1.0, abs(base[r][i]))
-                t.current[r] = base[r].copy()
-                t.current[r][i] += h
-                up = float(claim.compute(t))
-                t.current[r][i] -= 2 * h
-                grads.append((up - float(claim.compute(t))) / (2 * h))
-            t.current[r] = base[r]
+            grads = [_derivative(claim, t, r, base[r], i) for i in read[r]]
             var += float(np.sum(np.square(grads))) * sd ** 2
             dof = min(dof, len(read[r]) - 1)
             methods.append(f"se over {len(read[r])} independent rows ({tab.column}: images or batches)")
@@ -263,15 +268,9 @@ def estimate(claim: Claim, tables: dict[str, Table]) -> tuple[float, float, floa
             continue
         exact = False
         for i in read[r]:
-            h = 1e-6 * max(1.0, abs(base[r][i]))
-            t.current[r] = base[r].copy()
-            t.current[r][i] += h
-            up = float(claim.compute(t))
-            t.current[r][i] -= 2 * h
-            grad = (up - float(claim.compute(t))) / (2 * h)
+            grad = _derivative(claim, t, r, base[r], i)
             if grad != 0.0:
                 bound += abs(grad) * tab.se[i]
-        t.current[r] = base[r]
     if not exact:
         methods.append(f"se bound sum |d/dv| {tables[next(r for r in read if tables[r].se is not None)].column}_se")
     se = float(np.sqrt(var)) + bound
