@@ -178,3 +178,41 @@ def test_class_token_attention_to_high_norm_patches_matches_hooks():
         normal = reducer.att_sum[prev][:first].sum() / reducer.att_n[prev][:first].sum()
         assert float(high) == pytest.approx(cls[:, j].mean(), rel=1e-9)
         assert float(normal) == pytest.approx(np.delete(cls, j, axis=1).mean(), rel=1e-9)
+
+
+def test_probes_planted_patch_is_the_high_group_and_a_layer_without_high_tokens_says_so(tmp_path, capsys):
+    model = vit()
+    j = 6
+    with torch.no_grad():
+        model.pos_embed[0, 1 + j] += dense(model.embed_dim, 1000.0)
+    path = tmp_path / "planted.pth"
+    torch.save(model.state_dict(), path)
+    out = tmp_path / "run"
+    code, _, err = cli(["run", "analysis=token_norms", "analysis.probes=true", "model.name=vit_tiny_patch16_224",
+                        "model.pretrained=false", f"model.checkpoint={path}",
+                        *(f"model.kwargs.{k}={v}" for k, v in KW.items()), *DATA, f"hydra.run.dir={out}"], capsys)
+    assert code == 0, err
+    t = pd.read_csv(out / "token_norms_probes.csv")
+    assert list(t.columns[:10]) == ["model", "weights", "layer", "target", "tokens", "accuracy", "accuracy_ci_low",
+                                    "accuracy_ci_high", "num_train", "num_test"]
+    assert len(t) == 4 and set(t.layer) == {"blocks.0"}  # histogram cut; equal shares at every block: the first
+    high = t[t.tokens == "high"].set_index("target")
+    # one high-norm token per image (the planted one): 16 images, 5 of them test (probe_test_fraction 0.3)
+    assert (high.num_train == 11).all() and (high.num_test == 5).all()
+    assert high.loc["position", "accuracy"] == 1.0  # every high-norm token sits at position j
+    normal = t[t.tokens == "normal"]
+    assert (normal.num_train == 44).all() and (normal.num_test == 20).all()  # 4 random normal tokens per image
+    assert (t.accuracy_ci_low <= t.accuracy).all() and (t.accuracy <= t.accuracy_ci_high).all()
+    # no threshold any token passes at a huge threshold: the high rows say so, in the table and on stderr
+    out2 = tmp_path / "run2"
+    code, _, err = cli(["run", "analysis=token_norms", "analysis.probes=true", "model.name=vit_tiny_patch16_224",
+                        "model.pretrained=false", f"model.checkpoint={path}",
+                        *(f"model.kwargs.{k}={v}" for k, v in KW.items()), *DATA, "analysis.threshold=1e6",
+                        f"hydra.run.dir={out2}"], capsys)
+    assert code == 0, err
+    t2 = pd.read_csv(out2 / "token_norms_probes.csv")
+    assert set(t2.layer) == {"blocks.2"}  # no layer has high-norm tokens: the last block
+    h2 = t2[t2.tokens == "high"]
+    assert h2.accuracy.isna().all() and (h2.note == "no high-norm tokens at this layer").all()
+    assert "no high-norm tokens at this layer" in err
+    assert t2[t2.tokens == "normal"].accuracy.notna().all()
