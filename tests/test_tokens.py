@@ -263,6 +263,8 @@ def test_probe_accuracy_equals_float64_numpy_ridge_on_a_constructed_case():
         want = _numpy_ridge_accuracy(feats[tr].reshape(-1, dim), y[tr].ravel(), feats[te].reshape(-1, dim),
                                      y[te].ravel(), alpha)
         assert (r["num_train"], r["num_test"]) == (60, 20)
+        values, counts = np.unique(y[tr].ravel(), return_counts=True)
+        assert r["majority_accuracy"] == pytest.approx(np.mean(y[te].ravel() == values[counts.argmax()]), abs=1e-12)
         assert r["accuracy"] == pytest.approx(want, abs=1e-12), r
         lo, hi = r["accuracy_ci_low"], r["accuracy_ci_high"]
         z = 1.959963984540054

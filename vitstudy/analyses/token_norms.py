@@ -199,7 +199,8 @@ class ProbeReducer(Reducer):
 def probe_rows(reducer: ProbeReducer, layers: list[str], test_fraction: float, alpha: float,
                seed: int) -> tuple[list[dict], dict]:
     """Per probed layer, target (position, label) and token group: the ridge probe's test accuracy with a Wilson
-    interval over test tokens; train and test are disjoint sets of images. A group without tokens gets a note."""
+    interval over test tokens, beside the majority baseline (the most frequent train class); train and test are
+    disjoint sets of images. A group without tokens gets a note."""
     labels = np.concatenate(reducer.labels) if reducer.labels else np.zeros(0, dtype=np.int64)
     n = reducer.images
     order = np.random.default_rng(seed).permutation(n)
@@ -217,7 +218,8 @@ def probe_rows(reducer: ProbeReducer, layers: list[str], test_fraction: float, a
                 test = is_test[image]
                 row = {"layer": name, "target": target, "tokens": group, "accuracy": float("nan"),
                        "accuracy_ci_low": float("nan"), "accuracy_ci_high": float("nan"),
-                       "num_train": int((~test).sum()), "num_test": int(test.sum()), "note": ""}
+                       "num_train": int((~test).sum()), "num_test": int(test.sum()), "note": "",
+                       "majority_accuracy": float("nan")}
                 if not len(y):
                     row["note"] = "no high-norm tokens at this layer" if group == "high" else "no normal tokens at this layer"
                 elif row["num_train"] == 0 or row["num_test"] == 0:
@@ -226,8 +228,10 @@ def probe_rows(reducer: ProbeReducer, layers: list[str], test_fraction: float, a
                     score = token_probes.ridge_accuracy(x[~test].astype(np.float64), y[~test], x[test].astype(np.float64),
                                                         y[test], alpha)
                     low, high = uncertainty.wilson(score.correct, score.num_test)
+                    classes, counts = np.unique(y[~test], return_counts=True)
                     row.update(accuracy=score.correct / score.num_test, accuracy_ci_low=float(low),
-                               accuracy_ci_high=float(high))
+                               accuracy_ci_high=float(high),
+                               majority_accuracy=float((y[test] == classes[np.argmax(counts)]).mean()))
                     if len(np.unique(y[~test])) == 1:
                         row["note"] = "one class among the train tokens: a constant predictor"
                 rows.append(row)
