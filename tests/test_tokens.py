@@ -272,3 +272,12 @@ def test_probe_accuracy_equals_float64_numpy_ridge_on_a_constructed_case():
         half = z / (1 + z * z / 20) * np.sqrt(want * (1 - want) / 20 + z * z / 1600)
         assert (lo, hi) == pytest.approx((max(0, centre - half), min(1, centre + half)), abs=1e-12)
     assert {(r["target"], r["tokens"]) for r in got} == {(t, g) for t in ("position", "label") for g in ("high", "normal")}
+
+
+def test_probe_layers_not_tapped_is_refused_in_one_line(tmp_path, capsys):
+    code, _, err = cli(["run", "analysis=token_norms", "analysis.probes=true", "analysis.probe_layers=[blocks.7]",
+                        "model.name=vit_tiny_patch16_224", "model.pretrained=false",
+                        *(f"model.kwargs.{k}={v}" for k, v in KW.items()), *DATA, f"hydra.run.dir={tmp_path / 'run'}"], capsys)
+    assert code != 0 and "Traceback" not in err
+    assert "analysis.probe_layers: blocks.7 not among the tapped layers (blocks.0, blocks.1, blocks.2)" in err
+    assert not (tmp_path / "run" / "token_norms_probes.csv").exists()

@@ -347,6 +347,13 @@ def token_norms(ctx) -> Result:
     m = ctx.models["model"]
     layers = ctx.layers(m) if p.layers is None else ctx.layers(m, p.layers)
     tls = token_layers(m, layers, "token_norms")
+    asked = None
+    if p.probes and p.probe_layers is not None:  # checked before the first pass
+        asked = [p.probe_layers] if isinstance(p.probe_layers, str) else [str(x) for x in p.probe_layers]
+        missing = [x for x in asked if x not in [t.layer.name for t in tls]]
+        if missing:
+            raise VitstudyError(f"analysis.probe_layers: {', '.join(missing)} not among the tapped layers "
+                                f"({', '.join(t.layer.name for t in tls)})")
     embed = _embed_layer(ctx, m)
     bins = tn.Bins(float(p.log_low), float(p.log_high), int(p.bins))
     reducer = TokenNormReducer(tls, bins, p.threshold, int(p.num_show), embed)
@@ -413,10 +420,7 @@ def token_norms(ctx) -> Result:
             share = summary.high_norm_share.to_numpy()
             chosen = [names[int(np.argmax(share))] if share.max() > 0 else names[-1]]
         else:
-            chosen = [p.probe_layers] if isinstance(p.probe_layers, str) else [str(x) for x in p.probe_layers]
-            missing = [x for x in chosen if x not in names]
-            if missing:
-                raise VitstudyError(f"analysis.probe_layers: {', '.join(missing)} not among the tapped layers ({', '.join(names)})")
+            chosen = asked
         probed = [t for t in tls if t.layer.name in chosen]
         preducer = ProbeReducer(probed, splits, bins, int(p.probe_tokens), int(ctx.cfg.seed))
         stream([m], [[t.layer for t in probed]], ctx.loader([m], batching), preducer, ctx.device,
