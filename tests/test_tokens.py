@@ -178,3 +178,106 @@ def test_class_token_attention_to_high_norm_patches_matches_hooks():
         normal = reducer.att_sum[prev][:first].sum() / reducer.att_n[prev][:first].sum()
         assert float(high) == pytest.approx(cls[:, j].mean(), rel=1e-9)
         assert float(normal) == pytest.approx(np.delete(cls, j, axis=1).mean(), rel=1e-9)
+
+
+def test_probes_planted_patch_is_the_high_group_and_a_layer_without_high_tokens_says_so(tmp_path, capsys):
+    model = vit()
+    j = 6
+    with torch.no_grad():
+        model.pos_embed[0, 1 + j] += dense(model.embed_dim, 1000.0)
+    path = tmp_path / "planted.pth"
+    torch.save(model.state_dict(), path)
+    out = tmp_path / "run"
+    code, _, err = cli(["run", "analysis=token_norms", "analysis.probes=true", "model.name=vit_tiny_patch16_224",
+                        "model.pretrained=false", f"model.checkpoint={path}",
+                        *(f"model.kwargs.{k}={v}" for k, v in KW.items()), *DATA, f"hydra.run.dir={out}"], capsys)
+    assert code == 0, err
+    t = pd.read_csv(out / "token_norms_probes.csv")
+    assert list(t.columns[:10]) == ["model", "weights", "layer", "target", "tokens", "accuracy", "accuracy_ci_low",
+                                    "accuracy_ci_high", "num_train", "num_test"]
+    assert len(t) == 4 and set(t.layer) == {"blocks.0"}  # histogram cut; equal shares at every block: the first
+    high = t[t.tokens == "high"].set_index("target")
+    # one high-norm token per image (the planted one): 16 images, 5 of them test (probe_test_fraction 0.3)
+    assert (high.num_train == 11).all() and (high.num_test == 5).all()
+    assert high.loc["position", "accuracy"] == 1.0  # every high-norm token sits at position j
+    normal = t[t.tokens == "normal"]
+    assert (normal.num_train == 44).all() and (normal.num_test == 20).all()  # 4 random normal tokens per image
+    assert (t.accuracy_ci_low <= t.accuracy).all() and (t.accuracy <= t.accuracy_ci_high).all()
+    # no threshold any token passes at a huge threshold: the high rows say so, in the table and on stderr
+    out2 = tmp_path / "run2"
+    code, _, err = cli(["run", "analysis=token_norms", "analysis.probes=true", "model.name=vit_tiny_patch16_224",
+                        "model.pretrained=false", f"model.checkpoint={path}",
+                        *(f"model.kwargs.{k}={v}" for k, v in KW.items()), *DATA, "analysis.threshold=1e6",
+                        f"hydra.run.dir={out2}"], capsys)
+    assert code == 0, err
+    t2 = pd.read_csv(out2 / "token_norms_probes.csv")
+    assert set(t2.layer) == {"blocks.2"}  # no layer has high-norm tokens: the last block
+    h2 = t2[t2.tokens == "high"]
+    assert h2.accuracy.isna().all() and (h2.note == "no high-norm tokens at this layer").all()
+    assert "no high-norm tokens at this layer" in err
+    assert t2[t2.tokens == "normal"].accuracy.notna().all()
+
+
+def _numpy_ridge_accuracy(x_train, y_train, x_test, y_test, alpha):
+    """float64 numpy: centred ridge to {-1, 1} one-hot targets, lambda = alpha tr(C) / D, argmax prediction."""
+    classes = np.unique(y_train)
+    y = -np.ones((len(y_train), len(classes)))
+    y[np.arange(len(y_train)), np.searchsorted(classes, y_train)] = 1.0
+    mx, my = x_train.mean(0), y.mean(0)
+    xc = x_train - mx
+    c = xc.T @ xc
+    w = np.linalg.solve(c + alpha * np.trace(c) / c.shape[0] * np.eye(c.shape[0]), xc.T @ (y - my))
+    pred = classes[((x_test - mx) @ w + my).argmax(1)]
+    return float((pred == y_test).mean())
+
+
+def test_probe_accuracy_equals_float64_numpy_ridge_on_a_constructed_case():
+    from vitstudy.analyses.token_norms import LayerSplit, ProbeReducer, TokenLayer, probe_rows
+    from vitstudy.pipeline.layers import Layer
+
+    rng = np.random.default_rng(0)
+    b, rows, cols, dim, alpha = 40, 2, 2, 6, 0.05
+    layer = Layer("blocks.0", "blocks.0", False, (rows * cols + 1, dim), "NLC")
+    tl = TokenLayer(layer, 0, rows, cols, 1, ("class",) + ("patch",) * 4)
+    # patches 0 and 3 high-norm (norm ~ 100), 1 and 2 normal; features carry position and label plus noise
+    labels = rng.integers(0, 3, b)
+    x = rng.normal(size=(b, 5, dim))
+    x[:, 1:, :4] += 1.5 * np.eye(4)[None]
+    x[np.arange(b), 1:, 4] += labels[:, None] * 0.7
+    x[:, [1, 4]] *= 100.0 / np.linalg.norm(x[:, [1, 4]], axis=-1, keepdims=True)
+    split = LayerSplit(None, 50.0, "analysis.threshold", float("nan"))
+    red = ProbeReducer([tl], {"blocks.0": split}, tn.Bins(-3, 5, 10), per_image=2, seed=0)
+    for s in range(0, b, 8):
+        red.on_tensor(0, layer, torch.tensor(x[s:s + 8], dtype=torch.float32))
+        red.end_batch(torch.tensor(labels[s:s + 8]), [])
+    got, info = probe_rows(red, ["blocks.0"], 0.25, alpha, seed=5)
+    test = np.zeros(b, dtype=bool)
+    test[np.random.default_rng(5).permutation(b)[:10]] = True
+    assert info == {"test_images": 10, "train_images": 30}
+    xf = x.astype(np.float32).astype(np.float64)  # the reducer keeps float32 features
+    for r in got:
+        pos = [0, 3] if r["tokens"] == "high" else [1, 2]  # both of each group: per_image = 2 takes them all
+        feats = xf[:, [1 + q for q in pos]]  # (b, 2, dim)
+        y = np.repeat(np.array(pos)[None], b, 0) if r["target"] == "position" else np.repeat(labels[:, None], 2, 1)
+        tr, te = ~test, test
+        want = _numpy_ridge_accuracy(feats[tr].reshape(-1, dim), y[tr].ravel(), feats[te].reshape(-1, dim),
+                                     y[te].ravel(), alpha)
+        assert (r["num_train"], r["num_test"]) == (60, 20)
+        values, counts = np.unique(y[tr].ravel(), return_counts=True)
+        assert r["majority_accuracy"] == pytest.approx(np.mean(y[te].ravel() == values[counts.argmax()]), abs=1e-12)
+        assert r["accuracy"] == pytest.approx(want, abs=1e-12), r
+        lo, hi = r["accuracy_ci_low"], r["accuracy_ci_high"]
+        z = 1.959963984540054
+        centre = (want + z * z / 40) / (1 + z * z / 20)
+        half = z / (1 + z * z / 20) * np.sqrt(want * (1 - want) / 20 + z * z / 1600)
+        assert (lo, hi) == pytest.approx((max(0, centre - half), min(1, centre + half)), abs=1e-12)
+    assert {(r["target"], r["tokens"]) for r in got} == {(t, g) for t in ("position", "label") for g in ("high", "normal")}
+
+
+def test_probe_layers_not_tapped_is_refused_in_one_line(tmp_path, capsys):
+    code, _, err = cli(["run", "analysis=token_norms", "analysis.probes=true", "analysis.probe_layers=[blocks.7]",
+                        "model.name=vit_tiny_patch16_224", "model.pretrained=false",
+                        *(f"model.kwargs.{k}={v}" for k, v in KW.items()), *DATA, f"hydra.run.dir={tmp_path / 'run'}"], capsys)
+    assert code != 0 and "Traceback" not in err
+    assert "analysis.probe_layers: blocks.7 not among the tapped layers (blocks.0, blocks.1, blocks.2)" in err
+    assert not (tmp_path / "run" / "token_norms_probes.csv").exists()

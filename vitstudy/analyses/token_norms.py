@@ -24,9 +24,11 @@ from ..anatomy.attention import sites, unfused
 from ..anatomy.residual import positions_channels
 from ..errors import VitstudyError
 from ..metrics import token_norms as tn
+from ..metrics import token_probes
 from ..metrics import uncertainty
 from ..pipeline.engine import Reducer, stream
 from ..pipeline.layers import Layer
+from ..pipeline.progress import log_line
 from ..plots import tokens as plots_tokens
 from ._registry import Params, Result, at_least, register
 from .common import INPUT
@@ -156,6 +158,86 @@ class TokenNormReducer(Reducer):
         self.idx = {}
 
 
+class ProbeReducer(Reducer):
+    """Second pass, once each layer's cut is known: per image and probed layer, the features of its high-norm patch
+    tokens and of as many random normal ones as `per_image` allows (seeded), with their positions and image index."""
+
+    def __init__(self, tls: list[TokenLayer], splits: dict, bins: tn.Bins, per_image: int, seed: int):
+        self.tls = {t.layer.name: t for t in tls}
+        self.splits, self.bins, self.per_image = splits, bins, per_image
+        self.generator = torch.Generator().manual_seed(seed)
+        self.kept = {(t.layer.name, g): {"x": [], "position": [], "image": []} for t in tls for g in ("high", "normal")}
+        self.labels: list[np.ndarray] = []
+        self.images = 0
+
+    def high(self, name: str, norms: torch.Tensor) -> torch.Tensor:
+        """The high-norm mask of patch norms (B, N) by the layer's rule of the first pass."""
+        s = self.splits[name]
+        if s.rule == "analysis.threshold":
+            return norms > s.threshold
+        if s.first_high_bin is None:
+            return torch.zeros_like(norms, dtype=torch.bool)
+        return self.bins.index(norms) >= s.first_high_bin
+
+    def on_tensor(self, model_index: int, layer: Layer, tensor: torch.Tensor) -> None:
+        t = self.tls[layer.name]
+        x = positions_channels(tensor, layer.layout)[:, t.prefix:]
+        high = self.high(layer.name, torch.linalg.vector_norm(x.to(torch.float64), dim=-1))
+        for group, idx in zip(("high", "normal"), token_probes.pick(high, self.per_image, self.generator)):
+            b, k = torch.nonzero(idx >= 0, as_tuple=True)
+            pos = idx[b, k]
+            kept = self.kept[(layer.name, group)]
+            kept["x"].append(x[b, pos].to(torch.float32).cpu().numpy())
+            kept["position"].append(pos.cpu().numpy())
+            kept["image"].append(b.cpu().numpy() + self.images)
+
+    def end_batch(self, labels, outputs) -> None:
+        self.labels.append(np.asarray(labels.cpu() if hasattr(labels, "cpu") else labels))
+        self.images += len(labels)
+
+
+def probe_rows(reducer: ProbeReducer, layers: list[str], test_fraction: float, alpha: float,
+               seed: int) -> tuple[list[dict], dict]:
+    """Per probed layer, target (position, label) and token group: the ridge probe's test accuracy with a Wilson
+    interval over test tokens, beside the majority baseline (the most frequent train class); train and test are
+    disjoint sets of images. A group without tokens gets a note."""
+    labels = np.concatenate(reducer.labels) if reducer.labels else np.zeros(0, dtype=np.int64)
+    n = reducer.images
+    order = np.random.default_rng(seed).permutation(n)
+    num_test = min(max(1, int(round(n * test_fraction))), n - 1)
+    is_test = np.zeros(n, dtype=bool)
+    is_test[order[:num_test]] = True
+    rows = []
+    for name in layers:
+        for target in ("position", "label"):
+            for group in ("high", "normal"):
+                kept = reducer.kept[(name, group)]
+                x = np.concatenate(kept["x"]) if kept["x"] else np.zeros((0, 0), np.float32)
+                image = np.concatenate(kept["image"]).astype(np.int64) if kept["image"] else np.zeros(0, np.int64)
+                y = np.concatenate(kept["position"]) if target == "position" else labels[image]
+                test = is_test[image]
+                row = {"layer": name, "target": target, "tokens": group, "accuracy": float("nan"),
+                       "accuracy_ci_low": float("nan"), "accuracy_ci_high": float("nan"),
+                       "num_train": int((~test).sum()), "num_test": int(test.sum()), "note": "",
+                       "majority_accuracy": float("nan")}
+                if not len(y):
+                    row["note"] = "no high-norm tokens at this layer" if group == "high" else "no normal tokens at this layer"
+                elif row["num_train"] == 0 or row["num_test"] == 0:
+                    row["note"] = f"no {group} tokens in the {'train' if row['num_train'] == 0 else 'test'} images"
+                else:
+                    score = token_probes.ridge_accuracy(x[~test].astype(np.float64), y[~test], x[test].astype(np.float64),
+                                                        y[test], alpha)
+                    low, high = uncertainty.wilson(score.correct, score.num_test)
+                    classes, counts = np.unique(y[~test], return_counts=True)
+                    row.update(accuracy=score.correct / score.num_test, accuracy_ci_low=float(low),
+                               accuracy_ci_high=float(high),
+                               majority_accuracy=float((y[test] == classes[np.argmax(counts)]).mean()))
+                    if len(np.unique(y[~test])) == 1:
+                        row["note"] = "one class among the train tokens: a constant predictor"
+                rows.append(row)
+    return rows, {"test_images": int(num_test), "train_images": int(n - num_test)}
+
+
 @dataclass
 class LayerSplit:
     """One layer's high-norm rule: the cut's bin (None: no high-norm tokens), the norm threshold and the rule."""
@@ -228,11 +310,21 @@ class TokenNorms(Params):
     num_show: int = 4  # images whose norm maps are drawn (the first ones sampled)
     map_layers: int = 3  # layers drawn in the maps (evenly spaced, the last one included)
     cls_attention: bool = False  # true: also the class token's attention (next block, head mean) to high-norm vs other patches (unfused attention: slower)
+    probes: bool = False  # true: ridge probes of position and image label from high-norm vs normal patch tokens (a second pass over the images)
+    probe_layers: Any = None  # tapped layer names to probe; null = the layer with the largest high-norm share (the last block when none has any)
+    probe_tokens: int = 4  # per image and layer: up to this many high-norm patch tokens and this many random normal ones
+    probe_test_fraction: float = 0.3  # share of the images whose tokens are the probes' test set (the others train)
+    probe_alpha: float = 1e-2  # ridge strength, relative: lambda = alpha * trace(C) / D
 
     def check(self) -> None:
         at_least("bins", self.bins, 2)
         at_least("num_show", self.num_show, 0)
         at_least("map_layers", self.map_layers, 1)
+        at_least("probe_tokens", self.probe_tokens, 1)
+        if not 0 < self.probe_test_fraction < 1:
+            raise VitstudyError(f"analysis.probe_test_fraction must be between 0 and 1, got {self.probe_test_fraction!r}")
+        if not self.probe_alpha > 0:
+            raise VitstudyError(f"analysis.probe_alpha must be a positive ridge strength, got {self.probe_alpha!r}")
         if self.threshold is not None and not self.threshold > 0:
             raise VitstudyError(f"analysis.threshold must be a positive norm or null, got {self.threshold!r}")
         if not self.log_high > self.log_low:
@@ -255,6 +347,13 @@ def token_norms(ctx) -> Result:
     m = ctx.models["model"]
     layers = ctx.layers(m) if p.layers is None else ctx.layers(m, p.layers)
     tls = token_layers(m, layers, "token_norms")
+    asked = None
+    if p.probes and p.probe_layers is not None:  # checked before the first pass
+        asked = [p.probe_layers] if isinstance(p.probe_layers, str) else [str(x) for x in p.probe_layers]
+        missing = [x for x in asked if x not in [t.layer.name for t in tls]]
+        if missing:
+            raise VitstudyError(f"analysis.probe_layers: {', '.join(missing)} not among the tapped layers "
+                                f"({', '.join(t.layer.name for t in tls)})")
     embed = _embed_layer(ctx, m)
     bins = tn.Bins(float(p.log_low), float(p.log_high), int(p.bins))
     reducer = TokenNormReducer(tls, bins, p.threshold, int(p.num_show), embed)
@@ -313,6 +412,35 @@ def token_norms(ctx) -> Result:
                               if p.cls_attention else {}),
                            "num_images": n})
     table, hist, summary = pd.DataFrame(rows), pd.DataFrame(hist_rows), pd.DataFrame(layer_rows)
+    tables = {"token_norms": table, "token_norms_layers": summary, "token_norms_histogram": hist}
+    probe_info = None
+    if p.probes:
+        names = [t.layer.name for t in tls]
+        if p.probe_layers is None:
+            share = summary.high_norm_share.to_numpy()
+            chosen = [names[int(np.argmax(share))] if share.max() > 0 else names[-1]]
+        else:
+            chosen = asked
+        probed = [t for t in tls if t.layer.name in chosen]
+        preducer = ProbeReducer(probed, splits, bins, int(p.probe_tokens), int(ctx.cfg.seed))
+        stream([m], [[t.layer for t in probed]], ctx.loader([m], batching), preducer, ctx.device,
+               "token_norms probes", ctx.progress)
+        if preducer.images != n:
+            raise VitstudyError(f"token_norms probes: the second pass saw {preducer.images} images, the first {n}")
+        prows, split_info = probe_rows(preducer, chosen, float(p.probe_test_fraction), float(p.probe_alpha),
+                                       int(ctx.cfg.seed))
+        for r in prows:
+            if r["note"]:
+                log_line(f"token_norms probes: {r['layer']}, {r['target']} from {r['tokens']} tokens: {r['note']}")
+        tables["token_norms_probes"] = pd.DataFrame([{**base, **r, "alpha": float(p.probe_alpha), "num_images": n}
+                                                     for r in prows])
+        probe_info = {"layers": chosen, "second_pass": True,
+                      "rule": "a second pass over the same images once each layer's high-norm cut is known; per image up to "
+                              f"{p.probe_tokens} high-norm patch tokens and {p.probe_tokens} random normal ones (seed "
+                              f"{ctx.cfg.seed}); ridge to one-hot targets (alpha {p.probe_alpha}, relative) fitted on the "
+                              "train images' tokens, accuracy on the test images' tokens with a Wilson interval over test "
+                              "tokens (tokens of one image are not independent: the interval is optimistic)",
+                      **split_info}
     label = f"{m.label} ({m.weights})"
     figures = {"token_norms": plots_tokens.norm_histograms(hist, summary, f"Token norms by depth, {label}, {n} images"),
                "token_norms_prefix": plots_tokens.prefix_norms(summary, f"Mean token norm by kind, {label}, {n} images")}
@@ -335,5 +463,6 @@ def token_norms(ctx) -> Result:
             "cls_attention": "mean attention probability (head mean) from the class token to a patch in the next block, for the "
                              "patches high-norm at this layer against the others (analysis.cls_attention=true)",
             "uncertainty": {"token_norms": uncertainty.METHODS["se_images"]}}
-    return Result({"token_norms": table, "token_norms_layers": summary, "token_norms_histogram": hist}, figures, info,
-                  [record])
+    if probe_info is not None:
+        info["probes"] = probe_info
+    return Result(tables, figures, info, [record])
