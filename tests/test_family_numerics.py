@@ -88,13 +88,18 @@ def capture(model, layers, x) -> dict[str, torch.Tensor]:
             handles.append(mods[l.module].register_forward_pre_hook(lambda m, a, _l=l: out.__setitem__(_l.name, _l.of_input(a).clone())))
         else:
             handles.append(mods[l.module].register_forward_hook(lambda m, a, o, _l=l: out.__setitem__(_l.name, _l.of_output(o).clone())))
+    _run_hooked(model, x, handles)
+    return out
+
+
+def _run_hooked(model, x, handles: list) -> None:
+    """One no-grad forward with the given hooks registered, which are removed afterwards whatever happens."""
     try:
         with torch.no_grad():
             model(x)
     finally:
         for h in handles:
             h.remove()
-    return out
 
 
 def _ends(items: list, k: int = 1) -> list:
@@ -143,12 +148,7 @@ def _last_weighted(model, path: str, x) -> str:
                 and not (n == path and any(True for c in m.children() for _ in c.parameters()))]  # attn's own biases: not it
     handles = [mods[n].register_forward_hook(lambda m, a, o, _n=n: order.append(_n)) for n in weighted]
     handles.append(mods[path].register_forward_hook(lambda m, a, o: order.append("<zero>")))
-    try:
-        with torch.no_grad():
-            model(x)
-    finally:
-        for h in handles:
-            h.remove()
+    _run_hooked(model, x, handles)
     return order[order.index("<zero>") - 1]
 
 

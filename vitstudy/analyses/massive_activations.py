@@ -97,7 +97,7 @@ class MassiveActivations(Params):
 def massive_activations(ctx) -> Result:
     p = ctx.params
     m = ctx.models["model"]
-    layers = ctx.layers(m) if p.layers is None else ctx.layers(m, p.layers)
+    layers = ctx.layers(m, p.layers)  # None: the model node's layers
     tls = token_layers(m, layers, "massive_activations")
     reducer = MassiveReducer(tls, int(p.top_k))
     batching, record = ctx.sample()

@@ -55,17 +55,25 @@ class RolloutReducer(Reducer):
         self.counter.add(layer.name)
         site = next(s for s in self.sites if s.name == layer.name)
         if not self.checked:
-            site.check(tensor, tensor.shape[0])
+            site.check(tensor, self.inputs.shape[0])  # the batch from the input: grouped layouts fold groups into dim 0
+        self.add(site, tensor)
+
+    def add(self, site, tensor: torch.Tensor) -> None:
+        """One block's captured attention: multiplied into the running rollout."""
         a = am.residual_attention(site.probabilities(tensor).to(torch.float64).mean(dim=1), self.residual)
         self.r = a if self.r is None else a @ self.r
+
+    def check_rows(self, rollout: torch.Tensor) -> None:
+        """Rollout rows must sum to 1, or the captured tensors were not the softmax; checked on the first batch."""
+        err = float((rollout.sum(-1) - 1).abs().max())
+        if err > ROW_TOL:
+            raise VitstudyError(f"rollout rows sum to 1 +- {err:.3g}: the captured attention is not row-stochastic")
+        self.checked = True
 
     def end_batch(self, labels, outputs) -> None:
         self.counter.end_batch()
         r, self.r = self.r, None
-        err = float((r.sum(-1) - 1).abs().max())
-        if err > ROW_TOL:
-            raise VitstudyError(f"rollout rows sum to 1 +- {err:.3g}: the captured attention is not row-stochastic")
-        self.checked = True
+        self.check_rows(r)
         p = self.prefix
         rows = r[:, 0, p:] if self.has_cls else r[:, p:, p:].mean(dim=1)
         self._record(rows.reshape(len(rows), *self.grid).cpu(), labels)
@@ -140,15 +148,9 @@ class StagedRolloutReducer(RolloutReducer):
         self.steps, self.prefix = plan(site_list, label)
         self.maps: dict[str, torch.Tensor] = {}
 
-    def on_tensor(self, model_index: int, layer: Layer, tensor: torch.Tensor) -> None:
-        if layer is INPUT:
-            self.inputs = tensor
-            return
-        self.counter.add(layer.name)
-        site = next(s for s in self.sites if s.name == layer.name)
-        if not self.checked:
-            site.check(tensor, self.inputs.shape[0])
-        self.maps[layer.name] = grouped_of(site, tensor).to(torch.float64).mean(dim=2)  # (B, groups, Q, K)
+    def add(self, site, tensor: torch.Tensor) -> None:
+        """One block's head-averaged map, kept until the batch's blocks are all in."""
+        self.maps[site.name] = grouped_of(site, tensor).to(torch.float64).mean(dim=2)  # (B, groups, Q, K)
 
     def end_batch(self, labels, outputs) -> None:
         self.counter.end_batch()
@@ -161,10 +163,7 @@ class StagedRolloutReducer(RolloutReducer):
         else:
             v[:, self.prefix:] = 1.0 / (n_out - self.prefix)
         v = compose(self.steps, [self.maps.pop(s.site.name) for s in self.steps], v, self.residual)
-        err = float((v.sum(-1) - 1).abs().max())
-        if err > ROW_TOL:
-            raise VitstudyError(f"rollout rows sum to 1 +- {err:.3g}: the captured attention is not row-stochastic")
-        self.checked = True
+        self.check_rows(v)
         self._record(v[:, self.prefix:].reshape(b, *self.grid).cpu(), labels)
 
 

@@ -345,7 +345,7 @@ def _embed_layer(ctx, m) -> Layer | None:
 def token_norms(ctx) -> Result:
     p = ctx.params
     m = ctx.models["model"]
-    layers = ctx.layers(m) if p.layers is None else ctx.layers(m, p.layers)
+    layers = ctx.layers(m, p.layers)  # None: the model node's layers
     tls = token_layers(m, layers, "token_norms")
     asked = None
     if p.probes and p.probe_layers is not None:  # checked before the first pass
