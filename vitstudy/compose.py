@@ -104,13 +104,18 @@ def _parse(overrides: list[str]):
         raise VitstudyError(f"cannot parse overrides {overrides}: {str(err).splitlines()[0]}") from None
 
 
+LOCAL_LAUNCHERS = ("basic", "joblib", "local", "submitit_local")  # jobs on this machine
+
+
 def precheck(args: list[str], groups: dict[str, str] = GROUPS, config_name: str = "config") -> None:
     """Fail early, in one line, on unknown group choices and on configs that do not compose."""
     overrides = [a for a in args if not a.startswith("-") and "=" in a]
     flags = [a for a in args if a.startswith("-")]
+    local = True  # jobs run on this machine (Hydra's basic or joblib launcher): its devices are the jobs' devices
     for ov in _parse(overrides):
         if ov.key_or_group == "hydra/launcher":
             check_launcher(str(ov.value()))
+            local = local and str(ov.value()) in LOCAL_LAUNCHERS
             continue
         key = "reference" if ov.package == "reference" else ov.key_or_group
         group = groups.get(key)
@@ -127,6 +132,10 @@ def precheck(args: list[str], groups: dict[str, str] = GROUPS, config_name: str 
         config = compose(variant, config_name)
         if "analysis" in config:
             load_analyses().params_of(config)
+        if local and "device" in config:  # a cluster job's devices are the node's, not this machine's
+            from .runtime import resolve_device
+
+            resolve_device(str(config.device))
 
 
 def single_runs(overrides: list[str]) -> list[list[str]]:
