@@ -142,3 +142,18 @@ def test_a_run_from_three_batches_says_so_in_its_output_line_and_run_json(tmp_pa
     assert "WARNING: intervals from only 3 batches (under 10)" in line
     info = json.loads((out / "run.json").read_text())["uncertainty"]["cka_across"]
     assert info["few_batches"] and info["batches"] == 3 and info["interval_range"] == [0.0, 1.0]
+
+
+def test_a_cached_result_repeats_the_few_batches_warning(tmp_path, capsys):
+    """A result served from the cache says the same WARNING as the run that computed it (read from its run.json)."""
+    from helpers import SMALL_DATA, TINY_VIT, cli
+
+    args = ["run", "analysis=cka_within", *TINY_VIT, *SMALL_DATA, "model.layers=[blocks.0,blocks.2]",
+            f"cache.dir={tmp_path / 'cache'}"]
+    lines = []
+    for name in ("a", "b"):
+        code, stdout, err = cli([*args, f"hydra.run.dir={tmp_path / name}"], capsys)
+        assert code == 0, err
+        lines.append([s for s in stdout.splitlines() if "cka_within " in s][0])
+    assert "done" in lines[0] and "cached" in lines[1]
+    assert all("WARNING: intervals from only 3 batches (under 10)" in line for line in lines), lines

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import os
 import sys
+from pathlib import Path
 
 import hydra
 from hydra.core.hydra_config import HydraConfig
@@ -50,10 +51,21 @@ def hydra_app(cfg: DictConfig) -> dict | None:
         return job_failed(out_dir, err, list(hc.overrides.task))
     csvs = ", ".join(p.name for p in written if p.suffix == ".csv")
     state = "cached (same config and weights; force=true recomputes)" if result is None else "done"
-    notes = sorted({u["note"] for u in ((result.info if result else {}).get("uncertainty") or {}).values()
+    info = result.info if result is not None else _recorded(out_dir)  # a cached result: what its run.json says
+    notes = sorted({u["note"] for u in (info.get("uncertainty") or {}).values()
                     if isinstance(u, dict) and u.get("note")})  # e.g. intervals from too few batches
     print(f"vitstudy: {cfg.analysis.name} {state}; outputs in {out_dir} ({csvs}, figures, run.json)"
           + "".join(f"; WARNING: {n}" for n in notes))
+
+
+def _recorded(out_dir: str) -> dict:
+    """The run.json of a finished run directory ({} when it has none)."""
+    import json
+
+    from .pipeline.results import RECORD
+
+    path = Path(out_dir) / RECORD
+    return json.loads(path.read_text()) if path.exists() else {}
 
 
 def settle_log(out_dir: str, message: str, keep: bool = False) -> None:
