@@ -45,9 +45,14 @@ class LinearRegression(Measure):
     symmetric = False
 
     def prepare(self, x: np.ndarray) -> Basis:
-        """Thin SVD of the centred features; singular values below the matrix_rank tolerance are dropped."""
+        """Thin SVD of the centred features; singular values below the matrix_rank tolerance are dropped.
+
+        Wider than tall (p > n), X_c = Rᵀ Qᵀ from a QR of X_cᵀ (R only, n x n): X_c and Rᵀ share U and S, and
+        the QR costs a fraction of a wide SVD while staying backward stable (unlike the eigenvalues of X_c X_cᵀ).
+        """
         xc = x - x.mean(axis=0, keepdims=True)
-        u, s, _ = np.linalg.svd(xc, full_matrices=False)
+        a = np.linalg.qr(xc.T, mode="r").T if xc.shape[1] > xc.shape[0] else xc
+        u, s, _ = np.linalg.svd(a, full_matrices=False)
         keep = s > (s[0] * max(xc.shape) * np.finfo(np.float64).eps if s.size else 0.0)
         return Basis(u=u[:, keep], s=s[keep])
 
