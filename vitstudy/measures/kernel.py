@@ -1,4 +1,4 @@
-"""Kernel measures that stream over minibatches: linear and RBF CKA (Kornblith et al. 2019; minibatch form Nguyen et al. 2021).
+"""Kernel measures that stream over minibatches: linear and RBF CKA (Kornblith et al. 2019; Nguyen et al. 2021).
 
 Both are CKA of two Gram matrices. Streaming, the engine U-centres each batch's Gram (`kernel`) and sums unbiased
 HSIC; on the full set, `prepare` keeps the centred Gram H K H and `compare` is the biased CKA, the cosine of two
@@ -52,7 +52,7 @@ class LinearCKA(Measure):
 
 
 def median_distance(d2: torch.Tensor) -> torch.Tensor:
-    """Median Euclidean distance over the pairs i < j of an (n, n) squared-distance matrix (mean of the two middle ones)."""
+    """Median Euclidean distance over the pairs i < j of (n, n) squared distances (mean of the two middle ones)."""
     n = d2.shape[0]
     upper = torch.ones(n, n, dtype=torch.bool, device=d2.device).triu_(1)
     d = d2[upper].sqrt().sort().values
