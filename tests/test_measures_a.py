@@ -213,7 +213,7 @@ def test_rbf_kernel_with_a_zero_median_distance_is_the_coincidence_indicator():
     np.testing.assert_array_equal(k, expected)
 
 
-@pytest.mark.parametrize("bad", [0.0, -1.0, float("nan"), float("inf")])
+@pytest.mark.parametrize("bad", [0.0, -1.0, float("nan"), float("inf"), "1", True])
 def test_rbf_cka_refuses_a_non_positive_bandwidth_in_one_line(bad):
     with pytest.raises(VitstudyError, match="rbf_cka: bandwidth must be a positive number"):
         M.get("rbf_cka", bandwidth=bad)
@@ -252,6 +252,7 @@ def test_linear_regression_analytic_values():
     expected = np.sum(signal**2) / (np.sum(signal**2) + np.sum(noise**2))
     assert lr.value(x, signal + e) == pytest.approx(expected, abs=1e-12)
     assert lr.value(np.ones((50, 3)), e) == 0  # a constant predictor explains nothing
+    assert np.isnan(lr.value(x, np.ones((50, 3))))  # a constant target has nothing to explain
 
 
 # ---- RSA ----
@@ -271,6 +272,12 @@ def test_rsa_analytic_values():
     rng = np.random.default_rng(2)
     y = x * rng.uniform(0.5, 2, (30, 1)) + rng.normal(size=(30, 1))
     assert M.get("rsa").value(x, y) == pytest.approx(1, abs=1e-12)
+
+
+def test_rsa_of_an_image_without_variance_is_nan():
+    x, y = _pair(20, 10, 8)
+    x[3] = 1.5  # no correlation with any image
+    assert np.isnan(M.get("rsa").value(x, y))
 
 
 def test_rsa_ties_take_average_ranks():

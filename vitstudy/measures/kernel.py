@@ -98,7 +98,8 @@ class RbfCKA(Measure):
     bandwidth: float = 1.0
 
     def __post_init__(self):
-        if not (isinstance(self.bandwidth, (int, float)) and math.isfinite(self.bandwidth) and self.bandwidth > 0):
+        b = self.bandwidth
+        if isinstance(b, bool) or not isinstance(b, (int, float)) or not (math.isfinite(b) and b > 0):
             raise VitstudyError(f"rbf_cka: bandwidth must be a positive number, got {self.bandwidth!r}")
 
     def kernel(self, x: torch.Tensor, dtype=torch.float32) -> torch.Tensor:

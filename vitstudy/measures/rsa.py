@@ -14,7 +14,7 @@ TIE_DECIMALS = 12  # dissimilarities equal to this many decimals are ties: matmu
 def rdm(x: np.ndarray) -> np.ndarray:
     """The (n, n) correlation-distance RDM, 1 - Pearson(x_i, x_j) between images (rows); n x n, however wide x is."""
     z = x - x.mean(axis=1, keepdims=True)
-    with np.errstate(invalid="ignore", divide="ignore"):  # a constant image has no correlation: NaN, as in rsatoolbox
+    with np.errstate(invalid="ignore", divide="ignore"):  # a constant image has no correlation: NaN (so is RSA)
         z = z / np.linalg.norm(z, axis=1, keepdims=True)
     return 1.0 - z @ z.T
 
