@@ -82,10 +82,10 @@ def rbf_gram(x: torch.Tensor, bandwidth: float, dtype=torch.float32) -> torch.Te
 class RbfCKA(Measure):
     """CKA with a Gaussian kernel whose width follows the data: σ = bandwidth x the median pairwise distance.
 
-    Streaming, σ is set per minibatch (from that batch's images), as in Kornblith et al.'s code; on the full set,
-    from all images. Because σ scales with the distances, the measure is invariant to isotropic scaling as well
-    as to rotations, shifts and neuron permutations; unlike linear CKA it also sees non-linear structure (small
-    bandwidths weigh local neighbourhoods; large ones approach linear CKA).
+    Streaming, σ is set per minibatch (from that batch's images); on the full set, from all images. Because σ
+    scales with the distances, the measure is invariant to isotropic scaling as well as to rotations, shifts and
+    neuron permutations; unlike linear CKA it also sees non-linear structure (small bandwidths weigh local
+    neighbourhoods; large ones approach linear CKA).
     """
 
     name = "rbf_cka"
