@@ -19,8 +19,8 @@ class Procrustes(Measure):
     """‖X̃ᵀỸ‖_* (nuclear norm), X̃ and Ỹ column-centred and scaled to unit Frobenius norm.
 
     1 means equal up to a rotation (and a shift and a scale); the angular Procrustes distance is its arccos.
-    With more features than images, each side is first replaced by its thin SVD factor U S (n columns): the
-    right factor V is orthonormal, so the nuclear norm is unchanged and the product stays small.
+    With more features than images, each side is first replaced by Rᵀ from a QR of its transpose (n columns):
+    X̃ = Rᵀ Qᵀ with Q orthonormal, so the nuclear norm is unchanged and the product stays small.
     """
 
     name = "procrustes"
@@ -31,11 +31,10 @@ class Procrustes(Measure):
     invariances = ("rotation", "isotropic_scaling", "permutation", "translation")
 
     def prepare(self, x: np.ndarray) -> np.ndarray:
-        """The centred unit-norm features, reduced to at most n columns by a thin QR/SVD factor (exact)."""
+        """The centred unit-norm features, reduced to at most n columns by a thin QR factor (exact)."""
         xn = _normalised(x)
-        if xn.shape[1] > xn.shape[0]:  # X̃ = U S Vᵀ: ‖X̃ᵀỸ‖_* = ‖(U S)ᵀ Ỹ‖_*, V has orthonormal columns
-            u, s, _ = np.linalg.svd(xn, full_matrices=False)
-            xn = u * s
+        if xn.shape[1] > xn.shape[0]:  # X̃ᵀ = Q R: ‖X̃ᵀỸ‖_* = ‖Q R Ỹ‖_* = ‖R Ỹ‖_*, a quarter of a wide SVD's time
+            xn = np.linalg.qr(xn.T, mode="r").T
         return xn
 
     def compare(self, px: np.ndarray, py: np.ndarray) -> float:
