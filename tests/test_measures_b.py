@@ -285,3 +285,25 @@ def test_cca_family_against_repsim():
     # and on sides reduced to 90% of their variance (repsim.svcca itself denoises an orthonormal basis instead)
     rx, ry = _reduce(x, 0.9), _reduce(y, 0.9)
     assert M.get("svcca", variance=0.9).value(x, y) == pytest.approx(repsim.cca([rx, ry], "pillai")[0, 1], abs=1e-10)
+
+
+# ---- the layer-monotonicity share of scripts/measure_sanity.py ------------------------------------------------
+
+def test_monotonicity_share_on_analytic_matrices():
+    import sys
+    from pathlib import Path
+
+    sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "scripts"))
+    from measure_sanity import monotonicity
+
+    idx = np.arange(5)
+    distance = np.abs(idx[:, None] - idx[None, :]).astype(float)
+    assert monotonicity(-distance) == {"share": 1.0, "share_first": 1.0, "share_last": 1.0, "triples": 10, "skipped": 0}
+    assert monotonicity(distance)["share"] == 0.0  # farther = more similar: every check fails
+    assert monotonicity(np.ones((5, 5)))["share"] == 0.5  # ties score one half
+    # asymmetric: the first end ranks correctly, the last end backwards (V[k, j] = V[k, i] - 1 for i < j < k)
+    v = np.where(idx[:, None] < idx[None, :], -distance, distance)
+    got = monotonicity(v)
+    assert (got["share_first"], got["share_last"], got["share"]) == (1.0, 0.0, 0.5)
+    v[0, 1] = np.nan  # a refused pair: the triples that need it are skipped
+    assert monotonicity(v)["skipped"] == 3 and monotonicity(v)["triples"] == 7
