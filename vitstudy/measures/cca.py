@@ -31,12 +31,11 @@ class Basis:
     coordinates: np.ndarray | None = None
 
 
-def centred_svd(x: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """Left singular vectors and singular values of the column-centred x, rank-truncated (largest first).
+def centred_svd(xc: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Left singular vectors and singular values of column-centred features xc, rank-truncated (largest first).
 
     p > n: from the eigendecomposition of the n x n Gram matrix X̃X̃ᵀ = U S² Uᵀ (exact, and O(n² p) not O(n p²)).
     """
-    xc = x - x.mean(axis=0, keepdims=True)
     n, p = xc.shape
     if p > n:
         w, u = np.linalg.eigh(xc @ xc.T)
@@ -90,7 +89,7 @@ class SVCCA(Measure):
             raise VitstudyError(f"svcca: variance={self.variance} must be in (0, 1] (the share of variance kept)")
 
     def prepare(self, x: np.ndarray) -> Basis:
-        u, s = centred_svd(x)
+        u, s = centred_svd(x - x.mean(axis=0, keepdims=True))
         share = np.cumsum(s**2) / np.sum(s**2) if s.size else s
         d = min(int(np.searchsorted(share, self.variance - 1e-12)) + 1, s.size)
         return Basis(u[:, :d], s[:d])
@@ -123,8 +122,8 @@ class PWCCA(Measure):
     symmetric = False
 
     def prepare(self, x: np.ndarray) -> Basis:
-        u, s = centred_svd(x)
         xc = x - x.mean(axis=0, keepdims=True)
+        u, s = centred_svd(xc)
         return Basis(u, s, u.T @ xc)
 
     def compare(self, px: Basis, py: Basis) -> float:

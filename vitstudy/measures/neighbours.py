@@ -27,24 +27,22 @@ class Neighbours:
     similarity: np.ndarray
 
 
-def unit_rows(x: np.ndarray) -> np.ndarray:
-    """Rows scaled to unit L2 norm (cosine similarity = dot product); all-zero rows stay zero."""
-    norms = np.linalg.norm(x, axis=1, keepdims=True)
-    return x / np.where(norms > 0, norms, 1.0)
-
-
 def neighbours(x: np.ndarray, k: int, measure: str) -> Neighbours:
-    """The k nearest neighbours of every image by cosine similarity, itself excluded (stable: lower index first)."""
+    """The k nearest neighbours of every image by cosine similarity, itself excluded (stable: lower index first).
+
+    Cosines come from blocks of the Gram matrix divided by the row norms, so x (possibly n x 200k) is not copied.
+    """
     n = x.shape[0]
     if k < 1 or k >= n:
         raise VitstudyError(f"{measure}: k={k} needs 1 <= k < the number of images ({n}); "
                             f"set analysis.k lower or use more images")
-    u = unit_rows(x)
+    norms = np.linalg.norm(x, axis=1)
+    norms = np.where(norms > 0, norms, 1.0)  # an all-zero row: cosine 0 to every image
     index = np.empty((n, k), dtype=np.int64)
     sim = np.empty((n, k), dtype=np.float64)
     for start in range(0, n, BLOCK):
         rows = np.arange(start, min(start + BLOCK, n))
-        s = u[rows] @ u.T
+        s = (x[rows] @ x.T) / np.outer(norms[rows], norms)
         s[np.arange(len(rows)), rows] = -np.inf  # the image itself is no neighbour
         order = np.argsort(-s, axis=1, kind="stable")[:, :k]  # stable: equal similarities keep index order
         index[rows] = order
