@@ -167,10 +167,20 @@ def test_mutual_knn_ties_go_to_the_lower_index():
     assert index[4].tolist() == [0, 1]  # cosine 0 to rows 0-3: ties again
 
 
+def test_mutual_knn_with_many_exact_ties_matches_brute_force():
+    rng = np.random.default_rng(9)  # 0/1 features: dot products and norms exact, so many cosines tie exactly
+    x, y = rng.integers(0, 2, size=(30, 4)).astype(float), rng.integers(0, 2, size=(30, 3)).astype(float)
+    for k in (1, 4, 9):
+        assert M.get("mutual_knn", k=k).value(x, y) == pytest.approx(_mutual_knn_ref(x, y, k), abs=1e-12)
+        assert M.get("mutual_knn", k=k).prepare(x).tolist() == _knn_brute(x, k)
+
+
 def test_mutual_knn_refuses_k_not_below_n():
     x, y = _pair(n=10)
     with pytest.raises(VitstudyError, match=r"mutual_knn: k=10 needs 1 <= k < the number of images \(10\)"):
         M.get("mutual_knn", k=10).value(x, y)
+    with pytest.raises(VitstudyError, match="mutual_knn: k=0 must be at least 1"):
+        M.get("mutual_knn", k=0)
     assert M.get("mutual_knn").parameters() == {"k": 10}
 
 
@@ -196,7 +206,7 @@ def test_cknna_analytic_same_neighbourhoods():
 def test_cknna_refuses_k_below_two():
     x, y = _pair()
     with pytest.raises(VitstudyError, match="cknna: k=1 is too small"):
-        M.get("cknna", k=1).value(x, y)
+        M.get("cknna", k=1)
 
 
 # ---- svcca ----------------------------------------------------------------------------------------------------

@@ -2,9 +2,9 @@
 
 Both compare which images each layer puts next to each image under cosine similarity, so they see local
 structure that CKA (dominated by the largest directions of variance) can miss. Neighbours: the k images of
-highest cosine similarity, the image itself excluded, ties broken by a stable sort (the lower image index
-first); an all-zero feature row has similarity 0 to every image. Both keep only (n, k) arrays per layer, so a
-pair costs O(n k²) after a per-layer O(n² p) similarity pass, done in row blocks of at most 1,024 images.
+highest cosine similarity, the image itself excluded, equal similarities ordered by image index (the lower
+first, as a stable sort would); an all-zero feature row has similarity 0 to every image. Both keep only (n, k)
+arrays per layer, so a pair costs O(n k²) after a per-layer O(n² p) similarity pass, done in row blocks of at most 1,024 images.
 """
 from __future__ import annotations
 
@@ -28,7 +28,7 @@ class Neighbours:
 
 
 def neighbours(x: np.ndarray, k: int, measure: str) -> Neighbours:
-    """The k nearest neighbours of every image by cosine similarity, itself excluded (stable: lower index first).
+    """The k nearest neighbours of every image by cosine similarity, itself excluded (ties: lower index first).
 
     Cosines come from blocks of the Gram matrix divided by the row norms, so x (possibly n x 200k) is not copied.
     """
@@ -44,10 +44,23 @@ def neighbours(x: np.ndarray, k: int, measure: str) -> Neighbours:
         rows = np.arange(start, min(start + BLOCK, n))
         s = (x[rows] @ x.T) / np.outer(norms[rows], norms)
         s[np.arange(len(rows)), rows] = -np.inf  # the image itself is no neighbour
-        order = np.argsort(-s, axis=1, kind="stable")[:, :k]  # stable: equal similarities keep index order
-        index[rows] = order
-        sim[rows] = np.take_along_axis(s, order, axis=1)
+        index[rows], sim[rows] = top_k(s, k)
     return Neighbours(index, sim)
+
+
+def top_k(s: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
+    """Per row of s, the columns of the k largest values, largest first, equal values by column index.
+
+    Only the candidates (values >= the row's k-th largest, ties included) are sorted: O(n) per row, not O(n log n).
+    """
+    kth = -np.partition(-s, k - 1, axis=1)[:, k - 1]
+    r, c = np.nonzero(s >= kth[:, None])
+    v = s[r, c]
+    order = np.lexsort((c, -v, r))  # by row, then value descending, then column
+    r, c, v = r[order], c[order], v[order]
+    starts = np.searchsorted(r, np.arange(len(s)))
+    take = starts[:, None] + np.arange(k)
+    return c[take], v[take]
 
 
 def shared(a: np.ndarray, b: np.ndarray) -> np.ndarray:
@@ -68,6 +81,10 @@ class MutualKNN(Measure):
     invariances = ("rotation", "isotropic_scaling", "permutation")
 
     k: int = 10
+
+    def __post_init__(self):
+        if self.k < 1:
+            raise VitstudyError(f"mutual_knn: k={self.k} must be at least 1")
 
     def prepare(self, x: np.ndarray) -> np.ndarray:
         return neighbours(x, self.k, self.name).index
@@ -119,10 +136,12 @@ class CKNNA(Measure):
 
     k: int = 10
 
-    def prepare(self, x: np.ndarray) -> PreparedCKNNA:
-        n = x.shape[0]
+    def __post_init__(self):
         if self.k < 2:
             raise VitstudyError(f"cknna: k={self.k} is too small; it needs k >= 2 (as in Huh et al.'s code)")
+
+    def prepare(self, x: np.ndarray) -> PreparedCKNNA:
+        n = x.shape[0]
         if n < self.minimum_images:
             raise VitstudyError(f"cknna needs at least {self.minimum_images} images, got {n}")
         nb = neighbours(x, self.k, self.name)
