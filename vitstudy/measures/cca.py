@@ -57,9 +57,10 @@ def correlations(bx: Basis, by: Basis, measure: str) -> tuple[np.ndarray, np.nda
     if dx == 0 or dy == 0:
         raise VitstudyError(f"{measure}: a layer's features are constant over the images; CCA is undefined")
     if dx + dy > n - 1:
+        lower = ", or a lower analysis.variance" if measure == "svcca" else ""
         raise VitstudyError(f"{measure}: {dx} + {dy} CCA directions need more than {dx + dy} images (have {n}): "
                             f"correlations of 1 would come from the image count alone; use more images "
-                            f"(dataset.num_images), tokens=mean{', or a lower analysis.variance' if measure == 'svcca' else ''}")
+                            f"(dataset.num_images), tokens=mean{lower}")
     left, rho, _ = np.linalg.svd(bx.u.T @ by.u, full_matrices=False)
     r = min(dx, dy)
     return np.clip(rho[:r], 0.0, 1.0), left[:, :r]

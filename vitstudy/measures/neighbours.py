@@ -4,7 +4,7 @@ Both compare which images each layer puts next to each image under cosine simila
 structure that CKA (dominated by the largest directions of variance) can miss. Neighbours: the k images of
 highest cosine similarity, the image itself excluded, equal similarities ordered by image index (the lower
 first, as a stable sort would); an all-zero feature row has similarity 0 to every image. Both keep only (n, k)
-arrays per layer, so a pair costs O(n k²) after a per-layer O(n² p) similarity pass, done in row blocks of at most 1,024 images.
+arrays per layer, so a pair costs O(n k²) after a per-layer O(n² p) similarity pass (row blocks of 1,024 images).
 """
 from __future__ import annotations
 
