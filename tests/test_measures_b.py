@@ -197,6 +197,15 @@ def test_cknna_matches_the_papers_code_mean_of_both_orders(k):
     assert M.get("cknna", k=k).value(y, x) == pytest.approx(got, abs=1e-14)
 
 
+def test_neighbour_measures_with_more_features_than_images():
+    rng = np.random.default_rng(12)
+    x = rng.normal(size=(30, 400))  # p > n
+    y = np.tanh(x[:, :250] + 0.5 * rng.normal(size=(30, 250)))
+    assert M.get("mutual_knn", k=5).value(x, y) == pytest.approx(_mutual_knn_ref(x, y, 5), abs=1e-12)
+    got = M.get("cknna", k=5).value(x, y)
+    assert got == pytest.approx(0.5 * (_cknna_code(x, y, 5) + _cknna_code(y, x, 5)), abs=1e-12)
+
+
 def test_cknna_analytic_same_neighbourhoods():
     x, _ = _pair()
     q, _ = np.linalg.qr(np.random.default_rng(1).normal(size=(12, 12)))
