@@ -287,8 +287,10 @@ def test_pwcca_more_features_than_images_of_low_rank():
 def test_pwcca_refuses_full_rank_features_wider_than_the_images():
     rng = np.random.default_rng(0)
     x, y = rng.normal(size=(30, 100)), rng.normal(size=(30, 5))
-    with pytest.raises(VitstudyError, match=r"pwcca: 29 \+ 5 CCA directions need more than 34 images \(have 30\)"):
-        M.get("pwcca").value(x, y)
+    with pytest.raises(VitstudyError, match=r"pwcca: a layer with 29 CCA directions fills the 29 that 30 images span"):
+        M.get("pwcca").value(x, y)  # refused in prepare: no pair could be computed
+    with pytest.raises(VitstudyError, match=r"pwcca: 20 \+ 15 CCA directions need more than 35 images \(have 30\)"):
+        M.get("pwcca").value(x[:, :20], rng.normal(size=(30, 15)))
 
 
 # ---- a maintained package: repsim (test extra; skipped when absent) --------------------------------------------

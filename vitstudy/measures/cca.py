@@ -49,6 +49,16 @@ def centred_svd(xc: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     return u[:, keep], s[keep]
 
 
+def check_room(d: int, n: int, measure: str) -> None:
+    """A layer with d >= n - 1 directions leaves no room for any other (d + 1 > n - 1): refuse it at once,
+    before its coordinates (d x p, large for tokens=flatten) are computed."""
+    if n >= 2 and d > n - 2:
+        lower = ", or a lower analysis.variance" if measure == "svcca" else ""
+        raise VitstudyError(f"{measure}: a layer with {d} CCA directions fills the {n - 1} that {n} images span: "
+                            f"every canonical correlation would be 1; use more images (dataset.num_images), "
+                            f"tokens=mean{lower}")
+
+
 def correlations(bx: Basis, by: Basis, measure: str) -> tuple[np.ndarray, np.ndarray]:
     """Canonical correlations (largest first, min(d_x, d_y) of them) and x's canonical directions in the
     basis of bx (d_x, min(d_x, d_y)); refuses a pair whose directions outnumber the images."""
@@ -93,6 +103,7 @@ class SVCCA(Measure):
         u, s = centred_svd(x - x.mean(axis=0, keepdims=True))
         share = np.cumsum(s**2) / np.sum(s**2) if s.size else s
         d = min(int(np.searchsorted(share, self.variance - 1e-12)) + 1, s.size)
+        check_room(d, len(x), self.name)
         return Basis(u[:, :d], s[:d])
 
     def compare(self, px: Basis, py: Basis) -> float:
@@ -125,6 +136,7 @@ class PWCCA(Measure):
     def prepare(self, x: np.ndarray) -> Basis:
         xc = x - x.mean(axis=0, keepdims=True)
         u, s = centred_svd(xc)
+        check_room(len(s), len(x), self.name)
         return Basis(u, s, u.T @ xc)
 
     def compare(self, px: Basis, py: Basis) -> float:
