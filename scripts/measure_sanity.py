@@ -88,15 +88,24 @@ def kernel_alignment(measure: M.Measure, x: np.ndarray, y: np.ndarray) -> float:
     return float((kx * ky).sum() / torch.sqrt((kx * kx).sum() * (ky * ky).sum()))
 
 
+def _prepare(measure: M.Measure, x: np.ndarray):
+    try:
+        return measure.prepare(x)
+    except VitstudyError:  # a layer the measure refuses outright (e.g. CCA directions filling the image space)
+        return None
+
+
 def matrix(measure: M.Measure, arrays: list[np.ndarray]) -> np.ndarray:
     """V[a, b] for every pair of layers (a as x); NaN where the measure refuses the pair."""
     n = len(arrays)
     v = np.full((n, n), np.nan)
     cls = type(measure)
-    prepared = [measure.prepare(a) for a in arrays] if cls.full_set else arrays
+    prepared = [_prepare(measure, a) for a in arrays] if cls.full_set else arrays
     for a, b in itertools.product(range(n), repeat=2):
         if cls.symmetric and b < a:
             v[a, b] = v[b, a]
+            continue
+        if prepared[a] is None or prepared[b] is None:
             continue
         try:
             v[a, b] = measure.compare(prepared[a], prepared[b]) if cls.full_set else \
@@ -132,7 +141,6 @@ def main(argv=None) -> int:
     ap.add_argument("--measures", default="", help="comma-separated measure names (default: every registered one)")
     ap.add_argument("--out", default="", help="write the table as CSV here")
     args = ap.parse_args(argv)
-    torch.set_num_threads(max(1, torch.get_num_threads()))
     names = [s for s in args.measures.split(",") if s] or sorted(M.MEASURES)
     rows = []
     for preset in MODELS:
