@@ -34,6 +34,7 @@ CHEAPER = {
     "linear_probe": ["analysis.num_train=64", "analysis.num_val=32", "analysis.num_test=32"],
     "receptive_field": ["analysis.num_images=4"],
     "cka_grid": ["analysis.models=[vit_tiny,resnet18]", "analysis.pretrained=false"],
+    "similarity_grid": ["analysis.models=[vit_tiny,resnet18]", "analysis.pretrained=false"],
 }
 # Timing and provenance columns that differ between any two runs.
 VOLATILE = ("seconds", "wall", "time", "started", "finished", "run_dir", "path", "git", "host")
