@@ -89,12 +89,36 @@ def cmd_list(args: list[str]) -> None:
             print(f"{title}:")
             for name, desc in items.items():
                 print(f"  {name:<22} {desc}")
+        if group == "analysis":
+            print("\n".join(measure_lines()))
+
+
+def measure_lines() -> list[str]:
+    """The similarity measures (vitstudy.measures): one line each, then its range, invariances, forms, parameters."""
+    from . import measures
+
+    out = ["measures (analysis=similarity_within|similarity_across|similarity_grid analysis.measure=NAME; docs/measures.md):"]
+    for name, cls in sorted(measures.MEASURES.items()):
+        forms = " and ".join(f for f, has in (("streams (minibatch)", cls.streams), ("full set", cls.full_set)) if has)
+        params = ", ".join(f"analysis.{k}={v}" for k, v in cls.parameters().items()) or "none"
+        low, high = cls.range
+        out.append(f"  {name:<22} {cls.summary}")
+        out.append(f"  {'':<22}   range [{low:g}, {high:g}]; {forms}; {'symmetric' if cls.symmetric else 'asymmetric (x predicts y)'}; "
+                   f"invariant to {_invariances(cls)}; parameters: {params}")
+    return out
+
+
+def _invariances(cls) -> str:
+    x = ", ".join(cls.invariances) or "none of the listed"
+    return x if cls.invariances_y is None else f"{x} (x side); {', '.join(cls.invariances_y) or 'none'} (y side)"
 
 
 # The shared `cka.*` settings each analysis reads (vitstudy.config.CKAConfig); `vitstudy list NAME` shows them.
 CKA_SETTINGS = {"cka_within": ("estimator", "repeats", "tail", "gram_dtype"),
                 "cka_across": ("estimator", "repeats", "tail", "gram_dtype", "null"),
                 "cka_grid": ("estimator", "repeats", "tail", "gram_dtype"),
+                "similarity_within": ("repeats", "tail", "gram_dtype"), "similarity_across": ("repeats", "tail", "gram_dtype"),
+                "similarity_grid": ("repeats", "tail", "gram_dtype"),
                 "skip_ablation": ("estimator", "repeats", "tail", "gram_dtype"),
                 "local_global_cka": ("tail",), "spatial_localization": ("tail",)}
 
@@ -135,6 +159,8 @@ def print_params(name: str) -> None:
     if name in CKA_SETTINGS:
         print("shared CKA settings it reads:")
         print("\n".join(_field_lines("cka", CKAConfig, CKA_SETTINGS[name])))
+    if name.startswith("similarity_"):
+        print("\n".join(measure_lines()))
     print("also: layers, tokens, dataset.*, seed, precision (all values: vitstudy run analysis=NAME --cfg job)")
 
 
