@@ -345,3 +345,11 @@ def test_heatmap_takes_the_measures_label_and_range():
     shown = [ax for ax in grid.axes if ax.images]
     assert len(shown) == 3 and all(ax.images[0].get_clim() == (-3.0, 1.0) for ax in shown)
     assert grid.axes[-1].get_ylabel() == "R²"
+
+
+def test_measures_page_has_a_row_per_registered_measure():
+    from pathlib import Path
+
+    page = (Path(__file__).resolve().parents[1] / "docs" / "measures.md").read_text()
+    for name, cls in measures.MEASURES.items():
+        assert f"| `{name}` | {cls.label} |" in page, name
