@@ -333,6 +333,14 @@ def test_list_names_every_measure_and_the_analysis_parameters(capsys):
     assert "cka.null" not in out and "cka.estimator" not in out  # the similarity analyses take analysis.null/estimator
 
 
+def test_list_reads_the_measures_source_as_the_registry_says():
+    """`vitstudy list` reads the measures from their source (no torch import); it must agree with the registry."""
+    from vitstudy import measure_list
+
+    assert measure_list.from_source() == measure_list.from_registry()
+    assert [m.name for m in measure_list.from_source()] == sorted(measures.MEASURES)
+
+
 def test_heatmap_takes_the_measures_label_and_range():
     from vitstudy.plots.cka import cka_heatmap, cka_grid_figure
 

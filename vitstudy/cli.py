@@ -13,6 +13,7 @@ import hydra
 from hydra.core.hydra_config import HydraConfig
 from omegaconf import DictConfig
 
+from . import measure_list
 from .compose import load_analyses, normalise, precheck, presets
 from .errors import VitstudyError, closest, fail
 from .launch import FAILED, job_failed, submitit_launch
@@ -90,27 +91,7 @@ def cmd_list(args: list[str]) -> None:
             for name, desc in items.items():
                 print(f"  {name:<22} {desc}")
         if group == "analysis":
-            print("\n".join(measure_lines()))
-
-
-def measure_lines() -> list[str]:
-    """The similarity measures (vitstudy.measures): one line each, then its range, invariances, forms, parameters."""
-    from . import measures
-
-    out = ["measures (analysis=similarity_within|similarity_across|similarity_grid analysis.measure=NAME; docs/measures.md):"]
-    for name, cls in sorted(measures.MEASURES.items()):
-        forms = " and ".join(f for f, has in (("streams (minibatch)", cls.streams), ("full set", cls.full_set)) if has)
-        params = ", ".join(f"analysis.{k}={v}" for k, v in cls.parameters().items()) or "none"
-        low, high = cls.range
-        out.append(f"  {name:<22} {cls.summary}")
-        out.append(f"  {'':<22}   range [{low:g}, {high:g}]; {forms}; {'symmetric' if cls.symmetric else 'asymmetric (x predicts y)'}; "
-                   f"invariant to {_invariances(cls)}; parameters: {params}")
-    return out
-
-
-def _invariances(cls) -> str:
-    x = ", ".join(cls.invariances) or "none of the listed"
-    return x if cls.invariances_y is None else f"{x} (x side); {', '.join(cls.invariances_y) or 'none'} (y side)"
+            print("\n".join(measure_list.lines()))
 
 
 # The shared `cka.*` settings each analysis reads (vitstudy.config.CKAConfig); `vitstudy list NAME` shows them.
@@ -160,7 +141,7 @@ def print_params(name: str) -> None:
         print("shared CKA settings it reads:")
         print("\n".join(_field_lines("cka", CKAConfig, CKA_SETTINGS[name])))
     if name.startswith("similarity_"):
-        print("\n".join(measure_lines()))
+        print("\n".join(measure_list.lines()))
     print("also: layers, tokens, dataset.*, seed, precision (all values: vitstudy run analysis=NAME --cfg job)")
 
 
