@@ -243,6 +243,24 @@ def test_kernel_measure_resumes_after_an_interruption(tmp_path, capsys, test_rbf
         np.testing.assert_allclose(resumed[column], whole[column], rtol=0, atol=1e-12)
 
 
+def test_kernel_measure_is_served_by_the_feature_cache_of_a_cka_run(tmp_path, capsys, test_rbf):
+    """Activations cached by cka_within serve a later kernel measure on the same model and images: no forward pass,
+    the same numbers as a live run (to float32 rounding of the Gram)."""
+    import json
+
+    cache = [f"cache.dir={tmp_path / 'cache'}", "cache.features=true"]
+    _run(tmp_path, "cka", ["analysis=cka_within", *TINY_VIT, *SMALL_DATA, *cache], capsys)
+    served = _run(tmp_path, "served", ["analysis=similarity_within", "analysis.measure=test_rbf", *TINY_VIT, *SMALL_DATA,
+                                       *cache], capsys)
+    record = json.loads((served / "run.json").read_text())["feature_cache"]
+    assert record["batches_served"] == 3 and record["batches_computed"] == 0
+    live = _run(tmp_path, "live", ["analysis=similarity_within", "analysis.measure=test_rbf", *TINY_VIT, *SMALL_DATA],
+                capsys)
+    a, b = pd.read_csv(served / "similarity_within.csv"), pd.read_csv(live / "similarity_within.csv")
+    np.testing.assert_allclose(a.value, b.value, rtol=0, atol=1e-6)
+    np.testing.assert_allclose(a.value_se, b.value_se, rtol=1e-3, atol=1e-8)
+
+
 def test_compare_pairs_two_measures_on_the_same_images(tmp_path, capsys, test_rbf):
     """`vitstudy compare` on two similarity tables (replicates column "value"): the RBF kernel against linear CKA."""
     from vitstudy.compare import compare
@@ -361,3 +379,11 @@ def test_measures_page_has_a_row_per_registered_measure():
     page = (Path(__file__).resolve().parents[1] / "docs" / "measures.md").read_text()
     for name, cls in measures.MEASURES.items():
         assert f"| `{name}` | {cls.label} |" in page, name
+
+
+def test_colour_range_is_the_measures_range_with_unbounded_ends_from_the_values():
+    from vitstudy.analyses.similarity import colour_range
+
+    m = np.array([[0.5, -2.5], [np.nan, 0.9]])
+    assert colour_range(Asymmetric(), m) == (-2.5, 1.0)  # range (-inf, 1]
+    assert colour_range(measures.get("cka"), m) == (0.0, 1.0)
