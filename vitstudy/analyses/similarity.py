@@ -139,8 +139,9 @@ def estimate(ctx, models, layers, measure: measures.Measure, params: Similarity,
                             "full-set form), not cka.estimator")
     if params.resolved_estimator() != "minibatch":
         return _compute_full(ctx, models, layers, measure, params, stacked)
-    sampling = cka.Sampling("unbiased", cfg.cka.repeats, cfg.cka.tail, cfg.cka.gram_dtype, params.null, measure.kernel,
-                            tuple(measure.range), measure.label, "analysis.null")
+    sampling = cka.Sampling(estimator="unbiased", repeats=cfg.cka.repeats, tail=cfg.cka.tail, gram_dtype=cfg.cka.gram_dtype,
+                            null=params.null, kernel=measure.kernel, range=tuple(measure.range), label=measure.label,
+                            null_key="analysis.null")
     return cka.compute(ctx, models, layers, stacked, sampling)
 
 
@@ -235,10 +236,10 @@ def _run(ctx, kind: str) -> Result:
         fig = cka.heatmap(first, xlabel, f"{ny} layer", f"{title}\n{subtitle}", label=measure.label, vmin=vmin, vmax=vmax)
     about = {"name": measure.name, "label": measure.label, "citation": measure.citation, "range": list(measure.range),
              "symmetric": measure.symmetric, "estimator": estimator, "parameters": parameters}
-    return Result({name: df}, {name: fig},
-                  {"layers": {m.key: [l.name for l in ls] for m, ls in zip(models, layers)},
-                   "uncertainty": {name: est.info()}, "measure": about},
-                  info["repeats"], replicates={name: record} if record is not None else {})
+    return Result(tables={name: df}, figures={name: fig},
+                  info={"layers": {m.key: [l.name for l in ls] for m, ls in zip(models, layers)},
+                        "uncertainty": {name: est.info()}, "measure": about},
+                  images=info["repeats"], replicates={name: record} if record is not None else {})
 
 
 @register("similarity_within", "any similarity measure (analysis.measure) between every pair of layers of one model",
