@@ -387,3 +387,8 @@ def test_colour_range_is_the_measures_range_with_unbounded_ends_from_the_values(
     m = np.array([[0.5, -2.5], [np.nan, 0.9]])
     assert colour_range(Asymmetric(), m) == (-2.5, 1.0)  # range (-inf, 1]
     assert colour_range(measures.get("cka"), m) == (0.0, 1.0)
+
+
+def test_grid_needs_two_distinct_models(tmp_path, capsys):
+    assert_one_line_error(["run", "analysis=similarity_grid", "analysis.models=[vit_tiny]", *SMALL_DATA],
+                          "similarity_grid needs a list of at least 2 distinct models", tmp_path / "bad", capsys)
