@@ -1,6 +1,7 @@
 """A fingerprint of every registered analysis on fixed seeds, to show that a change keeps (or changes) the numbers.
 
     python scripts/fingerprint.py run OUT            # every analysis on a tiny random-init ViT and ResNet-18
+    python scripts/fingerprint.py run OUT --only cka_within,cka_across,cka_grid   # some of them
     python scripts/fingerprint.py compare OLD NEW    # worst numeric difference per table and column
 
 Each analysis runs with its defaults (cost knobs lowered as in tests/test_registry.py) on 16 synthetic images in two
@@ -34,20 +35,24 @@ CHEAPER = {
     "linear_probe": ["analysis.num_train=64", "analysis.num_val=32", "analysis.num_test=32"],
     "receptive_field": ["analysis.num_images=4"],
     "cka_grid": ["analysis.models=[vit_tiny,resnet18]", "analysis.pretrained=false"],
+    "similarity_grid": ["analysis.models=[vit_tiny,resnet18]", "analysis.pretrained=false"],
 }
 # Timing and provenance columns that differ between any two runs.
 VOLATILE = ("seconds", "wall", "time", "started", "finished", "run_dir", "path", "git", "host")
 
 
-def run(out: Path) -> None:
+def run(out: Path, only: list[str] | None = None) -> None:
     import vitstudy
     from vitstudy import analyses
     from vitstudy.errors import VitstudyError
 
-    cases = [(name, model) for name in sorted(analyses.REGISTRY) for model in ("vit", "resnet")]
+    cases = [(name, model) for name in sorted(analyses.REGISTRY) for model in ("vit", "resnet")
+             if not only or name in only]
     for name, model in cases:
         overrides = [f"analysis={name}", *(VIT if model == "vit" else RESNET), *REFERENCE, *DATA, *CHEAPER.get(name, [])]
         _one(vitstudy, out / f"{name}__{model}", overrides, VitstudyError)
+    if only and "cka_across" not in only:
+        return
     tail = ["analysis=cka_across", *VIT, *REFERENCE, *DATA, "dataset.num_images=25", "dataset.batch_size=10"]
     _one(vitstudy, out / "cka_across__vit_tail5", tail, VitstudyError)
 
@@ -112,14 +117,16 @@ def compare(old: Path, new: Path) -> int:
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     sub = parser.add_subparsers(dest="command", required=True)
-    sub.add_parser("run").add_argument("out", type=Path)
+    r = sub.add_parser("run")
+    r.add_argument("out", type=Path)
+    r.add_argument("--only", default="", help="comma-separated analyses (default: every registered one)")
     c = sub.add_parser("compare")
     c.add_argument("old", type=Path)
     c.add_argument("new", type=Path)
     args = parser.parse_args(argv)
     if args.command == "run":
         os.environ.setdefault("HF_HUB_OFFLINE", "1")
-        run(args.out)
+        run(args.out, [a for a in args.only.split(",") if a])
         return 0
     return compare(args.old, args.new)
 

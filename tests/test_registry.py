@@ -56,7 +56,7 @@ def test_every_analysis_runs_with_its_defaults(name, model, all_defaults, tmp_pa
         return write_figure(stem, fig, formats)
 
     monkeypatch.setattr(results, "write_figure", checked)
-    extra = ["analysis.models=[vit_tiny,resnet18]", "analysis.pretrained=false"] if name == "cka_grid" else []
+    extra = ["analysis.models=[vit_tiny,resnet18]", "analysis.pretrained=false"] if name in ("cka_grid", "similarity_grid") else []
     extra += [] if all_defaults else CHEAPER.get(name, [])
     code, _, err = cli(["run", f"analysis={name}", *(VIT if model == "vit" else RESNET), *REFERENCE, *DATA, *extra,
                         f"hydra.run.dir={out}"], capsys)

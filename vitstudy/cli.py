@@ -14,6 +14,7 @@ import hydra
 from hydra.core.hydra_config import HydraConfig
 from omegaconf import DictConfig
 
+from . import measure_list
 from .compose import load_analyses, normalise, precheck, presets
 from .errors import VitstudyError, closest, fail
 from .launch import FAILED, job_failed, submitit_launch
@@ -101,12 +102,16 @@ def cmd_list(args: list[str]) -> None:
             print(f"{title}:")
             for name, desc in items.items():
                 print(f"  {name:<22} {desc}")
+        if group == "analysis":
+            print("\n".join(measure_list.lines()))
 
 
 # The shared `cka.*` settings each analysis reads (vitstudy.config.CKAConfig); `vitstudy list NAME` shows them.
 CKA_SETTINGS = {"cka_within": ("estimator", "repeats", "tail", "gram_dtype"),
                 "cka_across": ("estimator", "repeats", "tail", "gram_dtype", "null"),
                 "cka_grid": ("estimator", "repeats", "tail", "gram_dtype"),
+                "similarity_within": ("repeats", "tail", "gram_dtype"), "similarity_across": ("repeats", "tail", "gram_dtype"),
+                "similarity_grid": ("repeats", "tail", "gram_dtype"),
                 "skip_ablation": ("estimator", "repeats", "tail", "gram_dtype"),
                 "local_global_cka": ("tail",), "spatial_localization": ("tail",)}
 
@@ -147,6 +152,8 @@ def print_params(name: str) -> None:
     if name in CKA_SETTINGS:
         print("shared CKA settings it reads:")
         print("\n".join(_field_lines("cka", CKAConfig, CKA_SETTINGS[name])))
+    if name.startswith("similarity_"):
+        print("\n".join(measure_list.lines()))
     print("also: layers, tokens, dataset.*, seed, precision (all values: vitstudy run analysis=NAME --cfg job)")
 
 

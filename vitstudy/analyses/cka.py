@@ -9,6 +9,7 @@ and permutation p-value per cell.
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Callable
 
 import numpy as np
 import pandas as pd
@@ -33,9 +34,11 @@ class CKAReducer(Reducer):
     """Per batch: features -> centred Gram -> Ũ per layer (in the hook); then one product for all pairs."""
 
     def __init__(self, models, layers, tokens: str, estimator: str = "unbiased", gram_dtype: str = "float32", device="cpu",
-                 stacked: bool | None = None, permutations: int = 0, null_keys: tuple[int, ...] = (0,)):
+                 stacked: bool | None = None, permutations: int = 0, null_keys: tuple[int, ...] = (0,),
+                 kernel: Callable = gram, null_key: str = "cka.null"):
         # stacked (one model, or cka_grid's models): every pair of all their layers from one L x L product;
         # otherwise (two models, cka_across): only the cross terms. Default: stacked unless there are two models.
+        # kernel(x, dtype): one batch's float64 Gram matrix (linear CKA: `gram`; a streaming measure's `kernel`).
         self.within = len(models) != 2 if stacked is None else stacked
         self.layers = layers
         self.index = [{layer.name: i for i, layer in enumerate(ls)} for ls in layers]
@@ -43,24 +46,27 @@ class CKAReducer(Reducer):
         self.modules = [m.module for m in models]
         self.dtype = {"float32": torch.float32, "float64": torch.float64}[gram_dtype]
         self.estimator = estimator
+        self.kernel = kernel
         self.permutations, self.null_keys = permutations, tuple(null_keys)
         if permutations and (self.within or estimator != "unbiased"):
-            raise VitstudyError("cka.null (a permutation null) needs two models and the unbiased minibatch estimator: "
-                                "use it with cka_across and cka.estimator=unbiased")
+            hint = ("use it with cka_across and cka.estimator=unbiased" if null_key == "cka.null" else
+                    "use it with similarity_across")
+            raise VitstudyError(f"{null_key} (a permutation null) needs two models and the unbiased minibatch "
+                                f"estimator: {hint}")
         sizes = [len(ls) for ls in layers]
         self.offsets = np.cumsum([0] + sizes[:-1]).tolist() if self.within else [0, 0]
         if estimator == "unbiased":
             self.acc = MinibatchCKA(sum(sizes), None, device) if self.within else \
                 MinibatchCKA(sizes[0], sizes[1], device, permutations)
         else:
-            self.acc = FullSetCKA(sum(sizes)) if self.within else FullSetCKA(sizes[0], sizes[1])
+            self.acc = FullSetCKA(sum(sizes), None, kernel) if self.within else FullSetCKA(sizes[0], sizes[1], kernel)
         self.buffers: list[list[torch.Tensor | None]] = [[None] * n for n in sizes]
 
     def on_tensor(self, model_index: int, layer: Layer, tensor: torch.Tensor) -> None:
         x = features(tensor, layer, self.tokens, self.modules[model_index])
         i = self.index[model_index][layer.name]
         if self.estimator == "unbiased":
-            self.buffers[model_index][i] = u_center(gram(x, self.dtype)).flatten()
+            self.buffers[model_index][i] = u_center(self.kernel(x, self.dtype)).flatten()
         elif self.within:
             self.acc.add("x", self.offsets[model_index] + i, x)
         else:
@@ -94,15 +100,18 @@ class CKAReducer(Reducer):
         return None if r is None else r.numpy()
 
 
-def check(matrix: np.ndarray, names_x: list[str], names_y: list[str]) -> None:
-    """Non-finite or |CKA| > 1 values mean a numerical or bookkeeping error: fail, naming the layers."""
+def check(matrix: np.ndarray, names_x: list[str], names_y: list[str], label: str = "CKA") -> None:
+    """Non-finite or |CKA| > 1 values mean a numerical or bookkeeping error: fail, naming the layers.
+
+    `label`: the measure's name in the message (kernel measures are CKA of another kernel, so bounded alike).
+    """
     bad = ~np.isfinite(matrix) | (np.abs(matrix) > 1 + TOLERANCE)
     if bad.any():
         i, j = map(int, np.argwhere(bad)[0])
         value = matrix[i, j]
         hint = ("; a layer gives the same features for every image (e.g. the CLS token before the first attention),"
-                " so CKA is undefined: drop it from the layers") if not np.isfinite(value) else ""
-        raise VitstudyError(f"CKA of layer '{names_x[i]}' vs '{names_y[j]}' is {value:.6g}, outside [-1, 1]{hint}")
+                f" so {label} is undefined: drop it from the layers") if not np.isfinite(value) else ""
+        raise VitstudyError(f"{label} of layer '{names_x[i]}' vs '{names_y[j]}' is {value:.6g}, outside [-1, 1]{hint}")
 
 
 @dataclass
@@ -110,7 +119,7 @@ class Estimate:
     """A CKA matrix over `cka.repeats` image samples with its uncertainty.
 
     mean/std: over repeats (std NaN for one repeat); se, low, high: delete-one-batch jackknife (repeats are strata),
-    95% t interval with `df` degrees of freedom cut to [0, 1] (RANGE); replicates (units, L, M) of the mean with `strata` (repeat of each
+    95% t interval with `df` degrees of freedom cut to `range` (CKA: RANGE, [0, 1]); replicates (units, L, M) of the mean with `strata` (repeat of each
     unit) and `units` (ids of the batches' image sets) for paired comparisons; null (K, L, M): the mean CKA under
     K permutations of the image pairing (cka.null), or None.
     """
@@ -126,35 +135,45 @@ class Estimate:
     strata: np.ndarray | None = None
     units: np.ndarray | None = None
     null: np.ndarray | None = None
+    range: tuple[float, float] = RANGE  # the values the measure can take (the intervals are cut to it)
 
     @classmethod
     def from_runs(cls, matrices: list[np.ndarray], replicates: list[np.ndarray | None], units: list[np.ndarray],
-                  nulls: list[np.ndarray | None] | None = None) -> "Estimate":
+                  nulls: list[np.ndarray | None] | None = None, range: tuple[float, float] = RANGE) -> "Estimate":
         stack = np.stack(matrices)
         std = stack.std(axis=0, ddof=1) if len(matrices) > 1 else np.full(stack.shape[1:], np.nan)
         mean = stack.mean(axis=0)
         null = np.mean(np.stack(nulls), axis=0) if nulls and nulls[0] is not None else None
         if any(r is None for r in replicates):
             nan = np.full(mean.shape, np.nan)
-            return cls(mean, std, nan, nan, nan, 0, "none", null=null)
+            return cls(mean, std, nan, nan, nan, 0, "none", null=null, range=tuple(range))
         _, reps, strata = uncertainty.combine_repeats(matrices, replicates)
         se = uncertainty.jackknife_se(reps, strata)
         df = uncertainty.jackknife_df(strata)
-        low, high = uncertainty.clip_interval(mean, *uncertainty.interval(mean, se, df), *RANGE)
-        return cls(mean, std, se, low, high, df, "jackknife_batches", reps, strata, np.concatenate(units), null)
+        low, high = uncertainty.clip_interval(mean, *uncertainty.interval(mean, se, df), *range)
+        return cls(mean, std, se, low, high, df, "jackknife_batches", reps, strata, np.concatenate(units), null,
+                   tuple(range))
 
     def block(self, sx: slice, sy: slice) -> "Estimate":
         """The sub-matrix of layers sx x sy (cka_grid: one pair of models)."""
         cut = (lambda a: None if a is None else a[:, sx, sy])
         return Estimate(self.mean[sx, sy], self.std[sx, sy], self.se[sx, sy], self.low[sx, sy], self.high[sx, sy],
-                        self.df, self.method, cut(self.replicates), self.strata, self.units, cut(self.null))
+                        self.df, self.method, cut(self.replicates), self.strata, self.units, cut(self.null), self.range)
 
-    def columns(self) -> dict[str, np.ndarray]:
-        """The table columns beside `cka`: cka_se, cka_ci_low, cka_ci_high and, with a null, cka_chance and cka_p."""
-        cols = {"cka_se": self.se.ravel(), "cka_ci_low": self.low.ravel(), "cka_ci_high": self.high.ravel()}
+    def columns(self, prefix: str = "cka", calibrated: bool = False) -> dict[str, np.ndarray]:
+        """The table columns beside the value column `prefix` (cka tables: "cka"; similarity tables: "value").
+
+        <prefix>_se, <prefix>_ci_low, <prefix>_ci_high and, with a null, <prefix>_chance (the null mean), <prefix>_p
+        (permutation p-value) and null_permutations; `calibrated` adds <prefix>_z = (value - null mean) / null sd,
+        the calibrated score (docs/measures.md): how many null standard deviations the value stands above chance.
+        """
+        cols = {f"{prefix}_se": self.se.ravel(), f"{prefix}_ci_low": self.low.ravel(),
+                f"{prefix}_ci_high": self.high.ravel()}
         if self.null is not None:
-            cols["cka_chance"] = self.null.mean(axis=0).ravel()
-            cols["cka_p"] = uncertainty.permutation_pvalue(self.mean, self.null).ravel()
+            cols[f"{prefix}_chance"] = self.null.mean(axis=0).ravel()
+            cols[f"{prefix}_p"] = uncertainty.permutation_pvalue(self.mean, self.null).ravel()
+            if calibrated:
+                cols[f"{prefix}_z"] = calibrated_score(self.mean, self.null).ravel()
             cols["null_permutations"] = len(self.null)
         return cols
 
@@ -183,23 +202,63 @@ class Estimate:
                "null_permutations": 0 if self.null is None else len(self.null)}
         if self.method == "jackknife_batches":
             out.update(batches=self.batches, few_batches=self.batches < uncertainty.FEW_UNITS,
-                       interval_range=list(RANGE), batch_weights=BATCH_WEIGHTS)
+                       interval_range=list(self.range), batch_weights=BATCH_WEIGHTS)
             if self.note():
                 out["note"] = self.note()
         return out
 
 
+def calibrated_score(mean: np.ndarray, null: np.ndarray) -> np.ndarray:
+    """(value - null mean) / null sd (ddof=1) per cell: the value in standard deviations of its permutation null.
+
+    Measures differ in scale and chance level (mutual k-NN of unrelated layers is about k/n, CKA's grows with
+    features per image); the z-score puts them on one axis. NaN when the null does not vary (or has one draw).
+    """
+    null = np.asarray(null, dtype=np.float64)
+    with np.errstate(invalid="ignore", divide="ignore"):
+        sd = null.std(axis=0, ddof=1) if len(null) > 1 else np.full(null.shape[1:], np.nan)
+        z = (np.asarray(mean, dtype=np.float64) - null.mean(axis=0)) / sd
+    return np.where(np.isfinite(z), z, np.nan)
+
+
+@dataclass(frozen=True)
+class Sampling:
+    """What `compute` streams and how: the estimator, the image samples, the null, and the measure's kernel.
+
+    `of(cfg)` reads the shared `cka.*` settings (cka_within, cka_across, cka_grid). The similarity analyses keep
+    cka.repeats, cka.tail and cka.gram_dtype (the image sampling every CKA-family analysis shares, so one sweep
+    setting covers all of them) and take the estimator, the null and the kernel from `analysis.*` and the measure.
+    """
+
+    estimator: str = "unbiased"  # unbiased (minibatch HSIC) | biased (full set)
+    repeats: int = 1
+    tail: str = "fold"
+    gram_dtype: str = "float32"
+    null: int = 0  # permutations of the image pairing (two models, unbiased only)
+    kernel: Callable = gram  # kernel(x, dtype) -> one batch's float64 Gram
+    range: tuple[float, float] = RANGE  # intervals are cut to it
+    label: str = "CKA"  # the measure's name in messages and progress bars
+    null_key: str = "cka.null"  # the setting that asked for the null, named in messages
+
+    @classmethod
+    def of(cls, cfg) -> "Sampling":
+        return cls(cfg.cka.estimator, cfg.cka.repeats, cfg.cka.tail, cfg.cka.gram_dtype, int(cfg.cka.get("null", 0) or 0))
+
+
 CHECKPOINT_FORMAT = 3  # runs carry their jackknife replicates and batch weights; older checkpoints are not resumed
 
 
-def compute(ctx, models, layers, stacked: bool | None = None) -> tuple[Estimate, dict]:
+def compute(ctx, models, layers, stacked: bool | None = None, sampling: Sampling | None = None) -> tuple[Estimate, dict]:
     """The CKA matrix over `cka.repeats` independent image samples with its jackknife interval, and what was used.
 
+    `sampling` (default: Sampling.of(cfg), the cka.* settings) may swap in a streaming measure's kernel: the same
+    minibatch HSIC sums, repeats, jackknife, null, checkpoints and feature cache then give kernel CKA.
     With a cache (sweeps), the reducer's sums and per-batch terms are checkpointed every `cache.checkpoint_every`
     batches and after each repeat; a rerun after a kill continues from there and gives the same numbers.
     """
     cfg, cache = ctx.cfg, ctx.cache
-    permutations = int(cfg.cka.get("null", 0) or 0)
+    s = Sampling.of(cfg) if sampling is None else sampling
+    permutations = s.null
     state = cache.load_checkpoint() if cache is not None else None
     if state is not None and state.get("format") != CHECKPOINT_FORMAT:
         state = None
@@ -207,36 +266,40 @@ def compute(ctx, models, layers, stacked: bool | None = None) -> tuple[Estimate,
     # the feature cache's namespaces hash every weight: once per run, not once per repeat
     namespaces = [ctx.features.namespace(m, cfg.dataset) for m in models] if ctx.features is not None else None
     used = list(state["used"]) if state else []
-    for r in range(len(runs), cfg.cka.repeats):
-        batching, record = ctx.sample(tail=cfg.cka.tail, repeat=r)
-        reducer = CKAReducer(models, layers, cfg.tokens, cfg.cka.estimator, cfg.cka.gram_dtype, ctx.device, stacked,
-                             permutations, (cfg.seed, r))
+
+    def reducer_for(r):
+        return CKAReducer(models, layers, cfg.tokens, s.estimator, s.gram_dtype, ctx.device, stacked, permutations,
+                          (cfg.seed, r), s.kernel, s.null_key)
+
+    for r in range(len(runs), s.repeats):
+        batching, record = ctx.sample(tail=s.tail, repeat=r)
+        reducer = reducer_for(r)
         start = 0
         if state and state.get("acc") is not None and state.get("repeat") == r:
             try:
                 reducer.acc.load_state_dict(state["acc"])
                 start = state["batches_done"]
             except (ValueError, KeyError):  # not resumable (other settings): this repeat starts again
-                reducer = CKAReducer(models, layers, cfg.tokens, cfg.cka.estimator, cfg.cka.gram_dtype, ctx.device,
-                                     stacked, permutations, (cfg.seed, r))
+                reducer = reducer_for(r)
         remaining = data.Batching(batching.batches[start:], batching.tail, batching.dropped)
         loader = ctx.loader(models, remaining)
 
         def checkpoint(done, r=r, start=start):
-            resumable = cfg.cka.estimator == "unbiased"
+            resumable = s.estimator == "unbiased"
             if cache is not None and cache.every and resumable and (start + done) % cache.every == 0:
                 cache.save_checkpoint({"format": CHECKPOINT_FORMAT, "repeat": r, "batches_done": start + done,
                                        "acc": reducer.acc.state_dict(), "runs": runs, "used": used})
 
-        desc = f"cka repeat {r + 1}/{cfg.cka.repeats}" if cfg.cka.repeats > 1 else "cka"
+        name = "cka" if s.label == "CKA" else s.label
+        desc = f"{name} repeat {r + 1}/{s.repeats}" if s.repeats > 1 else name
         features = (ctx.features, namespaces, remaining.batches) if namespaces is not None else None
         stream(models, layers, loader, reducer, ctx.device, desc, ctx.progress, after_batch=checkpoint, features=features)
         matrix = reducer.result()
         if reducer.within:
             names = [f"{m.key}:{l.name}" if len(models) > 1 else l.name for m, ls in zip(models, layers) for l in ls]
-            check(matrix, names, names)
+            check(matrix, names, names, s.label)
         else:
-            check(matrix, [l.name for l in layers[0]], [l.name for l in layers[1]])
+            check(matrix, [l.name for l in layers[0]], [l.name for l in layers[1]], s.label)
         reps, null = reducer.replicates(), reducer.null()
         runs.append({"matrix": torch.from_numpy(matrix), "units": torch.from_numpy(uncertainty.unit_ids(batching.batches)),
                      "replicates": None if reps is None else torch.from_numpy(reps),
@@ -249,7 +312,7 @@ def compute(ctx, models, layers, stacked: bool | None = None) -> tuple[Estimate,
     def arrays(key):
         return [None if run[key] is None else run[key].numpy() for run in runs]
 
-    est = Estimate.from_runs(arrays("matrix"), arrays("replicates"), arrays("units"), arrays("null"))
+    est = Estimate.from_runs(arrays("matrix"), arrays("replicates"), arrays("units"), arrays("null"), s.range)
     return est, {"repeats": used}
 
 
@@ -268,13 +331,14 @@ def table(est: Estimate, mx, my, lx: list[Layer], ly: list[Layer], cfg, images: 
     })
 
 
-def heatmap(est: Estimate, xlabel: str, ylabel: str, title: str):
-    """The CKA heatmap with a panel of 95% interval widths; with a null, cells indistinguishable from chance marked."""
+def heatmap(est: Estimate, xlabel: str, ylabel: str, title: str, **style):
+    """The CKA heatmap with a panel of 95% interval widths; with a null, cells indistinguishable from chance marked.
+    `style`: label, vmin, vmax of another measure (plots.cka.cka_heatmap)."""
     chance = None
     if est.null is not None:
         chance = uncertainty.permutation_pvalue(est.mean, est.null) > CHANCE_ALPHA
     width = est.high - est.low if est.method != "none" else None
-    return plots_cka.cka_heatmap(est.mean, xlabel, ylabel, title, width=width, chance=chance)
+    return plots_cka.cka_heatmap(est.mean, xlabel, ylabel, title, width=width, chance=chance, **style)
 
 
 CHANCE_ALPHA = 0.05  # cells with permutation p above this are marked as indistinguishable from chance

@@ -25,10 +25,15 @@ class CKAGrid(Params):
     pretrained: Optional[bool] = None  # true/false: override every listed model's pretrained flag
 
     def check(self) -> None:
-        names = [str(m) if not hasattr(m, "get") else m.get("name") for m in self.models]
-        if len(names) < 2 or len(set(names)) != len(names):
-            raise VitstudyError(f"cka_grid needs a list of at least 2 distinct models, e.g. analysis.models=[vit_b16,resnet50]; "
-                                f"got {names}")
+        check_models("cka_grid", self.models)
+
+
+def check_models(analysis: str, models: list) -> None:
+    """`analysis.models` of a grid analysis: at least 2 distinct models."""
+    names = [str(m) if not hasattr(m, "get") else m.get("name") for m in models]
+    if len(names) < 2 or len(set(names)) != len(names):
+        raise VitstudyError(f"{analysis} needs a list of at least 2 distinct models, e.g. analysis.models=[vit_b16,resnet50]; "
+                            f"got {names}")
 
 
 def grid_models(cfg) -> dict:

@@ -171,11 +171,13 @@ class FullSetCKA:
     """Biased CKA over the whole image set at once (Kornblith et al. 2019), for comparison.
 
     The full n x n Gram needs every image's features together, so memory grows with the number of
-    images (n x features per layer, float32 on CPU): use it on small sets.
+    images (n x features per layer, float32 on CPU): use it on small sets. `kernel(x, dtype)` gives the Gram
+    matrix (default: the linear `gram`; a kernel measure's `kernel` gives kernel CKA).
     """
 
-    def __init__(self, n_x: int, n_y: int | None = None):
+    def __init__(self, n_x: int, n_y: int | None = None, kernel=gram):
         self.within = n_y is None
+        self.kernel = kernel
         self.xs: list[list[torch.Tensor]] = [[] for _ in range(n_x)]
         self.ys: list[list[torch.Tensor]] = [] if self.within else [[] for _ in range(n_y)]
 
@@ -185,7 +187,7 @@ class FullSetCKA:
 
     def result(self) -> torch.Tensor:
         def centred(parts):
-            k = gram(torch.cat(parts), torch.float64)
+            k = self.kernel(torch.cat(parts), torch.float64)
             h = k - k.mean(0, keepdim=True)
             return h - h.mean(1, keepdim=True)  # H K H
 

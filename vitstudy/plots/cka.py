@@ -23,12 +23,13 @@ def _panel(ax, fig, matrix, xlabel, ylabel, title, cmap, vmin, vmax, label):
 
 
 def cka_heatmap(matrix: np.ndarray, xlabel: str, ylabel: str, title: str, width: np.ndarray | None = None,
-                chance: np.ndarray | None = None):
+                chance: np.ndarray | None = None, label: str = "CKA", vmin: float = 0.0, vmax: float = 1.0):
     """Layer-by-layer CKA as in Raghu et al.: rows = y layers, columns = x layers, origin bottom left.
 
     `matrix[i, j]` is CKA(x layer i, y layer j). `width` (same shape): the 95% interval widths, drawn as a second
     panel; `chance` (bool, same shape): cells whose permutation p-value says they are indistinguishable from
-    chance, marked with a small cross.
+    chance, marked with a small cross. Other measures (similarity_*): `label` names the colour bar and
+    `vmin`/`vmax` are its range (the measure's).
     """
     nx, ny = matrix.shape
     side = 4.2
@@ -38,7 +39,7 @@ def cka_heatmap(matrix: np.ndarray, xlabel: str, ylabel: str, title: str, width:
     ax = axes[0, 0]
     chars = max(24, int((panel_w - 1.0) * 11))  # a 9-pt title over the panel, not over its neighbour
     xlabel, ylabel, title = wrap(xlabel, chars), wrap(ylabel, int(side * 9)), wrap(title, chars)
-    _panel(ax, fig, matrix, xlabel, ylabel, title, "magma", 0.0, 1.0, "CKA")
+    _panel(ax, fig, matrix, xlabel, ylabel, title, "magma", vmin, vmax, label)
     if chance is not None and chance.any():
         i, j = np.nonzero(chance)
         size = max(2.0, min(30.0, 2400.0 / max(nx * ny, 1)))
@@ -74,8 +75,11 @@ def cka_diagonal_curve(diag, label: str, subtitle: str):
     return fig
 
 
-def cka_grid_figure(blocks: dict[tuple[int, int], np.ndarray], labels: list[str], title: str):
-    """Panel (i, j), i <= j: CKA(layers of model i on x, layers of model j on y), origin bottom left."""
+def cka_grid_figure(blocks: dict[tuple[int, int], np.ndarray], labels: list[str], title: str, label: str = "CKA",
+                    vmin: float = 0.0, vmax: float = 1.0):
+    """Panel (i, j), i <= j: CKA(layers of model i on x, layers of model j on y), origin bottom left.
+
+    Other measures: `label` and `vmin`/`vmax` as in cka_heatmap; asymmetric ones also fill the panels i > j."""
     m = len(labels)
     fig, axes = plt.subplots(m, m, figsize=(2.6 * m + 1, 2.4 * m), squeeze=False)
     im = None
@@ -86,7 +90,7 @@ def cka_grid_figure(blocks: dict[tuple[int, int], np.ndarray], labels: list[str]
                 ax.axis("off")
                 continue
             b = blocks[(i, j)]
-            im = ax.imshow(b.T, origin="lower", cmap="magma", vmin=0, vmax=1, aspect="auto", interpolation="nearest")
+            im = ax.imshow(b.T, origin="lower", cmap="magma", vmin=vmin, vmax=vmax, aspect="auto", interpolation="nearest")
             ax.set_xticks([])
             ax.set_yticks([])
             if j == m - 1 or (i, j + 1) not in blocks:
@@ -95,5 +99,5 @@ def cka_grid_figure(blocks: dict[tuple[int, int], np.ndarray], labels: list[str]
                 ax.set_ylabel(labels[j], fontsize=8)
     fig.suptitle(wrap(title, int(16 * m)), fontsize=10)
     if im is not None:
-        fig.colorbar(im, ax=axes, fraction=0.02, pad=0.02, label="CKA")
+        fig.colorbar(im, ax=axes, fraction=0.02, pad=0.02, label=label)
     return fig
