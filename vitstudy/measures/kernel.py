@@ -8,13 +8,15 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 import numpy as np
-import torch
 
 from ..errors import VitstudyError
-from ..metrics.cka import gram
 from . import Measure, register
+
+if TYPE_CHECKING:  # torch is imported where a Gram is formed: `vitstudy list` reads the registry without it
+    import torch
 
 
 def _cosine(px: np.ndarray, py: np.ndarray) -> float:
@@ -39,8 +41,12 @@ class LinearCKA(Measure):
     invariances = ("rotation", "isotropic_scaling", "permutation", "translation")
     streams = True
 
-    def kernel(self, x: torch.Tensor, dtype=torch.float32) -> torch.Tensor:
-        return gram(x, dtype)
+    def kernel(self, x: torch.Tensor, dtype: torch.dtype | None = None) -> torch.Tensor:
+        import torch
+
+        from ..metrics.cka import gram
+
+        return gram(x, dtype or torch.float32)
 
     def prepare(self, x: np.ndarray) -> np.ndarray:
         """H K H, the centred linear Gram, flattened (biased HSIC is its inner product with the other's)."""
@@ -53,6 +59,8 @@ class LinearCKA(Measure):
 
 def median_distance(d2: torch.Tensor) -> torch.Tensor:
     """Median Euclidean distance over the pairs i < j of (n, n) squared distances (mean of the two middle ones)."""
+    import torch
+
     n = d2.shape[0]
     upper = torch.ones(n, n, dtype=torch.bool, device=d2.device).triu_(1)
     d = d2[upper].sqrt().sort().values
@@ -60,13 +68,17 @@ def median_distance(d2: torch.Tensor) -> torch.Tensor:
     return (d[(m - 1) // 2] + d[m // 2]) / 2
 
 
-def rbf_gram(x: torch.Tensor, bandwidth: float, dtype=torch.float32) -> torch.Tensor:
+def rbf_gram(x: torch.Tensor, bandwidth: float, dtype: torch.dtype | None = None) -> torch.Tensor:
     """exp(-|x_i - x_j|² / (2 σ²)), σ = bandwidth x the median pairwise distance of these rows; (n, n) float64.
 
     Squared distances come from the (shifted) Gram, |a|² + |b|² - 2 a·b, clamped at 0. If at least half the pairs
     coincide (median 0), the kernel is its σ -> 0 limit: 1 for coinciding images, 0 otherwise.
     """
-    g = gram(x, dtype)
+    import torch
+
+    from ..metrics.cka import gram
+
+    g = gram(x, dtype or torch.float32)
     sq = g.diagonal()
     d2 = (sq[:, None] + sq[None, :] - 2 * g).clamp_(min=0).fill_diagonal_(0)
     if d2.shape[0] < 2:
@@ -102,11 +114,13 @@ class RbfCKA(Measure):
         if isinstance(b, bool) or not isinstance(b, (int, float)) or not (math.isfinite(b) and b > 0):
             raise VitstudyError(f"rbf_cka: bandwidth must be a positive number, got {self.bandwidth!r}")
 
-    def kernel(self, x: torch.Tensor, dtype=torch.float32) -> torch.Tensor:
+    def kernel(self, x: torch.Tensor, dtype: torch.dtype | None = None) -> torch.Tensor:
         return rbf_gram(x, self.bandwidth, dtype)
 
     def prepare(self, x: np.ndarray) -> np.ndarray:
         """H K H of the full set's RBF Gram (σ from all its images), flattened."""
+        import torch
+
         return _centred(rbf_gram(torch.from_numpy(x), self.bandwidth, torch.float64).numpy())
 
     def compare(self, px: np.ndarray, py: np.ndarray) -> float:

@@ -4,7 +4,6 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import numpy as np
-import pandas as pd
 
 from . import Measure, register
 
@@ -40,6 +39,8 @@ class RSA(Measure):
     def prepare(self, x: np.ndarray) -> np.ndarray:
         """Centred, unit-norm average ranks of the RDM's upper triangle (i < j)."""
         d = rdm(x)[np.triu_indices(len(x), k=1)].round(TIE_DECIMALS)
+        import pandas as pd  # imported here: the registry loads without it (`vitstudy list`)
+
         r = pd.Series(d).rank(method="average").to_numpy()
         r = r - r.mean()
         return r / np.linalg.norm(r)
