@@ -230,3 +230,92 @@ def test_registers_are_their_own_token_group():
         assert row.ratio == pytest.approx(per.loc[1:4].mean(), rel=1e-12)
         cls = summary[(summary.block == row.block) & (summary.sublayer == row.sublayer) & (summary.group == "cls")]
         assert cls.ratio.item() == pytest.approx(per.loc[0], rel=1e-12)
+
+
+def _output_of(module: nn.Module, run) -> torch.Tensor:
+    """What `module` returns while `run()` runs (a tuple's stream is picked by the caller)."""
+    got = []
+    handle = module.register_forward_hook(lambda m, a, o: got.append(o))
+    try:
+        with torch.no_grad():
+            run()
+    finally:
+        handle.remove()
+    return got[-1]
+
+
+def test_remove_skip_maxvit_attn_or_mlp_keeps_the_mbconv_residual():
+    """A MaxViT block is an MBConv unit, then window and grid attention with their MLPs: sublayer=attn / mlp remove
+    those skips only; both also removes the MBConv shortcut (the unit then outputs its branch f(z))."""
+    from timm.models.maxxvit import MaxxVitBlock, MaxxVitTransformerCfg
+    torch.manual_seed(0)
+    net = nn.Sequential(MaxxVitBlock(16, 16, transformer_cfg=MaxxVitTransformerCfg(dim_head=8, window_size=(4, 4), grid_size=(4, 4)))).eval()
+    x = torch.randn(2, 16, 8, 8)
+    mbconv = net[0].conv
+    with torch.no_grad():
+        intact, unit = net(x), mbconv(x)
+    for which in ("attn", "mlp", "both"):
+        with remove_skip(net, ["0"], which):
+            got_unit = _output_of(mbconv, lambda: net(x))
+            with torch.no_grad():
+                assert (net(x) - intact).abs().max() > 1e-3  # some skip of the block was removed
+        want = unit if which != "both" else _output_of(mbconv.drop_path, lambda: mbconv(x))
+        torch.testing.assert_close(got_unit, want, rtol=0, atol=1e-6)
+    assert (unit - _output_of(mbconv.drop_path, lambda: mbconv(x))).abs().max() > 1e-3  # the shortcut carries something
+
+
+def test_remove_skip_tnt_patch_stream_by_hand():
+    """TNT: the patch-token stream's attention and MLP skips are removed; the pixel stream and its injection into
+    the patch tokens are kept (they are not sublayers of the anatomy)."""
+    from timm.models.tnt import Block as TntBlock
+    torch.manual_seed(0)
+    b = TntBlock(dim=4, dim_out=16, num_pixel=4, num_heads_in=1, num_heads_out=2)
+    net = nn.Sequential(b).eval()
+    pixel, patch = torch.randn(2 * 3, 4, 4), torch.randn(2, 4, 16)  # 2 images, 3 patches of 4 pixels, + class token
+    injected = []
+    hook = b.norm_out.register_forward_pre_hook(lambda m, a: injected.append(a[0]))
+    with torch.no_grad():
+        intact_pixel, intact_patch = b(pixel, patch)
+    hook.remove()
+    z = injected[0]  # the patch stream after the pixel injection: the attention sublayer's input
+    with torch.no_grad():
+        for which in ("attn", "mlp", "both"):
+            with remove_skip(net, ["0"], which):
+                got_pixel, got_patch = b(pixel, patch)
+            a = b.attn_out(b.norm_out(z))
+            h = a if which in ("attn", "both") else z + a
+            m = b.mlp(b.norm_mlp(h))
+            want = m if which in ("mlp", "both") else h + m
+            torch.testing.assert_close(got_patch, want, rtol=0, atol=1e-6)
+            torch.testing.assert_close(got_pixel, intact_pixel, rtol=0, atol=0)
+            assert (got_patch - intact_patch).abs().max() > 1e-3
+        torch.testing.assert_close(b(pixel, patch)[1], intact_patch, rtol=0, atol=0)  # restored
+
+
+def test_remove_skip_mvitv2_pooled_and_projected_block_by_hand():
+    """MViT-v2: a block that pools its queries (and the attention shortcut) and widens the channels (a projected
+    MLP shortcut): with a skip removed the block returns its branch alone."""
+    from timm.models.mvitv2 import MultiScaleBlock
+    torch.manual_seed(0)
+    b = MultiScaleBlock(dim=8, dim_out=16, num_heads=2, feat_size=(4, 4), kernel_q=(3, 3), kernel_kv=(3, 3),
+                        stride_q=(2, 2), stride_kv=(2, 2))
+    net = nn.Sequential(b).eval()
+    assert b.shortcut_pool_attn is not None and b.shortcut_proj_mlp is not None
+    x = torch.randn(2, 1 + 16, 8)
+    with torch.no_grad():
+        intact, size = b(x, [4, 4])
+        stream = []
+        hook = b.norm2.register_forward_pre_hook(lambda m, a: stream.append(a[0]))
+        b(x, [4, 4])
+        hook.remove()
+        a = b.attn(b.norm1(x), [4, 4])[0]  # the attention branch f(z), on the pooled 2 x 2 grid (+ class token)
+        for which in ("attn", "mlp", "both"):
+            with remove_skip(net, ["0"], which):
+                got, got_size = b(x, [4, 4])
+            h = a if which in ("attn", "both") else stream[0]
+            m = b.mlp(b.norm2(h))
+            want = m if which in ("mlp", "both") else b.shortcut_proj_mlp(b.norm2(h)) + m
+            assert got_size == size == [2, 2] and got.shape == (2, 1 + 4, 16)
+            torch.testing.assert_close(got, want, rtol=0, atol=1e-6)
+            assert (got - intact).abs().max() > 1e-3
+        torch.testing.assert_close(b(x, [4, 4])[0], intact, rtol=0, atol=0)  # restored

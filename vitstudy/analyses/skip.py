@@ -271,7 +271,7 @@ def _chosen_blocks(model, blocks) -> list[str]:
 @dataclass
 class SkipAblation(Params):
     blocks: List[Any] = field(default_factory=lambda: [0])  # residual blocks to lesion: indices in forward order or module paths (e.g. [blocks.6] or [layer3.0])
-    sublayer: str = "both"  # transformers: attn, mlp or both; convolutional blocks have one residual (any value removes it)
+    sublayer: str = "both"  # transformers: attn, mlp or both; a conv unit's one residual goes with any value (in a MaxViT block: with both only)
     accuracy: Any = "auto"  # auto: top-1 when the data set's classes are the model's classes; true: require it; false: skip
 
     def check(self) -> None:

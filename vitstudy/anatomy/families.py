@@ -49,6 +49,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Callable
 
+import torch
 from torch import nn
 
 from ..errors import VitstudyError
@@ -295,6 +296,22 @@ def _mvit(b: str, i: int, mod) -> list[Sublayer]:
             Sublayer(b, i, "mlp", "mlp", f"{b}[0]", f"{b}.drop_path2", mlp_skip, f"{b}.drop_path2")]
 
 
+def _mvit_without(which: set[str]):
+    def forward(self, x, feat_size):  # timm mvitv2 MultiScaleBlock.forward; a removed skip's pooling / projection is not run
+        x_norm = self.norm1(x)
+        h, feat_size_new = self.attn(x_norm, feat_size)
+        h = self.drop_path1(h)
+        if "attn" not in which:
+            h = self._shortcut_pool(x if self.shortcut_proj_attn is None else self.shortcut_proj_attn(x_norm), feat_size) + h
+        x_norm = self.norm2(h)
+        x = self.drop_path2(self.mlp(x_norm))
+        if "mlp" not in which:
+            x = (h if self.shortcut_proj_mlp is None else self.shortcut_proj_mlp(x_norm)) + x
+        return x, feat_size_new
+
+    return forward
+
+
 def _postnorm_sublayers(b: str, i: int, mod) -> list[Sublayer]:
     """`x = x + drop_path1(norm1(attn(x))); x = x + drop_path2(norm2(mlp(x)))` (Swin-V2, ResPostBlock)."""
     return [Sublayer(b, i, "attn", "attention", f"{b}.mlp{INPUT}", f"{b}.norm1", f"{b}{INPUT}", f"{b}.drop_path1"),
@@ -351,6 +368,24 @@ def _tnt(b: str, i: int, mod) -> list[Sublayer]:
     # the patch-token stream (element 1); the inner pixel stream runs per patch, not per image, and is left out
     return [Sublayer(b, i, "attn", "attention", f"{b}.norm_mlp{INPUT}", f"{b}.attn_out", f"{b}.norm_out{INPUT}", derive="branch"),
             Sublayer(b, i, "mlp", "mlp", f"{b}[1]", f"{b}.mlp", f"{b}.norm_mlp{INPUT}", derive="branch")]
+
+
+def _tnt_without(which: set[str]):
+    def forward(self, pixel_embed, patch_embed):  # timm tnt Block.forward: the pixel stream and its injection are kept
+        pixel_embed = pixel_embed + self.drop_path(self.attn_in(self.norm_in(pixel_embed)))
+        pixel_embed = pixel_embed + self.drop_path(self.mlp_in(self.norm_mlp_in(pixel_embed)))
+        B, N, C = patch_embed.size()
+        if self.norm2_proj is None:
+            inner = self.proj(self.norm1_proj(pixel_embed).reshape(B, N - 1, -1))
+        else:
+            inner = self.norm2_proj(self.proj(self.norm1_proj(pixel_embed.reshape(B, N - 1, -1))))
+        patch_embed = torch.cat([patch_embed[:, 0:1], patch_embed[:, 1:] + inner], dim=1)
+        h = self.drop_path(self.attn_out(self.norm_out(patch_embed)))
+        patch_embed = h if "attn" in which else patch_embed + h
+        h = self.drop_path(self.mlp(self.norm_mlp(patch_embed)))
+        return pixel_embed, (h if "mlp" in which else patch_embed + h)
+
+    return forward
 
 
 def _no_norm(b: str, i: int, mod, attn: str = "attn") -> list[Sublayer]:
@@ -428,12 +463,12 @@ FAMILIES: list[Family] = [
     Family("droppath_prenorm", _is("timm.models.efficientformer", "MetaBlock1d"), lambda b, i, m: _droppath_prenorm(b, i, m, "token_mixer")),
     Family("coatnet_transformer", _is("timm.models.maxxvit", "TransformerBlock2d"), _coatnet_transformer),
     Family("hiera", _is("timm.models.hiera", "HieraBlock"), _hiera),
-    Family("mvit", _is("timm.models.mvitv2", "MultiScaleBlock"), _mvit, output=0),
+    Family("mvit", _is("timm.models.mvitv2", "MultiScaleBlock"), _mvit, _mvit_without, output=0),
     Family("xcit", _is("timm.models.xcit", "XCABlock"), _xcit),
     Family("shared_droppath", _is("timm.models.cait", "LayerScaleBlock"), _shared_droppath("attn"), _cait_without),
     Family("shared_droppath", _is("timm.models.convit", "Block"), _shared_droppath("attn"), _convit_without),
     Family("shared_droppath", _is("timm.models.coat", "SerialBlock"), _shared_droppath("factoratt_crpe"), _coat_without),
-    Family("tnt", _is("timm.models.tnt", "Block"), _tnt, output=1),
+    Family("tnt", _is("timm.models.tnt", "Block"), _tnt, _tnt_without, output=1),
     Family("levit", _is("timm.models.levit", "LevitBlock"), _no_norm),
     Family("levit", _is("timm.models.efficientformer", "MetaBlock2d"), lambda b, i, m: _no_norm(b, i, m, "token_mixer")),
     Family("metaformer", _is("timm.models.metaformer", "MetaFormerBlock"), _metaformer),

@@ -8,8 +8,9 @@ A derived term inherits the float32 rounding of the stream it is taken from: its
 1e-7 x ratio (||z|| / ||f(z)||), 1e-3 at a ratio of 1e4.
 
 `remove_skip` makes chosen blocks return f(z) only: the families with their own forward (`Family.without_skip`) are
-overridden (the ResNet v1 post-addition ReLU is kept); for the others, a skip that is a module's output is zeroed,
-and an identity skip is subtracted from the branch module's output, so the addition yields f(z). Restored on exit.
+overridden; for the others, a skip that is a module's output is zeroed, and an identity skip is subtracted from the
+branch module's output, so the addition yields f(z). An activation after the addition is kept: ResNet v1, ResNet-V2
+(not pre-activation), RegNet and ByobNet (GerNet, HaloNet) units return act(f(z)). Restored on exit.
 This is an *inference-time lesion* of a trained network; Raghu et al. (Fig. 8) trained networks without the skip.
 """
 from __future__ import annotations
@@ -78,9 +79,12 @@ def combine(parts: Terms, tensors: dict[str, torch.Tensor]) -> torch.Tensor:
 
 # ---- removing skips
 
-def _cut(s: Sublayer, which: str) -> bool:
-    """Whether `which` (attn, mlp, both) removes this sublayer's skip; a conv unit's one residual always goes."""
-    return s.sublayer == "res" or which == "both" or (which == "mlp") == (s.kind == "mlp")
+def _cut(s: Sublayer, which: str, mixed: bool) -> bool:
+    """Whether `which` (attn, mlp, both) removes this sublayer's skip. A conv unit's one residual goes for any value
+    in a convolutional block; in a `mixed` block (MaxViT: an MBConv unit, then attention and MLPs) only with both."""
+    if s.sublayer == "res":
+        return which == "both" or not mixed
+    return which == "both" or (which == "mlp") == (s.kind == "mlp")
 
 
 def _removable(s: Sublayer) -> bool:
@@ -114,8 +118,9 @@ def _hook_without_skip(model: nn.Module, block: Block, which: str) -> list:
     """Hooks that make the chosen sublayers of a generic block add f(z) to nothing."""
     modules = dict(model.named_modules())
     handles = []
+    mixed = any(s.sublayer != "res" for s in block.sublayers)
     for s in block.sublayers:
-        if not s.residual or not _cut(s, which):
+        if not s.residual or not _cut(s, which, mixed):
             continue
         skip, is_input, _ = parse(s.skip)
         if not is_input:  # z is a module's output (projection / scaling / identity module): zero it
@@ -132,7 +137,8 @@ def remove_skip(model: nn.Module, chosen: Iterable[str], which: str = "both"):
     """Within the context, the chosen blocks compute only their long branch: `out = f(z)`.
 
     `chosen`: module paths of residual blocks (see `residual_blocks`). `which`: 'attn', 'mlp' or 'both' for
-    transformer blocks; convolutional blocks have one residual, removed for any value.
+    transformer blocks; convolutional blocks have one residual, removed for any value; the MBConv unit of a
+    MaxViT block is removed with 'both' only ('attn' and 'mlp' remove its attention or MLP skips).
     """
     if which not in ("attn", "mlp", "both"):
         raise VitstudyError(f"which sublayer's skip to remove must be attn, mlp or both, got {which!r}")
