@@ -113,11 +113,9 @@ def nested_blocks(model: nn.Module, path: str, shape: tuple) -> int | None:
     if len(shape) != 3:
         return None
     from timm.models.nest import NestLevel
-    modules = dict(model.named_modules())
     parts = path.split(".")
-    for k in range(len(parts) - 1, 0, -1):
-        level = modules.get(".".join(parts[:k]))
-        if isinstance(level, NestLevel) and parts[k] == "transformer_encoder":
+    for k in range(len(parts) - 1, 0, -1):  # the module's ancestors, nearest first
+        if parts[k] == "transformer_encoder" and isinstance(level := model.get_submodule(".".join(parts[:k])), NestLevel):
             b, (t, n, _) = int(level.block_size), shape
             side = math.isqrt(t)
             return b if n == b * b and side * side == t else None
