@@ -53,7 +53,7 @@ KNOWN = [f for f in coverage.FAMILIES if f.key not in NO_SKIP]
 OPEN = {
     "skip_ablation": set(),
     "lesion": set(),
-    "receptive_field": {"cait", "xcit", "levit", "efficientformer"},
+    "receptive_field": set(),
 }
 
 
@@ -233,6 +233,8 @@ def test_receptive_field_equals_float64_autograd(f):
     layers = {l.name: l for l in resolve(model, names, size)}
     maps, _ = erf_maps(model, list(layers.values()), [x[:1], x[1:]], targets=targets)
 
+    # both images in one batch: a one-image batch meets PyTorch's CPU BatchNorm backward bug that erf_maps works
+    # around (two images agree with central finite differences on XCiT, LeViT and EfficientFormer)
     ref = copy.deepcopy(model).double()
     grids = {n: token_grid(model, l) for n, l in layers.items()}
     mods = dict(ref.named_modules())

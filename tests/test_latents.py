@@ -106,3 +106,49 @@ def test_parallel_blocks_are_refused():
 def test_vector_layers_are_not_feature_maps(tiny_vit):
     with pytest.raises(VitstudyError, match="without spatial positions"):
         latents.describe(tiny_vit, resolve(tiny_vit, ["head"], (3, 32, 32)))
+
+
+def _unblock(t: torch.Tensor, b: int) -> torch.Tensor:
+    """Explicit un-blocking, written out here: token n = (u, v) of block k = (i, j) on a g x g grid of b x b blocks is
+    position (i * b + u, j * b + v) of the (B, H, W, C) map (NesT, Zhang et al. 2022, Fig. 1)."""
+    B, T, N, C = t.shape
+    g = int(round(T ** 0.5))
+    out = torch.full((B, g * b, g * b, C), float("nan"))
+    for k in range(T):
+        i, j = divmod(k, g)
+        for n in range(N):
+            u, v = divmod(n, b)
+            out[:, i * b + u, j * b + v] = t[:, k, n]
+    return out
+
+
+def test_nest_latents_are_the_unblocked_spatial_maps():
+    """NesT's blocks see (B, blocks, tokens per block, C); its latents are the (H, W) maps those blocks were cut from:
+    the explicit un-blocking of the raw tensors, and the last one of each level is the level's own output map."""
+    from timm.models.nest import Nest
+    torch.manual_seed(0)
+    model = Nest(img_size=32, patch_size=2, embed_dims=(16, 32, 32), num_heads=(1, 2, 2), depths=(1, 1, 1),
+                 num_classes=10).eval()
+    lats = described(model, 32)
+    assert [l.grid for l in lats] == [(16, 16)] * 3 + [(8, 8)] * 2 + [(4, 4)] * 2  # 16 px / patch 2; pooled x2 per level
+    assert all(l.layer.layout == "NHWC" and l.layer.blocks == 4 for l in lats)
+    x = torch.randn(2, 3, 32, 32)
+    got = capture(model, [l.layer for l in lats], x)
+    mods = dict(model.named_modules())
+    raw, hooks = {}, []
+    for l in lats:
+        if l.layer.is_input:
+            hooks.append(mods[l.layer.module].register_forward_pre_hook(lambda m, a, _n=l.name: raw.__setitem__(_n, a[0].clone())))
+        else:
+            hooks.append(mods[l.layer.module].register_forward_hook(lambda m, a, o, _n=l.name: raw.__setitem__(_n, o.clone())))
+    hooks += [mods[f"levels.{i}"].register_forward_hook(lambda m, a, o, _i=i: raw.__setitem__(_i, o.clone())) for i in range(3)]
+    with torch.no_grad():
+        model(x)
+    for h in hooks:
+        h.remove()
+    for l in lats:
+        assert raw[l.name].dim() == 4 and raw[l.name].shape[2] == 16  # (B, T, N = 4 x 4, C): blocked
+        torch.testing.assert_close(got[l.name], _unblock(raw[l.name], 4), rtol=0, atol=0)
+    for i, last in enumerate(["levels.0.transformer_encoder.0", "levels.1.transformer_encoder.0", "levels.2.transformer_encoder.0"]):
+        lat = next(l for l in lats if l.name == last)
+        torch.testing.assert_close(latents.to_maps(got[last], lat), raw[i], rtol=0, atol=0)  # (B, C, H, W)

@@ -27,6 +27,38 @@ def test_single_3x3_conv_has_exactly_3x3_receptive_field(channels):
     np.testing.assert_allclose(erf[3:6, 3:6], want, rtol=1e-6)
 
 
+class _Tokens(nn.Module):
+    """(B, C, H, W) -> (B, H*W, C), as a ViT's patch embedding flattens its map."""
+
+    def forward(self, x):
+        return x.flatten(2).transpose(1, 2)
+
+
+@pytest.mark.parametrize("channels", ["sum", "abs_mean"])
+def test_single_image_batches_through_batchnorm_and_tokens(channels):
+    """conv -> eval BatchNorm -> tokens, one image per batch: the map is the analytic |sum_c s_c w_c| (s_c the
+    BatchNorm's scale). PyTorch's CPU BatchNorm backward misreads a one-image channels-last gradient (XCiT, LeViT,
+    EfficientFormer stems; issue 23), which gave maps ~100x off before single-image batches were run doubled."""
+    torch.manual_seed(0)
+    net = nn.Sequential(nn.Conv2d(3, 5, 3, padding=1, bias=False), nn.BatchNorm2d(5), _Tokens(), nn.Identity()).eval()
+    with torch.no_grad():
+        net[1].running_mean.normal_()
+        net[1].running_var.uniform_(0.5, 2.0)
+        net[1].weight.normal_()
+        net[1].bias.normal_()
+    layers = resolve(net, ["3"], (3, 9, 9))
+    x = torch.randn(3, 3, 9, 9)
+    maps, grids = erf_maps(net, layers, [x[:1], x[1:2], x[2:]], channels=channels, chunk=2)
+    erf = maps["3"]
+    assert grids["3"] == (9, 9, 0)
+    bn = net[1]
+    s = (bn.weight / torch.sqrt(bn.running_var + bn.eps)).detach().double().numpy()
+    w = net[0].weight.detach().double().numpy() * s[:, None, None, None]  # d y[c, 4, 4] / d x[k, 3 + a, 3 + b]
+    want = np.zeros((9, 9))
+    want[3:6, 3:6] = np.abs(w.sum(0)).sum(0) if channels == "sum" else np.abs(w).sum(1).mean(0)
+    np.testing.assert_allclose(erf, want, rtol=1e-5, atol=1e-7 * want.max())
+
+
 def test_mass_radii_on_a_hand_made_map():
     erf = np.zeros((11, 11))
     erf[5, 5] = 1.0

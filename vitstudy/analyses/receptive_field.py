@@ -52,6 +52,14 @@ def centre_values(t: torch.Tensor, layer: Layer, grid: tuple[int, int, int]) -> 
     return t[:, prefix + r * cols + c, :]
 
 
+def _at_least_two(x: torch.Tensor) -> torch.Tensor:
+    """A one-image batch as two copies of the image (the caller keeps the first's gradient). PyTorch's CPU BatchNorm
+    backward (2.x, eval mode) misreads a gradient that is channels-last with a one-image batch's arbitrary batch
+    stride while its input is NCHW, and a token view of a BN'd map (flatten(2).transpose(1, 2): XCiT's, LeViT's and
+    EfficientFormer's stems) hands it exactly that: input gradients ~100x off. Two images give canonical strides."""
+    return torch.cat([x, x]) if x.shape[0] == 1 else x
+
+
 def erf_maps(module: torch.nn.Module, layers: list[Layer], batches, channels: str = "sum", chunk: int = 64,
              device="cpu", targets: dict | None = None) -> tuple[dict[str, np.ndarray], dict[str, tuple[int, int, int]]]:
     """Per target: the (H, W) mean absolute input gradient of its centre location, and its grid. A target is a layer,
@@ -65,7 +73,8 @@ def erf_maps(module: torch.nn.Module, layers: list[Layer], batches, channels: st
     count = 0
     with requires_grad(module, False), torch.enable_grad():
         for x in batches:
-            x = x.to(device).requires_grad_(True)
+            images = x.shape[0]
+            x = _at_least_two(x.to(device)).requires_grad_(True)
             captured: dict[str, torch.Tensor] = {}
             handles = []
             for l in layers:
@@ -85,7 +94,7 @@ def erf_maps(module: torch.nn.Module, layers: list[Layer], batches, channels: st
                 v = sum(coef * captured[n] for n, coef in parts) if len(parts) > 1 else captured[parts[0][0]]  # (B, C)
                 if channels == "sum":
                     (g,) = torch.autograd.grad(v.sum(), x, retain_graph=True)
-                    total = g.abs().sum((0, 1))
+                    total = g[:images].abs().sum((0, 1))
                 else:
                     total = torch.zeros(x.shape[-2:], dtype=torch.float64, device=x.device)
                     C = v.shape[1]
@@ -94,10 +103,10 @@ def erf_maps(module: torch.nn.Module, layers: list[Layer], batches, channels: st
                         eye = torch.zeros(k, *v.shape, dtype=v.dtype, device=v.device)
                         eye[torch.arange(k), :, s + torch.arange(k)] = 1.0
                         (g,) = torch.autograd.grad(v, x, grad_outputs=eye, retain_graph=True, is_grads_batched=True)
-                        total += g.abs().sum((0, 1, 2)).double()
+                        total += g[:, :images].abs().sum((0, 1, 2)).double()
                     total = total / C
                 sums[name] = sums.get(name, 0) + total.double().detach()
-            count += x.shape[0]
+            count += images
             del captured
     return {k: (v / count).cpu().numpy() for k, v in sums.items()}, grids
 

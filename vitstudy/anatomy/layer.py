@@ -31,11 +31,20 @@ class Layer:
     layout: str  # 'NCHW', 'NHWC', 'NLC' (tokens) or 'NC'
     index: int | None = None  # element of a tuple/list output (or positional input) that is this layer
     grid: tuple | None = None  # tokens (NLC): (rows, cols, prefix tokens) found by the probe for the input it ran on
+    blocks: int | None = None  # NesT: edge of the nested blocks the module's (B, T, N, C) tensor holds; taken un-blocked
 
     def of_input(self, args: tuple):
         """This layer's tensor from a module's positional inputs (forward pre-hook)."""
-        return args[self.index or 0] if args else None
+        return self.unblocked(args[self.index or 0]) if args else None
 
     def of_output(self, out):
         """This layer's tensor from a module's output (forward hook)."""
-        return out if self.index is None else out[self.index]
+        return self.unblocked(out if self.index is None else out[self.index])
+
+    def unblocked(self, t):
+        """NesT's (B, T, N, C) nested blocks as the (B, H, W, C) map they were cut from (timm's `deblockify`), so
+        every reader sees one position per image location (`anatomy.tokens.nested_blocks`)."""
+        if self.blocks is None:
+            return t
+        from timm.models.nest import deblockify
+        return deblockify(t, self.blocks)

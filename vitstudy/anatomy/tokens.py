@@ -106,6 +106,22 @@ def channels_last_fit(shape: tuple, input_hw: tuple[int, int] | None) -> str | N
     return "NCHW" if chw < hwc else "NHWC"
 
 
+def nested_blocks(model: nn.Module, path: str, shape: tuple) -> int | None:
+    """The block edge b when the module at `path` sees NesT's nested blocks (Zhang et al. 2022): inside a timm
+    `NestLevel`'s transformer_encoder a per-image (T, N, C) tensor is the level's (H, W) map cut by `blockify` into
+    T = (H/b)(W/b) blocks of N = b*b tokens each, block-major; None for any other module or shape."""
+    if len(shape) != 3:
+        return None
+    from timm.models.nest import NestLevel
+    parts = path.split(".")
+    for k in range(len(parts) - 1, 0, -1):  # the module's ancestors, nearest first
+        if parts[k] == "transformer_encoder" and isinstance(level := model.get_submodule(".".join(parts[:k])), NestLevel):
+            b, (t, n, _) = int(level.block_size), shape
+            side = math.isqrt(t)
+            return b if n == b * b and side * side == t else None
+    return None
+
+
 def prefix_of(model: nn.Module, layer, length: int) -> int:
     """Prefix tokens of a token layer: from its probed grid, else counted as `split` does."""
     grid = getattr(layer, "grid", None)

@@ -16,12 +16,13 @@ def half_diagonal(h: int, w: int) -> tuple[torch.Tensor, torch.Tensor]:
 
     Entry k is frequency index (k, k) for a square map: k = 0 .. h - h//2 - 1 (Nyquist excluded for even h).
     A map with min(h, w) <= h//2 has no such diagonal (the official slice is empty): that is not a spatial grid
-    of an image (e.g. NesT's (blocks, tokens, channels) tensors read as (C, H, W)), refused in one line.
+    of an image (e.g. windowed or blocked tokens read as (C, H, W); NesT's blocks are un-blocked by its `Layer`),
+    refused in one line.
     """
     if min(h, w) <= h // 2:
         raise VitstudyError(f"a {h}x{w} feature map has no diagonal from the zero frequency outward (the Fourier "
                             f"analysis needs about as many columns as rows): this layer is probably not laid out as one "
-                            f"spatial grid (NesT's blocked (blocks, tokens, channels) tensors are not); choose other layers")
+                            f"spatial grid (windowed or blocked tokens are not); choose other layers")
     i = torch.arange(h // 2, min(h, w))
     return (i - h // 2) % h, (i - w // 2) % w
 

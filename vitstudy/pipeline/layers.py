@@ -129,10 +129,14 @@ def probe(model: nn.Module, names: list[str], input_size, keep_order: bool) -> l
             continue
         t = values[0]
         path, is_input, index = parse(n)
-        shape = tuple(t.shape[1:])
-        layout = _layout(modules[path], shape, model, tuple(input_size[-2:]))
+        blocks = anatomy_tokens.nested_blocks(model, path, tuple(t.shape[1:]))
+        if blocks:  # NesT: the (H, W, C) map its nested blocks were cut from
+            shape, layout = tuple(Layer(n, path, is_input, (), "NHWC", index, None, blocks).unblocked(t).shape[1:]), "NHWC"
+        else:
+            shape = tuple(t.shape[1:])
+            layout = _layout(modules[path], shape, model, tuple(input_size[-2:]))
         grid = anatomy_tokens.infer_grid(model, shape[0], tuple(input_size[-2:])) if layout == "NLC" else None
-        layers.append(Layer(n, path, is_input, shape, layout, index, grid))
+        layers.append(Layer(n, path, is_input, shape, layout, index, grid, blocks))
         kept_tensors.append(t)
     if not keep_order:  # drop a layer whose tensor is the same object as a later one (e.g. act3 == block output)
         unique = []
