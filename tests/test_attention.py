@@ -295,6 +295,10 @@ def test_attention_distance_end_to_end_vit_and_distilled_deit(tmp_path, capsys):
     # a 4x4 grid of 8-px patches: distances lie in [0, max pairwise distance]
     assert df.mean_distance.between(0, 8 * math.hypot(3, 3)).all()
     assert df[df.model.str.startswith("deit")].prefix_tokens.unique().tolist() == [2]
+    assert df.groupby("model").prefix_keys.first().to_dict() == {"vit_tiny_patch16_224": "class",
+                                                                  "deit_tiny_distilled_patch16_224": "class, distillation"}
+    # prefix keys at 0 only shorten the paper's column: the renormalised patch-key distance is at least as long
+    assert df.prefix_share.between(0, 1).all() and (df.patch_mean_distance >= df.mean_distance - 1e-9).all()
     for f in ("attention_distance.png", "attention_distance_depth.png", "images.csv", "run.json"):
         assert (out / f).stat().st_size > 0
 

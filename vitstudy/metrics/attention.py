@@ -123,6 +123,7 @@ def prefix_split(attn: torch.Tensor, dist: torch.Tensor, queries: torch.Tensor, 
     """attn (B, groups, H, Q, K), dist (groups, Q, K), queries (groups, Q) bool: the counted queries, prefix
     (groups, K) bool: the prefix keys -> PrefixSplit. A query whose patch mass is 0 has no patch distance and is left
     out of that mean (NaN if every query is)."""
+    attn = attn.to(torch.promote_types(attn.dtype, torch.float32))  # a bf16/fp16 forward: sum in float32 at least
     patch = (~prefix).to(attn.dtype)
     mass = torch.einsum("bghqk,gk->bghq", attn, patch).to(torch.float64)
     share = torch.einsum("bghqk,gk->bghq", attn, prefix.to(attn.dtype)).to(torch.float64)
