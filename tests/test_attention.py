@@ -340,6 +340,10 @@ def test_attention_distance_end_to_end_swin(tmp_path, capsys):
     assert set(df[df.layer == "layers.0.blocks.1.attn"]["shift"]) == {"2x2"}
     assert set(df[df.layer == "layers.1.blocks.1.attn"]["shift"]) == {"0x0"}
     assert (df[df.layer.str.startswith("layers.3.")].mean_distance.abs() < 1e-9).all()  # 1x1 window: only itself
+    # no prefix tokens: nothing to report apart, the renormalised distance is the paper's (rows sum to 1)
+    assert set(df.prefix_keys) == {"none"} and (df.prefix_share == 0).all()
+    np.testing.assert_allclose(df.patch_mean_distance, df.mean_distance, rtol=1e-5, atol=1e-9)
+    np.testing.assert_allclose(df.uniform_patch_distance, df.uniform_distance, rtol=1e-12)
     w = df.window.str.split("x").str[0].astype(int)
     assert (df.mean_distance >= 0).all() and (df.mean_distance <= df.stride_px * np.hypot(w - 1, w - 1) + 1e-6).all()
 

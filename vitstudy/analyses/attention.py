@@ -4,7 +4,10 @@ attention_distance: Raghu et al. 2021 Figs 3-4 (heads sorted by distance, chosen
 the IN-1k vs IN-21k pairs of Fig. 4 on the same images) and Dosovitskiy et al. 2020 Fig. 7 right / Fig. 11
 (every head against depth). local_global_cka: Raghu et al. Fig. 5, CKA of subsets of one block's heads,
 most local to most global, with early layers of a reference CNN.
-Both stream: the softmax maps are reduced to per-image means inside the hook (metrics.attention).
+Both stream: the softmax maps are reduced to per-image means inside the hook (metrics.attention). Not in the papers:
+the attention_distance table also reports prefix keys (class token, registers) apart (`prefix_share`,
+`patch_mean_distance`), and CrossViT's cross-attention rows (kind 'cross') measure the spread of the keys its class
+token attends to (docs/methods.md).
 """
 from __future__ import annotations
 

@@ -122,17 +122,23 @@ class PrefixSplit:
 def prefix_split(attn: torch.Tensor, dist: torch.Tensor, queries: torch.Tensor, prefix: torch.Tensor) -> PrefixSplit:
     """attn (B, groups, H, Q, K), dist (groups, Q, K), queries (groups, Q) bool: the counted queries, prefix
     (groups, K) bool: the prefix keys -> PrefixSplit. A query whose patch mass is 0 has no patch distance and is left
-    out of that mean (NaN if every query is)."""
-    attn = attn.to(torch.promote_types(attn.dtype, torch.float32))  # a bf16/fp16 forward: sum in float32 at least
-    patch = (~prefix).to(attn.dtype)
-    mass = torch.einsum("bghqk,gk->bghq", attn, patch).to(torch.float64)
-    share = torch.einsum("bghqk,gk->bghq", attn, prefix.to(attn.dtype)).to(torch.float64)
-    moment = torch.einsum("bghqk,gqk->bghq", attn, dist.to(attn.dtype)).to(torch.float64)
-    q = queries.to(attn.device)[None, :, None, :]  # (1, groups, 1, Q)
-    ok = q & (mass > 0)
-    per = torch.where(ok, moment / torch.where(ok, mass, torch.ones_like(mass)), torch.zeros_like(mass))
-    n = q.sum(dim=(1, 3)).to(torch.float64)
-    return PrefixSplit((share * q).sum(dim=(1, 3)) / n, per.sum(dim=(1, 3)) / ok.sum(dim=(1, 3)).to(torch.float64))
+    out of that mean (NaN if every query is). One image at a time: temporaries stay the size of one image's maps."""
+    dt = torch.promote_types(attn.dtype, torch.float32)  # a bf16/fp16 forward: sum in float32 at least
+    pre = prefix.to(attn.device, dt)
+    patch = (~prefix).to(attn.device, dt)
+    d = dist.to(attn.device, dt)
+    q = queries.to(attn.device)[:, None, :]  # (groups, 1, Q)
+    n = q.sum().to(torch.float64)
+    share, per_query = [], []
+    for a in attn:  # (groups, H, Q, K)
+        a = a.to(dt)
+        mass = torch.einsum("ghqk,gk->ghq", a, patch).to(torch.float64)
+        moment = torch.einsum("ghqk,gqk->ghq", a, d).to(torch.float64)
+        ok = q & (mass > 0)
+        share.append((torch.einsum("ghqk,gk->ghq", a, pre).to(torch.float64) * q).sum(dim=(0, 2)) / n)
+        per = torch.where(ok, moment / torch.where(ok, mass, torch.ones_like(mass)), torch.zeros_like(mass))
+        per_query.append(per.sum(dim=(0, 2)) / ok.sum(dim=(0, 2)).to(torch.float64))
+    return PrefixSplit(torch.stack(share), torch.stack(per_query))
 
 
 def cell_centres(n: int) -> torch.Tensor:
