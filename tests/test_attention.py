@@ -118,6 +118,88 @@ def test_subset_cka_from_per_head_inner_products_equals_cka_of_concatenation():
     assert subsets([5, 1, 0, 2, 4, 3], 4, 3) == [[5, 1, 0, 2], [0, 2, 4, 3]]
 
 
+def _reg_vit():
+    """A tiny random-init DINOv2-with-registers ViT: class token + 4 registers + a 4x4 grid of 7 px patches."""
+    torch.manual_seed(0)
+    return timm.create_model("vit_small_patch14_reg4_dinov2", pretrained=False, img_size=28, patch_size=7, depth=2,
+                             embed_dim=32, num_heads=2, num_classes=10).eval().double()
+
+
+def _qk_softmax(mod, x):
+    """Float64 softmax(q k^T / sqrt(d)) from a timm Attention's own qkv projection (q/k norms included)."""
+    b, t, _ = x.shape
+    qkv = mod.qkv(x).reshape(b, t, 3, mod.num_heads, -1).permute(2, 0, 3, 1, 4)
+    q, k = mod.q_norm(qkv[0]), mod.k_norm(qkv[1])
+    return (q @ k.transpose(-2, -1) / math.sqrt(q.shape[-1])).softmax(-1)
+
+
+def test_registers_are_reported_apart_share_and_patch_distance_match_float64_loops():
+    """Attention of a patch query to the class token or a register is counted at distance 0 in `mean_distance`
+    (unchanged); `prefix_share` is the mean over patch queries of the attention to those 5 keys and
+    `patch_mean_distance` the mean over patch queries of sum_{j patch} A_ij D_ij / sum_{j patch} A_ij, both checked
+    against explicit loops on probabilities recomputed from the modules' own q/k; the table names the prefix keys."""
+    from types import SimpleNamespace
+    from vitstudy.analyses.attention import distance_table
+    model = _reg_vit()
+    site_list = sites(model)
+    assert [s.num_prefix for s in site_list] == [5, 5] and site_list[0].prefix_names == "class, 4 registers"
+    mods = dict(model.named_modules())
+    inputs = {}
+    hooks = [mods[s.name].register_forward_pre_hook(lambda m, a, _n=s.name: inputs.setdefault(_n, a[0])) for s in site_list]
+    torch.manual_seed(1)
+    x = torch.randn(3, 3, 28, 28, dtype=torch.float64)
+    stats = DistanceStats(site_list)
+    with unfused(model), tap(model, [s.layer for s in site_list], lambda l, t: stats.add(l.name, t, 3)), torch.no_grad():
+        model(x)
+    stats.n = 3
+    for h in hooks:
+        h.remove()
+    pos = [((r + 0.5) * 7, (c + 0.5) * 7) for r in range(4) for c in range(4)]
+    for s in site_list:
+        with torch.no_grad():
+            a = _qk_softmax(mods[s.name], inputs[s.name]).numpy()  # (3, heads, 21, 21)
+        share = np.zeros((3, s.heads))
+        patch = np.zeros((3, s.heads))
+        old = np.zeros((3, s.heads))
+        for b in range(3):
+            for h in range(s.heads):
+                for i in range(16):
+                    row = a[b, h, 5 + i]
+                    moment = sum(row[5 + j] * math.dist(pos[i], pos[j]) for j in range(16))
+                    share[b, h] += row[:5].sum() / 16
+                    patch[b, h] += moment / row[5:].sum() / 16
+                    old[b, h] += moment / 16
+        mean, _ = stats.mean_std(s.name)
+        got_share, got_patch = stats.prefix_means(s.name)
+        np.testing.assert_allclose(mean, old.mean(0), rtol=1e-10)  # the papers' column, prefix keys at 0
+        np.testing.assert_allclose(got_share, share.mean(0), rtol=1e-10)
+        np.testing.assert_allclose(got_patch, patch.mean(0), rtol=1e-10)
+        assert (got_patch > mean).all()  # renormalising over patch keys only lengthens the distance
+    m = SimpleNamespace(name="reg", label="reg", weights="random")
+    df = distance_table(m, stats, site_list, SimpleNamespace(dataset=SimpleNamespace(name="synthetic")))
+    assert set(df.prefix_keys) == {"class, 4 registers"}
+    row = df.iloc[0]
+    assert row.prefix_share == pytest.approx(stats.prefix_means(site_list[0].name)[0][0])
+
+
+def test_uniform_attention_with_registers_closed_forms():
+    """Uniform attention over 1 + 4 + 16 tokens: prefix share 5/21; mean_distance the sum of the 4x4 grid's pairwise
+    distances / (16 * 21) (prefix keys at 0); patch_mean_distance and its reference the grid's mean pairwise distance."""
+    site = sites(_reg_vit())[0]
+    pos = [((r + 0.5) * 7, (c + 0.5) * 7) for r in range(4) for c in range(4)]
+    total = sum(math.dist(p, q) for p in pos for q in pos)
+    attn = torch.full((2, site.heads, 21, 21), 1.0 / 21, dtype=torch.float64)
+    split = site.split(attn)
+    np.testing.assert_allclose(split.share.numpy(), 5 / 21, rtol=1e-12)
+    np.testing.assert_allclose(split.patch_distance.numpy(), total / 256, rtol=1e-12)
+    np.testing.assert_allclose(site.per_image(attn).numpy(), total / (16 * 21), rtol=1e-12)
+    assert site.uniform_distance() == pytest.approx(total / (16 * 21), rel=1e-12)
+    assert site.uniform_patch_distance() == pytest.approx(total / 256, rel=1e-12)
+    onehot = torch.zeros(1, site.heads, 21, 21, dtype=torch.float64)
+    onehot[..., 2] = 1.0  # every query on a register: no patch mass, no patch distance
+    assert site.split(onehot).share.eq(1).all() and site.split(onehot).patch_distance.isnan().all()
+
+
 # ------------------------------------------------------------------------ capture against manual softmax
 
 
@@ -213,6 +295,10 @@ def test_attention_distance_end_to_end_vit_and_distilled_deit(tmp_path, capsys):
     # a 4x4 grid of 8-px patches: distances lie in [0, max pairwise distance]
     assert df.mean_distance.between(0, 8 * math.hypot(3, 3)).all()
     assert df[df.model.str.startswith("deit")].prefix_tokens.unique().tolist() == [2]
+    assert df.groupby("model").prefix_keys.first().to_dict() == {"vit_tiny_patch16_224": "class",
+                                                                  "deit_tiny_distilled_patch16_224": "class, distillation"}
+    # prefix keys at 0 only shorten the paper's column: the renormalised patch-key distance is at least as long
+    assert df.prefix_share.between(0, 1).all() and (df.patch_mean_distance >= df.mean_distance - 1e-9).all()
     for f in ("attention_distance.png", "attention_distance_depth.png", "images.csv", "run.json"):
         assert (out / f).stat().st_size > 0
 
@@ -254,6 +340,10 @@ def test_attention_distance_end_to_end_swin(tmp_path, capsys):
     assert set(df[df.layer == "layers.0.blocks.1.attn"]["shift"]) == {"2x2"}
     assert set(df[df.layer == "layers.1.blocks.1.attn"]["shift"]) == {"0x0"}
     assert (df[df.layer.str.startswith("layers.3.")].mean_distance.abs() < 1e-9).all()  # 1x1 window: only itself
+    # no prefix tokens: nothing to report apart, the renormalised distance is the paper's (rows sum to 1)
+    assert set(df.prefix_keys) == {"none"} and (df.prefix_share == 0).all()
+    np.testing.assert_allclose(df.patch_mean_distance, df.mean_distance, rtol=1e-5, atol=1e-9)
+    np.testing.assert_allclose(df.uniform_patch_distance, df.uniform_distance, rtol=1e-12)
     w = df.window.str.split("x").str[0].astype(int)
     assert (df.mean_distance >= 0).all() and (df.mean_distance <= df.stride_px * np.hypot(w - 1, w - 1) + 1e-6).all()
 

@@ -184,6 +184,14 @@ def _vit(mod, x, *_):  # timm vision_transformer Attention (CrossViT branches)
     return _sm(q @ k.transpose(-2, -1) / math.sqrt(q.shape[-1]))
 
 
+def _cross(mod, x, *_):  # CrossViT fusion CrossAttention: the class token (row 0) queries every token
+    b, n, c = x.shape
+    h = mod.num_heads
+    q = mod.wq(x[:, :1]).reshape(b, 1, h, c // h).transpose(1, 2)
+    k = mod.wk(x).reshape(b, n, h, c // h).transpose(1, 2)
+    return _sm(q @ k.transpose(-2, -1) / math.sqrt(c // h))
+
+
 def _tnt(mod, x, *_):
     b, n, _ = x.shape
     qk = mod.qk(x).reshape(b, n, 2, mod.num_heads, mod.head_dim).permute(2, 0, 3, 1, 4)
@@ -211,7 +219,7 @@ RECOMPUTE = {
     "nest": lambda m, a: _nest(m, a[0]), "mvitv2": lambda m, a: _mvit(m, a[0], a[1]),
     "mvitv2_cls": lambda m, a: _mvit(m, a[0], a[1]),
     "levit": lambda m, a: _levit(m, a[0]), "efficientformer": lambda m, a: _efficientformer(m, a[0]),
-    "crossvit": lambda m, a: _vit(m, a[0]), "tnt": lambda m, a: _tnt(m, a[0]), "hiera": lambda m, a: _hiera(m, a[0]),
+    "crossvit": lambda m, a: (_cross if type(m).__name__ == "CrossAttention" else _vit)(m, a[0]), "tnt": lambda m, a: _tnt(m, a[0]), "hiera": lambda m, a: _hiera(m, a[0]),
 }
 
 
@@ -358,11 +366,62 @@ def test_crossvit_branches_have_their_own_grids_and_the_class_token_is_dropped()
     grids = {s.grid for s in site_list}
     assert grids == {(10, 10), (7, 7)}  # 120 px / 12 and 112 px / 16 (branch 1 resizes the image to 112)
     for s in site_list:
+        if s.kind == "cross":
+            continue
         g, st = s.grid[0], size[0] / s.grid[0]
         pts = [((i + 0.5) * st, (j + 0.5) * st) for i in range(g) for j in range(g)]
         a = _uniform(s)  # rows 1/(1 + g^2) over every key incl. the class token, not renormalised
         got = float(s.per_image(_to_layout(a, s.layout))[0, 0])
         assert got == pytest.approx(_np_pairs(pts, pts).sum(1).mean() / (1 + g * g), rel=1e-12)
+
+
+def test_crossvit_cross_attention_sites_measure_the_spread_of_the_class_tokens_keys():
+    """Fusion i: branch i's class token queries its own class token and branch i+1's patch grid. Its distance is
+    sum_jk A_j A_k D_jk over the patch keys (the expected distance between two keys drawn from its attention),
+    checked against float64 numpy loops on probabilities recomputed from the module's own wq/wk; the prefix share is
+    A_0 and the renormalised spread divides by the patch mass squared. Sites are listed in execution order."""
+    model, size = _model("crossvit")
+    site_list, inputs, probs = _capture(model, size, batch=3)
+    names = [s.name for s in site_list]
+    assert names == ["blocks.0.blocks.0.0.attn", "blocks.0.blocks.1.0.attn", "blocks.0.fusion.0.attn", "blocks.0.fusion.1.attn"]
+    order = []
+    modules = dict(model.named_modules())
+    hooks = [modules[n].register_forward_pre_hook(lambda m, a, _n=n: order.append(_n)) for n in names]
+    with torch.no_grad():
+        model(torch.zeros(1, 3, *size, dtype=torch.float64))
+    for h in hooks:
+        h.remove()
+    assert order == names  # the analyses' Counter expects the maps in this order
+    for s, other in zip(site_list[2:], ((7, 7), (10, 10))):  # fusion 0 looks at branch 1 (7x7 grid), fusion 1 at branch 0
+        assert s.kind == "cross" and s.grid == other
+        st = size[0] / other[0]
+        pts = [((i + 0.5) * st, (j + 0.5) * st) for i in range(other[0]) for j in range(other[1])]
+        d = _np_pairs(pts, pts)
+        with torch.no_grad():
+            want = RECOMPUTE["crossvit"](modules[s.name], inputs[s.name])  # (B, heads, 1, 1 + N)
+        a = want[:, :, 0].numpy()
+        torch.testing.assert_close(probs[s.layer.name], want, rtol=0, atol=1e-10)
+        spread = np.einsum("bhj,jk,bhk->bh", a[..., 1:], d, a[..., 1:])
+        got = s.per_image(probs[s.layer.name]).numpy()
+        np.testing.assert_allclose(got, spread, rtol=1e-10)
+        split = s.split(probs[s.layer.name])
+        np.testing.assert_allclose(split.share.numpy(), a[..., 0], rtol=1e-10)
+        np.testing.assert_allclose(split.patch_distance.numpy(), spread / (1 - a[..., 0]) ** 2, rtol=1e-10)
+        k = 1 + len(pts)
+        assert s.uniform_distance() == pytest.approx(d.sum() / k ** 2, rel=1e-12)
+        assert s.uniform_patch_distance() == pytest.approx(d.mean(), rel=1e-12)
+        onehot = torch.zeros(1, s.heads, 1, k, dtype=torch.float64)
+        onehot[..., 5] = 1.0
+        assert float(s.per_image(onehot).abs().max()) == 0.0  # all on one patch: no spread
+
+
+def test_crossvit_cross_attention_is_refused_by_local_global_cka_with_its_reason(tmp_path, capsys):
+    from helpers import cli
+    code, _, err = cli(["run", "analysis=local_global_cka", "model.name=crossvit_tiny_240", "model.pretrained=false",
+                        "model.kwargs.img_size=120", "+model.kwargs.depth=[[1,1,0]]", "analysis.block=2",
+                        "reference.name=resnet18", "reference.pretrained=false", "dataset=synthetic",
+                        "dataset.num_images=4", f"hydra.run.dir={tmp_path}"], capsys)
+    assert code != 0 and "cross-attention whose only query is a class token" in err
 
 
 # ------------------------------------------------------------------ refusals and the fourier crash

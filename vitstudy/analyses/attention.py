@@ -4,7 +4,10 @@ attention_distance: Raghu et al. 2021 Figs 3-4 (heads sorted by distance, chosen
 the IN-1k vs IN-21k pairs of Fig. 4 on the same images) and Dosovitskiy et al. 2020 Fig. 7 right / Fig. 11
 (every head against depth). local_global_cka: Raghu et al. Fig. 5, CKA of subsets of one block's heads,
 most local to most global, with early layers of a reference CNN.
-Both stream: the softmax maps are reduced to per-image means inside the hook (metrics.attention).
+Both stream: the softmax maps are reduced to per-image means inside the hook (metrics.attention). Not in the papers:
+the attention_distance table also reports prefix keys (class token, registers) apart (`prefix_share`,
+`patch_mean_distance`), and CrossViT's cross-attention rows (kind 'cross') measure the spread of the keys its class
+token attends to (docs/methods.md).
 """
 from __future__ import annotations
 
@@ -39,6 +42,9 @@ class DistanceStats:
         self.s2 = {s.name: torch.zeros(s.heads, dtype=torch.float64) for s in site_list}
         self.batch_sums: dict[str, list[torch.Tensor]] = {s.name: [] for s in site_list}  # per batch Σ, for the jackknife
         self.batch_counts: dict[str, list[int]] = {s.name: [] for s in site_list}
+        # prefix keys reported apart: Σ over images of the per-image share and of the patch-key mean distance
+        self.share = {s.name: torch.zeros(s.heads, dtype=torch.float64) for s in site_list}
+        self.patch = {s.name: torch.zeros(s.heads, dtype=torch.float64) for s in site_list}
         self.n = 0
         self.checked: set[str] = set()
 
@@ -53,12 +59,19 @@ class DistanceStats:
         self.s2[name] += (m * m).sum(0)
         self.batch_sums[name].append(total)
         self.batch_counts[name].append(m.shape[0])
+        split = site.split(attn)
+        self.share[name] += split.share.cpu().sum(0)
+        self.patch[name] += split.patch_distance.cpu().sum(0)
 
     def mean_std(self, name: str) -> tuple[np.ndarray, np.ndarray]:
         n = self.n
         mean = self.s1[name] / n
         var = (self.s2[name] - self.s1[name] * mean) / (n - 1) if n > 1 else torch.full_like(mean, float("nan"))
         return mean.numpy(), var.clamp_min(0).sqrt().numpy()
+
+    def prefix_means(self, name: str) -> tuple[np.ndarray, np.ndarray]:
+        """(heads,) mean over images of the share of attention to prefix keys and of the patch-key mean distance."""
+        return (self.share[name] / self.n).numpy(), (self.patch[name] / self.n).numpy()
 
     def replicates(self, name: str) -> np.ndarray:
         """Leave-one-batch-out means (B, heads): how the mean moves without each batch (for paired comparisons)."""
@@ -89,11 +102,16 @@ class DistanceReducer(Reducer):
 
 
 def distance_table(m, stats: DistanceStats, site_list: list[Site], cfg) -> pd.DataFrame:
-    """One row per (block, head); `uniform_distance` is what uniform attention on that block's grid would give."""
+    """One row per (block, head); `uniform_distance` is what uniform attention on that block's grid would give.
+    `prefix_share` and `patch_mean_distance` report the prefix keys named in `prefix_keys` apart (the share of
+    attention they get; the mean distance over patch keys with each row renormalised), `uniform_patch_distance`
+    is the latter's uniform-attention reference. `mean_distance` keeps the papers' convention (prefix keys at 0)."""
     rows = []
     uniform = {s.name: s.uniform_distance() if s.dist is not None else float("nan") for s in site_list}
     for s in site_list:
         mean, std = stats.mean_std(s.name)
+        share, patch = stats.prefix_means(s.name)
+        uniform_patch = s.uniform_patch_distance()
         se = std / np.sqrt(stats.n)  # images are independent draws; heads of one image are not
         ci = uncertainty.se_columns("mean_distance", mean, se, stats.n - 1)
         rank = np.argsort(np.argsort(mean, kind="stable"), kind="stable")
@@ -102,6 +120,8 @@ def distance_table(m, stats: DistanceStats, site_list: list[Site], cfg) -> pd.Da
                          "head": h, "head_rank": int(rank[h]), "mean_distance": float(mean[h]),
                          **{k: float(v[h]) for k, v in ci.items()}, "std_distance": float(std[h]),
                          "uniform_distance": uniform[s.name],
+                         "prefix_keys": s.prefix_names or "none", "prefix_share": float(share[h]),
+                         "patch_mean_distance": float(patch[h]), "uniform_patch_distance": uniform_patch,
                          "num_images": stats.n, "uncertainty": "se_images", "kind": s.kind, "stride_px": s.stride[0], "grid": f"{s.grid[0]}x{s.grid[1]}",
                          "window": "" if s.window is None else f"{s.window[0]}x{s.window[1]}",
                          "shift": f"{s.shift[0]}x{s.shift[1]}", "prefix_tokens": s.num_prefix, "dataset": cfg.dataset.name})
@@ -254,6 +274,9 @@ def local_global_cka(ctx) -> Result:
     if not -len(site_list) <= block < len(site_list):
         raise VitstudyError(f"analysis.block={block} is out of range: {vit.label} has {len(site_list)} blocks")
     site = site_list[block]
+    if site.kind == "cross":
+        raise VitstudyError(f"local_global_cka ranks the heads of one block's attention over image tokens; {vit.label}'s "
+                            f"{site.name} at analysis.block={block} is cross-attention whose only query is a class token")
     if site.kind not in ("global", "pooled") or site.layout not in (None, "bhqk"):
         raise VitstudyError(f"local_global_cka needs attention over the whole token grid at analysis.block={block}; "
                             f"{vit.label}'s {site.name} uses {site.kind} attention (its heads see windows of the image)")

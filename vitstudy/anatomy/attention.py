@@ -21,7 +21,8 @@ and Twins' global sub-sampled attention (queries on the stage grid, keys from th
 7x7 adaptive pool), Twins' locally-grouped windows (zero-padded map: padded keys attended, padded queries dropped),
 MaxViT block and grid partitions and CoAtNet's global Attention2d, NesT's nested blocks, MViT-v2's pooled q and k
 (class token unpooled), LeViT's attention and its subsampling AttentionDownsample, EfficientFormer's last-stage
-attention, CrossViT per branch (fusion cross-attention left out), TNT inner (pixel tokens in each patch) and outer,
+attention, CrossViT per branch and its fusion cross-attention (the class token is the only query: kind 'cross',
+whose distance is the spread of the keys it attends to), TNT inner (pixel tokens in each patch) and outer,
 Hiera (mask units; positions by unrolling the grid's coordinates). Modules without `attn_drop` (MViT-v2, LeViT,
 EfficientFormer, Hiera) are tapped at their softmax output through a `SoftmaxTap` (a TorchFunctionMode active
 only inside those modules' forward). CoaT is refused: its factorized attention has no query-by-key map.
@@ -38,7 +39,7 @@ from torch import nn
 
 from ..errors import VitstudyError
 from .layer import Layer
-from .tokens import prefix_tokens
+from .tokens import prefix_kinds, prefix_tokens
 from ..metrics import attention as am
 
 ROW_SUM_TOL = 1e-3
@@ -67,6 +68,10 @@ class Site:
     queries: int = 0
     q_pos: torch.Tensor = field(default=None, repr=False)  # (groups, Q, 2) pixel centres, NaN for prefix/padding
     k_pos: torch.Tensor = field(default=None, repr=False)  # (groups, K, 2) pixel centres of each key's footprint, NaN for prefix
+    # kind 'cross' (CrossViT fusion): the one query (the class token) has no position; `dist` is its zero row
+    # (1, 1, K) and `key_dist` (K, K) the pixel distances between keys (prefix rows/columns zero), see per_image
+    key_dist: torch.Tensor = field(default=None, repr=False)
+    prefix_names: str = ""  # what the prefix keys are, e.g. 'class, 4 registers' ('' when there are none)
 
     @property
     def layer(self) -> Layer:
@@ -86,6 +91,8 @@ class Site:
     def per_image(self, attn: torch.Tensor) -> torch.Tensor:
         """(B, heads) mean attention distance in pixels for one captured map."""
         attn = self.probabilities(attn)
+        if self.kind == "cross":
+            return am.spread_distance(attn[:, 0, :, 0], self.key_dist.to(attn.device))
         if self.layout is not None:
             return am.grouped_mean_distance(attn, self.dist.to(attn.device), self.queries)
         dist = self.dist.to(attn.device)
@@ -96,9 +103,48 @@ class Site:
     def uniform_distance(self) -> float:
         """The mean distance uniform attention over this module's keys would give (the "neither local nor global"
         reference line): described sites spread 1/K over each group's K keys, averaged over the counted queries."""
+        if self.kind == "cross":  # 1/K on each key, prefix keys at 0: sum_jk D_jk / K^2
+            return float(self.key_dist.sum() / self.key_dist.shape[-1] ** 2)
         if self.layout is not None:
             return float(self.dist.to(torch.float64).sum() / (self.dist.shape[-1] * self.queries))
         return am.uniform_distance(self.dist, self.num_prefix)
+
+    def masks(self) -> tuple[torch.Tensor, torch.Tensor]:
+        """(groups, Q) counted queries and (groups, K) prefix keys (class, distillation, register tokens: no
+        position), from the queries' and keys' positions; cached."""
+        if getattr(self, "_masks", None) is None:
+            q, k = positions(self)
+            counted = ~q.isnan().any(-1)
+            if self.kind == "cross":
+                counted = torch.ones_like(counted)  # the class token is the query
+            self._masks = (counted, k.isnan().any(-1))
+        return self._masks
+
+    def split(self, attn: torch.Tensor) -> am.PrefixSplit:
+        """Per (image, head) share of attention to prefix keys and mean distance over patch keys only (each row
+        renormalised over them). Cross sites: the spread of the class token's attention over the patch keys,
+        renormalised (sum_jk A_j A_k D_jk / m^2 with m its patch mass)."""
+        queries, prefix = self.masks()
+        if self.kind == "cross":
+            a = self.probabilities(attn)[:, 0, :, 0].to(torch.float64)  # (B, H, K)
+            pre = prefix[0].to(a.device)
+            share = a[..., pre].sum(-1)
+            mass = a[..., ~pre].sum(-1)
+            spread = am.spread_distance(a, self.key_dist.to(a.device))
+            return am.PrefixSplit(share, torch.where(mass > 0, spread / mass.clamp_min(1e-300) ** 2, torch.nan))
+        dist = self.dist if self.dist.dim() == 3 else self.dist[None]
+        return am.prefix_split(grouped_of(self, attn), dist.to(attn.device), queries.to(attn.device), prefix.to(attn.device))
+
+    def uniform_patch_distance(self) -> float:
+        """The patch-key mean distance uniform attention would give: each counted query spreads its renormalised
+        row evenly over its group's patch keys (cross sites: the patch keys' mean pairwise distance)."""
+        queries, prefix = self.masks()
+        if self.kind == "cross":
+            patch = ~prefix[0]
+            return float(self.key_dist[patch][:, patch].mean())
+        dist = (self.dist if self.dist.dim() == 3 else self.dist[None]).to(torch.float64)
+        per = dist.sum(-1) / (~prefix).sum(-1, keepdim=True).to(torch.float64)  # (groups, Q)
+        return float(per[queries].sum() / queries.sum())
 
     def check(self, attn: torch.Tensor, batch: int) -> None:
         """Shape and row sums of a captured map; a mismatch means it is not the softmax we expect."""
@@ -188,7 +234,7 @@ def _vit_sites(model: nn.Module) -> list[Site]:
             dists[prefix] = am.distance_matrix(grid[0], grid[1], stride, prefix)
         talking = isinstance(getattr(attn, "proj_w", None), nn.Linear)  # CaiT: heads mixed after the softmax
         out.append(Site(f"blocks.{i}.attn", i, int(attn.num_heads), "global", grid, stride, prefix, dist=dists[prefix],
-                        tap="proj_w" if talking else "attn_drop", heads_last=talking))
+                        tap="proj_w" if talking else "attn_drop", heads_last=talking, prefix_names=prefix_names(model, prefix)))
     return out
 
 
@@ -213,9 +259,20 @@ def _pit_sites(model: nn.Module) -> list[Site]:
         for j, blk in enumerate(stage.blocks):
             if not _attention_ok(getattr(blk, "attn", None)):
                 raise VitstudyError(f"block 'transformers.{s}.blocks.{j}' of {type(model).__name__} has no standard timm attention")
-            out.append(Site(f"transformers.{s}.blocks.{j}.attn", depth, int(blk.attn.num_heads), "global", grid, stride, prefix, dist=dist))
+            out.append(Site(f"transformers.{s}.blocks.{j}.attn", depth, int(blk.attn.num_heads), "global", grid, stride, prefix, dist=dist,
+                            prefix_names=prefix_names(model, prefix)))
             depth += 1
     return out
+
+
+def prefix_names(model: nn.Module, n: int) -> str:
+    """The first n prefix tokens of a ViT-family model in words, e.g. 'class, 4 registers' ('' for none)."""
+    kinds = prefix_kinds(model)[:n] if n == prefix_tokens(model) else ["class"] * n
+    words = []
+    for kind in dict.fromkeys(kinds):
+        c = kinds.count(kind)
+        words.append(kind if c == 1 else f"{c} {kind}s")
+    return ", ".join(words)
 
 
 def block_prefix(model: nn.Module, i: int) -> int:
@@ -235,9 +292,6 @@ def excluded(model: nn.Module) -> str | None:
     if cls_blocks is not None and len(cls_blocks):
         return (f"the {len(cls_blocks)} class-attention blocks (blocks_token_only) are left out: only the class token "
                 f"queries there, it does not attend between image positions")
-    if type(model).__name__ == "CrossVit":
-        return ("the fusion blocks' cross-attention is left out: only each branch's class token queries there, "
-                "it does not attend between image positions")
     return None
 
 
@@ -379,7 +433,8 @@ def _described(name: str, block: int, heads: int, kind: str, grid, stride, layou
     dist = am.pair_distances(q_pos, k_pos)
     counted = int((~q_pos.isnan().any(-1)).sum())
     return Site(name, block, heads, kind, tuple(int(g) for g in grid), tuple(float(s) for s in stride), num_prefix,
-                window, dist=dist, tap=tap, layout=layout, queries=counted, q_pos=q_pos, k_pos=k_pos)
+                window, dist=dist, tap=tap, layout=layout, queries=counted, q_pos=q_pos, k_pos=k_pos,
+                prefix_names="class" if num_prefix else "")
 
 
 def _px(pos: torch.Tensor, stride: tuple[float, float]) -> torch.Tensor:
@@ -575,10 +630,22 @@ def _efficientformer_sites(model, img) -> list[Site]:
     return out
 
 
+def _cross_site(name: str, block: int, heads: int, grid, stride, keys: torch.Tensor) -> Site:
+    """CrossViT fusion: the one query is branch i's class token (no position), the keys its own class token and the
+    other branch's patch grid `keys` (1 + N, 2). Mean distance there is the spread of the keys it attends to
+    (metrics.attention.spread_distance)."""
+    k = keys[None]
+    q = torch.full((1, 1, 2), float("nan"), dtype=torch.float64)
+    return Site(name, block, heads, "cross", tuple(int(g) for g in grid), tuple(float(s) for s in stride), 1,
+                dist=torch.zeros(1, 1, len(keys), dtype=torch.float64), layout="bhqk", queries=1, q_pos=q, k_pos=k,
+                key_dist=am.pair_distances(k, k)[0], prefix_names="class (own branch)")
+
+
 def _crossvit_sites(model, img) -> list[Site]:
     """CrossViT: each branch i resizes the image to img_size_scaled[i] and attends over its class token and its own
-    patch grid (ViT blocks `blocks.J.blocks.i.K.attn`); a grid cell spans img / grid input pixels. The fusion
-    blocks' cross-attention (only the class token queries) is left out, see `excluded`."""
+    patch grid (ViT blocks `blocks.J.blocks.i.K.attn`); a grid cell spans img / grid input pixels. Then each fusion
+    `blocks.J.fusion.i` runs cross-attention (timm CrossAttention): branch i's class token is the only query, the keys
+    are that token and branch i+1's patch tokens (kind 'cross'). Sites are listed in execution order."""
     grids = [(sc[0] // _pair(pe.patch_size)[0], sc[1] // _pair(pe.patch_size)[1])
              for sc, pe in zip(model.img_size_scaled, model.patch_embed)]
     pos = []
@@ -592,6 +659,16 @@ def _crossvit_sites(model, img) -> list[Site]:
                 stride, p = pos[i]
                 out.append(_described(f"blocks.{j}.blocks.{i}.{k}.attn", len(out), int(blk.attn.num_heads), "global",
                                       grids[i], stride, "bhqk", p, p, num_prefix=1))
+        for i, fusion in enumerate(ms.fusion):
+            other = (i + 1) % len(ms.fusion)
+            cross = [(n, m) for n, m in fusion.named_modules() if type(m).__name__ == "CrossAttention"]
+            if len(cross) != 1:  # timm's stacked fusion blocks pass on the class token alone: no patch keys after the first
+                raise VitstudyError(f"CrossViT fusion 'blocks.{j}.fusion.{i}' has {len(cross)} cross-attention blocks; "
+                                    f"only one per fusion (timm's configs: depth[-1] = 0) has patch tokens as keys")
+            n, m = cross[0]
+            stride, p = pos[other]
+            out.append(_cross_site(f"blocks.{j}.fusion.{i}" + (f".{n}" if n else ""), len(out), int(m.num_heads),
+                                   grids[other], stride, p))
     return out
 
 

@@ -101,6 +101,46 @@ def grouped_mean_distance(attn: torch.Tensor, dist: torch.Tensor, num_queries: i
     return (a @ dist.reshape(g * q * k).to(attn.dtype)) / num_queries
 
 
+def spread_distance(attn: torch.Tensor, key_dist: torch.Tensor) -> torch.Tensor:
+    """A query without a position (CrossViT's class token in cross-attention): attn (B, H, K), key_dist (K, K) with
+    prefix rows/columns zero -> (B, H) sum_jk A_j A_k D_jk, the expected distance between two keys drawn from the
+    head's attention (0 for one key, the keys' mean pairwise distance for uniform attention); prefix keys drop out
+    without renormalising, as in `mean_distance`."""
+    a = attn.to(torch.float64)
+    return torch.einsum("bhk,kl,bhl->bh", a, key_dist.to(a), a)
+
+
+@dataclass
+class PrefixSplit:
+    """Per (image, head): the share of attention that goes to prefix keys (class token, registers) and the mean
+    distance over patch keys only, each query's row renormalised over its patch keys."""
+
+    share: torch.Tensor  # (B, H) mean over counted queries of sum_{k prefix} A_qk
+    patch_distance: torch.Tensor  # (B, H) mean over counted queries of sum_{k patch} A_qk D_qk / sum_{k patch} A_qk
+
+
+def prefix_split(attn: torch.Tensor, dist: torch.Tensor, queries: torch.Tensor, prefix: torch.Tensor) -> PrefixSplit:
+    """attn (B, groups, H, Q, K), dist (groups, Q, K), queries (groups, Q) bool: the counted queries, prefix
+    (groups, K) bool: the prefix keys -> PrefixSplit. A query whose patch mass is 0 has no patch distance and is left
+    out of that mean (NaN if every query is). One image at a time: temporaries stay the size of one image's maps."""
+    dt = torch.promote_types(attn.dtype, torch.float32)  # a bf16/fp16 forward: sum in float32 at least
+    pre = prefix.to(attn.device, dt)
+    patch = (~prefix).to(attn.device, dt)
+    d = dist.to(attn.device, dt)
+    q = queries.to(attn.device)[:, None, :]  # (groups, 1, Q)
+    n = q.sum().to(torch.float64)
+    share, per_query = [], []
+    for a in attn:  # (groups, H, Q, K)
+        a = a.to(dt)
+        mass = torch.einsum("ghqk,gk->ghq", a, patch).to(torch.float64)
+        moment = torch.einsum("ghqk,gqk->ghq", a, d).to(torch.float64)
+        ok = q & (mass > 0)
+        share.append((torch.einsum("ghqk,gk->ghq", a, pre).to(torch.float64) * q).sum(dim=(0, 2)) / n)
+        per = torch.where(ok, moment / torch.where(ok, mass, torch.ones_like(mass)), torch.zeros_like(mass))
+        per_query.append(per.sum(dim=(0, 2)) / ok.sum(dim=(0, 2)).to(torch.float64))
+    return PrefixSplit(torch.stack(share), torch.stack(per_query))
+
+
 def cell_centres(n: int) -> torch.Tensor:
     """(n,) float64 centres of n grid cells in cell units: 0.5, 1.5, ..."""
     return torch.arange(n, dtype=torch.float64) + 0.5
