@@ -241,39 +241,40 @@ def test_batch_mean_is_the_size_weighted_mean_with_a_delete_one_batch_jackknife(
 WHOLE: dict = {}
 
 
-@pytest.mark.parametrize("stage", ["fill", "pairs"])
+@pytest.mark.parametrize("stage", ["fill", "pairs", "batch_mean"])
 def test_a_run_killed_mid_way_continues_and_gives_the_same_numbers(tmp_path, monkeypatch, stage):
-    """cache.checkpoint_every=1; the run raises during the store's fill (3rd batch) or the pairs (5th matrix);
-    the rerun continues from the checkpoint (the fill from its batch) and equals an uninterrupted run bit for bit."""
+    """cache.checkpoint_every=1; the run raises during the store's fill (3rd batch), the pairs (5th matrix) or a
+    batch_mean run (3rd batch); the rerun continues from the checkpoint and equals an uninterrupted run bit for bit."""
     extra = ["dataset.num_images=40", "analysis.groups=4", "analysis.null=2", "cache.checkpoint_every=1"]
-    if "whole" not in WHOLE:  # an uninterrupted run (the same for both stages)
-        WHOLE["whole"] = run(tmp_path / "whole", *extra)[0]
-    whole = WHOLE["whole"]
+    if stage == "batch_mean":
+        extra.append("analysis.estimator=batch_mean")
+    if stage not in WHOLE:  # an uninterrupted run (fill and pairs share it)
+        WHOLE[stage] = WHOLE.get("fill") if stage == "pairs" else None
+        WHOLE[stage] = WHOLE[stage] or run(tmp_path / "whole", *extra)[0]
+    whole = WHOLE[stage]
     calls = {"n": 0}
-    if stage == "fill":
-        original = FeatureStore.end_batch
 
-        def end_batch(self, labels, outputs):
+    def failing(original, at):
+        def wrapped(*args, **kwargs):
             calls["n"] += 1
-            if calls["n"] == 3:
-                raise RuntimeError("killed")
-            original(self, labels, outputs)
-        monkeypatch.setattr(FeatureStore, "end_batch", end_batch)
-    else:
-        original = sf.matrix
-
-        def matrix(*args, **kwargs):
-            calls["n"] += 1
-            if calls["n"] == 5:
+            if calls["n"] == at:
                 raise RuntimeError("killed")
             return original(*args, **kwargs)
-        monkeypatch.setattr(sf, "matrix", matrix)
+        return wrapped
+
+    if stage == "fill":
+        monkeypatch.setattr(FeatureStore, "end_batch", failing(FeatureStore.end_batch, 3))
+    elif stage == "pairs":
+        monkeypatch.setattr(sf, "matrix", failing(sf.matrix, 5))
+    else:
+        monkeypatch.setattr(sf.BatchMeanReducer, "end_batch", failing(sf.BatchMeanReducer.end_batch, 3))
     with pytest.raises(RuntimeError, match="killed"):
         run(tmp_path, *extra, name="killed")
-    assert list((tmp_path / "cache" / "store").rglob("*.bin"))  # the store stays for the rerun
+    if stage != "batch_mean":
+        assert list((tmp_path / "cache" / "store").rglob("*.bin"))  # the store stays for the rerun
     monkeypatch.undo()
     resumed, info = run(tmp_path, *extra, name="resumed")
-    assert info["repeats"][0]["resumed_at_batch"] == (2 if stage == "fill" else 5)
+    assert info["repeats"][0]["resumed_at_batch"] == (5 if stage == "pairs" else 2)
     for field in ("mean", "se", "replicates", "null"):
         np.testing.assert_array_equal(getattr(resumed, field), getattr(whole, field))
     assert not list((tmp_path / "cache" / "store").rglob("*.bin"))  # a finished run removes its store
