@@ -17,7 +17,7 @@ import timm
 import torch
 
 import vitstudy
-from helpers import SMALL_DATA, TINY_VIT
+from helpers import SMALL_DATA, TINY_VIT, assert_one_line_error
 from vitstudy.analyses import Result, register
 from vitstudy.api import compose
 from vitstudy.analyses._registry import Params
@@ -317,10 +317,30 @@ def test_the_store_keeps_nothing_per_image_in_memory(tmp_path, tiny_vit):
     assert not store.folder.exists()
 
 
-def test_too_few_images_and_constant_layers_are_one_line(tmp_path):
-    with pytest.raises(VitstudyError, match=r"neighbours with k=30 needs more than k images .* has 16: use a smaller analysis.k"):
-        run(tmp_path, "analysis.measure=neighbours", "analysis.groups=3")
+def test_too_few_images_and_constant_layers_are_one_line(tmp_path, capsys):
+    """k >= the images of a jackknife replicate (24 less a group of 8): `vitstudy run` prints one line, writes no
+    result and leaves no store; a layer with the same features for every image is named."""
+    args = ["run", "analysis=test_similarity_full", *TINY_VIT, *SMALL_DATA, "tokens=mean", "analysis.measure=neighbours",
+            "analysis.groups=3", f"cache.dir={tmp_path / 'cache'}"]
+    assert_one_line_error(args, "neighbours with k=30 needs more than k images in every set it is computed on, but "
+                          "the image set less its largest jackknife group has 16: use a smaller analysis.k", tmp_path / "run", capsys)
+    assert not list((tmp_path / "cache").rglob("*.bin"))
     pairs = sf.Pairs([(0, "a"), (0, "b")], [(0, "a"), (0, "b")], {(0, "a"): "a", (0, "b"): "blocks.0"}, True)
     feats = {(0, "a"): np.random.default_rng(0).normal(size=(10, 4)), (0, "b"): np.ones((10, 4))}
     with pytest.raises(VitstudyError, match="layer 'blocks.0' gives the same features for every image"):
         sf.matrix(feats.__getitem__, pairs, get("procrustes"))
+
+
+def test_features_served_from_the_feature_cache_give_the_same_values(tmp_path):
+    """cache.features=true: the first run fills the feature cache, the second (force=true) is served from it with no
+    forward; both equal a run without the feature cache."""
+    import json
+
+    plain, _ = run(tmp_path, "analysis.groups=3", name="plain")
+    filled, _ = run(tmp_path, "analysis.groups=3", "cache.features=true", "force=true", name="filled")
+    served, _ = run(tmp_path, "analysis.groups=3", "cache.features=true", "force=true", name="served")
+    record = json.loads((tmp_path / "served" / "run.json").read_text())["feature_cache"]
+    assert record["batches_served"] == 3 and record["batches_computed"] == 0
+    for est in (filled, served):
+        np.testing.assert_allclose(est.mean, plain.mean, atol=1e-12)
+        np.testing.assert_allclose(est.replicates, plain.replicates, atol=1e-12)
