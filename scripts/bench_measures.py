@@ -59,15 +59,30 @@ def worker(args) -> dict:
     return out
 
 
-def run(mode, args, images) -> dict:
-    cmd = [sys.executable, os.path.abspath(__file__), "--worker", mode, "--images", str(images),
+def command(mode, args, images) -> list[str]:
+    return [sys.executable, os.path.abspath(__file__), "--worker", mode, "--images", str(images),
            "--batch", str(args.batch), "--model1", args.model1, "--model2", args.model2, "--layers", args.layers,
            "--threads", str(args.threads), "--estimator", args.estimator, "--groups", str(args.groups),
            "--null", str(args.null), "--store-dtype", args.store_dtype, "--image-size", str(args.image_size)]
-    proc = subprocess.run(cmd, capture_output=True, text=True)
+
+
+def collect(mode, images, proc) -> dict:
+    out, err = proc.communicate()
     if proc.returncode != 0:
-        return {"mode": mode, "images": images, "error": (proc.stderr.strip().splitlines() or ["?"])[-1]}
-    return json.loads(proc.stdout.strip().splitlines()[-1])
+        return {"mode": mode, "images": images, "error": (err.strip().splitlines() or ["?"])[-1]}
+    return json.loads(out.strip().splitlines()[-1])
+
+
+def measure_all(modes, args, images) -> list[dict]:
+    """Each mode in its own process: one after another, or (--parallel) all at once, so that on a shared, busy
+    machine every mode sees the same load and the ratios to the bare forwards stay comparable."""
+    def start(mode):
+        return subprocess.Popen(command(mode, args, images), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+
+    if args.parallel:
+        procs = [(mode, start(mode)) for mode in modes]
+        return [collect(mode, images, proc) for mode, proc in procs]
+    return [collect(mode, images, start(mode)) for mode in modes]
 
 
 def main():
@@ -88,6 +103,7 @@ def main():
     p.add_argument("--null", type=int, default=0)
     p.add_argument("--store-dtype", default="float32", choices=("float32", "float16"))
     p.add_argument("--no-minibatch", action="store_true", help="skip the streaming minibatch CKA row")
+    p.add_argument("--parallel", action="store_true", help="run the modes of one image count at the same time")
     p.add_argument("--threads", type=int, default=int(os.environ.get("OMP_NUM_THREADS", os.cpu_count() or 1)))
     args = p.parse_args()
     if args.worker:
@@ -98,13 +114,14 @@ def main():
     modes = ["bare", *([] if args.no_minibatch else ["cka-minibatch"]), *[m for m in args.measures.split(",") if m]]
     print(f"# {args.model1} vs {args.model2} (random init), layers={args.layers}, tokens=mean, batch {args.batch}, "
           f"{args.image_size} px synthetic images, {args.threads} threads; measures: estimator={args.estimator}, "
-          f"groups={args.groups}, null={args.null}, store {args.store_dtype}")
+          f"groups={args.groups}, null={args.null}, store {args.store_dtype}"
+          + ("; modes run concurrently" if args.parallel else ""))
     print(f"{'measure':<14} {'images':>6} {'seconds':>8} {'x bare':>7} {'peak MB':>8} {'+MB vs bare':>11} {'store MB':>8}")
     rows = []
     for n in counts:
         bare = None
-        for mode in modes:
-            r = run(mode, args, n)
+        for r in measure_all(modes, args, n):
+            mode = r["mode"]
             rows.append(r)
             if "error" in r:
                 print(f"{mode:<14} {n:>6}  failed: {r['error']}", flush=True)
