@@ -344,3 +344,26 @@ def test_features_served_from_the_feature_cache_give_the_same_values(tmp_path):
     for est in (filled, served):
         np.testing.assert_allclose(est.mean, plain.mean, atol=1e-12)
         np.testing.assert_allclose(est.replicates, plain.replicates, atol=1e-12)
+
+
+def test_each_layer_is_prepared_once_when_the_budget_allows_and_values_do_not_depend_on_it(monkeypatch):
+    """Within 4 layers: a budget that holds them all prepares each once (and the symmetric matrix is computed on
+    i <= j and mirrored); a budget of nothing re-prepares but gives the same matrix; numbers are numpy Procrustes."""
+    r = np.random.default_rng(1)
+    feats = {(0, f"l{i}"): r.normal(size=(30, 5 + 20 * i)) for i in range(4)}
+    pairs = sf.Pairs(list(feats), list(feats), {k: k[1] for k in feats}, True)
+    made = []
+    original = sf.Prepared.get
+
+    def counting(self, key, make):
+        out = original(self, key, make)
+        made.append(self.made)
+        return out
+    monkeypatch.setattr(sf.Prepared, "get", counting)
+    big = sf.matrix(feats.__getitem__, pairs, get("procrustes"))
+    assert made[-1] == 4
+    none = sf.matrix(feats.__getitem__, pairs, get("procrustes"), budget=0)
+    assert made[-1] > 4
+    want = expected(feats, list(feats), list(feats), procrustes)
+    np.testing.assert_allclose(big, want, atol=1e-12)
+    np.testing.assert_allclose(none, big, atol=1e-12)  # x.T @ x of one array takes BLAS syrk: last-bit differences
