@@ -90,7 +90,6 @@ def _models(cfg):
     return {"model": cfg.model, "reference": cfg.reference} if cfg.analysis.across else {"model": cfg.model}
 
 
-@register("test_similarity_full", "test only: similarity_full.compute through the runner", FullParams, models=_models)
 def _analysis(ctx) -> Result:
     p = ctx.params
     models = [ctx.models["model"]] + ([ctx.models["reference"]] if p.across else [])
@@ -102,6 +101,20 @@ def _analysis(ctx) -> Result:
 
     return Result({"test_similarity_full": pd.DataFrame({"value": est.mean.ravel(), "value_se": est.se.ravel()})},
                   images=info["repeats"])
+
+
+@pytest.fixture(autouse=True, scope="module")
+def test_analysis():
+    """The test-only analysis exists only while this module's tests run (other tests list every registered one)."""
+    from hydra.core.config_store import ConfigStore
+
+    from vitstudy.analyses._registry import REGISTRY
+
+    register("test_similarity_full", "test only: similarity_full.compute through the runner", FullParams,
+             models=_models)(_analysis)
+    yield
+    REGISTRY.pop("test_similarity_full", None)
+    ConfigStore.instance().repo["analysis"].pop("test_similarity_full.yaml", None)
 
 
 def run(tmp_path, *extra, name="run"):
