@@ -235,9 +235,10 @@ def test_null_permutes_the_pairing_with_seeded_draws(tmp_path):
 
 
 def test_batch_mean_is_the_size_weighted_mean_with_a_delete_one_batch_jackknife(tmp_path):
-    """26 images in batches of 8: the 2-image tail folds (8, 8, 10); the mean over batches weights each by its size."""
+    """26 images in batches of 8: the 2-image tail folds (8, 8, 10); the mean over batches weights each by its size,
+    and so does the null (the rows of each batch permuted within it)."""
     extra = ["dataset.num_images=26", "analysis.estimator=batch_mean"]
-    est, info = run(tmp_path, *extra)
+    est, info = run(tmp_path, *extra, "analysis.null=2")
     feats, batches = by_hand(tmp_path, *extra)
     assert [len(b) for b in batches] == [8, 8, 10]
     xs = keys(feats, "model")
@@ -249,6 +250,12 @@ def test_batch_mean_is_the_size_weighted_mean_with_a_delete_one_batch_jackknife(
     np.testing.assert_allclose(est.replicates.reshape(3, -1), reps, atol=2e-6)
     np.testing.assert_array_equal(est.units, U.unit_ids(batches))
     assert info["estimator"] == "batch_mean"
+    null = np.zeros((2, 3, 3))  # per batch b: 2 permutations of its rows from default_rng(null_seed(seed, repeat, b))
+    for b, (lo, hi) in enumerate(bounds):
+        g = np.random.default_rng(U.null_seed(0, 0, b))
+        for k in range(2):
+            null[k] += w[b] / 26 * expected(feats, xs, xs, procrustes, slice(lo, hi), g.permutation(hi - lo))
+    np.testing.assert_allclose(est.null, null, atol=2e-6)
 
 
 WHOLE: dict = {}
