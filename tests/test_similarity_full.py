@@ -387,3 +387,14 @@ def test_each_layer_is_prepared_once_when_the_budget_allows_and_values_do_not_de
     want = expected(feats, list(feats), list(feats), procrustes)
     np.testing.assert_allclose(big, want, atol=1e-12)
     np.testing.assert_allclose(none, big, atol=1e-12)  # x.T @ x of one array takes BLAS syrk: last-bit differences
+
+
+def test_a_float16_store_refuses_features_beyond_its_range(tmp_path, tiny_vit):
+    """A feature of 1e5 (past float16's 65504) would be stored as inf: one line pointing at store_dtype=float32."""
+    m = LoadedModel("model", "vit", "vit", tiny_vit, None, {"input_size": (3, 32, 32)}, "random-init")
+    layer = resolve(tiny_vit, ["head"], (3, 32, 32))[0]
+    store = FeatureStore([m], [[layer]], "mean", tmp_path, "float16")
+    store.on_tensor(0, layer, torch.full((2, 5), 6e4))
+    with pytest.raises(VitstudyError, match="layer 'head' has features beyond float16's range .* store_dtype=float32"):
+        store.on_tensor(0, layer, torch.full((2, 5), 1e5))
+    store.close()

@@ -63,7 +63,8 @@ class FeatureStore(Reducer):
         x = features(tensor, layer, self.tokens, self.modules[model_index])
         # written at once (a copy): later in-place ops on the live tensor (ReLU(inplace), `x += shortcut`) cannot reach it
         a32 = x.detach().to("cpu", torch.float32).reshape(x.shape[0], -1).numpy()
-        a = a32.astype(self.dtype)
+        with np.errstate(over="ignore"):  # an overflow is refused just below
+            a = a32.astype(self.dtype)
         if self.dtype == np.float16 and np.isinf(a).any() and np.isfinite(a32).all():
             raise VitstudyError(f"layer '{layer.name}' has features beyond float16's range (|x| > 65504): "
                                 "use analysis.store_dtype=float32")
