@@ -395,6 +395,6 @@ def test_a_float16_store_refuses_features_beyond_its_range(tmp_path, tiny_vit):
     layer = resolve(tiny_vit, ["head"], (3, 32, 32))[0]
     store = FeatureStore([m], [[layer]], "mean", tmp_path, "float16")
     store.on_tensor(0, layer, torch.full((2, 5), 6e4))
-    with pytest.raises(VitstudyError, match="layer 'head' has features beyond float16's range .* store_dtype=float32"):
+    with pytest.raises(VitstudyError, match="layer 'head' has features beyond float16's range .* use analysis.store_dtype=float32"):
         store.on_tensor(0, layer, torch.full((2, 5), 1e5))
     store.close()
