@@ -12,8 +12,8 @@ import functools
 from dataclasses import dataclass
 
 import numpy as np
+import pandas as pd
 import pytest
-import timm
 import torch
 
 import vitstudy
@@ -97,8 +97,6 @@ def _analysis(ctx) -> Result:
     measure = TEST_MEASURES.get(p.measure) or get(p.measure)
     est, info = sf.compute(ctx, models, layers, measure, p)
     LAST.update(est=est, info=info)
-    import pandas as pd
-
     return Result({"test_similarity_full": pd.DataFrame({"value": est.mean.ravel(), "value_se": est.se.ravel()})},
                   images=info["repeats"])
 
