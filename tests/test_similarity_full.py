@@ -102,7 +102,7 @@ def _analysis(ctx) -> Result:
 
 
 @pytest.fixture(autouse=True, scope="module")
-def test_analysis():
+def registered_analysis():
     """The test-only analysis exists only while this module's tests run (other tests list every registered one)."""
     from hydra.core.config_store import ConfigStore
 
