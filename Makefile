@@ -43,6 +43,9 @@ bench-paper: $(STAMP)
 bench-grid: $(STAMP)
 	$(PY) scripts/bench_cka.py --grid
 
+bench-measures: $(STAMP)
+	$(PY) scripts/bench_measures.py
+
 ## paper figures: need pretrained weights (online or cached) and ImageNet images (IMAGENET_VAL=DIR).
 ## Every target runs as a Hydra multirun into $(FIG_OUT)/<target>/ (default outputs/figures); LAUNCHER=slurm
 ## (or joblib, local) sends the same jobs through that launcher. `make report` collects everything into one HTML
