@@ -215,10 +215,55 @@ def test_bad_parameters_are_one_line_errors(tmp_path, capsys, extra, expected):
                           tmp_path / "bad", capsys)
 
 
-def test_full_set_path_is_refused_until_it_is_built(tmp_path, capsys):
-    """Lead: delete this test when `_compute_full` calls analyses.similarity_full.compute."""
-    assert_one_line_error(["run", "analysis=similarity_within", *TINY_VIT, *SMALL_DATA, "analysis.measure=procrustes"],
-                          "the full-set path is not built yet", tmp_path / "bad", capsys)
+def _block_features(model_args, layers, tokens="mean"):
+    """Each listed layer's token-reduced features of the run's images, from plain forward hooks (float64 numpy)."""
+    from vitstudy.compose import compose
+    from vitstudy.pipeline import data, models as loading, runner
+
+    cfg = compose(model_args)
+    ctx = runner.prepare(cfg)
+    model = ctx.models["model"]
+    batching, _ = ctx.sample(tail=cfg.cka.tail)
+    feats = {name: [] for name in layers}
+    mods = dict(model.module.named_modules())
+    hooks = [mods[n].register_forward_hook(lambda m, a, o, n=n: feats[n].append(
+        (o[:, 1:].mean(1) if o.dim() == 3 else o.mean((2, 3))).double().numpy())) for n in layers]
+    with torch.inference_mode():
+        for images, _ in ctx.loader([model], batching):
+            model.module(images[0] if isinstance(images, (list, tuple)) else images)
+    for h in hooks:
+        h.remove()
+    return {n: np.concatenate(v) for n, v in feats.items()}
+
+
+def test_full_set_measure_cka_equals_the_biased_cka_within(tmp_path, capsys):
+    """estimator=full_set with measure=cka is biased CKA on the whole image set: the cka_within biased estimator."""
+    args = [*TINY_VIT, *SMALL_DATA, "model.layers=[blocks.0,blocks.1,blocks.2]"]
+    a = _run(tmp_path, "sim", ["analysis=similarity_within", "analysis.estimator=full_set", *args], capsys)
+    b = _run(tmp_path, "cka", ["analysis=cka_within", "cka.estimator=biased", *args], capsys)
+    sim, ref = pd.read_csv(a / "similarity_within.csv"), pd.read_csv(b / "cka_within.csv")
+    np.testing.assert_allclose(sim.value, ref.cka, atol=1e-6)
+    assert (sim.estimator == "full_set").all() and sim.value_se.notna().all()
+
+
+def test_full_set_asymmetric_measure_matches_numpy_least_squares(tmp_path, capsys):
+    """linear_regression within one model, tokens=mean: every (i, j) is the R² of layer j from layer i by least
+    squares with an intercept, recomputed here from hooked features; both directions are rows, and they differ."""
+    layers = ["blocks.0", "blocks.1", "blocks.2"]
+    args = [*TINY_VIT, *SMALL_DATA, f"model.layers=[{','.join(layers)}]", "tokens=mean", "dataset.num_images=48",
+            "model.kwargs.embed_dim=24", "model.kwargs.num_heads=2"]  # 24 features < 48 images: R² below 1
+    out = _run(tmp_path, "r2", ["analysis=similarity_within", "analysis.measure=linear_regression", *args], capsys)
+    df = pd.read_csv(out / "similarity_within.csv")
+    feats = _block_features(["analysis=similarity_within", *args], layers)
+    for row in df.itertuples():
+        x, y = feats[row.layer_x], feats[row.layer_y]
+        design = np.hstack([np.ones((len(x), 1)), x])
+        coef, *_ = np.linalg.lstsq(design, y, rcond=None)
+        r2 = 1 - ((y - design @ coef) ** 2).sum() / ((y - y.mean(0)) ** 2).sum()
+        assert row.value == pytest.approx(r2, abs=1e-6), (row.layer_x, row.layer_y)
+    assert len(df) == 9 and (df.estimator == "full_set").all()
+    square = df.pivot(index="index_x", columns="index_y", values="value").to_numpy()
+    assert np.abs(square - square.T).max() > 1e-6  # i predicting j is not j predicting i
 
 
 def test_kernel_measure_resumes_after_an_interruption(tmp_path, capsys, test_rbf):

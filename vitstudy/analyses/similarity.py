@@ -123,9 +123,11 @@ class Block:
 def _compute_full(ctx, models, layers, measure: measures.Measure, params: Similarity,
                   stacked: bool | None) -> tuple[cka.Estimate, dict]:
     """Non-streaming measures and estimator=full_set|batch_mean: analyses.similarity_full.compute (same contract as
-    cka.compute). The one place that routes there."""
-    raise VitstudyError(f"measure={measure.name} with estimator={params.resolved_estimator()}: the full-set path is not "
-                        f"built yet; streaming measures ({', '.join(streaming())}) run with analysis.estimator=minibatch")
+    cka.compute: the bounded feature store, delete-a-group jackknife, permutation null). The one place that routes
+    there."""
+    from . import similarity_full
+
+    return similarity_full.compute(ctx, models, layers, measure, params, stacked)
 
 
 def estimate(ctx, models, layers, measure: measures.Measure, params: Similarity,
@@ -238,8 +240,21 @@ def _run(ctx, kind: str) -> Result:
              "symmetric": measure.symmetric, "estimator": estimator, "parameters": parameters}
     return Result(tables={name: df}, figures={name: fig},
                   info={"layers": {m.key: [l.name for l in ls] for m, ls in zip(models, layers)},
-                        "uncertainty": {name: est.info()}, "measure": about},
+                        "uncertainty": {name: uncertainty_record(est, info)}, "measure": about},
                   images=info["repeats"], replicates={name: record} if record is not None else {})
+
+
+FULL_SET_KEYS = ("estimator", "groups", "store_dtype", "store_bytes", "interval_range", "batch_weights")
+
+
+def uncertainty_record(est: cka.Estimate, info: dict) -> dict:
+    """run.json's uncertainty entry: the estimate's, with what the full-set path says about itself (its groups,
+    store, batch weights) in place of the minibatch HSIC's batch weights."""
+    out = est.info()
+    if info.get("estimator") in ("full_set", "batch_mean"):
+        out.pop("batch_weights", None)
+        out.update({k: info[k] for k in FULL_SET_KEYS if k in info})
+    return out
 
 
 @register("similarity_within", "any similarity measure (analysis.measure) between every pair of layers of one model",

@@ -256,10 +256,7 @@ def compute(ctx, models, layers: list[list[Layer]], measure, params, stacked: bo
         return [None if run[key] is None else np.asarray(run[key], dtype=np.float64) for run in runs]
 
     est = Estimate.from_runs(arrays("matrix"), arrays("replicates"), [np.asarray(run["units"]) for run in runs],
-                             arrays("null"))
-    if est.method != "none":  # cut to this measure's range, not CKA's
-        low, high = uncertainty.clip_interval(est.mean, *uncertainty.interval(est.mean, est.se, est.df), *measure.range)
-        est = dataclasses.replace(est, low=low, high=high)
+                             arrays("null"), range=tuple(measure.range))  # intervals cut to this measure's range
     info.update(interval_range=list(measure.range), null_permutations=permutations)
     return est, {"repeats": used, **info}
 
