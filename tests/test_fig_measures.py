@@ -305,6 +305,8 @@ def test_assembly_writes_figure_and_verdicts(tmp_path, capsys):
 
 def test_assembly_matrices_and_row_titles(tmp_path):
     sweep(tmp_path)
+    job(tmp_path / "fig-measures-2" / "0_vit_vs_vit", "similarity_across", VIT, "cka",  # found first, not Fig. 2's pair
+        long_table(uniform(6), VIT, VIT, "cka"), reference=VIT, experiment="measures_fig2")
     runs, _ = assembly.find_runs([tmp_path])
     groups = assembly.group_runs(runs)
     assert list(groups) == ["cka", "procrustes"]  # registry order

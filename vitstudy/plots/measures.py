@@ -71,7 +71,7 @@ def _heatmap(ax, panel: Heatmap, vmin: float, vmax: float):
     im = ax.imshow(panel.matrix.T, origin="lower", cmap="magma", vmin=vmin, vmax=vmax, aspect="auto",
                    interpolation="nearest", extent=(-0.5, nx - 0.5, -0.5, ny - 0.5))
     ax.set_xlabel(wrap(panel.xlabel, 40), fontsize=7)
-    ax.set_ylabel(wrap(panel.ylabel, 28), fontsize=7)
+    ax.set_ylabel(wrap(panel.ylabel, 36), fontsize=7)
     for axis in (ax.xaxis, ax.yaxis):
         axis.set_major_locator(matplotlib.ticker.MaxNLocator(nbins=6, integer=True))
     ax.tick_params(labelsize=7)
@@ -128,6 +128,6 @@ def verdicts_figure(cells: list[Verdict], measures: list[str], claims: list[str]
     ax.set_yticks(np.arange(len(measures) + 1) - 0.5, minor=True)
     ax.grid(which="minor", color="0.6", lw=0.6)
     ax.tick_params(which="minor", length=0)
-    ax.set_title(wrap(title, 70), fontsize=9)
+    ax.set_title(wrap(title, int(20 * len(claims) + 30)), fontsize=9)
     fig.tight_layout()
     return fig

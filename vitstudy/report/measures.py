@@ -61,7 +61,8 @@ def group_runs(runs: list[dict]) -> dict[str, MeasureRuns]:
         group = out.setdefault(name, MeasureRuns())
         kind = kind_of(model_name(run))
         role = "across" if analysis == "similarity_across" else kind
-        if role == "across" and kind != "vit":
+        reference = str(((run.get("models") or {}).get("reference") or {}).get("name", ""))
+        if role == "across" and (kind != "vit" or kind_of(reference) != "cnn"):
             continue  # Fig. 2 reads a ViT (model) against a CNN (reference)
         if getattr(group, role) is None:
             setattr(group, role, run)
