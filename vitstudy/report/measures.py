@@ -117,9 +117,9 @@ def row(name: str, group: MeasureRuns, findings: dict[str, Finding]) -> MeasureR
     vrange = cls.range if cls else (float("-inf"), float("inf"))
     vit = _label(group.vit) if group.vit else _label(group.across) if group.across else "ViT"
     cnn = _label(group.cnn) if group.cnn else _label(group.across, "reference") if group.across else "CNN"
-    layer = "layer (input to output)"
+    layer = "layer"  # index 0 nearest the input, as every heatmap's origin (bottom left)
     asym = cls is not None and not cls.symmetric
-    within_y = f"{layer}, predicted" if asym else layer
+    within_y = f"{layer} (predicted)" if asym else layer
     panels = (
         _panel(group.vit, "similarity_within", f"{vit}: within (Fig. 1)", f"{vit} {layer}", f"{vit} {within_y}",
                "similarity_within ViT"),
