@@ -55,7 +55,7 @@ def long_table(m: np.ndarray, model_x: str, model_y: str, measure: str) -> pd.Da
 
 
 def job(path: Path, analysis: str, model: str, measure: str, df: pd.DataFrame, spread: float = 0.005, seed: int = 0,
-        reference: str | None = None, experiment: str = "measures_fig1") -> np.ndarray:
+        reference: str | None = None, experiment: str = "measures_fig1", replicates: bool = True) -> np.ndarray:
     """A finished job of a Hydra multirun: .hydra/overrides.yaml, run.json, the table and its replicates (UNITS
     leave-one-batch-out values scattering each cell by `spread`; the same batch ids in every job: paired)."""
     (path / ".hydra").mkdir(parents=True, exist_ok=True)
@@ -69,6 +69,8 @@ def job(path: Path, analysis: str, model: str, measure: str, df: pd.DataFrame, s
     (path / "run.json").write_text(json.dumps({"analysis": analysis, "overrides": overrides, "models": models,
                                                "config": config}))
     df.to_csv(path / f"{analysis}.csv", index=False)
+    if not replicates:
+        return None
     column = "value" if "value" in df else "cka"
     reps = df[column].to_numpy()[None, :] + spread * np.random.default_rng(seed).standard_normal((UNITS, len(df)))
     np.savez(path / f"{analysis}.replicates.npz", values=reps, strata=np.zeros(UNITS, dtype=np.int64),
@@ -130,6 +132,18 @@ def test_fig1_uniform_vit_vs_staged_resnet(tmp_path, swap, verdict):
     assert (f.ci_low, f.ci_high) == (pytest.approx(low, abs=1e-9), pytest.approx(high, abs=1e-9))
     assert f.verdict == verdict and f.method == "paired jackknife over batches"
     assert "(measure: linear CKA)" in f.claim.text and "linear CKA" in f.claim.statistic
+
+
+def test_tables_with_value_se_only_get_the_conservative_bound(tmp_path):
+    """Without replicates (a measure whose table has only `value_se`, 0.01 per cell here), the interval is the
+    delta-method bound: 8 far cells per model (both directions of 2 x 2 layers), each with weight 1/8, so
+    se <= 16 x 1/8 x 0.01 = 0.02 and the interval is 0.6 -+ 1.96 x 0.02."""
+    within_jobs(tmp_path, "cka", uniform(8), staged(8), replicates=False)
+    f = findings(tmp_path, "cka")["fig1"]
+    z975 = 1.959963984540054
+    assert f.value == pytest.approx(0.6, abs=1e-12) and f.verdict == "holds"
+    assert (f.ci_low, f.ci_high) == (pytest.approx(0.6 - z975 * 0.02, abs=1e-6), pytest.approx(0.6 + z975 * 0.02, abs=1e-6))
+    assert f.method == "se bound sum |d/dv| value_se"
 
 
 def test_fig1_statistic_equals_the_cka_claims_on_the_same_numbers(tmp_path):
