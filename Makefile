@@ -115,6 +115,19 @@ fig-sun-10: $(STAMP)
 fig-sun-11: $(STAMP)
 	$(RUN_FIG) experiment=sun_fig11 $(VAL)
 
+## fig-measures: Raghu et al. Figs 1-2 under every similarity measure (MEASURES) on the bundled trained CIFAR-10 ViT
+## and ResNet and the bundled 1,000 images (offline, CPU): similarity_within of both models (fig-measures-1) and
+## similarity_across ViT vs ResNet (fig-measures-2), one job per measure, then the side-by-side figure and the
+## Fig. 1-2 claims per measure into $(FIG_OUT)/fig-measures (docs/measures_answer.md). FIG_ARGS and LAUNCHER apply.
+MEASURES ?= cka,rbf_cka,procrustes,linear_regression,rsa,mutual_knn,cknna,svcca,pwcca
+.PHONY: fig-measures fig-measures-1 fig-measures-2
+fig-measures: fig-measures-1 fig-measures-2
+	$(PY) -m vitstudy.report.measures $(FIG_OUT)/fig-measures-1 $(FIG_OUT)/fig-measures-2 --out $(FIG_OUT)/fig-measures
+fig-measures-1: $(STAMP)
+	$(RUN_FIG) experiment=measures_fig1 model=vit_cifar10_demo,resnet_cifar10_demo analysis.measure=$(MEASURES)
+fig-measures-2: $(STAMP)
+	$(RUN_FIG) experiment=measures_fig2 analysis.measure=$(MEASURES)
+
 ## Park & Kim's CIFAR-100 figures: need the checkpoints of `make train-cifar` / `make train-alternet`, read from
 ## $(CIFAR_CKPT)/<model preset>/checkpoints/best.pt (where those targets write them)
 CIFAR_FIGURES = fig-parkkim-1a fig-parkkim-1c fig-parkkim-9 fig-parkkim-lesion

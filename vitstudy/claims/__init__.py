@@ -1,6 +1,7 @@
 """Claims as checks: each figure target's paper findings, declared once (one module per paper: `raghu`,
-`dosovitskiy`, `parkkim`, each a dict `CLAIMS[target] = [Claim, ...]`), evaluated on a collection of runs into
-`findings.csv` rows with a value, a 95% interval and a verdict (`core`). See docs/claims.md.
+`dosovitskiy`, `parkkim`, plus `measures`: Raghu Figs 1-2 once per similarity measure; each a dict
+`CLAIMS[target] = [Claim, ...]`), evaluated on a collection of runs into `findings.csv` rows with a value, a 95%
+interval and a verdict (`core`). See docs/claims.md.
 
 Why Python and not a declarative spec: a statistic selects rows (pandas expressions), groups them by depth and
 compares two runs; a short function says that plainly, and the interval machinery (`core.estimate`) recomputes it
@@ -11,10 +12,10 @@ from pathlib import Path
 
 import pandas as pd
 
-from . import dosovitskiy, parkkim, raghu
+from . import dosovitskiy, measures, parkkim, raghu
 from .core import COLUMNS, VERDICTS, Claim, Finding, Need, evaluate, frame, resolve
 
-CLAIMS: dict[str, list[Claim]] = {**raghu.CLAIMS, **dosovitskiy.CLAIMS, **parkkim.CLAIMS}
+CLAIMS: dict[str, list[Claim]] = {**raghu.CLAIMS, **dosovitskiy.CLAIMS, **parkkim.CLAIMS, **measures.CLAIMS}
 
 # the tour's runs (vitstudy.demo.TOUR_RUNS) on the bundled CIFAR-10 ViT and ResNet, in the papers' order
 TOUR: list[tuple[str, Claim]] = [

@@ -27,6 +27,7 @@ from typing import Callable
 import numpy as np
 import pandas as pd
 
+from ..config import flatten
 from ..metrics import uncertainty
 
 VERDICTS = ("holds", "contradicted", "inconclusive", "missing")
@@ -53,10 +54,12 @@ class Need:
     table: str | None = None
     independent_rows: bool = False  # rows are independent samples (images, batches): se from their spread
     name: str | None = None  # a regular expression the model's timm name must match (e.g. 'gap')
+    config: tuple[tuple[str, str], ...] = ()  # (dotted key, value) the run's config must hold: one job of a sweep
 
     def describe(self) -> str:
         who = {"vit": "a ViT", "cnn": "a CNN"}.get(self.kind or "", "any model")
-        return f"{self.analysis} run of {who}" + (f" named like /{self.name}/" if self.name else "")
+        return (f"{self.analysis} run of {who}" + (f" named like /{self.name}/" if self.name else "")
+                + "".join(f" with {key}={value}" for key, value in self.config))
 
 
 @dataclass(frozen=True)
@@ -313,7 +316,8 @@ def model_name(run: dict) -> str:
 
 def matches(run: dict, need: Need) -> bool:
     return (run.get("analysis") == need.analysis and (need.kind is None or kind_of(model_name(run)) == need.kind)
-            and (need.name is None or re.search(need.name, model_name(run)) is not None))
+            and (need.name is None or re.search(need.name, model_name(run)) is not None)
+            and all(str(flatten(run.get("config", {})).get(key)) == value for key, value in need.config))
 
 
 def resolve(claim: Claim, runs: list[dict], column_of: Callable[[Need], str | None] | None = None,

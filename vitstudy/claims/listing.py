@@ -34,7 +34,8 @@ figure target's `make` rule, `vitstudy tour` and `vitstudy demo`) evaluates it i
 ## How to add a claim
 
 Claims live in `vitstudy/claims/`, one module per paper (`raghu.py`, `dosovitskiy.py`, `parkkim.py`), each a
-dict `CLAIMS[target] = [Claim, ...]`; the tour's list is `TOUR` in `vitstudy/claims/__init__.py`. A claim:
+dict `CLAIMS[target] = [Claim, ...]` (`measures.py` repeats Raghu's Fig. 1-2 statistics once per registered
+similarity measure, on the runs of that measure: `Need(..., config=(("analysis.measure", name),))`); the tour's list is `TOUR` in `vitstudy/claims/__init__.py`. A claim:
 
 ```python
 FIG9 = Claim("Raghu et al. 2021", "Fig. 9", "Final-block ViT tokens are most similar to their own input patch",

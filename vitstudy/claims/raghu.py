@@ -6,7 +6,7 @@ from __future__ import annotations
 import numpy as np
 
 from .core import Claim, Need
-from .stats import far_cka, group_means, mean, quarter
+from .stats import far_cka, group_means, mean, quarter, within
 
 PAPER = "Raghu et al. 2021"
 DATA_CAVEAT = ("depends on training data and scale: trained on less data, ViTs learn fewer local heads in their lower "
@@ -14,22 +14,26 @@ DATA_CAVEAT = ("depends on training data and scale: trained on less data, ViTs l
                "the bundled one, is such a model, so near-uniform attention there is the paper's finding, not a failure")
 
 
-def _fig1(t):
-    return far_cka(t, "vit") - far_cka(t, "cnn")
+def _fig1(t, both: bool = False):
+    """Mean similarity of the lowest with the highest quarter of layers, ViT minus ResNet (`both`: both
+    directions of an asymmetric measure, see stats.far_cka)."""
+    return far_cka(t, "vit", both=both) - far_cka(t, "cnn", both=both)
 
 
-def _fig2_lower(t):
-    df = t.df("across")
+def _fig2_lower(t, where: str | None = None):
+    """The ResNet's (y) lower half with the ViT's (x) lowest quarter minus with its highest quarter; `where` selects
+    the rows of one direction when the table holds both (asymmetric measures)."""
+    df = t.df("across") if where is None else t.df("across").query(where, engine="python")
     nx, ny = int(df.index_x.max()) + 1, int(df.index_y.max()) + 1
     k, half = quarter(nx), ny // 2 or 1
-    low = mean(t, "across", f"index_y < {half} and index_x < {k}")
-    high = mean(t, "across", f"index_y < {half} and index_x >= {nx - k}")
+    low = mean(t, "across", within(f"index_y < {half} and index_x < {k}", where))
+    high = mean(t, "across", within(f"index_y < {half} and index_x >= {nx - k}", where))
     return low - high
 
 
-def _fig2_top(t):
+def _fig2_top(t, where: str | None = None):
     """Each ViT layer's best CKA with any ResNet layer: mean over the ViT's final third minus its first two thirds."""
-    best = group_means(t, "across", ["index_x", "index_y"]).groupby(level=0).max()
+    best = group_means(t, "across", ["index_x", "index_y"], where).groupby(level=0).max()
     nx = int(best.index.max()) + 1
     k = quarter(nx, 1 / 3)
     return float(best[best.index >= nx - k].mean() - best[best.index < nx - k].mean())

@@ -21,11 +21,21 @@ def of_kind(column: str, kind: str):
     return lambda df: df[column].astype(str).map(kind_of) == kind
 
 
-def far_cka(t: Tables, role: str, part: float = 0.25) -> float:
-    """Mean CKA between the lowest and the highest `part` of one model's layers (a cka_within table)."""
+def within(query: str, where: str | None) -> str:
+    """`query` restricted to the rows of `where` (both pandas expressions; None: every row)."""
+    return query if where is None else f"({where}) and ({query})"
+
+
+def far_cka(t: Tables, role: str, part: float = 0.25, both: bool = False) -> float:
+    """Mean value (CKA, or any similarity) between the lowest and the highest `part` of one model's layers (a
+    *_within table): lower layer x against higher layer y, and with `both` also higher x against lower y (the two
+    directions of an asymmetric measure; for a symmetric one the same mean)."""
     n = int(t.df(role).index_y.max()) + 1
     k = quarter(n, part)
-    return float(t.values(role, f"index_x < {k} and index_y >= {n - k}").mean())
+    query = f"index_x < {k} and index_y >= {n - k}"
+    if both:
+        query = f"({query}) or (index_y < {k} and index_x >= {n - k})"
+    return float(t.values(role, query).mean())
 
 
 def mean(t: Tables, role: str, query=None) -> float:
