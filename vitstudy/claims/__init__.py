@@ -9,8 +9,6 @@ from __future__ import annotations
 
 from pathlib import Path
 
-import pandas as pd
-
 from . import dosovitskiy, parkkim, raghu
 from .core import COLUMNS, VERDICTS, Claim, Finding, Need, evaluate, frame, resolve
 
