@@ -63,7 +63,7 @@ def write_npz(path: Path, arrays: dict) -> Path:
     return Path(path)
 
 
-@dataclass(frozen=True, kw_only=True)
+@dataclass(frozen=True, kw_only=True, eq=False)  # arrays: no element-wise == or hash
 class Replicates:
     """A table's delete-one jackknife replicates, kept so that a difference can be jackknifed paired (`vitstudy
     compare`) and a claim's statistic recomputed per replicate (`claims`); on disk `<table>.replicates.npz`.
