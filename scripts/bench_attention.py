@@ -42,7 +42,8 @@ def main() -> None:
     device = torch.device(args.device)
     torch.manual_seed(0)
     module = timm.create_model(args.model, pretrained=False).eval().to(device)
-    m = LoadedModel("model", args.model, args.model, module, None, {}, "random-init")
+    m = LoadedModel(key="model", name=args.model, label=args.model, module=module, transform=None, data_config={},
+                    weights="random-init")
     size = module.pretrained_cfg.get("input_size", (3, 224, 224))
     g = torch.Generator().manual_seed(0)
     batches = [torch.randn(args.batch_size, *size, generator=g).to(device) for _ in range(args.images // args.batch_size)]

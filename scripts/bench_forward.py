@@ -52,15 +52,17 @@ def early_stop(args, device) -> None:
     torch.manual_seed(0)
     vit = timm.create_model("vit_base_patch16_224").eval().to(device)
     res = timm.create_model("resnet50").eval().to(device)
-    lv = LoadedModel("model", "vit_base_patch16_224", "ViT-B/16", vit, None, {}, "random-init")
-    lr = LoadedModel("reference", "resnet50", "ResNet-50", res, None, {}, "random-init")
+    lv = LoadedModel(key="model", name="vit_base_patch16_224", label="ViT-B/16", module=vit, transform=None,
+                     data_config={}, weights="random-init")
+    lr = LoadedModel(key="reference", name="resnet50", label="ResNet-50", module=res, transform=None, data_config={},
+                     weights="random-init")
     g = torch.Generator().manual_seed(0)
     batches = [torch.randn(args.batch_size, 3, 224, 224, generator=g).to(device) for _ in range(args.batches + 1)]
     labels = torch.zeros(args.batch_size)
 
     within = resolve(vit, [f"blocks.{i}" for i in range(4)], (3, 224, 224))
     site = sites(vit)[0]
-    proj = Layer(f"{site.name}.proj:in", f"{site.name}.proj", True, (), "NLC")
+    proj = Layer(name=f"{site.name}.proj:in", module=f"{site.name}.proj", is_input=True, shape=(), layout="NLC")
     ref_layers = resolve(res, block_names(res)[:5], (3, 224, 224))
 
     def cka(x, stop):

@@ -33,7 +33,8 @@ def main() -> None:
     torch.set_num_threads(args.threads)
     torch.manual_seed(0)
     module = timm.create_model(args.model, pretrained=False).eval()
-    m = LoadedModel("model", args.model, args.model, module, None, {}, "random-init")
+    m = LoadedModel(key="model", name=args.model, label=args.model, module=module, transform=None, data_config={},
+                    weights="random-init")
     size = module.pretrained_cfg.get("input_size", (3, 224, 224))
     layers = [resolve(module, "latents", size)]
     described = [latents.describe(module, layers[0])]

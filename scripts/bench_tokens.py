@@ -61,7 +61,8 @@ def main() -> None:
     g = torch.Generator().manual_seed(0)
     batches = [torch.randn(args.batch_size, *size, generator=g) for _ in range(args.images // args.batch_size)]
     labels = torch.zeros(args.batch_size)
-    reducers = {"token_norms": (TokenNormReducer(tls, tn.Bins(-3.0, 5.0, 200), None, 4, embed), [INPUT, embed, *blocks]),
+    bins = tn.Bins(low=-3.0, high=5.0, count=200)
+    reducers = {"token_norms": (TokenNormReducer(tls, bins, None, 4, embed), [INPUT, embed, *blocks]),
                 "massive_activations": (MassiveReducer(tls, 3), blocks)}
     with torch.inference_mode():
         module(batches[0])  # warm-up

@@ -53,7 +53,8 @@ FAMILIES = {
 
 
 def _loaded(module):
-    return LoadedModel("model", "t", "t", module.eval(), None, {}, "none")
+    return LoadedModel(key="model", name="t", label="t", module=module.eval(), transform=None, data_config={},
+                       weights="none")
 
 
 @pytest.mark.parametrize("family", list(FAMILIES))

@@ -28,18 +28,6 @@ SWIN_CLI = ["model.name=swin_tiny_patch4_window7_224", "model.pretrained=false",
             "model.kwargs.window_size=4", "model.kwargs.embed_dim=48"]  # list kwargs (depths) reach timm as ListConfig
 
 
-def brute_mean_distance(attn, coords, stride, prefix=0):
-    """Float64 loops: mean over query patches of sum over key patches of A_ij * pixel distance."""
-    a = np.asarray(attn, dtype=np.float64)
-    n = len(coords)
-    total = 0.0
-    for i in range(n):
-        for j in range(n):
-            d = math.hypot((coords[i][0] - coords[j][0]) * stride, (coords[i][1] - coords[j][1]) * stride)
-            total += a[prefix + i, prefix + j] * d
-    return total / n
-
-
 # ---------------------------------------------------------------------------------------------- analytic
 
 

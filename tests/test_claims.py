@@ -9,8 +9,7 @@ import pandas as pd
 import pytest
 
 from vitstudy import claims
-from vitstudy.claims import raghu
-from vitstudy.claims.core import COLUMNS, Claim, Need, evaluate, kind_of, load_table
+from vitstudy.claims.core import COLUMNS, Claim, kind_of
 
 T975_DF4 = 2.7764451051977987  # Student's t quantile 0.975, 4 degrees of freedom (statistical tables)
 Z975 = 1.959963984540054
@@ -54,9 +53,11 @@ def paired_interval(rep_a, rep_b, est):
 
 
 def test_judge_sides():
-    c = Claim("P", "Fig. 0", "x", "s", {}, lambda t: 0.0, threshold=0.5, direction=">")
+    c = Claim(paper="P", figure="Fig. 0", text="x", statistic="s", needs={}, compute=lambda t: 0.0, threshold=0.5,
+              direction=">")
     assert c.judge(0.6, 0.9) == "holds" and c.judge(0.1, 0.4) == "contradicted" and c.judge(0.4, 0.6) == "inconclusive"
-    below = Claim("P", "Fig. 0", "x", "s", {}, lambda t: 0.0, threshold=0.0, direction="<")
+    below = Claim(paper="P", figure="Fig. 0", text="x", statistic="s", needs={}, compute=lambda t: 0.0, threshold=0.0,
+                  direction="<")
     assert below.judge(-2, -1) == "holds" and below.judge(1, 2) == "contradicted" and below.judge(-1, 1) == "inconclusive"
     assert c.judge(np.nan, 1.0) == "inconclusive"
 

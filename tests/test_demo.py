@@ -3,7 +3,6 @@ predictions recorded when they were packaged (computed there without timm's load
 `vitstudy demo` prints findings read from the CSVs it wrote."""
 import hashlib
 import json
-import re
 import shutil
 
 import pandas as pd

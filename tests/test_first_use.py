@@ -1,16 +1,12 @@
 """What a new user meets first (issue 20, items 8-13): progress in logs, offline runs, unreadable images, start-up
 time, help and list output, compare's errors, the API's entry points, the report's settings lines."""
-import json
 import os
 import subprocess
 import sys
 
 import pytest
 
-from helpers import SMALL_DATA, TINY_RESNET, TINY_VIT, cli
-
-EXE = os.path.join(os.path.dirname(sys.executable), "vitstudy")
-
+from helpers import SMALL_DATA, TINY_VIT, cli
 
 def test_report_labels_probe_splits_not_repeats():
     """linear_probe records one image set per split (train/val/test), with no batches: the report says so."""

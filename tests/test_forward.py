@@ -26,7 +26,8 @@ def test_an_early_stopped_forward_captures_exactly_the_full_forwards_tensors():
     layers = resolve(vit, ["blocks.1", "blocks.0.norm2:in", "blocks.0"], (3, 32, 32))
     calls = []
     vit.norm.register_forward_hook(lambda m, a, o: calls.append("norm"))  # after the last block: skipped when stopping
-    m = LoadedModel("model", "vit", "vit", vit, None, {}, "random-init")
+    m = LoadedModel(key="model", name="vit", label="vit", module=vit, transform=None, data_config={},
+                    weights="random-init")
     batches = [((torch.randn(4, 3, 32, 32),), torch.zeros(4)) for _ in range(2)]
     full, early = Keep(), Keep()
     stream([m], [layers], batches, full, torch.device("cpu"), stop_early=False)
@@ -83,7 +84,8 @@ def test_reducers_run_without_autocast(precision):
             seen.append((tensor.dtype, (tensor.float().flatten(1) @ tensor.float().flatten(1).T).dtype))
 
     vit = timm.create_model("vit_tiny_patch16_224", img_size=32, patch_size=8, depth=2).eval()
-    m = LoadedModel("model", "vit", "vit", vit, None, {}, "random-init")
+    m = LoadedModel(key="model", name="vit", label="vit", module=vit, transform=None, data_config={},
+                    weights="random-init")
     with runtime.forward_precision(precision, torch.device("cpu")):
         stream([m], [resolve(vit, ["blocks.1.mlp.fc1"], (3, 32, 32))], [((torch.randn(4, 3, 32, 32),), torch.zeros(4))], Dtype(),
                torch.device("cpu"))

@@ -78,7 +78,8 @@ def test_streamed_sums_equal_the_whole_set_formula(tiny_vit, tiny_resnet, images
     """Batches of 8 reduced in the hooks == the notebook's formulas on all 24 images at once (float64)."""
     models, layer_lists = [], []
     for key, module in (("model", tiny_vit), ("reference", tiny_resnet)):
-        models.append(LoadedModel(key, key, key, module, None, {}, "random-init"))
+        models.append(LoadedModel(key=key, name=key, label=key, module=module, transform=None, data_config={},
+                                  weights="random-init"))
         layer_lists.append(resolve(module, "latents", (3, 32, 32)))
     described = [latents.describe(m.module, ls) for m, ls in zip(models, layer_lists)]
     batches = [((images[i:i + 8], images[i:i + 8]), torch.zeros(8)) for i in range(0, 24, 8)]

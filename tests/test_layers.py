@@ -71,18 +71,19 @@ def test_residual_stream_after_attention_is_captured(tiny_vit, images):
 
 def test_token_modes(tiny_vit):
     x = torch.arange(2 * 17 * 3, dtype=torch.float32).reshape(2, 17, 3)  # CLS + a 4x4 grid of 8-px patches
-    layer = Layer("blocks.0", "blocks.0", False, (17, 3), "NLC")
+    layer = Layer(name="blocks.0", module="blocks.0", is_input=False, shape=(17, 3), layout="NLC")
     assert features(x, layer, "flatten", tiny_vit).shape == (2, 51)
     torch.testing.assert_close(features(x, layer, "cls", tiny_vit), x[:, 0])
     torch.testing.assert_close(features(x, layer, "mean", tiny_vit), x[:, 1:].mean(1))
     patches = x[:, 1:]  # the patch embedding's output: no CLS token yet
-    torch.testing.assert_close(features(patches, Layer("patch_embed", "patch_embed", False, (16, 3), "NLC"), "mean", tiny_vit),
-                               patches.mean(1))
+    embed = Layer(name="patch_embed", module="patch_embed", is_input=False, shape=(16, 3), layout="NLC")
+    torch.testing.assert_close(features(patches, embed, "mean", tiny_vit), patches.mean(1))
     gap = timm.create_model("vit_tiny_patch16_224", img_size=32, patch_size=8, depth=1, class_token=False, global_pool="avg")
     with pytest.raises(VitstudyError, match="no CLS token"):
         features(patches, layer, "cls", gap)
     fmap = torch.randn(2, 4, 3, 3)
-    torch.testing.assert_close(features(fmap, Layer("c", "c", False, (4, 3, 3), "NCHW"), "mean", tiny_vit), fmap.mean((2, 3)))
+    conv = Layer(name="c", module="c", is_input=False, shape=(4, 3, 3), layout="NCHW")
+    torch.testing.assert_close(features(fmap, conv, "mean", tiny_vit), fmap.mean((2, 3)))
     x = x[:, :5]
     with pytest.raises(VitstudyError, match="token mode"):
         features(x, layer, "avg", tiny_vit)

@@ -35,7 +35,7 @@ def test_copied_patch_token_peaks_at_its_own_position():
     x = torch.randn(48, 3, 32, 32, dtype=torch.float64)
     net = CopyPatches()
     layer = resolve(net, ["tokens"], (3, 32, 32))[0]
-    m = LoadedModel("model", "copy", "copy", net, None, {}, "none")
+    m = LoadedModel(key="model", name="copy", label="copy", module=net, transform=None, data_config={}, weights="none")
     matrix, grid = localization_matrix(m, layer, batches(x), "cpu")
     assert grid == (4, 4, 0)
     np.testing.assert_allclose(np.diag(matrix), 1.0, atol=1e-12)

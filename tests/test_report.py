@@ -15,7 +15,6 @@ from vitstudy.cli import main
 from vitstudy.report import page
 from vitstudy.report.experiments import experiment_of, experiments, parse_header, target_name
 from vitstudy.report.grid import grid_axes
-from vitstudy.report.runs import find_runs
 from vitstudy.report.sections import job_labels, shorten_values
 from vitstudy.report.settings import intervals
 

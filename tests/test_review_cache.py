@@ -11,7 +11,7 @@ from omegaconf import OmegaConf
 
 from helpers import minibatch_reference
 from vitstudy.analyses.cka import CKAReducer
-from vitstudy.pipeline.engine import stream
+from vitstudy.pipeline.engine import FeatureSource, stream
 from vitstudy.pipeline.features import FeatureCache
 from vitstudy.pipeline.layers import resolve
 from vitstudy.pipeline.models import LoadedModel
@@ -26,7 +26,8 @@ def resnet():
     """ResNet-18 with nonzero last BN (zero_init_last=false): its blocks' in-place ReLU and `x += shortcut` matter."""
     torch.manual_seed(1)
     net = timm.create_model("resnet18", zero_init_last=False).eval()
-    return LoadedModel("model", "resnet18", "resnet18", net, None, {"input_size": (3, 32, 32)}, "random-init")
+    return LoadedModel(key="model", name="resnet18", label="resnet18", module=net, transform=None,
+                       data_config={"input_size": (3, 32, 32)}, weights="random-init")
 
 
 @pytest.fixture(scope="module")
@@ -65,8 +66,8 @@ def test_cached_features_are_the_tensors_before_later_in_place_ops(tmp_path, res
     cache = FeatureCache(tmp_path, max_gb=1)
     ns = cache.namespace(resnet, DATASET)
     live = run(resnet, layers, pictures)
-    filling = run(resnet, layers, pictures, (cache, [ns], BATCHES))
-    served = run(resnet, layers, pictures, (cache, [ns], BATCHES))
+    filling = run(resnet, layers, pictures, FeatureSource(cache=cache, namespaces=[ns], batches=BATCHES))
+    served = run(resnet, layers, pictures, FeatureSource(cache=cache, namespaces=[ns], batches=BATCHES))
     hand = by_hand(resnet.module, pictures)
     entry = torch.load(tmp_path / ns / "5.pt", weights_only=True)
     for name in LAYERS:  # each stored tensor is the layer's own output (or input), not what later ops made of it
@@ -101,7 +102,8 @@ def test_full_set_cka_keeps_copies_of_the_tensors(resnet, pictures):
 def vit():
     torch.manual_seed(0)
     net = timm.create_model("vit_tiny_patch16_224", img_size=32, patch_size=8, depth=2).eval()
-    return LoadedModel("model", "vit", "vit", net, "Compose(...)", {"input_size": (3, 32, 32)}, "random-init")
+    return LoadedModel(key="model", name="vit", label="vit", module=net, transform="Compose(...)",
+                       data_config={"input_size": (3, 32, 32)}, weights="random-init")
 
 
 def test_feature_cache_keys_on_precision_and_device(tmp_path, vit):
@@ -126,7 +128,8 @@ def test_a_bf16_fill_is_not_served_to_an_fp32_run(tmp_path, vit, pictures):
     def cka(precision, cached=True):
         cache = FeatureCache(root, precision=precision, device="cpu")
         with forward_precision(precision, torch.device("cpu")):
-            got = run(vit, layers, pictures, (cache, [cache.namespace(vit, DATASET)], BATCHES) if cached else None)
+            source = FeatureSource(cache=cache, namespaces=[cache.namespace(vit, DATASET)], batches=BATCHES)
+            got = run(vit, layers, pictures, source if cached else None)
         return got, cache
 
     bf16, filled = cka("bf16")
@@ -214,7 +217,7 @@ def test_served_equals_live_for_every_token_layer_of_a_vit(tmp_path, vit, pictur
     cache = FeatureCache(tmp_path, max_gb=1)
     ns = cache.namespace(vit, DATASET)
     live = run(vit, layers, pictures)
-    run(vit, layers, pictures, (cache, [ns], BATCHES))
-    served = run(vit, layers, pictures, (cache, [ns], BATCHES))
+    run(vit, layers, pictures, FeatureSource(cache=cache, namespaces=[ns], batches=BATCHES))
+    served = run(vit, layers, pictures, FeatureSource(cache=cache, namespaces=[ns], batches=BATCHES))
     assert cache.served == 3
     np.testing.assert_allclose(served, live, atol=1e-6)

@@ -18,7 +18,8 @@ def convit():
     torch.manual_seed(0)
     net = timm.create_model("convit_tiny", img_size=32, patch_size=8, depth=4, local_up_to_layer=2, embed_dim=32,
                             num_heads=2).eval()
-    return LoadedModel("model", "convit", "convit", net, None, {"input_size": (3, 32, 32)}, "random-init")
+    return LoadedModel(key="model", name="convit", label="convit", module=net, transform=None,
+                       data_config={"input_size": (3, 32, 32)}, weights="random-init")
 
 
 def by_hand(net, x):
@@ -87,7 +88,8 @@ def test_skip_ratio_groups_of_a_hybrid_vit_whose_first_blocks_are_cnn_stages():
     """ViT-S/R26 (64 px): the ResNet stages' positions form one group; the ViT blocks after them keep cls/patches."""
     torch.manual_seed(0)
     net = timm.create_model("vit_small_r26_s32_224", img_size=64, depth=1, embed_dim=32, num_heads=2).eval()
-    m = LoadedModel("model", "hybrid", "hybrid", net, None, {"input_size": (3, 64, 64)}, "random-init")
+    m = LoadedModel(key="model", name="hybrid", label="hybrid", module=net, transform=None,
+                    data_config={"input_size": (3, 64, 64)}, weights="random-init")
     x = torch.randn(8, 3, 64, 64, generator=torch.Generator().manual_seed(1))
     loader = [([x[:4]], torch.zeros(4, dtype=torch.long)), ([x[4:]], torch.zeros(4, dtype=torch.long))]
     tokens, summary, _ = measure([m], lambda mm, names: resolve(mm.module, names, (3, 64, 64)), loader, "cpu",

@@ -218,7 +218,7 @@ def test_bad_parameters_are_one_line_errors(tmp_path, capsys, extra, expected):
 def _block_features(model_args, layers, tokens="mean"):
     """Each listed layer's token-reduced features of the run's images, from plain forward hooks (float64 numpy)."""
     from vitstudy.compose import compose
-    from vitstudy.pipeline import data, models as loading, runner
+    from vitstudy.pipeline import runner
 
     cfg = compose(model_args)
     ctx = runner.prepare(cfg)

@@ -41,7 +41,8 @@ class Tokens(nn.Module):
 
 
 def loaded(module):
-    return LoadedModel("model", "hand-made", "hand-made", module.eval(), None, {}, "none")
+    return LoadedModel(key="model", name="hand-made", label="hand-made", module=module.eval(), transform=None,
+                       data_config={}, weights="none")
 
 
 def batches(x, size=4):

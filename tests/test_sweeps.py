@@ -9,7 +9,6 @@ from pathlib import Path
 
 import numpy as np
 import pandas as pd
-import pytest
 from helpers import SMALL_DATA, TINY_RESNET, TINY_VIT, cli
 
 
@@ -160,25 +159,27 @@ def test_feature_cache_serves_a_second_run_without_forward_passes(tmp_path, tiny
     """Same model and images: the second pass reads every tensor from disk, runs no forward, same sums."""
     from vitstudy.pipeline import data
     from vitstudy.analyses.cka import CKAReducer
-    from vitstudy.pipeline.engine import stream
+    from vitstudy.pipeline.engine import FeatureSource, stream
     from vitstudy.pipeline.features import FeatureCache
     from vitstudy.pipeline.layers import resolve
     from vitstudy.pipeline.models import LoadedModel, eval_transform
     from omegaconf import OmegaConf
 
     transform, dcfg = eval_transform(tiny_vit, kwargs={"img_size": 32})
-    m = LoadedModel("model", "vit", "vit", tiny_vit, transform, dcfg, "random-init")
+    m = LoadedModel(key="model", name="vit", label="vit", module=tiny_vit, transform=transform, data_config=dcfg,
+                    weights="random-init")
     layers = [resolve(tiny_vit, "all", (3, 32, 32))]
     base = data.SyntheticImages(100, 40)
     batching = data.make_batches(data.sample_indices(100, 24, 0), 8)
     cache = FeatureCache(tmp_path / "features", max_gb=1)
     ns = cache.namespace(m, OmegaConf.create({"name": "synthetic", "size": 100, "image_size": 40}))
+    source = FeatureSource(cache=cache, namespaces=[ns], batches=batching.batches)
     calls = []
     handle = tiny_vit.register_forward_pre_hook(lambda mod, args: calls.append(1))
     results = []
     for _ in range(2):
         reducer = CKAReducer([m], layers, "flatten")
-        stream([m], layers, data.loader(base, batching, [transform]), reducer, "cpu", features=(cache, [ns], batching.batches))
+        stream([m], layers, data.loader(base, batching, [transform]), reducer, "cpu", features=source)
         results.append(reducer.result())
     handle.remove()
     assert len(calls) == 3  # three batches in the first pass, none in the second

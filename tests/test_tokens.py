@@ -83,7 +83,7 @@ def test_histograms_equal_float64_recomputation_and_registers_sit_where_timm_put
     layers = resolve(model, "blocks", (3, 32, 32))
     m = SimpleNamespace(module=model, label="planted", stopped_after=None)
     tls = token_layers(m, layers, "token_norms")
-    bins = tn.Bins(-3.0, 5.0, 200)
+    bins = tn.Bins(low=-3.0, high=5.0, count=200)
     reducer = TokenNormReducer(tls, bins, None, 0, None)
     loader = _loader()
     stream([m], [layers], loader, reducer, torch.device("cpu"), progress=False)
@@ -131,7 +131,7 @@ def test_high_norm_split_finds_a_two_percent_mode_and_no_mode_in_one_gaussian(se
     logs = rng.normal(0.5, 0.1, 20000)
     if second_mode:
         logs = np.concatenate([logs, rng.normal(2.0, 0.1, 400)])  # 2% of tokens 30x the norm (Darcet et al.)
-    bins = tn.Bins(-3.0, 5.0, 200)
+    bins = tn.Bins(low=-3.0, high=5.0, count=200)
     counts = np.bincount(bins.index(torch.tensor(10.0 ** logs)).numpy(), minlength=202)
     s = tn.split(counts, bins)
     assert (s.first_high_bin is not None) == expect_cut
@@ -154,7 +154,7 @@ def test_class_token_attention_to_high_norm_patches_matches_hooks():
     layers = resolve(model, "blocks", (3, 32, 32))
     m = SimpleNamespace(module=model, label="planted", stopped_after=None)
     tls = token_layers(m, layers, "token_norms")
-    reducer = TokenNormReducer(tls, tn.Bins(-3.0, 5.0, 200), None, 0, None)
+    reducer = TokenNormReducer(tls, tn.Bins(low=-3.0, high=5.0, count=200), None, 0, None)
     pairs = attention_pairs(m, tls)
     assert [(s.name, prev) for s, prev in pairs] == [("blocks.1.attn", "blocks.0"), ("blocks.2.attn", "blocks.1")]
     reducer.attention = {s.name: (s, prev) for s, prev in pairs}
@@ -237,16 +237,16 @@ def test_probe_accuracy_equals_float64_numpy_ridge_on_a_constructed_case():
 
     rng = np.random.default_rng(0)
     b, rows, cols, dim, alpha = 40, 2, 2, 6, 0.05
-    layer = Layer("blocks.0", "blocks.0", False, (rows * cols + 1, dim), "NLC")
-    tl = TokenLayer(layer, 0, rows, cols, 1, ("class",) + ("patch",) * 4)
+    layer = Layer(name="blocks.0", module="blocks.0", is_input=False, shape=(rows * cols + 1, dim), layout="NLC")
+    tl = TokenLayer(layer=layer, depth=0, rows=rows, cols=cols, prefix=1, kinds=("class",) + ("patch",) * 4)
     # patches 0 and 3 high-norm (norm ~ 100), 1 and 2 normal; features carry position and label plus noise
     labels = rng.integers(0, 3, b)
     x = rng.normal(size=(b, 5, dim))
     x[:, 1:, :4] += 1.5 * np.eye(4)[None]
     x[np.arange(b), 1:, 4] += labels[:, None] * 0.7
     x[:, [1, 4]] *= 100.0 / np.linalg.norm(x[:, [1, 4]], axis=-1, keepdims=True)
-    split = LayerSplit(None, 50.0, "analysis.threshold", float("nan"))
-    red = ProbeReducer([tl], {"blocks.0": split}, tn.Bins(-3, 5, 10), per_image=2, seed=0)
+    split = LayerSplit(first_high_bin=None, threshold=50.0, rule="analysis.threshold", separation=float("nan"))
+    red = ProbeReducer([tl], {"blocks.0": split}, tn.Bins(low=-3, high=5, count=10), per_image=2, seed=0)
     for s in range(0, b, 8):
         red.on_tensor(0, layer, torch.tensor(x[s:s + 8], dtype=torch.float32))
         red.end_batch(torch.tensor(labels[s:s + 8]), [])

@@ -160,8 +160,8 @@ def _simulated_run(r, B, n):
         x = r.normal(size=(n, P))
         y = x @ A + SIGMA * r.normal(size=(n, Q))
         acc.update(_u(x)[None], _u(y)[None])
-    _, se, df = U.cka_jackknife(*[t.numpy() for t in acc.batch_terms()])
-    return float(acc.result()[0, 0]), float(se[0, 0]), df
+    reps = U.cka_replicates(*[t.numpy() for t in acc.batch_terms()])
+    return float(acc.result()[0, 0]), float(U.jackknife_se(reps)[0, 0]), len(reps) - 1
 
 
 def test_population_cka_formula_agrees_with_song_on_a_large_sample():
@@ -266,6 +266,47 @@ def test_paired_comparison_is_the_jackknife_of_the_difference(tmp_path, capsys):
     _fake_run(tmp_path / "c", "other", vb, rb, units + 1)  # other images: no paired comparison
     code, _, err = cli(["compare", str(tmp_path / "a"), str(tmp_path / "c")], capsys)
     assert code != 0 and err.strip().startswith("vitstudy: error:") and "same batches" in err and len(err.strip().splitlines()) == 1
+
+
+def test_replicates_record_writes_the_npz_format_and_reads_every_older_file(tmp_path, capsys):
+    """The typed record writes what the hand-built dicts wrote (same keys, same arrays, same dtypes), reads those
+    files back, reads files without `estimate`/`method` (older hand-written ones), and refuses a broken file."""
+    from helpers import cli
+    from vitstudy.pipeline.results import Replicates, write_npz
+
+    r = np.random.default_rng(2)
+    values, estimate = r.normal(size=(6, 4)), r.normal(size=4)
+    strata, units = np.array([0, 0, 0, 1, 1, 1]), np.arange(6, dtype=np.int64) * 7 + 1
+    old = {"values": values, "strata": strata, "units": units, "estimate": estimate, "column": "cka",
+           "method": "jackknife_batches"}  # what analyses built by hand before the record
+    write_npz(tmp_path / "old.npz", old)
+    new = Replicates(values=values, strata=strata, units=units, estimate=estimate, column="cka")
+    new.write(tmp_path / "new.npz")
+    with np.load(tmp_path / "old.npz") as a, np.load(tmp_path / "new.npz") as b:
+        assert a.files == b.files == list(old)
+        for k in old:
+            assert a[k].dtype == b[k].dtype and np.array_equal(a[k], b[k]), k
+    got = Replicates.read(tmp_path / "old.npz")
+    assert got.column == "cka" and got.method == "jackknife_batches" and got.rows == 4
+    for k in ("values", "strata", "units", "estimate"):
+        np.testing.assert_array_equal(getattr(got, k), old[k])
+    np.savez(tmp_path / "bare.npz", values=values, strata=strata, units=units, column=np.array("mean_distance"))
+    bare = Replicates.read(tmp_path / "bare.npz")
+    assert bare.estimate is None and bare.method == "jackknife_batches" and bare.column == "mean_distance"
+    with pytest.raises(ValueError, match="do not match"):
+        Replicates(values=values, strata=strata[:5], units=units, column="cka")
+    with pytest.raises(ValueError, match="estimate"):
+        Replicates(values=values, strata=strata, units=units, estimate=estimate[:3], column="cka")
+    with pytest.raises(TypeError):
+        Replicates(values, strata, units, "cka")  # keyword-only
+    run = tmp_path / "run"  # a run whose replicates file lacks the batches' ids: one line, no traceback
+    run.mkdir()
+    (run / "run.json").write_text('{"analysis": "cka_within"}')
+    (run / "cka_within.csv").write_text("cka\n" + "\n".join("0.5" for _ in range(4)) + "\n")
+    np.savez(run / "cka_within.replicates.npz", values=values, strata=strata, column=np.array("cka"))
+    code, _, err = cli(["compare", str(run), "--a", "cka > 0", "--b", "cka > 0"], capsys)
+    assert code != 0 and err.strip().startswith("vitstudy: error:") and "lacks units" in err
+    assert len(err.strip().splitlines()) == 1 and "Traceback" not in err
 
 
 # ---------------------------------------------------------------- end to end

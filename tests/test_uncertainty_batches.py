@@ -33,7 +33,7 @@ def _ours(batches):
     acc = MinibatchCKA(1, 1)
     for x, y in batches:
         acc.update(_u(x)[None], _u(y)[None])
-    _, se, _ = U.cka_jackknife(*[t.numpy() for t in acc.batch_terms()])
+    se = U.jackknife_se(U.cka_replicates(*[t.numpy() for t in acc.batch_terms()]))
     return float(acc.result()[0, 0]), float(se[0, 0])
 
 

@@ -39,7 +39,7 @@ def run(cfg: DictConfig | Sequence[str], out_dir: str | Path = "outputs/api", pr
     if result is None:  # a cached result: its tables are read back (figures stay as files)
         from .analyses import Result
 
-        result = Result({p.stem: pd.read_csv(p) for p in written if p.suffix == ".csv"}, {}, {"cached": True})
+        result = Result(tables={p.stem: pd.read_csv(p) for p in written if p.suffix == ".csv"}, info={"cached": True})
     return result
 
 
@@ -96,7 +96,8 @@ def cka_matrix(
     for key, mod, spec in zip(("model", "reference"), mods, specs):
         mod.eval()
         name = type(mod).__name__
-        loaded.append(LoadedModel(key, name, name, mod, None, {}, "given"))
+        loaded.append(LoadedModel(key=key, name=name, label=name, module=mod, transform=None, data_config={},
+                                  weights="given"))
         layer_lists.append(resolve(mod, spec, tuple(x0.shape[1:])))
     reducer = CKAReducer(loaded, layer_lists, tokens, estimator, "float32", device)
     seen = stream(loaded, layer_lists, _batches(itertools.chain([first], batches), len(mods)), reducer, device, "cka", progress)

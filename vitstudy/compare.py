@@ -20,9 +20,10 @@ import pandas as pd
 
 from .errors import VitstudyError
 from .metrics import uncertainty
+from .pipeline.results import Replicates
 
 
-def load(run_dir: str | Path, table: str | None = None) -> tuple[pd.DataFrame, dict, str]:
+def load(run_dir: str | Path, table: str | None = None) -> tuple[pd.DataFrame, Replicates, str]:
     """A finished run's table, its jackknife replicates and the table name."""
     run_dir = Path(run_dir)
     record = run_dir / "run.json"
@@ -35,11 +36,10 @@ def load(run_dir: str | Path, table: str | None = None) -> tuple[pd.DataFrame, d
     if not npz.is_file():
         raise VitstudyError(f"{run_dir} has no {npz.name}: the table has no jackknife replicates (it needs 2 or more "
                             "batches, a vitstudy version that writes them, and an analysis whose values are per-batch sums)")
-    with np.load(npz, allow_pickle=False) as f:
-        reps = {k: f[k] for k in f.files}
+    reps = Replicates.read(npz)
     df = pd.read_csv(csv)
-    if reps["values"].shape[1] != len(df):
-        raise VitstudyError(f"{npz} has {reps['values'].shape[1]} rows but {csv.name} has {len(df)}")
+    if reps.rows != len(df):
+        raise VitstudyError(f"{npz} has {reps.rows} rows but {csv.name} has {len(df)}")
     return df, reps, name
 
 
@@ -83,8 +83,8 @@ def compare(run_a: str | Path, run_b: str | Path | None = None, a: str | None = 
         raise VitstudyError("comparing within one run needs both --a and --b (two selections of its rows)")
     b = b if b else a
     if paired:
-        same = (rep_a["units"].shape == rep_b["units"].shape and np.array_equal(rep_a["units"], rep_b["units"])
-                and np.array_equal(rep_a["strata"], rep_b["strata"]))
+        same = (rep_a.units.shape == rep_b.units.shape and np.array_equal(rep_a.units, rep_b.units)
+                and np.array_equal(rep_a.strata, rep_b.strata))
         if not same:
             raise VitstudyError("the two runs were not measured on the same batches of the same images (same dataset, "
                                 "seed, num_images, batch_size, cka.repeats): a paired comparison is not possible; "
@@ -102,18 +102,18 @@ def compare(run_a: str | Path, run_b: str | Path | None = None, a: str | None = 
     keys = [k for k in ga if k in gb]
     if not keys:
         raise VitstudyError(f"no group of --by {','.join(by)} is in both selections")
-    column = str(rep_a["column"])
+    column = rep_a.column
     out = []
     for key in keys:
         ia, ib = ga[key], gb[key]
         est_a, est_b = df_a[column].to_numpy()[ia].mean(), df_b[column].to_numpy()[ib].mean()
-        ra, rb = rep_a["values"][:, ia].mean(axis=1), rep_b["values"][:, ib].mean(axis=1)
+        ra, rb = rep_a.values[:, ia].mean(axis=1), rep_b.values[:, ib].mean(axis=1)
         if paired:
-            diff, se, dof = uncertainty.paired_jackknife(ra, rb, est_a, est_b, rep_a["strata"])
+            diff, se, dof = uncertainty.paired_jackknife(ra, rb, est_a, est_b, rep_a.strata)
         else:
             diff = est_a - est_b
-            se = np.sqrt(uncertainty.jackknife_se(ra, rep_a["strata"]) ** 2 + uncertainty.jackknife_se(rb, rep_b["strata"]) ** 2)
-            dof = min(uncertainty.jackknife_df(rep_a["strata"]), uncertainty.jackknife_df(rep_b["strata"]))
+            se = np.sqrt(uncertainty.jackknife_se(ra, rep_a.strata) ** 2 + uncertainty.jackknife_se(rb, rep_b.strata) ** 2)
+            dof = min(uncertainty.jackknife_df(rep_a.strata), uncertainty.jackknife_df(rep_b.strata))
         se = float(se)
         low, high = uncertainty.interval(diff, se, dof)
         t = float(diff / se) if se > 0 else (0.0 if diff == 0 else float("inf") * np.sign(diff))
@@ -121,7 +121,7 @@ def compare(run_a: str | Path, run_b: str | Path | None = None, a: str | None = 
         out.append({**dict(zip(by, key)), "a": est_a, "b": est_b, "diff": float(diff), "diff_se": se,
                     "diff_ci_low": float(low), "diff_ci_high": float(high), "t": t, "p": float(p),
                     "differs": bool(np.isfinite(low) and (low > 0 or high < 0)), "rows_a": len(ia), "rows_b": len(ib),
-                    "batches": len(rep_a["units"]), "df": dof, "value": column,
+                    "batches": len(rep_a.units), "df": dof, "value": column,
                     "method": "paired jackknife over batches" if paired else "independent jackknife se"})
     return pd.DataFrame(out)
 

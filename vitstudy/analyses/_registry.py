@@ -14,15 +14,18 @@ import pandas as pd
 from omegaconf import OmegaConf
 
 from ..errors import VitstudyError, closest
+from ..pipeline.results import Replicates
 
 
-@dataclass
+@dataclass(kw_only=True)
 class Result:
+    """What an analysis returns; the runner writes it (`pipeline.results.write_result`)."""
+
     tables: dict[str, pd.DataFrame] = field(default_factory=dict)
     figures: dict[str, Any] = field(default_factory=dict)  # name -> matplotlib Figure
     info: dict[str, Any] = field(default_factory=dict)  # recorded in run.json (choices made, layers used)
     images: list[dict] = field(default_factory=list)  # the image samples used (Context.sample records) -> images.csv
-    replicates: dict[str, dict] = field(default_factory=dict)  # table -> jackknife replicates -> <table>.replicates.npz (vitstudy compare)
+    replicates: dict[str, Replicates] = field(default_factory=dict)  # table -> <table>.replicates.npz (vitstudy compare)
 
 
 @dataclass

@@ -25,7 +25,7 @@ from ..pipeline.engine import Reducer, stream
 from ..errors import VitstudyError
 from ..anatomy.blocks import block_names
 from ..pipeline.layers import Layer, features
-from ..metrics import attention as am
+from ..pipeline.results import Replicates
 from ..metrics import uncertainty
 from ..metrics.cka import MinibatchCKA, gram, u_center
 from ._registry import Params, Result, at_least, register
@@ -181,15 +181,14 @@ def attention_distance(ctx) -> Result:
             "attention_distance_depth": plots_attention.depth_scatter(df)}
     replicates = {}
     if len(batching.batches) > 1:  # paired comparisons (vitstudy compare): every model saw the same batches
-        replicates["attention_distance"] = {
-            "values": np.concatenate(reps, axis=1), "strata": np.zeros(len(batching.batches), dtype=np.int64),
-            "units": uncertainty.unit_ids(batching.batches), "estimate": df.mean_distance.to_numpy(),
-            "column": "mean_distance", "method": "jackknife_batches"}
+        replicates["attention_distance"] = Replicates(
+            values=np.concatenate(reps, axis=1), strata=np.zeros(len(batching.batches), dtype=np.int64),
+            units=uncertainty.unit_ids(batching.batches), estimate=df.mean_distance.to_numpy(), column="mean_distance")
     info = {"attention_models": [t.model.iloc[0] for t in tables],
             "uncertainty": {"attention_distance": {"method": "se_images", "description": uncertainty.METHODS["se_images"]}}}
     if excluded(main.module):  # e.g. CaiT's class-attention blocks
         info["excluded"] = excluded(main.module)
-    return Result({"attention_distance": df}, figs, info, [record], replicates)
+    return Result(tables={"attention_distance": df}, figures=figs, info=info, images=[record], replicates=replicates)
 
 
 # --------------------------------------------------------------------------------------------------
@@ -293,7 +292,7 @@ def local_global_cka(ctx) -> Result:
         if not spec:
             raise VitstudyError(f"found no residual blocks in {ref.label}; set analysis.reference_layers=[...]")
     ref_layers = ctx.layers(ref, spec)
-    proj = Layer(f"{site.name}.proj:in", f"{site.name}.proj", True, (), "NLC")
+    proj = Layer(name=f"{site.name}.proj:in", module=f"{site.name}.proj", is_input=True, shape=(), layout="NLC")
     reducer = LocalGlobalReducer(site, proj, ref_layers, cfg.tokens, vit.module, ref.module, ctx.device)
     batching, record = ctx.sample(tail=cfg.cka.tail)
     loader = ctx.loader([vit, ref], batching)
@@ -327,11 +326,11 @@ def local_global_cka(ctx) -> Result:
     fig = plots_attention.local_global(df, f"{vit.label} block {site.block} heads vs {ref.label}\n"
                                        f"subsets of {size} heads, step {step}, {reducer.stats.n} images, tokens={cfg.tokens}")
     units = uncertainty.unit_ids(batching.batches)
-    return Result({"local_global_cka": df}, {"local_global_cka": fig},
-                  {"head_distances": heads_df.to_dict("list"), "reference_layers": [l.name for l in ref_layers],
-                   "uncertainty": {"local_global_cka": {"method": "jackknife_batches", "df": len(reps) - 1,
-                                                        "description": uncertainty.METHODS["jackknife_batches"] +
-                                                        "; the heads' ranking is taken as given"}}},
-                  [record], {"local_global_cka": {"values": reps, "strata": np.zeros(len(reps), dtype=np.int64),
-                                                  "units": units, "estimate": df.cka.to_numpy(), "column": "cka",
-                                                  "method": "jackknife_batches"}})
+    info = {"head_distances": heads_df.to_dict("list"), "reference_layers": [l.name for l in ref_layers],
+            "uncertainty": {"local_global_cka": {"method": "jackknife_batches", "df": len(reps) - 1,
+                                                 "description": uncertainty.METHODS["jackknife_batches"] +
+                                                 "; the heads' ranking is taken as given"}}}
+    jackknife = Replicates(values=reps, strata=np.zeros(len(reps), dtype=np.int64), units=units,
+                           estimate=df.cka.to_numpy(), column="cka")
+    return Result(tables={"local_global_cka": df}, figures={"local_global_cka": fig}, info=info, images=[record],
+                  replicates={"local_global_cka": jackknife})

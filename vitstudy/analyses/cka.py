@@ -18,9 +18,10 @@ import torch
 from ..pipeline import data
 from ..plots import cka as plots_cka
 from ..plots import model_label
-from ..pipeline.engine import Reducer, stream
+from ..pipeline.engine import FeatureSource, Reducer, stream
 from ..errors import VitstudyError
 from ..pipeline.layers import Layer, features
+from ..pipeline.results import Replicates
 from ..metrics import uncertainty
 from ..metrics.cka import FullSetCKA, MinibatchCKA, gram, u_center
 from ._registry import Params, Result, register
@@ -177,12 +178,12 @@ class Estimate:
             cols["null_permutations"] = len(self.null)
         return cols
 
-    def replicate_record(self, column: str = "cka") -> dict | None:
+    def replicate_record(self, column: str = "cka") -> Replicates | None:
         """What `<table>.replicates.npz` holds for paired comparisons (rows in the table's order)."""
         if self.replicates is None:
             return None
-        return {"values": self.replicates.reshape(len(self.replicates), -1), "strata": self.strata, "units": self.units,
-                "estimate": self.mean.ravel(), "column": column, "method": self.method}
+        return Replicates(values=self.replicates.reshape(len(self.replicates), -1), strata=self.strata, units=self.units,
+                          estimate=self.mean.ravel(), column=column, method=self.method)
 
     @property
     def batches(self) -> int:
@@ -292,7 +293,8 @@ def compute(ctx, models, layers, stacked: bool | None = None, sampling: Sampling
 
         name = "cka" if s.label == "CKA" else s.label
         desc = f"{name} repeat {r + 1}/{s.repeats}" if s.repeats > 1 else name
-        features = (ctx.features, namespaces, remaining.batches) if namespaces is not None else None
+        features = (FeatureSource(cache=ctx.features, namespaces=namespaces, batches=remaining.batches)
+                    if namespaces is not None else None)
         stream(models, layers, loader, reducer, ctx.device, desc, ctx.progress, after_batch=checkpoint, features=features)
         matrix = reducer.result()
         if reducer.within:
@@ -359,9 +361,10 @@ def _run(ctx, within: bool) -> Result:
     title = f"CKA within {nx}" if within else f"CKA: {nx} vs {ny}"
     subtitle = f"{estimator}, tokens={cfg.tokens}, {images} images x {cfg.cka.repeats}"
     fig = heatmap(est, f"{nx} layer", f"{ny} layer", f"{title}\n{subtitle}")
-    result = Result({name: df}, {name: fig}, {"layers": {m.key: [l.name for l in ls] for m, ls in zip(models, layers)},
-                                              "uncertainty": {name: est.info()}},
-                    info["repeats"], replicates={name: est.replicate_record()} if est.replicates is not None else {})
+    result = Result(tables={name: df}, figures={name: fig},
+                    info={"layers": {m.key: [l.name for l in ls] for m, ls in zip(models, layers)},
+                          "uncertainty": {name: est.info()}},
+                    images=info["repeats"], replicates={name: est.replicate_record()} if est.replicates is not None else {})
     if not within and ctx.params.diagonal:
         diag = diagonal(df, len(lx), len(ly))
         result.tables["cka_diagonal"] = diag

@@ -14,6 +14,7 @@ from typing import Any, List, Optional
 
 from ..errors import VitstudyError
 from ..pipeline import models as model_loading
+from ..pipeline.results import Replicates
 from ..plots.cka import cka_grid_figure
 from ._registry import Params, Result, register
 from .cka import compute, table
@@ -68,8 +69,8 @@ def cka_grid(ctx) -> Result:
     replicates = {}
     if reps:
         df = pd.concat(frames, ignore_index=True)
-        replicates["cka_grid"] = {"values": np.concatenate(reps, axis=1), "strata": est.strata, "units": est.units,
-                                  "estimate": df.cka.to_numpy(), "column": "cka", "method": est.method}
-    return Result({"cka_grid": pd.concat(frames, ignore_index=True)}, {"cka_grid": fig},
-                  {"layers": {m.key: [l.name for l in ls] for m, ls in zip(models, layers)},
-                   "uncertainty": {"cka_grid": est.info()}}, info["repeats"], replicates=replicates)
+        replicates["cka_grid"] = Replicates(values=np.concatenate(reps, axis=1), strata=est.strata, units=est.units,
+                                            estimate=df.cka.to_numpy(), column="cka", method=est.method)
+    return Result(tables={"cka_grid": pd.concat(frames, ignore_index=True)}, figures={"cka_grid": fig},
+                  info={"layers": {m.key: [l.name for l in ls] for m, ls in zip(models, layers)},
+                        "uncertainty": {"cka_grid": est.info()}}, images=info["repeats"], replicates=replicates)

@@ -3,7 +3,8 @@ from __future__ import annotations
 
 from ..pipeline.layers import Layer
 
-INPUT = Layer("input", "", True, (), "NCHW")  # the model's own input: a pre-hook on the root module
+# the model's own input: a pre-hook on the root module
+INPUT = Layer(name="input", module="", is_input=True, shape=(), layout="NCHW")
 
 
 def sample_loader(ctx, models, num_images: int | None = None, repeat: int = 0, tail: str = "fold"):

@@ -66,7 +66,8 @@ def position_embedding(ctx) -> Result:
                        "grid": f"{gh}x{gw}", "stored_grid": f"{stored[0]}x{stored[1]}", "resampled": grid != stored})
     note = f", resampled from {stored[0]}x{stored[1]}" if grid != stored else ""
     fig = plots_attention.position_similarity(sim, gh, gw, f"Position embedding similarity, {m.label} ({gh}x{gw}{note})")
-    return Result({"position_embedding": df}, {"position_embedding": fig}, {"grid": list(grid), "stored_grid": list(stored)})
+    return Result(tables={"position_embedding": df}, figures={"position_embedding": fig},
+                  info={"grid": list(grid), "stored_grid": list(stored)})
 
 
 def filter_pca(weight: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
@@ -116,4 +117,4 @@ def patch_embedding_pca(ctx) -> Result:
     fig = plots_attention.pca_filters(comps[:shown].numpy(), columns,
                                       f"{m.label}: RGB embedding filters (first {shown} principal components, "
                                       f"{float(ratio[:shown].sum()):.0%} of variance)")
-    return Result({"patch_embedding_pca": df}, {"patch_embedding_pca": fig}, {"components_shown": shown})
+    return Result(tables={"patch_embedding_pca": df}, figures={"patch_embedding_pca": fig}, info={"components_shown": shown})

@@ -151,11 +151,13 @@ def fourier(ctx) -> Result:
     fig2a = plots_fourier.frequency_curves(curves, f"Relative log amplitude of Fourier-transformed latents, {images} images")
     fig8 = plots_fourier.depth_profile(profiles, r"$\Delta$ Log amplitude (high frequency)",
                                        f"Highest-frequency Δ log amplitude (the last half-diagonal entry), {images} images")
-    return Result({"fourier": pd.DataFrame(rows)}, {"fourier": fig2a, "fourier_high_frequency": fig8},
-                  {"layers": {m.key: [l.name for l in ls] for m, ls in zip(models, described)},
-                   "fourier": "mean over images and channels of log(|fft2|+1e-6), fftshifted, half diagonal from DC, minus DC; "
-                              "frequency = linspace(0, 1, K) pi as the paper's axis, frequency_axis = 2k/h pi per axis",
-                   "uncertainty": {"fourier": uncertainty.METHODS["se_images"] + " (per-image mean over channels)"}}, [record])
+    return Result(tables={"fourier": pd.DataFrame(rows)}, figures={"fourier": fig2a, "fourier_high_frequency": fig8},
+                  info={"layers": {m.key: [l.name for l in ls] for m, ls in zip(models, described)},
+                        "fourier": "mean over images and channels of log(|fft2|+1e-6), fftshifted, half diagonal from DC, "
+                                   "minus DC; frequency = linspace(0, 1, K) pi as the paper's axis, frequency_axis = 2k/h pi "
+                                   "per axis",
+                        "uncertainty": {"fourier": uncertainty.METHODS["se_images"] + " (per-image mean over channels)"}},
+                  images=[record])
 
 
 @register("feature_variance", "Feature-map variance over spatial positions per latent (Park & Kim 2022, Fig. 9)", FeatureVariance,
@@ -181,7 +183,8 @@ def feature_variance(ctx) -> Result:
     fig = plots_fourier.depth_profile(profiles, "Feature map variance",
                                       f"Variance over spatial positions, mean over images and channels, {images} images",
                                       ylim_bottom=0.0)
-    return Result({"feature_variance": pd.DataFrame(rows)}, {"feature_variance": fig},
-                  {"layers": {m.key: [l.name for l in ls] for m, ls in zip(models, described)},
-                   "uncertainty": {"feature_variance": uncertainty.METHODS["se_images"] + " (per-image mean over channels)"}},
-                  [record])
+    return Result(tables={"feature_variance": pd.DataFrame(rows)}, figures={"feature_variance": fig},
+                  info={"layers": {m.key: [l.name for l in ls] for m, ls in zip(models, described)},
+                        "uncertainty": {"feature_variance": uncertainty.METHODS["se_images"] +
+                                        " (per-image mean over channels)"}},
+                  images=[record])

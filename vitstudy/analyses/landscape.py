@@ -118,9 +118,11 @@ def hessian(ctx) -> Result:
     summary = {"NEP": float((ev < 0).mean()), "APE": float(ev[ev > 0].mean()) if (ev > 0).any() else float("nan"),
                "max": float(ev.max()), "eigenvalues": int(len(ev))}
     sdf = pd.DataFrame([{"model": m.name, "weights": m.weights, "statistic": k, "value": v} for k, v in summary.items()])
-    return Result({"hessian": df, "hessian_summary": sdf}, {"hessian": plots_landscape.hessian_density(df, m.label, summary)},
-                  {"hessian": summary, "loss": "cross_entropy + weight_decay/2 * sum ||theta||^2", "augmentation": "none (eval transform)"},
-                  [record])
+    return Result(tables={"hessian": df, "hessian_summary": sdf},
+                  figures={"hessian": plots_landscape.hessian_density(df, m.label, summary)},
+                  info={"hessian": summary, "loss": "cross_entropy + weight_decay/2 * sum ||theta||^2",
+                        "augmentation": "none (eval transform)"},
+                  images=[record])
 
 
 def grid_losses(module, batches, directions, points, weight_decay=0.0, device="cpu"):
@@ -182,6 +184,8 @@ def loss_landscape(ctx) -> Result:
                      "dims": p.dims, "weight_decay": p.weight_decay, "direction_seed": seed,
                      "dataset": ctx.cfg.dataset.name})
     df = pd.DataFrame(rows)
-    return Result({"loss_landscape": df}, {"loss_landscape": plots_landscape.loss_surface(df, m.label, p.dims)},
-                  {"direction_seed": seed, "normalisation": "filter (norm over dim 0), <2-D and position embeddings zeroed",
-                   "augmentation": "none (eval transform)"}, [record])
+    return Result(tables={"loss_landscape": df},
+                  figures={"loss_landscape": plots_landscape.loss_surface(df, m.label, p.dims)},
+                  info={"direction_seed": seed,
+                        "normalisation": "filter (norm over dim 0), <2-D and position embeddings zeroed",
+                        "augmentation": "none (eval transform)"}, images=[record])

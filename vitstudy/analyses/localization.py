@@ -21,6 +21,7 @@ from ..pipeline.engine import Reducer, stream
 from ..errors import VitstudyError
 from ..anatomy.tokens import token_grid
 from ..pipeline.layers import Layer
+from ..pipeline.results import Replicates
 from ..metrics import uncertainty
 from ..metrics.cka import MinibatchCKA
 from ._registry import Params, Result, register
@@ -153,8 +154,8 @@ def spatial_localization(ctx) -> Result:
             "fraction_argmax_self": float((dist == 0).mean()), "fraction_argmax_within_1": float((dist <= 1).mean()),
             "uncertainty": {"spatial_localization": {"method": "jackknife_batches", "df": df_jk,
                                                      "description": uncertainty.METHODS["jackknife_batches"]}}}
-    record = {"values": reps.reshape(len(reps), -1), "strata": np.zeros(len(reps), dtype=np.int64),
-              "units": uncertainty.unit_ids(batching.batches), "estimate": matrix.ravel(), "column": "cka",
-              "method": "jackknife_batches"}
-    return Result({"spatial_localization": df, "spatial_localization_summary": summary},
-                  {"spatial_localization": fig}, info, [used], {"spatial_localization": record})
+    record = Replicates(values=reps.reshape(len(reps), -1), strata=np.zeros(len(reps), dtype=np.int64),
+                        units=uncertainty.unit_ids(batching.batches), estimate=matrix.ravel(), column="cka")
+    return Result(tables={"spatial_localization": df, "spatial_localization_summary": summary},
+                  figures={"spatial_localization": fig}, info=info, images=[used],
+                  replicates={"spatial_localization": record})

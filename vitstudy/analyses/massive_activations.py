@@ -139,4 +139,4 @@ def massive_activations(ctx) -> Result:
             "median": "per image, the median of |activation| over all tokens and channels (mean of the two middle values); "
                       "value and median_abs are means over images; ratio = value / median_abs",
             "uncertainty": {"massive_activations": uncertainty.METHODS["se_images"]}}
-    return Result({"massive_activations": table}, figures, info, [record])
+    return Result(tables={"massive_activations": table}, figures=figures, info=info, images=[record])

@@ -233,7 +233,7 @@ def linear_probe(ctx) -> Result:
             else data.Batching([list(idx)], "none", 0)
         return data.loader(ds, batching, [m.transform], cfg.dataset.num_workers), batching
 
-    train_loader, tb = loader("train")
+    train_loader, _ = loader("train")
     train = TrainReducer(extract, num_classes, ctx.device)
     stream([m], [layers], train_loader, train, ctx.device, "linear_probe train", ctx.progress)
     solutions = {k: acc.solve(alphas) for k, acc in train.acc.items()}
@@ -289,4 +289,4 @@ def linear_probe(ctx) -> Result:
                                              "mean over token probes": uncertainty.METHODS["se_images"] +
                                              " (each image's share of token probes right)"}},
             "splits": {s: len(v[1]) for s, v in splits.items()}}
-    return Result({"linear_probe": df}, {"linear_probe": fig}, info, used)
+    return Result(tables={"linear_probe": df}, figures={"linear_probe": fig}, info=info, images=used)

@@ -107,7 +107,7 @@ def erf_maps(module: torch.nn.Module, layers: list[Layer], batches, channels: st
                     total = total / C
                 sums[name] = sums.get(name, 0) + total.double().detach()
             count += images
-            del captured
+            captured.clear()  # free the batch's centres before the next forward
     return {k: (v / count).cpu().numpy() for k, v in sums.items()}, grids
 
 
@@ -161,5 +161,5 @@ def receptive_field(ctx) -> Result:
         panels.append((f"{b.block} {b.sublayer}" if b.sublayer != "res" else b.block,
                        "after residual" if k == "post" else "before residual (branch)", erf))
     fig = plots_erf.erf_figure(panels, f"{m.label}: |d centre / d input|, {used['images']} images, channels={p.channels}")
-    return Result({"receptive_field": pd.DataFrame(rows)}, {"receptive_field": fig},
-                  {"channels": p.channels, "input_size": [h, w]}, [used])
+    return Result(tables={"receptive_field": pd.DataFrame(rows)}, figures={"receptive_field": fig},
+                  info={"channels": p.channels, "input_size": [h, w]}, images=[used])

@@ -163,13 +163,14 @@ def frequency_noise(ctx) -> Result:
                        "low": lows, "high": highs})
     fig = plots_fourier.noise_drop(series, _ylabel(set(metrics)),
                                    f"Band-limited sign noise, ε={p.eps} ({p.space}), half-width {p.window}π, {seen} images")
-    return Result({"frequency_noise": pd.DataFrame(rows)}, {"frequency_noise": fig},
-                  {"metric": {m.key: metrics[i] for i, m in enumerate(models)},
-                   "noise": "delta = eps*sign(randn) per pixel and channel; FFT, shifted, times the square annulus "
-                            "(outer side 2*int((f+s)*n/2), inner 2*int((f-s)*n/2)); inverse FFT, real part; added "
-                            f"in {p.space} space, no clipping",
-                   "uncertainty": {"frequency_noise": {"clean, value": uncertainty.METHODS["wilson"],
-                                                       "drop": uncertainty.METHODS["paired_se_images"]}}}, [record])
+    return Result(tables={"frequency_noise": pd.DataFrame(rows)}, figures={"frequency_noise": fig},
+                  info={"metric": {m.key: metrics[i] for i, m in enumerate(models)},
+                        "noise": "delta = eps*sign(randn) per pixel and channel; FFT, shifted, times the square annulus "
+                                 "(outer side 2*int((f+s)*n/2), inner 2*int((f-s)*n/2)); inverse FFT, real part; added "
+                                 f"in {p.space} space, no clipping",
+                        "uncertainty": {"frequency_noise": {"clean, value": uncertainty.METHODS["wilson"],
+                                                            "drop": uncertainty.METHODS["paired_se_images"]}}},
+                  images=[record])
 
 
 # ---------------------------------------------------------------- lesion
@@ -275,7 +276,8 @@ def lesion(ctx) -> Result:
           "family": latents.family(m.module), "step": step, "low": df.delta_ci_low, "high": df.delta_ci_high}],
         _ylabel({metric}), f"Lesion: one sublayer removed at a time (residual path kept), {metric}, {seen} images",
         zero_line=True)
-    return Result({"lesion": df}, {"lesion": fig}, {"metric": metric, "units": [u for u, _ in units],
-                                                    "uncertainty": {"lesion": {"intact, value": uncertainty.METHODS["wilson"],
-                                                                               "delta": uncertainty.METHODS["paired_se_images"]}}},
-                  [record])
+    return Result(tables={"lesion": df}, figures={"lesion": fig},
+                  info={"metric": metric, "units": [u for u, _ in units],
+                        "uncertainty": {"lesion": {"intact, value": uncertainty.METHODS["wilson"],
+                                                   "delta": uncertainty.METHODS["paired_se_images"]}}},
+                  images=[record])

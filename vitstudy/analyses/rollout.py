@@ -236,6 +236,6 @@ def attention_rollout(ctx) -> Result:
         title = (f"Attention rollout, {m.label} ({len(site_list)} blocks, {query}, {residual}A + {1 - residual:g}I)\n"
                  f"mean normalised entropy {df.entropy_normalised.mean():.3f}, centre share {df.centre_share.mean():.3f}")
         figures["attention_rollout"] = plots_attention.rollout_grid(images, np.stack(reducer.shown_maps), title)
-    return Result({"attention_rollout": df, "attention_rollout_summary": pd.DataFrame(summary)}, figures,
-                  {"rollout_query": query,
-                   "uncertainty": {"attention_rollout_summary": uncertainty.METHODS["se_images"]}}, [record])
+    return Result(tables={"attention_rollout": df, "attention_rollout_summary": pd.DataFrame(summary)}, figures=figures,
+                  info={"rollout_query": query,
+                        "uncertainty": {"attention_rollout_summary": uncertainty.METHODS["se_images"]}}, images=[record])

@@ -21,6 +21,7 @@ import pandas as pd
 from .. import measures
 from ..errors import VitstudyError, closest
 from ..pipeline.layers import Layer
+from ..pipeline.results import Replicates
 from ..plots import model_label
 from ..plots.cka import cka_grid_figure
 from . import cka
@@ -188,8 +189,8 @@ def _tables(ctx, est, models, layers, blocks: list[Block], params, estimator, in
     df = pd.concat(frames, ignore_index=True)
     record = None
     if reps and len(reps) == len(blocks):
-        record = {"values": np.concatenate(reps, axis=1), "strata": est.strata, "units": est.units,
-                  "estimate": df.value.to_numpy(), "column": "value", "method": est.method}
+        record = Replicates(values=np.concatenate(reps, axis=1), strata=est.strata, units=est.units,
+                            estimate=df.value.to_numpy(), column="value", method=est.method)
     return df, record
 
 

@@ -27,7 +27,7 @@ import torch
 from ..errors import VitstudyError
 from ..metrics import uncertainty
 from ..pipeline import data
-from ..pipeline.engine import Reducer, stream
+from ..pipeline.engine import FeatureSource, Reducer, stream
 from ..pipeline.layers import Layer, features
 from ..pipeline.store import FeatureStore
 from .cka import Estimate
@@ -236,7 +236,7 @@ def compute(ctx, models, layers: list[list[Layer]], measure, params, stacked: bo
                                    "runs": runs, "used": used, **extra})
 
         def feats(batches):
-            return (ctx.features, namespaces, batches) if namespaces is not None else None
+            return FeatureSource(cache=ctx.features, namespaces=namespaces, batches=batches) if namespaces is not None else None
 
         desc = f"{measure.name} repeat {r + 1}/{cfg.cka.repeats}" if cfg.cka.repeats > 1 else measure.name
         if estimator == "full_set":

@@ -221,7 +221,8 @@ def skip_ratio(ctx) -> Result:
     info = {"aggregate": p.aggregate, "branch_points": {m.key: [dataclasses.asdict(b) for b, _, _ in s] for m, s in zip(models, specs)},
             "zero_branches": infinite.to_dict("records"),
             "uncertainty": {"skip_ratio": {"ratio": uncertainty.METHODS["se_images"] + "; ratio_of_means by the delta method"}}}
-    return Result({"skip_ratio": tokens, "skip_ratio_summary": summary}, {"skip_ratio": fig}, info, [used])
+    return Result(tables={"skip_ratio": tokens, "skip_ratio_summary": summary}, figures={"skip_ratio": fig}, info=info,
+                  images=[used])
 
 
 # ---- skip_ablation ----
@@ -348,4 +349,4 @@ def skip_ablation(ctx) -> Result:
                                                    f"{getattr(m.module, 'num_classes', '?')} classes",
             "layers": [l.name for l in layers], "uncertainty": uncertainty_info}
     replicates = {"skip_ablation": est.replicate_record()} if est.replicates is not None else {}
-    return Result(tables, {"skip_ablation": fig}, info, used, replicates)
+    return Result(tables=tables, figures={"skip_ablation": fig}, info=info, images=used, replicates=replicates)

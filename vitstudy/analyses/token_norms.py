@@ -35,7 +35,7 @@ from .common import INPUT
 from .rollout import to_images
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, kw_only=True)
 class TokenLayer:
     """A token layer and what each of its tokens is: (rows, cols) patch grid after `prefix` prefix tokens."""
 
@@ -61,7 +61,8 @@ def token_layers(m, layers: list[Layer], analysis: str) -> list[TokenLayer]:
                                 f"'{layer.name}' is a {layer.layout} feature map of shape {tuple(layer.shape)}")
         rows, cols, prefix = anatomy_tokens.token_grid(m.module, layer)
         pk = tuple(kinds) if len(kinds) == prefix else ("prefix",) * prefix
-        out.append(TokenLayer(layer, d, int(rows), int(cols), int(prefix), pk + ("patch",) * (rows * cols)))
+        out.append(TokenLayer(layer=layer, depth=d, rows=int(rows), cols=int(cols), prefix=int(prefix),
+                              kinds=pk + ("patch",) * (rows * cols)))
     return out
 
 
@@ -238,7 +239,7 @@ def probe_rows(reducer: ProbeReducer, layers: list[str], test_fraction: float, a
     return rows, {"test_images": int(num_test), "train_images": int(n - num_test)}
 
 
-@dataclass
+@dataclass(kw_only=True)
 class LayerSplit:
     """One layer's high-norm rule: the cut's bin (None: no high-norm tokens), the norm threshold and the rule."""
 
@@ -253,14 +254,16 @@ def layer_splits(reducer: TokenNormReducer, tls: list[TokenLayer], threshold: fl
     out = {}
     for t in tls:
         if threshold is not None:
-            out[t.layer.name] = LayerSplit(None, float(threshold), "analysis.threshold", float("nan"))
+            out[t.layer.name] = LayerSplit(first_high_bin=None, threshold=float(threshold), rule="analysis.threshold",
+                                           separation=float("nan"))
             continue
         hist = reducer.counts[t.layer.name][t.prefix:].sum(0).numpy()
         s = tn.split(hist, reducer.bins)
         rule = ("minimum-error cut of the bimodal patch-norm histogram" if s.first_high_bin is not None else
                 f"not bimodal (separation {s.separation:.2f}, needs > {tn.MIN_SEPARATION:g}; the upper side must be under half; "
                 f"BIC gain {s.bic_gain:.1f}, needs > 0): no high-norm tokens")
-        out[t.layer.name] = LayerSplit(s.first_high_bin, s.threshold, rule, s.separation, s.bic_gain)
+        out[t.layer.name] = LayerSplit(first_high_bin=s.first_high_bin, threshold=s.threshold, rule=rule,
+                                       separation=s.separation, bic_gain=s.bic_gain)
     return out
 
 
@@ -355,7 +358,7 @@ def token_norms(ctx) -> Result:
             raise VitstudyError(f"analysis.probe_layers: {', '.join(missing)} not among the tapped layers "
                                 f"({', '.join(t.layer.name for t in tls)})")
     embed = _embed_layer(ctx, m)
-    bins = tn.Bins(float(p.log_low), float(p.log_high), int(p.bins))
+    bins = tn.Bins(low=float(p.log_low), high=float(p.log_high), count=int(p.bins))
     reducer = TokenNormReducer(tls, bins, p.threshold, int(p.num_show), embed)
     batching, record = ctx.sample()
     taps = [INPUT] + ([embed] if embed is not None and embed.name not in {t.layer.name for t in tls} else []) + layers
@@ -465,4 +468,4 @@ def token_norms(ctx) -> Result:
             "uncertainty": {"token_norms": uncertainty.METHODS["se_images"]}}
     if probe_info is not None:
         info["probes"] = probe_info
-    return Result(tables, figures, info, [record])
+    return Result(tables=tables, figures=figures, info=info, images=[record])

@@ -76,7 +76,7 @@ class Site:
     @property
     def layer(self) -> Layer:
         """The tap: the input of `attn_drop` (or `tap`), i.e. the softmax output."""
-        return Layer(self.name, f"{self.name}.{self.tap}", True, (), "attn")
+        return Layer(name=self.name, module=f"{self.name}.{self.tap}", is_input=True, shape=(), layout="attn")
 
     @property
     def tokens(self) -> int:
@@ -595,7 +595,7 @@ def _levit_sites(model, img) -> list[Site]:
     """LeViT: Attention over its stage's resolution x resolution grid; AttentionDownsample's queries are the grid
     subsampled with its stride (positions 0, s, 2s, ... as in its own bias table), keys the full grid."""
     names = [(n, m) for n, m in model.named_modules() if type(m).__name__ in ("Attention", "AttentionDownsample")]
-    found = probe(model, img, {n: SOFTMAX_TAP for n, _ in names})
+    probe(model, img, {n: SOFTMAX_TAP for n, _ in names})  # it must run at this size (else a one-line error)
     out = []
     for i, (n, m) in enumerate(names):
         res = _pair(m.resolution)

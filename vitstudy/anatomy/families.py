@@ -113,10 +113,6 @@ def _has(mod: nn.Module, *attrs: str) -> bool:
     return all(hasattr(mod, a) for a in attrs)
 
 
-def _named(*names: str) -> Callable[[nn.Module], bool]:
-    return lambda mod: type(mod).__name__ in names
-
-
 # ---- transformers
 
 def _vit_sublayers(b: str, i: int, mod) -> list[Sublayer]:

@@ -20,7 +20,7 @@ def parse(spec: str) -> tuple[str, bool, int | None]:
     return m["module"], m["input"] is not None, None if m["index"] is None else int(m["index"])
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, kw_only=True)
 class Layer:
     """One representation: a module path, whether it is the module's input, its output layout."""
 

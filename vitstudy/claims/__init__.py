@@ -10,8 +10,6 @@ from __future__ import annotations
 
 from pathlib import Path
 
-import pandas as pd
-
 from . import dosovitskiy, measures, parkkim, raghu
 from .core import COLUMNS, VERDICTS, Claim, Finding, Need, evaluate, frame, resolve
 
@@ -32,8 +30,8 @@ def for_target(target: str, runs: list[dict], root: Path | None = None) -> list[
     """A figure target's claims on its jobs; a target without declared claims gives one `missing` row saying so."""
     claims = CLAIMS.get(target)
     if not claims:
-        from .core import Claim as _C
-        placeholder = _C("", "", "(no claim declared for this target yet)", "", {}, lambda t: float("nan"))
+        placeholder = Claim(paper="", figure="", text="(no claim declared for this target yet)", statistic="", needs={},
+                            compute=lambda t: float("nan"))
         return [Finding(placeholder, target=target, note=f"no claim declared for {target} in vitstudy/claims")]
     return [f for c in claims for f in resolve(c, runs, target=target, root=root)]
 

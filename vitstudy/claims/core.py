@@ -20,7 +20,7 @@ from __future__ import annotations
 
 import json
 import re
-from dataclasses import dataclass, field
+from dataclasses import KW_ONLY, dataclass, field
 from pathlib import Path
 from typing import Callable
 
@@ -29,6 +29,7 @@ import pandas as pd
 
 from ..config import flatten
 from ..metrics import uncertainty
+from ..pipeline.results import Replicates
 
 VERDICTS = ("holds", "contradicted", "inconclusive", "missing")
 COLUMNS = ["paper", "figure", "claim", "statistic", "value", "ci_low", "ci_high", "threshold", "verdict", "models",
@@ -48,9 +49,10 @@ def kind_of(model_name: str) -> str:
 @dataclass(frozen=True)
 class Need:
     """A run a claim reads: its analysis, the kind of its model ('vit', 'cnn' or None for any), and its table
-    (default: the analysis' main table)."""
+    (default: the analysis' main table); the fields after `kind` are keyword-only."""
     analysis: str
     kind: str | None = None
+    _: KW_ONLY
     table: str | None = None
     independent_rows: bool = False  # rows are independent samples (images, batches): se from their spread
     name: str | None = None  # a regular expression the model's timm name must match (e.g. 'gap')
@@ -62,7 +64,7 @@ class Need:
                 + "".join(f" with {key}={value}" for key, value in self.config))
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, kw_only=True)
 class Claim:
     """One finding of a paper figure, as a check. `statistic(t)` returns a float from `t.values(...)`; the claim
     holds when it is above (`direction='>'`) or below (`'<'`) `threshold` with 95% confidence."""
@@ -146,10 +148,10 @@ def load_table(run_dir: Path, table: str, column: str | None = None) -> Table:
     reps = strata = units = None
     rep_column = None
     if npz.is_file():
-        with np.load(npz, allow_pickle=False) as f:
-            rep_column = str(f["column"])
-            if f["values"].shape[1] == len(df) and (column is None or column == rep_column):
-                reps, strata, units = f["values"].astype(np.float64), f["strata"], f["units"]
+        record = Replicates.read(npz)
+        rep_column = record.column
+        if record.rows == len(df) and (column is None or column == rep_column):
+            reps, strata, units = record.values.astype(np.float64), record.strata, record.units
     column = column or rep_column or next((c[:-3] for c in df.columns if c.endswith("_se") and c[:-3] in df), None)
     if column is None or column not in df:
         raise Missing(f"{csv.name} has no column {column or '(value with _se)'}")
@@ -320,8 +322,7 @@ def matches(run: dict, need: Need) -> bool:
             and all(str(flatten(run.get("config", {})).get(key)) == value for key, value in need.config))
 
 
-def resolve(claim: Claim, runs: list[dict], column_of: Callable[[Need], str | None] | None = None,
-            target: str = "", root: Path | None = None) -> list[Finding]:
+def resolve(claim: Claim, runs: list[dict], target: str = "", root: Path | None = None) -> list[Finding]:
     """The claim on these runs: one finding per run of its first role (a sweep gives one each), the other roles
     from the first run that matches them; a `missing` finding, with the reason, when a role has no run."""
     roles = list(claim.needs)

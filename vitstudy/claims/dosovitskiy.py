@@ -29,20 +29,24 @@ def _deeper(t):
     return mean(t, "vit", f"block == {int(df.block.max())}") - mean(t, "vit", f"block == {int(df.block.min())}")
 
 
-FIG7_POSITION = Claim(PAPER, "Fig. 7 (centre)", "Position embeddings are most similar for nearby patches",
-                      "mean cosine similarity: 4-neighbour patches minus farther pairs",
-                      {"vit": Need("position_embedding", "vit")}, _neighbours, 0.0, ">", column="cosine")
-FIG7_ROWS = Claim(PAPER, "Fig. 7 (centre)", "Position embeddings encode rows and columns",
-                  "mean cosine similarity: same row or column minus neither (neighbours left out)",
-                  {"vit": Need("position_embedding", "vit")}, _row_col, 0.0, ">", column="cosine")
-FIG7_DEPTH = Claim(PAPER, "Fig. 7 (right)", "Attention distance grows with depth",
-                   "mean attention distance (px): last block minus first block",
-                   {"vit": Need("attention_distance", "vit")}, _deeper, 0.0, ">", caveat=DATA_CAVEAT)
+FIG7_POSITION = Claim(paper=PAPER, figure="Fig. 7 (centre)",
+                      text="Position embeddings are most similar for nearby patches",
+                      statistic="mean cosine similarity: 4-neighbour patches minus farther pairs",
+                      needs={"vit": Need("position_embedding", "vit")}, compute=_neighbours, threshold=0.0,
+                      direction=">", column="cosine")
+FIG7_ROWS = Claim(paper=PAPER, figure="Fig. 7 (centre)", text="Position embeddings encode rows and columns",
+                  statistic="mean cosine similarity: same row or column minus neither (neighbours left out)",
+                  needs={"vit": Need("position_embedding", "vit")}, compute=_row_col, threshold=0.0, direction=">",
+                  column="cosine")
+FIG7_DEPTH = Claim(paper=PAPER, figure="Fig. 7 (right)", text="Attention distance grows with depth",
+                   statistic="mean attention distance (px): last block minus first block",
+                   needs={"vit": Need("attention_distance", "vit")}, compute=_deeper, threshold=0.0, direction=">",
+                   caveat=DATA_CAVEAT)
 
-FIG6 = Claim(PAPER, "Fig. 6", "Attention rollout of the CLS token concentrates on part of the image",
-             "mean over images of the rollout map's entropy divided by the uniform map's (1: uniform)",
-             {"vit": Need("attention_rollout", "vit", independent_rows=True)}, lambda t: mean(t, "vit"), 1.0, "<",
-             column="entropy_normalised",
+FIG6 = Claim(paper=PAPER, figure="Fig. 6", text="Attention rollout of the CLS token concentrates on part of the image",
+             statistic="mean over images of the rollout map's entropy divided by the uniform map's (1: uniform)",
+             needs={"vit": Need("attention_rollout", "vit", independent_rows=True)}, compute=lambda t: mean(t, "vit"),
+             threshold=1.0, direction="<", column="entropy_normalised",
              caveat="concentration is necessary, not sufficient: whether the region is the object needs the images")
 
 CLAIMS = {

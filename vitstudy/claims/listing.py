@@ -38,19 +38,20 @@ dict `CLAIMS[target] = [Claim, ...]` (`measures.py` repeats Raghu's Fig. 1-2 sta
 similarity measure, on the runs of that measure: `Need(..., config=(("analysis.measure", name),))`); the tour's list is `TOUR` in `vitstudy/claims/__init__.py`. A claim:
 
 ```python
-FIG9 = Claim("Raghu et al. 2021", "Fig. 9", "Final-block ViT tokens are most similar to their own input patch",
-             "mean CKA of a token with its own patch minus with the other positions",   # the statistic, in words
-             {"vit": Need("spatial_localization", "vit")},       # role -> analysis and model kind ('vit' / 'cnn')
-             lambda t: mean(t, "vit", "is_self") - mean(t, "vit", "~is_self"),   # the statistic
+FIG9 = Claim(paper="Raghu et al. 2021", figure="Fig. 9",
+             text="Final-block ViT tokens are most similar to their own input patch",
+             statistic="mean CKA of a token with its own patch minus with the other positions",   # in words
+             needs={"vit": Need("spatial_localization", "vit")},   # role -> analysis and model kind ('vit' / 'cnn')
+             compute=lambda t: mean(t, "vit", "is_self") - mean(t, "vit", "~is_self"),   # the statistic
              threshold=0.0, direction=">")
 ```
 
 The statistic reads values only through `t.values(role, query)` (helpers in `claims/stats.py`: `mean`, `far_cka`,
 `step_change`, `of_kind`), where `query` is a pandas expression or a function of the table; that is what lets the
 interval follow the value. A role finds its run among the collected jobs by analysis and by the model's kind
-(`Need(analysis, kind, table=...)`, `column=` on the claim when the value is not the replicates' column). Add a
-known-answer test to `tests/test_claims.py` (hand-written tables where the claim must hold, be contradicted and be
-inconclusive), then regenerate this file: `python -m vitstudy.claims > docs/claims.md`.
+(`Need(analysis, kind, table=...)`, `column=` on the claim when the value is not the replicates' column; a claim's
+fields are keyword-only). Add a known-answer test to `tests/test_claims.py` (hand-written tables where the claim
+must hold, be contradicted and be inconclusive), then regenerate this file: `python -m vitstudy.claims > docs/claims.md`.
 
 Why Python rather than a declarative spec: a statistic selects rows, groups them by depth and compares two runs;
 a short function says that plainly and stays testable, and `core.estimate` recomputes it on the replicates

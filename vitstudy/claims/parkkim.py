@@ -42,22 +42,26 @@ def _noise(t):
     return mean(t, "run", drop("vit")) - mean(t, "run", drop("cnn"))
 
 
-FIG2A = Claim(PAPER, "Fig. 2a", "Convolutions amplify high frequencies, MSAs do not: ResNet's curves end higher",
-              "highest-frequency Δ log amplitude, mean over the latter half of depth, ResNet minus ViT",
-              {"run": Need("fourier", "vit")}, _conv_vs_msa, 0.0, ">", column="delta_log_amplitude")
-FIG8 = Claim(PAPER, "Fig. 8", "MSAs decrease the high-frequency amplitude",
-             "mean change of the highest-frequency Δ log amplitude across an MSA sublayer",
-             {"run": Need("fourier", "vit")}, _msa_high, 0.0, "<", column="delta_log_amplitude",
-             caveat="only the earliest MSAs behave like convolutions (Park & Kim Fig. 8)")
-FIG9_MSA = Claim(PAPER, "Fig. 9", "MSAs reduce the feature-map variance",
-                 "mean change of log feature-map variance across an MSA sublayer (ViT)",
-                 {"run": Need("feature_variance", "vit")}, _variance("attention"), 0.0, "<")
-FIG9_MLP = Claim(PAPER, "Fig. 9", "MLPs increase the feature-map variance",
-                 "mean change of log feature-map variance across an MLP sublayer (ViT)",
-                 {"run": Need("feature_variance", "vit")}, _variance("mlp"), 0.0, ">")
-FIG2B = Claim(PAPER, "Fig. 2b", "ViT is robust to high-frequency noise, ResNet is not",
-              "accuracy drop under the highest-frequency band, ViT minus ResNet (points)",
-              {"run": Need("frequency_noise", "vit")}, _noise, 0.0, ">", column="drop")
+FIG2A = Claim(paper=PAPER, figure="Fig. 2a",
+              text="Convolutions amplify high frequencies, MSAs do not: ResNet's curves end higher",
+              statistic="highest-frequency Δ log amplitude, mean over the latter half of depth, ResNet minus ViT",
+              needs={"run": Need("fourier", "vit")}, compute=_conv_vs_msa, threshold=0.0, direction=">",
+              column="delta_log_amplitude")
+FIG8 = Claim(paper=PAPER, figure="Fig. 8", text="MSAs decrease the high-frequency amplitude",
+             statistic="mean change of the highest-frequency Δ log amplitude across an MSA sublayer",
+             needs={"run": Need("fourier", "vit")}, compute=_msa_high, threshold=0.0, direction="<",
+             column="delta_log_amplitude", caveat="only the earliest MSAs behave like convolutions (Park & Kim Fig. 8)")
+FIG9_MSA = Claim(paper=PAPER, figure="Fig. 9", text="MSAs reduce the feature-map variance",
+                 statistic="mean change of log feature-map variance across an MSA sublayer (ViT)",
+                 needs={"run": Need("feature_variance", "vit")}, compute=_variance("attention"), threshold=0.0,
+                 direction="<")
+FIG9_MLP = Claim(paper=PAPER, figure="Fig. 9", text="MLPs increase the feature-map variance",
+                 statistic="mean change of log feature-map variance across an MLP sublayer (ViT)",
+                 needs={"run": Need("feature_variance", "vit")}, compute=_variance("mlp"), threshold=0.0, direction=">")
+FIG2B = Claim(paper=PAPER, figure="Fig. 2b", text="ViT is robust to high-frequency noise, ResNet is not",
+              statistic="accuracy drop under the highest-frequency band, ViT minus ResNet (points)",
+              needs={"run": Need("frequency_noise", "vit")}, compute=_noise, threshold=0.0, direction=">",
+              column="drop")
 
 def _edge(df):
     """Grid points on the landscape's edge along the first direction (y = 0), the largest |x|."""
@@ -72,19 +76,20 @@ def _rise(t, role):
     return mean(t, role, _edge) - mean(t, role, _centre)
 
 
-FIG1A = Claim(PAPER, "Fig. 1a", "ViT has a flatter loss landscape than ResNet",
-              "loss rise from the centre to the grid's edge along the first direction, ViT minus ResNet",
-              {"vit": Need("loss_landscape", "vit"), "cnn": Need("loss_landscape", "cnn")},
-              lambda t: _rise(t, "vit") - _rise(t, "cnn"), 0.0, "<", column="loss")
-FIG1C = Claim(PAPER, "Fig. 1c", "ViT's top Hessian eigenvalues are much smaller than ResNet's",
-              "mean over mini-batches of the largest Hessian eigenvalue, ViT minus ResNet",
-              {"vit": Need("hessian", "vit", independent_rows=True), "cnn": Need("hessian", "cnn", independent_rows=True)},
-              lambda t: mean(t, "vit", "eigen_index == 0") - mean(t, "cnn", "eigen_index == 0"), 0.0, "<",
-              column="eigenvalue")
-LESION = Claim(PAPER, "lesion figure", "Removing an MSA near the end of a stage hurts accuracy",
-               "mean top-1 change (points) when one of the MSAs in the latter half of depth is removed",
-               {"run": Need("lesion")}, lambda t: mean(t, "run", "kind == 'attention' and depth >= 0.5"), 0.0, "<",
-               column="delta", caveat="the paper's periodic pattern (Convs early, MSAs late in each stage) is read from the figure")
+FIG1A = Claim(paper=PAPER, figure="Fig. 1a", text="ViT has a flatter loss landscape than ResNet",
+              statistic="loss rise from the centre to the grid's edge along the first direction, ViT minus ResNet",
+              needs={"vit": Need("loss_landscape", "vit"), "cnn": Need("loss_landscape", "cnn")},
+              compute=lambda t: _rise(t, "vit") - _rise(t, "cnn"), threshold=0.0, direction="<", column="loss")
+FIG1C = Claim(paper=PAPER, figure="Fig. 1c", text="ViT's top Hessian eigenvalues are much smaller than ResNet's",
+              statistic="mean over mini-batches of the largest Hessian eigenvalue, ViT minus ResNet",
+              needs={"vit": Need("hessian", "vit", independent_rows=True), "cnn": Need("hessian", "cnn", independent_rows=True)},
+              compute=lambda t: mean(t, "vit", "eigen_index == 0") - mean(t, "cnn", "eigen_index == 0"), threshold=0.0,
+              direction="<", column="eigenvalue")
+LESION = Claim(paper=PAPER, figure="lesion figure", text="Removing an MSA near the end of a stage hurts accuracy",
+               statistic="mean top-1 change (points) when one of the MSAs in the latter half of depth is removed",
+               needs={"run": Need("lesion")}, compute=lambda t: mean(t, "run", "kind == 'attention' and depth >= 0.5"),
+               threshold=0.0, direction="<", column="delta",
+               caveat="the paper's periodic pattern (Convs early, MSAs late in each stage) is read from the figure")
 
 CLAIMS = {
     "parkkim_fig1a": [FIG1A],

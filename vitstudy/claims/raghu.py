@@ -110,59 +110,79 @@ def _fig8(t):
     return mean(t, "vit", "variant != 'intact'")
 
 
-FIG1 = Claim(PAPER, "Fig. 1", "ViTs keep more similarity between their lower and higher layers than ResNets",
-             "mean CKA between the lowest and highest quarter of layers, ViT minus ResNet",
-             {"vit": Need("cka_within", "vit"), "cnn": Need("cka_within", "cnn")}, _fig1, 0.0, ">")
-FIG2_LOWER = Claim(PAPER, "Fig. 2", "The ResNet's lower half is similar to the ViT's lowest layers, not to its highest",
-                   "mean CKA of the ResNet's lower half with the ViT's lowest quarter minus with its highest quarter",
-                   {"across": Need("cka_across", "vit")}, _fig2_lower, 0.0, ">")
-FIG2_TOP = Claim(PAPER, "Fig. 2", "The final third of the ViT's layers is dissimilar to the ResNet's layers",
-                 "best CKA of a ViT layer with any ResNet layer, mean over the ViT's final third minus its first two thirds",
-                 {"across": Need("cka_across", "vit")}, _fig2_top, 0.0, "<")
-FIG3 = Claim(PAPER, "Fig. 3", "Lower layers mix local and global heads; in the highest layers all heads are global",
-             "std over heads of mean attention distance (px): first block minus last block",
-             {"vit": Need("attention_distance", "vit")}, _spread, 0.0, ">", caveat=DATA_CAVEAT)
-FIG4 = Claim(PAPER, "Fig. 4", "Trained on ImageNet-1k only, ViTs attend less locally in their lowest layers",
-             "mean attention distance (px) of the lowest two blocks' heads: IN-1k weights minus IN-21k weights",
-             {"vit": Need("attention_distance", "vit")}, _fig4, 0.0, ">", caveat=DATA_CAVEAT)
-FIG5 = Claim(PAPER, "Fig. 5", "CKA with the ResNet's lowest layers falls as the head subset's attention distance grows",
-             "CKA of the most local head subset minus the most global, mean over the reference layers",
-             {"vit": Need("local_global_cka", "vit")}, _fig5, 0.0, ">", caveat=DATA_CAVEAT)
-FIG7 = Claim(PAPER, "Fig. 7", "Far more flows through the skip connections in ViT than in ResNet",
-             "mean norm ratio ||z|| / ||f(z)|| over blocks (all tokens), ViT minus ResNet",
-             {"vit": Need("skip_ratio", "vit", "skip_ratio_summary")}, _skip, 0.0, ">", column="ratio")
-FIG8 = Claim(PAPER, "Fig. 8", "Without the skip connection of a middle block a ViT loses top-1 accuracy",
-             "top-1 change (lesioned minus intact)",
-             {"vit": Need("skip_ablation", "vit", "skip_ablation_accuracy")}, _fig8, 0.0, "<", column="top1_change",
+FIG1 = Claim(paper=PAPER, figure="Fig. 1",
+             text="ViTs keep more similarity between their lower and higher layers than ResNets",
+             statistic="mean CKA between the lowest and highest quarter of layers, ViT minus ResNet",
+             needs={"vit": Need("cka_within", "vit"), "cnn": Need("cka_within", "cnn")}, compute=_fig1, threshold=0.0,
+             direction=">")
+FIG2_LOWER = Claim(paper=PAPER, figure="Fig. 2",
+                   text="The ResNet's lower half is similar to the ViT's lowest layers, not to its highest",
+                   statistic="mean CKA of the ResNet's lower half with the ViT's lowest quarter minus with its highest quarter",
+                   needs={"across": Need("cka_across", "vit")}, compute=_fig2_lower, threshold=0.0, direction=">")
+FIG2_TOP = Claim(paper=PAPER, figure="Fig. 2",
+                 text="The final third of the ViT's layers is dissimilar to the ResNet's layers",
+                 statistic="best CKA of a ViT layer with any ResNet layer, mean over the ViT's final third minus its first two thirds",
+                 needs={"across": Need("cka_across", "vit")}, compute=_fig2_top, threshold=0.0, direction="<")
+FIG3 = Claim(paper=PAPER, figure="Fig. 3",
+             text="Lower layers mix local and global heads; in the highest layers all heads are global",
+             statistic="std over heads of mean attention distance (px): first block minus last block",
+             needs={"vit": Need("attention_distance", "vit")}, compute=_spread, threshold=0.0, direction=">",
+             caveat=DATA_CAVEAT)
+FIG4 = Claim(paper=PAPER, figure="Fig. 4",
+             text="Trained on ImageNet-1k only, ViTs attend less locally in their lowest layers",
+             statistic="mean attention distance (px) of the lowest two blocks' heads: IN-1k weights minus IN-21k weights",
+             needs={"vit": Need("attention_distance", "vit")}, compute=_fig4, threshold=0.0, direction=">",
+             caveat=DATA_CAVEAT)
+FIG5 = Claim(paper=PAPER, figure="Fig. 5",
+             text="CKA with the ResNet's lowest layers falls as the head subset's attention distance grows",
+             statistic="CKA of the most local head subset minus the most global, mean over the reference layers",
+             needs={"vit": Need("local_global_cka", "vit")}, compute=_fig5, threshold=0.0, direction=">",
+             caveat=DATA_CAVEAT)
+FIG7 = Claim(paper=PAPER, figure="Fig. 7", text="Far more flows through the skip connections in ViT than in ResNet",
+             statistic="mean norm ratio ||z|| / ||f(z)|| over blocks (all tokens), ViT minus ResNet",
+             needs={"vit": Need("skip_ratio", "vit", table="skip_ratio_summary")}, compute=_skip, threshold=0.0,
+             direction=">", column="ratio")
+FIG8 = Claim(paper=PAPER, figure="Fig. 8",
+             text="Without the skip connection of a middle block a ViT loses top-1 accuracy",
+             statistic="top-1 change (lesioned minus intact)",
+             needs={"vit": Need("skip_ablation", "vit", table="skip_ablation_accuracy")}, compute=_fig8, threshold=0.0,
+             direction="<", column="top1_change",
              caveat="approximated: the skip is removed at inference, the paper retrains without it")
-FIG9 = Claim(PAPER, "Fig. 9", "Final-block ViT tokens are most similar to their own input patch",
-             "mean CKA of a token with its own patch minus with the other positions",
-             {"vit": Need("spatial_localization", "vit")}, lambda t: _localises(t, "vit"), 0.0, ">")
-FIG9_CNN = Claim(PAPER, "Fig. 9", "ResNet positions are less spatially discriminative than ViT tokens",
-                 "localisation contrast (own patch minus others, CKA), ViT minus ResNet",
-                 {"vit": Need("spatial_localization", "vit"), "cnn": Need("spatial_localization", "cnn")},
-                 lambda t: _localises(t, "vit") - _localises(t, "cnn"), 0.0, ">")
-FIG10 = Claim(PAPER, "Fig. 10", "A GAP-trained ViT localises less in its final block than a CLS-trained one",
-              "localisation contrast (own patch minus others, CKA) of the GAP ViT minus the CLS ViT",
-              {"gap": Need("spatial_localization", "vit", name="gap"),
+FIG9 = Claim(paper=PAPER, figure="Fig. 9", text="Final-block ViT tokens are most similar to their own input patch",
+             statistic="mean CKA of a token with its own patch minus with the other positions",
+             needs={"vit": Need("spatial_localization", "vit")}, compute=lambda t: _localises(t, "vit"), threshold=0.0,
+             direction=">")
+FIG9_CNN = Claim(paper=PAPER, figure="Fig. 9",
+                 text="ResNet positions are less spatially discriminative than ViT tokens",
+                 statistic="localisation contrast (own patch minus others, CKA), ViT minus ResNet",
+                 needs={"vit": Need("spatial_localization", "vit"), "cnn": Need("spatial_localization", "cnn")},
+                 compute=lambda t: _localises(t, "vit") - _localises(t, "cnn"), threshold=0.0, direction=">")
+FIG10 = Claim(paper=PAPER, figure="Fig. 10",
+              text="A GAP-trained ViT localises less in its final block than a CLS-trained one",
+              statistic="localisation contrast (own patch minus others, CKA) of the GAP ViT minus the CLS ViT",
+              needs={"gap": Need("spatial_localization", "vit", name="gap"),
                "cls": Need("spatial_localization", "vit", name="^(?!.*gap)")},
-              lambda t: _localises(t, "gap") - _localises(t, "cls"), 0.0, "<",
+              compute=lambda t: _localises(t, "gap") - _localises(t, "cls"), threshold=0.0, direction="<",
               caveat="needs a CLS-trained ViT beside the GAP one: vitstudy run -m experiment=raghu_fig10 model=vit_m16_gap,vit_b16")
-FIG13 = Claim(PAPER, "Fig. 13", "ViTs learn stronger intermediate representations than ResNets (linear probes)",
-              "mean test accuracy of the probes of the upper half of layers, ViT minus ResNet",
-              {"vit": Need("linear_probe", "vit"), "cnn": Need("linear_probe", "cnn")}, _fig13, 0.0, ">",
-              column="accuracy",
+FIG13 = Claim(paper=PAPER, figure="Fig. 13",
+              text="ViTs learn stronger intermediate representations than ResNets (linear probes)",
+              statistic="mean test accuracy of the probes of the upper half of layers, ViT minus ResNet",
+              needs={"vit": Need("linear_probe", "vit"), "cnn": Need("linear_probe", "cnn")}, compute=_fig13,
+              threshold=0.0, direction=">", column="accuracy",
               caveat="the paper's models are large and pre-trained on JFT/ImageNet-21k; scale matters (Fig. 13 compares sizes)")
-FIG11 = Claim(PAPER, "Fig. 11", "Per-token probes do poorly for the spatial tokens of a CLS-trained ViT",
-              "test accuracy at the last probed layer: CLS-token probe minus the per-token probes",
-              {"vit": Need("linear_probe", "vit")}, _fig11, 0.0, ">", column="accuracy")
-FIG6 = Claim(PAPER, "Fig. 6", "ViT's lower-layer receptive fields are larger than ResNet's",
-             "50%-mass radius (px) of the effective receptive field after the first block, ViT minus ResNet",
-             {"vit": Need("receptive_field", "vit"), "cnn": Need("receptive_field", "cnn")}, _fig6, 0.0, ">",
-             column="radius50_px")
-FIG12 = Claim(PAPER, "Fig. 12", "With less pre-training data the lower layers still match, the higher layers do not",
-              "per-block CKA (less vs more data): lowest quarter of blocks minus highest quarter",
-              {"diag": Need("cka_across", "vit", "cka_diagonal")}, _fig12, 0.0, ">")
+FIG11 = Claim(paper=PAPER, figure="Fig. 11",
+              text="Per-token probes do poorly for the spatial tokens of a CLS-trained ViT",
+              statistic="test accuracy at the last probed layer: CLS-token probe minus the per-token probes",
+              needs={"vit": Need("linear_probe", "vit")}, compute=_fig11, threshold=0.0, direction=">",
+              column="accuracy")
+FIG6 = Claim(paper=PAPER, figure="Fig. 6", text="ViT's lower-layer receptive fields are larger than ResNet's",
+             statistic="50%-mass radius (px) of the effective receptive field after the first block, ViT minus ResNet",
+             needs={"vit": Need("receptive_field", "vit"), "cnn": Need("receptive_field", "cnn")}, compute=_fig6,
+             threshold=0.0, direction=">", column="radius50_px")
+FIG12 = Claim(paper=PAPER, figure="Fig. 12",
+              text="With less pre-training data the lower layers still match, the higher layers do not",
+              statistic="per-block CKA (less vs more data): lowest quarter of blocks minus highest quarter",
+              needs={"diag": Need("cka_across", "vit", table="cka_diagonal")}, compute=_fig12, threshold=0.0, direction=">")
 
 CLAIMS = {
     "raghu_fig1": [FIG1],

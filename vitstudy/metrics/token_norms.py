@@ -18,7 +18,7 @@ import numpy as np
 import torch
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, kw_only=True)
 class Bins:
     """Fixed log10-norm bins: `count` equal bins from `low` to `high`, plus an underflow and an overflow bin."""
 

@@ -172,12 +172,6 @@ def cka_replicates(cross: np.ndarray, self_x: np.ndarray, self_y: np.ndarray | N
     return out
 
 
-def cka_jackknife(cross: np.ndarray, self_x: np.ndarray, self_y: np.ndarray | None = None):
-    """(replicates, se, df) of minibatch CKA from per-batch terms; se is NaN with fewer than 2 batches."""
-    reps = cka_replicates(cross, self_x, self_y)
-    return reps, jackknife_se(reps), len(reps) - 1
-
-
 def combine_repeats(estimates: Sequence[np.ndarray], replicates: Sequence[np.ndarray]):
     """The mean of R independent estimates and the jackknife replicates of that mean, stratified by repeat.
 

@@ -8,8 +8,8 @@ unless the reducer needs the model's outputs (`Reducer.needs_outputs`): layers a
 from __future__ import annotations
 
 from contextlib import nullcontext
-
-from typing import Callable, Sequence
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Callable, Sequence
 
 import torch
 
@@ -17,6 +17,9 @@ from .layers import Layer
 from .models import LoadedModel
 from .progress import track
 from .taps import tap
+
+if TYPE_CHECKING:
+    from .features import FeatureCache
 
 
 class Reducer:
@@ -29,6 +32,16 @@ class Reducer:
 
     def end_batch(self, labels: torch.Tensor, outputs: list[torch.Tensor]) -> None:
         pass
+
+
+@dataclass(frozen=True, kw_only=True)
+class FeatureSource:
+    """Where `stream` finds and keeps the tapped tensors (`cache.features=true`): the run's feature cache, each
+    model's namespace in it (in the models' order) and each batch's image indices (in the loader's order)."""
+
+    cache: FeatureCache
+    namespaces: Sequence[str]
+    batches: Sequence[Sequence[int]]
 
 
 class _Captured(Exception):
@@ -44,15 +57,14 @@ def stream(
     desc: str = "batches",
     progress: bool | str | None = None,
     after_batch: Callable[[int], None] | None = None,
-    features: tuple | None = None,
+    features: FeatureSource | None = None,
     stop_early: bool | None = None,
 ) -> int:
     """Run every model once per batch with its layers tapped; returns the number of images seen.
 
     `after_batch(k)` is called once the k-th batch is fully reduced (e.g. to checkpoint the reducer).
-    `features=(FeatureCache, namespaces per model, image indices per batch)` serves a batch's tensors from
-    the cache when every one is there (no forward pass; the model's output is then None) and stores them
-    otherwise. Only for reducers that need nothing but the tapped tensors. `stop_early` (default: unless the
+    `features` serves a batch's tensors from the feature cache when every one is there (no forward pass; the
+    model's output is then None) and stores them otherwise. Only for reducers that need nothing but the tapped tensors. `stop_early` (default: unless the
     reducer needs outputs) ends each forward after its last tapped layer (the output is then None); where each
     model stopped is kept in `LoadedModel.stopped_after`.
     """
@@ -70,8 +82,8 @@ def stream(
             outputs = []
             for i, m in enumerate(models):
                 if features is not None:
-                    cache, namespaces, batches = features
-                    hit = cache.get(namespaces[i], batches[b], [layer.name for layer in layers[i]])
+                    names = [layer.name for layer in layers[i]]
+                    hit = features.cache.get(features.namespaces[i], features.batches[b], names)
                     if hit is not None:
                         with off():
                             for layer in layers[i]:
@@ -99,7 +111,7 @@ def stream(
                         outputs.append(None)
                         m.stopped_after = str(last)
                 if captured is not None:
-                    cache.put(namespaces[i], batches[b], captured)
+                    features.cache.put(features.namespaces[i], features.batches[b], captured)
             with off():
                 reducer.end_batch(labels, outputs)
             seen += len(labels)

@@ -136,7 +136,8 @@ def probe(model: nn.Module, names: list[str], input_size, keep_order: bool) -> l
             shape = tuple(t.shape[1:])
             layout = _layout(modules[path], shape, model, tuple(input_size[-2:]))
         grid = anatomy_tokens.infer_grid(model, shape[0], tuple(input_size[-2:])) if layout == "NLC" else None
-        layers.append(Layer(n, path, is_input, shape, layout, index, grid, blocks))
+        layers.append(Layer(name=n, module=path, is_input=is_input, shape=shape, layout=layout, index=index, grid=grid,
+                            blocks=blocks))
         kept_tensors.append(t)
     if not keep_order:  # drop a layer whose tensor is the same object as a later one (e.g. act3 == block output)
         unique = []

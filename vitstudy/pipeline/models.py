@@ -16,7 +16,7 @@ from . import preprocess
 from ..errors import VitstudyError, closest
 
 
-@dataclass
+@dataclass(kw_only=True)
 class LoadedModel:
     """A model ready for analysis, with the key that names it in outputs and its own eval transform."""
 
@@ -321,4 +321,5 @@ def load(cfg, key: str = "model", name_given: bool | None = None) -> LoadedModel
     arch_tag = f"{model.pretrained_cfg.get('architecture', name.split('.')[0])}.{model.pretrained_cfg.get('tag') or 'default'}"
     line = preprocess.line(key, name, data_config, sources, transform, cfg.checkpoint, arch_tag)
     label = cfg.get("label") or name.split(".")[0]
-    return LoadedModel(key, name, label, model, transform, data_config, weights, sources, line)
+    return LoadedModel(key=key, name=name, label=label, module=model, transform=transform, data_config=data_config,
+                       weights=weights, data_sources=sources, transform_line=line)

@@ -1,4 +1,4 @@
-"""The run directory: atomic writes of tables, figures and run.json, and reading run dirs back.
+"""The run directory: atomic writes of tables, figures, jackknife replicates and run.json (written last).
 
 Nothing looks finished until it is: outputs are written to temporary names and renamed into place
 only after the analysis succeeded, and `run.json` (the record that a run completed) is written last.
@@ -9,10 +9,15 @@ import json
 import os
 import tempfile
 from contextlib import contextmanager
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import pandas as pd
+
+from ..errors import VitstudyError
+
 RECORD = "run.json"
 
 
@@ -52,12 +57,67 @@ def write_csv(path: Path, df: pd.DataFrame) -> None:
 
 def write_npz(path: Path, arrays: dict) -> Path:
     """Numpy arrays (and short strings) in one uncompressed .npz, written atomically."""
-    import numpy as np
-
     with atomic_path(path) as tmp:
         with open(tmp, "wb") as f:
             np.savez(f, **{k: np.asarray(v) for k, v in arrays.items()})
     return Path(path)
+
+
+@dataclass(frozen=True, kw_only=True, eq=False)  # arrays: no element-wise == or hash
+class Replicates:
+    """A table's delete-one jackknife replicates, kept so that a difference can be jackknifed paired (`vitstudy
+    compare`) and a claim's statistic recomputed per replicate (`claims`); on disk `<table>.replicates.npz`.
+
+    values (units, rows): the value column recomputed with one unit (batch) deleted, rows in the table's order;
+    strata (units,): the independent sample (repeat) each unit belongs to; units (units,): an id of each unit's
+    images (`uncertainty.unit_ids`: two runs pair only on the same batches); estimate (rows,): the full-data
+    values (None in files that lack it); column: the table column the values are of; method: the jackknife's
+    unit (`uncertainty.METHODS`).
+    """
+
+    values: np.ndarray
+    strata: np.ndarray
+    units: np.ndarray
+    column: str
+    estimate: np.ndarray | None = None
+    method: str = "jackknife_batches"
+
+    def __post_init__(self):
+        shape, n = np.shape(self.values), len(self.strata)
+        if len(shape) != 2 or shape[0] != n or len(self.units) != n:
+            raise ValueError(f"replicates of {self.column}: values {shape}, strata ({n},), units ({len(self.units)},)"
+                             " do not match (values are units x rows)")
+        if self.estimate is not None and np.shape(self.estimate) != shape[1:]:
+            raise ValueError(f"replicates of {self.column}: estimate {np.shape(self.estimate)} vs {shape[1]} rows")
+
+    @property
+    def rows(self) -> int:
+        return int(np.shape(self.values)[1])
+
+    def write(self, path: Path) -> Path:
+        """`path` (.npz) atomically; the arrays under the field names, the strings as 0-d arrays."""
+        arrays = {"values": self.values, "strata": self.strata, "units": self.units, "estimate": self.estimate,
+                  "column": self.column, "method": self.method}
+        return write_npz(path, {k: v for k, v in arrays.items() if v is not None})
+
+    @classmethod
+    def read(cls, path: Path) -> "Replicates":
+        """A `<table>.replicates.npz` as written by any vitstudy version (estimate and method are optional)."""
+        path = Path(path)
+        try:
+            with np.load(path, allow_pickle=False) as f:
+                arrays = {k: f[k] for k in f.files}
+        except (OSError, ValueError) as err:
+            raise VitstudyError(f"{path} is not a readable replicates file: {str(err).splitlines()[0]}") from None
+        missing = [k for k in ("values", "strata", "units", "column") if k not in arrays]
+        if missing:
+            raise VitstudyError(f"{path} lacks {', '.join(missing)}: not a vitstudy replicates file")
+        try:
+            return cls(values=arrays["values"], strata=arrays["strata"], units=arrays["units"],
+                       column=str(arrays["column"]), estimate=arrays.get("estimate"),
+                       method=str(arrays.get("method", "jackknife_batches")))
+        except ValueError as err:
+            raise VitstudyError(f"{path}: {err}") from None
 
 
 def write_figure(stem: Path, fig, formats=("png", "pdf")) -> list[Path]:
@@ -89,9 +149,8 @@ def write_result(out_dir: Path, result, record: dict) -> list[Path]:
         written.append(path)
     for name, fig in result.figures.items():
         written += write_figure(out_dir / name, fig)
-    for name, arrays in getattr(result, "replicates", {}).items():  # jackknife replicates for paired comparisons
-        if arrays is not None:
-            written.append(write_npz(out_dir / f"{name}.replicates.npz", arrays))
+    for name, reps in result.replicates.items():  # jackknife replicates for paired comparisons
+        written.append(reps.write(out_dir / f"{name}.replicates.npz"))
     record = dict(record, outputs=[p.name for p in written] + [RECORD])
     record.setdefault("timings_s", {})["write"] = round(time.perf_counter() - t, 3)
     write_json(out_dir / RECORD, record)
@@ -104,16 +163,5 @@ def clear_finished(out_dir: Path, names) -> None:
         p = Path(out_dir) / name
         if p.exists():
             p.unlink()
-
-
-def read_runs(root: Path) -> list[dict]:
-    """Every completed run (a directory with run.json) under `root`."""
-    runs = []
-    for rec in sorted(Path(root).rglob(RECORD)):
-        with open(rec) as f:
-            r = json.load(f)
-        r["dir"] = str(rec.parent)
-        runs.append(r)
-    return runs
 
 

@@ -59,7 +59,7 @@ class Models(dict):
             self.records[key]["forward"] = f"stopped after {after}" if after else "full (to the output)"
 
 
-@dataclass
+@dataclass(kw_only=True)
 class Context:
     """What an analysis gets: the config, its parameters, its models (built on first use), the data set, the device."""
 
@@ -125,7 +125,8 @@ def prepare(cfg, progress=None, cache: Cache | None = None, overrides=None) -> C
     device = runtime.resolve_device(cfg.device)
     torch.manual_seed(cfg.seed)  # random-init weights are drawn in declared order
     timings: dict[str, float] = {}
-    ctx = Context(cfg, analyses.params_of(cfg), None, None, device, progress, timings, cache=cache)
+    ctx = Context(cfg=cfg, params=analyses.params_of(cfg), models=None, dataset=None, device=device, progress=progress,
+                  timings=timings, cache=cache)
     ctx.models = Models(analysis.models(cfg), device, names_given(overrides), ctx.stage)
     if cfg.cache.features and cfg.cache.dir:
         ctx.features = FeatureCache(Path(cfg.cache.dir) / "features", cfg.cache.features_max_gb, cfg.precision, device)
