@@ -97,7 +97,7 @@ def _analysis(ctx) -> Result:
     measure = TEST_MEASURES.get(p.measure) or get(p.measure)
     est, info = sf.compute(ctx, models, layers, measure, p)
     LAST.update(est=est, info=info)
-    return Result({"test_similarity_full": pd.DataFrame({"value": est.mean.ravel(), "value_se": est.se.ravel()})},
+    return Result(tables={"test_similarity_full": pd.DataFrame({"value": est.mean.ravel(), "value_se": est.se.ravel()})},
                   images=info["repeats"])
 
 
@@ -308,7 +308,8 @@ def test_float16_store_is_within_its_rounding(tmp_path):
 
 def test_the_store_keeps_nothing_per_image_in_memory(tmp_path, tiny_vit):
     """After a stream the reducer holds file names and counts only; each layer's file is images x features x 2 bytes."""
-    m = LoadedModel("model", "vit", "vit", tiny_vit, None, {"input_size": (3, 32, 32)}, "random-init")
+    m = LoadedModel(key="model", name="vit", label="vit", module=tiny_vit, transform=None,
+                    data_config={"input_size": (3, 32, 32)}, weights="random-init")
     layers = resolve(tiny_vit, "blocks", (3, 32, 32))
     pictures = torch.randn(20, 3, 32, 32, generator=torch.Generator().manual_seed(5))
     loader = [([pictures[i:i + 5]], torch.zeros(5)) for i in range(0, 20, 5)]
@@ -389,7 +390,8 @@ def test_each_layer_is_prepared_once_when_the_budget_allows_and_values_do_not_de
 
 def test_a_float16_store_refuses_features_beyond_its_range(tmp_path, tiny_vit):
     """A feature of 1e5 (past float16's 65504) would be stored as inf: one line pointing at store_dtype=float32."""
-    m = LoadedModel("model", "vit", "vit", tiny_vit, None, {"input_size": (3, 32, 32)}, "random-init")
+    m = LoadedModel(key="model", name="vit", label="vit", module=tiny_vit, transform=None,
+                    data_config={"input_size": (3, 32, 32)}, weights="random-init")
     layer = resolve(tiny_vit, ["head"], (3, 32, 32))[0]
     store = FeatureStore([m], [[layer]], "mean", tmp_path, "float16")
     store.on_tensor(0, layer, torch.full((2, 5), 6e4))
