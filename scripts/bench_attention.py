@@ -10,6 +10,7 @@ interleaved, so load from other processes hits both alike; image loading is left
     .venv/bin/python scripts/bench_attention.py --threads 2            # CPU
     .venv/bin/python scripts/bench_attention.py --device cuda          # GPU
 """
+
 from __future__ import annotations
 
 import argparse
@@ -42,11 +43,20 @@ def main() -> None:
     device = torch.device(args.device)
     torch.manual_seed(0)
     module = timm.create_model(args.model, pretrained=False).eval().to(device)
-    m = LoadedModel(key="model", name=args.model, label=args.model, module=module, transform=None, data_config={},
-                    weights="random-init")
+    m = LoadedModel(
+        key="model",
+        name=args.model,
+        label=args.model,
+        module=module,
+        transform=None,
+        data_config={},
+        weights="random-init",
+    )
     size = module.pretrained_cfg.get("input_size", (3, 224, 224))
     g = torch.Generator().manual_seed(0)
-    batches = [torch.randn(args.batch_size, *size, generator=g).to(device) for _ in range(args.images // args.batch_size)]
+    batches = [
+        torch.randn(args.batch_size, *size, generator=g).to(device) for _ in range(args.images // args.batch_size)
+    ]
     labels = torch.zeros(args.batch_size)
     site_list = sites(module)
     layers = [[INPUT] + [s.layer for s in site_list]]
@@ -69,8 +79,10 @@ def main() -> None:
         sync(device)
         analysis += time.perf_counter() - t
     mean, _ = reducer.stats.mean_std(site_list[0].name)
-    print(f"{args.model} random init, {len(batches) * args.batch_size} images, batch {args.batch_size}, "
-          f"device {device}, torch threads {torch.get_num_threads()}, torch {torch.__version__}, timm {timm.__version__}")
+    print(
+        f"{args.model} random init, {len(batches) * args.batch_size} images, batch {args.batch_size}, "
+        f"device {device}, torch threads {torch.get_num_threads()}, torch {torch.__version__}, timm {timm.__version__}"
+    )
     print(f"bare forward (fused attention):        {bare:8.2f} s")
     print(f"attention_distance (capture + reduce): {analysis:8.2f} s")
     print(f"ratio: {analysis / bare:.3f}x (target <= 1.3x); block 0 head 0 mean distance {mean[0]:.2f} px")

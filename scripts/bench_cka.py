@@ -15,6 +15,7 @@ happen before the clock starts (as a run imports its analysis before its analysi
 vitstudy against the bare forwards in one process, interleaved over several rounds, median of the per-round wall
 and CPU ratios, the number to read on a shared, noisy machine (docs/performance.md).
 """
+
 from __future__ import annotations
 
 import argparse
@@ -38,7 +39,11 @@ def build(args):
     torch.manual_seed(0)
     m1 = timm.create_model(args.model1).eval()
     torch.manual_seed(1)
-    m2 = timm.create_model(args.model2, zero_init_last=False).eval() if "resnet" in args.model2 else timm.create_model(args.model2).eval()
+    m2 = (
+        timm.create_model(args.model2, zero_init_last=False).eval()
+        if "resnet" in args.model2
+        else timm.create_model(args.model2).eval()
+    )
     cfg = timm.data.resolve_model_data_config(m1)
     transform = timm.data.create_transform(**cfg)
 
@@ -140,9 +145,14 @@ def overhead(args, m1, m2, loader, l1, l2) -> dict:
         wall.append(got[ours][0] / got[bare][0])
         cpu.append(got[ours][1] / got[bare][1])
         seconds.append((got[bare][0], got[ours][0]))
-    return {"wall_ratio": statistics.median(wall), "cpu_ratio": statistics.median(cpu), "wall_ratios": wall,
-            "cpu_ratios": cpu, "seconds": statistics.median(o for _, o in seconds),
-            "bare_seconds": statistics.median(b for b, _ in seconds)}
+    return {
+        "wall_ratio": statistics.median(wall),
+        "cpu_ratio": statistics.median(cpu),
+        "wall_ratios": wall,
+        "cpu_ratios": cpu,
+        "seconds": statistics.median(o for _, o in seconds),
+        "bare_seconds": statistics.median(b for b, _ in seconds),
+    }
 
 
 def song_hsic(k, l):
@@ -164,8 +174,11 @@ def reference(m1, m2, loader, l1, l2):
 
     feats: dict[str, torch.Tensor] = {}
     mods = {**{("a", n): m for n, m in m1.named_modules()}, **{("b", n): m for n, m in m2.named_modules()}}
-    hooks = [mods[(s, n)].register_forward_hook(lambda m, a, o, key=(s, n): feats.__setitem__(key, o))
-             for s, names in (("a", l1), ("b", l2)) for n in names]
+    hooks = [
+        mods[(s, n)].register_forward_hook(lambda m, a, o, key=(s, n): feats.__setitem__(key, o))
+        for s, names in (("a", l1), ("b", l2))
+        for n in names
+    ]
     xy = torch.zeros(len(l1), len(l2), dtype=torch.float64)
     xx = torch.zeros(len(l1), dtype=torch.float64)
     yy = torch.zeros(len(l2), dtype=torch.float64)
@@ -199,16 +212,23 @@ def grid_worker(args) -> dict:
     import torch
 
     from vitstudy import compose
-    from vitstudy.pipeline import data, models
     from vitstudy.api import run as run_analysis
+    from vitstudy.pipeline import data, models
 
     torch.set_num_threads(args.threads)
-    common = [f"dataset.num_images={args.images}", f"dataset.batch_size={args.batch}", "cache.dir=", "progress=false",
-              f"layers={args.layers}"]
+    common = [
+        f"dataset.num_images={args.images}",
+        f"dataset.batch_size={args.batch}",
+        "cache.dir=",
+        "progress=false",
+        f"layers={args.layers}",
+    ]
     out = {"mode": args.mode, "images": args.images}
     if args.mode == "grid-bare":
         cfg = compose(common)
-        loaded = [models.load(compose([f"model.name={n}", "model.pretrained=false", *common]).model) for n in GRID_MODELS]
+        loaded = [
+            models.load(compose([f"model.name={n}", "model.pretrained=false", *common]).model) for n in GRID_MODELS
+        ]
         base = data.build_dataset(cfg.dataset)
         batching = data.make_batches(data.sample_indices(len(base), args.images, 0), args.batch)
         loader = data.loader(base, batching, [m.transform for m in loaded])
@@ -219,24 +239,52 @@ def grid_worker(args) -> dict:
                     m.module(x)
         out["seconds"] = time.perf_counter() - t
     elif args.mode == "grid":  # the analysis stage less model loading, as for the bare forwards
-        run_analysis(["analysis=cka_grid", f"analysis.models=[{','.join(GRID_MODELS)}]", "analysis.pretrained=false", *common],
-                     out_dir="/tmp/vitstudy-bench/grid")
+        run_analysis(
+            ["analysis=cka_grid", f"analysis.models=[{','.join(GRID_MODELS)}]", "analysis.pretrained=false", *common],
+            out_dir="/tmp/vitstudy-bench/grid",
+        )
         t = json.load(open("/tmp/vitstudy-bench/grid/run.json"))["timings_s"]
         out["seconds"] = t["analysis"] - t["load_models"]
     else:  # pairwise cka_across: the sum of their analysis stages (models load outside it)
         out["seconds"] = 0.0
         for a, b in itertools.combinations(GRID_MODELS, 2):
-            run_analysis(["analysis=cka_across", f"model.name={a}", f"reference.name={b}", "model.pretrained=false",
-                          "reference.pretrained=false", *common], out_dir=f"/tmp/vitstudy-bench/{a}-{b}")
+            run_analysis(
+                [
+                    "analysis=cka_across",
+                    f"model.name={a}",
+                    f"reference.name={b}",
+                    "model.pretrained=false",
+                    "reference.pretrained=false",
+                    *common,
+                ],
+                out_dir=f"/tmp/vitstudy-bench/{a}-{b}",
+            )
             out["seconds"] += json.load(open(f"/tmp/vitstudy-bench/{a}-{b}/run.json"))["timings_s"]["analysis"]
     out["peak_rss_mb"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
     return out
 
 
 def run(mode, args, images) -> dict:
-    cmd = [sys.executable, os.path.abspath(__file__), "--worker", mode, "--images", str(images),
-           "--batch", str(args.batch), "--model1", args.model1, "--model2", args.model2,
-           "--layers", args.layers, "--threads", str(args.threads), "--rounds", str(args.rounds)]
+    cmd = [
+        sys.executable,
+        os.path.abspath(__file__),
+        "--worker",
+        mode,
+        "--images",
+        str(images),
+        "--batch",
+        str(args.batch),
+        "--model1",
+        args.model1,
+        "--model2",
+        args.model2,
+        "--layers",
+        args.layers,
+        "--threads",
+        str(args.threads),
+        "--rounds",
+        str(args.rounds),
+    ]
     proc = subprocess.run(cmd, capture_output=True, text=True)
     if proc.returncode != 0:
         return {"mode": mode, "images": images, "error": (proc.stderr.strip().splitlines() or ["?"])[-1]}
@@ -265,20 +313,26 @@ def main():
         print(json.dumps(grid_worker(args) if args.mode.startswith(("grid", "pairwise")) else worker(args)))
         return
     if args.grid:
-        print(f"# cka_grid of {', '.join(GRID_MODELS)} (random init), {args.images} images, batch {args.batch}, "
-              f"layers={args.layers}, {args.threads} threads; times: data loading + forwards + CKA, model loading excluded")
+        print(
+            f"# cka_grid of {', '.join(GRID_MODELS)} (random init), {args.images} images, batch {args.batch}, "
+            f"layers={args.layers}, {args.threads} threads; times: data loading + forwards + CKA, model loading excluded"
+        )
         rows = {m: run(m, args, args.images) for m in ("grid-bare", "grid", "pairwise")}
         bare = rows["grid-bare"].get("seconds")
         for mode, r in rows.items():
             if "error" in r:
                 print(f"{mode:<10} failed: {r['error']}")
             else:
-                print(f"{mode:<10} {r['seconds']:8.2f} s  {r['seconds'] / bare:6.3f}x the {len(GRID_MODELS)} bare forwards")
+                print(
+                    f"{mode:<10} {r['seconds']:8.2f} s  {r['seconds'] / bare:6.3f}x the {len(GRID_MODELS)} bare forwards"
+                )
         return
     if args.paper_scale:
         args.model1, args.model2, args.layers, args.peers, args.big = "vit_base_patch16_224", "resnet50", "all", "", 0
     peers = [x for x in args.peers.split(",") if x]
-    print(f"# {args.model1} vs {args.model2}, layers={args.layers}, batch {args.batch}, {args.threads} threads, random init")
+    print(
+        f"# {args.model1} vs {args.model2}, layers={args.layers}, batch {args.batch}, {args.threads} threads, random init"
+    )
     if args.overhead:
         report_overhead(run("overhead", args, args.overhead), args)
         if args.only_overhead:
@@ -296,9 +350,11 @@ def report_overhead(r, args):
         print(f"overhead failed: {r['error']}")
         return
     rounds = ", ".join(f"{w:.3f}/{c:.3f}" for w, c in zip(r["wall_ratios"], r["cpu_ratios"]))
-    print(f"vitstudy / bare forwards, {r['images']} images, one process, {args.rounds} interleaved rounds: "
-          f"wall {r['wall_ratio']:.3f}x, CPU {r['cpu_ratio']:.3f}x (median; per round wall/CPU: {rounds}; "
-          f"bare {r['bare_seconds']:.1f} s, vitstudy {r['seconds']:.1f} s)")
+    print(
+        f"vitstudy / bare forwards, {r['images']} images, one process, {args.rounds} interleaved rounds: "
+        f"wall {r['wall_ratio']:.3f}x, CPU {r['cpu_ratio']:.3f}x (median; per round wall/CPU: {rounds}; "
+        f"bare {r['bare_seconds']:.1f} s, vitstudy {r['seconds']:.1f} s)"
+    )
 
 
 def report(rows, args):
@@ -318,7 +374,9 @@ def report(rows, args):
         diff = ""
         if ref and "matrix" in r and r["mode"] != "reference" and r["images"] == ref["images"]:
             diff = f"{np.max(np.abs(np.array(r['matrix']) - np.array(ref['matrix']))):.2e}"
-        print(f"{r['mode']:<12} {r['images']:>6} {r['seconds']:>8.2f} {ratio:>7.3f} {r['peak_rss_mb']:>8.0f} {diff:>22}")
+        print(
+            f"{r['mode']:<12} {r['images']:>6} {r['seconds']:>8.2f} {ratio:>7.3f} {r['peak_rss_mb']:>8.0f} {diff:>22}"
+        )
     ours_small, ours_big = find("vitstudy", args.images), find("vitstudy", args.big)
     if ours_small and ours_big:
         growth = ours_big["peak_rss_mb"] / ours_small["peak_rss_mb"] - 1

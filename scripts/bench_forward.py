@@ -14,6 +14,7 @@ the same images; prints the largest absolute change of each number and the wall 
     .venv/bin/python scripts/bench_forward.py --device cuda            # part 1 on a GPU
     .venv/bin/python scripts/bench_forward.py --skip-early --precision-models vit_cifar10_demo,resnet_cifar10_demo
 """
+
 from __future__ import annotations
 
 import argparse
@@ -52,10 +53,24 @@ def early_stop(args, device) -> None:
     torch.manual_seed(0)
     vit = timm.create_model("vit_base_patch16_224").eval().to(device)
     res = timm.create_model("resnet50").eval().to(device)
-    lv = LoadedModel(key="model", name="vit_base_patch16_224", label="ViT-B/16", module=vit, transform=None,
-                     data_config={}, weights="random-init")
-    lr = LoadedModel(key="reference", name="resnet50", label="ResNet-50", module=res, transform=None, data_config={},
-                     weights="random-init")
+    lv = LoadedModel(
+        key="model",
+        name="vit_base_patch16_224",
+        label="ViT-B/16",
+        module=vit,
+        transform=None,
+        data_config={},
+        weights="random-init",
+    )
+    lr = LoadedModel(
+        key="reference",
+        name="resnet50",
+        label="ResNet-50",
+        module=res,
+        transform=None,
+        data_config={},
+        weights="random-init",
+    )
     g = torch.Generator().manual_seed(0)
     batches = [torch.randn(args.batch_size, 3, 224, 224, generator=g).to(device) for _ in range(args.batches + 1)]
     labels = torch.zeros(args.batch_size)
@@ -66,14 +81,28 @@ def early_stop(args, device) -> None:
     ref_layers = resolve(res, block_names(res)[:5], (3, 224, 224))
 
     def cka(x, stop):
-        stream([lv], [within], [((x,), labels)], CKAReducer([lv], [within], "flatten", device=device), device,
-               progress=False, stop_early=stop)
+        stream(
+            [lv],
+            [within],
+            [((x,), labels)],
+            CKAReducer([lv], [within], "flatten", device=device),
+            device,
+            progress=False,
+            stop_early=stop,
+        )
 
     def local_global(x, stop):
         reducer = LocalGlobalReducer(site, proj, ref_layers, "flatten", vit, res, device)
         with unfused(vit, [site.name]):
-            stream([lv, lr], [[INPUT, site.layer, proj], ref_layers], [((x, x), labels)], reducer, device,
-                   progress=False, stop_early=stop)
+            stream(
+                [lv, lr],
+                [[INPUT, site.layer, proj], ref_layers],
+                [((x, x), labels)],
+                reducer,
+                device,
+                progress=False,
+                stop_early=stop,
+            )
 
     variants = {
         "vit bare forward": lambda x: vit(x),
@@ -90,18 +119,24 @@ def early_stop(args, device) -> None:
         for x in batches[1:]:
             for k, fn in variants.items():
                 times[k] += timed(lambda: fn(x), device)
-    print(f"\n# early stop: {args.batches} batches of {args.batch_size} images, 224 px, {device}, "
-          f"{torch.get_num_threads()} threads")
+    print(
+        f"\n# early stop: {args.batches} batches of {args.batch_size} images, 224 px, {device}, "
+        f"{torch.get_num_threads()} threads"
+    )
     vit_t, res_t = times["vit bare forward"], times["resnet50 bare forward"]
     for k, t in times.items():
         print(f"{k:40s} {t / (args.batches * args.batch_size) * 1e3:8.1f} ms/image   {t / vit_t:5.2f}x ViT forward")
     bound = vit_t + 0.35 * res_t  # the issue's target: the ViT forward plus 0.35x the ResNet-50's
     for stop in ("early stop", "full forward"):
         lg = times[f"local_global_cka, {stop}"]
-        print(f"local_global_cka, {stop}: {lg / (vit_t + res_t):.2f}x the two bare forwards, "
-              f"{lg / bound:.2f}x the target bound (ViT forward + 0.35x ResNet-50 forward; <= 1 meets it)")
-    print(f"cka_within blocks.0-3, early stop: {times['cka_within blocks.0-3, early stop'] / vit_t:.2f}x "
-          f"the full ViT-B/16 forward (target <= 0.40x)")
+        print(
+            f"local_global_cka, {stop}: {lg / (vit_t + res_t):.2f}x the two bare forwards, "
+            f"{lg / bound:.2f}x the target bound (ViT forward + 0.35x ResNet-50 forward; <= 1 meets it)"
+        )
+    print(
+        f"cka_within blocks.0-3, early stop: {times['cka_within blocks.0-3, early stop'] / vit_t:.2f}x "
+        f"the full ViT-B/16 forward (target <= 0.40x)"
+    )
 
 
 PRECISION_RUNS = {  # analysis, overrides, value column, key columns
@@ -122,10 +157,17 @@ def precision(args) -> None:
             frames, walls = {}, {}
             for prec in ("fp32", "bf16"):
                 with tempfile.TemporaryDirectory() as out:
-                    overrides = [f"analysis={analysis}", f"model={model}", f"dataset={args.data_preset}",
-                                 f"dataset.num_images={args.images}", f"precision={prec}", f"device={args.device}",
-                                 "cache.dir=", "progress=false",
-                                 *[e.replace("reference.name=MODEL_ITSELF", f"reference={model}") for e in extra]]
+                    overrides = [
+                        f"analysis={analysis}",
+                        f"model={model}",
+                        f"dataset={args.data_preset}",
+                        f"dataset.num_images={args.images}",
+                        f"precision={prec}",
+                        f"device={args.device}",
+                        "cache.dir=",
+                        "progress=false",
+                        *[e.replace("reference.name=MODEL_ITSELF", f"reference={model}") for e in extra],
+                    ]
                     t = time.perf_counter()
                     try:
                         result = vitstudy.run(overrides, out_dir=out)
@@ -142,8 +184,10 @@ def precision(args) -> None:
             merged = pd.merge(frames["fp32"], frames["bf16"], on=keys, suffixes=("_fp32", "_bf16"))
             a, b = merged[f"{value}_fp32"].to_numpy(float), merged[f"{value}_bf16"].to_numpy(float)
             scale = np.abs(a).max()
-            print(f"{model:22s} {analysis:20s} {value:22s} max |bf16 - fp32| {np.abs(a - b).max():.2e} "
-                  f"(largest |value| {scale:.3g}); wall fp32 {walls['fp32']:.1f} s, bf16 {walls['bf16']:.1f} s")
+            print(
+                f"{model:22s} {analysis:20s} {value:22s} max |bf16 - fp32| {np.abs(a - b).max():.2e} "
+                f"(largest |value| {scale:.3g}); wall fp32 {walls['fp32']:.1f} s, bf16 {walls['bf16']:.1f} s"
+            )
 
 
 def main() -> None:
@@ -153,8 +197,11 @@ def main() -> None:
     ap.add_argument("--batch-size", type=int, default=8)
     ap.add_argument("--batches", type=int, default=3)
     ap.add_argument("--skip-early", action="store_true", help="leave out part 1")
-    ap.add_argument("--precision-models", default="", help="comma-separated model presets for part 2, e.g. "
-                    "vit_cifar10_demo,resnet_cifar10_demo")
+    ap.add_argument(
+        "--precision-models",
+        default="",
+        help="comma-separated model presets for part 2, e.g. vit_cifar10_demo,resnet_cifar10_demo",
+    )
     ap.add_argument("--data-preset", default="cifar10_sample")
     ap.add_argument("--images", type=int, default=1000)
     args = ap.parse_args()

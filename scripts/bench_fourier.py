@@ -8,6 +8,7 @@ load from other processes hits both alike; image loading is left out of both.
 
     .venv/bin/python scripts/bench_fourier.py --threads 2
 """
+
 from __future__ import annotations
 
 import argparse
@@ -16,8 +17,8 @@ import time
 import timm
 import torch
 
-from vitstudy.anatomy import latents
 from vitstudy.analyses.fourier import LatentReducer
+from vitstudy.anatomy import latents
 from vitstudy.pipeline.engine import stream
 from vitstudy.pipeline.layers import resolve
 from vitstudy.pipeline.models import LoadedModel
@@ -33,8 +34,15 @@ def main() -> None:
     torch.set_num_threads(args.threads)
     torch.manual_seed(0)
     module = timm.create_model(args.model, pretrained=False).eval()
-    m = LoadedModel(key="model", name=args.model, label=args.model, module=module, transform=None, data_config={},
-                    weights="random-init")
+    m = LoadedModel(
+        key="model",
+        name=args.model,
+        label=args.model,
+        module=module,
+        transform=None,
+        data_config={},
+        weights="random-init",
+    )
     size = module.pretrained_cfg.get("input_size", (3, 224, 224))
     layers = [resolve(module, "latents", size)]
     described = [latents.describe(module, layers[0])]
@@ -54,8 +62,10 @@ def main() -> None:
             t = time.perf_counter()
             stream([m], layers, [((x,), labels)], reducer, "cpu", progress=False)
             times[s] += time.perf_counter() - t
-    print(f"{args.model} random init, {len(batches) * args.batch_size} images, batch {args.batch_size}, "
-          f"{len(layers[0])} latents, torch threads {torch.get_num_threads()}")
+    print(
+        f"{args.model} random init, {len(batches) * args.batch_size} images, batch {args.batch_size}, "
+        f"{len(layers[0])} latents, torch threads {torch.get_num_threads()}"
+    )
     for k, v in times.items():
         print(f"{k:<10} {v:8.2f} s  {v / times['bare']:.3f}x the bare forward")
 

@@ -13,6 +13,7 @@ before the clock starts; then either the bare forwards of both models over the s
 `--groups` jackknife replicates and `--null` permutations), or the streaming minibatch CKA (`cka.compute`, row
 `cka-minibatch`) for scale. Printed: seconds, x the bare forwards, peak MB, and peak MB above the bare process's.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -35,10 +36,22 @@ def worker(args) -> dict:
     from vitstudy.pipeline import runner
     from vitstudy.pipeline.engine import Reducer, stream
 
-    cfg = compose(["analysis=cka_across", f"model.name={args.model1}", "model.pretrained=false",
-                   f"reference.name={args.model2}", "reference.pretrained=false", f"dataset.num_images={args.images}",
-                   f"dataset.batch_size={args.batch}", f"dataset.image_size={args.image_size}", "tokens=mean",
-                   f"layers={args.layers}", "cache.dir=", "device=cpu"])
+    cfg = compose(
+        [
+            "analysis=cka_across",
+            f"model.name={args.model1}",
+            "model.pretrained=false",
+            f"reference.name={args.model2}",
+            "reference.pretrained=false",
+            f"dataset.num_images={args.images}",
+            f"dataset.batch_size={args.batch}",
+            f"dataset.image_size={args.image_size}",
+            "tokens=mean",
+            f"layers={args.layers}",
+            "cache.dir=",
+            "device=cpu",
+        ]
+    )
     ctx = runner.prepare(cfg, progress=False)
     models = [ctx.models["model"], ctx.models["reference"]]
     layers = [ctx.layers(m) for m in models]
@@ -50,8 +63,9 @@ def worker(args) -> dict:
     elif args.mode == "cka-minibatch":
         cka.compute(ctx, models, layers)
     else:
-        params = SimpleNamespace(estimator=args.estimator, null=args.null, groups=args.groups,
-                                 store_dtype=args.store_dtype)
+        params = SimpleNamespace(
+            estimator=args.estimator, null=args.null, groups=args.groups, store_dtype=args.store_dtype
+        )
         est, info = similarity_full.compute(ctx, models, layers, get(args.mode), params)
         out["store_mb"] = info.get("store_bytes", 0) / 2**20
     out["seconds"] = time.perf_counter() - t
@@ -60,10 +74,34 @@ def worker(args) -> dict:
 
 
 def command(mode, args, images) -> list[str]:
-    return [sys.executable, os.path.abspath(__file__), "--worker", mode, "--images", str(images),
-           "--batch", str(args.batch), "--model1", args.model1, "--model2", args.model2, "--layers", args.layers,
-           "--threads", str(args.threads), "--estimator", args.estimator, "--groups", str(args.groups),
-           "--null", str(args.null), "--store-dtype", args.store_dtype, "--image-size", str(args.image_size)]
+    return [
+        sys.executable,
+        os.path.abspath(__file__),
+        "--worker",
+        mode,
+        "--images",
+        str(images),
+        "--batch",
+        str(args.batch),
+        "--model1",
+        args.model1,
+        "--model2",
+        args.model2,
+        "--layers",
+        args.layers,
+        "--threads",
+        str(args.threads),
+        "--estimator",
+        args.estimator,
+        "--groups",
+        str(args.groups),
+        "--null",
+        str(args.null),
+        "--store-dtype",
+        args.store_dtype,
+        "--image-size",
+        str(args.image_size),
+    ]
 
 
 def collect(mode, images, proc) -> dict:
@@ -76,6 +114,7 @@ def collect(mode, images, proc) -> dict:
 def measure_all(modes, args, images) -> list[dict]:
     """Each mode in its own process: one after another, or (--parallel) all at once, so that on a shared, busy
     machine every mode sees the same load and the ratios to the bare forwards stay comparable."""
+
     def start(mode):
         return subprocess.Popen(command(mode, args, images), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
 
@@ -112,11 +151,15 @@ def main():
         return
     counts = [int(n) for n in args.images.split(",")]
     modes = ["bare", *([] if args.no_minibatch else ["cka-minibatch"]), *[m for m in args.measures.split(",") if m]]
-    print(f"# {args.model1} vs {args.model2} (random init), layers={args.layers}, tokens=mean, batch {args.batch}, "
-          f"{args.image_size} px synthetic images, {args.threads} threads; measures: estimator={args.estimator}, "
-          f"groups={args.groups}, null={args.null}, store {args.store_dtype}"
-          + ("; modes run concurrently" if args.parallel else ""))
-    print(f"{'measure':<14} {'images':>6} {'seconds':>8} {'x bare':>7} {'peak MB':>8} {'+MB vs bare':>11} {'store MB':>8}")
+    print(
+        f"# {args.model1} vs {args.model2} (random init), layers={args.layers}, tokens=mean, batch {args.batch}, "
+        f"{args.image_size} px synthetic images, {args.threads} threads; measures: estimator={args.estimator}, "
+        f"groups={args.groups}, null={args.null}, store {args.store_dtype}"
+        + ("; modes run concurrently" if args.parallel else "")
+    )
+    print(
+        f"{'measure':<14} {'images':>6} {'seconds':>8} {'x bare':>7} {'peak MB':>8} {'+MB vs bare':>11} {'store MB':>8}"
+    )
     rows = []
     for n in counts:
         bare = None
@@ -130,15 +173,20 @@ def main():
             ratio = r["seconds"] / bare["seconds"] if bare else float("nan")
             extra = r["peak_rss_mb"] - bare["peak_rss_mb"] if bare else float("nan")
             store = f"{r['store_mb']:.1f}" if "store_mb" in r else ""
-            print(f"{mode:<14} {n:>6} {r['seconds']:>8.2f} {ratio:>7.2f} {r['peak_rss_mb']:>8.0f} {extra:>+11.0f} "
-                  f"{store:>8}", flush=True)
+            print(
+                f"{mode:<14} {n:>6} {r['seconds']:>8.2f} {ratio:>7.2f} {r['peak_rss_mb']:>8.0f} {extra:>+11.0f} "
+                f"{store:>8}",
+                flush=True,
+            )
     if len(counts) > 1:
         for mode in modes:
             got = [r for r in rows if r["mode"] == mode and "error" not in r]
             if len(got) == len(counts):
                 a, b = got[0], got[-1]
-                print(f"{mode}: peak memory at {b['images']} vs {a['images']} images: "
-                      f"{b['peak_rss_mb'] / a['peak_rss_mb'] - 1:+.1%}; time x{b['seconds'] / a['seconds']:.2f}")
+                print(
+                    f"{mode}: peak memory at {b['images']} vs {a['images']} images: "
+                    f"{b['peak_rss_mb'] / a['peak_rss_mb'] - 1:+.1%}; time x{b['seconds'] / a['seconds']:.2f}"
+                )
 
 
 if __name__ == "__main__":

@@ -7,6 +7,7 @@ update (the cross product of the stacked U-centred Grams), at given layer counts
 Each permutation is one gather of the smaller side's n x n matrices and one (L x n^2) @ (n^2 x M) product, the
 same product as the batch's own cross terms; no forward pass is repeated. Prints milliseconds per batch.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -41,9 +42,11 @@ def main():
     plain = timed(MinibatchCKA(args.lx, args.ly), ux, uy, None, args.reps)
     null = timed(MinibatchCKA(args.lx, args.ly, permutations=k), ux, uy, perms, args.reps)
     per = (null - plain) / k
-    print(f"layers {args.lx} x {args.ly}, batch {n}, {args.threads} thread(s): plain update {plain:.2f} ms/batch; "
-          f"with {k} permutations {null:.2f} ms/batch; {per:.3f} ms per permutation per batch "
-          f"({per / plain:.2f}x the plain update)")
+    print(
+        f"layers {args.lx} x {args.ly}, batch {n}, {args.threads} thread(s): plain update {plain:.2f} ms/batch; "
+        f"with {k} permutations {null:.2f} ms/batch; {per:.3f} ms per permutation per batch "
+        f"({per / plain:.2f}x the plain update)"
+    )
 
 
 if __name__ == "__main__":

@@ -9,6 +9,7 @@ by batch, interleaved, so load from other processes hits all alike; image loadin
 
     OMP_NUM_THREADS=2 .venv/bin/python scripts/bench_tokens.py --threads 2
 """
+
 from __future__ import annotations
 
 import argparse
@@ -62,8 +63,10 @@ def main() -> None:
     batches = [torch.randn(args.batch_size, *size, generator=g) for _ in range(args.images // args.batch_size)]
     labels = torch.zeros(args.batch_size)
     bins = tn.Bins(low=-3.0, high=5.0, count=200)
-    reducers = {"token_norms": (TokenNormReducer(tls, bins, None, 4, embed), [INPUT, embed, *blocks]),
-                "massive_activations": (MassiveReducer(tls, 3), blocks)}
+    reducers = {
+        "token_norms": (TokenNormReducer(tls, bins, None, 4, embed), [INPUT, embed, *blocks]),
+        "massive_activations": (MassiveReducer(tls, 3), blocks),
+    }
     with torch.inference_mode():
         module(batches[0])  # warm-up
     times = {"bare": 0.0, **{k: 0.0 for k in reducers}}
@@ -78,12 +81,16 @@ def main() -> None:
             stream([m], [taps], [((x,), labels)], reducer, "cpu", progress=False)
             times[name] += time.perf_counter() - t
             memory[name].append(state_bytes(reducer))
-    print(f"{args.model} + {args.reg_tokens} registers, random init, {len(batches) * args.batch_size} images, batch "
-          f"{args.batch_size}, {len(blocks)} blocks, torch threads {torch.get_num_threads()}")
+    print(
+        f"{args.model} + {args.reg_tokens} registers, random init, {len(batches) * args.batch_size} images, batch "
+        f"{args.batch_size}, {len(blocks)} blocks, torch threads {torch.get_num_threads()}"
+    )
     for k, v in times.items():
         print(f"{k:<20} {v:8.2f} s  {v / times['bare']:.3f}x the bare forward")
     for k, v in memory.items():
-        print(f"{k:<20} reducer state {v[0] / 2**20:.2f} MiB after batch 1, {v[-1] / 2**20:.2f} MiB after batch {len(v)}")
+        print(
+            f"{k:<20} reducer state {v[0] / 2**20:.2f} MiB after batch 1, {v[-1] / 2**20:.2f} MiB after batch {len(v)}"
+        )
 
 
 if __name__ == "__main__":

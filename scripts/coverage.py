@@ -27,6 +27,7 @@ The architectures are timm's own, shrunk with their constructor's kwargs (depth,
 their smallest variant and a small input: the same module classes as the full-size models, so the anatomy an
 analysis needs is the same. Cost knobs (images, iterations) are lowered per analysis; structural defaults are kept.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -58,30 +59,80 @@ class Family:
 # One small architecture per family: the ViT variants first, then hierarchical / hybrid transformers, then CNNs.
 FAMILIES: list[Family] = [
     Family("vit", "vit_tiny_patch16_224", dict(img_size=32, patch_size=8, depth=2), (32, 32)),
-    Family("vit_gap", "vit_base_patch16_gap_224", dict(img_size=32, patch_size=8, depth=2, embed_dim=64, num_heads=4), (32, 32)),
-    Family("vit_registers_dinov2", "vit_small_patch14_reg4_dinov2", dict(img_size=56, depth=2, embed_dim=64, num_heads=4), (56, 56)),
+    Family(
+        "vit_gap",
+        "vit_base_patch16_gap_224",
+        dict(img_size=32, patch_size=8, depth=2, embed_dim=64, num_heads=4),
+        (32, 32),
+    ),
+    Family(
+        "vit_registers_dinov2",
+        "vit_small_patch14_reg4_dinov2",
+        dict(img_size=56, depth=2, embed_dim=64, num_heads=4),
+        (56, 56),
+    ),
     Family("vit_nonsquare", "vit_tiny_patch16_224", dict(img_size=(32, 48), patch_size=8, depth=2), (32, 48)),
     Family("deit_distilled", "deit_tiny_distilled_patch16_224", dict(img_size=32, patch_size=8, depth=2), (32, 32)),
-    Family("deit3", "deit3_small_patch16_224", dict(img_size=32, patch_size=8, depth=2, embed_dim=64, num_heads=4), (32, 32)),
-    Family("beit", "beit_base_patch16_224", dict(img_size=32, patch_size=8, depth=2, embed_dim=64, num_heads=4), (32, 32)),
+    Family(
+        "deit3",
+        "deit3_small_patch16_224",
+        dict(img_size=32, patch_size=8, depth=2, embed_dim=64, num_heads=4),
+        (32, 32),
+    ),
+    Family(
+        "beit", "beit_base_patch16_224", dict(img_size=32, patch_size=8, depth=2, embed_dim=64, num_heads=4), (32, 32)
+    ),
     Family("eva", "eva_giant_patch14_224", dict(img_size=56, depth=2, embed_dim=64, num_heads=4), (56, 56)),
     Family("eva02", "eva02_tiny_patch14_224", dict(img_size=56, depth=2), (56, 56)),
     Family("cait", "cait_xxs24_224", dict(img_size=32, patch_size=8, depth=2, embed_dim=64, num_heads=4), (32, 32)),
-    Family("convit", "convit_tiny", dict(img_size=32, patch_size=8, depth=3, local_up_to_layer=2, embed_dim=64, num_heads=4), (32, 32)),
+    Family(
+        "convit",
+        "convit_tiny",
+        dict(img_size=32, patch_size=8, depth=3, local_up_to_layer=2, embed_dim=64, num_heads=4),
+        (32, 32),
+    ),
     Family("xcit", "xcit_nano_12_p16_224", dict(img_size=32, depth=2), (32, 32)),
     Family("pit", "pit_ti_224", dict(img_size=64), (64, 64)),
-    Family("swin", "swin_tiny_patch4_window7_224", dict(img_size=32, window_size=4, depths=(2, 2), num_heads=(2, 4), embed_dim=32), (32, 32)),
-    Family("swinv2", "swinv2_tiny_window8_256", dict(img_size=32, window_size=4, depths=(2, 2), num_heads=(2, 4), embed_dim=32), (32, 32)),
-    Family("twins_svt", "twins_svt_small", dict(img_size=64, depths=(1, 1, 1, 1), embed_dims=(32, 64, 64, 64), num_heads=(1, 2, 2, 2), wss=(4, 4, 2, 1))),
-    Family("twins_pcpvt", "twins_pcpvt_small", dict(img_size=64, depths=(1, 1, 1, 1), embed_dims=(32, 64, 64, 64), num_heads=(1, 2, 2, 2))),
+    Family(
+        "swin",
+        "swin_tiny_patch4_window7_224",
+        dict(img_size=32, window_size=4, depths=(2, 2), num_heads=(2, 4), embed_dim=32),
+        (32, 32),
+    ),
+    Family(
+        "swinv2",
+        "swinv2_tiny_window8_256",
+        dict(img_size=32, window_size=4, depths=(2, 2), num_heads=(2, 4), embed_dim=32),
+        (32, 32),
+    ),
+    Family(
+        "twins_svt",
+        "twins_svt_small",
+        dict(img_size=64, depths=(1, 1, 1, 1), embed_dims=(32, 64, 64, 64), num_heads=(1, 2, 2, 2), wss=(4, 4, 2, 1)),
+    ),
+    Family(
+        "twins_pcpvt",
+        "twins_pcpvt_small",
+        dict(img_size=64, depths=(1, 1, 1, 1), embed_dims=(32, 64, 64, 64), num_heads=(1, 2, 2, 2)),
+    ),
     Family("pvt_v2", "pvt_v2_b0", dict(depths=(1, 1, 1, 1))),
     Family("mvitv2", "mvitv2_tiny", dict(img_size=64)),
     Family("levit", "levit_128s", dict(img_size=64)),
-    Family("efficientformer", "efficientformer_l1", dict(depths=(1, 1, 1, 2), embed_dims=(16, 16, 32, 32), num_vit=1), (224, 224)),
+    Family(
+        "efficientformer",
+        "efficientformer_l1",
+        dict(depths=(1, 1, 1, 2), embed_dims=(16, 16, 32, 32), num_vit=1),
+        (224, 224),
+    ),
     Family("maxvit", "maxvit_nano_rw_256", dict(img_size=64)),
     Family("coatnet", "coatnet_nano_rw_224", dict(img_size=64)),
     Family("crossvit", "crossvit_tiny_240", dict(img_size=120), (120, 120)),
-    Family("tnt", "tnt_s_patch16_224", dict(img_size=32, patch_size=8, depth=2, embed_dim=64, inner_dim=16, num_heads_outer=4, num_heads_inner=2), (32, 32)),
+    Family(
+        "tnt",
+        "tnt_s_patch16_224",
+        dict(img_size=32, patch_size=8, depth=2, embed_dim=64, inner_dim=16, num_heads_outer=4, num_heads_inner=2),
+        (32, 32),
+    ),
     Family("nest", "nest_tiny", dict(img_size=32, patch_size=2), (32, 32)),
     Family("coat", "coat_lite_tiny", dict(img_size=64)),
     Family("hiera", "hiera_tiny_224", dict(img_size=64)),
@@ -100,15 +151,44 @@ FAMILIES: list[Family] = [
     Family("poolformer", "poolformer_s12", {}, kind="cnn"),
 ]
 
-TIMM_KWARGS = ("img_size", "patch_size", "depth", "embed_dim", "num_heads", "num_classes", "global_pool",
-               "class_token", "drop_path_rate", "window_size")  # keys the model schema has (no `+` needed)
-DEFAULT_ANALYSES = ["cka_within", "attention_distance", "attention_rollout", "local_global_cka", "skip_ratio", "fourier"]
+TIMM_KWARGS = (
+    "img_size",
+    "patch_size",
+    "depth",
+    "embed_dim",
+    "num_heads",
+    "num_classes",
+    "global_pool",
+    "class_token",
+    "drop_path_rate",
+    "window_size",
+)  # keys the model schema has (no `+` needed)
+DEFAULT_ANALYSES = [
+    "cka_within",
+    "attention_distance",
+    "attention_rollout",
+    "local_global_cka",
+    "skip_ratio",
+    "fourier",
+]
 # The structure each default analysis is asked for, said explicitly (they are also the defaults today).
 STRUCTURE = {"cka_within": ["layers=blocks"], "fourier": ["analysis.layers=latents"]}
-COMMON = ["model.pretrained=false", "model.kwargs.num_classes=10",
-          "reference.name=resnet18", "reference.pretrained=false", "reference.data.input_size=[3,32,32]",
-          "reference.kwargs.num_classes=10", "dataset=synthetic", "dataset.image_size=64", "dataset.num_images=8",
-          "dataset.batch_size=4", "dataset.num_workers=0", "cache.dir=", "progress=false", "device=cpu"]
+COMMON = [
+    "model.pretrained=false",
+    "model.kwargs.num_classes=10",
+    "reference.name=resnet18",
+    "reference.pretrained=false",
+    "reference.data.input_size=[3,32,32]",
+    "reference.kwargs.num_classes=10",
+    "dataset=synthetic",
+    "dataset.image_size=64",
+    "dataset.num_images=8",
+    "dataset.batch_size=4",
+    "dataset.num_workers=0",
+    "cache.dir=",
+    "progress=false",
+    "device=cpu",
+]
 # Cost knobs only (images, iterations, bands); every structural default is kept.
 CHEAPER = {
     "attention_distance": ["analysis.blocks=[0,-1]"],  # the figure's blocks; the CSV has every block either way
@@ -149,12 +229,19 @@ def model_node(f: Family) -> str:
 
 
 def overrides(f: Family, analysis: str) -> list[str]:
-    out = [f"analysis={analysis}", f"model.name={f.arch}", f"model.data.input_size=[3,{f.size[0]},{f.size[1]}]", *COMMON]
+    out = [
+        f"analysis={analysis}",
+        f"model.name={f.arch}",
+        f"model.data.input_size=[3,{f.size[0]},{f.size[1]}]",
+        *COMMON,
+    ]
     out += [f"{'' if k in TIMM_KWARGS else '+'}model.kwargs.{k}={value(v)}" for k, v in f.kwargs.items()]
     out += STRUCTURE.get(analysis, []) + CHEAPER.get(analysis, [])
     if analysis == "cka_grid":
-        out += [f"analysis.models=[{model_node(f)},{{name:resnet18,kwargs:{{num_classes:10}},data:{{input_size:[3,32,32]}}}}]",
-                "analysis.pretrained=false"]
+        out += [
+            f"analysis.models=[{model_node(f)},{{name:resnet18,kwargs:{{num_classes:10}},data:{{input_size:[3,32,32]}}}}]",
+            "analysis.pretrained=false",
+        ]
     return out
 
 
@@ -182,7 +269,7 @@ def run_one(f: Family, analysis: str, out: Path, keep: bool) -> Outcome:
         result = ("runs", "")
     except VitstudyError as err:
         result = ("refused", str(err))
-    except Exception as err:  # noqa: BLE001: a crash is what this script is looking for
+    except Exception as err:  # a crash is what this script is looking for
         first = (str(err).strip().splitlines() or [""])[0]
         result = ("crashed", f"{type(err).__name__}: {first}"[:300])
         (out / "crashes").mkdir(parents=True, exist_ok=True)
@@ -204,17 +291,25 @@ def read_before(path: str | None) -> dict[tuple[str, str], str]:
         return {(r["family"], r["analysis"]): r["outcome"] for r in csv.DictReader(fh)}
 
 
-def markdown(outcomes: list[Outcome], analyses: list[str], families: list[Family], title: str = "",
-             before: dict[tuple[str, str], str] | None = None) -> str:
+def markdown(
+    outcomes: list[Outcome],
+    analyses: list[str],
+    families: list[Family],
+    title: str = "",
+    before: dict[tuple[str, str], str] | None = None,
+) -> str:
     """The families x analyses table, its legend and the refusal lines; with `before`, the counts then and now and
     the cells that changed (✓ˆ: runs now, refused before)."""
     before = before or {}
     cell = {(o.family, o.analysis): o for o in outcomes}
     counts = {k: sum(o.outcome == k for o in outcomes) for k in SYMBOL}
     lines = [title] if title else []
-    lines += [f"{len(families)} families x {len(analyses)} analyses: {counts['runs']} run, {counts['refused']} refused "
-              f"in one line, {counts['crashed']} crashed. ✓ runs, – refused (the line is listed below the table)"
-              + (", ✓ˆ runs now and was refused before." if before else "."), ""]
+    lines += [
+        f"{len(families)} families x {len(analyses)} analyses: {counts['runs']} run, {counts['refused']} refused "
+        f"in one line, {counts['crashed']} crashed. ✓ runs, – refused (the line is listed below the table)"
+        + (", ✓ˆ runs now and was refused before." if before else "."),
+        "",
+    ]
     if before:
         lines += ["| analysis | runs before | runs now |", "| --- | --- | --- |"]
         for a in analyses:
@@ -222,8 +317,10 @@ def markdown(outcomes: list[Outcome], analyses: list[str], families: list[Family
             now = sum(cell[(f.key, a)].outcome == "runs" for f in families if (f.key, a) in cell)
             lines.append(f"| `{a}` | {then} / {len(families)} | {now} / {len(families)} |")
         lines.append("")
-    lines += ["| family | timm model | " + " | ".join(f"`{a}`" for a in analyses) + " |",
-              "| --- | --- | " + " | ".join("---" for _ in analyses) + " |"]
+    lines += [
+        "| family | timm model | " + " | ".join(f"`{a}`" for a in analyses) + " |",
+        "| --- | --- | " + " | ".join("---" for _ in analyses) + " |",
+    ]
     for f in families:
         row = []
         for a in analyses:
@@ -245,21 +342,23 @@ def markdown(outcomes: list[Outcome], analyses: list[str], families: list[Family
 
 def write_doc(path: Path, table: str) -> None:
     """The coverage page: what was measured, how to regenerate it, the table (atomic write)."""
-    head = ("# Coverage: which timm families each analysis runs on\n\n"
-            "Measured by `scripts/coverage.py`: one small random-init architecture per family (timm's own module classes, "
-            "shrunk with constructor kwargs), a few synthetic images, through the Python API. A cell is ✓ when the run "
-            "finished and wrote its run directory, – when vitstudy refused in one line (the lines are listed below the "
-            "table). Random init: the numbers themselves are not shown here, only whether each analysis finds the "
-            "structure it needs.\n\nRegenerate (about 10 CPU-minutes, 20-40 min wall on 2 busy cores; `--before` adds the then/now "
-            "counts; the second table, at each family's default input size, comes from `--default-size`):\n\n"
-            "    PYTHONPATH=$PWD python scripts/coverage.py --doc docs/coverage.md [--before OLD/coverage.csv]\n"
-            "    PYTHONPATH=$PWD python scripts/coverage.py --default-size --analyses attention_distance attention_rollout "
-            "local_global_cka fourier --out outputs/coverage_default\n\n"
-            "Where the anatomy lives: `vitstudy/anatomy/families.py` (residual branches per block family), "
-            "`attention.py` (attention sites; per family in docs/attention_families/README.md), `tokens.py` (token grids), `latents.py`. Residual branches that no module "
-            "outputs alone (BEiT/EVA's gamma inside the addition, CaiT/ConViT/CoaT's shared drop-path, MViT-v2's pooled "
-            "shortcut) are derived in float64 as post - z. At random init some branches are exactly zero (Swin-V2 and "
-            "timm ResNets zero-init their last norm): `skip_ratio` then runs and reports an infinite, flagged ratio.\n\n")
+    head = (
+        "# Coverage: which timm families each analysis runs on\n\n"
+        "Measured by `scripts/coverage.py`: one small random-init architecture per family (timm's own module classes, "
+        "shrunk with constructor kwargs), a few synthetic images, through the Python API. A cell is ✓ when the run "
+        "finished and wrote its run directory, – when vitstudy refused in one line (the lines are listed below the "
+        "table). Random init: the numbers themselves are not shown here, only whether each analysis finds the "
+        "structure it needs.\n\nRegenerate (about 10 CPU-minutes, 20-40 min wall on 2 busy cores; `--before` adds the then/now "
+        "counts; the second table, at each family's default input size, comes from `--default-size`):\n\n"
+        "    PYTHONPATH=$PWD python scripts/coverage.py --doc docs/coverage.md [--before OLD/coverage.csv]\n"
+        "    PYTHONPATH=$PWD python scripts/coverage.py --default-size --analyses attention_distance attention_rollout "
+        "local_global_cka fourier --out outputs/coverage_default\n\n"
+        "Where the anatomy lives: `vitstudy/anatomy/families.py` (residual branches per block family), "
+        "`attention.py` (attention sites; per family in docs/attention_families/README.md), `tokens.py` (token grids), `latents.py`. Residual branches that no module "
+        "outputs alone (BEiT/EVA's gamma inside the addition, CaiT/ConViT/CoaT's shared drop-path, MViT-v2's pooled "
+        "shortcut) are derived in float64 as post - z. At random init some branches are exactly zero (Swin-V2 and "
+        "timm ResNets zero-init their last norm): `skip_ratio` then runs and reports an infinite, flagged ratio.\n\n"
+    )
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_suffix(".tmp")
     tmp.write_text(head + table)
@@ -267,18 +366,27 @@ def write_doc(path: Path, table: str) -> None:
 
 
 def main(argv=None) -> int:
-    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0], formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap = argparse.ArgumentParser(
+        description=__doc__.split("\n\n")[0], formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     ap.add_argument("--families", nargs="*", help="family keys (default: all); see FAMILIES in this script")
     ap.add_argument("--analyses", nargs="*", help=f"analysis names, or 'all' (default: {' '.join(DEFAULT_ANALYSES)})")
     ap.add_argument("--out", default="outputs/coverage", help="coverage.csv, coverage.md and crash tracebacks go here")
     ap.add_argument("--doc", help="write the coverage page here (docs/coverage.md)")
     ap.add_argument("--before", help="an earlier coverage.csv: the page shows runs then and now, and marks new cells")
-    ap.add_argument("--from-csv", nargs="*", help="run nothing: render the table from these coverage.csv files "
-                    "(later rows win, e.g. a rerun of some families)")
+    ap.add_argument(
+        "--from-csv",
+        nargs="*",
+        help="run nothing: render the table from these coverage.csv files "
+        "(later rows win, e.g. a rerun of some families)",
+    )
     ap.add_argument("--keep-runs", action="store_true", help="keep every run directory under OUT/runs/")
     ap.add_argument("--threads", type=int, default=1, help="torch threads (default 1)")
-    ap.add_argument("--default-size", action="store_true", help="run each family at its timm default input size "
-                    "(e.g. 224 px) instead of the small one")
+    ap.add_argument(
+        "--default-size",
+        action="store_true",
+        help="run each family at its timm default input size (e.g. 224 px) instead of the small one",
+    )
     args = ap.parse_args(argv)
 
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
@@ -304,8 +412,9 @@ def main(argv=None) -> int:
             with open(path, newline="") as fh:
                 for r in csv.DictReader(fh):
                     r["model"] = r.get("model") or r.get("arch")
-                    cells[(r["family"], r["analysis"])] = Outcome(r["family"], r["model"], r["analysis"], r["outcome"],
-                                                                  r["message"], float(r["seconds"]))
+                    cells[(r["family"], r["analysis"])] = Outcome(
+                        r["family"], r["model"], r["analysis"], r["outcome"], r["message"], float(r["seconds"])
+                    )
         outcomes = [cells[(f.key, a)] for f in families for a in analyses if (f.key, a) in cells]
         return _finish(outcomes, analyses, families, out, args, time.perf_counter())
     outcomes: list[Outcome] = []
@@ -319,8 +428,11 @@ def main(argv=None) -> int:
                 outcomes.append(o)
                 writer.writerow(o.__dict__)
                 fh.flush()
-                print(f"{time.perf_counter() - t0:7.0f}s {f.key:22s} {a:22s} {o.outcome:8s} {o.seconds:6.1f}s {o.message[:110]}",
-                      file=sys.stderr, flush=True)
+                print(
+                    f"{time.perf_counter() - t0:7.0f}s {f.key:22s} {a:22s} {o.outcome:8s} {o.seconds:6.1f}s {o.message[:110]}",
+                    file=sys.stderr,
+                    flush=True,
+                )
     return _finish(outcomes, analyses, families, out, args, t0)
 
 
@@ -335,9 +447,12 @@ def _finish(outcomes: list[Outcome], analyses: list[str], families: list[Family]
     if args.doc:
         write_doc(Path(args.doc), table)
     crashed = [o for o in outcomes if o.outcome == "crashed"]
-    print(f"{len(outcomes)} runs in {time.perf_counter() - t0:.0f} s: "
-          f"{sum(o.outcome == 'runs' for o in outcomes)} ran, {sum(o.outcome == 'refused' for o in outcomes)} refused, "
-          f"{len(crashed)} crashed; table in {out / 'coverage.md'}", flush=True)
+    print(
+        f"{len(outcomes)} runs in {time.perf_counter() - t0:.0f} s: "
+        f"{sum(o.outcome == 'runs' for o in outcomes)} ran, {sum(o.outcome == 'refused' for o in outcomes)} refused, "
+        f"{len(crashed)} crashed; table in {out / 'coverage.md'}",
+        flush=True,
+    )
     return 1 if crashed else 0
 
 

@@ -21,6 +21,7 @@ Steps (each idempotent, all under --out, default outputs/dryrun):
     make figures-dryrun DRYRUN_DIR=/scratch/dry DRYRUN_ARGS="--dtype float16"
 Exit status 1 when a target fails or its outputs are incomplete (the table says which and why).
 """
+
 from __future__ import annotations
 
 import argparse
@@ -60,8 +61,17 @@ TRAIN_ARGS = {
     "resnet50_cifar": ["+model.kwargs.channels=[32,64,128,256]", "+model.kwargs.stem_chs=16"],
     "alternet50_cifar": ["+model.kwargs.channels=[32,64,128,256]", "+model.kwargs.stem_chs=16"],
 }
-TRAIN_COMMON = ["dataset=cifar100", "recipe=quick", "recipe.epochs=1", "recipe.warmup_epochs=0", "recipe.batch_size=20",
-                "dataset.fraction=0.2", "dataset.val_images=20", "dataset.num_workers=0", "progress=false"]
+TRAIN_COMMON = [
+    "dataset=cifar100",
+    "recipe=quick",
+    "recipe.epochs=1",
+    "recipe.warmup_epochs=0",
+    "recipe.batch_size=20",
+    "dataset.fraction=0.2",
+    "dataset.val_images=20",
+    "dataset.num_workers=0",
+    "progress=false",
+]
 
 
 def make_list(name: str, makefile: Path = REPO / "Makefile") -> list[str]:
@@ -86,8 +96,13 @@ def expected_jobs(target: str) -> int:
 
 
 # The stand-in data each Makefile variable stands for (scripts/standin_data.py --parts).
-DATA_PARTS = {"$(VAL)": "imagenet-val", "$(IMAGENET_VAL)": "imagenet-val", "$(IMAGENET_TRAIN)": "imagenet-train",
-              "$(CIFAR_ROOT)": "cifar10", "$(CIFAR100_ROOT)": "cifar100"}
+DATA_PARTS = {
+    "$(VAL)": "imagenet-val",
+    "$(IMAGENET_VAL)": "imagenet-val",
+    "$(IMAGENET_TRAIN)": "imagenet-train",
+    "$(CIFAR_ROOT)": "cifar10",
+    "$(CIFAR100_ROOT)": "cifar100",
+}
 
 
 def data_parts(target: str) -> set[str]:
@@ -138,7 +153,9 @@ def check_target(fig_out: Path, target: str, expected: int) -> tuple[list[dict],
     for job in jobs:
         rec_path = job / "run.json"
         if (job / "failed.json").is_file():
-            problems.append(f"{job.name}: failed: {json.loads((job / 'failed.json').read_text()).get('error', '')[:200]}")
+            problems.append(
+                f"{job.name}: failed: {json.loads((job / 'failed.json').read_text()).get('error', '')[:200]}"
+            )
             continue
         if not rec_path.is_file():
             problems.append(f"{job.name}: no run.json")
@@ -151,8 +168,14 @@ def check_target(fig_out: Path, target: str, expected: int) -> tuple[list[dict],
             problems.append(f"{job.name}: no {analysis}.csv")
         if not list(job.glob("*.png")):
             problems.append(f"{job.name}: no .png figure")
-        records.append({"job": job.name, "analysis": analysis, "wall_time_s": rec.get("wall_time_s"),
-                        "weights": {k: v.get("weights") for k, v in (rec.get("models") or {}).items()}})
+        records.append(
+            {
+                "job": job.name,
+                "analysis": analysis,
+                "wall_time_s": rec.get("wall_time_s"),
+                "weights": {k: v.get("weights") for k, v in (rec.get("models") or {}).items()},
+            }
+        )
     if len(jobs) != expected:
         problems.append(f"{len(jobs)} job directories, expected {expected}")
     return records, "; ".join(problems)
@@ -164,10 +187,17 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--cache", type=Path, default=None, help="stand-in Hugging Face cache (default OUT/hf-cache)")
     ap.add_argument("--targets", nargs="*", default=None, help="figure targets (default: FIGURES and CIFAR_FIGURES)")
     ap.add_argument("--dtype", choices=standin_weights.DTYPES, default="float32", help="of the stand-in weights")
-    ap.add_argument("--make", default="make -o .venv/.installed",
-                    help="make command (default: treat the venv stamp as up to date; `make figures-dryrun` checks it)")
-    ap.add_argument("--threads", type=int, default=None,
-                    help="OMP_NUM_THREADS for every step (1 is much faster on a CPU shared with other jobs)")
+    ap.add_argument(
+        "--make",
+        default="make -o .venv/.installed",
+        help="make command (default: treat the venv stamp as up to date; `make figures-dryrun` checks it)",
+    )
+    ap.add_argument(
+        "--threads",
+        type=int,
+        default=None,
+        help="OMP_NUM_THREADS for every step (1 is much faster on a CPU shared with other jobs)",
+    )
     ap.add_argument("--data-args", default="", help="more options for scripts/standin_data.py, e.g. '--val-classes 10'")
     ap.add_argument("--no-report", action="store_true")
     args = ap.parse_args(argv)
@@ -212,21 +242,38 @@ def main(argv: list[str] | None = None) -> int:
     for preset in sorted(checkpoints(targets, train_dir)):
         extra = TRAIN_ARGS.get(preset, [])
         if not (train_dir / preset / "checkpoints" / "best.pt").is_file():
-            cmd = [py, str(SCRIPTS / "standin_vitstudy.py"), "train", f"model={preset}", *TRAIN_COMMON, *extra,
-                   f"dataset.root={data / 'cifar'}", f"hydra.run.dir={train_dir / preset}"]
+            cmd = [
+                py,
+                str(SCRIPTS / "standin_vitstudy.py"),
+                "train",
+                f"model={preset}",
+                *TRAIN_COMMON,
+                *extra,
+                f"dataset.root={data / 'cifar'}",
+                f"hydra.run.dir={train_dir / preset}",
+            ]
             rc, s = run_logged(cmd, logs / f"train-{preset}.log", env)
             train_s += s
-            print(f"train {preset}: {'ok' if rc == 0 else 'FAILED: ' + last_error(logs / f'train-{preset}.log')} ({s:.0f} s)",
-                  flush=True)
+            print(
+                f"train {preset}: {'ok' if rc == 0 else 'FAILED: ' + last_error(logs / f'train-{preset}.log')} ({s:.0f} s)",
+                flush=True,
+            )
 
     # 4. the targets
-    base = shlex.split(args.make) + [f"FIG_OUT={fig_out}", f"IMAGENET_VAL={data / 'imagenet' / 'val'}",
-                                     f"IMAGENET_TRAIN={data / 'imagenet' / 'train'}", f"CIFAR_ROOT={data / 'cifar'}",
-                                     f"CIFAR100_ROOT={data / 'cifar'}", f"CIFAR_CKPT={train_dir}"]
+    base = shlex.split(args.make) + [
+        f"FIG_OUT={fig_out}",
+        f"IMAGENET_VAL={data / 'imagenet' / 'val'}",
+        f"IMAGENET_TRAIN={data / 'imagenet' / 'train'}",
+        f"CIFAR_ROOT={data / 'cifar'}",
+        f"CIFAR100_ROOT={data / 'cifar'}",
+        f"CIFAR_CKPT={train_dir}",
+    ]
     rows = []
     for target in targets:
         fig_args = COMMON_ARGS + TARGET_ARGS.get(target, [])
-        cmd = base + [target, f"FIG_ARGS={' '.join(fig_args)}"] + ([f"VITSTUDY={wrapper}"] if uses_cifar(target) else [])
+        cmd = (
+            base + [target, f"FIG_ARGS={' '.join(fig_args)}"] + ([f"VITSTUDY={wrapper}"] if uses_cifar(target) else [])
+        )
         shutil.rmtree(fig_out / target, ignore_errors=True)  # a fresh sweep directory: no jobs left from earlier runs
         rc, seconds = run_logged(cmd, logs / f"{target}.log", env)
         records, problem = check_target(fig_out, target, expected_jobs(target))
@@ -235,10 +282,21 @@ def main(argv: list[str] | None = None) -> int:
         elif rc:
             problem = f"exit {rc}: {problem}; {last_error(logs / f'{target}.log')}"
         analyses = sorted({r["analysis"] for r in records})
-        rows.append({"target": target, "status": "ok" if not problem else "FAILED", "seconds": round(seconds, 1),
-                     "jobs": len(records), "analyses": " ".join(analyses), "problem": problem})
-        print(f"{target:<20} {rows[-1]['status']:<7} {seconds:7.1f} s  {len(records)} job(s) {' '.join(analyses)}"
-              + (f"\n    {problem}" if problem else ""), flush=True)
+        rows.append(
+            {
+                "target": target,
+                "status": "ok" if not problem else "FAILED",
+                "seconds": round(seconds, 1),
+                "jobs": len(records),
+                "analyses": " ".join(analyses),
+                "problem": problem,
+            }
+        )
+        print(
+            f"{target:<20} {rows[-1]['status']:<7} {seconds:7.1f} s  {len(records)} job(s) {' '.join(analyses)}"
+            + (f"\n    {problem}" if problem else ""),
+            flush=True,
+        )
 
     # 5. the report
     report_problem = ""
@@ -255,8 +313,11 @@ def main(argv: list[str] | None = None) -> int:
                 report_problem = f"index.html has no section for {missing}"
             elif failed_jobs:
                 report_problem = f"the report lists {len(failed_jobs)} failed or missing jobs (see {fig_out / 'summary' / 'failed.csv'})"
-        print(f"{'report':<20} {'ok' if not report_problem else 'FAILED':<7} {report_s:7.1f} s  {index}"
-              + (f"\n    {report_problem}" if report_problem else ""), flush=True)
+        print(
+            f"{'report':<20} {'ok' if not report_problem else 'FAILED':<7} {report_s:7.1f} s  {index}"
+            + (f"\n    {report_problem}" if report_problem else ""),
+            flush=True,
+        )
 
     with open(out / "dryrun.csv", "w", newline="") as f:
         w = csv.DictWriter(f, fieldnames=list(rows[0]) if rows else ["target"])
@@ -264,10 +325,15 @@ def main(argv: list[str] | None = None) -> int:
         w.writerows(rows)
     size = sum(p.stat().st_size for p in cache.rglob("*") if p.is_file()) if cache.is_dir() else 0
     failed = [r["target"] for r in rows if r["status"] != "ok"]
-    print(f"stand-ins {weights_s:.0f} s, data {data_s:.0f} s, training {train_s:.0f} s, targets "
-          f"{sum(r['seconds'] for r in rows):.0f} s; stand-in cache {cache}: {size / 2**30:.2f} GiB")
-    print(f"{len(rows) - len(failed)}/{len(rows)} targets ok" + (f"; failed: {' '.join(failed)}" if failed else "")
-          + f"; table {out / 'dryrun.csv'}, logs {logs}, report {fig_out / 'summary' / 'index.html'}")
+    print(
+        f"stand-ins {weights_s:.0f} s, data {data_s:.0f} s, training {train_s:.0f} s, targets "
+        f"{sum(r['seconds'] for r in rows):.0f} s; stand-in cache {cache}: {size / 2**30:.2f} GiB"
+    )
+    print(
+        f"{len(rows) - len(failed)}/{len(rows)} targets ok"
+        + (f"; failed: {' '.join(failed)}" if failed else "")
+        + f"; table {out / 'dryrun.csv'}, logs {logs}, report {fig_out / 'summary' / 'index.html'}"
+    )
     print(standin_weights.WARNING)
     return 1 if failed or report_problem else 0
 

@@ -11,6 +11,7 @@ aligns the rows of each CSV by position and prints, per file, the largest absolu
 common to both and any text column that differs; columns present in one run only are listed as added or removed.
 Exit status 1 when any common column differs.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -21,14 +22,35 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-VIT = ["model.name=vit_tiny_patch16_224", "model.pretrained=false", "model.kwargs.img_size=32", "model.kwargs.patch_size=8",
-       "model.kwargs.depth=2", "model.kwargs.num_classes=10"]
-RESNET = ["model.name=resnet18", "model.pretrained=false", "model.data.input_size=[3,32,32]", "model.kwargs.num_classes=10",
-          "+model.kwargs.zero_init_last=false"]
-REFERENCE = ["reference.name=resnet18", "reference.pretrained=false", "reference.data.input_size=[3,32,32]",
-             "reference.kwargs.num_classes=10"]
-DATA = ["dataset=synthetic", "dataset.image_size=32", "dataset.num_images=16", "dataset.batch_size=8",
-        "cache.results=false", "progress=false"]
+VIT = [
+    "model.name=vit_tiny_patch16_224",
+    "model.pretrained=false",
+    "model.kwargs.img_size=32",
+    "model.kwargs.patch_size=8",
+    "model.kwargs.depth=2",
+    "model.kwargs.num_classes=10",
+]
+RESNET = [
+    "model.name=resnet18",
+    "model.pretrained=false",
+    "model.data.input_size=[3,32,32]",
+    "model.kwargs.num_classes=10",
+    "+model.kwargs.zero_init_last=false",
+]
+REFERENCE = [
+    "reference.name=resnet18",
+    "reference.pretrained=false",
+    "reference.data.input_size=[3,32,32]",
+    "reference.kwargs.num_classes=10",
+]
+DATA = [
+    "dataset=synthetic",
+    "dataset.image_size=32",
+    "dataset.num_images=16",
+    "dataset.batch_size=8",
+    "cache.results=false",
+    "progress=false",
+]
 CHEAPER = {
     "hessian": ["analysis.num_batches=1", "analysis.max_iter=5"],
     "loss_landscape": ["analysis.steps=3", "analysis.num_images=16"],
@@ -46,10 +68,17 @@ def run(out: Path, only: list[str] | None = None) -> None:
     from vitstudy import analyses
     from vitstudy.errors import VitstudyError
 
-    cases = [(name, model) for name in sorted(analyses.REGISTRY) for model in ("vit", "resnet")
-             if not only or name in only]
+    cases = [
+        (name, model) for name in sorted(analyses.REGISTRY) for model in ("vit", "resnet") if not only or name in only
+    ]
     for name, model in cases:
-        overrides = [f"analysis={name}", *(VIT if model == "vit" else RESNET), *REFERENCE, *DATA, *CHEAPER.get(name, [])]
+        overrides = [
+            f"analysis={name}",
+            *(VIT if model == "vit" else RESNET),
+            *REFERENCE,
+            *DATA,
+            *CHEAPER.get(name, []),
+        ]
         _one(vitstudy, out / f"{name}__{model}", overrides, VitstudyError)
     if only and "cka_across" not in only:
         return

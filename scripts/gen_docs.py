@@ -1,15 +1,16 @@
 #!/usr/bin/env python
 """Write the docs' tables that mirror code, between their markers, so they cannot drift from it:
 
-  docs/analyses.md  <!-- generated: analyses -->       every registered analysis, its one-line summary and parameters
-  docs/figures.md   <!-- generated: figure-targets --> every conf/experiment/*.yaml: target, paper figure, analysis,
-                                                       what the paper finds (from the file's header)
-  docs/measures.md  <!-- generated: measures -->       every registered similarity measure: range, forms, symmetry,
-                                                       invariances, parameters, citation
+docs/analyses.md  <!-- generated: analyses -->       every registered analysis, its one-line summary and parameters
+docs/figures.md   <!-- generated: figure-targets --> every conf/experiment/*.yaml: target, paper figure, analysis,
+                                                     what the paper finds (from the file's header)
+docs/measures.md  <!-- generated: measures -->       every registered similarity measure: range, forms, symmetry,
+                                                     invariances, parameters, citation
 
-  python scripts/gen_docs.py            rewrite the blocks in place
-  python scripts/gen_docs.py --check    exit 1 naming each stale block (tests/test_docs.py runs this)
+python scripts/gen_docs.py            rewrite the blocks in place
+python scripts/gen_docs.py --check    exit 1 naming each stale block (tests/test_docs.py runs this)
 """
+
 from __future__ import annotations
 
 import argparse
@@ -28,8 +29,10 @@ def _cell(text: str) -> str:
 def analyses_table() -> str:
     from vitstudy import analyses
 
-    rows = ["| analysis | what it measures (paper figure) | parameters (`vitstudy list NAME` shows defaults) |",
-            "| --- | --- | --- |"]
+    rows = [
+        "| analysis | what it measures (paper figure) | parameters (`vitstudy list NAME` shows defaults) |",
+        "| --- | --- | --- |",
+    ]
     for name in sorted(analyses.REGISTRY):
         a = analyses.REGISTRY[name]
         params = ", ".join(f"`{f.name}`" for f in fields(a.params) if f.name != "name") if a.params is not None else ""
@@ -55,22 +58,28 @@ def figures_table() -> str:
 def measures_table() -> str:
     from vitstudy import measures
 
-    rows = ["| measure | label | range | forms | symmetric | invariant to | parameters | citation |",
-            "| --- | --- | --- | --- | --- | --- | --- | --- |"]
+    rows = [
+        "| measure | label | range | forms | symmetric | invariant to | parameters | citation |",
+        "| --- | --- | --- | --- | --- | --- | --- | --- |",
+    ]
     for name, cls in sorted(measures.MEASURES.items()):
         forms = ", ".join(f for f, has in (("minibatch", cls.streams), ("full set", cls.full_set)) if has)
         inv = ", ".join(cls.invariances) or "-"
         if cls.invariances_y is not None:
             inv = f"x: {inv}; y: {', '.join(cls.invariances_y) or '-'}"
         params = ", ".join(f"`{k}={v}`" for k, v in cls.parameters().items()) or "-"
-        rows.append(f"| `{name}` | {_cell(cls.label)} | [{cls.range[0]:g}, {cls.range[1]:g}] | {forms} | "
-                    f"{'yes' if cls.symmetric else 'no (x predicts y)'} | {inv} | {params} | {_cell(cls.citation)} |")
+        rows.append(
+            f"| `{name}` | {_cell(cls.label)} | [{cls.range[0]:g}, {cls.range[1]:g}] | {forms} | "
+            f"{'yes' if cls.symmetric else 'no (x predicts y)'} | {inv} | {params} | {_cell(cls.citation)} |"
+        )
     return "\n".join(rows)
 
 
-BLOCKS = {"analyses": (REPO / "docs" / "analyses.md", analyses_table),
-          "figure-targets": (REPO / "docs" / "figures.md", figures_table),
-          "measures": (REPO / "docs" / "measures.md", measures_table)}
+BLOCKS = {
+    "analyses": (REPO / "docs" / "analyses.md", analyses_table),
+    "figure-targets": (REPO / "docs" / "figures.md", figures_table),
+    "measures": (REPO / "docs" / "measures.md", measures_table),
+}
 
 
 def replace_block(text: str, name: str, body: str) -> str:

@@ -20,6 +20,7 @@ order) and reports the mean share over them and its range (share_min, share_max)
 
 Usage: python scripts/measure_sanity.py [--images 1000] [--repeats 1] [--measures a,b] [--out sanity.csv]
 """
+
 from __future__ import annotations
 
 import argparse
@@ -74,8 +75,15 @@ def extract(preset: str, images: int, batch_size: int = 100, tokens: str = "mean
         within[labels == c] = np.arange(int((labels == c).sum()))
     order = np.lexsort((labels, within))[:images].tolist()  # classes interleaved: image i of every class, then i+1
     keep = Keep(loaded.module, layers, tokens)
-    stream([loaded], [layers], data.loader(base, data.make_batches(order, batch_size), [loaded.transform]),
-           keep, torch.device("cpu"), "batches", False)
+    stream(
+        [loaded],
+        [layers],
+        data.loader(base, data.make_batches(order, batch_size), [loaded.transform]),
+        keep,
+        torch.device("cpu"),
+        "batches",
+        False,
+    )
     return LayerFeatures(loaded.label, [l.name for l in layers], [np.concatenate(keep.rows[l.name]) for l in layers])
 
 
@@ -108,8 +116,11 @@ def matrix(measure: M.Measure, arrays: list[np.ndarray]) -> np.ndarray:
         if prepared[a] is None or prepared[b] is None:
             continue
         try:
-            v[a, b] = measure.compare(prepared[a], prepared[b]) if cls.full_set else \
-                kernel_alignment(measure, prepared[a], prepared[b])
+            v[a, b] = (
+                measure.compare(prepared[a], prepared[b])
+                if cls.full_set
+                else kernel_alignment(measure, prepared[a], prepared[b])
+            )
         except VitstudyError:
             pass
     return v
@@ -130,8 +141,13 @@ def monotonicity(v: np.ndarray) -> dict[str, float]:
         first.append(_score(v[i, j], v[i, k]))
         last.append(_score(v[k, j], v[k, i]))
     mean = lambda s: float(np.mean(s)) if s else float("nan")  # noqa: E731
-    return {"share": mean(first + last), "share_first": mean(first), "share_last": mean(last),
-            "triples": len(first), "skipped": skipped}
+    return {
+        "share": mean(first + last),
+        "share_first": mean(first),
+        "share_last": mean(last),
+        "triples": len(first),
+        "skipped": skipped,
+    }
 
 
 def main(argv=None) -> int:
@@ -146,24 +162,41 @@ def main(argv=None) -> int:
     for preset in MODELS:
         t0 = time.perf_counter()
         feats = extract(preset, args.images)
-        print(f"{feats.model}: {len(feats.layers)} layers, {args.images} images, features in "
-              f"{time.perf_counter() - t0:.1f} s", file=sys.stderr)
+        print(
+            f"{feats.model}: {len(feats.layers)} layers, {args.images} images, features in "
+            f"{time.perf_counter() - t0:.1f} s",
+            file=sys.stderr,
+        )
         for name in names:
             measure = M.get(name)
             t0 = time.perf_counter()
             runs, refused = [], 0
             for r in range(args.repeats):
-                v = matrix(measure, [a[r::args.repeats] for a in feats.arrays])
+                v = matrix(measure, [a[r :: args.repeats] for a in feats.arrays])
                 runs.append(monotonicity(v))
                 refused += int(np.isnan(v).sum())
             shares = [run["share"] for run in runs]
             params = ",".join(f"{k}={val}" for k, val in measure.parameters().items())
-            rows.append({"model": feats.model, "measure": name, "parameters": params,
-                         **{key: float(np.mean([run[key] for run in runs])) for key in ("share", "share_first", "share_last")},
-                         "share_min": min(shares), "share_max": max(shares), "triples": runs[0]["triples"],
-                         "skipped": sum(run["skipped"] for run in runs), "refused_pairs": refused,
-                         "layers": len(feats.layers), "images": args.images, "repeats": args.repeats,
-                         "seconds": round(time.perf_counter() - t0, 2)})
+            rows.append(
+                {
+                    "model": feats.model,
+                    "measure": name,
+                    "parameters": params,
+                    **{
+                        key: float(np.mean([run[key] for run in runs]))
+                        for key in ("share", "share_first", "share_last")
+                    },
+                    "share_min": min(shares),
+                    "share_max": max(shares),
+                    "triples": runs[0]["triples"],
+                    "skipped": sum(run["skipped"] for run in runs),
+                    "refused_pairs": refused,
+                    "layers": len(feats.layers),
+                    "images": args.images,
+                    "repeats": args.repeats,
+                    "seconds": round(time.perf_counter() - t0, 2),
+                }
+            )
             print(f"  {name}: share {rows[-1]['share']:.3f} ({rows[-1]['seconds']} s)", file=sys.stderr)
     table = pd.DataFrame(rows)
     print(table.pivot(index="measure", columns="model", values="share").round(3).to_string())

@@ -11,6 +11,7 @@ its eval transform), and each bundled sample image's predicted class computed *i
 read directly, the pixels normalised by hand, no timm pretrained code, no vitstudy transform). The test suite
 reloads the packaged weights offline through `pretrained=true` and must reproduce those predictions exactly.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -49,8 +50,13 @@ def independent_predictions(arch: str, path: Path) -> list[int]:
     files = sample_files()
     with torch.inference_mode():
         for i in range(0, len(files), 100):
-            x = torch.stack([(torch.from_numpy(np.array(Image.open(f).convert("RGB"))).permute(2, 0, 1).float() / 255 - mean) / std
-                             for f in files[i:i + 100]])
+            x = torch.stack(
+                [
+                    (torch.from_numpy(np.array(Image.open(f).convert("RGB"))).permute(2, 0, 1).float() / 255 - mean)
+                    / std
+                    for f in files[i : i + 100]
+                ]
+            )
             preds += model(x).argmax(1).tolist()
     return preds
 
@@ -79,13 +85,18 @@ def vitstudy_test_accuracy(arch: str, cifar_test: Path) -> dict:
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--runs", default="outputs/train-demo", help="folder holding <arch>/ training run dirs")
-    ap.add_argument("--cifar", default=None, help="extracted CIFAR-10 JPEGs (train/ and test/); adds the 10k test accuracy")
+    ap.add_argument(
+        "--cifar", default=None, help="extracted CIFAR-10 JPEGs (train/ and test/); adds the 10k test accuracy"
+    )
     args = ap.parse_args()
     WEIGHTS.mkdir(parents=True, exist_ok=True)
     manifest_path = WEIGHTS / "demo.json"
     manifest = json.loads(manifest_path.read_text()) if manifest_path.exists() else {}
-    manifest["sample"] = {"folder": "vitstudy/assets/cifar10_sample", "images": len(sample_files()),
-                          "order": "sorted class folder, then sorted file name"}
+    manifest["sample"] = {
+        "folder": "vitstudy/assets/cifar10_sample",
+        "images": len(sample_files()),
+        "order": "sorted class folder, then sorted file name",
+    }
     models = manifest.setdefault("models", {})
     for arch in ARCHS:
         run = Path(args.runs) / arch
@@ -96,14 +107,22 @@ def main() -> None:
         sha = hashlib.sha256(out.read_bytes()).hexdigest()
         history = ckpt["history"]
         entry = {
-            "tag": f"{arch}.demo_cifar10", "file": out.name, "sha256": sha, "bytes": out.stat().st_size, "dtype": "float16",
-            "recipe": ckpt["config"]["recipe"], "epochs": int(ckpt["epoch"]), "checkpoint": "last epoch",
+            "tag": f"{arch}.demo_cifar10",
+            "file": out.name,
+            "sha256": sha,
+            "bytes": out.stat().st_size,
+            "dtype": "float16",
+            "recipe": ckpt["config"]["recipe"],
+            "epochs": int(ckpt["epoch"]),
+            "checkpoint": "last epoch",
             "train_wall_time_s": round(float(ckpt["wall_time_s"]), 1),
             "val_top1_by_epoch": [round(float(v), 4) for v in history["val_top1"]],
-            "lr_by_epoch": [float(f"{v:.4g}") for v in history["lr"]],  # the schedule as it ran (epochs may change on resume)
+            "lr_by_epoch": [
+                float(f"{v:.4g}") for v in history["lr"]
+            ],  # the schedule as it ran (epochs may change on resume)
             "val_images": ckpt["config"]["dataset"].get("val_images"),
             "train_command": f"vitstudy train model={arch} recipe=demo dataset=imagefolder dataset.root=CIFAR "
-                             f"dataset.val_images={ckpt['config']['dataset'].get('val_images')} (make train-demo)",
+            f"dataset.val_images={ckpt['config']['dataset'].get('val_images')} (make train-demo)",
         }
         t = time.perf_counter()
         preds = independent_predictions(arch, out)
@@ -113,9 +132,13 @@ def main() -> None:
         if args.cifar:
             entry.update(vitstudy_test_accuracy(arch, Path(args.cifar) / "test"))
         models[arch] = entry
-        print(f"{arch}: {out.stat().st_size / 1e6:.2f} MB fp16, {entry['epochs']} epochs, sample {entry['sample_correct']}/"
-              f"{len(labels)}" + (f", CIFAR-10 test top-1 {entry['test_top1']:.4f}" if args.cifar else "")
-              + f" ({time.perf_counter() - t:.0f} s)", flush=True)
+        print(
+            f"{arch}: {out.stat().st_size / 1e6:.2f} MB fp16, {entry['epochs']} epochs, sample {entry['sample_correct']}/"
+            f"{len(labels)}"
+            + (f", CIFAR-10 test top-1 {entry['test_top1']:.4f}" if args.cifar else "")
+            + f" ({time.perf_counter() - t:.0f} s)",
+            flush=True,
+        )
     manifest_path.write_text(json.dumps(manifest, indent=1) + "\n")
     print(f"wrote {manifest_path}")
 

@@ -78,8 +78,17 @@ def _drop_new_hooks(modules):
                 del m._forward_hooks[key]
 
 
-def torch_cka_matrix(model1, model2, loader, layers1: list[str], layers2: list[str],
-                     device="cpu", *, no_grad: bool = True, progress: bool = False) -> np.ndarray:
+def torch_cka_matrix(
+    model1,
+    model2,
+    loader,
+    layers1: list[str],
+    layers2: list[str],
+    device="cpu",
+    *,
+    no_grad: bool = True,
+    progress: bool = False,
+) -> np.ndarray:
     """Linear minibatch CKA with torch-cka 0.21 (`from torch_cka import CKA`).
 
     Returns a float64 array of shape (len(layers1), len(layers2)) in the requested
@@ -101,14 +110,23 @@ def torch_cka_matrix(model1, model2, loader, layers1: list[str], layers2: list[s
         with _drop_new_hooks([*mods1.values(), *mods2.values()]), warnings.catch_warnings():
             warnings.filterwarnings("ignore", message="Dataloader for Model 2 is not given")
             warnings.filterwarnings("ignore", message="Both model have identical names")
-            cka = CKA(model1, model2, model1_name="model1", model2_name="model2",
-                      model1_layers=want1, model2_layers=want2, device=device)
+            cka = CKA(
+                model1,
+                model2,
+                model1_name="model1",
+                model2_name="model2",
+                model1_layers=want1,
+                model2_layers=want2,
+                device=device,
+            )
             with torch.set_grad_enabled(not no_grad):
                 try:
                     cka.compare(loader)
                 except AssertionError as err:  # its NaN check, e.g. a layer that never ran
-                    raise RuntimeError(f"torch-cka failed: {err}; fired layers: "
-                                       f"{list(cka.model1_features)} x {list(cka.model2_features)}") from err
+                    raise RuntimeError(
+                        f"torch-cka failed: {err}; fired layers: "
+                        f"{list(cka.model1_features)} x {list(cka.model2_features)}"
+                    ) from err
             result = cka.export()
             # The matrix rows/cols follow the hook firing order of the last batch,
             # not result["model1_layers"] (named_modules order).
@@ -119,13 +137,11 @@ def torch_cka_matrix(model1, model2, loader, layers1: list[str], layers2: list[s
         torch_cka_module.tqdm = saved_tqdm
     matrix = result["CKA"].detach().cpu().numpy()
     if matrix.shape != (len(want1), len(want2)) or len(got1) != len(want1) or len(got2) != len(want2):
-        raise RuntimeError(f"torch-cka: matrix {matrix.shape} for layers {got1} x {got2}, "
-                           f"requested {want1} x {want2}")
+        raise RuntimeError(f"torch-cka: matrix {matrix.shape} for layers {got1} x {got2}, requested {want1} x {want2}")
     return _regather(matrix, got1, got2, layers1, layers2, "torch-cka")
 
 
-def pytorch_cka_matrix(model1, model2, loader, layers1, layers2, device="cpu", *,
-                       progress: bool = False) -> np.ndarray:
+def pytorch_cka_matrix(model1, model2, loader, layers1, layers2, device="cpu", *, progress: bool = False) -> np.ndarray:
     """Linear minibatch CKA with pytorch-cka 1.1.3 (`from cka import compute_cka`).
 
     Returns a float64 array of shape (len(layers1), len(layers2)) in the requested
@@ -138,8 +154,7 @@ def pytorch_cka_matrix(model1, model2, loader, layers1, layers2, device="cpu", *
     _check_layers(model2, want2, "model2")
     model1.eval()
     model2.eval()
-    (matrix,) = compute_cka(model1, model2, loader, layers=want1, model2_layers=want2,
-                            device=device, progress=progress)
+    (matrix,) = compute_cka(model1, model2, loader, layers=want1, model2_layers=want2, device=device, progress=progress)
     model1.eval()  # compute_cka restores the previous mode on exit
     model2.eval()
     return _regather(matrix.detach().cpu().numpy(), want1, want2, layers1, layers2, "pytorch-cka")

@@ -11,6 +11,7 @@
         model.checkpoint=/tmp/planted/planted_norm.pth model.kwargs.img_size=32 model.kwargs.patch_size=8 \\
         model.kwargs.depth=3 +model.kwargs.reg_tokens=4 dataset=cifar10_sample
 """
+
 from __future__ import annotations
 
 import argparse

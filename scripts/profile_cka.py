@@ -3,6 +3,7 @@ loading, the forwards with their hooks and the CKA arithmetic, for ViT-Ti/16 vs 
 
     python scripts/profile_cka.py --images 64 --threads 2
 """
+
 from __future__ import annotations
 
 import argparse
@@ -22,9 +23,8 @@ def main():
     p.add_argument("--images", type=int, default=64)
     p.add_argument("--threads", type=int, default=os.cpu_count() or 1)
     args = p.parse_args()
-    import torch
-
     import bench_cka
+    import torch
 
     torch.set_num_threads(args.threads)
     args.model1, args.model2, args.batch, args.layers = "vit_tiny_patch16_224", "resnet18", 32, "blocks"

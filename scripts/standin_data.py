@@ -15,6 +15,7 @@ scripts/standin_vitstudy.py (vitstudy with that check relaxed for STANDIN folder
     python scripts/standin_data.py OUT            # about 30 MB, a few seconds
 Idempotent: an existing OUT/<part> is kept unless --force.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -75,10 +76,24 @@ def cifar10(root: Path, train: int, test: int, seed: int) -> int:
     for b in range(5):
         n = min(per, train - b * per)
         labels = [(b * per + i) % 10 for i in range(n)]
-        _dump(tmp / f"data_batch_{b + 1}", {"batch_label": f"training batch {b + 1} of 5 (stand-in)", "labels": labels,
-                                            "data": _pixels(n, seed + b), "filenames": [f"standin_{b}_{i}.png" for i in range(n)]})
-    _dump(tmp / "test_batch", {"batch_label": "testing batch 1 of 1 (stand-in)", "labels": [i % 10 for i in range(test)],
-                               "data": _pixels(test, seed + 10), "filenames": [f"standin_t_{i}.png" for i in range(test)]})
+        _dump(
+            tmp / f"data_batch_{b + 1}",
+            {
+                "batch_label": f"training batch {b + 1} of 5 (stand-in)",
+                "labels": labels,
+                "data": _pixels(n, seed + b),
+                "filenames": [f"standin_{b}_{i}.png" for i in range(n)],
+            },
+        )
+    _dump(
+        tmp / "test_batch",
+        {
+            "batch_label": "testing batch 1 of 1 (stand-in)",
+            "labels": [i % 10 for i in range(test)],
+            "data": _pixels(test, seed + 10),
+            "filenames": [f"standin_t_{i}.png" for i in range(test)],
+        },
+    )
     names = ["airplane", "automobile", "bird", "cat", "deer", "dog", "frog", "horse", "ship", "truck"]
     _dump(tmp / "batches.meta", {"num_cases_per_batch": per, "label_names": names, "num_vis": 3072})
     (tmp / STANDIN).write_text(NOTE)
@@ -93,10 +108,23 @@ def cifar100(root: Path, train: int, test: int, seed: int) -> int:
     tmp.mkdir(parents=True)
     for split, n, s in (("train", train, seed + 20), ("test", test, seed + 21)):
         fine = [i % 100 for i in range(n)]
-        _dump(tmp / split, {"filenames": [f"standin_{split}_{i}.png" for i in range(n)], "batch_label": f"{split} (stand-in)",
-                            "fine_labels": fine, "coarse_labels": [f // 5 for f in fine], "data": _pixels(n, s)})
-    _dump(tmp / "meta", {"fine_label_names": [f"class_{i:02d}" for i in range(100)],
-                         "coarse_label_names": [f"superclass_{i:02d}" for i in range(20)]})
+        _dump(
+            tmp / split,
+            {
+                "filenames": [f"standin_{split}_{i}.png" for i in range(n)],
+                "batch_label": f"{split} (stand-in)",
+                "fine_labels": fine,
+                "coarse_labels": [f // 5 for f in fine],
+                "data": _pixels(n, s),
+            },
+        )
+    _dump(
+        tmp / "meta",
+        {
+            "fine_label_names": [f"class_{i:02d}" for i in range(100)],
+            "coarse_label_names": [f"superclass_{i:02d}" for i in range(20)],
+        },
+    )
     (tmp / STANDIN).write_text(NOTE)
     tmp.rename(root / "cifar-100-python")
     return train + test
@@ -109,8 +137,12 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--val-per-class", type=int, default=1)
     ap.add_argument("--train-classes", type=int, default=10)
     ap.add_argument("--train-per-class", type=int, default=8)
-    ap.add_argument("--image-size", type=int, default=128, help="side of the ImageNet stand-in JPEGs (the models resize)")
-    ap.add_argument("--cifar10-train", type=int, default=5120, help="> 5,000: the paper split keeps the last 5,000 for validation")
+    ap.add_argument(
+        "--image-size", type=int, default=128, help="side of the ImageNet stand-in JPEGs (the models resize)"
+    )
+    ap.add_argument(
+        "--cifar10-train", type=int, default=5120, help="> 5,000: the paper split keeps the last 5,000 for validation"
+    )
     ap.add_argument("--cifar10-test", type=int, default=200)
     ap.add_argument("--cifar100-train", type=int, default=1000)
     ap.add_argument("--cifar100-test", type=int, default=200)
@@ -121,14 +153,22 @@ def main(argv: list[str] | None = None) -> int:
 
     out = args.out.resolve()
     parts = {
-        "imagenet-val": (out / "imagenet" / "val",
-                         lambda p: image_folder(p, args.val_classes, args.val_per_class, args.image_size, args.seed)),
-        "imagenet-train": (out / "imagenet" / "train",
-                           lambda p: image_folder(p, args.train_classes, args.train_per_class, args.image_size, args.seed + 1)),
-        "cifar10": (out / "cifar" / "cifar-10-batches-py",
-                    lambda p: cifar10(p.parent, args.cifar10_train, args.cifar10_test, args.seed)),
-        "cifar100": (out / "cifar" / "cifar-100-python",
-                     lambda p: cifar100(p.parent, args.cifar100_train, args.cifar100_test, args.seed)),
+        "imagenet-val": (
+            out / "imagenet" / "val",
+            lambda p: image_folder(p, args.val_classes, args.val_per_class, args.image_size, args.seed),
+        ),
+        "imagenet-train": (
+            out / "imagenet" / "train",
+            lambda p: image_folder(p, args.train_classes, args.train_per_class, args.image_size, args.seed + 1),
+        ),
+        "cifar10": (
+            out / "cifar" / "cifar-10-batches-py",
+            lambda p: cifar10(p.parent, args.cifar10_train, args.cifar10_test, args.seed),
+        ),
+        "cifar100": (
+            out / "cifar" / "cifar-100-python",
+            lambda p: cifar100(p.parent, args.cifar100_train, args.cifar100_test, args.seed),
+        ),
     }
     for part in args.parts:
         path, make = parts[part]
@@ -140,8 +180,10 @@ def main(argv: list[str] | None = None) -> int:
         t = time.perf_counter()
         n = make(path)
         print(f"wrote  {path}: {n} generated images ({time.perf_counter() - t:.1f} s)")
-    print(f"stand-in data in {out}: IMAGENET_VAL={out}/imagenet/val IMAGENET_TRAIN={out}/imagenet/train "
-          f"CIFAR_ROOT={out}/cifar CIFAR100_ROOT={out}/cifar (generated images: for dry runs only)")
+    print(
+        f"stand-in data in {out}: IMAGENET_VAL={out}/imagenet/val IMAGENET_TRAIN={out}/imagenet/train "
+        f"CIFAR_ROOT={out}/cifar CIFAR100_ROOT={out}/cifar (generated images: for dry runs only)"
+    )
     return 0
 
 

@@ -8,6 +8,7 @@ by standin_data.py) and keeps the real check everywhere else, then runs `vitstud
 
     python scripts/standin_vitstudy.py run -m experiment=raghu_fig13 dataset.root=OUT/cifar ...
 """
+
 from __future__ import annotations
 
 import os

@@ -35,6 +35,7 @@ Usage:
 The default cache is $HF_HUB_CACHE, else $HF_HOME/hub, else ~/.cache/huggingface/hub (a loud warning is printed:
 prefer --cache DIR).
 """
+
 from __future__ import annotations
 
 import argparse
@@ -50,8 +51,10 @@ from pathlib import Path
 from urllib.parse import urlparse
 
 REPO = Path(__file__).resolve().parent.parent
-WARNING = ("WARNING: stand-in weights are RANDOM (random init, not trained): for dry runs and tests only; "
-           "every result computed with them is meaningless")
+WARNING = (
+    "WARNING: stand-in weights are RANDOM (random init, not trained): for dry runs and tests only; "
+    "every result computed with them is meaningless"
+)
 MARKER_KEY, MARKER_VALUE = "vitstudy_standin", "random-init"
 COMMIT_RE = re.compile(r"^[0-9a-f]{40}$")
 DTYPES = ("float32", "float16", "bfloat16")
@@ -94,7 +97,7 @@ def resolve(name: str, cache: Path, torch_hub: Path | None) -> Entry:
     cfg = cfg.to_dict()
     source, loc = _resolve_pretrained_source(cfg)
     if source == "hf-hub":
-        hub_id, filename = (loc if isinstance(loc, (tuple, list)) else (loc, None))
+        hub_id, filename = loc if isinstance(loc, (tuple, list)) else (loc, None)
         if isinstance(loc, (tuple, list)) and cfg.get("custom_load") == "hf":
             return Entry(name, "", where=hub_id, skip=f"custom loader (model.load_pretrained) for {hub_id}/{filename}")
         repo_id, revision = hf_split(hub_id)
@@ -109,8 +112,13 @@ def resolve(name: str, cache: Path, torch_hub: Path | None) -> Entry:
         if cfg.get("custom_load"):
             return Entry(name, "", where=loc, skip=f"custom loader (model.load_pretrained, e.g. npz) for {loc}")
         if torch_hub is None:
-            return Entry(name, "url", where=loc, skip=f"no hf_hub_id; timm downloads {loc}: pass --torch-hub DIR "
-                                                       f"(then TORCH_HOME=DIR/..; torch.hub's dir is $TORCH_HOME/hub)")
+            return Entry(
+                name,
+                "url",
+                where=loc,
+                skip=f"no hf_hub_id; timm downloads {loc}: pass --torch-hub DIR "
+                f"(then TORCH_HOME=DIR/..; torch.hub's dir is $TORCH_HOME/hub)",
+            )
         return Entry(name, "url", torch_hub / "checkpoints" / os.path.basename(urlparse(loc).path), where=loc)
     return Entry(name, "", skip=f"no downloadable weights in timm's pretrained config (source {source or 'none'})")
 
@@ -186,8 +194,11 @@ def write(entry: Entry, dtype: str) -> int:
     entry.path.parent.mkdir(parents=True, exist_ok=True)
     tmp = entry.path.with_name(entry.path.name + ".tmp")
     if entry.path.suffix == ".safetensors":
-        save_file(tensors, str(tmp), metadata={"format": "pt", MARKER_KEY: MARKER_VALUE, "timm_name": entry.name,
-                                               "warning": WARNING})
+        save_file(
+            tensors,
+            str(tmp),
+            metadata={"format": "pt", MARKER_KEY: MARKER_VALUE, "timm_name": entry.name, "warning": WARNING},
+        )
     else:  # a torch file (url sources): extra keys would break timm's strict load, so the marker is a side file
         torch.save(tensors, tmp)
         entry.path.with_name(entry.path.name + ".standin").write_text(WARNING + "\n")
@@ -204,10 +215,11 @@ def verify(entry: Entry, cache: Path, torch_hub: Path | None) -> str:
     import timm
     import torch
     from huggingface_hub import constants
-
     from safetensors.torch import load_file
 
-    saved = load_file(str(entry.path)) if entry.path.suffix == ".safetensors" else torch.load(entry.path, weights_only=True)
+    saved = (
+        load_file(str(entry.path)) if entry.path.suffix == ".safetensors" else torch.load(entry.path, weights_only=True)
+    )
     offline, constants.HF_HUB_OFFLINE = constants.HF_HUB_OFFLINE, True
     try:
         cache_dir = cache if entry.source == "hf-hub" else torch_hub / "checkpoints"
@@ -222,6 +234,7 @@ def verify(entry: Entry, cache: Path, torch_hub: Path | None) -> str:
 
 
 # ------------------------------------------------------------------------------------------ what the figures need
+
 
 def _preset_names(conf: Path) -> dict[str, dict]:
     from omegaconf import OmegaConf
@@ -259,6 +272,7 @@ def makefile_runs(makefile: Path, values: dict[str, str] | None = None) -> dict[
             name = m.group(1)
             value = defs.get(name, os.environ.get(name, ""))
             return expand(value, depth + 1) if depth < 10 else value
+
         return re.sub(r"\$\(([\w-]+)\)", sub, text.replace("$$", "\0")).replace("\0", "$")
 
     return {t: shlex.split(expand(line)) for t, line in makefile_lines(makefile).items()}
@@ -302,12 +316,18 @@ def figure_names(root: Path = REPO, targets: list[str] | None = None) -> dict[st
         for preset, node in presets.items():
             if node.get("pretrained", True) and node.get("name"):
                 needed.setdefault(node["name"], set()).add(f"conf/model/{preset}.yaml")
-        runs.update({f"experiment {p.stem}": [f"experiment={p.stem}"]
-                     for p in sorted((root / "conf" / "experiment").glob("*.yaml"))})
+        runs.update(
+            {
+                f"experiment {p.stem}": [f"experiment={p.stem}"]
+                for p in sorted((root / "conf" / "experiment").glob("*.yaml"))
+            }
+        )
     for label, overrides in runs.items():
         for combo in _expand(overrides):
             cfg = compose(tuple(combo))
-            for node in analyses.get(cfg.analysis.name).models(cfg).values():  # model, reference, compare and grid models
+            for node in (
+                analyses.get(cfg.analysis.name).models(cfg).values()
+            ):  # model, reference, compare and grid models
                 if node.pretrained and not node.checkpoint:
                     needed.setdefault(node.name, set()).add(label)
     return {name: where for name, where in needed.items() if not _bundled(name)}
@@ -316,7 +336,6 @@ def figure_names(root: Path = REPO, targets: list[str] | None = None) -> dict[st
 def _bundled(name: str) -> bool:
     """Weights that ship inside vitstudy (a pretrained tag whose config names a local file): no stand-in needed."""
     import timm
-
     from timm.models import get_pretrained_cfg
 
     import vitstudy  # noqa: F401  (registers the bundled tags)
@@ -332,16 +351,23 @@ def _size(n: int) -> str:
 
 
 def main(argv: list[str] | None = None) -> int:
-    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0], epilog=WARNING,
-                                 formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap = argparse.ArgumentParser(
+        description=__doc__.split("\n\n")[0], epilog=WARNING, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     ap.add_argument("names", nargs="*", help="timm names (arch.tag; a bare arch means its default tag)")
     ap.add_argument("--all-figures", action="store_true", help="every pretrained model `make figures` needs")
-    ap.add_argument("--cache", type=Path, default=None, help="Hugging Face hub cache (default: $HF_HUB_CACHE, "
-                                                                  "$HF_HOME/hub, ~/.cache/huggingface/hub)")
+    ap.add_argument(
+        "--cache",
+        type=Path,
+        default=None,
+        help="Hugging Face hub cache (default: $HF_HUB_CACHE, $HF_HOME/hub, ~/.cache/huggingface/hub)",
+    )
     ap.add_argument("--torch-hub", type=Path, default=None, help="torch.hub dir for tags without hf_hub_id")
     ap.add_argument("--dtype", choices=DTYPES, default="float32", help="float16 halves the disk (timm casts on load)")
     ap.add_argument("--force", action="store_true", help="rewrite existing stand-ins (real weights are never touched)")
-    ap.add_argument("--verify", action="store_true", help="load each through timm (pretrained=True, offline) and compare")
+    ap.add_argument(
+        "--verify", action="store_true", help="load each through timm (pretrained=True, offline) and compare"
+    )
     ap.add_argument("--list", action="store_true", help="print the names and where they are needed; write nothing")
     ap.add_argument("--remove", action="store_true", help="delete the stand-ins of these names (only stand-ins)")
     args = ap.parse_args(argv)
@@ -364,8 +390,11 @@ def main(argv: list[str] | None = None) -> int:
     cache = (args.cache or default_cache()).expanduser().resolve()
     print(WARNING, flush=True)
     if not explicit:
-        print(f"WARNING: writing into your default Hugging Face cache {cache}: offline runs will load these RANDOM "
-              f"weights as if pretrained; prefer --cache DIR (remove them with --remove)", flush=True)
+        print(
+            f"WARNING: writing into your default Hugging Face cache {cache}: offline runs will load these RANDOM "
+            f"weights as if pretrained; prefer --cache DIR (remove them with --remove)",
+            flush=True,
+        )
     total, failed, skipped = 0, [], []
     for name in sorted(wanted):
         entry = resolve(name, cache, args.torch_hub.resolve() if args.torch_hub else None)

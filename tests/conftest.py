@@ -1,4 +1,5 @@
 """Shared fixtures: offline Hugging Face settings, tiny random-init timm models, generated images."""
+
 import os
 import tempfile
 
@@ -13,6 +14,7 @@ import timm  # noqa: E402
 import torch  # noqa: E402
 
 torch.set_num_threads(2)
+
 
 @pytest.fixture(scope="session")
 def tiny_vit():

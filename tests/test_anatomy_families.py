@@ -2,8 +2,9 @@
 gamma_1/gamma_2), derived from a shared drop-path (CaiT) or post-normed (Swin-V2) against ratios computed by hand
 in float64; CaiT's attention distance (late class token, talking heads) against a hand formula; tuple-returning
 blocks (MViT-v2, TNT) tapped at their token tensor; one-line refusals for structure still missing."""
-import sys
+
 import math
+import sys
 
 import numpy as np
 import pytest
@@ -47,14 +48,19 @@ def _hand_swinv2(blk, x):
 FAMILIES = {
     "beit": ("beit_base_patch16_224", dict(TINY, init_values=0.1), _hand_beit, "blocks.0"),
     "cait": ("cait_xxs24_224", dict(TINY, init_values=0.1), _hand_cait, "blocks.0"),
-    "swinv2": ("swinv2_tiny_window8_256", dict(img_size=32, window_size=4, depths=(2, 2), num_heads=(2, 2), embed_dim=16),
-               _hand_swinv2, "layers.0.blocks.1"),
+    "swinv2": (
+        "swinv2_tiny_window8_256",
+        dict(img_size=32, window_size=4, depths=(2, 2), num_heads=(2, 2), embed_dim=16),
+        _hand_swinv2,
+        "layers.0.blocks.1",
+    ),
 }
 
 
 def _loaded(module):
-    return LoadedModel(key="model", name="t", label="t", module=module.eval(), transform=None, data_config={},
-                       weights="none")
+    return LoadedModel(
+        key="model", name="t", label="t", module=module.eval(), transform=None, data_config={}, weights="none"
+    )
 
 
 @pytest.mark.parametrize("family", list(FAMILIES))
@@ -115,10 +121,17 @@ def test_cait_attention_distance_late_class_token_matches_hand_formula():
     assert "class-attention" in excluded(model)
     x = torch.randn(3, 3, 32, 32)
     captured, inputs = {}, {}
-    hooks = [dict(model.named_modules())[s.name].register_forward_pre_hook(
-        lambda m, a, n=s.name: inputs.__setitem__(n, a[0].clone())) for s in site_list]
-    with unfused(model), tap(model, [s.layer for s in site_list], lambda l, t: captured.__setitem__(l.name, t.clone())), \
-            torch.no_grad():
+    hooks = [
+        dict(model.named_modules())[s.name].register_forward_pre_hook(
+            lambda m, a, n=s.name: inputs.__setitem__(n, a[0].clone())
+        )
+        for s in site_list
+    ]
+    with (
+        unfused(model),
+        tap(model, [s.layer for s in site_list], lambda l, t: captured.__setitem__(l.name, t.clone())),
+        torch.no_grad(),
+    ):
         model(x)
     for h in hooks:
         h.remove()
@@ -126,22 +139,34 @@ def test_cait_attention_distance_late_class_token_matches_hand_formula():
         mod = dict(model.named_modules())[s.name]
         xa = inputs[s.name].double()
         b, n, c = xa.shape
-        qkv = (xa @ mod.qkv.weight.double().T + mod.qkv.bias.double()).reshape(b, n, 3, mod.num_heads, -1).permute(2, 0, 3, 1, 4)
+        qkv = (
+            (xa @ mod.qkv.weight.double().T + mod.qkv.bias.double())
+            .reshape(b, n, 3, mod.num_heads, -1)
+            .permute(2, 0, 3, 1, 4)
+        )
         logits = (qkv[0] * mod.scale) @ qkv[1].transpose(-2, -1)  # (B, heads, N, N)
-        mixed = torch.einsum("bhij,gh->bgij", logits, mod.proj_l.weight.double()) + mod.proj_l.bias.double()[None, :, None, None]
+        mixed = (
+            torch.einsum("bhij,gh->bgij", logits, mod.proj_l.weight.double())
+            + mod.proj_l.bias.double()[None, :, None, None]
+        )
         probs = mixed.softmax(-1)  # the talking-heads softmax, before proj_w mixes heads again
         s.check(captured[s.name], 3)
         torch.testing.assert_close(s.probabilities(captured[s.name]).double(), probs, atol=1e-5, rtol=1e-4)
-        torch.testing.assert_close(s.per_image(captured[s.name]).double(), _hand_mean_distance(probs, 4, 4, 8.0),
-                                   atol=1e-4, rtol=1e-4)
+        torch.testing.assert_close(
+            s.per_image(captured[s.name]).double(), _hand_mean_distance(probs, 4, 4, 8.0), atol=1e-4, rtol=1e-4
+        )
     # uniform attention over a 4x4 grid of 8-px patches: the mean pairwise distance of the grid
     uniform = torch.full((1, 1, 16, 16), 1 / 16, dtype=torch.float64)
     pairs = [math.dist((r1, c1), (r2, c2)) for r1 in range(4) for c1 in range(4) for r2 in range(4) for c2 in range(4)]
-    assert float(site_list[0].per_image(uniform.permute(0, 2, 3, 1))) == pytest.approx(8.0 * sum(pairs) / 256, rel=1e-12)
+    assert float(site_list[0].per_image(uniform.permute(0, 2, 3, 1))) == pytest.approx(
+        8.0 * sum(pairs) / 256, rel=1e-12
+    )
 
 
 def test_convit_sites_class_token_joins_at_local_up_to_layer():
-    model = timm.create_model("convit_tiny", img_size=32, patch_size=8, depth=3, local_up_to_layer=2, embed_dim=32, num_heads=2)
+    model = timm.create_model(
+        "convit_tiny", img_size=32, patch_size=8, depth=3, local_up_to_layer=2, embed_dim=32, num_heads=2
+    )
     assert [s.num_prefix for s in sites(model)] == [0, 0, 1]
 
 
@@ -149,15 +174,28 @@ def _mvit():
     """MViT-v2 with one block per stage (timm's constructor; its registered variants fix the depths)."""
     from timm.models.mvitv2 import MultiScaleVit, MultiScaleVitCfg
 
-    return MultiScaleVit(MultiScaleVitCfg(depths=(1, 1, 1, 1), embed_dim=16, num_heads=1), img_size=(32, 32), num_classes=10)
+    return MultiScaleVit(
+        MultiScaleVitCfg(depths=(1, 1, 1, 1), embed_dim=16, num_heads=1), img_size=(32, 32), num_classes=10
+    )
 
 
 @pytest.mark.parametrize("family, index", [("mvitv2", 0), ("tnt", 1)])  # (tokens, size); (pixel tokens, patch tokens)
 def test_tuple_blocks_are_tapped_at_their_token_tensor(family, index):
     torch.manual_seed(0)
-    model = (_mvit() if family == "mvitv2" else timm.create_model(
-        "tnt_s_patch16_224", img_size=32, patch_size=8, depth=2, embed_dim=32, inner_dim=8, num_heads_outer=2,
-        num_heads_inner=1)).eval()
+    model = (
+        _mvit()
+        if family == "mvitv2"
+        else timm.create_model(
+            "tnt_s_patch16_224",
+            img_size=32,
+            patch_size=8,
+            depth=2,
+            embed_dim=32,
+            inner_dim=8,
+            num_heads_outer=2,
+            num_heads_inner=1,
+        )
+    ).eval()
     size = (3, 32, 32)
     layers = resolve(model, "blocks", size)
     assert layers and all(l.index == index and l.name.endswith(f"[{index}]") and l.layout == "NLC" for l in layers)
@@ -168,16 +206,41 @@ def test_tuple_blocks_are_tapped_at_their_token_tensor(family, index):
     assert all(b.measurable for b in branches(model))
 
 
-@pytest.mark.parametrize("args, message", [
-    (["analysis=attention_distance", "model.name=xcit_nano_12_p16_224", "model.kwargs.depth=2",
-      "model.kwargs.img_size=32"],
-     "XCiT's cross-covariance attention is a softmax over channels"),
-    (["analysis=skip_ratio", "model.name=vgg11", "model.kwargs.img_size=null", "model.kwargs.patch_size=null",
-      "model.kwargs.depth=null", "+model.kwargs.mlp_ratio=0.0625"], "VGG has no skip connections to measure"),
-])
+@pytest.mark.parametrize(
+    "args, message",
+    [
+        (
+            [
+                "analysis=attention_distance",
+                "model.name=xcit_nano_12_p16_224",
+                "model.kwargs.depth=2",
+                "model.kwargs.img_size=32",
+            ],
+            "XCiT's cross-covariance attention is a softmax over channels",
+        ),
+        (
+            [
+                "analysis=skip_ratio",
+                "model.name=vgg11",
+                "model.kwargs.img_size=null",
+                "model.kwargs.patch_size=null",
+                "model.kwargs.depth=null",
+                "+model.kwargs.mlp_ratio=0.0625",
+            ],
+            "VGG has no skip connections to measure",
+        ),
+    ],
+)
 def test_families_without_the_structure_refuse_in_one_line(args, message, tmp_path, capsys):
-    base = ["run", "model.pretrained=false", "model.data.input_size=[3,32,32]",
-            "dataset=synthetic", "dataset.num_images=4", "dataset.batch_size=4", "dataset.image_size=32"]
+    base = [
+        "run",
+        "model.pretrained=false",
+        "model.data.input_size=[3,32,32]",
+        "dataset=synthetic",
+        "dataset.num_images=4",
+        "dataset.batch_size=4",
+        "dataset.image_size=32",
+    ]
     assert_one_line_error([base[0], *args, *base[1:]], message, tmp_path / "run", capsys)
 
 
@@ -194,10 +257,26 @@ def test_coverage_script_runs_and_refuses_without_crashing(tmp_path):
     sys.modules[spec.name] = cov  # dataclasses look their module up by name
     spec.loader.exec_module(cov)
 
-    code = cov.main(["--families", "cait", "mvitv2", "vgg", "--analyses", "skip_ratio", "attention_distance",
-                     "--out", str(tmp_path), "--doc", str(tmp_path / "page.md")])
+    code = cov.main(
+        [
+            "--families",
+            "cait",
+            "mvitv2",
+            "vgg",
+            "--analyses",
+            "skip_ratio",
+            "attention_distance",
+            "--out",
+            str(tmp_path),
+            "--doc",
+            str(tmp_path / "page.md"),
+        ]
+    )
     assert code == 0
     rows = {(r["family"], r["analysis"]): r for r in csv.DictReader(open(tmp_path / "coverage.csv"))}
     assert len(rows) == 6 and rows[("cait", "attention_distance")]["outcome"] == "runs"
-    assert rows[("vgg", "skip_ratio")]["outcome"] == "refused" and "no skip connections" in rows[("vgg", "skip_ratio")]["message"]
+    assert (
+        rows[("vgg", "skip_ratio")]["outcome"] == "refused"
+        and "no skip connections" in rows[("vgg", "skip_ratio")]["message"]
+    )
     assert "| cait | `cait_xxs24_224` |" in (tmp_path / "page.md").read_text()

@@ -1,5 +1,6 @@
 """Attention capture, mean attention distance, local/global CKA and rollout: analytic cases, a float64
 recomputation from q and k, every supported model family, the CLI end to end and each bad input."""
+
 import itertools
 import math
 
@@ -22,10 +23,18 @@ FAMILIES = {
     "gap_vit": ("vit_base_patch16_gap_224", dict(img_size=32, patch_size=8, depth=2, embed_dim=64, num_heads=4)),
     "registers": ("vit_base_patch16_reg4_gap_256", dict(img_size=32, patch_size=8, depth=2, embed_dim=64, num_heads=4)),
     "swin": ("swin_tiny_patch4_window7_224", SWIN_KW),
-    "pit_distilled": ("pit_ti_distilled_224", dict(img_size=32, patch_size=8, stride=4, depth=(1, 1, 1), heads=(1, 2, 2))),
+    "pit_distilled": (
+        "pit_ti_distilled_224",
+        dict(img_size=32, patch_size=8, stride=4, depth=(1, 1, 1), heads=(1, 2, 2)),
+    ),
 }
-SWIN_CLI = ["model.name=swin_tiny_patch4_window7_224", "model.pretrained=false", "model.kwargs.img_size=32",
-            "model.kwargs.window_size=4", "model.kwargs.embed_dim=48"]  # list kwargs (depths) reach timm as ListConfig
+SWIN_CLI = [
+    "model.name=swin_tiny_patch4_window7_224",
+    "model.pretrained=false",
+    "model.kwargs.img_size=32",
+    "model.kwargs.window_size=4",
+    "model.kwargs.embed_dim=48",
+]  # list kwargs (depths) reach timm as ListConfig
 
 
 # ---------------------------------------------------------------------------------------------- analytic
@@ -109,8 +118,20 @@ def test_subset_cka_from_per_head_inner_products_equals_cka_of_concatenation():
 def _reg_vit():
     """A tiny random-init DINOv2-with-registers ViT: class token + 4 registers + a 4x4 grid of 7 px patches."""
     torch.manual_seed(0)
-    return timm.create_model("vit_small_patch14_reg4_dinov2", pretrained=False, img_size=28, patch_size=7, depth=2,
-                             embed_dim=32, num_heads=2, num_classes=10).eval().double()
+    return (
+        timm.create_model(
+            "vit_small_patch14_reg4_dinov2",
+            pretrained=False,
+            img_size=28,
+            patch_size=7,
+            depth=2,
+            embed_dim=32,
+            num_heads=2,
+            num_classes=10,
+        )
+        .eval()
+        .double()
+    )
 
 
 def _qk_softmax(mod, x):
@@ -127,17 +148,25 @@ def test_registers_are_reported_apart_share_and_patch_distance_match_float64_loo
     `patch_mean_distance` the mean over patch queries of sum_{j patch} A_ij D_ij / sum_{j patch} A_ij, both checked
     against explicit loops on probabilities recomputed from the modules' own q/k; the table names the prefix keys."""
     from types import SimpleNamespace
+
     from vitstudy.analyses.attention import distance_table
+
     model = _reg_vit()
     site_list = sites(model)
     assert [s.num_prefix for s in site_list] == [5, 5] and site_list[0].prefix_names == "class, 4 registers"
     mods = dict(model.named_modules())
     inputs = {}
-    hooks = [mods[s.name].register_forward_pre_hook(lambda m, a, _n=s.name: inputs.setdefault(_n, a[0])) for s in site_list]
+    hooks = [
+        mods[s.name].register_forward_pre_hook(lambda m, a, _n=s.name: inputs.setdefault(_n, a[0])) for s in site_list
+    ]
     torch.manual_seed(1)
     x = torch.randn(3, 3, 28, 28, dtype=torch.float64)
     stats = DistanceStats(site_list)
-    with unfused(model), tap(model, [s.layer for s in site_list], lambda l, t: stats.add(l.name, t, 3)), torch.no_grad():
+    with (
+        unfused(model),
+        tap(model, [s.layer for s in site_list], lambda l, t: stats.add(l.name, t, 3)),
+        torch.no_grad(),
+    ):
         model(x)
     stats.n = 3
     for h in hooks:
@@ -195,8 +224,10 @@ def _manual_maps(model, x):
     """Float64 softmax(q k^T * scale [+ bias + mask]) from each attention module's own qkv projection."""
     inputs, maps = {}, {}
     mods = {s.name: dict(model.named_modules())[s.name] for s in sites(model)}
-    hooks = [m.register_forward_pre_hook(lambda mod, args, kw, n=n: inputs.__setitem__(n, (args, kw)), with_kwargs=True)
-             for n, m in mods.items()]
+    hooks = [
+        m.register_forward_pre_hook(lambda mod, args, kw, n=n: inputs.__setitem__(n, (args, kw)), with_kwargs=True)
+        for n, m in mods.items()
+    ]
     with torch.inference_mode():
         model(x)
     for h in hooks:
@@ -204,7 +235,9 @@ def _manual_maps(model, x):
     for n, mod in mods.items():
         (xa, *_), kw = inputs[n]
         b, t, _ = xa.shape
-        qkv = torch.nn.functional.linear(xa.double(), mod.qkv.weight.double(), None if mod.qkv.bias is None else mod.qkv.bias.double())
+        qkv = torch.nn.functional.linear(
+            xa.double(), mod.qkv.weight.double(), None if mod.qkv.bias is None else mod.qkv.bias.double()
+        )
         q, k, _ = qkv.reshape(b, t, 3, mod.num_heads, -1).permute(2, 0, 3, 1, 4)
         logits = (q * mod.scale) @ k.transpose(-2, -1)
         if hasattr(mod, "relative_position_bias_table"):  # Swin: relative position bias and the shift mask
@@ -212,7 +245,9 @@ def _manual_maps(model, x):
             mask = kw.get("mask")
             if mask is not None:
                 nw = mask.shape[0]
-                logits = (logits.view(-1, nw, mod.num_heads, t, t) + mask.double()[None, :, None]).view(-1, mod.num_heads, t, t)
+                logits = (logits.view(-1, nw, mod.num_heads, t, t) + mask.double()[None, :, None]).view(
+                    -1, mod.num_heads, t, t
+                )
         maps[n] = logits.softmax(-1)
     return maps
 
@@ -225,7 +260,11 @@ def test_captured_maps_are_softmax_rows_matching_manual_recomputation(family):
     x = torch.randn(3, 3, 32, 32)
     site_list = sites(model)
     captured = {}
-    with unfused(model), tap(model, [s.layer for s in site_list], lambda l, t: captured.__setitem__(l.name, t.clone())), torch.inference_mode():
+    with (
+        unfused(model),
+        tap(model, [s.layer for s in site_list], lambda l, t: captured.__setitem__(l.name, t.clone())),
+        torch.inference_mode(),
+    ):
         model(x)
     assert list(captured) == [s.name for s in site_list]  # every attention module, once, in order
     manual = _manual_maps(model, x)
@@ -272,19 +311,33 @@ def test_swin_distance_accounts_for_the_shift():
 
 def test_attention_distance_end_to_end_vit_and_distilled_deit(tmp_path, capsys):
     out = tmp_path / "run"
-    code, stdout, err = cli(["run", "analysis=attention_distance", *TINY_VIT, *SMALL_DATA, "dataset.num_images=10",
-                             "analysis.compare=[{name:deit_tiny_distilled_patch16_224,pretrained:false,"
-                             "kwargs:{img_size:32,patch_size:8,depth:3}}]", f"hydra.run.dir={out}"], capsys)
+    code, stdout, err = cli(
+        [
+            "run",
+            "analysis=attention_distance",
+            *TINY_VIT,
+            *SMALL_DATA,
+            "dataset.num_images=10",
+            "analysis.compare=[{name:deit_tiny_distilled_patch16_224,pretrained:false,"
+            "kwargs:{img_size:32,patch_size:8,depth:3}}]",
+            f"hydra.run.dir={out}",
+        ],
+        capsys,
+    )
     assert code == 0, err
     df = pd.read_csv(out / "attention_distance.csv")
-    assert {"model", "block", "head", "mean_distance", "std_distance", "num_images", "layer", "weights"} <= set(df.columns)
+    assert {"model", "block", "head", "mean_distance", "std_distance", "num_images", "layer", "weights"} <= set(
+        df.columns
+    )
     assert len(df) == 2 * 3 * 3 and set(df.model) == {"vit_tiny_patch16_224", "deit_tiny_distilled_patch16_224"}
     assert (df.num_images == 10).all() and df.std_distance.gt(0).all()
     # a 4x4 grid of 8-px patches: distances lie in [0, max pairwise distance]
     assert df.mean_distance.between(0, 8 * math.hypot(3, 3)).all()
     assert df[df.model.str.startswith("deit")].prefix_tokens.unique().tolist() == [2]
-    assert df.groupby("model").prefix_keys.first().to_dict() == {"vit_tiny_patch16_224": "class",
-                                                                  "deit_tiny_distilled_patch16_224": "class, distillation"}
+    assert df.groupby("model").prefix_keys.first().to_dict() == {
+        "vit_tiny_patch16_224": "class",
+        "deit_tiny_distilled_patch16_224": "class, distillation",
+    }
     # prefix keys at 0 only shorten the paper's column: the renormalised patch-key distance is at least as long
     assert df.prefix_share.between(0, 1).all() and (df.patch_mean_distance >= df.mean_distance - 1e-9).all()
     for f in ("attention_distance.png", "attention_distance_depth.png", "images.csv", "run.json"):
@@ -300,14 +353,38 @@ def test_compare_twin_uses_its_own_checkpoint_not_the_main_models(tmp_path, caps
         paths.append(tmp_path / f"w{seed}.pth")
         torch.save(timm.create_model("vit_tiny_patch16_224", **arch).state_dict(), paths[-1])
     kwargs = ["model.kwargs.img_size=32", "model.kwargs.patch_size=8", "model.kwargs.depth=3"]
-    twin = f"{{name:vit_tiny_patch16_224,checkpoint:'{paths[1]}',kwargs:{{img_size:32,patch_size:8,depth:3}},label:twin}}"
-    code, _, err = cli(["run", "analysis=attention_distance", "model.name=vit_tiny_patch16_224", f"model.checkpoint={paths[0]}",
-                        *kwargs, *SMALL_DATA, "dataset.num_images=8", f"analysis.compare=[{twin}]",
-                        f"hydra.run.dir={tmp_path / 'both'}"], capsys)
+    twin = (
+        f"{{name:vit_tiny_patch16_224,checkpoint:'{paths[1]}',kwargs:{{img_size:32,patch_size:8,depth:3}},label:twin}}"
+    )
+    code, _, err = cli(
+        [
+            "run",
+            "analysis=attention_distance",
+            "model.name=vit_tiny_patch16_224",
+            f"model.checkpoint={paths[0]}",
+            *kwargs,
+            *SMALL_DATA,
+            "dataset.num_images=8",
+            f"analysis.compare=[{twin}]",
+            f"hydra.run.dir={tmp_path / 'both'}",
+        ],
+        capsys,
+    )
     assert code == 0, err
     both = pd.read_csv(tmp_path / "both" / "attention_distance.csv")
-    code, _, err = cli(["run", "analysis=attention_distance", "model.name=vit_tiny_patch16_224", f"model.checkpoint={paths[1]}",
-                        *kwargs, *SMALL_DATA, "dataset.num_images=8", f"hydra.run.dir={tmp_path / 'alone'}"], capsys)
+    code, _, err = cli(
+        [
+            "run",
+            "analysis=attention_distance",
+            "model.name=vit_tiny_patch16_224",
+            f"model.checkpoint={paths[1]}",
+            *kwargs,
+            *SMALL_DATA,
+            "dataset.num_images=8",
+            f"hydra.run.dir={tmp_path / 'alone'}",
+        ],
+        capsys,
+    )
     assert code == 0, err
     alone = pd.read_csv(tmp_path / "alone" / "attention_distance.csv")
     got = both[both.label == "twin"].mean_distance.to_numpy()
@@ -319,8 +396,10 @@ def test_compare_twin_uses_its_own_checkpoint_not_the_main_models(tmp_path, caps
 
 def test_attention_distance_end_to_end_swin(tmp_path, capsys):
     out = tmp_path / "run"
-    code, _, err = cli(["run", "analysis=attention_distance", *SWIN_CLI, *SMALL_DATA, "dataset.num_images=8",
-                        f"hydra.run.dir={out}"], capsys)
+    code, _, err = cli(
+        ["run", "analysis=attention_distance", *SWIN_CLI, *SMALL_DATA, "dataset.num_images=8", f"hydra.run.dir={out}"],
+        capsys,
+    )
     assert code == 0, err
     df = pd.read_csv(out / "attention_distance.csv")
     # depths (2, 2, 6, 2), heads (3, 6, 12, 24); grids 8, 4, 2, 1 with windows 4, 4, 2, 1: only stage 0 shifts
@@ -338,8 +417,19 @@ def test_attention_distance_end_to_end_swin(tmp_path, capsys):
 
 def test_local_global_cka_end_to_end(tmp_path, capsys):
     out = tmp_path / "run"
-    code, _, err = cli(["run", "analysis=local_global_cka", *TINY_VIT, *TINY_RESNET, *SMALL_DATA, "dataset.num_images=16",
-                        "analysis.subset_size=2", f"hydra.run.dir={out}"], capsys)
+    code, _, err = cli(
+        [
+            "run",
+            "analysis=local_global_cka",
+            *TINY_VIT,
+            *TINY_RESNET,
+            *SMALL_DATA,
+            "dataset.num_images=16",
+            "analysis.subset_size=2",
+            f"hydra.run.dir={out}",
+        ],
+        capsys,
+    )
     assert code == 0, err
     df = pd.read_csv(out / "local_global_cka.csv")
     assert set(df.reference_layer) == {"layer1.0", "layer1.1", "layer2.0", "layer2.1", "layer3.0"}
@@ -349,34 +439,72 @@ def test_local_global_cka_end_to_end(tmp_path, capsys):
 
 def test_attention_rollout_end_to_end_cls_and_gap(tmp_path, capsys):
     out = tmp_path / "cls"
-    code, _, err = cli(["run", "analysis=attention_rollout", *TINY_VIT, *SMALL_DATA, "dataset.num_images=10",
-                        "analysis.num_show=3", f"hydra.run.dir={out}"], capsys)
+    code, _, err = cli(
+        [
+            "run",
+            "analysis=attention_rollout",
+            *TINY_VIT,
+            *SMALL_DATA,
+            "dataset.num_images=10",
+            "analysis.num_show=3",
+            f"hydra.run.dir={out}",
+        ],
+        capsys,
+    )
     assert code == 0, err
     df = pd.read_csv(out / "attention_rollout.csv")
     assert len(df) == 10 and (df["query"] == "cls").all()
     assert df.entropy_normalised.between(0, 1 + 1e-9).all() and df.centre_share.between(0, 1).all()
     assert (out / "attention_rollout.png").stat().st_size > 0
     gap = tmp_path / "gap"
-    code, _, err = cli(["run", "analysis=attention_rollout", "model.name=vit_base_patch16_gap_224", "model.pretrained=false",
-                        "model.kwargs.img_size=32", "model.kwargs.patch_size=8", "model.kwargs.depth=2",
-                        "model.kwargs.embed_dim=64", "model.kwargs.num_heads=4", *SMALL_DATA, "dataset.num_images=8",
-                        f"hydra.run.dir={gap}"], capsys)
+    code, _, err = cli(
+        [
+            "run",
+            "analysis=attention_rollout",
+            "model.name=vit_base_patch16_gap_224",
+            "model.pretrained=false",
+            "model.kwargs.img_size=32",
+            "model.kwargs.patch_size=8",
+            "model.kwargs.depth=2",
+            "model.kwargs.embed_dim=64",
+            "model.kwargs.num_heads=4",
+            *SMALL_DATA,
+            "dataset.num_images=8",
+            f"hydra.run.dir={gap}",
+        ],
+        capsys,
+    )
     assert code == 0, err
     df = pd.read_csv(gap / "attention_rollout.csv")
     assert df["query"].str.startswith("mean of patch tokens").all()
     np.testing.assert_allclose(df.patch_mass, 1.0, rtol=1e-6)  # no prefix tokens: all mass on patches
 
 
-@pytest.mark.parametrize("args,message", [
-    (["analysis=attention_distance", "model.name=resnet18", "model.pretrained=false"], "has no self-attention to measure"),
-    (["analysis=attention_rollout", "model.name=resnet18", "model.pretrained=false"], "has no self-attention to measure"),
-    (["analysis=attention_distance", *TINY_VIT, "analysis.blocks=[0,5]"], "analysis.blocks has 5"),
-    (["analysis=attention_distance", *TINY_VIT, "+analysis.block=1"], "unknown parameter analysis.block"),
-    (["analysis=local_global_cka", *TINY_VIT, *TINY_RESNET, "analysis.subset_size=4"], "analysis.subset_size=4 must be between 1 and the 3 heads"),
-    (["analysis=local_global_cka", *TINY_VIT, *TINY_RESNET, "analysis.block=7"], "analysis.block=7 is out of range"),
-    (["analysis=attention_rollout", *TINY_VIT, "analysis.residual=0"], "analysis.residual=0.0 must be in (0, 1]"),
-    (["analysis=local_global_cka", *SWIN_CLI, *TINY_RESNET], "needs attention over the whole token grid"),
-])
+@pytest.mark.parametrize(
+    "args,message",
+    [
+        (
+            ["analysis=attention_distance", "model.name=resnet18", "model.pretrained=false"],
+            "has no self-attention to measure",
+        ),
+        (
+            ["analysis=attention_rollout", "model.name=resnet18", "model.pretrained=false"],
+            "has no self-attention to measure",
+        ),
+        (["analysis=attention_distance", *TINY_VIT, "analysis.blocks=[0,5]"], "analysis.blocks has 5"),
+        (["analysis=attention_distance", *TINY_VIT, "+analysis.block=1"], "unknown parameter analysis.block"),
+        (
+            ["analysis=local_global_cka", *TINY_VIT, *TINY_RESNET, "analysis.subset_size=4"],
+            "analysis.subset_size=4 must be between 1 and the 3 heads",
+        ),
+        (
+            ["analysis=local_global_cka", *TINY_VIT, *TINY_RESNET, "analysis.block=7"],
+            "analysis.block=7 is out of range",
+        ),
+        (["analysis=attention_rollout", *TINY_VIT, "analysis.residual=0"], "analysis.residual=0.0 must be in (0, 1]"),
+        (["analysis=local_global_cka", *SWIN_CLI, *TINY_RESNET], "needs attention over the whole token grid"),
+    ],
+)
 def test_bad_input_is_one_line(tmp_path, capsys, args, message):
     code, _, err = cli(["run", *args, *SMALL_DATA, "dataset.num_images=8", f"hydra.run.dir={tmp_path / 'run'}"], capsys)
     assert code != 0

@@ -2,6 +2,7 @@
 EfficientFormer, CrossViT, TNT, Hiera): the captured probabilities against a float64 recomputation from each
 module's own q/k projections, the pixel positions of queries and keys against timm's own partition functions applied
 to a coordinate map, mean distance of uniform attention against float64 numpy loops, and the refusals."""
+
 import math
 
 import numpy as np
@@ -20,16 +21,26 @@ from vitstudy.pipeline.taps import tap
 
 def _maxxvit_model(name):
     from dataclasses import replace
+
     from timm.models.maxxvit import MaxxVit, model_cfgs
+
     c = model_cfgs[name]
-    c = replace(c, embed_dim=(16, 16, 32, 32), depths=(1, 1, 2, 1), stem_width=(8, 16),
-                transformer_cfg=replace(c.transformer_cfg, dim_head=8))
+    c = replace(
+        c,
+        embed_dim=(16, 16, 32, 32),
+        depths=(1, 1, 2, 1),
+        stem_width=(8, 16),
+        transformer_cfg=replace(c.transformer_cfg, dim_head=8),
+    )
     return MaxxVit(c, img_size=64, num_classes=10)
 
 
 def _mvit_model(**kw):
     from timm.models.mvitv2 import MultiScaleVit, MultiScaleVitCfg
-    return MultiScaleVit(MultiScaleVitCfg(depths=(1, 2, 1, 1), embed_dim=16, num_heads=1, **kw), img_size=64, num_classes=10)
+
+    return MultiScaleVit(
+        MultiScaleVitCfg(depths=(1, 2, 1, 1), embed_dim=16, num_heads=1, **kw), img_size=64, num_classes=10
+    )
 
 
 def _timm(arch, **kw):
@@ -45,15 +56,33 @@ FAMILIES = {
     "twins_pcpvt": (_timm("twins_pcpvt_small", img_size=64, **SMALL4), (64, 64)),
     "maxvit": (lambda: _maxxvit_model("maxvit_nano_rw"), (64, 64)),  # rel-pos MLP bias, block and grid partitions
     "coatnet": (lambda: _maxxvit_model("coatnet_nano_rw"), (64, 64)),  # conv stages, then global Attention2d
-    "nest": (lambda: __import__("timm.models.nest", fromlist=["Nest"]).Nest(
-        img_size=32, patch_size=2, embed_dims=(16, 32, 32), num_heads=(1, 2, 2), depths=(1, 1, 1), num_classes=10), (32, 32)),
+    "nest": (
+        lambda: __import__("timm.models.nest", fromlist=["Nest"]).Nest(
+            img_size=32, patch_size=2, embed_dims=(16, 32, 32), num_heads=(1, 2, 2), depths=(1, 1, 1), num_classes=10
+        ),
+        (32, 32),
+    ),
     "mvitv2": (lambda: _mvit_model(use_cls_token=False), (64, 64)),
     "mvitv2_cls": (lambda: _mvit_model(use_cls_token=True), (64, 64)),  # the class token stays unpooled in front
     "levit": (_timm("levit_128s", img_size=64), (64, 64)),
-    "efficientformer": (_timm("efficientformer_l1", depths=(1, 1, 1, 2), embed_dims=(16, 16, 32, 32), num_vit=1), (224, 224)),
+    "efficientformer": (
+        _timm("efficientformer_l1", depths=(1, 1, 1, 2), embed_dims=(16, 16, 32, 32), num_vit=1),
+        (224, 224),
+    ),
     "crossvit": (_timm("crossvit_tiny_240", img_size=120, depth=((1, 1, 0),)), (120, 120)),
-    "tnt": (_timm("tnt_s_patch16_224", img_size=32, patch_size=8, depth=2, embed_dim=64, inner_dim=16, num_heads_outer=4,
-                  num_heads_inner=2), (32, 32)),
+    "tnt": (
+        _timm(
+            "tnt_s_patch16_224",
+            img_size=32,
+            patch_size=8,
+            depth=2,
+            embed_dim=64,
+            inner_dim=16,
+            num_heads_outer=4,
+            num_heads_inner=2,
+        ),
+        (32, 32),
+    ),
     "hiera": (_timm("hiera_tiny_224", img_size=64, embed_dim=16, num_heads=1, stages=(1, 1, 1, 1)), (64, 64)),
 }
 
@@ -69,11 +98,17 @@ def _capture(model, size, batch=2):
     site_list = sites(model, size)
     modules = dict(model.named_modules())
     inputs, probs = {}, {}
-    handles = [modules[s.name].register_forward_pre_hook(lambda m, a, _n=s.name: inputs.setdefault(_n, a)) for s in site_list]
+    handles = [
+        modules[s.name].register_forward_pre_hook(lambda m, a, _n=s.name: inputs.setdefault(_n, a)) for s in site_list
+    ]
     torch.manual_seed(1)
     x = torch.randn(batch, 3, *size, dtype=next(model.parameters()).dtype)
     try:
-        with unfused(model, site_list), tap(model, [s.layer for s in site_list], lambda l, t: probs.setdefault(l.name, t)), torch.no_grad():
+        with (
+            unfused(model, site_list),
+            tap(model, [s.layer for s in site_list], lambda l, t: probs.setdefault(l.name, t)),
+            torch.no_grad(),
+        ):
             model(x)
     finally:
         for h in handles:
@@ -94,7 +129,9 @@ def _pvt(mod, x, size):  # PVT-v2 Attention and Twins GlobalSubSampleAttn: q on 
     q = mod.q(x).reshape(b, n, h, -1).transpose(1, 2)
     xs = x
     if getattr(mod, "pool", None) is not None:
-        xs = mod.act(mod.norm(mod.sr(mod.pool(x.transpose(1, 2).reshape(b, c, *size))).reshape(b, c, -1).transpose(1, 2)))
+        xs = mod.act(
+            mod.norm(mod.sr(mod.pool(x.transpose(1, 2).reshape(b, c, *size))).reshape(b, c, -1).transpose(1, 2))
+        )
     elif mod.sr is not None:
         xs = mod.norm(mod.sr(x.transpose(1, 2).reshape(b, c, *size)).reshape(b, c, -1).transpose(1, 2))
     k = mod.kv(xs).reshape(b, -1, 2, h, c // h)[:, :, 0].transpose(1, 2)
@@ -117,12 +154,16 @@ def _maxxvit(mod, x, *_):  # Attention2d (NCHW windows) or AttentionCl (NHWC win
     h, d = mod.num_heads, mod.dim_head
     if type(mod).__name__ == "Attention2d":
         b = x.shape[0]
-        qkv = mod.qkv(x).reshape(b, h, 3 * d, -1) if mod.head_first else mod.qkv(x).reshape(b, 3, h, d, -1).transpose(1, 2).reshape(b, h, 3 * d, -1)
-        q, k = qkv[:, :, :d].transpose(-2, -1), qkv[:, :, d:2 * d].transpose(-2, -1)
+        qkv = (
+            mod.qkv(x).reshape(b, h, 3 * d, -1)
+            if mod.head_first
+            else mod.qkv(x).reshape(b, 3, h, d, -1).transpose(1, 2).reshape(b, h, 3 * d, -1)
+        )
+        q, k = qkv[:, :, :d].transpose(-2, -1), qkv[:, :, d : 2 * d].transpose(-2, -1)
     else:
         b = x.shape[0]
         t = mod.qkv(x).reshape(b, -1, h, 3 * d).transpose(1, 2)
-        q, k = t[..., :d], t[..., d:2 * d]
+        q, k = t[..., :d], t[..., d : 2 * d]
     s = q @ k.transpose(-2, -1) / math.sqrt(d)
     if mod.rel_pos is not None:
         s = s + mod.rel_pos.get_bias()
@@ -138,6 +179,7 @@ def _nest(mod, x, *_):  # (B, heads, blocks, n, n)
 
 def _mvit(mod, x, size):
     from timm.models.mvitv2 import cal_rel_pos_type, reshape_post_pool, reshape_pre_pool
+
     b, n, _ = x.shape
     qkv = mod.qkv(x).reshape(b, n, 3, mod.num_heads, -1).permute(2, 0, 3, 1, 4)
     q, k = qkv[0], qkv[1]
@@ -166,14 +208,14 @@ def _levit(mod, x, *_):  # Attention and AttentionDownsample (linear, token layo
         q = mod.q(x).view(b, -1, h, kd).permute(0, 2, 1, 3)
     else:
         t = mod.qkv(x).view(b, n, h, -1)
-        q, k = t[..., :kd].permute(0, 2, 1, 3), t[..., kd:2 * kd].permute(0, 2, 1, 3)
+        q, k = t[..., :kd].permute(0, 2, 1, 3), t[..., kd : 2 * kd].permute(0, 2, 1, 3)
     return _sm(q @ k.transpose(-2, -1) / math.sqrt(kd) + mod.get_attention_biases(x.device))
 
 
 def _efficientformer(mod, x, *_):
     b, n, _ = x.shape
     t = mod.qkv(x).reshape(b, n, mod.num_heads, -1).permute(0, 2, 1, 3)
-    q, k = t[..., :mod.key_dim], t[..., mod.key_dim:2 * mod.key_dim]
+    q, k = t[..., : mod.key_dim], t[..., mod.key_dim : 2 * mod.key_dim]
     return _sm(q @ k.transpose(-2, -1) / math.sqrt(mod.key_dim) + mod.get_attention_biases(x.device))
 
 
@@ -211,15 +253,21 @@ def _hiera(mod, x, *_):
 
 
 RECOMPUTE = {
-    "pvt_v2": lambda m, a: _pvt(m, a[0], a[1]), "pvt_v2_li": lambda m, a: _pvt(m, a[0], a[1]),
+    "pvt_v2": lambda m, a: _pvt(m, a[0], a[1]),
+    "pvt_v2_li": lambda m, a: _pvt(m, a[0], a[1]),
     "twins_svt": lambda m, a: (_twins_lsa if hasattr(m, "ws") else _pvt)(m, a[0], a[1]),
     "twins_svt_padded": lambda m, a: (_twins_lsa if hasattr(m, "ws") else _pvt)(m, a[0], a[1]),
     "twins_pcpvt": lambda m, a: _pvt(m, a[0], a[1]),
-    "maxvit": lambda m, a: _maxxvit(m, a[0]), "coatnet": lambda m, a: _maxxvit(m, a[0]),
-    "nest": lambda m, a: _nest(m, a[0]), "mvitv2": lambda m, a: _mvit(m, a[0], a[1]),
+    "maxvit": lambda m, a: _maxxvit(m, a[0]),
+    "coatnet": lambda m, a: _maxxvit(m, a[0]),
+    "nest": lambda m, a: _nest(m, a[0]),
+    "mvitv2": lambda m, a: _mvit(m, a[0], a[1]),
     "mvitv2_cls": lambda m, a: _mvit(m, a[0], a[1]),
-    "levit": lambda m, a: _levit(m, a[0]), "efficientformer": lambda m, a: _efficientformer(m, a[0]),
-    "crossvit": lambda m, a: (_cross if type(m).__name__ == "CrossAttention" else _vit)(m, a[0]), "tnt": lambda m, a: _tnt(m, a[0]), "hiera": lambda m, a: _hiera(m, a[0]),
+    "levit": lambda m, a: _levit(m, a[0]),
+    "efficientformer": lambda m, a: _efficientformer(m, a[0]),
+    "crossvit": lambda m, a: (_cross if type(m).__name__ == "CrossAttention" else _vit)(m, a[0]),
+    "tnt": lambda m, a: _tnt(m, a[0]),
+    "hiera": lambda m, a: _hiera(m, a[0]),
 }
 
 
@@ -243,13 +291,17 @@ def test_captured_probabilities_equal_float64_recomputation_from_q_and_k(key):
 
 def _coords(h, w, stride):
     """(1, h, w, 2) float64 pixel centres of a map's cells, for timm's partition functions to move around."""
-    r, c = torch.meshgrid((torch.arange(h, dtype=torch.float64) + 0.5) * stride[0],
-                          (torch.arange(w, dtype=torch.float64) + 0.5) * stride[1], indexing="ij")
+    r, c = torch.meshgrid(
+        (torch.arange(h, dtype=torch.float64) + 0.5) * stride[0],
+        (torch.arange(w, dtype=torch.float64) + 0.5) * stride[1],
+        indexing="ij",
+    )
     return torch.stack([r, c], dim=-1)[None]
 
 
 def test_maxvit_block_and_grid_positions_follow_timm_partitions():
     from timm.models.maxxvit import grid_partition, window_partition
+
     model, size = _model("maxvit", torch.float32)
     modules = dict(model.named_modules())
     for s in sites(model, size):
@@ -263,6 +315,7 @@ def test_maxvit_block_and_grid_positions_follow_timm_partitions():
 
 def test_nest_positions_follow_timm_blockify():
     from timm.models.nest import blockify
+
     model, size = _model("nest", torch.float32)
     for s in sites(model, size):
         want = blockify(_coords(*s.grid, s.stride), s.window[0])[0]
@@ -304,7 +357,11 @@ def test_pvt_v2_uniform_attention_over_reduced_keys_matches_float64_loops():
     model, size = _model("pvt_v2", torch.float32)
     for s in sites(model, size):
         h, w = s.grid
-        sr = model.stages[[i for i, st in enumerate(model.stages) if s.name.startswith(f"stages.{i}.")][0]].blocks[0].attn.sr
+        sr = (
+            model.stages[[i for i, st in enumerate(model.stages) if s.name.startswith(f"stages.{i}.")][0]]
+            .blocks[0]
+            .attn.sr
+        )
         r = sr.stride[0] if sr is not None else 1
         stride = size[0] / h
         q = [((i + 0.5) * stride, (j + 0.5) * stride) for i in range(h) for j in range(w)]
@@ -326,7 +383,9 @@ def test_twins_padded_windows_count_only_real_queries():
     for i in range(24):
         for j in range(24):
             wi, wj = i // 5, j // 5
-            keys = [((a + 0.5) * st, (b + 0.5) * st) for a in range(5 * wi, 5 * wi + 5) for b in range(5 * wj, 5 * wj + 5)]
+            keys = [
+                ((a + 0.5) * st, (b + 0.5) * st) for a in range(5 * wi, 5 * wi + 5) for b in range(5 * wj, 5 * wj + 5)
+            ]
             total += _np_pairs([((i + 0.5) * st, (j + 0.5) * st)], keys).mean()
     got = float(s.per_image(_to_layout(_uniform(s), s.layout))[0, 0])
     assert got == pytest.approx(total / 576, rel=1e-12)
@@ -383,7 +442,12 @@ def test_crossvit_cross_attention_sites_measure_the_spread_of_the_class_tokens_k
     model, size = _model("crossvit")
     site_list, inputs, probs = _capture(model, size, batch=3)
     names = [s.name for s in site_list]
-    assert names == ["blocks.0.blocks.0.0.attn", "blocks.0.blocks.1.0.attn", "blocks.0.fusion.0.attn", "blocks.0.fusion.1.attn"]
+    assert names == [
+        "blocks.0.blocks.0.0.attn",
+        "blocks.0.blocks.1.0.attn",
+        "blocks.0.fusion.0.attn",
+        "blocks.0.fusion.1.attn",
+    ]
     order = []
     modules = dict(model.named_modules())
     hooks = [modules[n].register_forward_pre_hook(lambda m, a, _n=n: order.append(_n)) for n in names]
@@ -392,7 +456,9 @@ def test_crossvit_cross_attention_sites_measure_the_spread_of_the_class_tokens_k
     for h in hooks:
         h.remove()
     assert order == names  # the analyses' Counter expects the maps in this order
-    for s, other in zip(site_list[2:], ((7, 7), (10, 10))):  # fusion 0 looks at branch 1 (7x7 grid), fusion 1 at branch 0
+    for s, other in zip(
+        site_list[2:], ((7, 7), (10, 10))
+    ):  # fusion 0 looks at branch 1 (7x7 grid), fusion 1 at branch 0
         assert s.kind == "cross" and s.grid == other
         st = size[0] / other[0]
         pts = [((i + 0.5) * st, (j + 0.5) * st) for i in range(other[0]) for j in range(other[1])]
@@ -408,7 +474,7 @@ def test_crossvit_cross_attention_sites_measure_the_spread_of_the_class_tokens_k
         np.testing.assert_allclose(split.share.numpy(), a[..., 0], rtol=1e-10)
         np.testing.assert_allclose(split.patch_distance.numpy(), spread / (1 - a[..., 0]) ** 2, rtol=1e-10)
         k = 1 + len(pts)
-        assert s.uniform_distance() == pytest.approx(d.sum() / k ** 2, rel=1e-12)
+        assert s.uniform_distance() == pytest.approx(d.sum() / k**2, rel=1e-12)
         assert s.uniform_patch_distance() == pytest.approx(d.mean(), rel=1e-12)
         onehot = torch.zeros(1, s.heads, 1, k, dtype=torch.float64)
         onehot[..., 5] = 1.0
@@ -417,10 +483,24 @@ def test_crossvit_cross_attention_sites_measure_the_spread_of_the_class_tokens_k
 
 def test_crossvit_cross_attention_is_refused_by_local_global_cka_with_its_reason(tmp_path, capsys):
     from helpers import cli
-    code, _, err = cli(["run", "analysis=local_global_cka", "model.name=crossvit_tiny_240", "model.pretrained=false",
-                        "model.kwargs.img_size=120", "+model.kwargs.depth=[[1,1,0]]", "analysis.block=2",
-                        "reference.name=resnet18", "reference.pretrained=false", "dataset=synthetic",
-                        "dataset.num_images=4", f"hydra.run.dir={tmp_path}"], capsys)
+
+    code, _, err = cli(
+        [
+            "run",
+            "analysis=local_global_cka",
+            "model.name=crossvit_tiny_240",
+            "model.pretrained=false",
+            "model.kwargs.img_size=120",
+            "+model.kwargs.depth=[[1,1,0]]",
+            "analysis.block=2",
+            "reference.name=resnet18",
+            "reference.pretrained=false",
+            "dataset=synthetic",
+            "dataset.num_images=4",
+            f"hydra.run.dir={tmp_path}",
+        ],
+        capsys,
+    )
     assert code != 0 and "cross-attention whose only query is a class token" in err
 
 
@@ -447,6 +527,7 @@ def test_half_diagonal_of_a_map_with_too_few_columns_refuses_in_one_line():
 
 def _random_maps(site_list, b=2, seed=0):
     from vitstudy.anatomy.attention import positions
+
     g = torch.Generator().manual_seed(seed)
     out = []
     for s in site_list:
@@ -459,6 +540,7 @@ def _random_maps(site_list, b=2, seed=0):
 def test_staged_rollout_equals_plain_rollout_on_one_grid():
     from vitstudy.analyses.rollout import compose, plan
     from vitstudy.metrics import attention as am
+
     model = timm.create_model("vit_tiny_patch16_224", img_size=32, patch_size=8, depth=3)
     site_list = sites(model)
     maps = _random_maps(site_list)
@@ -475,8 +557,12 @@ def test_swin_rollout_composes_shifted_windows_and_patch_merging_at_full_resolut
     roll + window_partition on an index map, the patch merging as the 2x2 average (rows of a 2x-downsampling), and
     R = Ã_4 M Ã_3 Ã_2 M' ...: the mean of R's last-stage rows equals the staged rollout's map."""
     from timm.models.swin_transformer import window_partition
+
     from vitstudy.analyses.rollout import compose, plan
-    model = timm.create_model("swin_tiny_patch4_window7_224", img_size=32, window_size=4, depths=(2, 2), num_heads=(2, 4), embed_dim=32)
+
+    model = timm.create_model(
+        "swin_tiny_patch4_window7_224", img_size=32, window_size=4, depths=(2, 2), num_heads=(2, 4), embed_dim=32
+    )
     site_list = sites(model)
     maps = _random_maps(site_list)
     steps, _ = plan(site_list, "swin")
@@ -513,14 +599,29 @@ def test_swin_rollout_composes_shifted_windows_and_patch_merging_at_full_resolut
 # ------------------------------------------------------------------ end to end
 
 
-PCPVT_CLI = ["model.name=twins_pcpvt_small", "model.pretrained=false", "model.data.input_size=[3,64,64]", "model.kwargs.img_size=64",
-             "+model.kwargs.depths=[1,1,1,1]", "+model.kwargs.embed_dims=[16,32,32,32]", "+model.kwargs.num_heads=[1,2,2,2]"]
-DATA = ["dataset=synthetic", "dataset.num_images=8", "dataset.batch_size=4", "dataset.image_size=64", "dataset.num_workers=0"]
+PCPVT_CLI = [
+    "model.name=twins_pcpvt_small",
+    "model.pretrained=false",
+    "model.data.input_size=[3,64,64]",
+    "model.kwargs.img_size=64",
+    "+model.kwargs.depths=[1,1,1,1]",
+    "+model.kwargs.embed_dims=[16,32,32,32]",
+    "+model.kwargs.num_heads=[1,2,2,2]",
+]
+DATA = [
+    "dataset=synthetic",
+    "dataset.num_images=8",
+    "dataset.batch_size=4",
+    "dataset.image_size=64",
+    "dataset.num_workers=0",
+]
 
 
 def test_attention_distance_and_rollout_run_on_twins_pcpvt_end_to_end(tmp_path, capsys):
     import pandas as pd
+
     from helpers import cli
+
     out = tmp_path / "dist"
     code, _, err = cli(["run", "analysis=attention_distance", *PCPVT_CLI, *DATA, f"hydra.run.dir={out}"], capsys)
     assert code == 0, err
@@ -533,12 +634,27 @@ def test_attention_distance_and_rollout_run_on_twins_pcpvt_end_to_end(tmp_path, 
     assert code == 0, err
     r = pd.read_csv(roll / "attention_rollout.csv")
     assert (r.grid == "16x16").all() and r.composition.str.startswith("windows and stages").all()
-    np.testing.assert_allclose(r.patch_mass, 1.0, rtol=1e-6)  # no prefix tokens: the pooling matrices keep all mass (float32 rows)
+    np.testing.assert_allclose(
+        r.patch_mass, 1.0, rtol=1e-6
+    )  # no prefix tokens: the pooling matrices keep all mass (float32 rows)
 
 
 def test_rollout_refuses_two_token_sets_in_one_line(tmp_path, capsys):
     from helpers import cli
-    code, _, err = cli(["run", "analysis=attention_rollout", "model.name=tnt_s_patch16_224", "model.pretrained=false",
-                        "model.data.input_size=[3,32,32]", "model.kwargs.img_size=32", "model.kwargs.patch_size=8",
-                        "model.kwargs.depth=1", *DATA, f"hydra.run.dir={tmp_path / 'r'}"], capsys)
+
+    code, _, err = cli(
+        [
+            "run",
+            "analysis=attention_rollout",
+            "model.name=tnt_s_patch16_224",
+            "model.pretrained=false",
+            "model.data.input_size=[3,32,32]",
+            "model.kwargs.img_size=32",
+            "model.kwargs.patch_size=8",
+            "model.kwargs.depth=1",
+            *DATA,
+            f"hydra.run.dir={tmp_path / 'r'}",
+        ],
+        capsys,
+    )
     assert code != 0 and "pixel and patch tokens" in err and len(err.strip().splitlines()) == 1, err

@@ -1,4 +1,5 @@
 """CKA numbers against independent float64 derivations (numpy), not against the code's own output."""
+
 import numpy as np
 import pytest
 import torch
@@ -70,8 +71,10 @@ def test_within_accumulator_diagonal_is_one_and_symmetric():
 
 def test_one_batch_equals_full_set_unbiased_value():
     acc = MinibatchCKA(1, 1)
-    acc.update(u_center(gram(torch.as_tensor(X), torch.float64)).flatten()[None],
-               u_center(gram(torch.as_tensor(Y), torch.float64)).flatten()[None])
+    acc.update(
+        u_center(gram(torch.as_tensor(X), torch.float64)).flatten()[None],
+        u_center(gram(torch.as_tensor(Y), torch.float64)).flatten()[None],
+    )
     assert float(acc.result()[0, 0]) == pytest.approx(song_cka(X, Y), abs=1e-12)
 
 

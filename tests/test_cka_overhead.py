@@ -1,4 +1,5 @@
 """What cka_across costs beyond the bare forwards (issue 20 item 14): the API loads every batch once."""
+
 import pytest
 import torch
 from torch.utils.data import DataLoader, Dataset
@@ -23,7 +24,9 @@ class Counted(Dataset):
 def test_cka_matrix_loads_each_image_once(tiny_vit, tiny_resnet, images):
     """The first batch told cka_matrix the input size and was then loaded again: 8 images more in 24 (3 batches)."""
     data = Counted(images)
-    df = cka_matrix(tiny_vit, DataLoader(data, batch_size=8), other=tiny_resnet, layers=["blocks.0"], other_layers=["layer1.0"])
+    df = cka_matrix(
+        tiny_vit, DataLoader(data, batch_size=8), other=tiny_resnet, layers=["blocks.0"], other_layers=["layer1.0"]
+    )
     assert data.loaded == len(images)
     assert (df.num_images == len(images)).all()
 

@@ -1,6 +1,7 @@
 """Claims as checks (vitstudy.claims): known-answer verdicts on hand-written run tables, the interval methods
 against float64 numpy formulas written here, `missing` inputs said aloud, findings.csv from collect, and (slow) the
 tour's claims recomputed independently from its CSVs."""
+
 import json
 from pathlib import Path
 
@@ -21,21 +22,46 @@ def cka_job(job: Path, model: str, first_last: float, spread: float, seed: int =
     rng = np.random.default_rng(seed)
     rows = [(i, j) for i in range(4) for j in range(i, 4)]
     cka = [1.0 if i == j else (first_last if (i, j) == (0, 3) else 0.8) for i, j in rows]
-    df = pd.DataFrame({"model_x": model, "layer_x": [f"l{i}" for i, _ in rows], "index_x": [i for i, _ in rows],
-                       "layer_y": [f"l{j}" for _, j in rows], "index_y": [j for _, j in rows], "cka": cka,
-                       "uncertainty": "jackknife_batches"})
+    df = pd.DataFrame(
+        {
+            "model_x": model,
+            "layer_x": [f"l{i}" for i, _ in rows],
+            "index_x": [i for i, _ in rows],
+            "layer_y": [f"l{j}" for _, j in rows],
+            "index_y": [j for _, j in rows],
+            "cka": cka,
+            "uncertainty": "jackknife_batches",
+        }
+    )
     reps = np.array(cka)[None, :] + spread * rng.standard_normal((5, len(rows)))
-    _write(job, "cka_within", model, df, {"values": reps, "strata": np.zeros(5, dtype=np.int64),
-                                          "units": np.arange(5) if units is None else units, "column": np.array("cka")})
+    _write(
+        job,
+        "cka_within",
+        model,
+        df,
+        {
+            "values": reps,
+            "strata": np.zeros(5, dtype=np.int64),
+            "units": np.arange(5) if units is None else units,
+            "column": np.array("cka"),
+        },
+    )
     return df, reps
 
 
 def _write(job: Path, analysis: str, model: str, df: pd.DataFrame, reps: dict | None = None, table: str | None = None):
     (job / ".hydra").mkdir(parents=True, exist_ok=True)
     (job / ".hydra" / "overrides.yaml").write_text(f"- analysis={analysis}\n")
-    (job / "run.json").write_text(json.dumps({"analysis": analysis, "overrides": [f"analysis={analysis}"],
-                                              "models": {"model": {"name": model}},
-                                              "config": {"analysis": {"name": analysis}, "model": {"name": model}}}))
+    (job / "run.json").write_text(
+        json.dumps(
+            {
+                "analysis": analysis,
+                "overrides": [f"analysis={analysis}"],
+                "models": {"model": {"name": model}},
+                "config": {"analysis": {"name": analysis}, "model": {"name": model}},
+            }
+        )
+    )
     df.to_csv(job / f"{table or analysis}.csv", index=False)
     if reps is not None:
         np.savez(job / f"{table or analysis}.replicates.npz", **reps)
@@ -43,6 +69,7 @@ def _write(job: Path, analysis: str, model: str, df: pd.DataFrame, reps: dict | 
 
 def records(root: Path) -> list[dict]:
     from vitstudy.claims.core import run_record
+
     return [run_record(p.parent) for p in sorted(root.glob("*/run.json"))]
 
 
@@ -53,17 +80,37 @@ def paired_interval(rep_a, rep_b, est):
 
 
 def test_judge_sides():
-    c = Claim(paper="P", figure="Fig. 0", text="x", statistic="s", needs={}, compute=lambda t: 0.0, threshold=0.5,
-              direction=">")
+    c = Claim(
+        paper="P",
+        figure="Fig. 0",
+        text="x",
+        statistic="s",
+        needs={},
+        compute=lambda t: 0.0,
+        threshold=0.5,
+        direction=">",
+    )
     assert c.judge(0.6, 0.9) == "holds" and c.judge(0.1, 0.4) == "contradicted" and c.judge(0.4, 0.6) == "inconclusive"
-    below = Claim(paper="P", figure="Fig. 0", text="x", statistic="s", needs={}, compute=lambda t: 0.0, threshold=0.0,
-                  direction="<")
-    assert below.judge(-2, -1) == "holds" and below.judge(1, 2) == "contradicted" and below.judge(-1, 1) == "inconclusive"
+    below = Claim(
+        paper="P",
+        figure="Fig. 0",
+        text="x",
+        statistic="s",
+        needs={},
+        compute=lambda t: 0.0,
+        threshold=0.0,
+        direction="<",
+    )
+    assert (
+        below.judge(-2, -1) == "holds" and below.judge(1, 2) == "contradicted" and below.judge(-1, 1) == "inconclusive"
+    )
     assert c.judge(np.nan, 1.0) == "inconclusive"
 
 
-@pytest.mark.parametrize("vit, resnet, spread, verdict", [(0.7, 0.3, 0.01, "holds"), (0.2, 0.6, 0.01, "contradicted"),
-                                                          (0.52, 0.5, 0.05, "inconclusive")])
+@pytest.mark.parametrize(
+    "vit, resnet, spread, verdict",
+    [(0.7, 0.3, 0.01, "holds"), (0.2, 0.6, 0.01, "contradicted"), (0.52, 0.5, 0.05, "inconclusive")],
+)
 def test_raghu_fig1_known_answers_paired_over_batches(tmp_path, vit, resnet, spread, verdict):
     """Fig. 1 on hand-written ViT and ResNet tables measured on the same 5 batches: the value is the (0, 3) cell's
     difference and the interval the paired jackknife of the replicates' differences (t with 4 df)."""
@@ -91,9 +138,16 @@ def test_runs_on_different_images_add_their_variances(tmp_path):
 def test_standard_error_tables_get_the_conservative_bound(tmp_path):
     """Raghu Fig. 7 from a skip_ratio_summary with only ratio_se: mean over a model's blocks, ViT minus ResNet;
     se <= sum |weight| se_i (any correlation), a normal interval."""
-    df = pd.DataFrame({"model": ["vit_small_patch16_224"] * 3 + ["resnet50"] * 2, "group": "all",
-                       "block": ["b0", "b1", "b2", "s0", "s1"], "ratio": [3.0, 5.0, 7.0, 1.0, 2.0],
-                       "ratio_se": [0.3, 0.1, 0.2, 0.05, 0.15], "uncertainty": "se_images"})
+    df = pd.DataFrame(
+        {
+            "model": ["vit_small_patch16_224"] * 3 + ["resnet50"] * 2,
+            "group": "all",
+            "block": ["b0", "b1", "b2", "s0", "s1"],
+            "ratio": [3.0, 5.0, 7.0, 1.0, 2.0],
+            "ratio_se": [0.3, 0.1, 0.2, 0.05, 0.15],
+            "uncertainty": "se_images",
+        }
+    )
     _write(tmp_path / "skip", "skip_ratio", "vit_small_patch16_224", df, table="skip_ratio_summary")
     (f,) = claims.for_target("raghu_fig7", records(tmp_path))
     se = (0.3 + 0.1 + 0.2) / 3 + (0.05 + 0.15) / 2
@@ -112,8 +166,18 @@ def test_weights_only_tables_are_exact(tmp_path):
     """Position embeddings (no images): cosine of 4-neighbours minus farther pairs on a 2x2 grid, by hand."""
     cos = np.array([[1.0, 0.6, 0.5, 0.1], [0.6, 1.0, 0.2, 0.4], [0.5, 0.2, 1.0, 0.7], [0.1, 0.4, 0.7, 1.0]])
     a, b = np.meshgrid(np.arange(4), np.arange(4), indexing="ij")
-    df = pd.DataFrame({"model": "vit_tiny", "index_a": a.ravel(), "row_a": a.ravel() // 2, "col_a": a.ravel() % 2,
-                       "index_b": b.ravel(), "row_b": b.ravel() // 2, "col_b": b.ravel() % 2, "cosine": cos.ravel()})
+    df = pd.DataFrame(
+        {
+            "model": "vit_tiny",
+            "index_a": a.ravel(),
+            "row_a": a.ravel() // 2,
+            "col_a": a.ravel() % 2,
+            "index_b": b.ravel(),
+            "row_b": b.ravel() // 2,
+            "col_b": b.ravel() % 2,
+            "cosine": cos.ravel(),
+        }
+    )
     _write(tmp_path / "pos", "position_embedding", "vit_tiny_patch16_224", df)
     f = next(f for f in claims.for_target("vit_fig7", records(tmp_path)) if "nearby" in f.claim.text)
     near = np.mean([0.6, 0.5, 0.6, 0.4, 0.5, 0.7, 0.4, 0.7])  # (0,1) (0,2) (1,0) (1,3) (2,0) (2,3) (3,1) (3,2)
@@ -166,12 +230,17 @@ def recompute(out: Path) -> dict[tuple[str, str], float]:
         n = df.index_y.max() + 1
         k = max(1, math.ceil(n / 4))
         return df[(df.index_x < k) & (df.index_y >= n - k)].cka.mean()
-    vals["Fig. 1", "ViTs keep"] = far(read("cka_within_vit", "cka_within")) - far(read("cka_within_resnet", "cka_within"))
+
+    vals["Fig. 1", "ViTs keep"] = far(read("cka_within_vit", "cka_within")) - far(
+        read("cka_within_resnet", "cka_within")
+    )
     across = read("cka_across")
     nx, ny = across.index_x.max() + 1, across.index_y.max() + 1
     k, half = max(1, math.ceil(nx / 4)), max(1, ny // 2)
     lower = across[across.index_y < half]
-    vals["Fig. 2", "The ResNet's lower"] = lower[lower.index_x < k].cka.mean() - lower[lower.index_x >= nx - k].cka.mean()
+    vals["Fig. 2", "The ResNet's lower"] = (
+        lower[lower.index_x < k].cka.mean() - lower[lower.index_x >= nx - k].cka.mean()
+    )
     k3 = max(1, math.ceil(nx / 3))
     best = across.groupby("index_x").cka.max()
     vals["Fig. 2", "The final third"] = best[best.index >= nx - k3].mean() - best[best.index < nx - k3].mean()
@@ -191,18 +260,23 @@ def recompute(out: Path) -> dict[tuple[str, str], float]:
     dist = (pos.row_a - pos.row_b).abs() + (pos.col_a - pos.col_b).abs()
     vals["Fig. 7 (centre)", "Position embeddings are"] = pos[dist == 1].cosine.mean() - pos[dist > 1].cosine.mean()
     line = (pos.row_a == pos.row_b) | (pos.col_a == pos.col_b)
-    vals["Fig. 7 (centre)", "Position embeddings encode"] = pos[line & (dist > 1)].cosine.mean() - pos[~line & (dist > 1)].cosine.mean()
+    vals["Fig. 7 (centre)", "Position embeddings encode"] = (
+        pos[line & (dist > 1)].cosine.mean() - pos[~line & (dist > 1)].cosine.mean()
+    )
     four = read("fourier")
     top = four[four.k == four.groupby(["name", "latent"]).k.transform("max")]
     cnn = top.name.str.contains("resnet")
-    vals["Fig. 2a", "Convolutions"] = (top[cnn & (top.depth >= 0.5)].delta_log_amplitude.mean()
-                                       - top[~cnn & (top.depth >= 0.5)].delta_log_amplitude.mean())
+    vals["Fig. 2a", "Convolutions"] = (
+        top[cnn & (top.depth >= 0.5)].delta_log_amplitude.mean()
+        - top[~cnn & (top.depth >= 0.5)].delta_log_amplitude.mean()
+    )
 
     def steps(df, col, kind, log=False):
         df = df.sort_values("index")
         v = np.log(df[col].to_numpy()) if log else df[col].to_numpy()
         kinds = df.kind.to_numpy()
         return np.mean([v[i] - v[i - 1] for i in range(1, len(v)) if kinds[i] == kind])
+
     vals["Fig. 8", "MSAs decrease"] = steps(top[~cnn], "delta_log_amplitude", "attention")
     var = read("feature_variance")
     vit = var[~var.name.str.contains("resnet")]
@@ -253,8 +327,12 @@ def test_docs_claims_md_is_generated_from_the_declarations():
 def test_independent_rows_use_their_spread(tmp_path):
     """Dosovitskiy Fig. 6 on a rollout table of 5 images: mean normalised entropy, se = sd / sqrt(5), t with 4 df."""
     ent = np.array([0.80, 0.85, 0.90, 0.70, 0.75])
-    _write(tmp_path / "roll", "attention_rollout", "vit_large_patch16_224",
-           pd.DataFrame({"order": range(5), "entropy_normalised": ent}))
+    _write(
+        tmp_path / "roll",
+        "attention_rollout",
+        "vit_large_patch16_224",
+        pd.DataFrame({"order": range(5), "entropy_normalised": ent}),
+    )
     (f,) = claims.for_target("vit_fig6", records(tmp_path))
     se = ent.std(ddof=1) / np.sqrt(5)
     assert f.value == pytest.approx(0.8) and f.ci_high == pytest.approx(0.8 + T975_DF4 * se, rel=1e-6)
@@ -263,13 +341,24 @@ def test_independent_rows_use_their_spread(tmp_path):
 
 def test_roles_told_apart_by_model_name(tmp_path):
     """Raghu Fig. 10: the GAP ViT against the CLS ViT of one multirun, each found by its timm name."""
+
     def loc(job, model, self_cka):
         p, q = np.meshgrid(np.arange(4), np.arange(4), indexing="ij")
         cka = np.where(p == q, self_cka, 0.2).ravel()
         df = pd.DataFrame({"model": model, "p": p.ravel(), "q": q.ravel(), "cka": cka, "is_self": (p == q).ravel()})
-        _write(job, "spatial_localization", model, df, {"values": cka[None, :] + 0.001 * np.arange(5)[:, None] * cka[None, :],
-                                                        "strata": np.zeros(5, dtype=np.int64), "units": np.arange(5),
-                                                        "column": np.array("cka")})
+        _write(
+            job,
+            "spatial_localization",
+            model,
+            df,
+            {
+                "values": cka[None, :] + 0.001 * np.arange(5)[:, None] * cka[None, :],
+                "strata": np.zeros(5, dtype=np.int64),
+                "units": np.arange(5),
+                "column": np.array("cka"),
+            },
+        )
+
     loc(tmp_path / "0", "vit_medium_patch16_gap_256.sw_in12k_ft_in1k", 0.4)
     loc(tmp_path / "1", "vit_base_patch16_224.augreg_in21k_ft_in1k", 0.9)
     (f,) = claims.for_target("raghu_fig10", records(tmp_path))

@@ -1,10 +1,11 @@
 """Images: the synthetic set, image folders of every colour mode, sampling and batching rules."""
+
 import numpy as np
 import pytest
 from PIL import Image
 
-from vitstudy.pipeline.data import ImageFiles, SyntheticImages, make_batches, sample_indices
 from vitstudy.errors import VitstudyError
+from vitstudy.pipeline.data import ImageFiles, SyntheticImages, make_batches, sample_indices
 
 
 def test_synthetic_is_deterministic_labelled_and_any_size():

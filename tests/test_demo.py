@@ -1,6 +1,7 @@
 """The bundled demo: trained CIFAR-10 weights load offline through timm's pretrained path and reproduce the
 predictions recorded when they were packaged (computed there without timm's loader or vitstudy's transform);
 `vitstudy demo` prints findings read from the CSVs it wrote."""
+
 import hashlib
 import json
 import shutil
@@ -24,7 +25,9 @@ def test_bundled_sample_is_class_balanced():
     ds = data.build_dataset(compose(["dataset=cifar10_sample"]).dataset)
     labels = data.labels(ds)
     assert len(ds) == MANIFEST["sample"]["images"] == 1000
-    assert ds.classes[:3] == ["airplane", "automobile", "bird"] and (torch.bincount(torch.as_tensor(labels)) == 100).all()
+    assert (
+        ds.classes[:3] == ["airplane", "automobile", "bird"] and (torch.bincount(torch.as_tensor(labels)) == 100).all()
+    )
 
 
 @pytest.mark.parametrize("arch", sorted(PRESETS))

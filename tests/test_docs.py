@@ -1,6 +1,7 @@
 """The README is a guide and the docs are current: at most 250 lines with `make demo` and `make test` as its first
 two commands; every local link of the README and docs/ resolves; the tables that mirror code (analyses, figure
 targets) are what scripts/gen_docs.py writes from the registry and the experiment files today."""
+
 import re
 import sys
 from pathlib import Path

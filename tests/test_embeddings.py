@@ -1,4 +1,5 @@
 """position_embedding and patch_embedding_pca: known grids and known components, the CLI, bad input."""
+
 import numpy as np
 import pandas as pd
 import pytest
@@ -31,9 +32,13 @@ def test_position_embedding_from_known_grid_gives_grid_neighbours():
     np.testing.assert_allclose(np.diag(sim), 1.0, rtol=1e-9)
     for i in range(25):
         r, c = divmod(i, 5)
-        expected = {(r + dr) * 5 + c + dc for dr, dc in ((-1, 0), (1, 0), (0, -1), (0, 1)) if 0 <= r + dr < 5 and 0 <= c + dc < 5}
+        expected = {
+            (r + dr) * 5 + c + dc
+            for dr, dc in ((-1, 0), (1, 0), (0, -1), (0, 1))
+            if 0 <= r + dr < 5 and 0 <= c + dc < 5
+        }
         order = np.argsort(-sim[i])
-        assert set(order[1:1 + len(expected)]) == expected
+        assert set(order[1 : 1 + len(expected)]) == expected
 
 
 def test_position_embedding_no_embed_class_and_resampling():
@@ -43,7 +48,9 @@ def test_position_embedding_no_embed_class_and_resampling():
     assert stored == (4, 4) and grid == (6, 6) and got.shape == (36, model.embed_dim)
     from timm.layers import resample_abs_pos_embed
 
-    expected = resample_abs_pos_embed(model.pos_embed.detach(), new_size=[6, 6], old_size=[4, 4], num_prefix_tokens=0)[0]
+    expected = resample_abs_pos_embed(model.pos_embed.detach(), new_size=[6, 6], old_size=[4, 4], num_prefix_tokens=0)[
+        0
+    ]
     torch.testing.assert_close(got.float(), expected)
 
 
@@ -82,14 +89,40 @@ def test_patch_embedding_pca_end_to_end(tmp_path, capsys):
     assert (out / "patch_embedding_pca.png").stat().st_size > 0
 
 
-@pytest.mark.parametrize("args,message", [
-    (["analysis=position_embedding", "model.name=resnet18", "model.pretrained=false"], "has no learned absolute position embedding"),
-    (["analysis=position_embedding", "model.name=swin_tiny_patch4_window7_224", "model.pretrained=false", "model.kwargs.img_size=32", "model.kwargs.window_size=4"], "has no learned absolute position embedding"),
-    (["analysis=patch_embedding_pca", "model.name=resnet18", "model.pretrained=false"], "has no convolutional patch embedding"),
-    (["analysis=patch_embedding_pca", "model.name=vit_base_r50_s16_224", "model.pretrained=false", "model.kwargs.img_size=64",
-      "model.kwargs.depth=1"], "not RGB pixels"),
-    (["analysis=patch_embedding_pca", *TINY_VIT, "analysis.components=0"], "must be at least 1"),
-])
+@pytest.mark.parametrize(
+    "args,message",
+    [
+        (
+            ["analysis=position_embedding", "model.name=resnet18", "model.pretrained=false"],
+            "has no learned absolute position embedding",
+        ),
+        (
+            [
+                "analysis=position_embedding",
+                "model.name=swin_tiny_patch4_window7_224",
+                "model.pretrained=false",
+                "model.kwargs.img_size=32",
+                "model.kwargs.window_size=4",
+            ],
+            "has no learned absolute position embedding",
+        ),
+        (
+            ["analysis=patch_embedding_pca", "model.name=resnet18", "model.pretrained=false"],
+            "has no convolutional patch embedding",
+        ),
+        (
+            [
+                "analysis=patch_embedding_pca",
+                "model.name=vit_base_r50_s16_224",
+                "model.pretrained=false",
+                "model.kwargs.img_size=64",
+                "model.kwargs.depth=1",
+            ],
+            "not RGB pixels",
+        ),
+        (["analysis=patch_embedding_pca", *TINY_VIT, "analysis.components=0"], "must be at least 1"),
+    ],
+)
 def test_bad_input_is_one_line(tmp_path, capsys, args, message):
     code, _, err = cli(["run", *args, *SMALL_DATA, f"hydra.run.dir={tmp_path / 'run'}"], capsys)
     assert code != 0

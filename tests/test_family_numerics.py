@@ -18,6 +18,7 @@ Zero-initialised parameters (Swin-V2 / ResNet last norms, layer scales) are re-d
 The whole file is slow (about 7 CPU-minutes for the quick families): `make test-all` runs it. The cases in `OPEN` are
 mismatches these checks found and nobody has diagnosed yet: they stay visible as non-strict xfails until fixed.
 """
+
 from __future__ import annotations
 
 import copy
@@ -37,7 +38,9 @@ from vitstudy.anatomy.residual import branches, combine, positions_channels, rem
 from vitstudy.anatomy.tokens import token_grid
 from vitstudy.pipeline.layers import resolve
 
-_spec = importlib.util.spec_from_file_location("coverage_families", Path(__file__).resolve().parent.parent / "scripts" / "coverage.py")
+_spec = importlib.util.spec_from_file_location(
+    "coverage_families", Path(__file__).resolve().parent.parent / "scripts" / "coverage.py"
+)
 coverage = importlib.util.module_from_spec(_spec)
 sys.modules["coverage_families"] = coverage
 _spec.loader.exec_module(coverage)
@@ -58,11 +61,19 @@ OPEN = {
 
 
 def params(check: str) -> list:
-    return [pytest.param(f, id=f.key, marks=([pytest.mark.slow] if f.key in SLOW else []) +
-                         ([pytest.mark.xfail(reason=f"{check} on {f.key}: open mismatch (issue 23)", strict=False)]
-                          if f.key in OPEN[check] else [])) for f in KNOWN]
-
-
+    return [
+        pytest.param(
+            f,
+            id=f.key,
+            marks=([pytest.mark.slow] if f.key in SLOW else [])
+            + (
+                [pytest.mark.xfail(reason=f"{check} on {f.key}: open mismatch (issue 23)", strict=False)]
+                if f.key in OPEN[check]
+                else []
+            ),
+        )
+        for f in KNOWN
+    ]
 
 
 def build(f) -> torch.nn.Module:
@@ -87,9 +98,17 @@ def capture(model, layers, x) -> dict[str, torch.Tensor]:
     out, handles = {}, []
     for l in layers:
         if l.is_input:
-            handles.append(mods[l.module].register_forward_pre_hook(lambda m, a, _l=l: out.__setitem__(_l.name, _l.of_input(a).clone())))
+            handles.append(
+                mods[l.module].register_forward_pre_hook(
+                    lambda m, a, _l=l: out.__setitem__(_l.name, _l.of_input(a).clone())
+                )
+            )
         else:
-            handles.append(mods[l.module].register_forward_hook(lambda m, a, o, _l=l: out.__setitem__(_l.name, _l.of_output(o).clone())))
+            handles.append(
+                mods[l.module].register_forward_hook(
+                    lambda m, a, o, _l=l: out.__setitem__(_l.name, _l.of_output(o).clone())
+                )
+            )
     _run_hooked(model, x, handles)
     return out
 
@@ -114,7 +133,11 @@ def _after_addition(block) -> torch.nn.Module | None:
     m, name = block.module, block.family.name
     if name == "resnet":
         return m.act3 if hasattr(m, "bn3") else m.act2
-    return {"resnetv2": getattr(m, "act3", None), "regnet": getattr(m, "act3", None), "byobnet": getattr(m, "act", None)}.get(name)
+    return {
+        "resnetv2": getattr(m, "act3", None),
+        "regnet": getattr(m, "act3", None),
+        "byobnet": getattr(m, "act", None),
+    }.get(name)
 
 
 @pytest.mark.parametrize("f", params("skip_ablation"))
@@ -157,8 +180,13 @@ def _zeroing_weights(model, path: str, x) -> str:
     mods = dict(model.named_modules())
     block = next(b.path for b in anatomy.blocks(model) if path.startswith(b.path + "."))
     order: list[str] = []
-    weighted = [n for n, m in mods.items() if n.startswith(block + ".") and any(True for _ in m.parameters(recurse=False))
-                and not any(True for c in m.children() for _ in c.parameters())]
+    weighted = [
+        n
+        for n, m in mods.items()
+        if n.startswith(block + ".")
+        and any(True for _ in m.parameters(recurse=False))
+        and not any(True for c in m.children() for _ in c.parameters())
+    ]
     handles = [mods[n].register_forward_hook(lambda m, a, o, _n=n: order.append(_n)) for n in weighted]
     handles.append(mods[path].register_forward_hook(lambda m, a, o: order.append("<zero>")))
     _run_hooked(model, x, handles)
@@ -224,7 +252,11 @@ def _centre(t: torch.Tensor, layout: str, grid) -> torch.Tensor:
 def test_receptive_field_equals_float64_autograd(f):
     model, x = build(f), images(f)
     size = (3, *f.size)
-    chosen = [b for b in branches(model) if b.index in {min(s.index for s in branches(model)), max(s.index for s in branches(model))}]
+    chosen = [
+        b
+        for b in branches(model)
+        if b.index in {min(s.index for s in branches(model)), max(s.index for s in branches(model))}
+    ]
     targets = {}
     for b in chosen:
         targets[b.post] = ((b.post, 1.0),)
@@ -243,9 +275,21 @@ def test_receptive_field_equals_float64_autograd(f):
     handles = []
     for l in layers.values():
         if l.is_input:
-            handles.append(mods[l.module].register_forward_pre_hook(lambda m, a, _l=l: got_t.__setitem__(_l.name, _centre(_l.of_input(a), _l.layout, grids[_l.name]).clone())))
+            handles.append(
+                mods[l.module].register_forward_pre_hook(
+                    lambda m, a, _l=l: got_t.__setitem__(
+                        _l.name, _centre(_l.of_input(a), _l.layout, grids[_l.name]).clone()
+                    )
+                )
+            )
         else:
-            handles.append(mods[l.module].register_forward_hook(lambda m, a, o, _l=l: got_t.__setitem__(_l.name, _centre(_l.of_output(o), _l.layout, grids[_l.name]).clone())))
+            handles.append(
+                mods[l.module].register_forward_hook(
+                    lambda m, a, o, _l=l: got_t.__setitem__(
+                        _l.name, _centre(_l.of_output(o), _l.layout, grids[_l.name]).clone()
+                    )
+                )
+            )
     try:
         ref(xd)
     finally:

@@ -2,6 +2,7 @@
 similarity tables with known answers (a uniform ViT and a block-structured ResNet: Fig. 1 holds; swapped: it is
 contradicted), their values and intervals against numpy computations written here, the figure's panels and colour
 ranges, and the assembly from a directory of runs laid out as the Hydra multirun of the target."""
+
 import json
 import re
 from dataclasses import dataclass
@@ -46,42 +47,98 @@ def long_table(m: np.ndarray, model_x: str, model_y: str, measure: str) -> pd.Da
     nx, ny = m.shape
     i, j = np.meshgrid(np.arange(nx), np.arange(ny), indexing="ij")
     i, j = i.ravel(), j.ravel()
-    return pd.DataFrame({
-        "model_x": model_x, "weights_x": f"timm:{model_x}", "layer_x": [f"l{a}" for a in i], "index_x": i,
-        "model_y": model_y, "weights_y": f"timm:{model_y}", "layer_y": [f"l{b}" for b in j], "index_y": j,
-        "measure": measure, "value": m.ravel(), "value_std": np.nan, "value_se": 0.01, "value_ci_low": m.ravel() - 0.02,
-        "value_ci_high": m.ravel() + 0.02, "repeats": 1, "estimator": "minibatch", "parameters": "", "tokens": "flatten",
-        "num_images": 600, "batch_size": 100, "dataset": "cifar10_sample", "uncertainty": "jackknife_batches"})
+    return pd.DataFrame(
+        {
+            "model_x": model_x,
+            "weights_x": f"timm:{model_x}",
+            "layer_x": [f"l{a}" for a in i],
+            "index_x": i,
+            "model_y": model_y,
+            "weights_y": f"timm:{model_y}",
+            "layer_y": [f"l{b}" for b in j],
+            "index_y": j,
+            "measure": measure,
+            "value": m.ravel(),
+            "value_std": np.nan,
+            "value_se": 0.01,
+            "value_ci_low": m.ravel() - 0.02,
+            "value_ci_high": m.ravel() + 0.02,
+            "repeats": 1,
+            "estimator": "minibatch",
+            "parameters": "",
+            "tokens": "flatten",
+            "num_images": 600,
+            "batch_size": 100,
+            "dataset": "cifar10_sample",
+            "uncertainty": "jackknife_batches",
+        }
+    )
 
 
-def job(path: Path, analysis: str, model: str, measure: str, df: pd.DataFrame, spread: float = 0.005, seed: int = 0,
-        reference: str | None = None, experiment: str = "measures_fig1", replicates: bool = True) -> np.ndarray:
+def job(
+    path: Path,
+    analysis: str,
+    model: str,
+    measure: str,
+    df: pd.DataFrame,
+    spread: float = 0.005,
+    seed: int = 0,
+    reference: str | None = None,
+    experiment: str = "measures_fig1",
+    replicates: bool = True,
+) -> np.ndarray:
     """A finished job of a Hydra multirun: .hydra/overrides.yaml, run.json, the table and its replicates (UNITS
     leave-one-batch-out values scattering each cell by `spread`; the same batch ids in every job: paired)."""
     (path / ".hydra").mkdir(parents=True, exist_ok=True)
     overrides = [f"experiment={experiment}", f"model={model}", f"analysis.measure={measure}"]
     (path / ".hydra" / "overrides.yaml").write_text("".join(f"- {o}\n" for o in overrides))
-    config = {"analysis": {"name": analysis, "measure": measure}, "model": {"name": model, "label": model.split("_")[0]}}
+    config = {
+        "analysis": {"name": analysis, "measure": measure},
+        "model": {"name": model, "label": model.split("_")[0]},
+    }
     models = {"model": {"name": model, "weights": f"timm:{model}"}}
     if reference:
         config["reference"] = {"name": reference, "label": reference.split("_")[0]}
         models["reference"] = {"name": reference, "weights": f"timm:{reference}"}
-    (path / "run.json").write_text(json.dumps({"analysis": analysis, "overrides": overrides, "models": models,
-                                               "config": config}))
+    (path / "run.json").write_text(
+        json.dumps({"analysis": analysis, "overrides": overrides, "models": models, "config": config})
+    )
     df.to_csv(path / f"{analysis}.csv", index=False)
     if not replicates:
         return None
     column = "value" if "value" in df else "cka"
     reps = df[column].to_numpy()[None, :] + spread * np.random.default_rng(seed).standard_normal((UNITS, len(df)))
-    np.savez(path / f"{analysis}.replicates.npz", values=reps, strata=np.zeros(UNITS, dtype=np.int64),
-             units=np.arange(UNITS), estimate=df[column].to_numpy(), column=np.array(column),
-             method=np.array("jackknife_batches"))
+    np.savez(
+        path / f"{analysis}.replicates.npz",
+        values=reps,
+        strata=np.zeros(UNITS, dtype=np.int64),
+        units=np.arange(UNITS),
+        estimate=df[column].to_numpy(),
+        column=np.array(column),
+        method=np.array("jackknife_batches"),
+    )
     return reps
 
 
 def within_jobs(root: Path, measure: str, vit: np.ndarray, cnn: np.ndarray, tag: str = "", **kw):
-    a = job(root / f"w_{measure}{tag}_vit", "similarity_within", VIT, measure, long_table(vit, VIT, VIT, measure), seed=1, **kw)
-    b = job(root / f"w_{measure}{tag}_cnn", "similarity_within", CNN, measure, long_table(cnn, CNN, CNN, measure), seed=2, **kw)
+    a = job(
+        root / f"w_{measure}{tag}_vit",
+        "similarity_within",
+        VIT,
+        measure,
+        long_table(vit, VIT, VIT, measure),
+        seed=1,
+        **kw,
+    )
+    b = job(
+        root / f"w_{measure}{tag}_cnn",
+        "similarity_within",
+        CNN,
+        measure,
+        long_table(cnn, CNN, CNN, measure),
+        seed=2,
+        **kw,
+    )
     return a, b
 
 
@@ -107,11 +164,14 @@ def records(root: Path) -> list[dict]:
 
 
 def findings(root: Path, measure: str) -> dict[str, claims.Finding]:
-    found = claims.for_target("measures_fig1", records(root), root) + claims.for_target("measures_fig2", records(root), root)
+    found = claims.for_target("measures_fig1", records(root), root) + claims.for_target(
+        "measures_fig2", records(root), root
+    )
     return {mclaims.key_of(f.claim): f for f in found if mclaims.measure_of(f.claim) == measure}
 
 
 # ------------------------------------------------------------------ claims per measure
+
 
 @pytest.mark.parametrize("swap, verdict", [(False, "holds"), (True, "contradicted")])
 def test_fig1_uniform_vit_vs_staged_resnet(tmp_path, swap, verdict):
@@ -142,7 +202,10 @@ def test_tables_with_value_se_only_get_the_conservative_bound(tmp_path):
     f = findings(tmp_path, "cka")["fig1"]
     z975 = 1.959963984540054
     assert f.value == pytest.approx(0.6, abs=1e-12) and f.verdict == "holds"
-    assert (f.ci_low, f.ci_high) == (pytest.approx(0.6 - z975 * 0.02, abs=1e-6), pytest.approx(0.6 + z975 * 0.02, abs=1e-6))
+    assert (f.ci_low, f.ci_high) == (
+        pytest.approx(0.6 - z975 * 0.02, abs=1e-6),
+        pytest.approx(0.6 + z975 * 0.02, abs=1e-6),
+    )
     assert f.method == "se bound sum |d/dv| value_se"
 
 
@@ -160,7 +223,10 @@ def test_fig1_statistic_equals_the_cka_claims_on_the_same_numbers(tmp_path):
     mine = findings(tmp_path, "cka")["fig1"]
     assert raghu.verdict == mine.verdict == "holds"
     assert mine.value == pytest.approx(raghu.value, abs=1e-12)
-    assert (mine.ci_low, mine.ci_high) == (pytest.approx(raghu.ci_low, abs=1e-12), pytest.approx(raghu.ci_high, abs=1e-12))
+    assert (mine.ci_low, mine.ci_high) == (
+        pytest.approx(raghu.ci_low, abs=1e-12),
+        pytest.approx(raghu.ci_high, abs=1e-12),
+    )
 
 
 def test_fig2_known_answers_by_hand(tmp_path):
@@ -168,8 +234,15 @@ def test_fig2_known_answers_by_hand(tmp_path):
     = 0.9 - 0.05; top = each ViT layer's best match, mean over x >= 5 (ceil(8/3) = 3 layers) minus x < 5:
     mean(0.1, 0.1, 0.1) - mean(0.9, 0.9, 0.7, 0.7, 0.7) = 0.1 - 0.78."""
     m = across_matrix()
-    reps = job(tmp_path / "a_cka", "similarity_across", VIT, "cka", long_table(m, VIT, CNN, "cka"), reference=CNN,
-               experiment="measures_fig2")
+    reps = job(
+        tmp_path / "a_cka",
+        "similarity_across",
+        VIT,
+        "cka",
+        long_table(m, VIT, CNN, "cka"),
+        reference=CNN,
+        experiment="measures_fig2",
+    )
     f = findings(tmp_path, "cka")
     assert f["fig2_lower"].value == pytest.approx(0.9 - 0.05, abs=1e-12) and f["fig2_lower"].verdict == "holds"
     assert f["fig2_top"].value == pytest.approx(0.1 - 0.78, abs=1e-12) and f["fig2_top"].verdict == "holds"
@@ -177,11 +250,21 @@ def test_fig2_known_answers_by_hand(tmp_path):
     r = reps.reshape(UNITS, 8, 6)
     stat = r[:, :2, :3].mean(axis=(1, 2)) - r[:, 6:, :3].mean(axis=(1, 2))
     low, high = paired_t(stat, 0.85, UNITS - 1)
-    assert (f["fig2_lower"].ci_low, f["fig2_lower"].ci_high) == (pytest.approx(low, abs=1e-9), pytest.approx(high, abs=1e-9))
+    assert (f["fig2_lower"].ci_low, f["fig2_lower"].ci_high) == (
+        pytest.approx(low, abs=1e-9),
+        pytest.approx(high, abs=1e-9),
+    )
     # a ViT whose final third matches the ResNet best: top contradicted; its lowest layers unlike the lower half: lower too
     flipped = m[::-1].copy()
-    job(tmp_path / "a_proc", "similarity_across", VIT, "procrustes", long_table(flipped, VIT, CNN, "procrustes"),
-        reference=CNN, experiment="measures_fig2")
+    job(
+        tmp_path / "a_proc",
+        "similarity_across",
+        VIT,
+        "procrustes",
+        long_table(flipped, VIT, CNN, "procrustes"),
+        reference=CNN,
+        experiment="measures_fig2",
+    )
     g = findings(tmp_path, "procrustes")
     assert g["fig2_lower"].verdict == "contradicted" and g["fig2_top"].verdict == "contradicted"
     assert g["fig2_lower"].value == pytest.approx(0.05 - 0.9, abs=1e-12)
@@ -194,7 +277,10 @@ def test_each_measure_reads_only_its_own_runs(tmp_path):
     within_jobs(tmp_path, "procrustes", staged(8), uniform(8))
     cka, proc = findings(tmp_path, "cka")["fig1"], findings(tmp_path, "procrustes")["fig1"]
     assert cka.verdict == "holds" and proc.verdict == "contradicted"
-    assert sorted(cka.runs) == ["w_cka_cnn", "w_cka_vit"] and sorted(proc.runs) == ["w_procrustes_cnn", "w_procrustes_vit"]
+    assert sorted(cka.runs) == ["w_cka_cnn", "w_cka_vit"] and sorted(proc.runs) == [
+        "w_procrustes_cnn",
+        "w_procrustes_vit",
+    ]
     across = findings(tmp_path, "cka")["fig2_lower"]
     assert across.verdict == "missing" and "similarity_across run of a ViT with analysis.measure=cka" in across.note
 
@@ -202,6 +288,7 @@ def test_each_measure_reads_only_its_own_runs(tmp_path):
 @dataclass(frozen=True, kw_only=True)
 class _Asymmetric(Measure):
     """A stand-in asymmetric measure (x predicts y), added to the registry only inside the test that needs it."""
+
     name: ClassVar[str] = "asym_test"
     label: ClassVar[str] = "test R²"
     summary: ClassVar[str] = "test only"
@@ -225,8 +312,12 @@ def test_asymmetric_measures_average_fig1_directions_and_read_vit_predicting_cnn
     assert f.value == pytest.approx(0.5 - 0.1, abs=1e-12)
     assert "both directions" in made["fig1"].statistic and "predicting" in made["fig2_lower"].statistic
     m = across_matrix()
-    both = pd.concat([long_table(m, VIT, CNN, "asym_test"),  # ViT predicting the ResNet
-                      long_table(np.full((6, 8), 0.5), CNN, VIT, "asym_test")])  # the ResNet predicting the ViT
+    both = pd.concat(
+        [
+            long_table(m, VIT, CNN, "asym_test"),  # ViT predicting the ResNet
+            long_table(np.full((6, 8), 0.5), CNN, VIT, "asym_test"),
+        ]
+    )  # the ResNet predicting the ViT
     job(tmp_path / "a", "similarity_across", VIT, "asym_test", both, reference=CNN, experiment="x")
     (lower,) = resolve(made["fig2_lower"], records(tmp_path), root=tmp_path)
     (top,) = resolve(made["fig2_top"], records(tmp_path), root=tmp_path)
@@ -243,17 +334,34 @@ def test_claims_exist_for_every_registered_measure():
 
 # ------------------------------------------------------------------ the figure
 
+
 def test_figure_rows_panels_and_each_measures_colour_range():
     """Two rows (ranges [0, 1] and [-1, 1]): three heatmaps each, clim = the measure's range, one colour bar per row
     spanning it, verdicts in the row titles, a missing run drawn as a note, and nothing overlaps."""
-    rows = [MeasureRow("cka", "linear CKA", (0.0, 1.0), (Heatmap(uniform(6), "x", "y", "ViT within"),
-                                                          Heatmap(staged(8), "x", "y", "ResNet within"),
-                                                          Heatmap(across_matrix(), "x", "y", "ViT vs ResNet")),
-                       "linear CKA (cka): Fig. 1 holds 0.6 [0.5, 0.7]"),
-            MeasureRow("rsa", "RSA (Spearman)", (-1.0, 1.0), (Heatmap(uniform(6) - 0.5, "x", "y", "ViT within"),
-                                                              Heatmap(None, "x", "y", "ResNet within", note="missing: no run"),
-                                                              Heatmap(across_matrix() - 0.5, "x", "y", "ViT vs ResNet")),
-                       "RSA (Spearman) (rsa): Fig. 1 missing")]
+    rows = [
+        MeasureRow(
+            "cka",
+            "linear CKA",
+            (0.0, 1.0),
+            (
+                Heatmap(uniform(6), "x", "y", "ViT within"),
+                Heatmap(staged(8), "x", "y", "ResNet within"),
+                Heatmap(across_matrix(), "x", "y", "ViT vs ResNet"),
+            ),
+            "linear CKA (cka): Fig. 1 holds 0.6 [0.5, 0.7]",
+        ),
+        MeasureRow(
+            "rsa",
+            "RSA (Spearman)",
+            (-1.0, 1.0),
+            (
+                Heatmap(uniform(6) - 0.5, "x", "y", "ViT within"),
+                Heatmap(None, "x", "y", "ResNet within", note="missing: no run"),
+                Heatmap(across_matrix() - 0.5, "x", "y", "ViT vs ResNet"),
+            ),
+            "RSA (Spearman) (rsa): Fig. 1 missing",
+        ),
+    ]
     fig = measures_figure(rows, "title")
     heat = [ax for ax in fig.axes if ax.images]
     assert len(heat) == 5
@@ -275,8 +383,10 @@ def test_colour_range_unbounded_side_from_the_data():
 
 
 def test_verdict_panel_colours_and_texts():
-    cells = [Verdict("linear CKA", "Fig. 1", "holds", 0.6, 0.5, 0.7),
-             Verdict("RSA", "Fig. 1", "contradicted", -0.2, -0.3, -0.1)]
+    cells = [
+        Verdict("linear CKA", "Fig. 1", "holds", 0.6, 0.5, 0.7),
+        Verdict("RSA", "Fig. 1", "contradicted", -0.2, -0.3, -0.1),
+    ]
     fig = verdicts_figure(cells, ["linear CKA", "RSA"], ["Fig. 1", "Fig. 2 lower"], "t")
     (ax,) = fig.axes
     codes = ax.images[0].get_array()
@@ -287,14 +397,22 @@ def test_verdict_panel_colours_and_texts():
 
 # ------------------------------------------------------------------ the assembly of make fig-measures
 
+
 def sweep(root: Path) -> None:
     """The two multiruns of `make fig-measures` for cka and procrustes (procrustes with the ViT and ResNet swapped,
     so that its Fig. 1 claim is contradicted), laid out as Hydra writes them."""
     within_jobs(root / "fig-measures-1", "cka", uniform(6), staged(8))
     within_jobs(root / "fig-measures-1", "procrustes", staged(6), uniform(8))
     for measure in ("cka", "procrustes"):
-        job(root / "fig-measures-2" / measure, "similarity_across", VIT, measure,
-            long_table(across_matrix(6, 8), VIT, CNN, measure), reference=CNN, experiment="measures_fig2")
+        job(
+            root / "fig-measures-2" / measure,
+            "similarity_across",
+            VIT,
+            measure,
+            long_table(across_matrix(6, 8), VIT, CNN, measure),
+            reference=CNN,
+            experiment="measures_fig2",
+        )
 
 
 def test_assembly_writes_figure_and_verdicts(tmp_path, capsys):
@@ -302,8 +420,14 @@ def test_assembly_writes_figure_and_verdicts(tmp_path, capsys):
     out = tmp_path / "fig-measures"
     assert assembly.main([str(tmp_path / "fig-measures-1"), str(tmp_path / "fig-measures-2"), "--out", str(out)]) == 0
     assert "under 2 measures (cka, procrustes)" in capsys.readouterr().out
-    for name in ("measures.png", "measures.pdf", "measures_verdicts.png", "measures_verdicts.csv",
-                 "measures_verdicts.md", "findings.csv"):
+    for name in (
+        "measures.png",
+        "measures.pdf",
+        "measures_verdicts.png",
+        "measures_verdicts.csv",
+        "measures_verdicts.md",
+        "findings.csv",
+    ):
         assert (out / name).is_file(), name
     v = pd.read_csv(out / "measures_verdicts.csv")
     got = {(r.measure, r.claim): r.verdict for r in v.itertuples()}
@@ -319,8 +443,15 @@ def test_assembly_writes_figure_and_verdicts(tmp_path, capsys):
 
 def test_assembly_matrices_and_row_titles(tmp_path):
     sweep(tmp_path)
-    job(tmp_path / "fig-measures-2" / "0_vit_vs_vit", "similarity_across", VIT, "cka",  # found first, not Fig. 2's pair
-        long_table(uniform(6), VIT, VIT, "cka"), reference=VIT, experiment="measures_fig2")
+    job(
+        tmp_path / "fig-measures-2" / "0_vit_vs_vit",
+        "similarity_across",
+        VIT,
+        "cka",  # found first, not Fig. 2's pair
+        long_table(uniform(6), VIT, VIT, "cka"),
+        reference=VIT,
+        experiment="measures_fig2",
+    )
     runs, _ = assembly.find_runs([tmp_path])
     groups = assembly.group_runs(runs)
     assert list(groups) == ["cka", "procrustes"]  # registry order
@@ -331,12 +462,19 @@ def test_assembly_matrices_and_row_titles(tmp_path):
     upper = long_table(staged(8), CNN, CNN, "cka").query("index_x <= index_y")
     upper.to_csv(Path(g.cnn["dir"]) / "similarity_within.csv", index=False)
     assert np.array_equal(assembly.matrix(g.cnn, "similarity_within"), staged(8))
-    found = {mclaims.key_of(f.claim): f for f in claims.for_target("measures_fig1", runs, tmp_path)
-             if mclaims.measure_of(f.claim) == "cka"}
+    found = {
+        mclaims.key_of(f.claim): f
+        for f in claims.for_target("measures_fig1", runs, tmp_path)
+        if mclaims.measure_of(f.claim) == "cka"
+    }
     row = assembly.row("cka", g, found)
     assert row.range == (0.0, 1.0) and row.label == "linear CKA"
     assert re.match(r"linear CKA \(cka\): Fig\. 1 holds 0\.\d+ \[", row.title)
-    assert [p.title for p in row.panels] == ["vit: within (Fig. 1)", "resnet: within (Fig. 1)", "vit vs resnet (Fig. 2)"]
+    assert [p.title for p in row.panels] == [
+        "vit: within (Fig. 1)",
+        "resnet: within (Fig. 1)",
+        "vit vs resnet (Fig. 2)",
+    ]
 
 
 def test_assembly_refuses_a_folder_without_similarity_runs(tmp_path, capsys):
@@ -353,9 +491,18 @@ def test_make_target_sweeps_every_registered_measure():
     text = (REPO / "Makefile").read_text()
     listed = re.search(r"^MEASURES\s*\?=\s*(\S+)", text, re.M).group(1).split(",")
     assert set(MEASURES) <= set(listed)
-    assert re.search(r"^fig-measures: fig-measures-1 fig-measures-2\n\t.*-m vitstudy\.report\.measures "
-                     r"\$\(FIG_OUT\)/fig-measures-1 \$\(FIG_OUT\)/fig-measures-2 --out \$\(FIG_OUT\)/fig-measures", text, re.M)
-    assert re.search(r"^fig-measures-1:.*\n\t\$\(RUN_FIG\) experiment=measures_fig1 "
-                     r"model=vit_cifar10_demo,resnet_cifar10_demo analysis\.measure=\$\(MEASURES\)", text, re.M)
-    assert re.search(r"^fig-measures-2:.*\n\t\$\(RUN_FIG\) experiment=measures_fig2 analysis\.measure=\$\(MEASURES\)",
-                     text, re.M)
+    assert re.search(
+        r"^fig-measures: fig-measures-1 fig-measures-2\n\t.*-m vitstudy\.report\.measures "
+        r"\$\(FIG_OUT\)/fig-measures-1 \$\(FIG_OUT\)/fig-measures-2 --out \$\(FIG_OUT\)/fig-measures",
+        text,
+        re.M,
+    )
+    assert re.search(
+        r"^fig-measures-1:.*\n\t\$\(RUN_FIG\) experiment=measures_fig1 "
+        r"model=vit_cifar10_demo,resnet_cifar10_demo analysis\.measure=\$\(MEASURES\)",
+        text,
+        re.M,
+    )
+    assert re.search(
+        r"^fig-measures-2:.*\n\t\$\(RUN_FIG\) experiment=measures_fig2 analysis\.measure=\$\(MEASURES\)", text, re.M
+    )

@@ -3,8 +3,9 @@ extents of titles, axis labels, tick labels and legends; legends drawn over data
 cases; tests/test_registry.py applies it to every figure of every registered analysis on its tiny ViT and ResNet
 runs (no second run). Report grids have no empty cell when two keys vary together; attention-distance tables
 carry the uniform-attention distance, checked in numpy."""
-import numpy as np
+
 import matplotlib.pyplot as plt
+import numpy as np
 import pandas as pd
 import pytest
 
@@ -48,14 +49,19 @@ def test_grid_of_keys_that_vary_together_has_no_empty_cell(tmp_path):
         Image.new("RGB", (60, 40), (40, 90, 160)).save(d / "cka_within.png")
         return {"dir": d, "analysis": "cka_within", "config": cfg}
 
-    together = [run(0, model={"name": "vit_mini", "label": "ViT"}), run(1, model={"name": "resnet_mini", "label": "ResNet"})]
+    together = [
+        run(0, model={"name": "vit_mini", "label": "ViT"}),
+        run(1, model={"name": "resnet_mini", "label": "ResNet"}),
+    ]
     assert grid_axes(together, "cka_within") == (None, "model.name + model.label")
     fig = figure_grid(together, "cka_within")
     assert len(fig.axes) == 2 and empty_cells(fig) == [] and all(ax.images for ax in fig.axes)
     assert "columns model (label)" in fig._suptitle.get_text()
     plt.close(fig)
-    product = [run(10 + i, model={"name": m, "label": m.upper()}, seed=s)
-               for i, (m, s) in enumerate([(m, s) for m in ("a", "b") for s in (0, 1)])]
+    product = [
+        run(10 + i, model={"name": m, "label": m.upper()}, seed=s)
+        for i, (m, s) in enumerate([(m, s) for m in ("a", "b") for s in (0, 1)])
+    ]
     assert grid_axes(product, "cka_within") == ("model.name + model.label", "seed")
     fig = figure_grid(product, "cka_within")
     assert len(fig.axes) == 4 and all(ax.images for ax in fig.axes)
@@ -72,7 +78,9 @@ def test_uniform_distance_against_numpy():
     rc = np.array([(r * stride[0], c * stride[1]) for r in range(gh) for c in range(gw)])
     d = np.sqrt(((rc[:, None] - rc[None]) ** 2).sum(-1))
     n = gh * gw + prefix
-    assert am.uniform_distance(am.distance_matrix(gh, gw, stride, prefix), prefix) == pytest.approx(d.sum() / (gh * gw * n), rel=1e-12)
+    assert am.uniform_distance(am.distance_matrix(gh, gw, stride, prefix), prefix) == pytest.approx(
+        d.sum() / (gh * gw * n), rel=1e-12
+    )
     # 8x8 grid of 4-px patches, no prefix: mean over all pairs
     g = np.array([(4.0 * r, 4.0 * c) for r in range(8) for c in range(8)])
     full = np.sqrt(((g[:, None] - g[None]) ** 2).sum(-1)).mean()

@@ -5,6 +5,7 @@ Every conf/experiment/*.yaml, every Makefile figure target (its overrides, sweep
 parameters its analysis defines. scripts/standin_weights.py is checked on tiny tags: timm's own
 `create_model(name, pretrained=True)`, offline, loads exactly the tensors of the file it wrote.
 """
+
 import sys
 from pathlib import Path
 
@@ -99,6 +100,7 @@ def test_figure_names_cover_every_pretrained_model():
 
 
 # ------------------------------------------------------------------------------------ the stand-in weights builder
+
 
 @pytest.fixture
 def hub_cache(tmp_path, monkeypatch):

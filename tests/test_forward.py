@@ -1,5 +1,6 @@
 """The engine's forward passes: stopping after the last tapped layer captures exactly what the full forward does, and
 the forward precision (precision=fp32|tf32|bf16|fp16) leaves every statistic in float64."""
+
 import json
 
 import pytest
@@ -26,8 +27,9 @@ def test_an_early_stopped_forward_captures_exactly_the_full_forwards_tensors():
     layers = resolve(vit, ["blocks.1", "blocks.0.norm2:in", "blocks.0"], (3, 32, 32))
     calls = []
     vit.norm.register_forward_hook(lambda m, a, o: calls.append("norm"))  # after the last block: skipped when stopping
-    m = LoadedModel(key="model", name="vit", label="vit", module=vit, transform=None, data_config={},
-                    weights="random-init")
+    m = LoadedModel(
+        key="model", name="vit", label="vit", module=vit, transform=None, data_config={}, weights="random-init"
+    )
     batches = [((torch.randn(4, 3, 32, 32),), torch.zeros(4)) for _ in range(2)]
     full, early = Keep(), Keep()
     stream([m], [layers], batches, full, torch.device("cpu"), stop_early=False)
@@ -41,8 +43,19 @@ def test_an_early_stopped_forward_captures_exactly_the_full_forwards_tensors():
 
 def test_run_json_says_where_each_forward_stopped(tmp_path, capsys):
     out = tmp_path / "run"
-    code, _, err = cli(["run", "analysis=cka_across", *TINY_VIT, *TINY_RESNET, *SMALL_DATA, "model.layers=[blocks.0,blocks.1]",
-                        "reference.layers=[layer1.0]", f"hydra.run.dir={out}"], capsys)
+    code, _, err = cli(
+        [
+            "run",
+            "analysis=cka_across",
+            *TINY_VIT,
+            *TINY_RESNET,
+            *SMALL_DATA,
+            "model.layers=[blocks.0,blocks.1]",
+            "reference.layers=[layer1.0]",
+            f"hydra.run.dir={out}",
+        ],
+        capsys,
+    )
     assert code == 0, err
     models = json.loads((out / "run.json").read_text())["models"]
     assert models["model"]["forward"] == "stopped after blocks.1"
@@ -55,8 +68,18 @@ def test_bf16_forward_runs_end_to_end_and_stays_close(tmp_path, capsys):
     runs = {}
     for precision in ("fp32", "bf16"):
         out = tmp_path / precision
-        code, _, err = cli(["run", "analysis=cka_across", *TINY_VIT, *TINY_RESNET, *SMALL_DATA, f"precision={precision}",
-                            f"hydra.run.dir={out}"], capsys)
+        code, _, err = cli(
+            [
+                "run",
+                "analysis=cka_across",
+                *TINY_VIT,
+                *TINY_RESNET,
+                *SMALL_DATA,
+                f"precision={precision}",
+                f"hydra.run.dir={out}",
+            ],
+            capsys,
+        )
         assert code == 0, err
         assert json.loads((out / "run.json").read_text())["config"]["precision"] == precision
         runs[precision] = pd.read_csv(out / "cka_across.csv").cka.to_numpy()
@@ -65,10 +88,23 @@ def test_bf16_forward_runs_end_to_end_and_stays_close(tmp_path, capsys):
 
 
 def test_precision_checks(tmp_path, capsys):
-    code, _, err = cli(["run", "analysis=cka_within", *TINY_VIT, *SMALL_DATA, "precision=fp8", f"hydra.run.dir={tmp_path / 'a'}"], capsys)
+    code, _, err = cli(
+        ["run", "analysis=cka_within", *TINY_VIT, *SMALL_DATA, "precision=fp8", f"hydra.run.dir={tmp_path / 'a'}"],
+        capsys,
+    )
     assert code == 2 and "precision must be one of fp32, tf32, bf16, fp16" in err and err.count("\n") == 1
-    code, _, err = cli(["run", "analysis=hessian", *TINY_VIT, *SMALL_DATA, "model.kwargs.num_classes=10", "precision=bf16",
-                        f"hydra.run.dir={tmp_path / 'b'}"], capsys)
+    code, _, err = cli(
+        [
+            "run",
+            "analysis=hessian",
+            *TINY_VIT,
+            *SMALL_DATA,
+            "model.kwargs.num_classes=10",
+            "precision=bf16",
+            f"hydra.run.dir={tmp_path / 'b'}",
+        ],
+        capsys,
+    )
     assert code == 2 and "precision=fp32" in err and err.count("\n") == 1
 
 
@@ -84,13 +120,21 @@ def test_reducers_run_without_autocast(precision):
             seen.append((tensor.dtype, (tensor.float().flatten(1) @ tensor.float().flatten(1).T).dtype))
 
     vit = timm.create_model("vit_tiny_patch16_224", img_size=32, patch_size=8, depth=2).eval()
-    m = LoadedModel(key="model", name="vit", label="vit", module=vit, transform=None, data_config={},
-                    weights="random-init")
+    m = LoadedModel(
+        key="model", name="vit", label="vit", module=vit, transform=None, data_config={}, weights="random-init"
+    )
     with runtime.forward_precision(precision, torch.device("cpu")):
-        stream([m], [resolve(vit, ["blocks.1.mlp.fc1"], (3, 32, 32))], [((torch.randn(4, 3, 32, 32),), torch.zeros(4))], Dtype(),
-               torch.device("cpu"))
+        stream(
+            [m],
+            [resolve(vit, ["blocks.1.mlp.fc1"], (3, 32, 32))],
+            [((torch.randn(4, 3, 32, 32),), torch.zeros(4))],
+            Dtype(),
+            torch.device("cpu"),
+        )
     low = {"bf16": torch.bfloat16, "fp16": torch.float16}[precision]
-    assert seen == [(low, torch.float32)]  # a Linear's output came out of the autocast forward; the reducer's product did not
+    assert seen == [
+        (low, torch.float32)
+    ]  # a Linear's output came out of the autocast forward; the reducer's product did not
 
 
 def test_bf16_attention_distance_accepts_rounded_softmax_rows(tmp_path, capsys):
@@ -100,8 +144,17 @@ def test_bf16_attention_distance_accepts_rounded_softmax_rows(tmp_path, capsys):
     runs = {}
     for precision in ("fp32", "bf16"):
         out = tmp_path / precision
-        code, _, err = cli(["run", "analysis=attention_distance", *TINY_VIT, *SMALL_DATA, f"precision={precision}",
-                            f"hydra.run.dir={out}"], capsys)
+        code, _, err = cli(
+            [
+                "run",
+                "analysis=attention_distance",
+                *TINY_VIT,
+                *SMALL_DATA,
+                f"precision={precision}",
+                f"hydra.run.dir={out}",
+            ],
+            capsys,
+        )
         assert code == 0, err
         runs[precision] = pd.read_csv(out / "attention_distance.csv").mean_distance.to_numpy()
     assert abs(runs["fp32"] - runs["bf16"]).max() < 0.05 * runs["fp32"].max()

@@ -1,5 +1,6 @@
 """Fourier amplitudes and feature-map variance: analytic inputs, the official formulas written out in numpy,
 streaming over batches against the whole-set formula, and end-to-end runs."""
+
 import math
 
 import numpy as np
@@ -8,11 +9,11 @@ import pytest
 import torch
 
 from helpers import SMALL_DATA, TINY_RESNET, TINY_VIT, assert_one_line_error, cli
-from vitstudy.anatomy import latents
 from vitstudy.analyses.fourier import LatentReducer
+from vitstudy.anatomy import latents
+from vitstudy.metrics import fourier as F
 from vitstudy.pipeline.engine import stream
 from vitstudy.pipeline.layers import resolve
-from vitstudy.metrics import fourier as F
 from vitstudy.pipeline.models import LoadedModel
 
 
@@ -21,7 +22,7 @@ def official_relative_log_amplitude(maps: np.ndarray) -> np.ndarray:
     b, c, h, w = maps.shape
     f = np.log(np.abs(np.fft.fft2(maps)) + 1e-6)
     f = np.roll(f, shift=(int(h / 2), int(w / 2)), axis=(2, 3)).mean(axis=(0, 1))
-    d = np.diag(f)[int(h / 2):]
+    d = np.diag(f)[int(h / 2) :]
     return d - d[0]
 
 
@@ -78,11 +79,14 @@ def test_streamed_sums_equal_the_whole_set_formula(tiny_vit, tiny_resnet, images
     """Batches of 8 reduced in the hooks == the notebook's formulas on all 24 images at once (float64)."""
     models, layer_lists = [], []
     for key, module in (("model", tiny_vit), ("reference", tiny_resnet)):
-        models.append(LoadedModel(key=key, name=key, label=key, module=module, transform=None, data_config={},
-                                  weights="random-init"))
+        models.append(
+            LoadedModel(
+                key=key, name=key, label=key, module=module, transform=None, data_config={}, weights="random-init"
+            )
+        )
         layer_lists.append(resolve(module, "latents", (3, 32, 32)))
     described = [latents.describe(m.module, ls) for m, ls in zip(models, layer_lists)]
-    batches = [((images[i:i + 8], images[i:i + 8]), torch.zeros(8)) for i in range(0, 24, 8)]
+    batches = [((images[i : i + 8], images[i : i + 8]), torch.zeros(8)) for i in range(0, 24, 8)]
     results, reducers = {}, {}
     for stat in ("fourier", "variance"):
         reducer = reducers[stat] = LatentReducer(described, stat)
@@ -112,7 +116,7 @@ def test_streamed_sums_equal_the_whole_set_formula(tiny_vit, tiny_resnet, images
             # standard errors over the 24 images: sd over images of each image's channel mean / sqrt(24)
             h = t.shape[2]
             amp = np.roll(np.log(np.abs(np.fft.fft2(t)) + 1e-6), shift=(h // 2, t.shape[3] // 2), axis=(2, 3)).mean(1)
-            per_image = np.stack([np.diag(a)[h // 2:] for a in amp])  # (24, K)
+            per_image = np.stack([np.diag(a)[h // 2 :] for a in amp])  # (24, K)
             se, delta_se, n = reducers["fourier"].standard_errors(i, lat.name)
             assert n == 24
             np.testing.assert_allclose(se, per_image.std(0, ddof=1) / math.sqrt(24), rtol=1e-3, atol=1e-6)
@@ -132,8 +136,18 @@ def test_fourier_and_variance_end_to_end(tmp_path, capsys):
     ref = [o.replace("[3,32,32]", "[3,64,64]") for o in TINY_RESNET]
     for analysis in ("fourier", "feature_variance"):
         out = tmp_path / analysis
-        code, stdout, err = cli(["run", f"analysis={analysis}", *TINY_VIT, *ref, *SMALL_DATA, "dataset.num_images=12",
-                                 f"hydra.run.dir={out}"], capsys)
+        code, stdout, err = cli(
+            [
+                "run",
+                f"analysis={analysis}",
+                *TINY_VIT,
+                *ref,
+                *SMALL_DATA,
+                "dataset.num_images=12",
+                f"hydra.run.dir={out}",
+            ],
+            capsys,
+        )
         assert code == 0, err
         df = pd.read_csv(out / f"{analysis}.csv")
         assert set(df.model) == {"model", "reference"} and (df.num_images == 12).all()

@@ -1,5 +1,6 @@
 """Hessian spectra and loss landscapes (Park & Kim 2022): known answers from closed forms, exact parameter
 restoration, end-to-end CLI runs on a tiny random-init ViT, and the clear-message bad inputs."""
+
 import numpy as np
 import pandas as pd
 import pytest
@@ -9,8 +10,13 @@ from helpers import TINY_VIT, assert_one_line_error, cli
 from vitstudy.analyses.landscape import grid_losses, restored
 from vitstudy.metrics import hessian as H
 
-LABELLED = ["dataset=synthetic", "dataset.num_classes=10", "model.kwargs.num_classes=10", "dataset.image_size=40",
-            "dataset.batch_size=8"]
+LABELLED = [
+    "dataset=synthetic",
+    "dataset.num_classes=10",
+    "model.kwargs.num_classes=10",
+    "dataset.image_size=40",
+    "dataset.batch_size=8",
+]
 NARROW = ["model.kwargs.embed_dim=48", "model.kwargs.num_heads=2"]  # double backprop is slow on shared CPUs
 
 
@@ -30,8 +36,9 @@ def test_top_eigenvalues_of_least_squares_linear_model():
     x, y = torch.from_numpy(X), torch.from_numpy(Y)
     ps = list(lin.parameters())
     loss = ((lin(x) - y) ** 2).sum(1).mean()  # Σ over outputs, mean over samples
-    vals, _ = H.top_eigenvalues(H.hvp_fn(loss, ps), ps, k=4, max_iter=1000, tol=1e-12,
-                                generator=torch.Generator().manual_seed(0))
+    vals, _ = H.top_eigenvalues(
+        H.hvp_fn(loss, ps), ps, k=4, max_iter=1000, tol=1e-12, generator=torch.Generator().manual_seed(0)
+    )
     Xt = np.hstack([X, np.ones((n, 1))])
     ref = np.linalg.eigvalsh(np.kron(2.0 / n * Xt.T @ Xt, np.eye(out)))
     ref = ref[np.argsort(-np.abs(ref))][:4]
@@ -47,21 +54,26 @@ def test_top_eigenvalues_of_indefinite_quadratic_largest_magnitude_first():
     theta = torch.nn.Parameter(torch.from_numpy(rng.normal(size=(2, 3))))
     At = torch.from_numpy(A)
     loss = 0.5 * theta.flatten() @ At @ theta.flatten()
-    vals, _ = H.top_eigenvalues(H.hvp_fn(loss, [theta]), [theta], k=3, max_iter=2000, tol=1e-12,
-                                generator=torch.Generator().manual_seed(1))
+    vals, _ = H.top_eigenvalues(
+        H.hvp_fn(loss, [theta]), [theta], k=3, max_iter=2000, tol=1e-12, generator=torch.Generator().manual_seed(1)
+    )
     np.testing.assert_allclose(vals, [-7.0, 5.0, 3.0], rtol=1e-4)
 
 
 def test_filter_normalisation_gives_each_slice_its_parameter_norm():
     g = torch.Generator().manual_seed(0)
-    named = [("blocks.0.mlp.fc1.weight", torch.randn(5, 3, 2, generator=g).double()),
-             ("pos_embed", torch.randn(1, 4, 3, generator=g).double()),
-             ("blocks.0.mlp.fc1.bias", torch.randn(5, generator=g).double())]
+    named = [
+        ("blocks.0.mlp.fc1.weight", torch.randn(5, 3, 2, generator=g).double()),
+        ("pos_embed", torch.randn(1, 4, 3, generator=g).double()),
+        ("blocks.0.mlp.fc1.bias", torch.randn(5, generator=g).double()),
+    ]
     dw, dpos, db = H.random_direction(named, torch.Generator().manual_seed(3))
     w = named[0][1]
     for j in range(3):
         for k in range(2):
-            assert torch.linalg.vector_norm(dw[:, j, k]).item() == pytest.approx(torch.linalg.vector_norm(w[:, j, k]).item(), rel=1e-6)
+            assert torch.linalg.vector_norm(dw[:, j, k]).item() == pytest.approx(
+                torch.linalg.vector_norm(w[:, j, k]).item(), rel=1e-6
+            )
     assert not dpos.any() and not db.any() and dw.shape == w.shape
 
 
@@ -121,8 +133,21 @@ def test_landscape_quadratic_loss_curve():
 
 def test_hessian_end_to_end(tmp_path, capsys):
     out = tmp_path / "run"
-    code, stdout, err = cli(["run", "analysis=hessian", *TINY_VIT, *LABELLED, *NARROW, "analysis.batch_size=4",
-                             "analysis.num_batches=2", "analysis.top_k=2", "analysis.max_iter=3", f"hydra.run.dir={out}"], capsys)
+    code, stdout, err = cli(
+        [
+            "run",
+            "analysis=hessian",
+            *TINY_VIT,
+            *LABELLED,
+            *NARROW,
+            "analysis.batch_size=4",
+            "analysis.num_batches=2",
+            "analysis.top_k=2",
+            "analysis.max_iter=3",
+            f"hydra.run.dir={out}",
+        ],
+        capsys,
+    )
     assert code == 0, err
     df = pd.read_csv(out / "hessian.csv")
     assert len(df) == 4 and sorted(df.eigen_index.unique()) == [0, 1] and sorted(df.batch.unique()) == [0, 1]
@@ -135,8 +160,20 @@ def test_hessian_end_to_end(tmp_path, capsys):
 
 def test_loss_landscape_end_to_end_2d(tmp_path, capsys):
     out = tmp_path / "run"
-    code, stdout, err = cli(["run", "analysis=loss_landscape", *TINY_VIT, *LABELLED, *NARROW, "analysis.dims=2", "analysis.steps=3",
-                             "analysis.num_images=8", f"hydra.run.dir={out}"], capsys)
+    code, stdout, err = cli(
+        [
+            "run",
+            "analysis=loss_landscape",
+            *TINY_VIT,
+            *LABELLED,
+            *NARROW,
+            "analysis.dims=2",
+            "analysis.steps=3",
+            "analysis.num_images=8",
+            f"hydra.run.dir={out}",
+        ],
+        capsys,
+    )
     assert code == 0, err
     df = pd.read_csv(out / "loss_landscape.csv")
     assert len(df) == 9 and set(df.x) == {-1.0, 0.0, 1.0} and set(df.y) == {-1.0, 0.0, 1.0}
@@ -147,14 +184,29 @@ def test_loss_landscape_end_to_end_2d(tmp_path, capsys):
 
 @pytest.mark.parametrize("analysis", ["hessian", "loss_landscape"])
 def test_labels_must_match_head(analysis, tmp_path, capsys):
-    assert_one_line_error(["run", f"analysis={analysis}", *TINY_VIT, "dataset=synthetic", "dataset.num_classes=5",
-                           "model.kwargs.num_classes=10", "dataset.image_size=40"],
-                          "needs labels matching", tmp_path / "run", capsys)
+    assert_one_line_error(
+        [
+            "run",
+            f"analysis={analysis}",
+            *TINY_VIT,
+            "dataset=synthetic",
+            "dataset.num_classes=5",
+            "model.kwargs.num_classes=10",
+            "dataset.image_size=40",
+        ],
+        "needs labels matching",
+        tmp_path / "run",
+        capsys,
+    )
 
 
 def test_bad_dims(tmp_path, capsys):
-    assert_one_line_error(["run", "analysis=loss_landscape", *TINY_VIT, *LABELLED, "analysis.dims=3"],
-                          "analysis.dims", tmp_path / "run", capsys)
+    assert_one_line_error(
+        ["run", "analysis=loss_landscape", *TINY_VIT, *LABELLED, "analysis.dims=3"],
+        "analysis.dims",
+        tmp_path / "run",
+        capsys,
+    )
 
 
 def test_hessian_leaves_parameters_and_flags_untouched():
@@ -174,7 +226,7 @@ def test_hessian_leaves_parameters_and_flags_untouched():
         parts, i = [], 0
         for s in shapes:
             k = int(np.prod(s))
-            parts.append(v[i:i + k].reshape(s))
+            parts.append(v[i : i + k].reshape(s))
             i += k
         h = torch.tanh(x @ parts[0].T + parts[1]) @ parts[2].T + parts[3]
         return torch.nn.functional.cross_entropy(h, y)
@@ -190,8 +242,17 @@ def test_hessian_resumes_after_an_interruption(tmp_path, capsys, monkeypatch):
     """Interrupted after its first batch, a rerun continues from the checkpoint and equals an uninterrupted run."""
     from vitstudy.analyses import landscape
 
-    args = ["run", "analysis=hessian", *TINY_VIT, *LABELLED, *NARROW, "analysis.batch_size=4", "analysis.num_batches=3",
-            "analysis.top_k=2", "analysis.max_iter=3"]
+    args = [
+        "run",
+        "analysis=hessian",
+        *TINY_VIT,
+        *LABELLED,
+        *NARROW,
+        "analysis.batch_size=4",
+        "analysis.num_batches=3",
+        "analysis.top_k=2",
+        "analysis.max_iter=3",
+    ]
     assert cli([*args, f"cache.dir={tmp_path / 'c1'}", f"hydra.run.dir={tmp_path / 'whole'}"], capsys)[0] == 0
     real, calls = landscape.batch_eigenvalues, []
 

@@ -1,10 +1,11 @@
 """Layer presets, explicit names, token modes, and the taps that capture them."""
+
 import pytest
 import timm
 import torch
 
-from vitstudy.errors import VitstudyError
 from vitstudy.anatomy.blocks import block_names
+from vitstudy.errors import VitstudyError
 from vitstudy.pipeline.layers import Layer, features, resolve
 from vitstudy.pipeline.taps import tap
 
@@ -16,8 +17,15 @@ def names(model, spec, size=(3, 32, 32)):
 def test_vit_blocks_and_dense_set(tiny_vit):
     assert names(tiny_vit, "blocks") == ["blocks.0", "blocks.1", "blocks.2"]
     dense = names(tiny_vit, "all")
-    assert dense[:7] == ["patch_embed", "blocks.0.norm1", "blocks.0.attn", "blocks.0.norm2:in", "blocks.0.norm2",
-                         "blocks.0.mlp.act", "blocks.0"]
+    assert dense[:7] == [
+        "patch_embed",
+        "blocks.0.norm1",
+        "blocks.0.attn",
+        "blocks.0.norm2:in",
+        "blocks.0.norm2",
+        "blocks.0.mlp.act",
+        "blocks.0",
+    ]
     assert dense[-1] == "norm" and len(dense) == 1 + 3 * 6 + 1
 
 
@@ -39,7 +47,11 @@ def test_swin_blocks_are_nested_and_windowed_attention_is_skipped():
 
 
 def test_explicit_list_keeps_the_requested_order(tiny_vit):
-    assert names(tiny_vit, ["blocks.2", "blocks.0.norm2:in", "blocks.0"]) == ["blocks.2", "blocks.0.norm2:in", "blocks.0"]
+    assert names(tiny_vit, ["blocks.2", "blocks.0.norm2:in", "blocks.0"]) == [
+        "blocks.2",
+        "blocks.0.norm2:in",
+        "blocks.0",
+    ]
 
 
 def test_regex_selects_in_forward_order(tiny_vit):
@@ -78,7 +90,9 @@ def test_token_modes(tiny_vit):
     patches = x[:, 1:]  # the patch embedding's output: no CLS token yet
     embed = Layer(name="patch_embed", module="patch_embed", is_input=False, shape=(16, 3), layout="NLC")
     torch.testing.assert_close(features(patches, embed, "mean", tiny_vit), patches.mean(1))
-    gap = timm.create_model("vit_tiny_patch16_224", img_size=32, patch_size=8, depth=1, class_token=False, global_pool="avg")
+    gap = timm.create_model(
+        "vit_tiny_patch16_224", img_size=32, patch_size=8, depth=1, class_token=False, global_pool="avg"
+    )
     with pytest.raises(VitstudyError, match="no CLS token"):
         features(patches, layer, "cls", gap)
     fmap = torch.randn(2, 4, 3, 3)

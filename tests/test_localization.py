@@ -1,5 +1,6 @@
 """spatial_localization: a token that copies its own input patch peaks there; values against the numpy
 minibatch CKA; end-to-end on CLS ViT, GAP ViT and ResNet; clear messages."""
+
 import numpy as np
 import pandas as pd
 import pytest
@@ -8,8 +9,8 @@ from torch import nn
 
 from helpers import SMALL_DATA, TINY_VIT, cli, finished_files, minibatch_reference
 from vitstudy.analyses.localization import localization_matrix, u_center_batched
-from vitstudy.pipeline.layers import resolve
 from vitstudy.metrics.cka import u_center
+from vitstudy.pipeline.layers import resolve
 from vitstudy.pipeline.models import LoadedModel
 
 
@@ -27,7 +28,7 @@ class CopyPatches(nn.Module):
 
 
 def batches(x, size=8):
-    return [((x[i:i + size],), torch.zeros(len(x[i:i + size]), dtype=torch.long)) for i in range(0, len(x), size)]
+    return [((x[i : i + size],), torch.zeros(len(x[i : i + size]), dtype=torch.long)) for i in range(0, len(x), size)]
 
 
 def test_copied_patch_token_peaks_at_its_own_position():
@@ -44,8 +45,14 @@ def test_copied_patch_token_peaks_at_its_own_position():
     # independent check: numpy minibatch CKA (Song et al. HSIC averaged over batches) for two pairs
     xs = x.numpy()
     for p, q in ((5, 5), (5, 10)):
-        tok = [(2 * xb[:, :, (p // 4) * 8:(p // 4 + 1) * 8, (p % 4) * 8:(p % 4 + 1) * 8] + 1).reshape(len(xb), -1) for xb in np.split(xs, 6)]
-        pat = [xb[:, :, (q // 4) * 8:(q // 4 + 1) * 8, (q % 4) * 8:(q % 4 + 1) * 8].reshape(len(xb), -1) for xb in np.split(xs, 6)]
+        tok = [
+            (2 * xb[:, :, (p // 4) * 8 : (p // 4 + 1) * 8, (p % 4) * 8 : (p % 4 + 1) * 8] + 1).reshape(len(xb), -1)
+            for xb in np.split(xs, 6)
+        ]
+        pat = [
+            xb[:, :, (q // 4) * 8 : (q // 4 + 1) * 8, (q % 4) * 8 : (q % 4 + 1) * 8].reshape(len(xb), -1)
+            for xb in np.split(xs, 6)
+        ]
         tok = [t - t.mean(0) for t in tok]
         pat = [t - t.mean(0) for t in pat]
         assert matrix[p, q] == pytest.approx(minibatch_reference(tok, pat), abs=1e-9)
@@ -62,16 +69,23 @@ def test_batched_u_centring_matches_single():
 CASES = {
     "cls_vit": [],
     "gap_vit": ["model.name=vit_medium_patch16_gap_256", "model.kwargs.depth=2"],
-    "resnet": ["model.name=resnet18", "model.kwargs.img_size=null", "model.kwargs.patch_size=null",
-               "model.kwargs.depth=null", "model.data.input_size=[3,64,64]", "analysis.layer=layer3.1"],
+    "resnet": [
+        "model.name=resnet18",
+        "model.kwargs.img_size=null",
+        "model.kwargs.patch_size=null",
+        "model.kwargs.depth=null",
+        "model.data.input_size=[3,64,64]",
+        "analysis.layer=layer3.1",
+    ],
 }
 
 
 @pytest.mark.parametrize("case", list(CASES))
 def test_end_to_end(case, tmp_path, capsys):
     out = tmp_path / "run"
-    code, _, err = cli(["run", "analysis=spatial_localization", *TINY_VIT, *SMALL_DATA, *CASES[case],
-                        f"hydra.run.dir={out}"], capsys)
+    code, _, err = cli(
+        ["run", "analysis=spatial_localization", *TINY_VIT, *SMALL_DATA, *CASES[case], f"hydra.run.dir={out}"], capsys
+    )
     assert code == 0, err
     df, s = pd.read_csv(out / "spatial_localization.csv"), pd.read_csv(out / "spatial_localization_summary.csv")
     assert len(df) == 16 * 16 and len(s) == 16 and df.cka.between(-1, 1).all()
@@ -83,13 +97,31 @@ def test_end_to_end(case, tmp_path, capsys):
 
 def test_token_outside_grid_is_one_line(tmp_path, capsys):
     out = tmp_path / "run"
-    code, _, err = cli(["run", "analysis=spatial_localization", *TINY_VIT, *SMALL_DATA, "analysis.tokens=[[9,9]]",
-                        f"hydra.run.dir={out}"], capsys)
+    code, _, err = cli(
+        [
+            "run",
+            "analysis=spatial_localization",
+            *TINY_VIT,
+            *SMALL_DATA,
+            "analysis.tokens=[[9,9]]",
+            f"hydra.run.dir={out}",
+        ],
+        capsys,
+    )
     assert code == 2 and "outside the 4 x 4 grid" in err and len(err.strip().splitlines()) == 1
     assert finished_files(out) == []
 
 
 def test_layer_without_positions_is_one_line(tmp_path, capsys):
-    code, _, err = cli(["run", "analysis=spatial_localization", *TINY_VIT, *SMALL_DATA, "analysis.layer=head",
-                        f"hydra.run.dir={tmp_path}"], capsys)
+    code, _, err = cli(
+        [
+            "run",
+            "analysis=spatial_localization",
+            *TINY_VIT,
+            *SMALL_DATA,
+            "analysis.layer=head",
+            f"hydra.run.dir={tmp_path}",
+        ],
+        capsys,
+    )
     assert code == 2 and "without spatial positions" in err

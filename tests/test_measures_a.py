@@ -6,6 +6,7 @@ more features than images (p > n is where the measures switch to n x n or thin-S
 (identical features, exact linear maps, a target orthogonal to the predictor), and rsatoolbox's RSA numbers
 when it is installed (test extra).
 """
+
 from __future__ import annotations
 
 import itertools
@@ -36,6 +37,7 @@ def _nontrivial(value: float) -> None:
 
 # ---- references (float64 numpy, textbook forms) ----
 
+
 def _hsic(k: np.ndarray, l: np.ndarray) -> float:
     """Biased HSIC, tr(K H L H) / (n - 1)², H = I - 11ᵀ/n (Gretton et al. 2005; Kornblith et al. 2019 Eq. 3)."""
     n = len(k)
@@ -54,8 +56,9 @@ def _hsic_unbiased(k: np.ndarray, l: np.ndarray) -> float:
     np.fill_diagonal(k, 0)
     np.fill_diagonal(l, 0)
     one = np.ones(n)
-    return float(np.trace(k @ l) + (one @ k @ one) * (one @ l @ one) / ((n - 1) * (n - 2))
-                 - 2 / (n - 2) * (one @ k @ l @ one)) / (n * (n - 3))
+    return float(
+        np.trace(k @ l) + (one @ k @ one) * (one @ l @ one) / ((n - 1) * (n - 2)) - 2 / (n - 2) * (one @ k @ l @ one)
+    ) / (n * (n - 3))
 
 
 def _distances(x: np.ndarray) -> np.ndarray:
@@ -110,6 +113,7 @@ def _orthogonal_target(x: np.ndarray, q: int, seed: int = 1) -> np.ndarray:
 
 # ---- linear CKA ----
 
+
 @pytest.mark.parametrize("n,p,q", SHAPES)
 def test_cka_equals_biased_hsic_formula_and_feature_space_form(n, p, q):
     x, y = _pair(n, p, q)
@@ -138,6 +142,7 @@ def test_cka_streaming_kernel_is_the_linear_gram_up_to_centring():
 
 # ---- Procrustes ----
 
+
 def _nuclear(m: np.ndarray) -> float:
     """Nuclear norm as tr((MᵀM)^½): square roots of the non-zero eigenvalues of the smaller Gram of M."""
     g = m @ m.T if m.shape[0] <= m.shape[1] else m.T @ m
@@ -163,6 +168,7 @@ def test_procrustes_analytic_values():
 
 
 # ---- RBF CKA ----
+
 
 @pytest.mark.parametrize("bandwidth", [0.5, 1.0, 2.0])
 @pytest.mark.parametrize("n,p,q", SHAPES)
@@ -221,6 +227,7 @@ def test_rbf_cka_refuses_a_non_positive_bandwidth_in_one_line(bad):
 
 # ---- linear regression ----
 
+
 @pytest.mark.parametrize("n,p,q", [pytest.param(60, 12, 9, id="p<n"), pytest.param(60, 40, 9, id="p<n wide")])
 def test_linear_regression_equals_least_squares_r2(n, p, q):
     x, y = _pair(n, p, q)
@@ -256,6 +263,7 @@ def test_linear_regression_analytic_values():
 
 
 # ---- RSA ----
+
 
 @pytest.mark.parametrize("n,p,q", SHAPES)
 def test_rsa_equals_spearman_of_correlation_rdms(n, p, q):

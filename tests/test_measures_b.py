@@ -5,6 +5,7 @@ References written here, not taken from vitstudy: brute-force loops over images 
 matrices for svcca and pwcca; analytic cases whose value follows by hand; a p > n case (thin-SVD / Gram path);
 and where the maintained `repsim` package is installed (test extra), its numbers.
 """
+
 from __future__ import annotations
 
 import numpy as np
@@ -28,6 +29,7 @@ def _low_rank(n, p, r, seed):
 
 
 # ---- references -----------------------------------------------------------------------------------------------
+
 
 def _cos(a, b):
     na, nb = np.sqrt(sum(v * v for v in a)), np.sqrt(sum(v * v for v in b))
@@ -61,6 +63,7 @@ def _hsic_unbiased_dense(K, L):
 
 def _cknna_code(x, y, k):
     """Huh et al.'s metrics.cknna (unbiased=True) on row-normalised features, dense, one argument order."""
+
     def unit(a):
         return a / np.linalg.norm(a, axis=1, keepdims=True)
 
@@ -132,6 +135,7 @@ def _pwcca_ref(x, y):
 
 # ---- mutual_knn -----------------------------------------------------------------------------------------------
 
+
 @pytest.mark.parametrize("k", [1, 5, 10])
 def test_mutual_knn_matches_brute_force(k):
     x, y = _pair()
@@ -186,6 +190,7 @@ def test_mutual_knn_refuses_k_not_below_n():
 
 # ---- cknna ----------------------------------------------------------------------------------------------------
 
+
 @pytest.mark.parametrize("k", [2, 5, 10])
 def test_cknna_matches_the_papers_code_mean_of_both_orders(k):
     x, y = _pair()
@@ -220,6 +225,7 @@ def test_cknna_refuses_k_below_two():
 
 # ---- svcca ----------------------------------------------------------------------------------------------------
 
+
 @pytest.mark.parametrize("variance", [0.5, 0.9, 0.99, 1.0])
 def test_svcca_matches_whitened_cca_on_reduced_sides(variance):
     x, y = _pair(n=80)
@@ -233,7 +239,9 @@ def test_svcca_analytic_one_shared_direction_of_two():
     a, b, c = q.T
     x, y = np.stack([a, b], 1), np.stack([a, c], 1)
     assert M.get("svcca", variance=1.0).value(x, y) == pytest.approx(0.5, abs=1e-12)
-    assert M.get("svcca", variance=1.0).value(x, x @ np.array([[2.0, 1.0], [0.5, 3.0]])) == pytest.approx(1.0, abs=1e-12)
+    assert M.get("svcca", variance=1.0).value(x, x @ np.array([[2.0, 1.0], [0.5, 3.0]])) == pytest.approx(
+        1.0, abs=1e-12
+    )
 
 
 def test_svcca_more_features_than_images():
@@ -254,6 +262,7 @@ def test_svcca_refuses_too_many_directions_and_bad_variance():
 
 
 # ---- pwcca ----------------------------------------------------------------------------------------------------
+
 
 def test_pwcca_matches_projection_weighted_textbook_cca():
     x, y = _pair(n=80)
@@ -295,6 +304,7 @@ def test_pwcca_refuses_full_rank_features_wider_than_the_images():
 
 # ---- a maintained package: repsim (test extra; skipped when absent) --------------------------------------------
 
+
 def test_cca_family_against_repsim():
     repsim = pytest.importorskip("repsim")
     x, y = _pair(n=80)
@@ -309,6 +319,7 @@ def test_cca_family_against_repsim():
 
 
 # ---- the layer-monotonicity share of scripts/measure_sanity.py ------------------------------------------------
+
 
 def test_monotonicity_share_on_analytic_matrices():
     import sys

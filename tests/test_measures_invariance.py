@@ -4,6 +4,7 @@ The transforms are applied to one side's features (x, then y); a measure that is
 different invariances for its y side (`invariances_y`). Data: y is a noisy non-linear function of x, so that the
 value is neither 0 nor 1 and a transform that matters moves it.
 """
+
 from __future__ import annotations
 
 import numpy as np

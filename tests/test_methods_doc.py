@@ -1,5 +1,6 @@
 """docs/methods.md is the project's own account of the methods: every `docs/methods.md#<anchor>` the repository cites
 is a heading there, every analysis has its section, and no file points at a document the repository lacks."""
+
 import re
 import subprocess
 from pathlib import Path
@@ -27,8 +28,9 @@ def anchors(text: str) -> set[str]:
 def repo_files() -> list[Path]:
     """Tracked files and new files git does not ignore (no .venv, outputs, build folders)."""
     try:
-        out = subprocess.run(["git", "ls-files", "-co", "--exclude-standard"], cwd=ROOT, capture_output=True,
-                             text=True, timeout=60)
+        out = subprocess.run(
+            ["git", "ls-files", "-co", "--exclude-standard"], cwd=ROOT, capture_output=True, text=True, timeout=60
+        )
     except (OSError, subprocess.TimeoutExpired) as err:
         pytest.skip(f"git ls-files failed: {err}")
     if out.returncode != 0:

@@ -1,4 +1,5 @@
 """Model building and checkpoint loading: weights only, never code; clear errors on mismatch."""
+
 import pickle
 
 import pytest
@@ -78,8 +79,15 @@ def test_eval_transform_follows_img_size_kwarg():
     assert cfg["input_size"] == (3, 64, 64)
 
 
-@pytest.mark.parametrize("content, suffix", [(b"just some text, not weights\n", ".pth"), (b"\x00" + bytes(range(255)) * 4, ".pt"),
-                                             (b"", ".pth"), (bytes(range(256)), ".safetensors")])
+@pytest.mark.parametrize(
+    "content, suffix",
+    [
+        (b"just some text, not weights\n", ".pth"),
+        (b"\x00" + bytes(range(255)) * 4, ".pt"),
+        (b"", ".pth"),
+        (bytes(range(256)), ".safetensors"),
+    ],
+)
 def test_a_file_that_is_no_checkpoint_is_called_unreadable(tmp_path, content, suffix):
     path = tmp_path / f"w{suffix}"
     path.write_bytes(content)

@@ -1,5 +1,6 @@
 """linear_probe: the closed-form ridge against numpy, separable features -> 100%, shuffled labels -> chance,
 end-to-end runs and clear messages."""
+
 import numpy as np
 import pandas as pd
 import pytest
@@ -14,7 +15,7 @@ ALPHAS = [1e-3, 1e-1, 10.0]
 def fit(x, y, k, alphas=ALPHAS, batch=50):
     acc = RidgeAccumulator(x.shape[1], x.shape[2], k)
     for i in range(0, len(x), batch):
-        acc.update(x[i:i + batch], y[i:i + batch])
+        acc.update(x[i : i + batch], y[i : i + batch])
     return acc.solve(alphas)
 
 
@@ -64,7 +65,7 @@ def test_per_token_probes_are_independent():
     y = torch.as_tensor(rng.integers(0, 3, 60))
     both = fit(x, y, 3)
     for p in range(3):
-        alone = fit(x[:, p:p + 1], y, 3)
+        alone = fit(x[:, p : p + 1], y, 3)
         torch.testing.assert_close(both.weights(1)[0][p], alone.weights(1)[0][0], rtol=1e-9, atol=1e-12)
 
 
@@ -73,9 +74,18 @@ PROBE = ["analysis=linear_probe", "analysis.num_val=16", "analysis.num_test=16"]
 
 @pytest.mark.parametrize("case", ["cls_vit", "resnet"])
 def test_end_to_end(case, tmp_path, capsys):
-    extra = ["analysis.shots=3"] if case == "cls_vit" else [
-        "model.name=resnet18", "model.kwargs.img_size=null", "model.kwargs.patch_size=null", "model.kwargs.depth=null",
-        "model.data.input_size=[3,32,32]", "analysis.num_train=40"]
+    extra = (
+        ["analysis.shots=3"]
+        if case == "cls_vit"
+        else [
+            "model.name=resnet18",
+            "model.kwargs.img_size=null",
+            "model.kwargs.patch_size=null",
+            "model.kwargs.depth=null",
+            "model.data.input_size=[3,32,32]",
+            "analysis.num_train=40",
+        ]
+    )
     out = tmp_path / "run"
     code, _, err = cli(["run", *PROBE, *TINY_VIT, *SMALL_DATA, *extra, f"hydra.run.dir={out}"], capsys)
     assert code == 0, err
@@ -91,7 +101,10 @@ def test_end_to_end(case, tmp_path, capsys):
 
 
 BAD = {
-    "cls on a GAP model": (["model.name=vit_medium_patch16_gap_256", "analysis.representations=[cls]"], "needs a CLS token"),
+    "cls on a GAP model": (
+        ["model.name=vit_medium_patch16_gap_256", "analysis.representations=[cls]"],
+        "needs a CLS token",
+    ),
     "paper split on synthetic": (["analysis.splits=paper"], "analysis.splits=paper is the CIFAR split"),
     "bad alphas": (["analysis.alphas=[0]"], "positive ridge strengths"),
     "too many shots": (["analysis.shots=5000"], "fewer images in the train pool"),

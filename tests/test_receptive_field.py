@@ -1,5 +1,6 @@
 """receptive_field: a single 3x3 convolution has exactly a 3x3 receptive field with the kernel's values;
 mass radii on a hand-made map; an end-to-end run; clear messages."""
+
 import numpy as np
 import pandas as pd
 import pytest
@@ -68,8 +69,18 @@ def test_mass_radii_on_a_hand_made_map():
 
 def test_end_to_end_vit(tmp_path, capsys):
     out = tmp_path / "run"
-    code, _, err = cli(["run", "analysis=receptive_field", *TINY_VIT, *SMALL_DATA, "analysis.num_images=8",
-                        "analysis.blocks=[0,2]", f"hydra.run.dir={out}"], capsys)
+    code, _, err = cli(
+        [
+            "run",
+            "analysis=receptive_field",
+            *TINY_VIT,
+            *SMALL_DATA,
+            "analysis.num_images=8",
+            "analysis.blocks=[0,2]",
+            f"hydra.run.dir={out}",
+        ],
+        capsys,
+    )
     assert code == 0, err
     df = pd.read_csv(out / "receptive_field.csv")
     assert len(df) == 2 * 2 * 2 and set(df.residual) == {"post", "pre"}
@@ -78,8 +89,15 @@ def test_end_to_end_vit(tmp_path, capsys):
     assert (out / "receptive_field.png").stat().st_size > 0
 
 
-@pytest.mark.parametrize("extra,expected", [(["analysis.residual=middle"], "analysis.residual must be one of both, post, pre"),
-                                            (["analysis.blocks=[5]"], "out of range")])
+@pytest.mark.parametrize(
+    "extra,expected",
+    [
+        (["analysis.residual=middle"], "analysis.residual must be one of both, post, pre"),
+        (["analysis.blocks=[5]"], "out of range"),
+    ],
+)
 def test_bad_input_one_line(extra, expected, tmp_path, capsys):
-    code, _, err = cli(["run", "analysis=receptive_field", *TINY_VIT, *SMALL_DATA, *extra, f"hydra.run.dir={tmp_path}"], capsys)
+    code, _, err = cli(
+        ["run", "analysis=receptive_field", *TINY_VIT, *SMALL_DATA, *extra, f"hydra.run.dir={tmp_path}"], capsys
+    )
     assert code == 2 and expected in err and len(err.strip().splitlines()) == 1

@@ -1,5 +1,6 @@
 """`vitstudy collect` / `make report`: a section per paper figure (named from conf/experiment headers), the run's
 settings, failed and missing jobs in place, figures as files beside a light page, readable grids only."""
+
 import json
 import re
 import shutil
@@ -9,8 +10,8 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 import pytest
-from helpers import TINY_RESNET, TINY_VIT, SMALL_DATA
 
+from helpers import SMALL_DATA, TINY_RESNET, TINY_VIT
 from vitstudy.cli import main
 from vitstudy.report import page
 from vitstudy.report.experiments import experiment_of, experiments, parse_header, target_name
@@ -49,9 +50,11 @@ def test_every_experiment_names_its_paper_figure_and_finding():
 
 
 def test_header_parsing_reads_paper_figure_paragraph_and_finding():
-    text = ("# @package _global_\n# Someone et al. 2019, Fig. 3b (and C.1): a quantity per layer of a model,\n"
-            "# with a caveat.\n# Paper finds: The quantity grows\n# with depth.\n#   vitstudy run experiment=x\n"
-            "# Needs: weights.\ndefaults:\n  - override /analysis: cka_within\n")
+    text = (
+        "# @package _global_\n# Someone et al. 2019, Fig. 3b (and C.1): a quantity per layer of a model,\n"
+        "# with a caveat.\n# Paper finds: The quantity grows\n# with depth.\n#   vitstudy run experiment=x\n"
+        "# Needs: weights.\ndefaults:\n  - override /analysis: cka_within\n"
+    )
     exp = parse_header("someone_fig3b", text)
     assert (exp.paper, exp.figure) == ("Someone et al. 2019", "Fig. 3b (and C.1)")
     assert exp.measures == "a quantity per layer of a model, with a caveat."
@@ -62,20 +65,39 @@ def test_header_parsing_reads_paper_figure_paragraph_and_finding():
 
 
 def test_labels_keep_only_what_varies():
-    assert shorten_values(["vit_base_patch16_224.augreg_in1k", "resnet50.a1_in1k"]) == ["vit_base_patch16_224", "resnet50"]
+    assert shorten_values(["vit_base_patch16_224.augreg_in1k", "resnet50.a1_in1k"]) == [
+        "vit_base_patch16_224",
+        "resnet50",
+    ]
     # same architecture: the tags tell them apart, the shared prefix goes
-    assert shorten_values(["vit_base_patch16_224.augreg_in1k", "vit_base_patch16_224.augreg_in21k_ft_in1k"]) == \
-        ["…in1k", "…in21k_ft_in1k"]
+    assert shorten_values(["vit_base_patch16_224.augreg_in1k", "vit_base_patch16_224.augreg_in21k_ft_in1k"]) == [
+        "…in1k",
+        "…in21k_ft_in1k",
+    ]
     assert shorten_values(["[1]", "[7]"]) == ["[1]", "[7]"]
-    runs = [{"dir": Path(f"/s/{i}"), "config": {"model": {"name": m}, "analysis": {"name": "a", "blocks": b}}}
-            for i, (m, b) in enumerate([("vit_b.t1", [1]), ("resnet50.t2", [7])])]
+    runs = [
+        {"dir": Path(f"/s/{i}"), "config": {"model": {"name": m}, "analysis": {"name": "a", "blocks": b}}}
+        for i, (m, b) in enumerate([("vit_b.t1", [1]), ("resnet50.t2", [7])])
+    ]
     # keys that vary with the model (a preset's kwargs, its input size) say nothing more: the model alone
-    assert job_labels(runs, ["analysis.blocks", "model.name"]) == {"/s/0": "model=vit_b.t1", "/s/1": "model=resnet50.t2"}
-    grid = [{"dir": Path(f"/g/{m}{b}"), "config": {"model": {"name": m, "kwargs": {"depth": len(m)}}, "analysis": {"blocks": [b]}}}
-            for m in ("vit", "resnet") for b in (1, 7)]
+    assert job_labels(runs, ["analysis.blocks", "model.name"]) == {
+        "/s/0": "model=vit_b.t1",
+        "/s/1": "model=resnet50.t2",
+    }
+    grid = [
+        {
+            "dir": Path(f"/g/{m}{b}"),
+            "config": {"model": {"name": m, "kwargs": {"depth": len(m)}}, "analysis": {"blocks": [b]}},
+        }
+        for m in ("vit", "resnet")
+        for b in (1, 7)
+    ]
     assert job_labels(grid, ["analysis.blocks", "model.kwargs.depth", "model.name"]) == {
-        "/g/vit1": "blocks=[1], model=vit", "/g/vit7": "blocks=[7], model=vit",
-        "/g/resnet1": "blocks=[1], model=resnet", "/g/resnet7": "blocks=[7], model=resnet"}
+        "/g/vit1": "blocks=[1], model=vit",
+        "/g/vit7": "blocks=[7], model=vit",
+        "/g/resnet1": "blocks=[1], model=resnet",
+        "/g/resnet7": "blocks=[7], model=resnet",
+    }
     runs[1]["config"]["analysis"]["name"] = "b"
     assert job_labels(runs, ["analysis.blocks", "analysis.name", "model.name"]) == {"/s/0": "a", "/s/1": "b"}
 
@@ -83,8 +105,16 @@ def test_labels_keep_only_what_varies():
 def test_intervals_are_summarised_per_quantity():
     lo = np.array([0.1, 0.2, 0.5, np.nan])
     hi = np.array([0.3, 0.3, 0.9, np.nan])
-    df = pd.DataFrame({"cka": [0.2, 0.25, 0.7, 0.1], "cka_se": [0.05, 0.02, 0.1, 0.3], "cka_ci_low": lo,
-                       "cka_ci_high": hi, "distance_se": [1.0, 3.0, 2.0, 4.0], "other": 1})
+    df = pd.DataFrame(
+        {
+            "cka": [0.2, 0.25, 0.7, 0.1],
+            "cka_se": [0.05, 0.02, 0.1, 0.3],
+            "cka_ci_low": lo,
+            "cka_ci_high": hi,
+            "distance_se": [1.0, 3.0, 2.0, 4.0],
+            "other": 1,
+        }
+    )
     rows = {r["quantity"]: r for r in intervals({"t.csv": df})}
     assert set(rows) == {"cka", "distance"}
     assert rows["cka"]["values"] == 4 and rows["cka"]["median_ci_width"] == pytest.approx(0.2)  # widths .2 .1 .4
@@ -102,10 +132,14 @@ def test_grid_only_when_readable(tmp_path):
 
     two_keys = [run(i, model={"name": m}, seed=s) for i, (m, s) in enumerate([(m, s) for m in "ab" for s in (0, 1)])]
     assert grid_axes(two_keys, "cka_across") == ("model.name", "seed")
-    three_keys = [run(10 + i, model={"name": m}, seed=s, tokens=t)
-                  for i, (m, s, t) in enumerate([("a", 0, "cls"), ("a", 1, "mean"), ("b", 0, "mean")])]
+    three_keys = [
+        run(10 + i, model={"name": m}, seed=s, tokens=t)
+        for i, (m, s, t) in enumerate([("a", 0, "cls"), ("a", 1, "mean"), ("b", 0, "mean")])
+    ]
     assert grid_axes(three_keys, "cka_across") is None
-    wide = [run(20 + i, seed=i, model={"name": "a"}) for i in range(2)] + [run(30 + i, seed=i, model={"name": "b"}) for i in range(3)]
+    wide = [run(20 + i, seed=i, model={"name": "a"}) for i in range(2)] + [
+        run(30 + i, seed=i, model={"name": "b"}) for i in range(3)
+    ]
     assert grid_axes(wide, "cka_across") == ("model.name", "seed")
     assert grid_axes(wide + [run(40, seed=3, model={"name": "a"})], "cka_across") is None  # 4 columns
     assert grid_axes([run(50 + i, seed=i) for i in range(3)], "cka_across") == (None, "seed")  # one row
@@ -121,12 +155,24 @@ def synthetic_job(job: Path, analysis: str, overrides: list[str], run: dict | No
     (job / ".hydra" / "config.yaml").write_text(f"analysis:\n  name: {analysis}\n")
     if run is None:
         return
-    record = {"analysis": analysis, "status": "complete", "overrides": overrides, "wall_time_s": 75.0,
-              "timings_s": {"load_models": 5.0, "analysis": 70.0}, "device": "cpu", "threads": 2,
-              "finished": "2026-12-01T12:00:00+00:00", "git_revision": "0123456789abcdef", "versions": {"vitstudy": "0.1.0"},
-              "outputs": [f"{analysis}.csv", f"{analysis}.png"], **run}
+    record = {
+        "analysis": analysis,
+        "status": "complete",
+        "overrides": overrides,
+        "wall_time_s": 75.0,
+        "timings_s": {"load_models": 5.0, "analysis": 70.0},
+        "device": "cpu",
+        "threads": 2,
+        "finished": "2026-12-01T12:00:00+00:00",
+        "git_revision": "0123456789abcdef",
+        "versions": {"vitstudy": "0.1.0"},
+        "outputs": [f"{analysis}.csv", f"{analysis}.png"],
+        **run,
+    }
     (job / "run.json").write_text(json.dumps(record))
-    (table if table is not None else pd.DataFrame({"layer": [0, 1], "value": [0.5, 0.25]})).to_csv(job / f"{analysis}.csv", index=False)
+    (table if table is not None else pd.DataFrame({"layer": [0, 1], "value": [0.5, 0.25]})).to_csv(
+        job / f"{analysis}.csv", index=False
+    )
     Image.new("RGB", size, (40, 90, 160)).save(job / f"{analysis}.png")
 
 
@@ -140,24 +186,53 @@ def test_figure_report_from_synthetic_run_dirs(tmp_path):
     target.mkdir(parents=True)
     (target / "multirun.yaml").write_text("hydra: {}\n")
     common = ["experiment=raghu_fig7", "dataset.root=/data/val"]
-    cfg = {"analysis": {"name": "skip_ratio"}, "model": {"name": "vit_base_patch16_224.augreg_in21k_ft_in1k"},
-           "dataset": {"name": "imagefolder", "root": "/data/val", "batch_size": 32}, "tokens": "flatten"}
-    ci = pd.DataFrame({"layer": [0, 1, 2], "ratio": [1.0, 2.0, 3.0], "ratio_ci_low": [0.9, 1.8, 2.7],
-                       "ratio_ci_high": [1.2, 2.1, 3.4]})  # widths 0.3 0.3 0.7: median 0.3, largest 0.7
-    synthetic_job(target / "0", "skip_ratio", [*common, "model=vit_b16"], table=ci, run={
-        "config": cfg, "dataset": "ImageFiles with 50000 images in 1000 classes",
-        "models": {"model": {"name": cfg["model"]["name"], "weights": "timm:augreg_in21k_ft_in1k",
-                             "data_config": {"input_size": [3, 224, 224]}}},
-        "images": [{"images": 512, "batches": 16}], "layers": {"model": ["blocks.0", "blocks.1", "blocks.2"]}})
+    cfg = {
+        "analysis": {"name": "skip_ratio"},
+        "model": {"name": "vit_base_patch16_224.augreg_in21k_ft_in1k"},
+        "dataset": {"name": "imagefolder", "root": "/data/val", "batch_size": 32},
+        "tokens": "flatten",
+    }
+    ci = pd.DataFrame(
+        {
+            "layer": [0, 1, 2],
+            "ratio": [1.0, 2.0, 3.0],
+            "ratio_ci_low": [0.9, 1.8, 2.7],
+            "ratio_ci_high": [1.2, 2.1, 3.4],
+        }
+    )  # widths 0.3 0.3 0.7: median 0.3, largest 0.7
+    synthetic_job(
+        target / "0",
+        "skip_ratio",
+        [*common, "model=vit_b16"],
+        table=ci,
+        run={
+            "config": cfg,
+            "dataset": "ImageFiles with 50000 images in 1000 classes",
+            "models": {
+                "model": {
+                    "name": cfg["model"]["name"],
+                    "weights": "timm:augreg_in21k_ft_in1k",
+                    "data_config": {"input_size": [3, 224, 224]},
+                }
+            },
+            "images": [{"images": 512, "batches": 16}],
+            "layers": {"model": ["blocks.0", "blocks.1", "blocks.2"]},
+        },
+    )
     synthetic_job(target / "1", "skip_ratio", [*common, "model=resnet50"])
-    (target / "1" / "failed.json").write_text(json.dumps({"error": "model.name: unknown model 'resnet5O'\nmore",
-                                                          "overrides": [*common, "model=resnet50"]}))
+    (target / "1" / "failed.json").write_text(
+        json.dumps({"error": "model.name: unknown model 'resnet5O'\nmore", "overrides": [*common, "model=resnet50"]})
+    )
     (target / "1" / "skip_ratio.log").write_text("vitstudy: error: model.name: unknown model 'resnet5O'\n")
     (root / "fig-raghu-5").mkdir()
     sweep = tmp_path / "sweep"
     for i, (depth, seed, tokens) in enumerate([(2, 0, "cls"), (3, 1, "mean"), (2, 1, "flatten")]):
-        conf = {"analysis": {"name": "cka_across"}, "model": {"name": "vit", "kwargs": {"depth": depth}}, "seed": seed,
-                "tokens": tokens}
+        conf = {
+            "analysis": {"name": "cka_across"},
+            "model": {"name": "vit", "kwargs": {"depth": depth}},
+            "seed": seed,
+            "tokens": tokens,
+        }
         synthetic_job(sweep / str(i), "cka_across", [f"seed={seed}"], size=(700, 700), run={"config": conf})
 
     out = collect([str(root), str(sweep)], str(tmp_path / "report"))
@@ -217,9 +292,26 @@ def figure_dirs(tmp_path_factory):
     fig-raghu-7 (one job), fig-raghu-8 (block 0 finished, block 7 failed, one job killed before it finished)."""
     root = tmp_path_factory.mktemp("figures")
     common = [*TINY_VIT, *SMALL_DATA, "cache.dir="]
-    assert vitstudy(["run", "-m", "experiment=raghu_fig7", *common, *TINY_RESNET, f"hydra.sweep.dir={root / 'fig-raghu-7'}"]) == 0
-    assert vitstudy(["run", "-m", "experiment=raghu_fig8", "analysis.blocks=[0],[7]", "layers=blocks", *common,
-                     f"hydra.sweep.dir={root / 'fig-raghu-8'}"]) == 1  # block 7 does not exist
+    assert (
+        vitstudy(
+            ["run", "-m", "experiment=raghu_fig7", *common, *TINY_RESNET, f"hydra.sweep.dir={root / 'fig-raghu-7'}"]
+        )
+        == 0
+    )
+    assert (
+        vitstudy(
+            [
+                "run",
+                "-m",
+                "experiment=raghu_fig8",
+                "analysis.blocks=[0],[7]",
+                "layers=blocks",
+                *common,
+                f"hydra.sweep.dir={root / 'fig-raghu-8'}",
+            ]
+        )
+        == 1
+    )  # block 7 does not exist
     killed = root / "fig-raghu-8" / "2"
     shutil.copytree(root / "fig-raghu-8" / "0" / ".hydra", killed / ".hydra")  # as a job killed before run.json
     (root / "fig-raghu-5").mkdir()  # a target that stopped before its first job
@@ -229,7 +321,7 @@ def figure_dirs(tmp_path_factory):
 
 def section(html: str, key: str) -> str:
     start = html.index(f"<section id='{key}'")
-    return html[start: html.index("</section>", start)]
+    return html[start : html.index("</section>", start)]
 
 
 def test_figure_report_has_a_section_per_target(figure_dirs):
@@ -270,7 +362,10 @@ def test_figure_report_has_a_section_per_target(figure_dirs):
         assert row.verdict in ("holds", "contradicted", "inconclusive") and row.ci_low <= row.value <= row.ci_high
     else:
         assert row.verdict == "inconclusive" and "not finite" in row.note
-    assert f"<span class='verdict {row.verdict}'>{row.verdict}</span>" in fig7 and "Paper finds</b> (Raghu et al. 2021, Fig. 7)" in fig7
+    assert (
+        f"<span class='verdict {row.verdict}'>{row.verdict}</span>" in fig7
+        and "Paper finds</b> (Raghu et al. 2021, Fig. 7)" in fig7
+    )
     assert set(found[found.target == "raghu_fig8"].verdict) <= {"holds", "contradicted", "inconclusive", "missing"}
     fig5 = found[found.target == "raghu_fig5"]  # its directory has no job: its claim is listed as missing, with why
     assert fig5.verdict.tolist() == ["missing"] and "no job" in fig5.note.item()
@@ -284,19 +379,39 @@ def test_figure_report_has_a_section_per_target(figure_dirs):
 def probe(page_path: Path, tmp: Path, js: str, height: int = 900) -> dict:
     """Open the page in headless Chromium at 1400 px and return what `js` (an expression) evaluates to."""
     probe_page = page_path.parent / "probe.html"
-    script = ("<script>for (const i of document.images) { i.loading = 'eager'; }"  # loaded before the load event
-              "window.addEventListener('load', () => {"
-              f"const r = document.createElement('pre'); r.id = 'probe'; r.textContent = JSON.stringify({js});"
-              "document.body.appendChild(r); });</script>")
+    script = (
+        "<script>for (const i of document.images) { i.loading = 'eager'; }"  # loaded before the load event
+        "window.addEventListener('load', () => {"
+        f"const r = document.createElement('pre'); r.id = 'probe'; r.textContent = JSON.stringify({js});"
+        "document.body.appendChild(r); });</script>"
+    )
     probe_page.write_text(page_path.read_text().replace("</body>", script + "</body>"))
-    out = subprocess.run([BROWSER, "--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking",
-                          "--disable-component-update", "--disable-sync", "--no-first-run", f"--user-data-dir={tmp / 'u'}",
-                          f"--window-size=1400,{height}", "--virtual-time-budget=10000", "--dump-dom", probe_page.as_uri()],
-                         capture_output=True, text=True, timeout=120)
+    out = subprocess.run(
+        [
+            BROWSER,
+            "--headless",
+            "--no-sandbox",
+            "--disable-gpu",
+            "--disable-background-networking",
+            "--disable-component-update",
+            "--disable-sync",
+            "--no-first-run",
+            f"--user-data-dir={tmp / 'u'}",
+            f"--window-size=1400,{height}",
+            "--virtual-time-budget=10000",
+            "--dump-dom",
+            probe_page.as_uri(),
+        ],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
     probe_page.unlink()
     found = re.search(r"<pre id=\"probe\">(.*?)</pre>", out.stdout, re.S)
     assert found, out.stderr[-2000:]
-    return json.loads(found.group(1).replace("&amp;", "&").replace("&lt;", "<").replace("&gt;", ">").replace("&quot;", '"'))
+    return json.loads(
+        found.group(1).replace("&amp;", "&").replace("&lt;", "<").replace("&gt;", ">").replace("&quot;", '"')
+    )
 
 
 @pytest.mark.skipif(BROWSER is None, reason="no headless Chromium (apt-get install chromium)")
@@ -305,9 +420,11 @@ def test_figure_report_in_chromium(figure_dirs, tmp_path):
     and each target's section names its paper figure."""
     copy = tmp_path / "copied"
     shutil.copytree(figure_dirs / "summary", copy)
-    js = ("{images: [...document.images].map(i => [i.getAttribute('src'), i.complete && i.naturalWidth > 0, "
-          "Math.round(i.getBoundingClientRect().width)]),"
-          " sections: [...document.querySelectorAll('section[id^=fig-]')].map(s => [s.id, s.querySelector('h2').textContent])}")
+    js = (
+        "{images: [...document.images].map(i => [i.getAttribute('src'), i.complete && i.naturalWidth > 0, "
+        "Math.round(i.getBoundingClientRect().width)]),"
+        " sections: [...document.querySelectorAll('section[id^=fig-]')].map(s => [s.id, s.querySelector('h2').textContent])}"
+    )
     result = probe(copy / "index.html", tmp_path, js)
     assert len(result["images"]) == 2
     for src, loaded, width in result["images"]:
@@ -324,12 +441,19 @@ def test_sweep_report_in_chromium(tmp_path):
     (moved here from test_sweeps, which now keeps the page's images as files)."""
     sweep = tmp_path / "sweep"
     for depth in (2, 3):
-        synthetic_job(sweep / str(depth), "cka_across", [f"model.kwargs.depth={depth}"], size=(800, 700),
-                      run={"config": {"analysis": {"name": "cka_across"}, "model": {"name": "vit", "kwargs": {"depth": depth}}}})
+        synthetic_job(
+            sweep / str(depth),
+            "cka_across",
+            [f"model.kwargs.depth={depth}"],
+            size=(800, 700),
+            run={"config": {"analysis": {"name": "cka_across"}, "model": {"name": "vit", "kwargs": {"depth": depth}}}},
+        )
     (sweep / "multirun.yaml").write_text("hydra: {}\n")
     assert vitstudy(["collect", str(sweep)]) == 0
-    js = ("[...document.images].map(i => [i.getAttribute('src'), i.complete && i.naturalWidth > 0, "
-          "Math.round(i.getBoundingClientRect().width), !!i.closest('details')])")
+    js = (
+        "[...document.images].map(i => [i.getAttribute('src'), i.complete && i.naturalWidth > 0, "
+        "Math.round(i.getBoundingClientRect().width), !!i.closest('details')])"
+    )
     images = probe(sweep / "summary" / "index.html", tmp_path, js)
     assert len(images) == 3 and all(loaded for _, loaded, _, _ in images)
     shown = [(src, width) for src, _, width, hidden in images if not hidden]

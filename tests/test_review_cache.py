@@ -3,6 +3,7 @@
 Every number is held against features computed by hand (module by module, no hooks) and CKA written out in
 float64 numpy (tests/helpers), never against the engine's own output.
 """
+
 import numpy as np
 import pytest
 import timm
@@ -26,8 +27,15 @@ def resnet():
     """ResNet-18 with nonzero last BN (zero_init_last=false): its blocks' in-place ReLU and `x += shortcut` matter."""
     torch.manual_seed(1)
     net = timm.create_model("resnet18", zero_init_last=False).eval()
-    return LoadedModel(key="model", name="resnet18", label="resnet18", module=net, transform=None,
-                       data_config={"input_size": (3, 32, 32)}, weights="random-init")
+    return LoadedModel(
+        key="model",
+        name="resnet18",
+        label="resnet18",
+        module=net,
+        transform=None,
+        data_config={"input_size": (3, 32, 32)},
+        weights="random-init",
+    )
 
 
 @pytest.fixture(scope="module")
@@ -46,8 +54,13 @@ def by_hand(net, x) -> dict[str, torch.Tensor]:
         b1 = net.layer1[1]
         in_act1 = b1.bn1(b1.conv1(out0))
         out1 = torch.relu(b1.bn2(b1.conv2(torch.relu(in_act1))) + out0)
-        return {"layer1.0.bn1": bn1, "layer1.0.bn2": bn2, "layer1.0": out0, "layer1.1.act1:in": in_act1,
-                "layer2.0": net.layer2[0](out1)}
+        return {
+            "layer1.0.bn1": bn1,
+            "layer1.0.bn2": bn2,
+            "layer1.0": out0,
+            "layer1.1.act1:in": in_act1,
+            "layer2.0": net.layer2[0](out1),
+        }
 
 
 def loader(pictures, models=1):
@@ -102,12 +115,20 @@ def test_full_set_cka_keeps_copies_of_the_tensors(resnet, pictures):
 def vit():
     torch.manual_seed(0)
     net = timm.create_model("vit_tiny_patch16_224", img_size=32, patch_size=8, depth=2).eval()
-    return LoadedModel(key="model", name="vit", label="vit", module=net, transform="Compose(...)",
-                       data_config={"input_size": (3, 32, 32)}, weights="random-init")
+    return LoadedModel(
+        key="model",
+        name="vit",
+        label="vit",
+        module=net,
+        transform="Compose(...)",
+        data_config={"input_size": (3, 32, 32)},
+        weights="random-init",
+    )
 
 
 def test_feature_cache_keys_on_precision_and_device(tmp_path, vit):
     """Item 2: the namespace changes with everything that changes a captured tensor, and only with that."""
+
     def ns(precision="fp32", device="cpu", transform=None):
         m = vit if transform is None else LoadedModel(**{**vit.__dict__, "transform": transform})
         return FeatureCache(tmp_path, precision=precision, device=device).namespace(m, DATASET)
@@ -150,10 +171,17 @@ from helpers import SMALL_DATA, TINY_VIT, assert_one_line_error, cli  # noqa: E4
 WITHIN = ["analysis=cka_within", *TINY_VIT, *SMALL_DATA, "model.layers=[blocks.0,blocks.2]"]
 
 
-@pytest.mark.parametrize("device, expected", [
-    ("cuda", "device 'cuda' is not available: no CUDA GPU is visible (torch.cuda.is_available() is False); valid on this machine: auto, cpu"),
-    ("cuda:1", "device 'cuda:1' is not available"),
-    ("gpu0", "unknown device 'gpu0'; valid on this machine: auto, cpu")])
+@pytest.mark.parametrize(
+    "device, expected",
+    [
+        (
+            "cuda",
+            "device 'cuda' is not available: no CUDA GPU is visible (torch.cuda.is_available() is False); valid on this machine: auto, cpu",
+        ),
+        ("cuda:1", "device 'cuda:1' is not available"),
+        ("gpu0", "unknown device 'gpu0'; valid on this machine: auto, cpu"),
+    ],
+)
 def test_a_device_this_machine_lacks_is_one_line(tmp_path, capsys, monkeypatch, device, expected):
     """Item 7: no traceback from deep in the first forward; the line names the valid devices, exit 2, nothing loads."""
     from vitstudy.pipeline import models
@@ -183,9 +211,9 @@ def test_a_result_from_another_device_is_served_and_said(tmp_path, capsys):
     copied, with a line in the output and `other_device`/`served_on` in run.json."""
     import json
 
+    from vitstudy.analyses import get
     from vitstudy.compose import compose
     from vitstudy.pipeline.cache import run_key
-    from vitstudy.analyses import get
 
     nodes = get("cka_within").models(compose(WITHIN))
     assert run_key(compose([*WITHIN, "device=cpu"]), nodes) == run_key(compose([*WITHIN, "device=cuda"]), nodes)
@@ -204,7 +232,10 @@ def test_a_result_from_another_device_is_served_and_said(tmp_path, capsys):
     (tmp_path / "a" / "run.json").write_text(json.dumps({**source, "device": "cuda:0", "gpu": "NVIDIA H200"}))
     code, out, _ = cli([*args, f"hydra.run.dir={tmp_path / 'c'}"], capsys)
     record = json.loads((tmp_path / "c" / "run.json").read_text())
-    assert code == 0 and "vitstudy: note: the cached result was computed on cuda:0 (NVIDIA H200), this run is on cpu" in out
+    assert (
+        code == 0
+        and "vitstudy: note: the cached result was computed on cuda:0 (NVIDIA H200), this run is on cpu" in out
+    )
     assert record["device"] == "cuda:0" and record["served_on"] == {"device": "cpu"}
     assert record["other_device"].startswith("the cached result was computed on cuda:0 (NVIDIA H200)")
 
@@ -212,8 +243,9 @@ def test_a_result_from_another_device_is_served_and_said(tmp_path, capsys):
 def test_served_equals_live_for_every_token_layer_of_a_vit(tmp_path, vit, pictures):
     """Item 1 for the other layer kinds (token outputs, norms, attention and MLP sublayers, `:in` inputs): served
     from the cache, CKA equals the uncached run's to float32 rounding."""
-    layers = resolve(vit.module, "all", (3, 32, 32)) + \
-        resolve(vit.module, ["blocks.0.norm1:in", "blocks.1.attn.proj:in", "blocks.1.mlp.fc2"], (3, 32, 32))
+    layers = resolve(vit.module, "all", (3, 32, 32)) + resolve(
+        vit.module, ["blocks.0.norm1:in", "blocks.1.attn.proj:in", "blocks.1.mlp.fc2"], (3, 32, 32)
+    )
     cache = FeatureCache(tmp_path, max_gb=1)
     ns = cache.namespace(vit, DATASET)
     live = run(vit, layers, pictures)

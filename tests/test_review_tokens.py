@@ -3,6 +3,7 @@
 ConViT's class token joins at `local_up_to_layer`: its first blocks have 16 patch tokens, the last ones the class
 token and the 16 patches. Ratios are computed by hand from tensors captured with plain hooks, in float64.
 """
+
 import numpy as np
 import pytest
 import timm
@@ -16,19 +17,32 @@ from vitstudy.pipeline.models import LoadedModel
 @pytest.fixture(scope="module")
 def convit():
     torch.manual_seed(0)
-    net = timm.create_model("convit_tiny", img_size=32, patch_size=8, depth=4, local_up_to_layer=2, embed_dim=32,
-                            num_heads=2).eval()
-    return LoadedModel(key="model", name="convit", label="convit", module=net, transform=None,
-                       data_config={"input_size": (3, 32, 32)}, weights="random-init")
+    net = timm.create_model(
+        "convit_tiny", img_size=32, patch_size=8, depth=4, local_up_to_layer=2, embed_dim=32, num_heads=2
+    ).eval()
+    return LoadedModel(
+        key="model",
+        name="convit",
+        label="convit",
+        module=net,
+        transform=None,
+        data_config={"input_size": (3, 32, 32)},
+        weights="random-init",
+    )
 
 
 def by_hand(net, x):
     """Per block and sublayer: (images, tokens) ratios ‖z‖ / ‖f(z)‖ from the inputs of norm1 and norm2 and the block output."""
     seen = {}
-    handles = [mod.register_forward_pre_hook(lambda m, a, _n=name: seen.__setitem__(_n, a[0].double().clone()))
-               for name, mod in net.named_modules() if name.endswith(("norm1", "norm2")) and name.startswith("blocks.")]
-    handles += [blk.register_forward_hook(lambda m, a, o, _n=f"blocks.{i}": seen.__setitem__(_n, o.double().clone()))
-                for i, blk in enumerate(net.blocks)]
+    handles = [
+        mod.register_forward_pre_hook(lambda m, a, _n=name: seen.__setitem__(_n, a[0].double().clone()))
+        for name, mod in net.named_modules()
+        if name.endswith(("norm1", "norm2")) and name.startswith("blocks.")
+    ]
+    handles += [
+        blk.register_forward_hook(lambda m, a, o, _n=f"blocks.{i}": seen.__setitem__(_n, o.double().clone()))
+        for i, blk in enumerate(net.blocks)
+    ]
     with torch.no_grad():
         net(x)
     for h in handles:
@@ -44,8 +58,14 @@ def by_hand(net, x):
 def test_skip_ratio_groups_follow_each_blocks_own_class_token(convit):
     x = torch.randn(12, 3, 32, 32, generator=torch.Generator().manual_seed(5))
     loader = [([x[:6]], torch.zeros(6, dtype=torch.long)), ([x[6:]], torch.zeros(6, dtype=torch.long))]
-    tokens, summary, _ = measure([convit], lambda m, names: resolve(m.module, names, (3, 32, 32)), loader, "cpu",
-                                 heatmap_tokens=17, progress=False)
+    tokens, summary, _ = measure(
+        [convit],
+        lambda m, names: resolve(m.module, names, (3, 32, 32)),
+        loader,
+        "cpu",
+        heatmap_tokens=17,
+        progress=False,
+    )
     hand = by_hand(convit.module, x)
     for (block, sub), r in hand.items():
         rows = tokens[(tokens["index"] == block) & (tokens.sublayer == sub)].sort_values("token")
@@ -88,12 +108,20 @@ def test_skip_ratio_groups_of_a_hybrid_vit_whose_first_blocks_are_cnn_stages():
     """ViT-S/R26 (64 px): the ResNet stages' positions form one group; the ViT blocks after them keep cls/patches."""
     torch.manual_seed(0)
     net = timm.create_model("vit_small_r26_s32_224", img_size=64, depth=1, embed_dim=32, num_heads=2).eval()
-    m = LoadedModel(key="model", name="hybrid", label="hybrid", module=net, transform=None,
-                    data_config={"input_size": (3, 64, 64)}, weights="random-init")
+    m = LoadedModel(
+        key="model",
+        name="hybrid",
+        label="hybrid",
+        module=net,
+        transform=None,
+        data_config={"input_size": (3, 64, 64)},
+        weights="random-init",
+    )
     x = torch.randn(8, 3, 64, 64, generator=torch.Generator().manual_seed(1))
     loader = [([x[:4]], torch.zeros(4, dtype=torch.long)), ([x[4:]], torch.zeros(4, dtype=torch.long))]
-    tokens, summary, _ = measure([m], lambda mm, names: resolve(mm.module, names, (3, 64, 64)), loader, "cpu",
-                                 progress=False)
+    tokens, summary, _ = measure(
+        [m], lambda mm, names: resolve(mm.module, names, (3, 64, 64)), loader, "cpu", progress=False
+    )
     vit = summary.sublayer.isin(["attn", "mlp"])
     assert set(summary[~vit].group) == {"all"} and not tokens[~tokens.sublayer.isin(["attn", "mlp"])].is_cls.any()
     for _, g in summary[vit].groupby("sublayer"):

@@ -1,4 +1,5 @@
 """Band-limited noise (the official FreqAttack written out in numpy) and sublayer lesions."""
+
 import copy
 import math
 
@@ -63,14 +64,16 @@ def test_band_passed_sign_noise_has_the_expected_power():
     noise = F.sign_noise((64, 3, h, h), eps, torch.Generator().manual_seed(1), "cpu")
     power = float(F.band_pass(noise, mask).pow(2).mean())
     m = mask.numpy()
-    assert power == pytest.approx(eps ** 2 * (((m + mirror(m)) / 2) ** 2).mean(), rel=0.03)
+    assert power == pytest.approx(eps**2 * (((m + mirror(m)) / 2) ** 2).mean(), rel=0.03)
 
 
 def test_zeroed_branch_equals_zero_weights(tiny_vit, tiny_resnet, images):
     x = images[:4]
-    for model, path, params in ((tiny_vit, "blocks.1.attn", ["blocks.1.attn.proj"]),
-                                (tiny_vit, "blocks.2.mlp", ["blocks.2.mlp.fc2"]),
-                                (tiny_resnet, "layer2.0.bn2", ["layer2.0.bn2"])):
+    for model, path, params in (
+        (tiny_vit, "blocks.1.attn", ["blocks.1.attn.proj"]),
+        (tiny_vit, "blocks.2.mlp", ["blocks.2.mlp.fc2"]),
+        (tiny_resnet, "layer2.0.bn2", ["layer2.0.bn2"]),
+    ):
         twin = copy.deepcopy(model)
         mods = dict(twin.named_modules())
         for p in params:
@@ -107,16 +110,29 @@ def test_conv3x3_lesion_removes_the_conv_after_its_norm():
 
 
 def test_alternet_attention_blocks_are_lesion_units():
-    net = timm.create_model("alternet50_cifar", layers=[1, 2, 2, 2], num_msa=[0, 1, 1, 1], channels=[32, 64, 128, 256],
-                            stem_chs=16, dim_head=8)
+    net = timm.create_model(
+        "alternet50_cifar",
+        layers=[1, 2, 2, 2],
+        num_msa=[0, 1, 1, 1],
+        channels=[32, 64, 128, 256],
+        stem_chs=16,
+        dim_head=8,
+    )
     units = dict(lesion_units(net, "conv3x3"))
-    assert units["stages.1.blocks.1.attn"] == "stages.1.blocks.1" and units["stages.3.blocks.1.attn"] == "stages.3.blocks.1"
+    assert (
+        units["stages.1.blocks.1.attn"] == "stages.1.blocks.1"
+        and units["stages.3.blocks.1.attn"] == "stages.3.blocks.1"
+    )
 
 
 def test_lesion_units():
     units = lesion_units(timm.create_model("vit_tiny_patch16_224", img_size=32, patch_size=8, depth=2))
-    assert units == [("blocks.0.attn", "blocks.0.norm2:in"), ("blocks.0.mlp", "blocks.0"),
-                     ("blocks.1.attn", "blocks.1.norm2:in"), ("blocks.1.mlp", "blocks.1")]
+    assert units == [
+        ("blocks.0.attn", "blocks.0.norm2:in"),
+        ("blocks.0.mlp", "blocks.0"),
+        ("blocks.1.attn", "blocks.1.norm2:in"),
+        ("blocks.1.mlp", "blocks.1"),
+    ]
     r50 = timm.create_model("resnet50", layers=[1, 1, 1, 1])
     assert lesion_units(r50)[0] == ("layer1.0.bn3", "layer1.0")
     assert lesion_units(r50, "conv3x3")[0] == ("layer1.0.bn2", "layer1.0")
@@ -130,8 +146,9 @@ def test_lesion_of_a_zero_branch_changes_nothing(tmp_path, capsys):
     path = tmp_path / "w.pth"
     torch.save(vit.state_dict(), path)
     out = tmp_path / "run"
-    code, _, err = cli(["run", "analysis=lesion", *TINY_VIT, f"model.checkpoint={path}", *SMALL_DATA,
-                        f"hydra.run.dir={out}"], capsys)
+    code, _, err = cli(
+        ["run", "analysis=lesion", *TINY_VIT, f"model.checkpoint={path}", *SMALL_DATA, f"hydra.run.dir={out}"], capsys
+    )
     assert code == 0, err
     df = pd.read_csv(out / "lesion.csv")
     assert df.unit.tolist() == [f"blocks.{i}.{s}" for i in range(3) for s in ("attn", "mlp")]
@@ -143,9 +160,20 @@ def test_lesion_of_a_zero_branch_changes_nothing(tmp_path, capsys):
 
 def test_frequency_noise_end_to_end(tmp_path, capsys):
     out = tmp_path / "run"
-    code, _, err = cli(["run", "analysis=frequency_noise", "analysis.bands=[0.3,0.9]", *TINY_VIT,
-                        "model.kwargs.num_classes=10", *TINY_RESNET, *SMALL_DATA, "dataset.num_images=16",
-                        f"hydra.run.dir={out}"], capsys)
+    code, _, err = cli(
+        [
+            "run",
+            "analysis=frequency_noise",
+            "analysis.bands=[0.3,0.9]",
+            *TINY_VIT,
+            "model.kwargs.num_classes=10",
+            *TINY_RESNET,
+            *SMALL_DATA,
+            "dataset.num_images=16",
+            f"hydra.run.dir={out}",
+        ],
+        capsys,
+    )
     assert code == 0, err
     df = pd.read_csv(out / "frequency_noise.csv")
     assert len(df) == 4 and df.band.tolist() == [0.3, 0.9, 0.3, 0.9]
@@ -160,7 +188,10 @@ def test_frequency_noise_end_to_end(tmp_path, capsys):
 BAD = {
     "bands": (["analysis=frequency_noise", "analysis.bands=[0.5,1.5]"], "analysis.bands"),
     "space": (["analysis=frequency_noise", "analysis.space=lab"], "analysis.space"),
-    "accuracy without labels": (["analysis=frequency_noise", "analysis.metric=accuracy"], "use analysis.metric=agreement"),
+    "accuracy without labels": (
+        ["analysis=frequency_noise", "analysis.metric=accuracy"],
+        "use analysis.metric=agreement",
+    ),
     "conv mode": (["analysis=lesion", "analysis.conv=all"], "analysis.conv"),
 }
 

@@ -4,6 +4,7 @@ Numbers are held against independent values: the cka_* tables (linear CKA, itsel
 test_cka_math / test_cli), and a kernel measure's minibatch HSIC, jackknife and permutation null written out in
 float64 numpy from the very features the engine hands the measure's `kernel`.
 """
+
 import math
 from dataclasses import dataclass
 from typing import ClassVar
@@ -87,6 +88,7 @@ def _same_numbers(sim: pd.DataFrame, ref: pd.DataFrame, columns=("", "_std", "_s
 
 # ---------------------------------------------------------------- measure=cka is cka_*
 
+
 def test_measure_cka_within_is_cka_within_bit_for_bit(tmp_path, capsys):
     args = [*TINY_VIT, *SMALL_DATA, "cka.repeats=2"]
     a = _run(tmp_path, "sim", ["analysis=similarity_within", *args], capsys)
@@ -106,23 +108,54 @@ def test_measure_cka_across_with_null_is_cka_across_bit_for_bit(tmp_path, capsys
     sim, ref = pd.read_csv(a / "similarity_across.csv"), pd.read_csv(b / "cka_across.csv")
     _same_numbers(sim, ref, ("", "_std", "_se", "_ci_low", "_ci_high", "_chance", "_p"))
     assert (sim.null_permutations == 7).all() and sim.value_z.notna().all()
-    want = ["model_x", "weights_x", "layer_x", "index_x", "model_y", "weights_y", "layer_y", "index_y", "measure", "value",
-            "value_std", "value_se", "value_ci_low", "value_ci_high", "value_chance", "value_p", "value_z",
-            "null_permutations", "repeats", "estimator", "parameters", "tokens", "num_images", "batch_size", "dataset",
-            "uncertainty"]
+    want = [
+        "model_x",
+        "weights_x",
+        "layer_x",
+        "index_x",
+        "model_y",
+        "weights_y",
+        "layer_y",
+        "index_y",
+        "measure",
+        "value",
+        "value_std",
+        "value_se",
+        "value_ci_low",
+        "value_ci_high",
+        "value_chance",
+        "value_p",
+        "value_z",
+        "null_permutations",
+        "repeats",
+        "estimator",
+        "parameters",
+        "tokens",
+        "num_images",
+        "batch_size",
+        "dataset",
+        "uncertainty",
+    ]
     assert list(sim.columns) == want
 
 
 @pytest.mark.slow
 def test_measure_cka_grid_is_cka_grid_bit_for_bit(tmp_path, capsys):
-    args = ["analysis.models=[vit_tiny,resnet18]", "analysis.pretrained=false", "dataset=synthetic",
-            "dataset.num_images=16", "dataset.batch_size=8", "dataset.image_size=32"]
+    args = [
+        "analysis.models=[vit_tiny,resnet18]",
+        "analysis.pretrained=false",
+        "dataset=synthetic",
+        "dataset.num_images=16",
+        "dataset.batch_size=8",
+        "dataset.image_size=32",
+    ]
     a = _run(tmp_path, "sim", ["analysis=similarity_grid", *args], capsys)
     b = _run(tmp_path, "cka", ["analysis=cka_grid", *args], capsys)
     _same_numbers(pd.read_csv(a / "similarity_grid.csv"), pd.read_csv(b / "cka_grid.csv"))
 
 
 # ---------------------------------------------------------------- a kernel measure, against float64 numpy
+
 
 def _minibatch(xs, ys, skip=None):
     """Nguyen et al.'s minibatch kernel CKA from per-batch Grams (weights n(n - 3)), leaving out batch `skip`."""
@@ -135,8 +168,9 @@ def _minibatch(xs, ys, skip=None):
 
 
 def test_kernel_measure_within_matches_numpy_minibatch_cka_and_jackknife(tmp_path, capsys, test_rbf):
-    out = _run(tmp_path, "rbf", ["analysis=similarity_within", "analysis.measure=test_rbf", *TINY_VIT, *SMALL_DATA],
-               capsys)
+    out = _run(
+        tmp_path, "rbf", ["analysis=similarity_within", "analysis.measure=test_rbf", *TINY_VIT, *SMALL_DATA], capsys
+    )
     df = pd.read_csv(out / "similarity_within.csv")
     L, B = 3, 3  # blocks of the depth-3 ViT; 24 images in batches of 8
     assert len(test_rbf.seen) == B * L
@@ -156,8 +190,20 @@ def test_kernel_measure_within_matches_numpy_minibatch_cka_and_jackknife(tmp_pat
 
 def test_kernel_measure_across_null_and_calibrated_score_match_numpy(tmp_path, capsys, test_rbf):
     K = 9
-    out = _run(tmp_path, "rbf", ["analysis=similarity_across", "analysis.measure=test_rbf", f"analysis.null={K}",
-                                 *TINY_VIT, *TINY_RESNET, *SMALL_DATA, "model.layers=[blocks.0,blocks.2]"], capsys)
+    out = _run(
+        tmp_path,
+        "rbf",
+        [
+            "analysis=similarity_across",
+            "analysis.measure=test_rbf",
+            f"analysis.null={K}",
+            *TINY_VIT,
+            *TINY_RESNET,
+            *SMALL_DATA,
+            "model.layers=[blocks.0,blocks.2]",
+        ],
+        capsys,
+    )
     df = pd.read_csv(out / "similarity_across.csv")
     B, n = 3, 8
     L = 2  # the ViT's two chosen blocks; then the ResNet's residual blocks
@@ -165,16 +211,23 @@ def test_kernel_measure_across_null_and_calibrated_score_match_numpy(tmp_path, c
     M = per_batch - L
     assert M == df.index_y.nunique() and len(df) == L * M
     g = [[rbf_gram(test_rbf.seen[b * per_batch + i]) for b in range(B)] for i in range(per_batch)]
-    perms = [torch.stack([torch.randperm(n, generator=gen) for _ in range(K)]).numpy()
-             for gen in (torch.Generator().manual_seed(U.null_seed(0, 0, b)) for b in range(B))]
+    perms = [
+        torch.stack([torch.randperm(n, generator=gen) for _ in range(K)]).numpy()
+        for gen in (torch.Generator().manual_seed(U.null_seed(0, 0, b)) for b in range(B))
+    ]
     for row in df.itertuples():
         ks, ls = g[row.index_x], g[L + row.index_y]
         want = _minibatch(ks, ls)
         w = [n * (n - 3)] * B
         xx = np.average([song_hsic(k, k) for k in ks], weights=w)
         yy = np.average([song_hsic(l, l) for l in ls], weights=w)
-        null = np.array([np.average([song_hsic(ks[b][np.ix_(perms[b][k], perms[b][k])], ls[b]) for b in range(B)],
-                                    weights=w) / math.sqrt(xx * yy) for k in range(K)])
+        null = np.array(
+            [
+                np.average([song_hsic(ks[b][np.ix_(perms[b][k], perms[b][k])], ls[b]) for b in range(B)], weights=w)
+                / math.sqrt(xx * yy)
+                for k in range(K)
+            ]
+        )
         assert row.value == pytest.approx(want, abs=1e-6)
         assert row.value_chance == pytest.approx(null.mean(), abs=1e-6)
         assert row.value_p == pytest.approx((1 + (null >= want).sum()) / (K + 1))
@@ -199,20 +252,25 @@ def test_calibrated_score_is_the_z_score_of_the_null():
 
 # ---------------------------------------------------------------- refusals (one line, nothing written)
 
-@pytest.mark.parametrize("extra, expected", [
-    (["analysis.measure=cka_linear"], "unknown measure 'cka_linear'"),
-    (["analysis.k=5"], "analysis.k applies to"),
-    (["analysis.bandwidth=2.0"], "analysis.bandwidth applies to"),
-    (["analysis.measure=procrustes", "analysis.estimator=minibatch"], "has no minibatch (kernel) form"),
-    (["analysis.groups=20"], "analysis.groups applies to the full-set estimator"),
-    (["analysis.estimator=sometimes"], "analysis.estimator must be one of"),
-    (["analysis.null=-1"], "analysis.null must be at least 0"),
-    (["cka.null=5"], "analysis.null, not cka.null"),
-    (["analysis.null=5"], "analysis.null (a permutation null) needs two models"),
-])
+
+@pytest.mark.parametrize(
+    "extra, expected",
+    [
+        (["analysis.measure=cka_linear"], "unknown measure 'cka_linear'"),
+        (["analysis.k=5"], "analysis.k applies to"),
+        (["analysis.bandwidth=2.0"], "analysis.bandwidth applies to"),
+        (["analysis.measure=procrustes", "analysis.estimator=minibatch"], "has no minibatch (kernel) form"),
+        (["analysis.groups=20"], "analysis.groups applies to the full-set estimator"),
+        (["analysis.estimator=sometimes"], "analysis.estimator must be one of"),
+        (["analysis.null=-1"], "analysis.null must be at least 0"),
+        (["cka.null=5"], "analysis.null, not cka.null"),
+        (["analysis.null=5"], "analysis.null (a permutation null) needs two models"),
+    ],
+)
 def test_bad_parameters_are_one_line_errors(tmp_path, capsys, extra, expected):
-    assert_one_line_error(["run", "analysis=similarity_within", *TINY_VIT, *SMALL_DATA, *extra], expected,
-                          tmp_path / "bad", capsys)
+    assert_one_line_error(
+        ["run", "analysis=similarity_within", *TINY_VIT, *SMALL_DATA, *extra], expected, tmp_path / "bad", capsys
+    )
 
 
 def _block_features(model_args, layers, tokens="mean"):
@@ -226,8 +284,14 @@ def _block_features(model_args, layers, tokens="mean"):
     batching, _ = ctx.sample(tail=cfg.cka.tail)
     feats = {name: [] for name in layers}
     mods = dict(model.module.named_modules())
-    hooks = [mods[n].register_forward_hook(lambda m, a, o, n=n: feats[n].append(
-        (o[:, 1:].mean(1) if o.dim() == 3 else o.mean((2, 3))).double().numpy())) for n in layers]
+    hooks = [
+        mods[n].register_forward_hook(
+            lambda m, a, o, n=n: feats[n].append(
+                (o[:, 1:].mean(1) if o.dim() == 3 else o.mean((2, 3))).double().numpy()
+            )
+        )
+        for n in layers
+    ]
     with torch.inference_mode():
         for images, _ in ctx.loader([model], batching):
             model.module(images[0] if isinstance(images, (list, tuple)) else images)
@@ -250,8 +314,15 @@ def test_full_set_asymmetric_measure_matches_numpy_least_squares(tmp_path, capsy
     """linear_regression within one model, tokens=mean: every (i, j) is the R² of layer j from layer i by least
     squares with an intercept, recomputed here from hooked features; both directions are rows, and they differ."""
     layers = ["blocks.0", "blocks.1", "blocks.2"]
-    args = [*TINY_VIT, *SMALL_DATA, f"model.layers=[{','.join(layers)}]", "tokens=mean", "dataset.num_images=48",
-            "model.kwargs.embed_dim=24", "model.kwargs.num_heads=2"]  # 24 features < 48 images: R² below 1
+    args = [
+        *TINY_VIT,
+        *SMALL_DATA,
+        f"model.layers=[{','.join(layers)}]",
+        "tokens=mean",
+        "dataset.num_images=48",
+        "model.kwargs.embed_dim=24",
+        "model.kwargs.num_heads=2",
+    ]  # 24 features < 48 images: R² below 1
     out = _run(tmp_path, "r2", ["analysis=similarity_within", "analysis.measure=linear_regression", *args], capsys)
     df = pd.read_csv(out / "similarity_within.csv")
     feats = _block_features(["analysis=similarity_within", *args], layers)
@@ -270,8 +341,15 @@ def test_kernel_measure_resumes_after_an_interruption(tmp_path, capsys, test_rbf
     """Interrupted in its third batch, a rerun continues from the checkpoint and equals an uninterrupted run."""
     import json
 
-    args = ["run", "analysis=similarity_within", "analysis.measure=test_rbf", *TINY_VIT, *SMALL_DATA, "progress=false",
-            "cache.checkpoint_every=1"]
+    args = [
+        "run",
+        "analysis=similarity_within",
+        "analysis.measure=test_rbf",
+        *TINY_VIT,
+        *SMALL_DATA,
+        "progress=false",
+        "cache.checkpoint_every=1",
+    ]
     assert cli([*args, f"cache.dir={tmp_path / 'c1'}", f"hydra.run.dir={tmp_path / 'whole'}"], capsys)[0] == 0
     test_rbf.seen.clear()
     test_rbf.interrupt_at = 2 * 3 + 1  # 3 layers per batch: two batches done, then the second layer of the third
@@ -295,12 +373,17 @@ def test_kernel_measure_is_served_by_the_feature_cache_of_a_cka_run(tmp_path, ca
 
     cache = [f"cache.dir={tmp_path / 'cache'}", "cache.features=true"]
     _run(tmp_path, "cka", ["analysis=cka_within", *TINY_VIT, *SMALL_DATA, *cache], capsys)
-    served = _run(tmp_path, "served", ["analysis=similarity_within", "analysis.measure=test_rbf", *TINY_VIT, *SMALL_DATA,
-                                       *cache], capsys)
+    served = _run(
+        tmp_path,
+        "served",
+        ["analysis=similarity_within", "analysis.measure=test_rbf", *TINY_VIT, *SMALL_DATA, *cache],
+        capsys,
+    )
     record = json.loads((served / "run.json").read_text())["feature_cache"]
     assert record["batches_served"] == 3 and record["batches_computed"] == 0
-    live = _run(tmp_path, "live", ["analysis=similarity_within", "analysis.measure=test_rbf", *TINY_VIT, *SMALL_DATA],
-                capsys)
+    live = _run(
+        tmp_path, "live", ["analysis=similarity_within", "analysis.measure=test_rbf", *TINY_VIT, *SMALL_DATA], capsys
+    )
     a, b = pd.read_csv(served / "similarity_within.csv"), pd.read_csv(live / "similarity_within.csv")
     np.testing.assert_allclose(a.value, b.value, rtol=0, atol=1e-6)
     np.testing.assert_allclose(a.value_se, b.value_se, rtol=1e-3, atol=1e-8)
@@ -310,7 +393,9 @@ def test_compare_pairs_two_measures_on_the_same_images(tmp_path, capsys, test_rb
     """`vitstudy compare` on two similarity tables (replicates column "value"): the RBF kernel against linear CKA."""
     from vitstudy.compare import compare
 
-    a = _run(tmp_path, "rbf", ["analysis=similarity_within", "analysis.measure=test_rbf", *TINY_VIT, *SMALL_DATA], capsys)
+    a = _run(
+        tmp_path, "rbf", ["analysis=similarity_within", "analysis.measure=test_rbf", *TINY_VIT, *SMALL_DATA], capsys
+    )
     b = _run(tmp_path, "lin", ["analysis=similarity_within", *TINY_VIT, *SMALL_DATA], capsys)
     da, db = pd.read_csv(a / "similarity_within.csv"), pd.read_csv(b / "similarity_within.csv")
     off = (da.index_x != da.index_y).to_numpy()
@@ -322,13 +407,16 @@ def test_compare_pairs_two_measures_on_the_same_images(tmp_path, capsys, test_rb
         d = ra["values"][:, rows].mean(1) - rb["values"][:, rows].mean(1)
         B = len(d)
         assert got.loc[layer, "diff"] == pytest.approx(da.value[rows].mean() - db.value[rows].mean(), abs=1e-12)
-        assert got.loc[layer, "diff_se"] == pytest.approx(math.sqrt((B - 1) / B * ((d - d.mean()) ** 2).sum()), rel=1e-9)
+        assert got.loc[layer, "diff_se"] == pytest.approx(
+            math.sqrt((B - 1) / B * ((d - d.mean()) ** 2).sum()), rel=1e-9
+        )
         assert got.loc[layer, "value"] == "value"
     code, out, err = cli(["compare", str(a), str(b), "--by", "layer_x"], capsys)
     assert code == 0 and "blocks.2" in out, err
 
 
 # ---------------------------------------------------------------- the full-set route (its engine: similarity_full)
+
 
 @dataclass(frozen=True, kw_only=True)
 class Asymmetric(measures.Measure):
@@ -345,7 +433,8 @@ class Asymmetric(measures.Measure):
 
 def test_full_set_route_tables_hold_both_directions_of_an_asymmetric_measure(tmp_path, capsys, monkeypatch):
     """Entry (i, j) of the engine's matrix is layer i predicting layer j: the tables say so, row by row."""
-    from vitstudy.analyses import cka as cka_mod, similarity
+    from vitstudy.analyses import cka as cka_mod
+    from vitstudy.analyses import similarity
 
     calls = []
 
@@ -361,9 +450,22 @@ def test_full_set_route_tables_hold_both_directions_of_an_asymmetric_measure(tmp
     measures.register(Asymmetric)
     monkeypatch.setattr(similarity, "_compute_full", fake)
     try:
-        w = _run(tmp_path, "w", ["analysis=similarity_within", "analysis.measure=test_asym", *TINY_VIT, *SMALL_DATA], capsys)
-        x = _run(tmp_path, "x", ["analysis=similarity_across", "analysis.measure=test_asym", *TINY_VIT, *TINY_RESNET,
-                                 *SMALL_DATA, "model.layers=[blocks.0,blocks.2]"], capsys)
+        w = _run(
+            tmp_path, "w", ["analysis=similarity_within", "analysis.measure=test_asym", *TINY_VIT, *SMALL_DATA], capsys
+        )
+        x = _run(
+            tmp_path,
+            "x",
+            [
+                "analysis=similarity_across",
+                "analysis.measure=test_asym",
+                *TINY_VIT,
+                *TINY_RESNET,
+                *SMALL_DATA,
+                "model.layers=[blocks.0,blocks.2]",
+            ],
+            capsys,
+        )
     finally:
         measures.MEASURES.pop("test_asym", None)
     assert calls[0] == ("test_asym", "full_set", None, [3]) and calls[1][:3] == ("test_asym", "full_set", True)
@@ -377,10 +479,15 @@ def test_full_set_route_tables_hold_both_directions_of_an_asymmetric_measure(tmp
     assert (back.value == 100 * (2 + back.index_x) + back.index_y).all()  # and back
     np.testing.assert_allclose(across.value_chance, across.value - 2.5)
     np.testing.assert_allclose(across.value_z, 2.5 / math.sqrt(5 / 3))
-    assert (across.value_p == 0.2).all() and (across.estimator == "full_set").all() and (across.null_permutations == 4).all()
+    assert (
+        (across.value_p == 0.2).all()
+        and (across.estimator == "full_set").all()
+        and (across.null_permutations == 4).all()
+    )
 
 
 # ---------------------------------------------------------------- list and figures
+
 
 def test_list_names_every_measure_and_the_analysis_parameters(capsys):
     code, out, _ = cli(["list"], capsys)
@@ -390,8 +497,15 @@ def test_list_names_every_measure_and_the_analysis_parameters(capsys):
         detail = out.splitlines()[out.splitlines().index(line) + 1]
         assert f"range [{cls.range[0]:g}, {cls.range[1]:g}]" in detail and ("streams" in detail) == cls.streams
     code, out, _ = cli(["list", "similarity_within"], capsys)
-    for key in ("analysis.measure=cka", "analysis.estimator=auto", "analysis.k=10", "analysis.null=0", "cka.repeats=1",
-                "cka.tail=fold", "procrustes"):
+    for key in (
+        "analysis.measure=cka",
+        "analysis.estimator=auto",
+        "analysis.k=10",
+        "analysis.null=0",
+        "cka.repeats=1",
+        "cka.tail=fold",
+        "procrustes",
+    ):
         assert key in out, key
     assert "cka.null" not in out and "cka.estimator" not in out  # the similarity analyses take analysis.null/estimator
 
@@ -401,13 +515,15 @@ def test_the_measures_load_without_torch():
     import subprocess
     import sys
 
-    code = "import sys, vitstudy.measures as m; assert m.MEASURES; print('torch' in sys.modules, 'pandas' in sys.modules)"
+    code = (
+        "import sys, vitstudy.measures as m; assert m.MEASURES; print('torch' in sys.modules, 'pandas' in sys.modules)"
+    )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout.split()
     assert out == ["False", "False"]
 
 
 def test_heatmap_takes_the_measures_label_and_range():
-    from vitstudy.plots.cka import cka_heatmap, cka_grid_figure
+    from vitstudy.plots.cka import cka_grid_figure, cka_heatmap
 
     m = np.array([[0.5, -0.2], [0.1, 0.9]])
     fig = cka_heatmap(m, "x", "y", "t", label="Procrustes similarity", vmin=-1.0, vmax=1.0)
@@ -437,5 +553,9 @@ def test_colour_range_is_the_measures_range_with_unbounded_ends_from_the_values(
 
 
 def test_grid_needs_two_distinct_models(tmp_path, capsys):
-    assert_one_line_error(["run", "analysis=similarity_grid", "analysis.models=[vit_tiny]", *SMALL_DATA],
-                          "similarity_grid needs a list of at least 2 distinct models", tmp_path / "bad", capsys)
+    assert_one_line_error(
+        ["run", "analysis=similarity_grid", "analysis.models=[vit_tiny]", *SMALL_DATA],
+        "similarity_grid needs a list of at least 2 distinct models",
+        tmp_path / "bad",
+        capsys,
+    )

@@ -6,6 +6,7 @@ synthetic 32 px images. Every number is held against features taken here with pl
 measures written out in float64 numpy (Procrustes: nuclear norm; linear CKA: biased HSIC ratio), never against
 the engine's own output.
 """
+
 from __future__ import annotations
 
 import functools
@@ -19,9 +20,9 @@ import torch
 import vitstudy
 from helpers import SMALL_DATA, TINY_VIT, assert_one_line_error
 from vitstudy.analyses import Result, register
-from vitstudy.api import compose
-from vitstudy.analyses._registry import Params
 from vitstudy.analyses import similarity_full as sf
+from vitstudy.analyses._registry import Params
+from vitstudy.api import compose
 from vitstudy.errors import VitstudyError
 from vitstudy.measures import Measure, get
 from vitstudy.metrics import uncertainty as U
@@ -31,8 +32,8 @@ from vitstudy.pipeline.layers import resolve
 from vitstudy.pipeline.models import LoadedModel
 from vitstudy.pipeline.store import FeatureStore
 
-
 # ------------------------------------------------------------------ test-only measures and analysis
+
 
 @dataclass(frozen=True, kw_only=True)
 class PCR2(Measure):
@@ -52,7 +53,7 @@ class PCR2(Measure):
     def compare(self, px, py):
         u = np.linalg.svd(px, full_matrices=False)[0][:, :2]
         t = py.mean(axis=1)
-        return float(np.sum((u.T @ t) ** 2) / np.sum(t ** 2))
+        return float(np.sum((u.T @ t) ** 2) / np.sum(t**2))
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -70,8 +71,12 @@ class Neighbours(Measure):
 
 
 # a small real ResNet (4 blocks) with its last BN of each block nonzero, so no two blocks are equal
-TINY_RESNET = ["reference.name=resnet10t", "reference.pretrained=false", "reference.data.input_size=[3,32,32]",
-               "+reference.kwargs.zero_init_last=false"]
+TINY_RESNET = [
+    "reference.name=resnet10t",
+    "reference.pretrained=false",
+    "reference.data.input_size=[3,32,32]",
+    "+reference.kwargs.zero_init_last=false",
+]
 TEST_MEASURES = {"pc_r2": PCR2(), "neighbours": Neighbours(k=30)}
 LAST: dict = {}
 
@@ -97,8 +102,10 @@ def _analysis(ctx) -> Result:
     measure = TEST_MEASURES.get(p.measure) or get(p.measure)
     est, info = sf.compute(ctx, models, layers, measure, p)
     LAST.update(est=est, info=info)
-    return Result(tables={"test_similarity_full": pd.DataFrame({"value": est.mean.ravel(), "value_se": est.se.ravel()})},
-                  images=info["repeats"])
+    return Result(
+        tables={"test_similarity_full": pd.DataFrame({"value": est.mean.ravel(), "value_se": est.se.ravel()})},
+        images=info["repeats"],
+    )
 
 
 @pytest.fixture(autouse=True, scope="module")
@@ -108,8 +115,9 @@ def registered_analysis():
 
     from vitstudy.analyses._registry import REGISTRY
 
-    register("test_similarity_full", "test only: similarity_full.compute through the runner", FullParams,
-             models=_models)(_analysis)
+    register(
+        "test_similarity_full", "test only: similarity_full.compute through the runner", FullParams, models=_models
+    )(_analysis)
     yield
     REGISTRY.pop("test_similarity_full", None)
     ConfigStore.instance().repo["analysis"].pop("test_similarity_full.yaml", None)
@@ -117,26 +125,40 @@ def registered_analysis():
 
 def run(tmp_path, *extra, name="run"):
     LAST.clear()
-    vitstudy.run(["analysis=test_similarity_full", *TINY_VIT, *TINY_RESNET, *SMALL_DATA, "tokens=mean",
-                  f"cache.dir={tmp_path / 'cache'}", *extra], out_dir=tmp_path / name, progress=False)
+    vitstudy.run(
+        [
+            "analysis=test_similarity_full",
+            *TINY_VIT,
+            *TINY_RESNET,
+            *SMALL_DATA,
+            "tokens=mean",
+            f"cache.dir={tmp_path / 'cache'}",
+            *extra,
+        ],
+        out_dir=tmp_path / name,
+        progress=False,
+    )
     return LAST["est"], LAST["info"]
 
 
 # ------------------------------------------------------------------ independent references
 
+
 @functools.lru_cache(maxsize=8)
 def _by_hand(extra: tuple, repeat: int) -> tuple[dict, list]:
-    cfg = compose(["analysis=test_similarity_full", *TINY_VIT, *TINY_RESNET, *SMALL_DATA, "tokens=mean",
-                                *extra])
+    cfg = compose(["analysis=test_similarity_full", *TINY_VIT, *TINY_RESNET, *SMALL_DATA, "tokens=mean", *extra])
     ctx = runner.prepare(cfg, progress=False)
     batching, _ = ctx.sample(tail=cfg.cka.tail, repeat=repeat)
     order = [i for b in batching.batches for i in b]
     out = {}
     for key, m in ctx.models.items():
         captured = {}
-        handles = [m.module.get_submodule(layer.name).register_forward_hook(
-            lambda mod, args, o, name=layer.name: captured.__setitem__(name, o.detach().clone()))
-            for layer in ctx.layers(m)]
+        handles = [
+            m.module.get_submodule(layer.name).register_forward_hook(
+                lambda mod, args, o, name=layer.name: captured.__setitem__(name, o.detach().clone())
+            )
+            for layer in ctx.layers(m)
+        ]
         x = torch.stack([m.transform(ctx.dataset[i][0]) for i in order])
         with torch.no_grad():
             m.module(x)
@@ -157,6 +179,7 @@ def procrustes(x, y):
     def unit(a):
         a = a - a.mean(0)
         return a / np.linalg.norm(a)
+
     return np.linalg.svd(unit(x).T @ unit(y), compute_uv=False).sum()
 
 
@@ -181,6 +204,7 @@ def keys(feats, model):
 
 # ------------------------------------------------------------------ tests
 
+
 def test_within_values_and_group_jackknife_equal_numpy_leave_group_out(tmp_path):
     """40 images in 5 batches of 8, 3 groups of 2, 2 and 1 batches: the value matrix is Procrustes on the hand
     features; replicate g is Procrustes without group g's images; units are the groups' image ids."""
@@ -191,7 +215,7 @@ def test_within_values_and_group_jackknife_equal_numpy_leave_group_out(tmp_path)
     np.testing.assert_allclose(est.mean, expected(feats, xs, xs, procrustes), atol=2e-6)
     groups = [batches[0] + batches[1], batches[2] + batches[3], batches[4]]
     starts = [0, 16, 32, 40]
-    reps = [expected(feats, xs, xs, procrustes, np.r_[0:starts[g], starts[g + 1]:40]) for g in range(3)]
+    reps = [expected(feats, xs, xs, procrustes, np.r_[0 : starts[g], starts[g + 1] : 40]) for g in range(3)]
     np.testing.assert_allclose(est.replicates, reps, atol=2e-6)
     np.testing.assert_array_equal(est.units, U.unit_ids(groups))
     r = np.asarray(reps)
@@ -278,6 +302,7 @@ def test_a_run_killed_mid_way_continues_and_gives_the_same_numbers(tmp_path, mon
             if calls["n"] == at:
                 raise RuntimeError("killed")
             return original(*args, **kwargs)
+
         return wrapped
 
     if stage == "fill":
@@ -308,11 +333,18 @@ def test_float16_store_is_within_its_rounding(tmp_path):
 
 def test_the_store_keeps_nothing_per_image_in_memory(tmp_path, tiny_vit):
     """After a stream the reducer holds file names and counts only; each layer's file is images x features x 2 bytes."""
-    m = LoadedModel(key="model", name="vit", label="vit", module=tiny_vit, transform=None,
-                    data_config={"input_size": (3, 32, 32)}, weights="random-init")
+    m = LoadedModel(
+        key="model",
+        name="vit",
+        label="vit",
+        module=tiny_vit,
+        transform=None,
+        data_config={"input_size": (3, 32, 32)},
+        weights="random-init",
+    )
     layers = resolve(tiny_vit, "blocks", (3, 32, 32))
     pictures = torch.randn(20, 3, 32, 32, generator=torch.Generator().manual_seed(5))
-    loader = [([pictures[i:i + 5]], torch.zeros(5)) for i in range(0, 20, 5)]
+    loader = [([pictures[i : i + 5]], torch.zeros(5)) for i in range(0, 20, 5)]
     store = FeatureStore([m], [layers], "flatten", tmp_path, "float16")
     stream([m], [layers], loader, store, "cpu", progress=False)
 
@@ -339,10 +371,23 @@ def test_the_store_keeps_nothing_per_image_in_memory(tmp_path, tiny_vit):
 def test_too_few_images_and_constant_layers_are_one_line(tmp_path, capsys):
     """k >= the images of a jackknife replicate (24 less a group of 8): `vitstudy run` prints one line, writes no
     result and leaves no store; a layer with the same features for every image is named."""
-    args = ["run", "analysis=test_similarity_full", *TINY_VIT, *SMALL_DATA, "tokens=mean", "analysis.measure=neighbours",
-            "analysis.groups=3", f"cache.dir={tmp_path / 'cache'}"]
-    assert_one_line_error(args, "neighbours with k=30 needs more than k images in every set it is computed on, but "
-                          "the image set less its largest jackknife group has 16: use a smaller analysis.k", tmp_path / "run", capsys)
+    args = [
+        "run",
+        "analysis=test_similarity_full",
+        *TINY_VIT,
+        *SMALL_DATA,
+        "tokens=mean",
+        "analysis.measure=neighbours",
+        "analysis.groups=3",
+        f"cache.dir={tmp_path / 'cache'}",
+    ]
+    assert_one_line_error(
+        args,
+        "neighbours with k=30 needs more than k images in every set it is computed on, but "
+        "the image set less its largest jackknife group has 16: use a smaller analysis.k",
+        tmp_path / "run",
+        capsys,
+    )
     assert not list((tmp_path / "cache").rglob("*.bin"))
     pairs = sf.Pairs([(0, "a"), (0, "b")], [(0, "a"), (0, "b")], {(0, "a"): "a", (0, "b"): "blocks.0"}, True)
     feats = {(0, "a"): np.random.default_rng(0).normal(size=(10, 4)), (0, "b"): np.ones((10, 4))}
@@ -378,6 +423,7 @@ def test_each_layer_is_prepared_once_when_the_budget_allows_and_values_do_not_de
         out = original(self, key, make)
         made.append(self.made)
         return out
+
     monkeypatch.setattr(sf.Prepared, "get", counting)
     big = sf.matrix(feats.__getitem__, pairs, get("procrustes"))
     assert made[-1] == 4
@@ -390,11 +436,20 @@ def test_each_layer_is_prepared_once_when_the_budget_allows_and_values_do_not_de
 
 def test_a_float16_store_refuses_features_beyond_its_range(tmp_path, tiny_vit):
     """A feature of 1e5 (past float16's 65504) would be stored as inf: one line pointing at store_dtype=float32."""
-    m = LoadedModel(key="model", name="vit", label="vit", module=tiny_vit, transform=None,
-                    data_config={"input_size": (3, 32, 32)}, weights="random-init")
+    m = LoadedModel(
+        key="model",
+        name="vit",
+        label="vit",
+        module=tiny_vit,
+        transform=None,
+        data_config={"input_size": (3, 32, 32)},
+        weights="random-init",
+    )
     layer = resolve(tiny_vit, ["head"], (3, 32, 32))[0]
     store = FeatureStore([m], [[layer]], "mean", tmp_path, "float16")
     store.on_tensor(0, layer, torch.full((2, 5), 6e4))
-    with pytest.raises(VitstudyError, match="layer 'head' has features beyond float16's range .* use analysis.store_dtype=float32"):
+    with pytest.raises(
+        VitstudyError, match="layer 'head' has features beyond float16's range .* use analysis.store_dtype=float32"
+    ):
         store.on_tensor(0, layer, torch.full((2, 5), 1e5))
     store.close()

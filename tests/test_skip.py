@@ -1,5 +1,6 @@
 """skip_ratio and skip_ablation: hand-made residual blocks with known ratios, a lesion computed by hand,
 independent float64 ratios, end-to-end CLI runs and clear messages."""
+
 import json
 
 import numpy as np
@@ -13,10 +14,10 @@ from torch import nn
 
 from helpers import SMALL_DATA, TINY_RESNET, TINY_VIT, assert_one_line_error, cli
 from vitstudy.analyses.skip import measure
+from vitstudy.anatomy.residual import branches, remove_skip
 from vitstudy.errors import VitstudyError
 from vitstudy.pipeline.layers import resolve
 from vitstudy.pipeline.models import LoadedModel
-from vitstudy.anatomy.residual import branches, remove_skip
 
 
 class Zero(nn.Module):
@@ -41,13 +42,20 @@ class Tokens(nn.Module):
 
 
 def loaded(module):
-    return LoadedModel(key="model", name="hand-made", label="hand-made", module=module.eval(), transform=None,
-                       data_config={}, weights="none")
+    return LoadedModel(
+        key="model",
+        name="hand-made",
+        label="hand-made",
+        module=module.eval(),
+        transform=None,
+        data_config={},
+        weights="none",
+    )
 
 
 def batches(x, size=4):
     """What engine.stream iterates: ((inputs of model 0,), labels) per batch."""
-    return [((x[i:i + size],), torch.zeros(len(x[i:i + size]), dtype=torch.long)) for i in range(0, len(x), size)]
+    return [((x[i : i + size],), torch.zeros(len(x[i : i + size]), dtype=torch.long)) for i in range(0, len(x), size)]
 
 
 def run_measure(module, x, aggregate="mean_of_ratios"):
@@ -72,7 +80,9 @@ def test_zero_branch_is_infinite_and_flagged_echo_branch_is_one():
     np.testing.assert_allclose(e.ratio_of_means, 1.0, rtol=1e-12)
     assert (e.zero_branch == 0).all() and (e.flag.fillna("") == "").all()
     s = summary.set_index(["block", "sublayer", "group"])
-    assert np.isinf(s.loc[("blocks.0", "attn", "all"), "ratio"]) and s.loc[("blocks.1", "mlp", "all"), "ratio"] == pytest.approx(1.0)
+    assert np.isinf(s.loc[("blocks.0", "attn", "all"), "ratio"]) and s.loc[
+        ("blocks.1", "mlp", "all"), "ratio"
+    ] == pytest.approx(1.0)
 
 
 def test_ratios_match_independent_float64_norms(tiny_vit, images):
@@ -92,7 +102,9 @@ def test_ratios_match_independent_float64_norms(tiny_vit, images):
         tokens, summary, _ = measure([loaded(tiny_vit)], layers_of, loader, "cpu", 3, aggregate, "t")
         got = tokens[(tokens.block == "blocks.1") & (tokens.sublayer == "mlp")].sort_values("token")
         np.testing.assert_allclose(got.ratio, want, rtol=1e-5)
-        if aggregate == "mean_of_ratios":  # standard errors over the 8 images: sd / sqrt(n); ratio of means: delta method
+        if (
+            aggregate == "mean_of_ratios"
+        ):  # standard errors over the 8 images: sd / sqrt(n); ratio of means: delta method
             se = (nz / nf).std(0, ddof=1) / np.sqrt(8)
         else:
             r = nz.mean(0) / nf.mean(0)
@@ -151,18 +163,45 @@ def test_branch_points_of_timm_families(tiny_vit):
         branches(nn.Sequential(nn.Conv2d(3, 4, 3)))
 
 
-RESNET_AS_MODEL = ["model.name=resnet18", "model.kwargs.img_size=null", "model.kwargs.patch_size=null",
-                   "model.kwargs.depth=null", "model.data.input_size=[3,32,32]"]
+RESNET_AS_MODEL = [
+    "model.name=resnet18",
+    "model.kwargs.img_size=null",
+    "model.kwargs.patch_size=null",
+    "model.kwargs.depth=null",
+    "model.data.input_size=[3,32,32]",
+]
 
 
 def test_skip_ratio_end_to_end_vit_with_zero_init_resnet_reference(tmp_path, capsys):
     out = tmp_path / "run"
-    code, _, err = cli(["run", "analysis=skip_ratio", *TINY_VIT, *TINY_RESNET, *SMALL_DATA, "analysis.reference=true",
-                        "analysis.aggregate=ratio_of_means", f"hydra.run.dir={out}"], capsys)
+    code, _, err = cli(
+        [
+            "run",
+            "analysis=skip_ratio",
+            *TINY_VIT,
+            *TINY_RESNET,
+            *SMALL_DATA,
+            "analysis.reference=true",
+            "analysis.aggregate=ratio_of_means",
+            f"hydra.run.dir={out}",
+        ],
+        capsys,
+    )
     assert code == 0, err
     tokens, summary = pd.read_csv(out / "skip_ratio.csv"), pd.read_csv(out / "skip_ratio_summary.csv")
-    assert {"model", "block", "sublayer", "token", "ratio", "aggregate", "mean_of_ratios", "ratio_of_means",
-            "median_of_ratios", "zero_branch", "flag"} <= set(tokens.columns)
+    assert {
+        "model",
+        "block",
+        "sublayer",
+        "token",
+        "ratio",
+        "aggregate",
+        "mean_of_ratios",
+        "ratio_of_means",
+        "median_of_ratios",
+        "zero_branch",
+        "flag",
+    } <= set(tokens.columns)
     assert (tokens["aggregate"] == "ratio_of_means").all()
     vit = summary[summary.model == "vit_tiny_patch16_224"]
     assert set(vit.group) == {"all", "patches", "cls"} and np.isfinite(vit.ratio).all() and len(vit) == 3 * 2 * 3
@@ -175,17 +214,43 @@ def test_skip_ratio_end_to_end_vit_with_zero_init_resnet_reference(tmp_path, cap
 
 def test_skip_ratio_resnet_finite_without_zero_init(tmp_path, capsys):
     out = tmp_path / "run"
-    code, _, err = cli(["run", "analysis=skip_ratio", *TINY_VIT, *RESNET_AS_MODEL, "+model.kwargs.zero_init_last=false",
-                        *SMALL_DATA, f"hydra.run.dir={out}"], capsys)
+    code, _, err = cli(
+        [
+            "run",
+            "analysis=skip_ratio",
+            *TINY_VIT,
+            *RESNET_AS_MODEL,
+            "+model.kwargs.zero_init_last=false",
+            *SMALL_DATA,
+            f"hydra.run.dir={out}",
+        ],
+        capsys,
+    )
     assert code == 0, err
     s = pd.read_csv(out / "skip_ratio_summary.csv")
-    assert len(s) == 8 and np.isfinite(s.ratio).all() and (s.ratio > 0).all() and (s["aggregate"] == "mean_of_ratios").all()
+    assert (
+        len(s) == 8
+        and np.isfinite(s.ratio).all()
+        and (s.ratio > 0).all()
+        and (s["aggregate"] == "mean_of_ratios").all()
+    )
 
 
 def test_skip_ablation_end_to_end(tmp_path, capsys):
     out = tmp_path / "run"
-    code, _, err = cli(["run", "analysis=skip_ablation", *TINY_VIT, "model.kwargs.num_classes=10", *SMALL_DATA,
-                        "analysis.blocks=[1]", "analysis.sublayer=attn", f"hydra.run.dir={out}"], capsys)
+    code, _, err = cli(
+        [
+            "run",
+            "analysis=skip_ablation",
+            *TINY_VIT,
+            "model.kwargs.num_classes=10",
+            *SMALL_DATA,
+            "analysis.blocks=[1]",
+            "analysis.sublayer=attn",
+            f"hydra.run.dir={out}",
+        ],
+        capsys,
+    )
     assert code == 0, err
     df = pd.read_csv(out / "skip_ablation.csv")
     m = df.pivot(index="index_x", columns="index_y", values="cka").to_numpy()
@@ -200,14 +265,31 @@ def test_skip_ablation_end_to_end(tmp_path, capsys):
 
 
 SKIP_BAD = {
-    "no residual structure": (["analysis=skip_ratio", "model.name=densenet121", "model.kwargs.img_size=null",
-                               "model.kwargs.patch_size=null", "model.kwargs.depth=null", "model.data.input_size=[3,32,32]"],
-                              "DenseNet has no skip connections to measure: DenseNet concatenates"),
-    "bad aggregate": (["analysis=skip_ratio", "analysis.aggregate=median"], "analysis.aggregate must be one of mean_of_ratios, ratio_of_means"),
+    "no residual structure": (
+        [
+            "analysis=skip_ratio",
+            "model.name=densenet121",
+            "model.kwargs.img_size=null",
+            "model.kwargs.patch_size=null",
+            "model.kwargs.depth=null",
+            "model.data.input_size=[3,32,32]",
+        ],
+        "DenseNet has no skip connections to measure: DenseNet concatenates",
+    ),
+    "bad aggregate": (
+        ["analysis=skip_ratio", "analysis.aggregate=median"],
+        "analysis.aggregate must be one of mean_of_ratios, ratio_of_means",
+    ),
     "unknown parameter": (["analysis=skip_ratio", "+analysis.aggregat=x"], "unknown parameter analysis.aggregat"),
     "block out of range": (["analysis=skip_ablation", "analysis.blocks=[7]"], "block 7 does not exist"),
-    "bad sublayer": (["analysis=skip_ablation", "analysis.sublayer=ffn"], "analysis.sublayer must be one of attn, mlp, both"),
-    "accuracy without matching labels": (["analysis=skip_ablation", "analysis.accuracy=true"], "use analysis.accuracy=auto"),
+    "bad sublayer": (
+        ["analysis=skip_ablation", "analysis.sublayer=ffn"],
+        "analysis.sublayer must be one of attn, mlp, both",
+    ),
+    "accuracy without matching labels": (
+        ["analysis=skip_ablation", "analysis.accuracy=true"],
+        "use analysis.accuracy=auto",
+    ),
 }
 
 
@@ -221,7 +303,9 @@ def test_registers_are_their_own_token_group():
     """A ViT with a class token and 4 registers: the summary's registers group is tokens 1-4 (timm's order),
     its mean of ratios the mean of those tokens' per-token ratios."""
     torch.manual_seed(0)
-    model = timm.create_model("vit_tiny_patch16_224", pretrained=False, img_size=32, patch_size=8, depth=2, reg_tokens=4)
+    model = timm.create_model(
+        "vit_tiny_patch16_224", pretrained=False, img_size=32, patch_size=8, depth=2, reg_tokens=4
+    )
     x = torch.randn(8, 3, 32, 32)
     tokens, summary = run_measure(model, x)
     reg = summary[summary.group == "registers"]
@@ -249,8 +333,11 @@ def test_remove_skip_maxvit_attn_or_mlp_keeps_the_mbconv_residual():
     """A MaxViT block is an MBConv unit, then window and grid attention with their MLPs: sublayer=attn / mlp remove
     those skips only; both also removes the MBConv shortcut (the unit then outputs its branch f(z))."""
     from timm.models.maxxvit import MaxxVitBlock, MaxxVitTransformerCfg
+
     torch.manual_seed(0)
-    net = nn.Sequential(MaxxVitBlock(16, 16, transformer_cfg=MaxxVitTransformerCfg(dim_head=8, window_size=(4, 4), grid_size=(4, 4)))).eval()
+    net = nn.Sequential(
+        MaxxVitBlock(16, 16, transformer_cfg=MaxxVitTransformerCfg(dim_head=8, window_size=(4, 4), grid_size=(4, 4)))
+    ).eval()
     x = torch.randn(2, 16, 8, 8)
     mbconv = net[0].conv
     with torch.no_grad():
@@ -269,6 +356,7 @@ def test_remove_skip_tnt_patch_stream_by_hand():
     """TNT: the patch-token stream's attention and MLP skips are removed; the pixel stream and its injection into
     the patch tokens are kept (they are not sublayers of the anatomy)."""
     from timm.models.tnt import Block as TntBlock
+
     torch.manual_seed(0)
     b = TntBlock(dim=4, dim_out=16, num_pixel=4, num_heads_in=1, num_heads_out=2)
     net = nn.Sequential(b).eval()
@@ -297,9 +385,18 @@ def test_remove_skip_mvitv2_pooled_and_projected_block_by_hand():
     """MViT-v2: a block that pools its queries (and the attention shortcut) and widens the channels (a projected
     MLP shortcut): with a skip removed the block returns its branch alone."""
     from timm.models.mvitv2 import MultiScaleBlock
+
     torch.manual_seed(0)
-    b = MultiScaleBlock(dim=8, dim_out=16, num_heads=2, feat_size=(4, 4), kernel_q=(3, 3), kernel_kv=(3, 3),
-                        stride_q=(2, 2), stride_kv=(2, 2))
+    b = MultiScaleBlock(
+        dim=8,
+        dim_out=16,
+        num_heads=2,
+        feat_size=(4, 4),
+        kernel_q=(3, 3),
+        kernel_kv=(3, 3),
+        stride_q=(2, 2),
+        stride_kv=(2, 2),
+    )
     net = nn.Sequential(b).eval()
     assert b.shortcut_pool_attn is not None and b.shortcut_proj_mlp is not None
     x = torch.randn(2, 1 + 16, 8)

@@ -6,6 +6,7 @@ describes what these check.
 The cluster tests need a one-node cluster on this machine (`scripts/slurm_local.sh start`, run by `.ci/run`); without
 one they are skipped with the reason. The tests of what reaches sbatch use a stand-in `sbatch` and always run.
 """
+
 import json
 import os
 import re
@@ -21,12 +22,18 @@ import numpy as np
 import pandas as pd
 import pytest
 import torch
+
 from helpers import SMALL_DATA, TINY_RESNET, TINY_VIT, cli
 
 ACROSS = ["analysis=cka_across", *TINY_VIT, *TINY_RESNET, *SMALL_DATA]
 # small requests: the machine is shared (the local cluster lets up to 4 jobs share a CPU)
-SLURM = ["hydra/launcher=slurm", "hydra.launcher.gpus_per_node=0", "hydra.launcher.cpus_per_task=1",
-         "hydra.launcher.mem_gb=1", "hydra.launcher.timeout_min=10"]
+SLURM = [
+    "hydra/launcher=slurm",
+    "hydra.launcher.gpus_per_node=0",
+    "hydra.launcher.cpus_per_task=1",
+    "hydra.launcher.mem_gb=1",
+    "hydra.launcher.timeout_min=10",
+]
 
 
 # SAME_THREADS: a job's numbers are compared with a run in this process to 1e-12, so the jobs (which inherit the
@@ -96,8 +103,17 @@ def test_sweep_runs_as_a_job_array_with_array_parallelism_and_is_collected(tmp_p
     same command again submits nothing; a job's numbers equal the same run in this process."""
     monkeypatch.setenv("OMP_NUM_THREADS", str(torch.get_num_threads()))  # see SAME_THREADS
     sweep = tmp_path / "sweep"
-    args = ["run", "-m", *ACROSS, "model.kwargs.depth=2,3", "reference.name=resnet18,resnet10t", *SLURM,
-            "hydra.launcher.array_parallelism=2", f"cache.dir={tmp_path / 'cache'}", f"hydra.sweep.dir={sweep}"]
+    args = [
+        "run",
+        "-m",
+        *ACROSS,
+        "model.kwargs.depth=2,3",
+        "reference.name=resnet18,resnet10t",
+        *SLURM,
+        "hydra.launcher.array_parallelism=2",
+        f"cache.dir={tmp_path / 'cache'}",
+        f"hydra.sweep.dir={sweep}",
+    ]
     t0 = time.time()
     code, out, err = cli(args, capsys)
     print(f"4-job SLURM sweep: {time.time() - t0:.0f} s")
@@ -122,14 +138,28 @@ def test_sweep_runs_as_a_job_array_with_array_parallelism_and_is_collected(tmp_p
     assert "all 4 job(s) of the sweep already finished; nothing submitted" in out and "submitted 4" not in out
 
     # one job computed again in this process (fresh cache): the same numbers
-    job = next(d for d in sweep.glob("[0-9]") if "model.kwargs.depth=3" in (d / ".hydra" / "overrides.yaml").read_text()
-               and "resnet10t" in (d / ".hydra" / "overrides.yaml").read_text())
+    job = next(
+        d
+        for d in sweep.glob("[0-9]")
+        if "model.kwargs.depth=3" in (d / ".hydra" / "overrides.yaml").read_text()
+        and "resnet10t" in (d / ".hydra" / "overrides.yaml").read_text()
+    )
     here = tmp_path / "here"
-    code, _, err = cli(["run", *ACROSS, "model.kwargs.depth=3", "reference.name=resnet10t", f"cache.dir={tmp_path / 'c2'}",
-                        f"hydra.run.dir={here}"], capsys)
+    code, _, err = cli(
+        [
+            "run",
+            *ACROSS,
+            "model.kwargs.depth=3",
+            "reference.name=resnet10t",
+            f"cache.dir={tmp_path / 'c2'}",
+            f"hydra.run.dir={here}",
+        ],
+        capsys,
+    )
     assert code == 0, err
-    np.testing.assert_allclose(pd.read_csv(job / "cka_across.csv").cka, pd.read_csv(here / "cka_across.csv").cka,
-                               rtol=0, atol=1e-12)
+    np.testing.assert_allclose(
+        pd.read_csv(job / "cka_across.csv").cka, pd.read_csv(here / "cka_across.csv").cka, rtol=0, atol=1e-12
+    )
 
 
 @needs_cluster
@@ -138,8 +168,15 @@ def test_failed_job_is_recorded_and_a_rerun_submits_only_it(tmp_path, capsys):
     failed job; failed.json and collect's failed.csv point at the job's SLURM log, which holds the error. The same
     command again submits only the failed job (a plain job, not an array), which fails the same way."""
     sweep = tmp_path / "sweep"
-    args = ["run", "-m", *ACROSS, "dataset.num_images=3,16", *SLURM, f"cache.dir={tmp_path / 'cache'}",
-            f"hydra.sweep.dir={sweep}"]
+    args = [
+        "run",
+        "-m",
+        *ACROSS,
+        "dataset.num_images=3,16",
+        *SLURM,
+        f"cache.dir={tmp_path / 'cache'}",
+        f"hydra.sweep.dir={sweep}",
+    ]
     t0 = time.time()
     code, out, err = cli(args, capsys)
     print(f"2-job SLURM sweep with a failure: {time.time() - t0:.0f} s")
@@ -170,16 +207,30 @@ def test_failed_job_is_recorded_and_a_rerun_submits_only_it(tmp_path, capsys):
 def test_sbatch_refusals_are_one_line(tmp_path, capsys):
     """More memory than the node has, a partition that does not exist: one line with sbatch's words, the key to
     change and what the cluster offers; exit 2; no job submitted, no traceback."""
-    node_gb = max(int(l.strip()) for l in subprocess.run(["sinfo", "-h", "-o", "%m"], capture_output=True,
-                                                          text=True).stdout.split()) // 1024
-    cases = [("hydra.launcher.mem_gb=100000", "Memory specification can not be satisfied",
-              f"change hydra.launcher.mem_gb (the largest node has {node_gb} GB: at most hydra.launcher.mem_gb={node_gb})"),
-             ("hydra.launcher.partition=no_such_partition", "invalid partition specified: no_such_partition",
-              "change hydra.launcher.partition (valid: ")]
+    node_gb = (
+        max(
+            int(l.strip())
+            for l in subprocess.run(["sinfo", "-h", "-o", "%m"], capture_output=True, text=True).stdout.split()
+        )
+        // 1024
+    )
+    cases = [
+        (
+            "hydra.launcher.mem_gb=100000",
+            "Memory specification can not be satisfied",
+            f"change hydra.launcher.mem_gb (the largest node has {node_gb} GB: at most hydra.launcher.mem_gb={node_gb})",
+        ),
+        (
+            "hydra.launcher.partition=no_such_partition",
+            "invalid partition specified: no_such_partition",
+            "change hydra.launcher.partition (valid: ",
+        ),
+    ]
     for override, said, right in cases:
         sweep = tmp_path / override.split(".")[-1].split("=")[0]
-        code, out, err = cli(["run", "-m", *ACROSS, "model.kwargs.depth=2,3", *SLURM, override,
-                              f"hydra.sweep.dir={sweep}"], capsys)
+        code, out, err = cli(
+            ["run", "-m", *ACROSS, "model.kwargs.depth=2,3", *SLURM, override, f"hydra.sweep.dir={sweep}"], capsys
+        )
         lines = err.strip().splitlines()
         assert code == 2 and len(lines) == 1 and lines[0].startswith("vitstudy: error: sbatch refused the jobs: "), err
         assert said in lines[0] and right in lines[0] and "Traceback" not in err + out
@@ -190,8 +241,11 @@ def _fake_slurm(tmp_path: Path, refusal: str | None) -> Path:
     """A directory with stand-in sbatch/srun/squeue: sbatch keeps the submission script it is given and refuses."""
     bin_dir = tmp_path / "bin"
     bin_dir.mkdir()
-    scripts = {"sbatch": f'for a; do last=$a; done; cp "$last" {tmp_path}/submitted.sh\necho "sbatch: error: {refusal}" >&2\nexit 1\n',
-               "srun": "exit 1\n", "squeue": "exit 0\n"}
+    scripts = {
+        "sbatch": f'for a; do last=$a; done; cp "$last" {tmp_path}/submitted.sh\necho "sbatch: error: {refusal}" >&2\nexit 1\n',
+        "srun": "exit 1\n",
+        "squeue": "exit 0\n",
+    }
     for name, body in scripts.items():
         path = bin_dir / name
         path.write_text("#!/bin/sh\n" + body)
@@ -205,27 +259,55 @@ def test_site_keys_reach_the_sbatch_script(tmp_path, capsys, monkeypatch):
     hydra.launcher.qos."""
     bin_dir = _fake_slurm(tmp_path, "Batch job submission failed: Invalid qos specification")
     monkeypatch.setenv("PATH", f"{bin_dir}{os.pathsep}{os.environ['PATH']}")
-    code, _, err = cli(["run", "-m", *ACROSS, "model.kwargs.depth=2,3", *SLURM, "hydra.launcher.partition=gpu",
-                        "hydra.launcher.account=proj", "hydra.launcher.qos=high", "hydra.launcher.constraint=a100",
-                        "hydra.launcher.exclude=node3", "+hydra.launcher.additional_parameters.nodelist='node[1-2]'",
-                        "hydra.launcher.setup=[module load cuda,echo ready]", "+hydra.launcher.additional_parameters.mail-type=END",
-                        f"hydra.sweep.dir={tmp_path / 'sweep'}"], capsys)
+    code, _, err = cli(
+        [
+            "run",
+            "-m",
+            *ACROSS,
+            "model.kwargs.depth=2,3",
+            *SLURM,
+            "hydra.launcher.partition=gpu",
+            "hydra.launcher.account=proj",
+            "hydra.launcher.qos=high",
+            "hydra.launcher.constraint=a100",
+            "hydra.launcher.exclude=node3",
+            "+hydra.launcher.additional_parameters.nodelist='node[1-2]'",
+            "hydra.launcher.setup=[module load cuda,echo ready]",
+            "+hydra.launcher.additional_parameters.mail-type=END",
+            f"hydra.sweep.dir={tmp_path / 'sweep'}",
+        ],
+        capsys,
+    )
     lines = err.strip().splitlines()
     assert code == 2 and len(lines) == 1 and "Invalid qos specification; change hydra.launcher.qos" in lines[0], err
     script = (tmp_path / "submitted.sh").read_text()
-    for line in ("#SBATCH --partition=gpu", "#SBATCH --account=proj", "#SBATCH --qos=high", "#SBATCH --constraint=a100",
-                 "#SBATCH --exclude=node3", "#SBATCH --nodelist='node[1-2]'", "#SBATCH --array=0-1%2", "module load cuda",
-                 "echo ready", "#SBATCH --mail-type=END"):
+    for line in (
+        "#SBATCH --partition=gpu",
+        "#SBATCH --account=proj",
+        "#SBATCH --qos=high",
+        "#SBATCH --constraint=a100",
+        "#SBATCH --exclude=node3",
+        "#SBATCH --nodelist='node[1-2]'",
+        "#SBATCH --array=0-1%2",
+        "module load cuda",
+        "echo ready",
+        "#SBATCH --mail-type=END",
+    ):
         assert line in script.splitlines(), (line, script)
 
 
 def test_missing_sbatch_is_one_line(tmp_path, capsys, monkeypatch):
     monkeypatch.setenv("PATH", str(tmp_path))  # no SLURM commands at all
-    code, out, err = cli(["run", "-m", *ACROSS, "model.kwargs.depth=2,3", *SLURM, f"hydra.sweep.dir={tmp_path / 's'}"], capsys)
+    code, out, err = cli(
+        ["run", "-m", *ACROSS, "model.kwargs.depth=2,3", *SLURM, f"hydra.sweep.dir={tmp_path / 's'}"], capsys
+    )
     lines = err.strip().splitlines()
-    assert code == 2 and len(lines) == 1 and "hydra/launcher=slurm needs SLURM, but sbatch, srun, squeue is not on PATH" in lines[0]
+    assert (
+        code == 2
+        and len(lines) == 1
+        and "hydra/launcher=slurm needs SLURM, but sbatch, srun, squeue is not on PATH" in lines[0]
+    )
     assert "scripts/slurm_local.sh" in lines[0] and "Traceback" not in err
-
 
 
 def _signal_once_written(proc, sweep, written, times: dict) -> tuple[str, str]:
@@ -248,6 +330,7 @@ def _signal_once_written(proc, sweep, written, times: dict) -> tuple[str, str]:
             for job in sweep.glob(".submitit/[0-9]*"):
                 subprocess.run(["scancel", job.name])
 
+
 @needs_cluster
 @pytest.mark.slow
 def test_preempted_job_is_requeued_and_resumes_from_its_reducer_checkpoint(tmp_path, capsys):
@@ -255,14 +338,28 @@ def test_preempted_job_is_requeued_and_resumes_from_its_reducer_checkpoint(tmp_p
     limit) after the first reducer checkpoint: the job requeues itself (`scontrol requeue`), starts again, resumes
     from the checkpoint and its CKA equals an uninterrupted run's to 1e-12."""
     vitstudy = os.path.join(os.path.dirname(os.sys.executable), "vitstudy")
-    common = ["analysis=cka_within", "model.name=vit_tiny_patch16_224", "model.pretrained=false", "model.kwargs.depth=4",
-              "dataset=synthetic", "dataset.num_images=480", "dataset.batch_size=8", "dataset.image_size=64",
-              "cache.checkpoint_every=1", "layers=all"]
+    common = [
+        "analysis=cka_within",
+        "model.name=vit_tiny_patch16_224",
+        "model.pretrained=false",
+        "model.kwargs.depth=4",
+        "dataset=synthetic",
+        "dataset.num_images=480",
+        "dataset.batch_size=8",
+        "dataset.image_size=64",
+        "cache.checkpoint_every=1",
+        "layers=all",
+    ]
     sweep, partial = tmp_path / "sweep", tmp_path / "cache" / "partial"
     env = dict(os.environ, OMP_NUM_THREADS=str(torch.get_num_threads()))  # see SAME_THREADS
     times = {"submitted": time.time()}
-    proc = subprocess.Popen([vitstudy, "run", "-m", *common, *SLURM, f"cache.dir={tmp_path / 'cache'}",
-                             f"hydra.sweep.dir={sweep}"], env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    proc = subprocess.Popen(
+        [vitstudy, "run", "-m", *common, *SLURM, f"cache.dir={tmp_path / 'cache'}", f"hydra.sweep.dir={sweep}"],
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
     out, err = _signal_once_written(proc, sweep, lambda: list(partial.glob("*.pt")), times)
     assert proc.returncode == 0, err
     log = next(sweep.glob(".submitit/[0-9]*/*_log.out")).read_text().splitlines()
@@ -273,11 +370,15 @@ def test_preempted_job_is_requeued_and_resumes_from_its_reducer_checkpoint(tmp_p
     record = json.loads((sweep / "0" / "run.json").read_text())
     resumed_at = record["images"][0]["resumed_at_batch"]
     with capsys.disabled():  # shown with -s (the CLI's capture below would swallow it)
-        print("\npreemption timeline (s after submission): " + ", ".join(
-            f"{k} {v - times['submitted']:.1f}" for k, v in sorted(times.items(), key=lambda kv: kv[1])) +
-            f"; resumed at batch {resumed_at} of 60")
+        print(
+            "\npreemption timeline (s after submission): "
+            + ", ".join(f"{k} {v - times['submitted']:.1f}" for k, v in sorted(times.items(), key=lambda kv: kv[1]))
+            + f"; resumed at batch {resumed_at} of 60"
+        )
     assert resumed_at > 0
-    code, _, err = cli(["run", *common, f"cache.dir={tmp_path / 'fresh'}", f"hydra.run.dir={tmp_path / 'whole'}"], capsys)
+    code, _, err = cli(
+        ["run", *common, f"cache.dir={tmp_path / 'fresh'}", f"hydra.run.dir={tmp_path / 'whole'}"], capsys
+    )
     assert code == 0, err
     resumed = pd.read_csv(sweep / "0" / "cka_within.csv").cka.to_numpy()
     whole = pd.read_csv(tmp_path / "whole" / "cka_within.csv").cka.to_numpy()
@@ -286,9 +387,21 @@ def test_preempted_job_is_requeued_and_resumes_from_its_reducer_checkpoint(tmp_p
     assert not list(partial.glob("*.pt"))  # the finished job cleared its checkpoint
 
 
-TRAIN = ["model=vit_mini_cifar", "model.kwargs.depth=2", "model.kwargs.embed_dim=48", "recipe=quick", "recipe.epochs=9",
-         "dataset=synthetic", "dataset.image_size=32", "dataset.size=128", "dataset.val_images=32", "dataset.batch_size=32",
-         "recipe.batch_size=16", "dataset.num_workers=0", "threads=1"]  # 10 epochs of 8 updates, about 1 s each
+TRAIN = [
+    "model=vit_mini_cifar",
+    "model.kwargs.depth=2",
+    "model.kwargs.embed_dim=48",
+    "recipe=quick",
+    "recipe.epochs=9",
+    "dataset=synthetic",
+    "dataset.image_size=32",
+    "dataset.size=128",
+    "dataset.val_images=32",
+    "dataset.batch_size=32",
+    "recipe.batch_size=16",
+    "dataset.num_workers=0",
+    "threads=1",
+]  # 10 epochs of 8 updates, about 1 s each
 
 
 @needs_cluster
@@ -302,8 +415,13 @@ def test_preempted_training_is_requeued_and_resumes_bitwise(tmp_path, capsys):
     sweep = tmp_path / "sweep"
     env = dict(os.environ, OMP_NUM_THREADS="1")
     times = {"submitted": time.time()}
-    proc = subprocess.Popen([vitstudy, "train", "-m", *TRAIN, *SLURM, f"hydra.sweep.dir={sweep}"], env=env,
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    proc = subprocess.Popen(
+        [vitstudy, "train", "-m", *TRAIN, *SLURM, f"hydra.sweep.dir={sweep}"],
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
     out, err = _signal_once_written(proc, sweep, lambda: list(sweep.glob("*/checkpoints/last.pt")), times)
     assert proc.returncode == 0, err
     lines = next(sweep.glob(".submitit/[0-9]*/*_log.out")).read_text().splitlines()
@@ -317,9 +435,11 @@ def test_preempted_training_is_requeued_and_resumes_bitwise(tmp_path, capsys):
     after = int(re.search(r"after epoch (\d+)/10", resumed[0]).group(1))
     times.update(started=starts[0], requeued=requeued[0], resumed=starts[1], job_done=done[0])
     with capsys.disabled():  # shown with -s (the CLI's capture below would swallow it)
-        print("\ntrain preemption timeline (s after submission): " + ", ".join(
-            f"{k} {v - times['submitted']:.1f}" for k, v in sorted(times.items(), key=lambda kv: kv[1])) +
-            f"; resumed after epoch {after} of 10")
+        print(
+            "\ntrain preemption timeline (s after submission): "
+            + ", ".join(f"{k} {v - times['submitted']:.1f}" for k, v in sorted(times.items(), key=lambda kv: kv[1]))
+            + f"; resumed after epoch {after} of 10"
+        )
     run = next(sweep.glob("*/train.csv")).parent
     assert 1 <= after < 10 and json.loads((run / "run.json").read_text())["resumed_from_epoch"] == after
 
@@ -332,8 +452,10 @@ def test_preempted_training_is_requeued_and_resumes_bitwise(tmp_path, capsys):
     a, b = pd.read_csv(run / "train.csv"), pd.read_csv(tmp_path / "whole" / "train.csv")
     cols = ["epoch", "step", "lr", "train_loss", "train_acc", "val_loss", "val_top1"]
     with capsys.disabled():
-        print("largest |loss resumed - uninterrupted| = "
-              f"{max(np.abs(a[c] - b[c]).max() for c in ('train_loss', 'val_loss')):.3g} over {len(a)} epochs")
+        print(
+            "largest |loss resumed - uninterrupted| = "
+            f"{max(np.abs(a[c] - b[c]).max() for c in ('train_loss', 'val_loss')):.3g} over {len(a)} epochs"
+        )
     pd.testing.assert_frame_equal(a[cols], b[cols], check_exact=True)
     sa = torch.load(run / "checkpoints" / "last.pt", weights_only=True)["state_dict"]
     sb = torch.load(tmp_path / "whole" / "checkpoints" / "last.pt", weights_only=True)["state_dict"]
@@ -353,9 +475,20 @@ def test_a_finished_training_run_is_not_submitted_again(tmp_path, capsys):
     from vitstudy.launch import _trained
     from vitstudy.train.app import compose
 
-    small = ["model=vit_mini_cifar", "model.kwargs.depth=1", "model.kwargs.embed_dim=24", "recipe=quick",
-             "recipe.epochs=1", "dataset=synthetic", "dataset.image_size=32", "dataset.size=32", "dataset.val_images=16",
-             "dataset.batch_size=16", "recipe.batch_size=16", "dataset.num_workers=0"]
+    small = [
+        "model=vit_mini_cifar",
+        "model.kwargs.depth=1",
+        "model.kwargs.embed_dim=24",
+        "recipe=quick",
+        "recipe.epochs=1",
+        "dataset=synthetic",
+        "dataset.image_size=32",
+        "dataset.size=32",
+        "dataset.val_images=16",
+        "dataset.batch_size=16",
+        "recipe.batch_size=16",
+        "dataset.num_workers=0",
+    ]
     run = tmp_path / "run"
     code, _, err = cli(["train", *small, f"hydra.run.dir={run}"], capsys)
     assert code in (0, None), err

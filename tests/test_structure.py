@@ -1,5 +1,6 @@
 """The package's shape: no import cycles between its modules, and the config keys that never change a result
 are listed once (Python) and agree with `conf/train.yaml`'s copy."""
+
 import ast
 from pathlib import Path
 
@@ -48,7 +49,7 @@ def test_no_import_cycles():
         stack.append(m)
         for n in sorted(graph[m]):
             if state.get(n) == 1:
-                cycle = stack[stack.index(n):] + [n]
+                cycle = stack[stack.index(n) :] + [n]
                 raise AssertionError("import cycle: " + " -> ".join(cycle))
             if n not in state:
                 visit(n)

@@ -1,6 +1,7 @@
 """token_norms and massive_activations on constructed weights whose answer is known: a norm-1000 patch planted
 through the position embedding, a large value on one channel of one token, registers planted through reg_token
 (timm orders class, then registers); histograms and medians against float64 numpy recomputations."""
+
 from types import SimpleNamespace
 
 import numpy as np
@@ -17,7 +18,13 @@ from vitstudy.pipeline.engine import stream
 from vitstudy.pipeline.layers import resolve
 
 KW = dict(img_size=32, patch_size=8, depth=3, num_classes=10)  # 4x4 patches
-DATA = ["dataset=synthetic", "dataset.image_size=32", "dataset.num_images=16", "dataset.batch_size=8", "cache.results=false"]
+DATA = [
+    "dataset=synthetic",
+    "dataset.image_size=32",
+    "dataset.num_images=16",
+    "dataset.batch_size=8",
+    "cache.results=false",
+]
 
 
 def vit(seed=0, **kw):
@@ -40,9 +47,20 @@ def test_planted_norm_1000_patch_is_flagged_in_every_block_and_nowhere_else(tmp_
     path = tmp_path / "planted.pth"
     torch.save(model.state_dict(), path)
     out = tmp_path / "run"
-    code, _, err = cli(["run", "analysis=token_norms", "model.name=vit_tiny_patch16_224", "model.pretrained=false",
-                        f"model.checkpoint={path}", *(f"model.kwargs.{k}={v}" for k, v in KW.items()),
-                        "+model.kwargs.reg_tokens=4", *DATA, f"hydra.run.dir={out}"], capsys)
+    code, _, err = cli(
+        [
+            "run",
+            "analysis=token_norms",
+            "model.name=vit_tiny_patch16_224",
+            "model.pretrained=false",
+            f"model.checkpoint={path}",
+            *(f"model.kwargs.{k}={v}" for k, v in KW.items()),
+            "+model.kwargs.reg_tokens=4",
+            *DATA,
+            f"hydra.run.dir={out}",
+        ],
+        capsys,
+    )
     assert code == 0, err
     t = pd.read_csv(out / "token_norms.csv")
     assert sorted(t.layer.unique()) == ["blocks.0", "blocks.1", "blocks.2"]
@@ -60,14 +78,20 @@ def test_planted_norm_1000_patch_is_flagged_in_every_block_and_nowhere_else(tmp_
 
 def _loader(n=12, batch=4, seed=3):
     g = torch.Generator().manual_seed(seed)
-    return [([torch.randn(batch, 3, 32, 32, generator=g)], torch.zeros(batch, dtype=torch.long)) for _ in range(n // batch)]
+    return [
+        ([torch.randn(batch, 3, 32, 32, generator=g)], torch.zeros(batch, dtype=torch.long)) for _ in range(n // batch)
+    ]
 
 
 def _captured(model, layers, loader):
     """float64 numpy copies of every tapped layer over the loader, by plain forward hooks."""
     got = {l.name: [] for l in layers}
-    hooks = [model.get_submodule(l.module).register_forward_hook(
-        lambda mod, a, o, name=l.name: got[name].append(o.detach().double().numpy())) for l in layers]
+    hooks = [
+        model.get_submodule(l.module).register_forward_hook(
+            lambda mod, a, o, name=l.name: got[name].append(o.detach().double().numpy())
+        )
+        for l in layers
+    ]
     with torch.no_grad():
         for (x,), _ in loader:
             model(x)
@@ -98,7 +122,7 @@ def test_histograms_equal_float64_recomputation_and_registers_sit_where_timm_put
             expect[-2] -= (logs[:, k] == 5).sum()  # numpy's last bin is closed; ours sends 10**5 to the overflow
             np.testing.assert_array_equal(reducer.counts[t.layer.name][k].numpy(), expect)
         np.testing.assert_allclose(reducer.s1[t.layer.name].numpy(), norms.sum(0), rtol=1e-12)
-        np.testing.assert_allclose(reducer.s2[t.layer.name].numpy(), (norms ** 2).sum(0), rtol=1e-12)
+        np.testing.assert_allclose(reducer.s2[t.layer.name].numpy(), (norms**2).sum(0), rtol=1e-12)
         assert t.kinds[:5] == ("class", "register", "register", "register", "register")
         big = np.flatnonzero(norms.mean(0) > 200)
         assert list(big) == [3], big  # the planted register is token 3 in every block
@@ -132,11 +156,11 @@ def test_high_norm_split_finds_a_two_percent_mode_and_no_mode_in_one_gaussian(se
     if second_mode:
         logs = np.concatenate([logs, rng.normal(2.0, 0.1, 400)])  # 2% of tokens 30x the norm (Darcet et al.)
     bins = tn.Bins(low=-3.0, high=5.0, count=200)
-    counts = np.bincount(bins.index(torch.tensor(10.0 ** logs)).numpy(), minlength=202)
+    counts = np.bincount(bins.index(torch.tensor(10.0**logs)).numpy(), minlength=202)
     s = tn.split(counts, bins)
     assert (s.first_high_bin is not None) == expect_cut
     if expect_cut:
-        assert 10 ** 0.9 < s.threshold < 10 ** 1.6 and abs(s.high_share - 400 / 20400) < 1e-3
+        assert 10**0.9 < s.threshold < 10**1.6 and abs(s.high_share - 400 / 20400) < 1e-3
     else:
         assert np.isnan(s.threshold) and s.high_share == 0.0
 
@@ -162,8 +186,12 @@ def test_class_token_attention_to_high_norm_patches_matches_hooks():
     with unfused(model):
         stream([m], [layers + [s.layer for s, _ in pairs]], loader, reducer, torch.device("cpu"), progress=False)
     got = {}
-    hooks = [model.blocks[i].attn.attn_drop.register_forward_pre_hook(
-        lambda mod, a, i=i: got.setdefault(i, []).append(a[0].detach().double().numpy())) for i in (1, 2)]
+    hooks = [
+        model.blocks[i].attn.attn_drop.register_forward_pre_hook(
+            lambda mod, a, i=i: got.setdefault(i, []).append(a[0].detach().double().numpy())
+        )
+        for i in (1, 2)
+    ]
     with unfused(model), torch.no_grad():
         for (x,), _ in loader:
             model(x)
@@ -188,13 +216,34 @@ def test_probes_planted_patch_is_the_high_group_and_a_layer_without_high_tokens_
     path = tmp_path / "planted.pth"
     torch.save(model.state_dict(), path)
     out = tmp_path / "run"
-    code, _, err = cli(["run", "analysis=token_norms", "analysis.probes=true", "model.name=vit_tiny_patch16_224",
-                        "model.pretrained=false", f"model.checkpoint={path}",
-                        *(f"model.kwargs.{k}={v}" for k, v in KW.items()), *DATA, f"hydra.run.dir={out}"], capsys)
+    code, _, err = cli(
+        [
+            "run",
+            "analysis=token_norms",
+            "analysis.probes=true",
+            "model.name=vit_tiny_patch16_224",
+            "model.pretrained=false",
+            f"model.checkpoint={path}",
+            *(f"model.kwargs.{k}={v}" for k, v in KW.items()),
+            *DATA,
+            f"hydra.run.dir={out}",
+        ],
+        capsys,
+    )
     assert code == 0, err
     t = pd.read_csv(out / "token_norms_probes.csv")
-    assert list(t.columns[:10]) == ["model", "weights", "layer", "target", "tokens", "accuracy", "accuracy_ci_low",
-                                    "accuracy_ci_high", "num_train", "num_test"]
+    assert list(t.columns[:10]) == [
+        "model",
+        "weights",
+        "layer",
+        "target",
+        "tokens",
+        "accuracy",
+        "accuracy_ci_low",
+        "accuracy_ci_high",
+        "num_train",
+        "num_test",
+    ]
     assert len(t) == 4 and set(t.layer) == {"blocks.0"}  # histogram cut; equal shares at every block: the first
     high = t[t.tokens == "high"].set_index("target")
     # one high-norm token per image (the planted one): 16 images, 5 of them test (probe_test_fraction 0.3)
@@ -205,10 +254,21 @@ def test_probes_planted_patch_is_the_high_group_and_a_layer_without_high_tokens_
     assert (t.accuracy_ci_low <= t.accuracy).all() and (t.accuracy <= t.accuracy_ci_high).all()
     # no threshold any token passes at a huge threshold: the high rows say so, in the table and on stderr
     out2 = tmp_path / "run2"
-    code, _, err = cli(["run", "analysis=token_norms", "analysis.probes=true", "model.name=vit_tiny_patch16_224",
-                        "model.pretrained=false", f"model.checkpoint={path}",
-                        *(f"model.kwargs.{k}={v}" for k, v in KW.items()), *DATA, "analysis.threshold=1e6",
-                        f"hydra.run.dir={out2}"], capsys)
+    code, _, err = cli(
+        [
+            "run",
+            "analysis=token_norms",
+            "analysis.probes=true",
+            "model.name=vit_tiny_patch16_224",
+            "model.pretrained=false",
+            f"model.checkpoint={path}",
+            *(f"model.kwargs.{k}={v}" for k, v in KW.items()),
+            *DATA,
+            "analysis.threshold=1e6",
+            f"hydra.run.dir={out2}",
+        ],
+        capsys,
+    )
     assert code == 0, err
     t2 = pd.read_csv(out2 / "token_norms_probes.csv")
     assert set(t2.layer) == {"blocks.2"}  # no layer has high-norm tokens: the last block
@@ -248,8 +308,8 @@ def test_probe_accuracy_equals_float64_numpy_ridge_on_a_constructed_case():
     split = LayerSplit(first_high_bin=None, threshold=50.0, rule="analysis.threshold", separation=float("nan"))
     red = ProbeReducer([tl], {"blocks.0": split}, tn.Bins(low=-3, high=5, count=10), per_image=2, seed=0)
     for s in range(0, b, 8):
-        red.on_tensor(0, layer, torch.tensor(x[s:s + 8], dtype=torch.float32))
-        red.end_batch(torch.tensor(labels[s:s + 8]), [])
+        red.on_tensor(0, layer, torch.tensor(x[s : s + 8], dtype=torch.float32))
+        red.end_batch(torch.tensor(labels[s : s + 8]), [])
     got, info = probe_rows(red, ["blocks.0"], 0.25, alpha, seed=5)
     test = np.zeros(b, dtype=bool)
     test[np.random.default_rng(5).permutation(b)[:10]] = True
@@ -260,8 +320,9 @@ def test_probe_accuracy_equals_float64_numpy_ridge_on_a_constructed_case():
         feats = xf[:, [1 + q for q in pos]]  # (b, 2, dim)
         y = np.repeat(np.array(pos)[None], b, 0) if r["target"] == "position" else np.repeat(labels[:, None], 2, 1)
         tr, te = ~test, test
-        want = _numpy_ridge_accuracy(feats[tr].reshape(-1, dim), y[tr].ravel(), feats[te].reshape(-1, dim),
-                                     y[te].ravel(), alpha)
+        want = _numpy_ridge_accuracy(
+            feats[tr].reshape(-1, dim), y[tr].ravel(), feats[te].reshape(-1, dim), y[te].ravel(), alpha
+        )
         assert (r["num_train"], r["num_test"]) == (60, 20)
         values, counts = np.unique(y[tr].ravel(), return_counts=True)
         assert r["majority_accuracy"] == pytest.approx(np.mean(y[te].ravel() == values[counts.argmax()]), abs=1e-12)
@@ -271,13 +332,26 @@ def test_probe_accuracy_equals_float64_numpy_ridge_on_a_constructed_case():
         centre = (want + z * z / 40) / (1 + z * z / 20)
         half = z / (1 + z * z / 20) * np.sqrt(want * (1 - want) / 20 + z * z / 1600)
         assert (lo, hi) == pytest.approx((max(0, centre - half), min(1, centre + half)), abs=1e-12)
-    assert {(r["target"], r["tokens"]) for r in got} == {(t, g) for t in ("position", "label") for g in ("high", "normal")}
+    assert {(r["target"], r["tokens"]) for r in got} == {
+        (t, g) for t in ("position", "label") for g in ("high", "normal")
+    }
 
 
 def test_probe_layers_not_tapped_is_refused_in_one_line(tmp_path, capsys):
-    code, _, err = cli(["run", "analysis=token_norms", "analysis.probes=true", "analysis.probe_layers=[blocks.7]",
-                        "model.name=vit_tiny_patch16_224", "model.pretrained=false",
-                        *(f"model.kwargs.{k}={v}" for k, v in KW.items()), *DATA, f"hydra.run.dir={tmp_path / 'run'}"], capsys)
+    code, _, err = cli(
+        [
+            "run",
+            "analysis=token_norms",
+            "analysis.probes=true",
+            "analysis.probe_layers=[blocks.7]",
+            "model.name=vit_tiny_patch16_224",
+            "model.pretrained=false",
+            *(f"model.kwargs.{k}={v}" for k, v in KW.items()),
+            *DATA,
+            f"hydra.run.dir={tmp_path / 'run'}",
+        ],
+        capsys,
+    )
     assert code != 0 and "Traceback" not in err
     assert "analysis.probe_layers: blocks.7 not among the tapped layers (blocks.0, blocks.1, blocks.2)" in err
     assert not (tmp_path / "run" / "token_norms_probes.csv").exists()

@@ -1,5 +1,6 @@
 """`vitstudy train`: the quick recipe learns, a killed run resumes bitwise, fraction subsets, remove_skip,
 GAP ViTs, checkpoints reload into `vitstudy run`, and bad input gets one line."""
+
 import json
 import os
 import subprocess
@@ -12,14 +13,20 @@ import timm
 import torch
 
 from helpers import cli
-from vitstudy.zoo import cifar as cifar_models
 from vitstudy.anatomy import tokens
 from vitstudy.pipeline import data, models
 from vitstudy.train import data as train
 from vitstudy.train.app import compose, main
+from vitstudy.zoo import cifar as cifar_models
 
-SYN = ["dataset=synthetic", "dataset.image_size=32", "dataset.size=128", "dataset.val_images=32", "dataset.batch_size=32",
-       "recipe.batch_size=16"]
+SYN = [
+    "dataset=synthetic",
+    "dataset.image_size=32",
+    "dataset.size=128",
+    "dataset.val_images=32",
+    "dataset.batch_size=32",
+    "recipe.batch_size=16",
+]
 QUICK = ["model=resnet_mini_cifar", "recipe=quick", "recipe.epochs=3", "recipe.lr=3e-3", *SYN, "dataset.size=64"]
 TINY_VIT = ["model=vit_mini_cifar", "model.kwargs.depth=2", "model.kwargs.embed_dim=48"]
 
@@ -42,14 +49,28 @@ def trained(tmp_path_factory):
 
 def test_quick_run_lowers_loss_and_writes_run_dir(trained):
     df = pd.read_csv(trained / "train.csv")
-    assert list(df.columns) == ["epoch", "step", "lr", "train_loss", "train_acc", "val_loss", "val_top1", "images_per_s", "wall_time_s"]
+    assert list(df.columns) == [
+        "epoch",
+        "step",
+        "lr",
+        "train_loss",
+        "train_acc",
+        "val_loss",
+        "val_top1",
+        "images_per_s",
+        "wall_time_s",
+    ]
     assert df.epoch.tolist() == [1, 2, 3, 4] and df.step.tolist() == [4, 8, 12, 16]  # 64 images / batch 16
     assert df.train_loss.iloc[-1] < df.train_loss.iloc[0] - 0.05
     assert (df.images_per_s > 0).all() and df.wall_time_s.is_monotonic_increasing
     for f in ("learning_curve.png", "learning_curve.pdf", "checkpoints/last.pt", "checkpoints/best.pt"):
         assert (trained / f).stat().st_size > 0
     record = json.loads((trained / "run.json").read_text())
-    assert record["status"] == "complete" and record["dataset"]["train_images"] == 64 and record["dataset"]["val_images"] == 32
+    assert (
+        record["status"] == "complete"
+        and record["dataset"]["train_images"] == 64
+        and record["dataset"]["val_images"] == 32
+    )
     assert record["best"]["val_top1"] == df.val_top1.max() and record["amp"] == "off"
     ckpt = torch.load(trained / "checkpoints/last.pt", weights_only=True)  # tensors and plain containers only
     assert ckpt["epoch"] == 4 and ckpt["model_config"]["name"] == "resnet_mini_cifar"
@@ -77,15 +98,37 @@ def test_checkpoint_reloads_into_run_with_the_same_predictions(trained, tmp_path
     with torch.no_grad():
         assert torch.equal(ref(x), logits)
     out = tmp_path / "cka"
-    code, _, err = cli(["run", "analysis=cka_within", "model=resnet_mini_cifar", f"model.checkpoint={best}", "dataset=synthetic",
-                        "dataset.image_size=32", "dataset.num_images=16", "dataset.batch_size=8", f"hydra.run.dir={out}"], capsys)
+    code, _, err = cli(
+        [
+            "run",
+            "analysis=cka_within",
+            "model=resnet_mini_cifar",
+            f"model.checkpoint={best}",
+            "dataset=synthetic",
+            "dataset.image_size=32",
+            "dataset.num_images=16",
+            "dataset.batch_size=8",
+            f"hydra.run.dir={out}",
+        ],
+        capsys,
+    )
     assert code == 0, err
     assert json.loads((out / "run.json").read_text())["models"]["model"]["weights"] == f"file:{best}"
 
 
 def test_resume_after_kills_continues_bitwise(tmp_path, capsys):
-    args = [*TINY_VIT, "recipe=quick", "recipe.epochs=3", *SYN, "dataset.size=64", "recipe.mixup=0.8", "recipe.cutmix=1.0",
-            "recipe.auto_augment=rand-m9-n2-mstd1.0", "recipe.drop_path=0.1", "dataset.num_workers=0"]
+    args = [
+        *TINY_VIT,
+        "recipe=quick",
+        "recipe.epochs=3",
+        *SYN,
+        "dataset.size=64",
+        "recipe.mixup=0.8",
+        "recipe.cutmix=1.0",
+        "recipe.auto_augment=rand-m9-n2-mstd1.0",
+        "recipe.drop_path=0.1",
+        "dataset.num_workers=0",
+    ]
     ref, run = tmp_path / "ref", tmp_path / "killed"
     assert train_cli([*args, f"hydra.run.dir={ref}"], capsys)[0] in (0, None)
     # interrupted (Ctrl-C) mid epoch 2, after update 6 of 4 per epoch
@@ -93,8 +136,13 @@ def test_resume_after_kills_continues_bitwise(tmp_path, capsys):
     assert code == 130 and "interrupted; rerun the same command to resume" in err
     assert torch.load(run / "checkpoints/last.pt", weights_only=True)["epoch"] == 1
     # resumed, then killed hard (os._exit) inside epoch 3's checkpoint write, after the data went to disk
-    p = subprocess.run([sys.executable, "-m", "vitstudy.train.app", *args, f"hydra.run.dir={run}", "debug_kill=save:3"],
-                       capture_output=True, text=True, env=dict(os.environ, OMP_NUM_THREADS="2"), timeout=300)
+    p = subprocess.run(
+        [sys.executable, "-m", "vitstudy.train.app", *args, f"hydra.run.dir={run}", "debug_kill=save:3"],
+        capture_output=True,
+        text=True,
+        env=dict(os.environ, OMP_NUM_THREADS="2"),
+        timeout=300,
+    )
     assert p.returncode == 137, p.stderr[-2000:]
     assert not (run / "run.json").exists()
     assert torch.load(run / "checkpoints/last.pt", weights_only=True)["epoch"] == 2  # the last complete checkpoint
@@ -120,7 +168,12 @@ def test_fraction_is_seeded_and_class_balanced():
     assert a == train.balanced_subset(labels, 0.1, seed=3) and a != train.balanced_subset(labels, 0.1, seed=4)
     assert len(set(a)) == len(a) == 10 + 5 + 3 + 2 and a == sorted(a)
     assert np.bincount(labels[a]).tolist() == [10, 5, 3, 2]
-    assert np.bincount(labels[train.balanced_subset(labels, 0.01, seed=0)]).tolist() == [1, 1, 1, 1]  # at least one per class
+    assert np.bincount(labels[train.balanced_subset(labels, 0.01, seed=0)]).tolist() == [
+        1,
+        1,
+        1,
+        1,
+    ]  # at least one per class
     assert train.balanced_subset(labels, 1.0, seed=0) == list(range(200))
     syn = data.SyntheticImages(40, 16, 10, seed=2)
     assert data.labels(syn).tolist() == [syn[i][1] for i in range(40)]  # labels without rendering = rendered labels
@@ -145,27 +198,46 @@ def test_remove_skip_removes_the_additions():
 
 def test_gap_vit_has_no_cls_token(tmp_path, capsys):
     out = tmp_path / "gap"
-    code, _, err = train_cli([*TINY_VIT, "model.global_pool=avg", "model.class_token=false", "model.remove_skip=[1]", *SYN,
-                              "dataset.size=32", "recipe.epochs=1", "recipe.warmup_epochs=0", f"hydra.run.dir={out}"], capsys)
+    code, _, err = train_cli(
+        [
+            *TINY_VIT,
+            "model.global_pool=avg",
+            "model.class_token=false",
+            "model.remove_skip=[1]",
+            *SYN,
+            "dataset.size=32",
+            "recipe.epochs=1",
+            "recipe.warmup_epochs=0",
+            f"hydra.run.dir={out}",
+        ],
+        capsys,
+    )
     assert code in (0, None), err
     ckpt = torch.load(out / "checkpoints/best.pt", weights_only=True)
     kw = ckpt["model_config"]["kwargs"]
     assert kw["global_pool"] == "avg" and kw["class_token"] is False and kw["remove_skip"] == [1]
     assert "cls_token" not in ckpt["state_dict"] and ckpt["state_dict"]["pos_embed"].shape[1] == 64  # 8x8 patches only
     model = timm.create_model("vit_mini_cifar", **kw)
-    assert model.cls_token is None and model.global_pool == "avg" and (tokens.prefix_tokens(model), tokens.has_cls(model)) == (0, False)
+    assert (
+        model.cls_token is None
+        and model.global_pool == "avg"
+        and (tokens.prefix_tokens(model), tokens.has_cls(model)) == (0, False)
+    )
     assert isinstance(model.blocks[1], cifar_models.NoSkipBlock)
     model.load_state_dict(ckpt["state_dict"])
 
 
-@pytest.mark.parametrize("args, message", [
-    (["recipe=fast"], "unknown recipe 'fast'"),
-    (["dataset.fraction=0"], "dataset.fraction must be in (0, 1]"),
-    (["dataset.fraction=1.5"], "dataset.fraction must be in (0, 1]"),
-    (["model.remove_skip=[2]"], "remove_skip index 2 is out of range: the model has 2 blocks"),
-    (["model=resnet_mini_cifar", "model.remove_skip=[0]"], "remove_skip is implemented for the ViTs"),
-    (["model.class_token=false", "model.global_pool=token"], "global_pool=token needs the CLS token"),
-])
+@pytest.mark.parametrize(
+    "args, message",
+    [
+        (["recipe=fast"], "unknown recipe 'fast'"),
+        (["dataset.fraction=0"], "dataset.fraction must be in (0, 1]"),
+        (["dataset.fraction=1.5"], "dataset.fraction must be in (0, 1]"),
+        (["model.remove_skip=[2]"], "remove_skip index 2 is out of range: the model has 2 blocks"),
+        (["model=resnet_mini_cifar", "model.remove_skip=[0]"], "remove_skip is implemented for the ViTs"),
+        (["model.class_token=false", "model.global_pool=token"], "global_pool=token needs the CLS token"),
+    ],
+)
 def test_bad_input_one_line(args, message, tmp_path, capsys):
     code, _, err = train_cli([*TINY_VIT, *SYN, *args, f"hydra.run.dir={tmp_path / 'x'}"], capsys)
     assert code == 2 and message in err and err.count("\n") == 1, err
@@ -176,7 +248,9 @@ def test_checkpoint_of_another_architecture_one_line(trained, tmp_path, capsys):
     best = trained / "checkpoints" / "best.pt"
     code, _, err = train_cli([*TINY_VIT, *SYN, f"model.checkpoint={best}", f"hydra.run.dir={tmp_path / 'x'}"], capsys)
     assert code == 2 and "does not fit 'vit_mini_cifar'" in err and err.count("\n") == 1, err
-    code, _, err = cli(["run", "analysis=cka_within", *TINY_VIT, f"model.checkpoint={best}", "dataset.image_size=32"], capsys)
+    code, _, err = cli(
+        ["run", "analysis=cka_within", *TINY_VIT, f"model.checkpoint={best}", "dataset.image_size=32"], capsys
+    )
     assert code == 2 and "was saved from 'resnet_mini_cifar'" in err and err.count("\n") == 1, err
     # resuming a run directory with other settings
     code, _, err = train_cli([*QUICK, "recipe.lr=1e-2", f"hydra.run.dir={trained}"], capsys)
@@ -186,6 +260,7 @@ def test_checkpoint_of_another_architecture_one_line(trained, tmp_path, capsys):
 def test_a_finished_run_is_extended_by_raising_epochs(trained, tmp_path, capsys):
     """recipe.epochs may change on resume: the kept epochs stay, the cosine schedule is rebuilt for the new length."""
     import shutil
+
     out = tmp_path / "run"
     shutil.copytree(trained, out)
     before = pd.read_csv(out / "train.csv")

@@ -1,6 +1,7 @@
 """Uncertainty numbers against independent derivations: the jackknife written out in float64 numpy from the
 per-batch features, textbook formulas for the binomial and ratio intervals, an analytic population CKA for
 coverage and calibration, and permutation p-values under a true null."""
+
 import math
 
 import numpy as np
@@ -30,9 +31,18 @@ def _reference_jackknife(batches):
     layers = [lambda x: x, lambda x: np.tanh(x) + 0.3 * x]
     B = len(batches)
     est = np.array([minibatch_reference([f(x) for x, _ in batches], [y for _, y in batches]) for f in layers])
-    reps = np.array([[minibatch_reference([f(x) for c, (x, _) in enumerate(batches) if c != b],
-                                          [y for c, (_, y) in enumerate(batches) if c != b]) for f in layers]
-                     for b in range(B)])
+    reps = np.array(
+        [
+            [
+                minibatch_reference(
+                    [f(x) for c, (x, _) in enumerate(batches) if c != b],
+                    [y for c, (_, y) in enumerate(batches) if c != b],
+                )
+                for f in layers
+            ]
+            for b in range(B)
+        ]
+    )
     se = np.sqrt((B - 1) / B * ((reps - reps.mean(0)) ** 2).sum(0))
     return est, reps, se
 
@@ -71,8 +81,12 @@ def test_within_model_terms_are_the_diagonal_and_jackknife_matches_reference():
     assert sy is None
     reps = U.cka_replicates(cross.numpy(), sx.numpy())
     f2 = lambda x: np.tanh(x) + 0.3 * x  # noqa: E731
-    want = [minibatch_reference([x for c, (x, _) in enumerate(batches) if c != b],
-                                [f2(x) for c, (x, _) in enumerate(batches) if c != b]) for b in range(5)]
+    want = [
+        minibatch_reference(
+            [x for c, (x, _) in enumerate(batches) if c != b], [f2(x) for c, (x, _) in enumerate(batches) if c != b]
+        )
+        for b in range(5)
+    ]
     np.testing.assert_allclose(reps[:, 0, 1], want, rtol=1e-10)
     np.testing.assert_allclose(reps[:, 1, 0], want, rtol=1e-10)
     np.testing.assert_allclose(reps[:, 0, 0], 1.0, rtol=1e-12)
@@ -105,8 +119,16 @@ def test_repeats_are_strata_of_the_jackknife():
     assert U.jackknife_df(strata) == (4 + 5 + 6) - 3
 
 
-@pytest.mark.parametrize("df,want", [(1, 12.706204736174698), (4, 2.7764451051977987), (9, 2.2621571627409915),
-                                     (30, 2.0422724563012373), (1e9, 1.959963984540054)])
+@pytest.mark.parametrize(
+    "df,want",
+    [
+        (1, 12.706204736174698),
+        (4, 2.7764451051977987),
+        (9, 2.2621571627409915),
+        (30, 2.0422724563012373),
+        (1e9, 1.959963984540054),
+    ],
+)
 def test_t_critical_values_match_tables(df, want):
     assert U.critical(df) == pytest.approx(want, rel=1e-9)
 
@@ -188,20 +210,24 @@ def test_jackknife_intervals_cover_the_population_cka_and_se_is_calibrated():
 
 # ---------------------------------------------------------------- permutation null
 
+
 def test_permuted_cross_terms_equal_cka_of_permuted_images():
     """Ũ(P K Pᵀ) = P Ũ(K) Pᵀ: the null sums equal minibatch CKA recomputed with y's images shuffled in each batch."""
     batches = _batches(B=4, seed=3)
     K = 3
-    perms = [torch.stack([torch.randperm(12, generator=torch.Generator().manual_seed(10 * b + k)) for k in range(K)])
-             for b in range(4)]
+    perms = [
+        torch.stack([torch.randperm(12, generator=torch.Generator().manual_seed(10 * b + k)) for k in range(K)])
+        for b in range(4)
+    ]
     acc = MinibatchCKA(2, 1, permutations=K)
     _feed(acc, batches, perms)
     null = acc.null_result().numpy()
     for k in range(K):
         # the smaller side (y, one layer) is permuted: pair image i of x with image perm[i] of y
         shuffled = [(x, y[perms[b][k].numpy()]) for b, (x, y) in enumerate(batches)]
-        assert null[k, 0, 0] == pytest.approx(minibatch_reference([x for x, _ in shuffled], [y for _, y in shuffled]),
-                                              rel=1e-9)
+        assert null[k, 0, 0] == pytest.approx(
+            minibatch_reference([x for x, _ in shuffled], [y for _, y in shuffled]), rel=1e-9
+        )
     np.testing.assert_allclose(acc.result().numpy()[:, 0], _reference_jackknife(batches)[0], rtol=1e-10)
 
 
@@ -225,6 +251,7 @@ def test_permutation_pvalues_are_uniform_under_the_null_and_small_for_a_real_rel
 
 # ---------------------------------------------------------------- paired comparisons (vitstudy compare)
 
+
 def _fake_run(path, model, values, reps, units):
     """A finished run directory as the runner writes it: run.json, the table and its replicates."""
     import json
@@ -236,10 +263,19 @@ def _fake_run(path, model, values, reps, units):
     path.mkdir(parents=True)
     (path / "run.json").write_text(json.dumps({"analysis": "attention_distance", "status": "complete"}))
     pd.DataFrame({"model": model, "block": [0, 0, 1, 1], "head": [0, 1, 0, 1], "mean_distance": values}).to_csv(
-        path / "attention_distance.csv", index=False)
-    write_npz(path / "attention_distance.replicates.npz",
-              {"values": reps, "strata": np.zeros(len(reps), dtype=np.int64), "units": units, "estimate": values,
-               "column": "mean_distance", "method": "jackknife_batches"})
+        path / "attention_distance.csv", index=False
+    )
+    write_npz(
+        path / "attention_distance.replicates.npz",
+        {
+            "values": reps,
+            "strata": np.zeros(len(reps), dtype=np.int64),
+            "units": units,
+            "estimate": values,
+            "column": "mean_distance",
+            "method": "jackknife_batches",
+        },
+    )
 
 
 def test_paired_comparison_is_the_jackknife_of_the_difference(tmp_path, capsys):
@@ -260,12 +296,19 @@ def test_paired_comparison_is_the_jackknife_of_the_difference(tmp_path, capsys):
         se = math.sqrt((B - 1) / B * ((d - d.mean()) ** 2).sum())
         assert got.loc[block, "diff"] == pytest.approx(va[cols].mean() - vb[cols].mean())
         assert got.loc[block, "diff_se"] == pytest.approx(se, rel=1e-10)
-        assert got.loc[block, "diff_ci_high"] - got.loc[block, "diff"] == pytest.approx(U.critical(B - 1) * se, rel=1e-9)
+        assert got.loc[block, "diff_ci_high"] - got.loc[block, "diff"] == pytest.approx(
+            U.critical(B - 1) * se, rel=1e-9
+        )
     unpaired = compare(tmp_path / "a", tmp_path / "b", by=["block"], paired=False).set_index("block")
     assert (unpaired.diff_se > 3 * got.diff_se).all()  # the shared image luck no longer cancels
     _fake_run(tmp_path / "c", "other", vb, rb, units + 1)  # other images: no paired comparison
     code, _, err = cli(["compare", str(tmp_path / "a"), str(tmp_path / "c")], capsys)
-    assert code != 0 and err.strip().startswith("vitstudy: error:") and "same batches" in err and len(err.strip().splitlines()) == 1
+    assert (
+        code != 0
+        and err.strip().startswith("vitstudy: error:")
+        and "same batches" in err
+        and len(err.strip().splitlines()) == 1
+    )
 
 
 def test_replicates_record_writes_the_npz_format_and_reads_every_older_file(tmp_path, capsys):
@@ -277,8 +320,14 @@ def test_replicates_record_writes_the_npz_format_and_reads_every_older_file(tmp_
     r = np.random.default_rng(2)
     values, estimate = r.normal(size=(6, 4)), r.normal(size=4)
     strata, units = np.array([0, 0, 0, 1, 1, 1]), np.arange(6, dtype=np.int64) * 7 + 1
-    old = {"values": values, "strata": strata, "units": units, "estimate": estimate, "column": "cka",
-           "method": "jackknife_batches"}  # what analyses built by hand before the record
+    old = {
+        "values": values,
+        "strata": strata,
+        "units": units,
+        "estimate": estimate,
+        "column": "cka",
+        "method": "jackknife_batches",
+    }  # what analyses built by hand before the record
     write_npz(tmp_path / "old.npz", old)
     new = Replicates(values=values, strata=strata, units=units, estimate=estimate, column="cka")
     new.write(tmp_path / "new.npz")
@@ -311,20 +360,31 @@ def test_replicates_record_writes_the_npz_format_and_reads_every_older_file(tmp_
 
 # ---------------------------------------------------------------- end to end
 
+
 def test_cka_across_with_null_end_to_end(tmp_path, capsys):
     """A model against itself: every diagonal cell is far above chance (the smallest p, 1/(K + 1)); intervals hold the value."""
     import pandas as pd
+    import timm
 
     from helpers import SMALL_DATA, TINY_VIT, assert_one_line_error, cli
-
-    import timm
 
     ckpt = tmp_path / "vit.pth"  # one set of weights for both sides: the same model twice
     torch.save(timm.create_model("vit_tiny_patch16_224", img_size=32, patch_size=8, depth=3).state_dict(), ckpt)
     both = [*TINY_VIT, f"model.checkpoint={ckpt}"]
     both += [a.replace("model.", "reference.", 1) for a in both]
-    code, _, err = cli(["run", "analysis=cka_across", *both, *SMALL_DATA, "dataset.batch_size=6", "cka.null=9",
-                        "cache.results=false", f"hydra.run.dir={tmp_path / 'run'}"], capsys)
+    code, _, err = cli(
+        [
+            "run",
+            "analysis=cka_across",
+            *both,
+            *SMALL_DATA,
+            "dataset.batch_size=6",
+            "cka.null=9",
+            "cache.results=false",
+            f"hydra.run.dir={tmp_path / 'run'}",
+        ],
+        capsys,
+    )
     assert code == 0, err
     df = pd.read_csv(tmp_path / "run" / "cka_across.csv")
     assert {"cka_se", "cka_ci_low", "cka_ci_high", "cka_chance", "cka_p", "uncertainty"} <= set(df.columns)
@@ -335,5 +395,6 @@ def test_cka_across_with_null_end_to_end(tmp_path, capsys):
     np.testing.assert_allclose(diag.cka_p, 0.1)
     assert (diag.cka_chance < 0.9).all()
     assert (tmp_path / "run" / "cka_across.replicates.npz").is_file()
-    assert_one_line_error(["run", "analysis=cka_within", *TINY_VIT, *SMALL_DATA, "cka.null=5"], "cka.null",
-                          tmp_path / "bad", capsys)
+    assert_one_line_error(
+        ["run", "analysis=cka_within", *TINY_VIT, *SMALL_DATA, "cka.null=5"], "cka.null", tmp_path / "bad", capsys
+    )

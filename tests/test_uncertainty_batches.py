@@ -3,12 +3,13 @@
 Simulations draw x ~ N(0, I_P), y = x A + SIGMA e, whose population CKA is analytic (test_uncertainty.py); the
 per-batch HSIC terms of the old, equal-weight estimator are recomputed here in float64 numpy (Song et al. 2012).
 """
+
 import numpy as np
 import pytest
 import torch
 
 from helpers import song_hsic
-from test_uncertainty import A, P, Q, SIGMA, _u, population_cka
+from test_uncertainty import SIGMA, A, P, Q, _u, population_cka
 from vitstudy.analyses.cka import Estimate
 from vitstudy.metrics import uncertainty as U
 from vitstudy.metrics.cka import MinibatchCKA
@@ -21,8 +22,9 @@ def _draw(r, n):
 
 def _equal_weight(batches):
     """The estimator before the weights: every batch's HSIC₁ counts 1, then leave-one-batch-out and jackknife."""
-    t = np.array([[song_hsic(x @ x.T, y @ y.T), song_hsic(x @ x.T, x @ x.T), song_hsic(y @ y.T, y @ y.T)]
-                  for x, y in batches])
+    t = np.array(
+        [[song_hsic(x @ x.T, y @ y.T), song_hsic(x @ x.T, x @ x.T), song_hsic(y @ y.T, y @ y.T)] for x, y in batches]
+    )
     s = t.sum(0)
     est = s[0] / np.sqrt(s[1] * s[2])
     reps = np.array([(s[0] - b[0]) / np.sqrt((s[1] - b[1]) * (s[2] - b[2])) for b in t])
@@ -52,8 +54,10 @@ def test_a_five_image_tail_no_longer_inflates_the_estimate_or_its_jackknife_se()
     full, tail = np.array(full), np.array(tail)
     sd_full, sd_tail, sd_old = full[:, 0].std(ddof=1), tail[:, 0].std(ddof=1), tail[:, 2].std(ddof=1)
     se_full, se_tail, se_old = np.median(full[:, 1]), np.median(tail[:, 1]), np.median(tail[:, 3])
-    print(f"population CKA {truth:.4f}; sd of the estimate: no tail {sd_full:.4f}, tail weighted {sd_tail:.4f}, "
-          f"tail equal weights {sd_old:.4f}; median jackknife se: {se_full:.4f}, {se_tail:.4f}, {se_old:.4f}")
+    print(
+        f"population CKA {truth:.4f}; sd of the estimate: no tail {sd_full:.4f}, tail weighted {sd_tail:.4f}, "
+        f"tail equal weights {sd_old:.4f}; median jackknife se: {se_full:.4f}, {se_tail:.4f}, {se_old:.4f}"
+    )
     assert sd_old > 2 * sd_full and se_old > 1.5 * se_full  # the defect the weights remove, as derived here
     assert sd_tail < 1.1 * sd_full and se_tail < 1.1 * se_full
     assert abs(tail[:, 0].mean() - truth) < 3 * sd_tail / np.sqrt(300) + 0.01
@@ -68,8 +72,9 @@ def test_weighted_batches_match_the_pooled_u_statistic_and_its_leave_one_out():
     w = np.array([len(x) * (len(x) - 3) for x, _ in batches], dtype=float)
 
     def weighted(bs, ws):
-        t = np.array([[song_hsic(x @ x.T, y @ y.T), song_hsic(x @ x.T, x @ x.T), song_hsic(y @ y.T, y @ y.T)]
-                      for x, y in bs])
+        t = np.array(
+            [[song_hsic(x @ x.T, y @ y.T), song_hsic(x @ x.T, x @ x.T), song_hsic(y @ y.T, y @ y.T)] for x, y in bs]
+        )
         s = (ws[:, None] * t).sum(0)
         return s[0] / np.sqrt(s[1] * s[2])
 
@@ -88,7 +93,11 @@ def test_equal_batches_give_the_same_bits_as_the_unweighted_sums():
     ux = [torch.stack([_u(r.normal(size=(16, 7))) for _ in range(3)]) for _ in range(5)]
     uy = [torch.stack([_u(r.normal(size=(16, 4))) for _ in range(2)]) for _ in range(5)]
     acc = MinibatchCKA(3, 2)
-    cross, sx, sy = torch.zeros(3, 2, dtype=torch.float64), torch.zeros(3, dtype=torch.float64), torch.zeros(2, dtype=torch.float64)
+    cross, sx, sy = (
+        torch.zeros(3, 2, dtype=torch.float64),
+        torch.zeros(3, dtype=torch.float64),
+        torch.zeros(2, dtype=torch.float64),
+    )
     for a, b in zip(ux, uy):
         acc.update(a, b)
         scale = 1.0 / (16 * 13)
@@ -135,8 +144,18 @@ def test_a_run_from_three_batches_says_so_in_its_output_line_and_run_json(tmp_pa
     from helpers import SMALL_DATA, TINY_RESNET, TINY_VIT, cli
 
     out = tmp_path / "run"
-    code, stdout, err = cli(["run", "analysis=cka_across", *TINY_VIT, *TINY_RESNET, *SMALL_DATA,
-                             "cache.results=false", f"hydra.run.dir={out}"], capsys)
+    code, stdout, err = cli(
+        [
+            "run",
+            "analysis=cka_across",
+            *TINY_VIT,
+            *TINY_RESNET,
+            *SMALL_DATA,
+            "cache.results=false",
+            f"hydra.run.dir={out}",
+        ],
+        capsys,
+    )
     assert code == 0, err
     line = [s for s in stdout.splitlines() if "cka_across done" in s][0]
     assert "WARNING: intervals from only 3 batches (under 10)" in line
@@ -148,8 +167,14 @@ def test_a_cached_result_repeats_the_few_batches_warning(tmp_path, capsys):
     """A result served from the cache says the same WARNING as the run that computed it (read from its run.json)."""
     from helpers import SMALL_DATA, TINY_VIT, cli
 
-    args = ["run", "analysis=cka_within", *TINY_VIT, *SMALL_DATA, "model.layers=[blocks.0,blocks.2]",
-            f"cache.dir={tmp_path / 'cache'}"]
+    args = [
+        "run",
+        "analysis=cka_within",
+        *TINY_VIT,
+        *SMALL_DATA,
+        "model.layers=[blocks.0,blocks.2]",
+        f"cache.dir={tmp_path / 'cache'}",
+    ]
     lines = []
     for name in ("a", "b"):
         code, stdout, err = cli([*args, f"hydra.run.dir={tmp_path / name}"], capsys)

@@ -11,6 +11,7 @@ Importing the package registers vitstudy's own architectures with timm (`timm.cr
 `vit_mini_cifar`, ...) as soon as timm is imported (`_timm_hook`): the package itself imports no torch, timm or
 matplotlib, so `vitstudy --help` and `vitstudy list` answer at once.
 """
+
 from __future__ import annotations
 
 from ._timm_hook import install as _install_timm_hook
@@ -19,6 +20,7 @@ from .errors import VitstudyError
 _install_timm_hook()  # vitstudy's own models are registered with timm when timm loads
 
 from ._version import __version__
+
 __all__ = ["cka_matrix", "compose", "run", "VitstudyError", "__version__"]
 
 

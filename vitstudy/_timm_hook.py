@@ -4,6 +4,7 @@
 seconds that `vitstudy --help`, `vitstudy list` and a config error should not pay. So `install()` imports the zoo at
 once when timm is already loaded, and otherwise wraps timm's loader so the zoo is imported right after timm itself.
 """
+
 from __future__ import annotations
 
 import importlib.abc

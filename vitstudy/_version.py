@@ -1,2 +1,3 @@
 """The package version (the package and the result cache read it; pyproject.toml repeats it)."""
+
 __version__ = "0.1.0"

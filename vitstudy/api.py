@@ -1,4 +1,5 @@
 """The Python API: the same analyses from a notebook, with or without Hydra configs."""
+
 from __future__ import annotations
 
 import itertools
@@ -10,8 +11,8 @@ import pandas as pd
 import torch
 from omegaconf import DictConfig
 
-from .pipeline.engine import stream
 from .errors import VitstudyError
+from .pipeline.engine import stream
 from .pipeline.layers import resolve
 from .pipeline.models import LoadedModel
 
@@ -58,8 +59,9 @@ def as_module(model, key: str = "model") -> torch.nn.Module:
         from .pipeline import models
 
         return models.load(models.node(model), key).module
-    raise VitstudyError(f"{key} must be a torch.nn.Module or a model preset / timm name (a str), "
-                        f"got {type(model).__name__}")
+    raise VitstudyError(
+        f"{key} must be a torch.nn.Module or a model preset / timm name (a str), got {type(model).__name__}"
+    )
 
 
 def cka_matrix(
@@ -96,11 +98,14 @@ def cka_matrix(
     for key, mod, spec in zip(("model", "reference"), mods, specs):
         mod.eval()
         name = type(mod).__name__
-        loaded.append(LoadedModel(key=key, name=name, label=name, module=mod, transform=None, data_config={},
-                                  weights="given"))
+        loaded.append(
+            LoadedModel(key=key, name=name, label=name, module=mod, transform=None, data_config={}, weights="given")
+        )
         layer_lists.append(resolve(mod, spec, tuple(x0.shape[1:])))
     reducer = CKAReducer(loaded, layer_lists, tokens, estimator, "float32", device)
-    seen = stream(loaded, layer_lists, _batches(itertools.chain([first], batches), len(mods)), reducer, device, "cka", progress)
+    seen = stream(
+        loaded, layer_lists, _batches(itertools.chain([first], batches), len(mods)), reducer, device, "cka", progress
+    )
     if seen < 4:
         raise VitstudyError(f"{seen} images are too few for CKA: at least 4 are needed")
     matrix = reducer.result()
@@ -108,19 +113,31 @@ def cka_matrix(
     check(matrix, [l.name for l in lx], [l.name for l in ly])
     reps = reducer.replicates()
     if reps is not None:
+        from .analyses.cka import RANGE
         from .metrics import uncertainty
 
-        from .analyses.cka import RANGE
-
         ci = uncertainty.se_columns("cka", matrix, uncertainty.jackknife_se(reps), len(reps) - 1)
-        ci["cka_ci_low"], ci["cka_ci_high"] = uncertainty.clip_interval(matrix, ci["cka_ci_low"], ci["cka_ci_high"], *RANGE)
+        ci["cka_ci_low"], ci["cka_ci_high"] = uncertainty.clip_interval(
+            matrix, ci["cka_ci_low"], ci["cka_ci_high"], *RANGE
+        )
     else:
         ci = {k: np.full(matrix.shape, np.nan) for k in ("cka_se", "cka_ci_low", "cka_ci_high")}
     rows = [
-        {"model_x": loaded[0].name, "layer_x": a.name, "index_x": i, "model_y": loaded[-1].name, "layer_y": b.name,
-         "index_y": j, "cka": float(matrix[i, j]), **{k: float(v[i, j]) for k, v in ci.items()},
-         "estimator": estimator, "tokens": tokens, "num_images": seen,
-         "uncertainty": "jackknife_batches" if reps is not None else "none"}
-        for i, a in enumerate(lx) for j, b in enumerate(ly)
+        {
+            "model_x": loaded[0].name,
+            "layer_x": a.name,
+            "index_x": i,
+            "model_y": loaded[-1].name,
+            "layer_y": b.name,
+            "index_y": j,
+            "cka": float(matrix[i, j]),
+            **{k: float(v[i, j]) for k, v in ci.items()},
+            "estimator": estimator,
+            "tokens": tokens,
+            "num_images": seen,
+            "uncertainty": "jackknife_batches" if reps is not None else "none",
+        }
+        for i, a in enumerate(lx)
+        for j, b in enumerate(ly)
     ]
     return pd.DataFrame(rows)

@@ -4,6 +4,7 @@ Hydra owns the command line of `run` (overrides, -m/--multirun, --cfg, --info, h
 launchers, shell completion), so `run` is stripped from argv and the @hydra.main app is called. Bad input
 is turned into one line on stderr and a non-zero exit before or inside the app, never a traceback.
 """
+
 from __future__ import annotations
 
 import os
@@ -53,10 +54,13 @@ def hydra_app(cfg: DictConfig) -> dict | None:
     csvs = ", ".join(p.name for p in written if p.suffix == ".csv")
     state = "cached (same config and weights; force=true recomputes)" if result is None else "done"
     info = result.info if result is not None else _recorded(out_dir)  # a cached result: what its run.json says
-    notes = sorted({u["note"] for u in (info.get("uncertainty") or {}).values()
-                    if isinstance(u, dict) and u.get("note")})  # e.g. intervals from too few batches
-    print(f"vitstudy: {cfg.analysis.name} {state}; outputs in {out_dir} ({csvs}, figures, run.json)"
-          + "".join(f"; WARNING: {n}" for n in notes))
+    notes = sorted(
+        {u["note"] for u in (info.get("uncertainty") or {}).values() if isinstance(u, dict) and u.get("note")}
+    )  # e.g. intervals from too few batches
+    print(
+        f"vitstudy: {cfg.analysis.name} {state}; outputs in {out_dir} ({csvs}, figures, run.json)"
+        + "".join(f"; WARNING: {n}" for n in notes)
+    )
 
 
 def _recorded(out_dir: str) -> dict:
@@ -95,8 +99,12 @@ def cmd_list(args: list[str]) -> None:
     if args:
         print_params(args[0].split("=", 1)[-1])
         return
-    for group, title in (("analysis", "analyses (analysis=NAME)"), ("model", "model presets (model=NAME, reference=NAME; any timm name via model.name=...)"),
-                         ("dataset", "dataset presets (dataset=NAME)"), ("experiment", "experiments (experiment=NAME)")):
+    for group, title in (
+        ("analysis", "analyses (analysis=NAME)"),
+        ("model", "model presets (model=NAME, reference=NAME; any timm name via model.name=...)"),
+        ("dataset", "dataset presets (dataset=NAME)"),
+        ("experiment", "experiments (experiment=NAME)"),
+    ):
         items = presets(group)
         if items:
             print(f"{title}:")
@@ -107,13 +115,17 @@ def cmd_list(args: list[str]) -> None:
 
 
 # The shared `cka.*` settings each analysis reads (vitstudy.config.CKAConfig); `vitstudy list NAME` shows them.
-CKA_SETTINGS = {"cka_within": ("estimator", "repeats", "tail", "gram_dtype"),
-                "cka_across": ("estimator", "repeats", "tail", "gram_dtype", "null"),
-                "cka_grid": ("estimator", "repeats", "tail", "gram_dtype"),
-                "similarity_within": ("repeats", "tail", "gram_dtype"), "similarity_across": ("repeats", "tail", "gram_dtype"),
-                "similarity_grid": ("repeats", "tail", "gram_dtype"),
-                "skip_ablation": ("estimator", "repeats", "tail", "gram_dtype"),
-                "local_global_cka": ("tail",), "spatial_localization": ("tail",)}
+CKA_SETTINGS = {
+    "cka_within": ("estimator", "repeats", "tail", "gram_dtype"),
+    "cka_across": ("estimator", "repeats", "tail", "gram_dtype", "null"),
+    "cka_grid": ("estimator", "repeats", "tail", "gram_dtype"),
+    "similarity_within": ("repeats", "tail", "gram_dtype"),
+    "similarity_across": ("repeats", "tail", "gram_dtype"),
+    "similarity_grid": ("repeats", "tail", "gram_dtype"),
+    "skip_ablation": ("estimator", "repeats", "tail", "gram_dtype"),
+    "local_global_cka": ("tail",),
+    "spatial_localization": ("tail",),
+}
 
 
 def _field_lines(prefix: str, schema: type, keys=None) -> list[str]:
@@ -158,13 +170,16 @@ def print_params(name: str) -> None:
 
 
 def cmd_layers(args: list[str]) -> None:
+    from .compose import compose
     from .pipeline import models
     from .pipeline.layers import resolve
 
-    from .compose import compose
-
     cfg = compose(args)
-    key = "reference" if any(a.startswith("reference") for a in args) and not any(a.startswith("model") for a in args) else "model"
+    key = (
+        "reference"
+        if any(a.startswith("reference") for a in args) and not any(a.startswith("model") for a in args)
+        else "model"
+    )
     node = cfg[key]
     if not node.checkpoint:  # module names and shapes do not depend on the weights: none are downloaded or read
         node.pretrained = False
@@ -195,7 +210,7 @@ def cmd_demo(cmd: str, args: list[str]) -> None:
         i = args.index("--out")
         if i + 1 >= len(args):
             raise VitstudyError(f"--out needs a directory: vitstudy {cmd} --out DIR")
-        out, args = args[i + 1], args[:i] + args[i + 2:]
+        out, args = args[i + 1], args[:i] + args[i + 2 :]
     getattr(demo, cmd)(lambda overrides: main(["run", *overrides]), out, args)
 
 
@@ -218,7 +233,9 @@ def main(argv: list[str] | None = None) -> None:
     try:
         if cmd in ("run", "train"):
             FAILED.clear()
-            with submitit_launch():  # sweeps through submitit: finished jobs skipped, one-line sbatch errors (launch.py)
+            with (
+                submitit_launch()
+            ):  # sweeps through submitit: finished jobs skipped, one-line sbatch errors (launch.py)
                 if cmd == "run":
                     rest = normalise(rest)
                     precheck(rest)
@@ -244,7 +261,9 @@ def main(argv: list[str] | None = None) -> None:
 
             compare_main(rest)
         else:
-            fail(f"unknown command '{cmd}'; {closest(cmd, ['run', 'list', 'layers', 'collect', 'compare', 'train', 'demo', 'tour'])}")
+            fail(
+                f"unknown command '{cmd}'; {closest(cmd, ['run', 'list', 'layers', 'collect', 'compare', 'train', 'demo', 'tour'])}"
+            )
     except VitstudyError as err:
         fail(str(err))
     except KeyboardInterrupt:

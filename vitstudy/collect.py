@@ -4,6 +4,7 @@ papers' figure pages (vitstudy.report).
 
 Idempotent and separate from the runs themselves, so it works after partial failures and under SLURM.
 """
+
 from __future__ import annotations
 
 from pathlib import Path
@@ -70,8 +71,12 @@ def collect(dirs: list[str], out: str | None = None) -> Path:
     failed = pd.DataFrame(problems, columns=PROBLEM_COLUMNS)
     write_csv(out_dir / "failed.csv", failed[["dir", "status", "error", "overrides", "log"]])
     missing = missing_experiments(found, roots) if any(s.experiment for s in found) else []
-    findings += [claims.Finding(c, target=e.name, note=why) for e, why in missing if not why.startswith("not run")
-                 for c in claims.CLAIMS.get(e.name, [])]  # a target that stopped before its jobs: its claims missing
+    findings += [
+        claims.Finding(c, target=e.name, note=why)
+        for e, why in missing
+        if not why.startswith("not run")
+        for c in claims.CLAIMS.get(e.name, [])
+    ]  # a target that stopped before its jobs: its claims missing
     write_csv(out_dir / "findings.csv", claims.frame(findings))
     write_text(out_dir / "index.html", write_page(out_dir, found, failed, roots, written, grids, missing))
     return out_dir

@@ -10,6 +10,7 @@ two runs on the same images (same data set, seed, num_images and batch size: the
     vitstudy compare RUN --a "model.str.contains('in1k')" --b "model.str.contains('in21k')" --by block
     vitstudy compare VIT_RUN RESNET_RUN --a "index_x == 0 and index_y == index_y.max()"   # first-last CKA
 """
+
 from __future__ import annotations
 
 import json
@@ -34,8 +35,10 @@ def load(run_dir: str | Path, table: str | None = None) -> tuple[pd.DataFrame, R
     if not csv.is_file():
         raise VitstudyError(f"{run_dir} has no table {name}.csv; choose one with --table")
     if not npz.is_file():
-        raise VitstudyError(f"{run_dir} has no {npz.name}: the table has no jackknife replicates (it needs 2 or more "
-                            "batches, a vitstudy version that writes them, and an analysis whose values are per-batch sums)")
+        raise VitstudyError(
+            f"{run_dir} has no {npz.name}: the table has no jackknife replicates (it needs 2 or more "
+            "batches, a vitstudy version that writes them, and an analysis whose values are per-batch sums)"
+        )
     reps = Replicates.read(npz)
     df = pd.read_csv(csv)
     if reps.rows != len(df):
@@ -49,8 +52,10 @@ def _select(df: pd.DataFrame, query: str | None, which: str) -> np.ndarray:
     try:
         mask = df.eval(query, engine="python")
     except Exception as err:  # a pandas expression error: say which selection and why, in one line
-        raise VitstudyError(f"--{which} {query!r} is not a valid selection of the table's rows: {str(err).splitlines()[0]}; "
-                            f"columns: {', '.join(map(str, df.columns))}") from None
+        raise VitstudyError(
+            f"--{which} {query!r} is not a valid selection of the table's rows: {str(err).splitlines()[0]}; "
+            f"columns: {', '.join(map(str, df.columns))}"
+        ) from None
     rows = np.flatnonzero(np.asarray(mask, dtype=bool))
     if len(rows) == 0:
         raise VitstudyError(f"--{which} {query!r} selects no rows")
@@ -67,8 +72,15 @@ def _groups(df: pd.DataFrame, rows: np.ndarray, by: list[str]) -> dict[tuple, np
     return {k if isinstance(k, tuple) else (k,): rows[idx] for k, idx in sub.groupby(by, sort=True).indices.items()}
 
 
-def compare(run_a: str | Path, run_b: str | Path | None = None, a: str | None = None, b: str | None = None,
-            by: list[str] | str | None = None, table: str | None = None, paired: bool = True) -> pd.DataFrame:
+def compare(
+    run_a: str | Path,
+    run_b: str | Path | None = None,
+    a: str | None = None,
+    b: str | None = None,
+    by: list[str] | str | None = None,
+    table: str | None = None,
+    paired: bool = True,
+) -> pd.DataFrame:
     """Difference a - b of the mean value of two row selections, with its jackknife interval and p-value.
 
     `a`, `b`: pandas expressions over the table's columns (b defaults to a when the runs differ). `by`: columns
@@ -83,12 +95,17 @@ def compare(run_a: str | Path, run_b: str | Path | None = None, a: str | None = 
         raise VitstudyError("comparing within one run needs both --a and --b (two selections of its rows)")
     b = b if b else a
     if paired:
-        same = (rep_a.units.shape == rep_b.units.shape and np.array_equal(rep_a.units, rep_b.units)
-                and np.array_equal(rep_a.strata, rep_b.strata))
+        same = (
+            rep_a.units.shape == rep_b.units.shape
+            and np.array_equal(rep_a.units, rep_b.units)
+            and np.array_equal(rep_a.strata, rep_b.strata)
+        )
         if not same:
-            raise VitstudyError("the two runs were not measured on the same batches of the same images (same dataset, "
-                                "seed, num_images, batch_size, cka.repeats): a paired comparison is not possible; "
-                                "use --unpaired to treat them as independent")
+            raise VitstudyError(
+                "the two runs were not measured on the same batches of the same images (same dataset, "
+                "seed, num_images, batch_size, cka.repeats): a paired comparison is not possible; "
+                "use --unpaired to treat them as independent"
+            )
     rows_a, rows_b = _select(df_a, a, "a"), _select(df_b, b, "b")
     by = [by] if isinstance(by, str) else list(by or [])
     if by == ["row"]:
@@ -112,17 +129,38 @@ def compare(run_a: str | Path, run_b: str | Path | None = None, a: str | None = 
             diff, se, dof = uncertainty.paired_jackknife(ra, rb, est_a, est_b, rep_a.strata)
         else:
             diff = est_a - est_b
-            se = np.sqrt(uncertainty.jackknife_se(ra, rep_a.strata) ** 2 + uncertainty.jackknife_se(rb, rep_b.strata) ** 2)
+            se = np.sqrt(
+                uncertainty.jackknife_se(ra, rep_a.strata) ** 2 + uncertainty.jackknife_se(rb, rep_b.strata) ** 2
+            )
             dof = min(uncertainty.jackknife_df(rep_a.strata), uncertainty.jackknife_df(rep_b.strata))
         se = float(se)
         low, high = uncertainty.interval(diff, se, dof)
         t = float(diff / se) if se > 0 else (0.0 if diff == 0 else float("inf") * np.sign(diff))
-        p = 2.0 * (1.0 - uncertainty.t_cdf(abs(t), dof)) if np.isfinite(t) and dof > 0 else (0.0 if np.isinf(t) else float("nan"))
-        out.append({**dict(zip(by, key)), "a": est_a, "b": est_b, "diff": float(diff), "diff_se": se,
-                    "diff_ci_low": float(low), "diff_ci_high": float(high), "t": t, "p": float(p),
-                    "differs": bool(np.isfinite(low) and (low > 0 or high < 0)), "rows_a": len(ia), "rows_b": len(ib),
-                    "batches": len(rep_a.units), "df": dof, "value": column,
-                    "method": "paired jackknife over batches" if paired else "independent jackknife se"})
+        p = (
+            2.0 * (1.0 - uncertainty.t_cdf(abs(t), dof))
+            if np.isfinite(t) and dof > 0
+            else (0.0 if np.isinf(t) else float("nan"))
+        )
+        out.append(
+            {
+                **dict(zip(by, key)),
+                "a": est_a,
+                "b": est_b,
+                "diff": float(diff),
+                "diff_se": se,
+                "diff_ci_low": float(low),
+                "diff_ci_high": float(high),
+                "t": t,
+                "p": float(p),
+                "differs": bool(np.isfinite(low) and (low > 0 or high < 0)),
+                "rows_a": len(ia),
+                "rows_b": len(ib),
+                "batches": len(rep_a.units),
+                "df": dof,
+                "value": column,
+                "method": "paired jackknife over batches" if paired else "independent jackknife se",
+            }
+        )
     return pd.DataFrame(out)
 
 
@@ -136,7 +174,9 @@ def main(args: list[str]) -> None:
     parser.add_argument("runs", nargs="+", help="one run directory (two selections) or two (same images)")
     parser.add_argument("--a", default=None, help="pandas expression selecting rows of the first run's table")
     parser.add_argument("--b", default=None, help="rows of the second (default: the same expression as --a)")
-    parser.add_argument("--by", default=None, help="comma-separated columns: compare group by group (rows averaged); 'row': row by row")
+    parser.add_argument(
+        "--by", default=None, help="comma-separated columns: compare group by group (rows averaged); 'row': row by row"
+    )
     parser.add_argument("--table", default=None, help="table name (default: the run's analysis)")
     parser.add_argument("--unpaired", action="store_true", help="independent samples: se^2 = se_a^2 + se_b^2")
     parser.add_argument("--out", default=None, help="write the comparison as CSV")
@@ -149,4 +189,6 @@ def main(args: list[str]) -> None:
         write_csv(Path(ns.out), df)
     with pd.option_context("display.width", 200, "display.max_columns", 30, "display.float_format", "{:.4g}".format):
         print(df.to_string(index=False))
-    print(f"vitstudy: {int(df.differs.sum())} of {len(df)} differences exclude 0 from their {uncertainty.LEVEL:.0%} interval")
+    print(
+        f"vitstudy: {int(df.differs.sum())} of {len(df)} differences exclude 0 from their {uncertainty.LEVEL:.0%} interval"
+    )

@@ -4,6 +4,7 @@ Used by the CLI (pre-checks before Hydra runs), the Python API and `vitstudy tra
 of `vitstudy run`; this module composes the same configs outside it (`compose`) and checks overrides early
 (`precheck`), so a bad value is one line before any model loads.
 """
+
 from __future__ import annotations
 
 import ast
@@ -16,7 +17,13 @@ from omegaconf import DictConfig, OmegaConf
 from .config import register
 from .errors import VitstudyError, closest
 
-GROUPS = {"analysis": "analysis", "model": "model", "reference": "model", "dataset": "dataset", "experiment": "experiment"}
+GROUPS = {
+    "analysis": "analysis",
+    "model": "model",
+    "reference": "model",
+    "dataset": "dataset",
+    "experiment": "experiment",
+}
 
 register()
 
@@ -33,8 +40,11 @@ def presets(group: str) -> dict[str, str]:
     for entry in sorted(folder.iterdir(), key=lambda e: e.name):
         if entry.name.endswith(".yaml"):
             lines = entry.read_text().splitlines()
-            comment = _first_paragraph(lines) if group == "experiment" else \
-                next((l.lstrip("# ").strip() for l in lines if l.startswith("#") and "@package" not in l), "")
+            comment = (
+                _first_paragraph(lines)
+                if group == "experiment"
+                else next((l.lstrip("# ").strip() for l in lines if l.startswith("#") and "@package" not in l), "")
+            )
             name = next((l.split(":", 1)[1].strip() for l in lines if l.startswith("name:")), "")
             out[entry.name[:-5]] = f"{name}  {comment}".strip() if group == "model" else (comment or name)
     return out
@@ -70,8 +80,12 @@ def analysis_summaries() -> dict[str, str]:
         if not entry.name.endswith(".py"):
             continue
         for node in ast.walk(ast.parse(entry.read_text())):
-            if (isinstance(node, ast.Call) and getattr(node.func, "id", None) == "register" and len(node.args) >= 2
-                    and all(isinstance(a, ast.Constant) and isinstance(a.value, str) for a in node.args[:2])):
+            if (
+                isinstance(node, ast.Call)
+                and getattr(node.func, "id", None) == "register"
+                and len(node.args) >= 2
+                and all(isinstance(a, ast.Constant) and isinstance(a.value, str) for a in node.args[:2])
+            ):
                 out[node.args[0].value] = node.args[1].value
     return dict(sorted(out.items()))
 
@@ -89,7 +103,7 @@ def normalise(args: list[str]) -> list[str]:
     for a in args:
         for prefix in ("", "+", "++", "~"):
             if a.startswith(prefix + "reference=") or (prefix == "~" and a == "~reference"):
-                a = prefix + "model@reference" + a[len(prefix) + len("reference"):]
+                a = prefix + "model@reference" + a[len(prefix) + len("reference") :]
                 break
         out.append(a)
     return out
@@ -158,9 +172,13 @@ def single_runs(overrides: list[str]) -> list[list[str]]:
     return runs
 
 
-LAUNCHER_PLUGINS = {"slurm": "hydra_submitit_launcher", "local": "hydra_submitit_launcher",
-                    "submitit_slurm": "hydra_submitit_launcher", "submitit_local": "hydra_submitit_launcher",
-                    "joblib": "hydra_joblib_launcher"}
+LAUNCHER_PLUGINS = {
+    "slurm": "hydra_submitit_launcher",
+    "local": "hydra_submitit_launcher",
+    "submitit_slurm": "hydra_submitit_launcher",
+    "submitit_local": "hydra_submitit_launcher",
+    "joblib": "hydra_joblib_launcher",
+}
 
 
 def check_launcher(name: str) -> None:
@@ -169,7 +187,9 @@ def check_launcher(name: str) -> None:
 
     plugin = LAUNCHER_PLUGINS.get(name)
     if plugin and importlib.util.find_spec(f"hydra_plugins.{plugin}") is None:
-        raise VitstudyError(f"hydra/launcher={name} needs the {plugin.replace('_', '-')} plugin: pip install 'vitstudy[cluster]'")
+        raise VitstudyError(
+            f"hydra/launcher={name} needs the {plugin.replace('_', '-')} plugin: pip install 'vitstudy[cluster]'"
+        )
     if name not in LAUNCHER_PLUGINS and name != "basic":
         raise VitstudyError(f"unknown launcher '{name}'; valid: slurm, local, joblib, basic")
 

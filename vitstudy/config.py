@@ -7,6 +7,7 @@ option of the `analysis` group (vitstudy.analyses). Wrong types and unknown keys
 command-line overrides are composed, before anything loads. `RESULT_NEUTRAL` lists, once, the keys that never
 change a result.
 """
+
 from __future__ import annotations
 
 from dataclasses import dataclass, field
@@ -15,11 +16,19 @@ from typing import Any, Dict, List, Optional
 from hydra.core.config_store import ConfigStore
 from omegaconf import MISSING
 
-
 # Keys that never change what a run computes, whichever command: how and where it runs. The result cache and
 # `vitstudy collect` ignore them; training also resumes across them (and across `TRAIN_RESUME_FREE`).
-RESULT_NEUTRAL = ("device", "progress", "force", "cache", "dataset.num_workers", "dataset.download", "resume", "threads",
-                  "debug_kill")
+RESULT_NEUTRAL = (
+    "device",
+    "progress",
+    "force",
+    "cache",
+    "dataset.num_workers",
+    "dataset.download",
+    "resume",
+    "threads",
+    "debug_kill",
+)
 TRAIN_RESUME_FREE = RESULT_NEUTRAL + ("dataset.root", "dataset.batch_size")  # data moved; evaluation batch size
 
 
@@ -39,8 +48,18 @@ def flatten(d, prefix: str = "") -> dict:
     return out
 
 
-TIMM_KWARGS = ("img_size", "patch_size", "depth", "embed_dim", "num_heads", "num_classes", "global_pool",
-               "class_token", "drop_path_rate", "window_size")
+TIMM_KWARGS = (
+    "img_size",
+    "patch_size",
+    "depth",
+    "embed_dim",
+    "num_heads",
+    "num_classes",
+    "global_pool",
+    "class_token",
+    "drop_path_rate",
+    "window_size",
+)
 
 
 @dataclass
@@ -71,7 +90,9 @@ class ModelConfig:
     # `model.kwargs.depth=6` works without Hydra's `+`; others: `+model.kwargs.NAME=VALUE`.
     kwargs: Dict[str, Any] = field(default_factory=lambda: dict.fromkeys(TIMM_KWARGS))
     layers: Any = "${layers}"  # 'blocks', 'all', a regex, or a list of module names / regexes
-    data: DataConfig = field(default_factory=DataConfig)  # preprocessing (model.data.mean=[...], model.data.preset=cifar10)
+    data: DataConfig = field(
+        default_factory=DataConfig
+    )  # preprocessing (model.data.mean=[...], model.data.preset=cifar10)
     label: Optional[str] = None  # display name in figures; defaults to the timm name without its tag
 
 
@@ -94,7 +115,9 @@ class DatasetConfig:
 
 @dataclass
 class CKAConfig:
-    estimator: str = "unbiased"  # 'unbiased' (minibatch, Nguyen et al. 2021) or 'biased' (full set, Kornblith et al. 2019)
+    estimator: str = (
+        "unbiased"  # 'unbiased' (minibatch, Nguyen et al. 2021) or 'biased' (full set, Kornblith et al. 2019)
+    )
     repeats: int = 1  # independent samples of images; mean and std are reported
     tail: str = "fold"  # a last batch of fewer than 4 images: 'fold' into the previous batch, or 'drop'
     gram_dtype: str = "float32"  # dtype of the per-batch Gram product (after centring); HSIC sums are float64
@@ -106,7 +129,9 @@ class CacheConfig:
     dir: str = "${oc.env:VITSTUDY_CACHE,outputs/.cache}"  # result index + resumable checkpoints; "" disables
     results: bool = True  # skip a job whose result exists for the same resolved config and weights
     checkpoint_every: int = 10  # batches between atomic reducer checkpoints (0: never)
-    features: bool = False  # keep captured activations on disk so later CKA runs on the same model and images skip the forward
+    features: bool = (
+        False  # keep captured activations on disk so later CKA runs on the same model and images skip the forward
+    )
     features_max_gb: float = 10.0  # size limit of the feature cache (least recently used entries go first)
 
 
@@ -123,7 +148,9 @@ class Config:
     tokens: str = "flatten"  # transformer outputs: 'flatten' (all tokens), 'cls', 'mean' (patch tokens)
     seed: int = 0
     device: str = "auto"
-    precision: str = "fp32"  # the models' forward passes: fp32, tf32 (CUDA), bf16 or fp16 (autocast); statistics stay float64
+    precision: str = (
+        "fp32"  # the models' forward passes: fp32, tf32 (CUDA), bf16 or fp16 (autocast); statistics stay float64
+    )
     progress: Any = "auto"  # auto: a bar on a terminal, else a line every 30 s (stderr, run log); true: bar; log: lines; false: none
 
 
@@ -131,7 +158,9 @@ class Config:
 class TrainModelConfig(ModelConfig):
     pretrained: bool = False
     remove_skip: Optional[List[int]] = None  # ViT blocks trained without their residual connections (Raghu Fig. 8)
-    global_pool: Optional[str] = None  # 'avg' with class_token=false: GAP ViT (Raghu Figs 10, 11); null: the model's own
+    global_pool: Optional[str] = (
+        None  # 'avg' with class_token=false: GAP ViT (Raghu Figs 10, 11); null: the model's own
+    )
     class_token: Optional[bool] = None
 
 
@@ -187,7 +216,9 @@ class TrainConfig:
     resume: bool = True  # continue from <run dir>/checkpoints/last.pt when it exists; false: start over
     threads: Optional[int] = None  # torch.set_num_threads
     progress: Optional[bool] = None
-    debug_kill: Optional[str] = None  # tests only: 'step:N': Ctrl-C after update N; 'save:N': hard exit inside epoch N's last.pt write
+    debug_kill: Optional[str] = (
+        None  # tests only: 'step:N': Ctrl-C after update N; 'save:N': hard exit inside epoch N's last.pt write
+    )
 
 
 def register() -> None:

@@ -4,6 +4,7 @@ The demo runs CKA within the bundled ViT and ResNet and across them on the bundl
 (Raghu et al. 2021 Figs 1-2) and prints three findings computed from the CSVs it wrote. The tour adds the
 other analyses that make sense on these models and collects everything into one HTML report.
 """
+
 from __future__ import annotations
 
 import re
@@ -63,7 +64,7 @@ def verdicts(out: Path, pairs=None) -> list:
 
 
 def _verdict(f) -> str:
-    return f"{f.claim.paper} {f.claim.figure}, \"{f.claim.text}\": {f.summary()}"
+    return f'{f.claim.paper} {f.claim.figure}, "{f.claim.text}": {f.summary()}'
 
 
 def findings(out: Path) -> list[str]:
@@ -78,20 +79,26 @@ def findings(out: Path) -> list[str]:
         cell = df[(df.index_x == first) & (df.index_y == last)].iloc[0]
         ends[label] = (cell.cka, _interval(cell), cell.layer_x, cell.layer_y)
     v, r = ends["ViT"], ends["ResNet"]
-    lines.append(f"{_verdict(checked[0])}. CKA between first and last block: ViT {v[0]:.2f}{v[1]} ({v[2]} vs {v[3]}), ResNet {r[0]:.2f}{r[1]} ({r[2]} vs {r[3]}); "
-                 f"{'the ViT keeps more of its first representation across depth (Raghu et al. Fig. 1)' if v[0] > r[0] else 'here the ResNet is the more uniform one, unlike Raghu et al. Fig. 1'}.")
+    lines.append(
+        f"{_verdict(checked[0])}. CKA between first and last block: ViT {v[0]:.2f}{v[1]} ({v[2]} vs {v[3]}), ResNet {r[0]:.2f}{r[1]} ({r[2]} vs {r[3]}); "
+        f"{'the ViT keeps more of its first representation across depth (Raghu et al. Fig. 1)' if v[0] > r[0] else 'here the ResNet is the more uniform one, unlike Raghu et al. Fig. 1'}."
+    )
     across = pd.read_csv(out / "cka_across" / "cka_across.csv")
     last_vit = across[across.index_x == across.index_x.max()]
     best = last_vit.loc[last_vit.cka.idxmax()]
-    lines.append(f"{_verdict(checked[2])}. The ViT's last block ({best.layer_x}) is closest to the ResNet's {best.layer_y} "
-                 f"({_stage(best.layer_y)}), CKA {best.cka:.2f}{_interval(best)}, of {across.index_y.max() + 1} ResNet blocks.")
+    lines.append(
+        f"{_verdict(checked[2])}. The ViT's last block ({best.layer_x}) is closest to the ResNet's {best.layer_y} "
+        f"({_stage(best.layer_y)}), CKA {best.cka:.2f}{_interval(best)}, of {across.index_y.max() + 1} ResNet blocks."
+    )
     mid = across.index_y.max() // 2
     mid_rows = across[across.index_y == mid]
     match = mid_rows.loc[mid_rows.cka.idxmax()]
-    lines.append(f"{_verdict(checked[1])}. The ResNet's middle block ({match.layer_y}) is closest to ViT {match.layer_x} of {across.index_x.max() + 1} "
-                 f"(CKA {match.cka:.2f}{_interval(match)}): the ViT reaches mid-ResNet representations "
-                 f"{'earlier' if match.index_x / across.index_x.max() < mid / across.index_y.max() else 'no earlier'} "
-                 f"in relative depth (Raghu et al. Fig. 2).")
+    lines.append(
+        f"{_verdict(checked[1])}. The ResNet's middle block ({match.layer_y}) is closest to ViT {match.layer_x} of {across.index_x.max() + 1} "
+        f"(CKA {match.cka:.2f}{_interval(match)}): the ViT reaches mid-ResNet representations "
+        f"{'earlier' if match.index_x / across.index_x.max() < mid / across.index_y.max() else 'no earlier'} "
+        f"in relative depth (Raghu et al. Fig. 2)."
+    )
     return lines
 
 
@@ -107,8 +114,10 @@ def demo(run, out: str | Path = "outputs/demo", extra: list[str] | None = None) 
     from .pipeline.results import write_csv
 
     write_csv(out / "findings.csv", claims.frame(verdicts(out)))
-    print(f"\nvitstudy demo ({time.perf_counter() - t:.0f} s; bundled ViT-mini and ResNet-mini trained on CIFAR-10, "
-          f"1,000 bundled CIFAR-10 test images; CSVs and figures under {out}/):")
+    print(
+        f"\nvitstudy demo ({time.perf_counter() - t:.0f} s; bundled ViT-mini and ResNet-mini trained on CIFAR-10, "
+        f"1,000 bundled CIFAR-10 test images; CSVs and figures under {out}/):"
+    )
     for line in lines:
         print(f"  - {line}")
     return lines
@@ -126,7 +135,9 @@ def tour(run, out: str | Path = "outputs/tour", extra: list[str] | None = None) 
     report = collect([str(out)], str(out / "report"))
     checked = pd.read_csv(Path(report) / "findings.csv")
     counts = ", ".join(f"{n} {v}" for v, n in checked.verdict.value_counts().items())
-    print(f"vitstudy tour: {len(DEMO_RUNS) + len(TOUR_RUNS)} runs in {time.perf_counter() - t:.0f} s; "
-          f"{len(checked)} paper claims checked ({counts}): {Path(report) / 'findings.csv'}; "
-          f"report: {Path(report) / 'index.html'}")
+    print(
+        f"vitstudy tour: {len(DEMO_RUNS) + len(TOUR_RUNS)} runs in {time.perf_counter() - t:.0f} s; "
+        f"{len(checked)} paper claims checked ({counts}): {Path(report) / 'findings.csv'}; "
+        f"report: {Path(report) / 'index.html'}"
+    )
     return Path(report)

@@ -1,4 +1,5 @@
 """The one exception type vitstudy raises for bad input; the CLI prints its message as one line."""
+
 from __future__ import annotations
 
 import difflib

@@ -17,6 +17,7 @@ the plugin's unchanged `__call__` and `checkpoint`: on submitit's pre-timeout or
 requeues itself with the same arguments and the Hydra job starts again, resuming from vitstudy's own checkpoints
 (the reducers' sums in `cache.dir`, `checkpoints/last.pt` of training).
 """
+
 from __future__ import annotations
 
 import io
@@ -50,8 +51,17 @@ SBATCH_KEYS = [
 POLL_S = 5  # squeue poll interval
 GRACE_S = 15  # how long a result file may lag behind the job leaving the queue (shared file systems)
 SILENT_S = 600  # squeue failing this long: stop waiting
-STUCK = ("PartitionConfig", "PartitionTimeLimit", "PartitionNodeLimit", "ReqNodeNotAvail", "BadConstraints",
-         "QOSMaxMemoryPerJob", "AssocMaxJobsLimit", "InvalidAccount", "InvalidQOS")
+STUCK = (
+    "PartitionConfig",
+    "PartitionTimeLimit",
+    "PartitionNodeLimit",
+    "ReqNodeNotAvail",
+    "BadConstraints",
+    "QOSMaxMemoryPerJob",
+    "AssocMaxJobsLimit",
+    "InvalidAccount",
+    "InvalidQOS",
+)
 
 
 def job_failed(out_dir: str, err: Exception, overrides: Sequence[str]) -> dict:
@@ -138,8 +148,10 @@ def _offer(key: str) -> str:
 def _check_slurm() -> None:
     missing = [c for c in ("sbatch", "srun", "squeue") if shutil.which(c) is None]
     if missing:
-        raise VitstudyError(f"hydra/launcher=slurm needs SLURM, but {', '.join(missing)} is not on PATH: run on a cluster's "
-                            "login node, start a one-node cluster with scripts/slurm_local.sh, or use hydra/launcher=local")
+        raise VitstudyError(
+            f"hydra/launcher=slurm needs SLURM, but {', '.join(missing)} is not on PATH: run on a cluster's "
+            "login node, start a one-node cluster with scripts/slurm_local.sh, or use hydra/launcher=local"
+        )
 
 
 def _finished(sweep_config, out_dir: Path) -> bool:
@@ -180,7 +192,9 @@ def _trained(cfg, out_dir: Path) -> bool:
     if saved.get("command") != "train" or saved.get("status") != "complete":
         return False
     a, b = flatten(saved.get("config")), flatten(OmegaConf.to_container(cfg, resolve=True))
-    return all(a.get(k) == b.get(k) for k in set(a) | set(b) if not is_neutral(k, TRAIN_RESUME_FREE + ("model.layers",)))
+    return all(
+        a.get(k) == b.get(k) for k in set(a) | set(b) if not is_neutral(k, TRAIN_RESUME_FREE + ("model.layers",))
+    )
 
 
 def launch(self, job_overrides: Sequence[Sequence[str]], initial_job_idx: int) -> list:
@@ -248,7 +262,12 @@ def launch(self, job_overrides: Sequence[Sequence[str]], initial_job_idx: int) -
         if error is None and isinstance(ret, JobReturn) and ret.status == JobStatus.FAILED:
             e = ret._return_value
             error = f"{type(e).__name__}: {' '.join(str(e).split())}"
-        if error is None and isinstance(ret, JobReturn) and isinstance(ret._return_value, dict) and "failed" in ret._return_value:
+        if (
+            error is None
+            and isinstance(ret, JobReturn)
+            and isinstance(ret._return_value, dict)
+            and "failed" in ret._return_value
+        ):
             error = ret._return_value.get("error", "failed")
             if not (out_dir / "failed.json").is_file():  # a job dir on another file system view: write it here too
                 _record(out_dir, error, overrides, job)
@@ -257,7 +276,11 @@ def launch(self, job_overrides: Sequence[Sequence[str]], initial_job_idx: int) -
         if error is not None:
             if str(out_dir) not in FAILED:
                 FAILED.append(str(out_dir))
-            print(f"vitstudy: error in {out_dir} (job {job.job_id}): {error}; log: {job.paths.stderr}", file=sys.stderr, flush=True)
+            print(
+                f"vitstudy: error in {out_dir} (job {job.job_id}): {error}; log: {job.paths.stderr}",
+                file=sys.stderr,
+                flush=True,
+            )
             ret = JobReturn(overrides=overrides, working_dir=str(out_dir), status=JobStatus.COMPLETED)
         returns[idx] = ret
     return [returns[i] for i in sorted(returns)]
@@ -268,9 +291,16 @@ def _announce(jobs, slurm: bool, params: dict) -> None:
     logs = f"{jobs[0].paths.stdout.parent.parent}/<job id>/, e.g. {jobs[0].paths.stderr}"
     if slurm:
         at_once = min(len(jobs), params.get("array_parallelism") or len(jobs))
-        kind = f"array job {ids[0]} (tasks 0-{len(jobs) - 1}, at most {at_once} at once)" if len(jobs) > 1 else f"job {ids[0]}"
-        print(f"vitstudy: submitted {len(jobs)} job(s) to SLURM as {kind}; `squeue -j {','.join(ids)}` shows them; "
-              f"logs: {logs}", flush=True)
+        kind = (
+            f"array job {ids[0]} (tasks 0-{len(jobs) - 1}, at most {at_once} at once)"
+            if len(jobs) > 1
+            else f"job {ids[0]}"
+        )
+        print(
+            f"vitstudy: submitted {len(jobs)} job(s) to SLURM as {kind}; `squeue -j {','.join(ids)}` shows them; "
+            f"logs: {logs}",
+            flush=True,
+        )
     else:
         print(f"vitstudy: started {len(jobs)} job(s) with submitit's local executor; logs: {logs}", flush=True)
 
@@ -293,8 +323,10 @@ def _wait(jobs, slurm: bool) -> list[tuple[Any, str | None]]:
                 last_answer = now
             elif now - last_answer > SILENT_S:
                 pending = [j.job_id for i, j in enumerate(jobs) if i not in out]
-                fail(f"squeue has not answered for {SILENT_S // 60} minutes (is slurmctld running?); jobs {', '.join(pending)} "
-                     "may still run: check `squeue`, then rerun the same command (finished jobs are not submitted again)")
+                fail(
+                    f"squeue has not answered for {SILENT_S // 60} minutes (is slurmctld running?); jobs {', '.join(pending)} "
+                    "may still run: check `squeue`, then rerun the same command (finished jobs are not submitted again)"
+                )
         for i, job in enumerate(jobs):
             if i in out:
                 continue
@@ -309,8 +341,12 @@ def _wait(jobs, slurm: bool) -> list[tuple[Any, str | None]]:
                     state, reason = queue[job.job_id]
                     if state == "PENDING" and reason in STUCK and (job.job_id, reason) not in reasons:
                         reasons.add((job.job_id, reason))
-                        print(f"vitstudy: SLURM job {job.job_id} is pending with reason {reason}: it may never start "
-                              "(scancel it and change the hydra.launcher.* request)", file=sys.stderr, flush=True)
+                        print(
+                            f"vitstudy: SLURM job {job.job_id} is pending with reason {reason}: it may never start "
+                            "(scancel it and change the hydra.launcher.* request)",
+                            file=sys.stderr,
+                            flush=True,
+                        )
                     continue
                 first = gone.setdefault(i, now)
                 if now - first < GRACE_S:
@@ -329,8 +365,12 @@ def _wait(jobs, slurm: bool) -> list[tuple[Any, str | None]]:
 def _squeue(array_ids: list[str]) -> dict[str, tuple[str, str]] | None:
     """{job id (123 or 123_4): (state, reason)} of the jobs still in the queue; None when squeue fails."""
     try:
-        text = subprocess.run(["squeue", "-h", "-r", f"--jobs={','.join(sorted(set(array_ids)))}", "-o", "%i %T %r"],
-                              capture_output=True, text=True, timeout=60)
+        text = subprocess.run(
+            ["squeue", "-h", "-r", f"--jobs={','.join(sorted(set(array_ids)))}", "-o", "%i %T %r"],
+            capture_output=True,
+            text=True,
+            timeout=60,
+        )
     except (OSError, subprocess.TimeoutExpired):
         return None
     if text.returncode != 0:
@@ -348,7 +388,9 @@ def _died(job) -> str:
     """The error line of a job that left the queue without a result: SLURM's account of it and its last error line."""
     state = ""
     try:
-        text = subprocess.run(["scontrol", "show", "job", "-o", job.job_id], capture_output=True, text=True, timeout=30).stdout
+        text = subprocess.run(
+            ["scontrol", "show", "job", "-o", job.job_id], capture_output=True, text=True, timeout=30
+        ).stdout
         fields = dict(re.findall(r"(\w+)=(\S+)", text))
         if fields:
             state = f" (SLURM: {fields.get('JobState', '?')}, exit code {fields.get('ExitCode', '?')}, reason {fields.get('Reason', '?')})"
@@ -369,7 +411,11 @@ def _last_error(text: str) -> str:
     ours = [l for l in lines if l.startswith("vitstudy: error")]
     if ours:
         return ours[-1].split(": ", 2)[-1] if ours[-1].count(": ") >= 2 else ours[-1]
-    exc = [l for l in lines if re.match(r"^[\w.]*(Error|Exception|Interrupt|Exit)\b.*:", l) or "CANCELLED" in l or "Killed" in l]
+    exc = [
+        l
+        for l in lines
+        if re.match(r"^[\w.]*(Error|Exception|Interrupt|Exit)\b.*:", l) or "CANCELLED" in l or "Killed" in l
+    ]
     return exc[-1] if exc else ""
 
 
@@ -378,8 +424,16 @@ def _record(out_dir: Path, error: str, overrides: Sequence[str], job) -> None:
     that `vitstudy collect` lists it with its log."""
     from .pipeline.results import write_json, write_text
 
-    write_json(out_dir / "failed.json", {"error": error, "overrides": list(overrides), "job_id": job.job_id,
-                                         "log": str(job.paths.stderr), "stdout": str(job.paths.stdout)})
+    write_json(
+        out_dir / "failed.json",
+        {
+            "error": error,
+            "overrides": list(overrides),
+            "job_id": job.job_id,
+            "log": str(job.paths.stderr),
+            "stdout": str(job.paths.stdout),
+        },
+    )
     hydra_dir = out_dir / ".hydra"
     if not hydra_dir.is_dir():
         write_text(hydra_dir / "overrides.yaml", "".join(f"- {json.dumps(o)}\n" for o in overrides))

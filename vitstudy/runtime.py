@@ -1,5 +1,6 @@
 """Where and with what a run executes: the device, package versions, the git revision, and the part of every
 run.json record (analysis runs and training runs alike) that says so."""
+
 from __future__ import annotations
 
 import subprocess
@@ -41,12 +42,15 @@ def resolve_device(name: str) -> torch.device:
     if device.type == "cuda" and torch.cuda.is_available():
         if device.index is None or device.index < torch.cuda.device_count():
             return device
-        raise VitstudyError(f"device {name!r}: this machine has {torch.cuda.device_count()} CUDA GPU(s); valid: {', '.join(valid)}")
+        raise VitstudyError(
+            f"device {name!r}: this machine has {torch.cuda.device_count()} CUDA GPU(s); valid: {', '.join(valid)}"
+        )
     if device.type == "mps" and "mps" in valid:
         return device
-    why = {"cuda": "no CUDA GPU is visible (torch.cuda.is_available() is False)",
-           "mps": "no Apple GPU is visible (torch.backends.mps.is_available() is False)"}.get(
-        device.type, "vitstudy runs on cpu, cuda or mps")
+    why = {
+        "cuda": "no CUDA GPU is visible (torch.cuda.is_available() is False)",
+        "mps": "no Apple GPU is visible (torch.backends.mps.is_available() is False)",
+    }.get(device.type, "vitstudy runs on cpu, cuda or mps")
     raise VitstudyError(f"device {name!r} is not available: {why}; valid on this machine: {', '.join(valid)}")
 
 
@@ -75,7 +79,18 @@ def forward_precision(name: str, device: torch.device):
 
 def versions() -> dict[str, str]:
     out = {"python": sys.version.split()[0]}
-    for pkg in ("vitstudy", "torch", "torchvision", "timm", "hydra-core", "omegaconf", "numpy", "pandas", "seaborn", "matplotlib"):
+    for pkg in (
+        "vitstudy",
+        "torch",
+        "torchvision",
+        "timm",
+        "hydra-core",
+        "omegaconf",
+        "numpy",
+        "pandas",
+        "seaborn",
+        "matplotlib",
+    ):
         try:
             out[pkg] = metadata.version(pkg)
         except metadata.PackageNotFoundError:
@@ -89,8 +104,12 @@ def git_revision() -> str | None:
         rev = subprocess.run(["git", "-C", str(here), "rev-parse", "HEAD"], capture_output=True, text=True, timeout=5)
         if rev.returncode != 0:
             return None
-        dirty = subprocess.run(["git", "-C", str(here), "status", "--porcelain", "--untracked-files=no"],
-                               capture_output=True, text=True, timeout=5).stdout.strip()
+        dirty = subprocess.run(
+            ["git", "-C", str(here), "status", "--porcelain", "--untracked-files=no"],
+            capture_output=True,
+            text=True,
+            timeout=5,
+        ).stdout.strip()
         return rev.stdout.strip() + ("+dirty" if dirty else "")
     except (OSError, subprocess.SubprocessError):
         return None
@@ -103,8 +122,19 @@ def device_info(device: torch.device) -> dict[str, Any]:
     return info
 
 
-def record(started: datetime, wall_time_s: float, device: torch.device, overrides, config: dict, **fields) -> dict[str, Any]:
+def record(
+    started: datetime, wall_time_s: float, device: torch.device, overrides, config: dict, **fields
+) -> dict[str, Any]:
     """The fields every run.json shares (times, overrides, config, revision, versions, device), then `fields`."""
-    return {"status": "complete", "started": started.isoformat(), "finished": datetime.now(timezone.utc).isoformat(),
-            "wall_time_s": round(wall_time_s, 3), "overrides": list(overrides or []), "config": config, **fields,
-            "git_revision": git_revision(), "versions": versions(), **device_info(device)}
+    return {
+        "status": "complete",
+        "started": started.isoformat(),
+        "finished": datetime.now(timezone.utc).isoformat(),
+        "wall_time_s": round(wall_time_s, 3),
+        "overrides": list(overrides or []),
+        "config": config,
+        **fields,
+        "git_revision": git_revision(),
+        "versions": versions(),
+        **device_info(device),
+    }

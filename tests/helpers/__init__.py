@@ -1,5 +1,6 @@
 """What the tests share: tiny model and data overrides, running `vitstudy` in-process, the one-line-error check,
 and CKA written out from its formula in float64 numpy (the independent reference the numbers are held against)."""
+
 import os
 
 import numpy as np
@@ -7,8 +8,13 @@ import numpy as np
 from vitstudy.cli import main
 
 # Small variants of real timm architectures: same module structure, 32-64 px inputs.
-TINY_VIT = ["model.name=vit_tiny_patch16_224", "model.pretrained=false", "model.kwargs.img_size=32",
-            "model.kwargs.patch_size=8", "model.kwargs.depth=3"]
+TINY_VIT = [
+    "model.name=vit_tiny_patch16_224",
+    "model.pretrained=false",
+    "model.kwargs.img_size=32",
+    "model.kwargs.patch_size=8",
+    "model.kwargs.depth=3",
+]
 TINY_RESNET = ["reference.name=resnet18", "reference.pretrained=false", "reference.data.input_size=[3,32,32]"]
 SMALL_DATA = ["dataset=synthetic", "dataset.num_images=24", "dataset.batch_size=8", "dataset.image_size=40"]
 
@@ -25,7 +31,11 @@ def cli(args, capsys):
 
 
 def finished_files(run_dir):
-    return [f for f in os.listdir(run_dir) if f.endswith((".csv", ".png", ".pdf")) or f == "run.json"] if os.path.isdir(run_dir) else []
+    return (
+        [f for f in os.listdir(run_dir) if f.endswith((".csv", ".png", ".pdf")) or f == "run.json"]
+        if os.path.isdir(run_dir)
+        else []
+    )
 
 
 def assert_one_line_error(args, expected, run_dir, capsys):
@@ -45,8 +55,11 @@ def song_hsic(k, l):
     np.fill_diagonal(kt, 0)
     np.fill_diagonal(lt, 0)
     one = np.ones(n)
-    return (np.trace(kt @ lt) + (one @ kt @ one) * (one @ lt @ one) / ((n - 1) * (n - 2))
-            - 2.0 / (n - 2) * (one @ kt @ lt @ one)) / (n * (n - 3))
+    return (
+        np.trace(kt @ lt)
+        + (one @ kt @ one) * (one @ lt @ one) / ((n - 1) * (n - 2))
+        - 2.0 / (n - 2) * (one @ kt @ lt @ one)
+    ) / (n * (n - 3))
 
 
 def song_cka(x, y):

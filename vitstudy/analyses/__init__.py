@@ -3,6 +3,7 @@ returns tables and figures; it owns no file I/O, plotting style or model loading
 
 `_registry` holds the registry; importing this package imports every analysis module, which registers itself.
 """
+
 from __future__ import annotations
 
 import importlib

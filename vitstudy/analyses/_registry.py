@@ -5,6 +5,7 @@ An analysis' parameters are one dataclass (`Params` subclass) stored in Hydra's 
 loads, and `Params.check` adds the value checks types cannot express. The runner loads every model an analysis
 declares (`models(cfg)`), hands it a Context, and writes the Result it returns.
 """
+
 from __future__ import annotations
 
 from dataclasses import dataclass, field, fields
@@ -25,7 +26,9 @@ class Result:
     figures: dict[str, Any] = field(default_factory=dict)  # name -> matplotlib Figure
     info: dict[str, Any] = field(default_factory=dict)  # recorded in run.json (choices made, layers used)
     images: list[dict] = field(default_factory=list)  # the image samples used (Context.sample records) -> images.csv
-    replicates: dict[str, Replicates] = field(default_factory=dict)  # table -> <table>.replicates.npz (vitstudy compare)
+    replicates: dict[str, Replicates] = field(
+        default_factory=dict
+    )  # table -> <table>.replicates.npz (vitstudy compare)
 
 
 @dataclass
@@ -69,8 +72,13 @@ def _fixed(keys: tuple[str, ...]) -> Callable:
     return lambda cfg: {k: cfg[k] for k in keys}
 
 
-def register(name: str, summary: str, params: type | None = None, models: tuple[str, ...] | Callable = ("model",),
-             lazy_models: bool = False):
+def register(
+    name: str,
+    summary: str,
+    params: type | None = None,
+    models: tuple[str, ...] | Callable = ("model",),
+    lazy_models: bool = False,
+):
     """Register `fn(ctx) -> Result` as analysis `name`, with its Params schema and the models it needs
     (config keys such as ("model", "reference"), or a function of the config giving {key: model node})."""
     from hydra.core.config_store import ConfigStore
@@ -80,7 +88,9 @@ def register(name: str, summary: str, params: type | None = None, models: tuple[
         raise TypeError(f"{schema.__name__} needs a `name` field")
 
     def wrap(fn):
-        REGISTRY[name] = Analysis(name, summary, fn, schema, models if callable(models) else _fixed(tuple(models)), lazy_models)
+        REGISTRY[name] = Analysis(
+            name, summary, fn, schema, models if callable(models) else _fixed(tuple(models)), lazy_models
+        )
         ConfigStore.instance().store(group="analysis", name=name, node=schema(name=name))
         return fn
 

@@ -9,6 +9,7 @@ the attention_distance table also reports prefix keys (class token, registers) a
 `patch_mean_distance`), and CrossViT's cross-attention rows (kind 'cross') measure the spread of the keys its class
 token attends to (docs/methods.md).
 """
+
 from __future__ import annotations
 
 from dataclasses import dataclass, field
@@ -18,16 +19,16 @@ import numpy as np
 import pandas as pd
 import torch
 
-from ..pipeline import models
-from ..plots import attention as plots_attention
 from ..anatomy.attention import Counter, Site, excluded, sites, unfused
-from ..pipeline.engine import Reducer, stream
-from ..errors import VitstudyError
 from ..anatomy.blocks import block_names
-from ..pipeline.layers import Layer, features
-from ..pipeline.results import Replicates
+from ..errors import VitstudyError
 from ..metrics import uncertainty
 from ..metrics.cka import MinibatchCKA, gram, u_center
+from ..pipeline import models
+from ..pipeline.engine import Reducer, stream
+from ..pipeline.layers import Layer, features
+from ..pipeline.results import Replicates
+from ..plots import attention as plots_attention
 from ._registry import Params, Result, at_least, register
 from .common import INPUT
 
@@ -40,7 +41,9 @@ class DistanceStats:
         self.order = [s.name for s in site_list]
         self.s1 = {s.name: torch.zeros(s.heads, dtype=torch.float64) for s in site_list}
         self.s2 = {s.name: torch.zeros(s.heads, dtype=torch.float64) for s in site_list}
-        self.batch_sums: dict[str, list[torch.Tensor]] = {s.name: [] for s in site_list}  # per batch Σ, for the jackknife
+        self.batch_sums: dict[str, list[torch.Tensor]] = {
+            s.name: [] for s in site_list
+        }  # per batch Σ, for the jackknife
         self.batch_counts: dict[str, list[int]] = {s.name: [] for s in site_list}
         # prefix keys reported apart: Σ over images of the per-image share and of the patch-key mean distance
         self.share = {s.name: torch.zeros(s.heads, dtype=torch.float64) for s in site_list}
@@ -116,15 +119,34 @@ def distance_table(m, stats: DistanceStats, site_list: list[Site], cfg) -> pd.Da
         ci = uncertainty.se_columns("mean_distance", mean, se, stats.n - 1)
         rank = np.argsort(np.argsort(mean, kind="stable"), kind="stable")
         for h in range(s.heads):
-            rows.append({"model": m.name, "label": m.label, "weights": m.weights, "block": s.block, "layer": s.name,
-                         "head": h, "head_rank": int(rank[h]), "mean_distance": float(mean[h]),
-                         **{k: float(v[h]) for k, v in ci.items()}, "std_distance": float(std[h]),
-                         "uniform_distance": uniform[s.name],
-                         "prefix_keys": s.prefix_names or "none", "prefix_share": float(share[h]),
-                         "patch_mean_distance": float(patch[h]), "uniform_patch_distance": uniform_patch,
-                         "num_images": stats.n, "uncertainty": "se_images", "kind": s.kind, "stride_px": s.stride[0], "grid": f"{s.grid[0]}x{s.grid[1]}",
-                         "window": "" if s.window is None else f"{s.window[0]}x{s.window[1]}",
-                         "shift": f"{s.shift[0]}x{s.shift[1]}", "prefix_tokens": s.num_prefix, "dataset": cfg.dataset.name})
+            rows.append(
+                {
+                    "model": m.name,
+                    "label": m.label,
+                    "weights": m.weights,
+                    "block": s.block,
+                    "layer": s.name,
+                    "head": h,
+                    "head_rank": int(rank[h]),
+                    "mean_distance": float(mean[h]),
+                    **{k: float(v[h]) for k, v in ci.items()},
+                    "std_distance": float(std[h]),
+                    "uniform_distance": uniform[s.name],
+                    "prefix_keys": s.prefix_names or "none",
+                    "prefix_share": float(share[h]),
+                    "patch_mean_distance": float(patch[h]),
+                    "uniform_patch_distance": uniform_patch,
+                    "num_images": stats.n,
+                    "uncertainty": "se_images",
+                    "kind": s.kind,
+                    "stride_px": s.stride[0],
+                    "grid": f"{s.grid[0]}x{s.grid[1]}",
+                    "window": "" if s.window is None else f"{s.window[0]}x{s.window[1]}",
+                    "shift": f"{s.shift[0]}x{s.shift[1]}",
+                    "prefix_tokens": s.num_prefix,
+                    "dataset": cfg.dataset.name,
+                }
+            )
     return pd.DataFrame(rows)
 
 
@@ -135,16 +157,27 @@ def measure(ctx, m, batching) -> tuple[pd.DataFrame, np.ndarray]:
     reducer = DistanceReducer(site_list)
     loader = ctx.loader([m], batching)
     with unfused(m.module, site_list):
-        stream([m], [[INPUT] + [s.layer for s in site_list]], loader, reducer, ctx.device,
-               f"attention distance {m.label}", ctx.progress)
+        stream(
+            [m],
+            [[INPUT] + [s.layer for s in site_list]],
+            loader,
+            reducer,
+            ctx.device,
+            f"attention distance {m.label}",
+            ctx.progress,
+        )
     reps = np.concatenate([reducer.stats.replicates(s.name) for s in site_list], axis=1)
     return distance_table(m, reducer.stats, site_list, ctx.cfg), reps
 
 
 @dataclass
 class AttentionDistance(Params):
-    blocks: List[int] = field(default_factory=lambda: [0, 1, -2, -1])  # blocks drawn in the sorted-head figure (negative: from the end); the CSV has every block
-    compare: List[Any] = field(default_factory=list)  # more models on the same images: presets, timm names (arch.tag) or model nodes, e.g. the IN-21k twin
+    blocks: List[int] = field(
+        default_factory=lambda: [0, 1, -2, -1]
+    )  # blocks drawn in the sorted-head figure (negative: from the end); the CSV has every block
+    compare: List[Any] = field(
+        default_factory=list
+    )  # more models on the same images: presets, timm names (arch.tag) or model nodes, e.g. the IN-21k twin
 
 
 def distance_models(cfg) -> dict:
@@ -160,15 +193,24 @@ def distance_models(cfg) -> dict:
     return nodes
 
 
-@register("attention_distance", "mean attention distance in pixels per (block, head) (Raghu et al. Figs 3-4, Dosovitskiy et al. Fig. 7 right)",
-          AttentionDistance, models=distance_models, lazy_models=True)
+@register(
+    "attention_distance",
+    "mean attention distance in pixels per (block, head) (Raghu et al. Figs 3-4, Dosovitskiy et al. Fig. 7 right)",
+    AttentionDistance,
+    models=distance_models,
+    lazy_models=True,
+)
 def attention_distance(ctx) -> Result:
     blocks = list(ctx.params.blocks)
     main = ctx.models["model"]
-    site_list = sites(main.module, main.data_config.get("input_size"))  # clear message for CNNs before any image is loaded
+    site_list = sites(
+        main.module, main.data_config.get("input_size")
+    )  # clear message for CNNs before any image is loaded
     for b in blocks:
         if not -len(site_list) <= b < len(site_list):
-            raise VitstudyError(f"analysis.blocks has {b}, but {main.label} has {len(site_list)} attention blocks (valid: 0..{len(site_list) - 1} or negative from the end)")
+            raise VitstudyError(
+                f"analysis.blocks has {b}, but {main.label} has {len(site_list)} attention blocks (valid: 0..{len(site_list) - 1} or negative from the end)"
+            )
     batching, record = ctx.sample()
     tables, reps = [], []
     for key in ctx.models.nodes:  # one model at a time: the compare models are built here and freed after use
@@ -177,15 +219,23 @@ def attention_distance(ctx) -> Result:
         reps.append(rep)
         ctx.models.release(key)
     df = pd.concat(tables, ignore_index=True)
-    figs = {"attention_distance": plots_attention.sorted_heads(df, blocks),
-            "attention_distance_depth": plots_attention.depth_scatter(df)}
+    figs = {
+        "attention_distance": plots_attention.sorted_heads(df, blocks),
+        "attention_distance_depth": plots_attention.depth_scatter(df),
+    }
     replicates = {}
     if len(batching.batches) > 1:  # paired comparisons (vitstudy compare): every model saw the same batches
         replicates["attention_distance"] = Replicates(
-            values=np.concatenate(reps, axis=1), strata=np.zeros(len(batching.batches), dtype=np.int64),
-            units=uncertainty.unit_ids(batching.batches), estimate=df.mean_distance.to_numpy(), column="mean_distance")
-    info = {"attention_models": [t.model.iloc[0] for t in tables],
-            "uncertainty": {"attention_distance": {"method": "se_images", "description": uncertainty.METHODS["se_images"]}}}
+            values=np.concatenate(reps, axis=1),
+            strata=np.zeros(len(batching.batches), dtype=np.int64),
+            units=uncertainty.unit_ids(batching.batches),
+            estimate=df.mean_distance.to_numpy(),
+            column="mean_distance",
+        )
+    info = {
+        "attention_models": [t.model.iloc[0] for t in tables],
+        "uncertainty": {"attention_distance": {"method": "se_images", "description": uncertainty.METHODS["se_images"]}},
+    }
     if excluded(main.module):  # e.g. CaiT's class-attention blocks
         info["excluded"] = excluded(main.module)
     return Result(tables={"attention_distance": df}, figures=figs, info=info, images=[record], replicates=replicates)
@@ -193,6 +243,7 @@ def attention_distance(ctx) -> Result:
 
 # --------------------------------------------------------------------------------------------------
 # local_global_cka (Raghu et al. Fig. 5)
+
 
 class LocalGlobalReducer(Reducer):
     """One pass: per-head Ũ of the chosen block's head outputs, Ũ of each reference layer, and that block's distances.
@@ -224,8 +275,10 @@ class LocalGlobalReducer(Reducer):
         else:  # input of attn.proj: (B, N, heads * head_dim), head h in channels [h d, (h + 1) d)
             b, n, c = tensor.shape
             per = tensor.reshape(b, n, self.site.heads, c // self.site.heads)
-            self.heads = [u_center(gram(features(per[:, :, h], self.proj, self.tokens, self.vit))).flatten()
-                          for h in range(self.site.heads)]
+            self.heads = [
+                u_center(gram(features(per[:, :, h], self.proj, self.tokens, self.vit))).flatten()
+                for h in range(self.site.heads)
+            ]
 
     def end_batch(self, labels, outputs) -> None:
         if self.heads is None or any(r is None for r in self.refs):
@@ -240,7 +293,7 @@ def subsets(order: list[int], size: int, step: int) -> list[list[int]]:
     starts = list(range(0, len(order) - size + 1, step))
     if starts[-1] != len(order) - size:
         starts.append(len(order) - size)  # always end with the most global subset
-    return [order[s:s + size] for s in starts]
+    return [order[s : s + size] for s in starts]
 
 
 def subset_cka(inner: torch.Tensor, heads: list[int], ref: int) -> float:
@@ -254,17 +307,25 @@ def subset_cka(inner: torch.Tensor, heads: list[int], ref: int) -> float:
 @dataclass
 class LocalGlobalCKA(Params):
     block: int = 0  # the ViT block whose heads are ranked by mean attention distance
-    subset_size: Optional[int] = None  # heads per subset (sliding window over the ranked heads); null: a quarter of the block's heads, at least 1 (ViT-L/16: 4, ViT-Ti: 1)
+    subset_size: Optional[int] = (
+        None  # heads per subset (sliding window over the ranked heads); null: a quarter of the block's heads, at least 1 (ViT-L/16: 4, ViT-Ti: 1)
+    )
     subset_step: int = 1  # window stride; the last window (the most global heads) is always included
-    reference_layers: Any = None  # null: the first 5 residual blocks of `reference` (ResNet-50: layer1.0-2, layer2.0-1); or a layer spec
+    reference_layers: Any = (
+        None  # null: the first 5 residual blocks of `reference` (ResNet-50: layer1.0-2, layer2.0-1); or a layer spec
+    )
 
     def check(self) -> None:
         at_least("subset_size", self.subset_size, 1, allow_none=True)
         at_least("subset_step", self.subset_step, 1)
 
 
-@register("local_global_cka", "CKA of local-to-global subsets of one block's heads with early CNN layers (Raghu et al. Fig. 5)",
-          LocalGlobalCKA, models=("model", "reference"))
+@register(
+    "local_global_cka",
+    "CKA of local-to-global subsets of one block's heads with early CNN layers (Raghu et al. Fig. 5)",
+    LocalGlobalCKA,
+    models=("model", "reference"),
+)
 def local_global_cka(ctx) -> Result:
     cfg, p = ctx.cfg, ctx.params
     vit, ref = ctx.models["model"], ctx.models["reference"]
@@ -274,14 +335,20 @@ def local_global_cka(ctx) -> Result:
         raise VitstudyError(f"analysis.block={block} is out of range: {vit.label} has {len(site_list)} blocks")
     site = site_list[block]
     if site.kind == "cross":
-        raise VitstudyError(f"local_global_cka ranks the heads of one block's attention over image tokens; {vit.label}'s "
-                            f"{site.name} at analysis.block={block} is cross-attention whose only query is a class token")
+        raise VitstudyError(
+            f"local_global_cka ranks the heads of one block's attention over image tokens; {vit.label}'s "
+            f"{site.name} at analysis.block={block} is cross-attention whose only query is a class token"
+        )
     if site.kind not in ("global", "pooled") or site.layout not in (None, "bhqk"):
-        raise VitstudyError(f"local_global_cka needs attention over the whole token grid at analysis.block={block}; "
-                            f"{vit.label}'s {site.name} uses {site.kind} attention (its heads see windows of the image)")
+        raise VitstudyError(
+            f"local_global_cka needs attention over the whole token grid at analysis.block={block}; "
+            f"{vit.label}'s {site.name} uses {site.kind} attention (its heads see windows of the image)"
+        )
     if not isinstance(dict(vit.module.named_modules()).get(f"{site.name}.proj"), torch.nn.Linear):
-        raise VitstudyError(f"local_global_cka reads each head's output at the input of the attention's `proj` linear "
-                            f"layer; {vit.label}'s {site.name} has none (its heads' outputs are not laid out per token)")
+        raise VitstudyError(
+            f"local_global_cka reads each head's output at the input of the attention's `proj` linear "
+            f"layer; {vit.label}'s {site.name} has none (its heads' outputs are not laid out per token)"
+        )
     size = max(1, site.heads // 4) if p.subset_size is None else p.subset_size
     step = p.subset_step
     if not 1 <= size <= site.heads:
@@ -297,7 +364,15 @@ def local_global_cka(ctx) -> Result:
     batching, record = ctx.sample(tail=cfg.cka.tail)
     loader = ctx.loader([vit, ref], batching)
     with unfused(vit.module, [site]):
-        stream([vit, ref], [[INPUT, site.layer, proj], ref_layers], loader, reducer, ctx.device, "local/global cka", ctx.progress)
+        stream(
+            [vit, ref],
+            [[INPUT, site.layer, proj], ref_layers],
+            loader,
+            reducer,
+            ctx.device,
+            "local/global cka",
+            ctx.progress,
+        )
     mean, _ = reducer.stats.mean_std(site.name)
     order = [int(h) for h in np.argsort(mean, kind="stable")]
     inner = reducer.acc.cross.cpu()
@@ -308,13 +383,31 @@ def local_global_cka(ctx) -> Result:
         for j, layer in enumerate(ref_layers):
             value = subset_cka(inner, heads, site.heads + j)
             if not np.isfinite(value) or abs(value) > 1 + 1e-6:
-                raise VitstudyError(f"CKA of heads {heads} of {site.name} vs '{layer.name}' is {value:.6g}, outside [-1, 1]")
+                raise VitstudyError(
+                    f"CKA of heads {heads} of {site.name} vs '{layer.name}' is {value:.6g}, outside [-1, 1]"
+                )
             reps.append([subset_cka(i, heads, site.heads + j) for i in loo])
-            rows.append({"model": vit.name, "weights": vit.weights, "reference": ref.name, "reference_weights": ref.weights,
-                         "layer": site.name, "block": site.block, "subset": k, "heads": " ".join(map(str, heads)),
-                         "subset_size": size, "subset_mean_distance": float(mean[heads].mean()),
-                         "reference_layer": layer.name, "cka": value, "tokens": cfg.tokens, "estimator": "unbiased",
-                         "num_images": reducer.stats.n, "batch_size": cfg.dataset.batch_size, "dataset": cfg.dataset.name})
+            rows.append(
+                {
+                    "model": vit.name,
+                    "weights": vit.weights,
+                    "reference": ref.name,
+                    "reference_weights": ref.weights,
+                    "layer": site.name,
+                    "block": site.block,
+                    "subset": k,
+                    "heads": " ".join(map(str, heads)),
+                    "subset_size": size,
+                    "subset_mean_distance": float(mean[heads].mean()),
+                    "reference_layer": layer.name,
+                    "cka": value,
+                    "tokens": cfg.tokens,
+                    "estimator": "unbiased",
+                    "num_images": reducer.stats.n,
+                    "batch_size": cfg.dataset.batch_size,
+                    "dataset": cfg.dataset.name,
+                }
+            )
     df = pd.DataFrame(rows)
     reps = np.asarray(reps, dtype=np.float64).T  # (B, rows)
     ci = uncertainty.se_columns("cka", df.cka.to_numpy(), uncertainty.jackknife_se(reps), len(reps) - 1)
@@ -323,14 +416,30 @@ def local_global_cka(ctx) -> Result:
     df.insert(df.columns.get_loc("cka") + 3, "cka_ci_high", ci["cka_ci_high"])
     df["uncertainty"] = "jackknife_batches"  # given the ranking of the heads (itself measured on these images)
     heads_df = pd.DataFrame({"head": range(site.heads), "mean_distance": mean})
-    fig = plots_attention.local_global(df, f"{vit.label} block {site.block} heads vs {ref.label}\n"
-                                       f"subsets of {size} heads, step {step}, {reducer.stats.n} images, tokens={cfg.tokens}")
+    fig = plots_attention.local_global(
+        df,
+        f"{vit.label} block {site.block} heads vs {ref.label}\n"
+        f"subsets of {size} heads, step {step}, {reducer.stats.n} images, tokens={cfg.tokens}",
+    )
     units = uncertainty.unit_ids(batching.batches)
-    info = {"head_distances": heads_df.to_dict("list"), "reference_layers": [l.name for l in ref_layers],
-            "uncertainty": {"local_global_cka": {"method": "jackknife_batches", "df": len(reps) - 1,
-                                                 "description": uncertainty.METHODS["jackknife_batches"] +
-                                                 "; the heads' ranking is taken as given"}}}
-    jackknife = Replicates(values=reps, strata=np.zeros(len(reps), dtype=np.int64), units=units,
-                           estimate=df.cka.to_numpy(), column="cka")
-    return Result(tables={"local_global_cka": df}, figures={"local_global_cka": fig}, info=info, images=[record],
-                  replicates={"local_global_cka": jackknife})
+    info = {
+        "head_distances": heads_df.to_dict("list"),
+        "reference_layers": [l.name for l in ref_layers],
+        "uncertainty": {
+            "local_global_cka": {
+                "method": "jackknife_batches",
+                "df": len(reps) - 1,
+                "description": uncertainty.METHODS["jackknife_batches"] + "; the heads' ranking is taken as given",
+            }
+        },
+    }
+    jackknife = Replicates(
+        values=reps, strata=np.zeros(len(reps), dtype=np.int64), units=units, estimate=df.cka.to_numpy(), column="cka"
+    )
+    return Result(
+        tables={"local_global_cka": df},
+        figures={"local_global_cka": fig},
+        info=info,
+        images=[record],
+        replicates={"local_global_cka": jackknife},
+    )

@@ -6,6 +6,7 @@ Every cell comes with a delete-one-batch jackknife standard error and 95% interv
 (metrics.uncertainty); `cka.null=K` adds K permutations of the image pairing (cka_across): chance level
 and permutation p-value per cell.
 """
+
 from __future__ import annotations
 
 from dataclasses import dataclass
@@ -15,15 +16,15 @@ import numpy as np
 import pandas as pd
 import torch
 
-from ..pipeline import data
-from ..plots import cka as plots_cka
-from ..plots import model_label
-from ..pipeline.engine import FeatureSource, Reducer, stream
 from ..errors import VitstudyError
-from ..pipeline.layers import Layer, features
-from ..pipeline.results import Replicates
 from ..metrics import uncertainty
 from ..metrics.cka import FullSetCKA, MinibatchCKA, gram, u_center
+from ..pipeline import data
+from ..pipeline.engine import FeatureSource, Reducer, stream
+from ..pipeline.layers import Layer, features
+from ..pipeline.results import Replicates
+from ..plots import cka as plots_cka
+from ..plots import model_label
 from ._registry import Params, Result, register
 
 TOLERANCE = 1e-6  # |CKA| may exceed 1 by rounding only
@@ -34,9 +35,20 @@ BATCH_WEIGHTS = "n(n-3): a batch of n images counts by its image pairs, relative
 class CKAReducer(Reducer):
     """Per batch: features -> centred Gram -> Ũ per layer (in the hook); then one product for all pairs."""
 
-    def __init__(self, models, layers, tokens: str, estimator: str = "unbiased", gram_dtype: str = "float32", device="cpu",
-                 stacked: bool | None = None, permutations: int = 0, null_keys: tuple[int, ...] = (0,),
-                 kernel: Callable = gram, null_key: str = "cka.null"):
+    def __init__(
+        self,
+        models,
+        layers,
+        tokens: str,
+        estimator: str = "unbiased",
+        gram_dtype: str = "float32",
+        device="cpu",
+        stacked: bool | None = None,
+        permutations: int = 0,
+        null_keys: tuple[int, ...] = (0,),
+        kernel: Callable = gram,
+        null_key: str = "cka.null",
+    ):
         # stacked (one model, or cka_grid's models): every pair of all their layers from one L x L product;
         # otherwise (two models, cka_across): only the cross terms. Default: stacked unless there are two models.
         # kernel(x, dtype): one batch's float64 Gram matrix (linear CKA: `gram`; a streaming measure's `kernel`).
@@ -50,15 +62,22 @@ class CKAReducer(Reducer):
         self.kernel = kernel
         self.permutations, self.null_keys = permutations, tuple(null_keys)
         if permutations and (self.within or estimator != "unbiased"):
-            hint = ("use it with cka_across and cka.estimator=unbiased" if null_key == "cka.null" else
-                    "use it with similarity_across")
-            raise VitstudyError(f"{null_key} (a permutation null) needs two models and the unbiased minibatch "
-                                f"estimator: {hint}")
+            hint = (
+                "use it with cka_across and cka.estimator=unbiased"
+                if null_key == "cka.null"
+                else "use it with similarity_across"
+            )
+            raise VitstudyError(
+                f"{null_key} (a permutation null) needs two models and the unbiased minibatch estimator: {hint}"
+            )
         sizes = [len(ls) for ls in layers]
         self.offsets = np.cumsum([0] + sizes[:-1]).tolist() if self.within else [0, 0]
         if estimator == "unbiased":
-            self.acc = MinibatchCKA(sum(sizes), None, device) if self.within else \
-                MinibatchCKA(sizes[0], sizes[1], device, permutations)
+            self.acc = (
+                MinibatchCKA(sum(sizes), None, device)
+                if self.within
+                else MinibatchCKA(sizes[0], sizes[1], device, permutations)
+            )
         else:
             self.acc = FullSetCKA(sum(sizes), None, kernel) if self.within else FullSetCKA(sizes[0], sizes[1], kernel)
         self.buffers: list[list[torch.Tensor | None]] = [[None] * n for n in sizes]
@@ -110,8 +129,14 @@ def check(matrix: np.ndarray, names_x: list[str], names_y: list[str], label: str
     if bad.any():
         i, j = map(int, np.argwhere(bad)[0])
         value = matrix[i, j]
-        hint = ("; a layer gives the same features for every image (e.g. the CLS token before the first attention),"
-                f" so {label} is undefined: drop it from the layers") if not np.isfinite(value) else ""
+        hint = (
+            (
+                "; a layer gives the same features for every image (e.g. the CLS token before the first attention),"
+                f" so {label} is undefined: drop it from the layers"
+            )
+            if not np.isfinite(value)
+            else ""
+        )
         raise VitstudyError(f"{label} of layer '{names_x[i]}' vs '{names_y[j]}' is {value:.6g}, outside [-1, 1]{hint}")
 
 
@@ -139,8 +164,14 @@ class Estimate:
     range: tuple[float, float] = RANGE  # the values the measure can take (the intervals are cut to it)
 
     @classmethod
-    def from_runs(cls, matrices: list[np.ndarray], replicates: list[np.ndarray | None], units: list[np.ndarray],
-                  nulls: list[np.ndarray | None] | None = None, range: tuple[float, float] = RANGE) -> "Estimate":
+    def from_runs(
+        cls,
+        matrices: list[np.ndarray],
+        replicates: list[np.ndarray | None],
+        units: list[np.ndarray],
+        nulls: list[np.ndarray | None] | None = None,
+        range: tuple[float, float] = RANGE,
+    ) -> "Estimate":
         stack = np.stack(matrices)
         std = stack.std(axis=0, ddof=1) if len(matrices) > 1 else np.full(stack.shape[1:], np.nan)
         mean = stack.mean(axis=0)
@@ -152,14 +183,27 @@ class Estimate:
         se = uncertainty.jackknife_se(reps, strata)
         df = uncertainty.jackknife_df(strata)
         low, high = uncertainty.clip_interval(mean, *uncertainty.interval(mean, se, df), *range)
-        return cls(mean, std, se, low, high, df, "jackknife_batches", reps, strata, np.concatenate(units), null,
-                   tuple(range))
+        return cls(
+            mean, std, se, low, high, df, "jackknife_batches", reps, strata, np.concatenate(units), null, tuple(range)
+        )
 
     def block(self, sx: slice, sy: slice) -> "Estimate":
         """The sub-matrix of layers sx x sy (cka_grid: one pair of models)."""
-        cut = (lambda a: None if a is None else a[:, sx, sy])
-        return Estimate(self.mean[sx, sy], self.std[sx, sy], self.se[sx, sy], self.low[sx, sy], self.high[sx, sy],
-                        self.df, self.method, cut(self.replicates), self.strata, self.units, cut(self.null), self.range)
+        cut = lambda a: None if a is None else a[:, sx, sy]
+        return Estimate(
+            self.mean[sx, sy],
+            self.std[sx, sy],
+            self.se[sx, sy],
+            self.low[sx, sy],
+            self.high[sx, sy],
+            self.df,
+            self.method,
+            cut(self.replicates),
+            self.strata,
+            self.units,
+            cut(self.null),
+            self.range,
+        )
 
     def columns(self, prefix: str = "cka", calibrated: bool = False) -> dict[str, np.ndarray]:
         """The table columns beside the value column `prefix` (cka tables: "cka"; similarity tables: "value").
@@ -168,8 +212,11 @@ class Estimate:
         (permutation p-value) and null_permutations; `calibrated` adds <prefix>_z = (value - null mean) / null sd,
         the calibrated score (docs/measures.md): how many null standard deviations the value stands above chance.
         """
-        cols = {f"{prefix}_se": self.se.ravel(), f"{prefix}_ci_low": self.low.ravel(),
-                f"{prefix}_ci_high": self.high.ravel()}
+        cols = {
+            f"{prefix}_se": self.se.ravel(),
+            f"{prefix}_ci_low": self.low.ravel(),
+            f"{prefix}_ci_high": self.high.ravel(),
+        }
         if self.null is not None:
             cols[f"{prefix}_chance"] = self.null.mean(axis=0).ravel()
             cols[f"{prefix}_p"] = uncertainty.permutation_pvalue(self.mean, self.null).ravel()
@@ -182,8 +229,14 @@ class Estimate:
         """What `<table>.replicates.npz` holds for paired comparisons (rows in the table's order)."""
         if self.replicates is None:
             return None
-        return Replicates(values=self.replicates.reshape(len(self.replicates), -1), strata=self.strata, units=self.units,
-                          estimate=self.mean.ravel(), column=column, method=self.method)
+        return Replicates(
+            values=self.replicates.reshape(len(self.replicates), -1),
+            strata=self.strata,
+            units=self.units,
+            estimate=self.mean.ravel(),
+            column=column,
+            method=self.method,
+        )
 
     @property
     def batches(self) -> int:
@@ -194,16 +247,26 @@ class Estimate:
         """A warning for intervals from fewer than uncertainty.FEW_UNITS batches, or None."""
         if self.method != "jackknife_batches" or self.batches >= uncertainty.FEW_UNITS:
             return None
-        return (f"intervals from only {self.batches} batches (under {uncertainty.FEW_UNITS}): their se has "
-                f"{self.df} degrees of freedom and is itself uncertain; use more images or a smaller dataset.batch_size")
+        return (
+            f"intervals from only {self.batches} batches (under {uncertainty.FEW_UNITS}): their se has "
+            f"{self.df} degrees of freedom and is itself uncertain; use more images or a smaller dataset.batch_size"
+        )
 
     def info(self) -> dict:
-        out = {"method": self.method, "description": uncertainty.METHODS.get(self.method, "not available for the "
-               "full-set biased estimator"), "level": uncertainty.LEVEL, "df": self.df,
-               "null_permutations": 0 if self.null is None else len(self.null)}
+        out = {
+            "method": self.method,
+            "description": uncertainty.METHODS.get(self.method, "not available for the full-set biased estimator"),
+            "level": uncertainty.LEVEL,
+            "df": self.df,
+            "null_permutations": 0 if self.null is None else len(self.null),
+        }
         if self.method == "jackknife_batches":
-            out.update(batches=self.batches, few_batches=self.batches < uncertainty.FEW_UNITS,
-                       interval_range=list(self.range), batch_weights=BATCH_WEIGHTS)
+            out.update(
+                batches=self.batches,
+                few_batches=self.batches < uncertainty.FEW_UNITS,
+                interval_range=list(self.range),
+                batch_weights=BATCH_WEIGHTS,
+            )
             if self.note():
                 out["note"] = self.note()
         return out
@@ -243,13 +306,17 @@ class Sampling:
 
     @classmethod
     def of(cls, cfg) -> "Sampling":
-        return cls(cfg.cka.estimator, cfg.cka.repeats, cfg.cka.tail, cfg.cka.gram_dtype, int(cfg.cka.get("null", 0) or 0))
+        return cls(
+            cfg.cka.estimator, cfg.cka.repeats, cfg.cka.tail, cfg.cka.gram_dtype, int(cfg.cka.get("null", 0) or 0)
+        )
 
 
 CHECKPOINT_FORMAT = 3  # runs carry their jackknife replicates and batch weights; older checkpoints are not resumed
 
 
-def compute(ctx, models, layers, stacked: bool | None = None, sampling: Sampling | None = None) -> tuple[Estimate, dict]:
+def compute(
+    ctx, models, layers, stacked: bool | None = None, sampling: Sampling | None = None
+) -> tuple[Estimate, dict]:
     """The CKA matrix over `cka.repeats` independent image samples with its jackknife interval, and what was used.
 
     `sampling` (default: Sampling.of(cfg), the cka.* settings) may swap in a streaming measure's kernel: the same
@@ -269,8 +336,19 @@ def compute(ctx, models, layers, stacked: bool | None = None, sampling: Sampling
     used = list(state["used"]) if state else []
 
     def reducer_for(r):
-        return CKAReducer(models, layers, cfg.tokens, s.estimator, s.gram_dtype, ctx.device, stacked, permutations,
-                          (cfg.seed, r), s.kernel, s.null_key)
+        return CKAReducer(
+            models,
+            layers,
+            cfg.tokens,
+            s.estimator,
+            s.gram_dtype,
+            ctx.device,
+            stacked,
+            permutations,
+            (cfg.seed, r),
+            s.kernel,
+            s.null_key,
+        )
 
     for r in range(len(runs), s.repeats):
         batching, record = ctx.sample(tail=s.tail, repeat=r)
@@ -288,14 +366,27 @@ def compute(ctx, models, layers, stacked: bool | None = None, sampling: Sampling
         def checkpoint(done, r=r, start=start):
             resumable = s.estimator == "unbiased"
             if cache is not None and cache.every and resumable and (start + done) % cache.every == 0:
-                cache.save_checkpoint({"format": CHECKPOINT_FORMAT, "repeat": r, "batches_done": start + done,
-                                       "acc": reducer.acc.state_dict(), "runs": runs, "used": used})
+                cache.save_checkpoint(
+                    {
+                        "format": CHECKPOINT_FORMAT,
+                        "repeat": r,
+                        "batches_done": start + done,
+                        "acc": reducer.acc.state_dict(),
+                        "runs": runs,
+                        "used": used,
+                    }
+                )
 
         name = "cka" if s.label == "CKA" else s.label
         desc = f"{name} repeat {r + 1}/{s.repeats}" if s.repeats > 1 else name
-        features = (FeatureSource(cache=ctx.features, namespaces=namespaces, batches=remaining.batches)
-                    if namespaces is not None else None)
-        stream(models, layers, loader, reducer, ctx.device, desc, ctx.progress, after_batch=checkpoint, features=features)
+        features = (
+            FeatureSource(cache=ctx.features, namespaces=namespaces, batches=remaining.batches)
+            if namespaces is not None
+            else None
+        )
+        stream(
+            models, layers, loader, reducer, ctx.device, desc, ctx.progress, after_batch=checkpoint, features=features
+        )
         matrix = reducer.result()
         if reducer.within:
             names = [f"{m.key}:{l.name}" if len(models) > 1 else l.name for m, ls in zip(models, layers) for l in ls]
@@ -303,13 +394,26 @@ def compute(ctx, models, layers, stacked: bool | None = None, sampling: Sampling
         else:
             check(matrix, [l.name for l in layers[0]], [l.name for l in layers[1]], s.label)
         reps, null = reducer.replicates(), reducer.null()
-        runs.append({"matrix": torch.from_numpy(matrix), "units": torch.from_numpy(uncertainty.unit_ids(batching.batches)),
-                     "replicates": None if reps is None else torch.from_numpy(reps),
-                     "null": None if null is None else torch.from_numpy(null)})
+        runs.append(
+            {
+                "matrix": torch.from_numpy(matrix),
+                "units": torch.from_numpy(uncertainty.unit_ids(batching.batches)),
+                "replicates": None if reps is None else torch.from_numpy(reps),
+                "null": None if null is None else torch.from_numpy(null),
+            }
+        )
         used.append({**record, "resumed_at_batch": start})
         if cache is not None:
-            cache.save_checkpoint({"format": CHECKPOINT_FORMAT, "repeat": r + 1, "batches_done": 0, "acc": None,
-                                   "runs": runs, "used": used})
+            cache.save_checkpoint(
+                {
+                    "format": CHECKPOINT_FORMAT,
+                    "repeat": r + 1,
+                    "batches_done": 0,
+                    "acc": None,
+                    "runs": runs,
+                    "used": used,
+                }
+            )
 
     def arrays(key):
         return [None if run[key] is None else run[key].numpy() for run in runs]
@@ -324,13 +428,29 @@ def table(est: Estimate, mx, my, lx: list[Layer], ly: list[Layer], cfg, images: 
     ix, iy = ix.ravel(), iy.ravel()
     extra = est.columns()
     null = {k: extra.pop(k) for k in ("cka_chance", "cka_p", "null_permutations") if k in extra}
-    return pd.DataFrame({
-        "model_x": mx.name, "weights_x": mx.weights, "layer_x": [lx[i].name for i in ix], "index_x": ix,
-        "model_y": my.name, "weights_y": my.weights, "layer_y": [ly[j].name for j in iy], "index_y": iy,
-        "cka": est.mean.ravel(), "cka_std": est.std.ravel(), **extra, "repeats": cfg.cka.repeats,
-        "estimator": cfg.cka.estimator, "tokens": cfg.tokens, "num_images": images,
-        "batch_size": cfg.dataset.batch_size, "dataset": cfg.dataset.name, **null, "uncertainty": est.method,
-    })
+    return pd.DataFrame(
+        {
+            "model_x": mx.name,
+            "weights_x": mx.weights,
+            "layer_x": [lx[i].name for i in ix],
+            "index_x": ix,
+            "model_y": my.name,
+            "weights_y": my.weights,
+            "layer_y": [ly[j].name for j in iy],
+            "index_y": iy,
+            "cka": est.mean.ravel(),
+            "cka_std": est.std.ravel(),
+            **extra,
+            "repeats": cfg.cka.repeats,
+            "estimator": cfg.cka.estimator,
+            "tokens": cfg.tokens,
+            "num_images": images,
+            "batch_size": cfg.dataset.batch_size,
+            "dataset": cfg.dataset.name,
+            **null,
+            "uncertainty": est.method,
+        }
+    )
 
 
 def heatmap(est: Estimate, xlabel: str, ylabel: str, title: str, **style):
@@ -361,10 +481,16 @@ def _run(ctx, within: bool) -> Result:
     title = f"CKA within {nx}" if within else f"CKA: {nx} vs {ny}"
     subtitle = f"{estimator}, tokens={cfg.tokens}, {images} images x {cfg.cka.repeats}"
     fig = heatmap(est, f"{nx} layer", f"{ny} layer", f"{title}\n{subtitle}")
-    result = Result(tables={name: df}, figures={name: fig},
-                    info={"layers": {m.key: [l.name for l in ls] for m, ls in zip(models, layers)},
-                          "uncertainty": {name: est.info()}},
-                    images=info["repeats"], replicates={name: est.replicate_record()} if est.replicates is not None else {})
+    result = Result(
+        tables={name: df},
+        figures={name: fig},
+        info={
+            "layers": {m.key: [l.name for l in ls] for m, ls in zip(models, layers)},
+            "uncertainty": {name: est.info()},
+        },
+        images=info["repeats"],
+        replicates={name: est.replicate_record()} if est.replicates is not None else {},
+    )
     if not within and ctx.params.diagonal:
         diag = diagonal(df, len(lx), len(ly))
         result.tables["cka_diagonal"] = diag
@@ -375,24 +501,34 @@ def _run(ctx, within: bool) -> Result:
 def diagonal(df: pd.DataFrame, nx: int, ny: int) -> pd.DataFrame:
     """Layer i of one model against layer i of the other (Raghu et al. Fig. 12, App. G): same architecture only."""
     if nx != ny:
-        raise VitstudyError(f"analysis.diagonal=true pairs layer i with layer i, but the models have {nx} and {ny} layers; "
-                            "use two models of one architecture (e.g. two pretrained tags) and the same layers")
+        raise VitstudyError(
+            f"analysis.diagonal=true pairs layer i with layer i, but the models have {nx} and {ny} layers; "
+            "use two models of one architecture (e.g. two pretrained tags) and the same layers"
+        )
     diag = df[df.index_x == df.index_y].reset_index(drop=True).copy()
     diag["depth"] = diag.index_x / max(nx - 1, 1)
     return diag
 
 
-@register("cka_within", "CKA between every pair of layers of one model (Raghu et al. 2021, Fig. 1); settings under cka.*")
+@register(
+    "cka_within", "CKA between every pair of layers of one model (Raghu et al. 2021, Fig. 1); settings under cka.*"
+)
 def cka_within(ctx) -> Result:
     return _run(ctx, within=True)
 
 
 @dataclass
 class CKAAcross(Params):
-    diagonal: bool = False  # also write cka_diagonal.csv/.png: layer i vs layer i of two models of one architecture (Fig. 12)
+    diagonal: bool = (
+        False  # also write cka_diagonal.csv/.png: layer i vs layer i of two models of one architecture (Fig. 12)
+    )
 
 
-@register("cka_across", "CKA between every layer of `model` and every layer of `reference` (Raghu et al. 2021, Fig. 2)",
-          CKAAcross, models=("model", "reference"))
+@register(
+    "cka_across",
+    "CKA between every layer of `model` and every layer of `reference` (Raghu et al. 2021, Fig. 2)",
+    CKAAcross,
+    models=("model", "reference"),
+)
 def cka_across(ctx) -> Result:
     return _run(ctx, within=False)

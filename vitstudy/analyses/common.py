@@ -1,4 +1,5 @@
 """Helpers several analyses share: the model-input tap, and a loader over freshly sampled images."""
+
 from __future__ import annotations
 
 from ..pipeline.layers import Layer

@@ -6,6 +6,7 @@ zero-frequency value). `feature_variance`: the variance over spatial positions p
 averaged. Both are streamed: each latent is reduced inside its forward hook to a float64 sum, so memory
 does not grow with the number of images. Latents come from the `latents` layer preset (vitstudy.anatomy.latents).
 """
+
 from __future__ import annotations
 
 from dataclasses import dataclass
@@ -16,11 +17,11 @@ import pandas as pd
 import torch
 
 from ..anatomy import latents
-from ..plots import fourier as plots_fourier
-from ..pipeline.engine import Reducer, stream
 from ..errors import VitstudyError
 from ..metrics import fourier as F
 from ..metrics import uncertainty
+from ..pipeline.engine import Reducer, stream
+from ..plots import fourier as plots_fourier
 from ._registry import Params, Result, choice, register
 
 MODELS = ("model", "reference")
@@ -100,7 +101,9 @@ class Fourier(Params):
 
     def check(self) -> None:
         if self.layers is not None and not isinstance(self.layers, (str, list)):
-            raise VitstudyError(f"analysis.layers must be a layer spec (latents, blocks, all, a regex or a list) or null, got {self.layers!r}")
+            raise VitstudyError(
+                f"analysis.layers must be a layer spec (latents, blocks, all, a regex or a list) or null, got {self.layers!r}"
+            )
 
 
 @dataclass
@@ -116,7 +119,12 @@ def _title(m) -> str:
     return f"{m.label} ({m.weights})"
 
 
-@register("fourier", "Relative log amplitude of Fourier-transformed latents (Park & Kim 2022, Figs 2a, 8)", Fourier, models=MODELS)
+@register(
+    "fourier",
+    "Relative log amplitude of Fourier-transformed latents (Park & Kim 2022, Figs 2a, 8)",
+    Fourier,
+    models=MODELS,
+)
 def fourier(ctx) -> Result:
     models, described, reducer, images, record = measure(ctx, "fourier")
     rows, curves, profiles = [], [], []
@@ -130,38 +138,86 @@ def fourier(ctx) -> Result:
             k = len(delta)
             freq, true = F.paper_frequency(k), F.true_frequency(k, lat.grid[0])
             se, delta_se, n = reducer.standard_errors(i, lat.name)
-            ci = {**uncertainty.se_columns("log_amplitude", mean.numpy(), se, n - 1),
-                  **uncertainty.se_columns("delta_log_amplitude", delta.numpy(), delta_se, n - 1)}
+            ci = {
+                **uncertainty.se_columns("log_amplitude", mean.numpy(), se, n - 1),
+                **uncertainty.se_columns("delta_log_amplitude", delta.numpy(), delta_se, n - 1),
+            }
             for j in range(k):
-                rows.append({"model": m.key, "name": m.name, "weights": m.weights, "latent": lat.name, "kind": lat.kind,
-                             "index": lat.index, "depth": lat.depth, "k": j, "frequency": float(freq[j]),
-                             "frequency_axis": float(true[j]), "log_amplitude": float(mean[j]),
-                             "delta_log_amplitude": float(delta[j]), **{c: float(v[j]) for c, v in ci.items()},
-                             "grid_h": lat.grid[0], "grid_w": lat.grid[1],
-                             "channels": lat.channels, "num_images": images, "dataset": ctx.cfg.dataset.name,
-                             "uncertainty": "se_images"})
-            panel_curves.append((lat.depth, freq.numpy(), delta.numpy(), ci["delta_log_amplitude_ci_low"],
-                                 ci["delta_log_amplitude_ci_high"]))
+                rows.append(
+                    {
+                        "model": m.key,
+                        "name": m.name,
+                        "weights": m.weights,
+                        "latent": lat.name,
+                        "kind": lat.kind,
+                        "index": lat.index,
+                        "depth": lat.depth,
+                        "k": j,
+                        "frequency": float(freq[j]),
+                        "frequency_axis": float(true[j]),
+                        "log_amplitude": float(mean[j]),
+                        "delta_log_amplitude": float(delta[j]),
+                        **{c: float(v[j]) for c, v in ci.items()},
+                        "grid_h": lat.grid[0],
+                        "grid_w": lat.grid[1],
+                        "channels": lat.channels,
+                        "num_images": images,
+                        "dataset": ctx.cfg.dataset.name,
+                        "uncertainty": "se_images",
+                    }
+                )
+            panel_curves.append(
+                (
+                    lat.depth,
+                    freq.numpy(),
+                    delta.numpy(),
+                    ci["delta_log_amplitude_ci_low"],
+                    ci["delta_log_amplitude_ci_high"],
+                )
+            )
             high.append(float(delta[-1]))
             lows.append(float(ci["delta_log_amplitude_ci_low"][-1]))
             highs.append(float(ci["delta_log_amplitude_ci_high"][-1]))
         curves.append({"title": _title(m), "curves": panel_curves})
-        profiles.append({"title": _title(m), "depths": [l.depth for l in lats], "values": high,
-                         "kinds": [l.kind for l in lats], "family": latents.family(m.module), "low": lows, "high": highs})
-    fig2a = plots_fourier.frequency_curves(curves, f"Relative log amplitude of Fourier-transformed latents, {images} images")
-    fig8 = plots_fourier.depth_profile(profiles, r"$\Delta$ Log amplitude (high frequency)",
-                                       f"Highest-frequency Δ log amplitude (the last half-diagonal entry), {images} images")
-    return Result(tables={"fourier": pd.DataFrame(rows)}, figures={"fourier": fig2a, "fourier_high_frequency": fig8},
-                  info={"layers": {m.key: [l.name for l in ls] for m, ls in zip(models, described)},
-                        "fourier": "mean over images and channels of log(|fft2|+1e-6), fftshifted, half diagonal from DC, "
-                                   "minus DC; frequency = linspace(0, 1, K) pi as the paper's axis, frequency_axis = 2k/h pi "
-                                   "per axis",
-                        "uncertainty": {"fourier": uncertainty.METHODS["se_images"] + " (per-image mean over channels)"}},
-                  images=[record])
+        profiles.append(
+            {
+                "title": _title(m),
+                "depths": [l.depth for l in lats],
+                "values": high,
+                "kinds": [l.kind for l in lats],
+                "family": latents.family(m.module),
+                "low": lows,
+                "high": highs,
+            }
+        )
+    fig2a = plots_fourier.frequency_curves(
+        curves, f"Relative log amplitude of Fourier-transformed latents, {images} images"
+    )
+    fig8 = plots_fourier.depth_profile(
+        profiles,
+        r"$\Delta$ Log amplitude (high frequency)",
+        f"Highest-frequency Δ log amplitude (the last half-diagonal entry), {images} images",
+    )
+    return Result(
+        tables={"fourier": pd.DataFrame(rows)},
+        figures={"fourier": fig2a, "fourier_high_frequency": fig8},
+        info={
+            "layers": {m.key: [l.name for l in ls] for m, ls in zip(models, described)},
+            "fourier": "mean over images and channels of log(|fft2|+1e-6), fftshifted, half diagonal from DC, "
+            "minus DC; frequency = linspace(0, 1, K) pi as the paper's axis, frequency_axis = 2k/h pi "
+            "per axis",
+            "uncertainty": {"fourier": uncertainty.METHODS["se_images"] + " (per-image mean over channels)"},
+        },
+        images=[record],
+    )
 
 
-@register("feature_variance", "Feature-map variance over spatial positions per latent (Park & Kim 2022, Fig. 9)", FeatureVariance,
-          models=MODELS)
+@register(
+    "feature_variance",
+    "Feature-map variance over spatial positions per latent (Park & Kim 2022, Fig. 9)",
+    FeatureVariance,
+    models=MODELS,
+)
 def feature_variance(ctx) -> Result:
     models, described, reducer, images, record = measure(ctx, "variance", ctx.params.ddof)
     rows, profiles = [], []
@@ -173,18 +229,49 @@ def feature_variance(ctx) -> Result:
             se, _, n = reducer.standard_errors(i, lat.name)
             ci = {c: float(x) for c, x in uncertainty.se_columns("variance", v, se, n - 1).items()}
             cis.append(ci)
-            rows.append({"model": m.key, "name": m.name, "weights": m.weights, "latent": lat.name, "kind": lat.kind,
-                         "index": lat.index, "depth": lat.depth, "variance": v, **ci, "ddof": ctx.params.ddof,
-                         "grid_h": lat.grid[0], "grid_w": lat.grid[1], "channels": lat.channels,
-                         "num_images": images, "dataset": ctx.cfg.dataset.name, "uncertainty": "se_images"})
-        profiles.append({"title": _title(m), "depths": [l.depth for l in lats], "values": values,
-                         "kinds": [l.kind for l in lats], "family": latents.family(m.module),
-                         "low": [c["variance_ci_low"] for c in cis], "high": [c["variance_ci_high"] for c in cis]})
-    fig = plots_fourier.depth_profile(profiles, "Feature map variance",
-                                      f"Variance over spatial positions, mean over images and channels, {images} images",
-                                      ylim_bottom=0.0)
-    return Result(tables={"feature_variance": pd.DataFrame(rows)}, figures={"feature_variance": fig},
-                  info={"layers": {m.key: [l.name for l in ls] for m, ls in zip(models, described)},
-                        "uncertainty": {"feature_variance": uncertainty.METHODS["se_images"] +
-                                        " (per-image mean over channels)"}},
-                  images=[record])
+            rows.append(
+                {
+                    "model": m.key,
+                    "name": m.name,
+                    "weights": m.weights,
+                    "latent": lat.name,
+                    "kind": lat.kind,
+                    "index": lat.index,
+                    "depth": lat.depth,
+                    "variance": v,
+                    **ci,
+                    "ddof": ctx.params.ddof,
+                    "grid_h": lat.grid[0],
+                    "grid_w": lat.grid[1],
+                    "channels": lat.channels,
+                    "num_images": images,
+                    "dataset": ctx.cfg.dataset.name,
+                    "uncertainty": "se_images",
+                }
+            )
+        profiles.append(
+            {
+                "title": _title(m),
+                "depths": [l.depth for l in lats],
+                "values": values,
+                "kinds": [l.kind for l in lats],
+                "family": latents.family(m.module),
+                "low": [c["variance_ci_low"] for c in cis],
+                "high": [c["variance_ci_high"] for c in cis],
+            }
+        )
+    fig = plots_fourier.depth_profile(
+        profiles,
+        "Feature map variance",
+        f"Variance over spatial positions, mean over images and channels, {images} images",
+        ylim_bottom=0.0,
+    )
+    return Result(
+        tables={"feature_variance": pd.DataFrame(rows)},
+        figures={"feature_variance": fig},
+        info={
+            "layers": {m.key: [l.name for l in ls] for m, ls in zip(models, described)},
+            "uncertainty": {"feature_variance": uncertainty.METHODS["se_images"] + " (per-image mean over channels)"},
+        },
+        images=[record],
+    )

@@ -10,26 +10,25 @@ Both need labels that are the model's classes; models stay in eval mode (BatchNo
 images get each model's eval transform (the paper uses augmented training images: not done here).
 Gradients are needed for `hessian`, so it runs its own loop outside inference mode. Parameters are restored exactly.
 """
+
 from __future__ import annotations
 
+from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Optional
-
-from contextlib import contextmanager
 
 import numpy as np
 import pandas as pd
 import torch
 import torch.nn.functional as F
 from torch.nn.attention import SDPBackend, sdpa_kernel
-from ..pipeline.progress import track
 
-from ..plots import landscape as plots_landscape
-from ..pipeline.models import requires_grad
 from ..errors import VitstudyError
 from ..metrics import hessian as H
+from ..pipeline.models import requires_grad
+from ..pipeline.progress import track
+from ..plots import landscape as plots_landscape
 from ._registry import Params, Result, at_least, choice, register
-
 
 
 def check_labels(dataset, model) -> None:
@@ -39,7 +38,8 @@ def check_labels(dataset, model) -> None:
     if not classes or len(classes) != outputs:
         raise VitstudyError(
             f"this analysis needs labels matching {model.name}'s head: the data set has {len(classes)} classes and the "
-            f"model {outputs} outputs; use a data set with the model's classes (synthetic: dataset.num_classes={outputs})")
+            f"model {outputs} outputs; use a data set with the model's classes (synthetic: dataset.num_classes={outputs})"
+        )
 
 
 def _loader(ctx, model, num_images: int, batch_size: int):
@@ -73,24 +73,36 @@ def batch_eigenvalues(module, x, y, k=5, max_iter=100, tol=1e-3, weight_decay=0.
 @dataclass
 class Hessian(Params):
     batch_size: int = 16  # images per mini-batch (Park & Kim: 16, unverified)
-    num_batches: int = 8  # mini-batches, each with its own top-k eigenvalues (the paper: many; this is the expensive part)
-    top_k: int = 5  # eigenvalues of largest magnitude per batch, power iteration with deflation (PyHessian; the paper: 5)
+    num_batches: int = (
+        8  # mini-batches, each with its own top-k eigenvalues (the paper: many; this is the expensive part)
+    )
+    top_k: int = (
+        5  # eigenvalues of largest magnitude per batch, power iteration with deflation (PyHessian; the paper: 5)
+    )
     max_iter: int = 100  # power-iteration steps per eigenvalue at most
     tol: float = 1e-3  # stop when the Rayleigh quotient changes by less than this, relatively (PyHessian's default)
-    weight_decay: float = 0.05  # loss = NLL + weight_decay/2 * sum ||theta||^2 (adds weight_decay to every eigenvalue); 0 = NLL only
+    weight_decay: float = (
+        0.05  # loss = NLL + weight_decay/2 * sum ||theta||^2 (adds weight_decay to every eigenvalue); 0 = NLL only
+    )
 
     def check(self) -> None:
         for key in ("batch_size", "num_batches", "top_k", "max_iter"):
             at_least(key, getattr(self, key), 1)
 
 
-@register("hessian", "top-k Hessian eigenvalues of the loss per mini-batch, their density, NEP and APE "
-          "(Park & Kim 2022, Figs 1c, 4); needs labels matching the model's head", Hessian)
+@register(
+    "hessian",
+    "top-k Hessian eigenvalues of the loss per mini-batch, their density, NEP and APE "
+    "(Park & Kim 2022, Figs 1c, 4); needs labels matching the model's head",
+    Hessian,
+)
 def hessian(ctx) -> Result:
     p = ctx.params
     if ctx.cfg.precision in ("bf16", "fp16"):
-        raise VitstudyError(f"hessian differentiates the loss twice, which {ctx.cfg.precision} autocast does not do "
-                            f"reliably; run it with precision=fp32 (or tf32)")
+        raise VitstudyError(
+            f"hessian differentiates the loss twice, which {ctx.cfg.precision} autocast does not do "
+            f"reliably; run it with precision=fp32 (or tf32)"
+        )
     m = ctx.models["model"]
     check_labels(ctx.dataset, m)
     loader, batching, record = _loader(ctx, m, p.batch_size * p.num_batches, p.batch_size)
@@ -107,22 +119,48 @@ def hessian(ctx) -> Result:
                 continue
             x, y = inputs[0].to(ctx.device), labels.to(ctx.device)
             vals, iters = batch_eigenvalues(m.module, x, y, p.top_k, p.max_iter, p.tol, p.weight_decay, gen)
-            rows += [{"model": m.name, "label": m.label, "weights": m.weights, "batch": b, "eigen_index": i,
-                      "eigenvalue": v, "iterations": it, "batch_size": len(y), "num_batches": p.num_batches,
-                      "num_images": batching.num_images, "top_k": p.top_k, "weight_decay": p.weight_decay,
-                      "tol": p.tol, "dataset": ctx.cfg.dataset.name} for i, (v, it) in enumerate(zip(vals, iters))]
+            rows += [
+                {
+                    "model": m.name,
+                    "label": m.label,
+                    "weights": m.weights,
+                    "batch": b,
+                    "eigen_index": i,
+                    "eigenvalue": v,
+                    "iterations": it,
+                    "batch_size": len(y),
+                    "num_batches": p.num_batches,
+                    "num_images": batching.num_images,
+                    "top_k": p.top_k,
+                    "weight_decay": p.weight_decay,
+                    "tol": p.tol,
+                    "dataset": ctx.cfg.dataset.name,
+                }
+                for i, (v, it) in enumerate(zip(vals, iters))
+            ]
             if ctx.cache is not None:
                 ctx.cache.save_checkpoint({"rows": rows, "batches_done": b + 1, "generator": gen.get_state()})
     df = pd.DataFrame(rows)
     ev = df.eigenvalue.to_numpy()
-    summary = {"NEP": float((ev < 0).mean()), "APE": float(ev[ev > 0].mean()) if (ev > 0).any() else float("nan"),
-               "max": float(ev.max()), "eigenvalues": int(len(ev))}
-    sdf = pd.DataFrame([{"model": m.name, "weights": m.weights, "statistic": k, "value": v} for k, v in summary.items()])
-    return Result(tables={"hessian": df, "hessian_summary": sdf},
-                  figures={"hessian": plots_landscape.hessian_density(df, m.label, summary)},
-                  info={"hessian": summary, "loss": "cross_entropy + weight_decay/2 * sum ||theta||^2",
-                        "augmentation": "none (eval transform)"},
-                  images=[record])
+    summary = {
+        "NEP": float((ev < 0).mean()),
+        "APE": float(ev[ev > 0].mean()) if (ev > 0).any() else float("nan"),
+        "max": float(ev.max()),
+        "eigenvalues": int(len(ev)),
+    }
+    sdf = pd.DataFrame(
+        [{"model": m.name, "weights": m.weights, "statistic": k, "value": v} for k, v in summary.items()]
+    )
+    return Result(
+        tables={"hessian": df, "hessian_summary": sdf},
+        figures={"hessian": plots_landscape.hessian_density(df, m.label, summary)},
+        info={
+            "hessian": summary,
+            "loss": "cross_entropy + weight_decay/2 * sum ||theta||^2",
+            "augmentation": "none (eval transform)",
+        },
+        images=[record],
+    )
 
 
 def grid_losses(module, batches, directions, points, weight_decay=0.0, device="cpu"):
@@ -150,7 +188,9 @@ class LossLandscape(Params):
     steps: int = 21  # grid points per direction (the paper: 21)
     range: float = 1.0  # the grid spans [-range, range] (the paper: 1)
     num_images: int = 64  # images the loss is averaged over at each point (the paper: the whole augmented training set)
-    weight_decay: float = 0.05  # loss = NLL + weight_decay * sum_params ||theta||_2 (a sum of norms, as ops/norm.py; the paper: 0.05)
+    weight_decay: float = (
+        0.05  # loss = NLL + weight_decay * sum_params ||theta||_2 (a sum of norms, as ops/norm.py; the paper: 0.05)
+    )
     seed: Optional[int] = None  # seed of the random directions; null = the run's seed
 
     def check(self) -> None:
@@ -161,8 +201,12 @@ class LossLandscape(Params):
             raise VitstudyError(f"analysis.range must be positive (the grid spans [-range, range]), got {self.range!r}")
 
 
-@register("loss_landscape", "loss (NLL + weight decay x sum of norms) and accuracy along filter-normalised random "
-          "directions, 1D slice or 2D grid (Park & Kim 2022, Fig. 1a); needs labels matching the model's head", LossLandscape)
+@register(
+    "loss_landscape",
+    "loss (NLL + weight decay x sum of norms) and accuracy along filter-normalised random "
+    "directions, 1D slice or 2D grid (Park & Kim 2022, Fig. 1a); needs labels matching the model's head",
+    LossLandscape,
+)
 def loss_landscape(ctx) -> Result:
     p = ctx.params
     m = ctx.models["model"]
@@ -178,14 +222,32 @@ def loss_landscape(ctx) -> Result:
     results = grid_losses(m.module, lambda: ((i[0], l) for i, l in loader), dirs, points, p.weight_decay, ctx.device)
     rows = []
     for pt, (nll, correct, n, l2) in zip(points, results):
-        rows.append({"model": m.name, "label": m.label, "weights": m.weights, "x": float(pt[0]),
-                     "y": float(pt[1]) if len(pt) > 1 else 0.0, "nll": nll / n, "l2": l2,
-                     "loss": nll / n + p.weight_decay * l2, "accuracy": correct / n, "num_images": n,
-                     "dims": p.dims, "weight_decay": p.weight_decay, "direction_seed": seed,
-                     "dataset": ctx.cfg.dataset.name})
+        rows.append(
+            {
+                "model": m.name,
+                "label": m.label,
+                "weights": m.weights,
+                "x": float(pt[0]),
+                "y": float(pt[1]) if len(pt) > 1 else 0.0,
+                "nll": nll / n,
+                "l2": l2,
+                "loss": nll / n + p.weight_decay * l2,
+                "accuracy": correct / n,
+                "num_images": n,
+                "dims": p.dims,
+                "weight_decay": p.weight_decay,
+                "direction_seed": seed,
+                "dataset": ctx.cfg.dataset.name,
+            }
+        )
     df = pd.DataFrame(rows)
-    return Result(tables={"loss_landscape": df},
-                  figures={"loss_landscape": plots_landscape.loss_surface(df, m.label, p.dims)},
-                  info={"direction_seed": seed,
-                        "normalisation": "filter (norm over dim 0), <2-D and position embeddings zeroed",
-                        "augmentation": "none (eval transform)"}, images=[record])
+    return Result(
+        tables={"loss_landscape": df},
+        figures={"loss_landscape": plots_landscape.loss_surface(df, m.label, p.dims)},
+        info={
+            "direction_seed": seed,
+            "normalisation": "filter (norm over dim 0), <2-D and position embeddings zeroed",
+            "augmentation": "none (eval transform)",
+        },
+        images=[record],
+    )

@@ -9,6 +9,7 @@ the share of images whose rank-r activation sits there (and in that channel): wh
 fixed channels and tokens. A layer is massive when its top-1 ratio reaches `analysis.min_ratio` (Sun et al.:
 about 1,000x the median; 100 by default); the first such layer is where they appear.
 """
+
 from __future__ import annotations
 
 from collections import Counter
@@ -43,8 +44,9 @@ class MassiveReducer(Reducer):
     def __init__(self, tls: list[TokenLayer], top_k: int):
         self.tls = {t.layer.name: t for t in tls}
         self.k = top_k
-        self.stats = {t.layer.name: {s: np.zeros(top_k) for s in ("v", "v2", "signed")} | {"med": 0.0, "med2": 0.0}
-                      for t in tls}
+        self.stats = {
+            t.layer.name: {s: np.zeros(top_k) for s in ("v", "v2", "signed")} | {"med": 0.0, "med2": 0.0} for t in tls
+        }
         self.sites = {t.layer.name: [Counter() for _ in range(top_k)] for t in tls}
         self.channels = {t.layer.name: [Counter() for _ in range(top_k)] for t in tls}
         self.first: dict[str, np.ndarray] = {}
@@ -92,8 +94,11 @@ class MassiveActivations(Params):
             raise VitstudyError(f"analysis.min_ratio must exceed 1, got {self.min_ratio!r}")
 
 
-@register("massive_activations", "top |activation| per layer against the median: massive activations (Sun et al. 2024)",
-          MassiveActivations)
+@register(
+    "massive_activations",
+    "top |activation| per layer against the median: massive activations (Sun et al. 2024)",
+    MassiveActivations,
+)
 def massive_activations(ctx) -> Result:
     p = ctx.params
     m = ctx.models["model"]
@@ -116,27 +121,55 @@ def massive_activations(ctx) -> Result:
             if r == 0 and ratio >= p.min_ratio and first_massive is None:
                 first_massive = t.layer.name
             patch = tok >= t.prefix
-            rows.append({"model": m.name, "weights": m.weights, "layer": t.layer.name, "depth": t.depth, "rank": r + 1,
-                         "token": int(tok), "position": int(tok - t.prefix) if patch else None, "kind": t.kinds[tok],
-                         "channel": int(ch), "value": float(v), **{c: float(x) for c, x in uncertainty.se_columns("value", v, v_se, n - 1).items()},
-                         "signed_mean": float(st["signed"][r] / n), "median_abs": float(med), "median_abs_se": float(med_se),
-                         "ratio": ratio, "massive": bool(ratio >= p.min_ratio), "site_share": hits / n,
-                         "channel_share": ch_hits / n, "num_images": n, "dataset": ctx.cfg.dataset.name,
-                         "uncertainty": "se_images"})
+            rows.append(
+                {
+                    "model": m.name,
+                    "weights": m.weights,
+                    "layer": t.layer.name,
+                    "depth": t.depth,
+                    "rank": r + 1,
+                    "token": int(tok),
+                    "position": int(tok - t.prefix) if patch else None,
+                    "kind": t.kinds[tok],
+                    "channel": int(ch),
+                    "value": float(v),
+                    **{c: float(x) for c, x in uncertainty.se_columns("value", v, v_se, n - 1).items()},
+                    "signed_mean": float(st["signed"][r] / n),
+                    "median_abs": float(med),
+                    "median_abs_se": float(med_se),
+                    "ratio": ratio,
+                    "massive": bool(ratio >= p.min_ratio),
+                    "site_share": hits / n,
+                    "channel_share": ch_hits / n,
+                    "num_images": n,
+                    "dataset": ctx.cfg.dataset.name,
+                    "uncertainty": "se_images",
+                }
+            )
     table = pd.DataFrame(rows)
     table["first_massive_layer"] = table.layer == first_massive
     label = f"{m.label} ({m.weights})"
     top1 = table[table["rank"] == 1].set_index("layer")
     shown = first_massive or str(top1.ratio.idxmax())
     t_shown = next(t for t in tls if t.layer.name == shown)
-    figures = {"massive_activations": plots_tokens.massive_by_layer(table, f"Largest |activations| and the median by layer, {label}, {n} images"),
-               "massive_activations_map": plots_tokens.massive_map(
-                   reducer.first[shown], list(t_shown.kinds),
-                   f"|activation| of the first image at {shown} ({'first massive layer' if first_massive else 'largest top-1 ratio'}), "
-                   f"top-1 ratio {top1.ratio[shown]:.3g}")}
-    info = {"layers": [t.layer.name for t in tls], "prefix_tokens": list(tls[0].kinds[:tls[0].prefix]),
-            "first_massive_layer": first_massive, "min_ratio": p.min_ratio,
-            "median": "per image, the median of |activation| over all tokens and channels (mean of the two middle values); "
-                      "value and median_abs are means over images; ratio = value / median_abs",
-            "uncertainty": {"massive_activations": uncertainty.METHODS["se_images"]}}
+    figures = {
+        "massive_activations": plots_tokens.massive_by_layer(
+            table, f"Largest |activations| and the median by layer, {label}, {n} images"
+        ),
+        "massive_activations_map": plots_tokens.massive_map(
+            reducer.first[shown],
+            list(t_shown.kinds),
+            f"|activation| of the first image at {shown} ({'first massive layer' if first_massive else 'largest top-1 ratio'}), "
+            f"top-1 ratio {top1.ratio[shown]:.3g}",
+        ),
+    }
+    info = {
+        "layers": [t.layer.name for t in tls],
+        "prefix_tokens": list(tls[0].kinds[: tls[0].prefix]),
+        "first_massive_layer": first_massive,
+        "min_ratio": p.min_ratio,
+        "median": "per image, the median of |activation| over all tokens and channels (mean of the two middle values); "
+        "value and median_abs are means over images; ratio = value / median_abs",
+        "uncertainty": {"massive_activations": uncertainty.METHODS["se_images"]},
+    }
     return Result(tables={"massive_activations": table}, figures=figures, info=info, images=[record])

@@ -8,6 +8,7 @@ ERF of Luo et al. 2016) or mean_c |∂f_c/∂x| (`channels: abs_mean`, one backw
 does not say which. Gradients are needed, so this analysis runs its own loop outside inference mode.
 Reported per layer: the radius (pixels, from the centre location) that holds 50% / 90% of the gradient mass.
 """
+
 from __future__ import annotations
 
 from dataclasses import dataclass
@@ -17,21 +18,25 @@ import numpy as np
 import pandas as pd
 import torch
 
-from ..plots import receptive_field as plots_erf
+from ..anatomy.residual import branches
+from ..anatomy.residual import terms as residual_terms
+from ..anatomy.tokens import token_grid
 from ..errors import VitstudyError
 from ..pipeline.layers import Layer
 from ..pipeline.models import requires_grad
-from ..anatomy.residual import branches, terms as residual_terms
-from ..anatomy.tokens import token_grid
-from ._registry import Params, Result, choice, register, at_least
+from ..plots import receptive_field as plots_erf
+from ._registry import Params, Result, at_least, choice, register
 from .common import sample_loader
+
 
 @dataclass
 class ReceptiveField(Params):
     blocks: Optional[List[int]] = None  # residual block indices (e.g. [0, 2, 5, 8, 11]); null = all
     residual: str = "both"  # post (after the residual addition), pre (the long branch alone) or both
     num_images: int = 32  # images averaged over (the paper: 32)
-    channels: str = "sum"  # sum: |d(sum_c f_c)/dx| (one backward per layer); abs_mean: mean_c |d f_c/dx| (one backward per channel)
+    channels: str = (
+        "sum"  # sum: |d(sum_c f_c)/dx| (one backward per layer); abs_mean: mean_c |d f_c/dx| (one backward per channel)
+    )
     chunk: int = 64  # channels per batched backward pass when channels=abs_mean
 
     def check(self) -> None:
@@ -60,8 +65,15 @@ def _at_least_two(x: torch.Tensor) -> torch.Tensor:
     return torch.cat([x, x]) if x.shape[0] == 1 else x
 
 
-def erf_maps(module: torch.nn.Module, layers: list[Layer], batches, channels: str = "sum", chunk: int = 64,
-             device="cpu", targets: dict | None = None) -> tuple[dict[str, np.ndarray], dict[str, tuple[int, int, int]]]:
+def erf_maps(
+    module: torch.nn.Module,
+    layers: list[Layer],
+    batches,
+    channels: str = "sum",
+    chunk: int = 64,
+    device="cpu",
+    targets: dict | None = None,
+) -> tuple[dict[str, np.ndarray], dict[str, tuple[int, int, int]]]:
     """Per target: the (H, W) mean absolute input gradient of its centre location, and its grid. A target is a layer,
     or (`targets`: name -> ((layer name, coef), ...)) a signed sum of layers' centre vectors, e.g. a residual branch
     that no module outputs alone (`anatomy.residual.terms`: post - z)."""
@@ -124,8 +136,12 @@ def mass_radii(erf: np.ndarray, centre: tuple[float, float], fractions=(0.5, 0.9
     return [float(d[order][np.searchsorted(cum, f * total)]) for f in fractions]
 
 
-@register("receptive_field", "effective receptive field: input gradient of the centre location per block, "
-          "after and before the residual addition (Raghu et al. 2021, Fig. 6)", ReceptiveField)
+@register(
+    "receptive_field",
+    "effective receptive field: input gradient of the centre location per block, "
+    "after and before the residual addition (Raghu et al. 2021, Fig. 6)",
+    ReceptiveField,
+)
 def receptive_field(ctx) -> Result:
     p = ctx.params
     m = ctx.models["model"]
@@ -134,7 +150,9 @@ def receptive_field(ctx) -> Result:
         wanted = {int(b) for b in p.blocks}
         top = max(b.index for b in brs)
         if not wanted <= set(range(top + 1)):
-            raise VitstudyError(f"analysis.blocks: {sorted(wanted - set(range(top + 1)))} out of range; the model has blocks 0..{top}")
+            raise VitstudyError(
+                f"analysis.blocks: {sorted(wanted - set(range(top + 1)))} out of range; the model has blocks 0..{top}"
+            )
         brs = [b for b in brs if b.index in wanted]
     kinds = ["post", "pre"] if p.residual == "both" else [p.residual]
     specs = [(b, k, b.post if k == "post" else b.branch_point) for b in brs for k in kinds]
@@ -153,13 +171,41 @@ def receptive_field(ctx) -> Result:
         y0, y1 = round((r // 2) * h / r), round((r // 2 + 1) * h / r)
         x0, x1 = round((c // 2) * w / c), round((c // 2 + 1) * w / c)
         total = erf.sum()
-        rows.append({"model": m.name, "label": m.label, "weights": m.weights, "block": b.block, "index": b.index,
-                     "sublayer": b.sublayer, "residual": k, "layer": s, "grid_rows": r, "grid_cols": c,
-                     "centre_row_px": centre[0], "centre_col_px": centre[1], "radius50_px": r50, "radius90_px": r90,
-                     "centre_cell_mass": float(erf[y0:y1, x0:x1].sum() / total) if total > 0 else np.nan,
-                     "channels": p.channels, "num_images": used["images"], "dataset": ctx.cfg.dataset.name})
-        panels.append((f"{b.block} {b.sublayer}" if b.sublayer != "res" else b.block,
-                       "after residual" if k == "post" else "before residual (branch)", erf))
-    fig = plots_erf.erf_figure(panels, f"{m.label}: |d centre / d input|, {used['images']} images, channels={p.channels}")
-    return Result(tables={"receptive_field": pd.DataFrame(rows)}, figures={"receptive_field": fig},
-                  info={"channels": p.channels, "input_size": [h, w]}, images=[used])
+        rows.append(
+            {
+                "model": m.name,
+                "label": m.label,
+                "weights": m.weights,
+                "block": b.block,
+                "index": b.index,
+                "sublayer": b.sublayer,
+                "residual": k,
+                "layer": s,
+                "grid_rows": r,
+                "grid_cols": c,
+                "centre_row_px": centre[0],
+                "centre_col_px": centre[1],
+                "radius50_px": r50,
+                "radius90_px": r90,
+                "centre_cell_mass": float(erf[y0:y1, x0:x1].sum() / total) if total > 0 else np.nan,
+                "channels": p.channels,
+                "num_images": used["images"],
+                "dataset": ctx.cfg.dataset.name,
+            }
+        )
+        panels.append(
+            (
+                f"{b.block} {b.sublayer}" if b.sublayer != "res" else b.block,
+                "after residual" if k == "post" else "before residual (branch)",
+                erf,
+            )
+        )
+    fig = plots_erf.erf_figure(
+        panels, f"{m.label}: |d centre / d input|, {used['images']} images, channels={p.channels}"
+    )
+    return Result(
+        tables={"receptive_field": pd.DataFrame(rows)},
+        figures={"receptive_field": fig},
+        info={"channels": p.channels, "input_size": [h, w]},
+        images=[used],
+    )

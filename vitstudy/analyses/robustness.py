@@ -10,23 +10,23 @@ residual path (ViT/Swin/PiT attention or MLP; a conv unit's branch, or its 3x3 c
 Each batch needs several forward passes with altered inputs or modules, so these loop themselves
 (under `torch.inference_mode()`) rather than through `engine.stream`.
 """
-from __future__ import annotations
 
-from dataclasses import dataclass, field
-from typing import List
+from __future__ import annotations
 
 import math
 from contextlib import contextmanager
+from dataclasses import dataclass, field
+from typing import List
 
 import pandas as pd
 import torch
-from ..pipeline.progress import track
 
 from ..anatomy import families, latents
-from ..plots import fourier as plots_fourier
 from ..errors import VitstudyError
 from ..metrics import fourier as F
 from ..metrics import uncertainty
+from ..pipeline.progress import track
+from ..plots import fourier as plots_fourier
 from ._registry import Params, Result, choice, register
 
 METRICS = ("auto", "accuracy", "agreement")
@@ -45,7 +45,8 @@ def choose_metric(requested: str, dataset, model) -> str:
         raise VitstudyError(
             f"analysis.metric=accuracy needs labels that match {model.name}'s head: the data set has {len(classes)} "
             f"classes and the model {outputs} outputs; use analysis.metric=agreement (agreement with the model's "
-            f"clean predictions) or a data set whose classes are the model's")
+            f"clean predictions) or a data set whose classes are the model's"
+        )
     return "top1"
 
 
@@ -82,29 +83,42 @@ def _ylabel(metrics: set[str]) -> str:
 
 # ---------------------------------------------------------------- frequency noise
 
+
 @dataclass
 class FrequencyNoise(Params):
-    bands: List[float] = field(default_factory=lambda: [0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9])  # band centres f, in units of pi
+    bands: List[float] = field(
+        default_factory=lambda: [0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9]
+    )  # band centres f, in units of pi
     window: float = 0.1  # half-width s of the square annulus [f-s, f+s], in units of pi (FreqAttack's `s`; the paper's "window 0.1pi", unverified reading)
-    eps: float = 0.1  # noise amplitude: delta = eps * sign(N(0,1)) before band-passing (the paper's value is unverified)
+    eps: float = (
+        0.1  # noise amplitude: delta = eps * sign(N(0,1)) before band-passing (the paper's value is unverified)
+    )
     space: str = "pixel"  # pixel: eps in [0,1] image units, divided by each model's std; normalized: added after normalisation (official code)
     metric: str = "auto"  # auto: top-1 accuracy if the data set's classes match the model's head, else agreement with clean predictions; or accuracy / agreement
 
     def check(self) -> None:
         if not self.bands or not all(0 < b <= 1 for b in self.bands):
-            raise VitstudyError(f"analysis.bands must be a non-empty list of band centres in (0, 1] (units of π), got {list(self.bands)!r}")
+            raise VitstudyError(
+                f"analysis.bands must be a non-empty list of band centres in (0, 1] (units of π), got {list(self.bands)!r}"
+            )
         if not 0 < self.window <= 1:
             raise VitstudyError(f"analysis.window must be a half-width in (0, 1] (units of π), got {self.window!r}")
         if not self.eps > 0 or not math.isfinite(self.eps):
             raise VitstudyError(f"analysis.eps must be a positive noise amplitude, got {self.eps!r}")
         if self.space not in ("pixel", "normalized"):
-            raise VitstudyError(f"analysis.space must be 'pixel' (noise in [0, 1] image units) or 'normalized' "
-                                f"(after the model's mean/std, as the official code), got {self.space!r}")
+            raise VitstudyError(
+                f"analysis.space must be 'pixel' (noise in [0, 1] image units) or 'normalized' "
+                f"(after the model's mean/std, as the official code), got {self.space!r}"
+            )
         choice("metric", self.metric, METRICS)
 
 
-@register("frequency_noise", "Accuracy drop under band-limited random noise, model and reference (Park & Kim 2022, Fig. 2b)",
-          FrequencyNoise, models=("model", "reference"))
+@register(
+    "frequency_noise",
+    "Accuracy drop under band-limited random noise, model and reference (Park & Kim 2022, Fig. 2b)",
+    FrequencyNoise,
+    models=("model", "reference"),
+)
 def frequency_noise(ctx) -> Result:
     cfg = ctx.cfg
     p = ctx.params
@@ -149,31 +163,71 @@ def frequency_noise(ctx) -> Result:
         for j, f in enumerate(bands):
             value = 100.0 * hits[i][j] / seen
             drops.append(value - base)
-            ci = {**clean_ci, **uncertainty.proportion_columns("value", hits[i][j], seen, 100.0),
-                  **_paired_columns("drop", value - base, changed[i][j], seen)}
+            ci = {
+                **clean_ci,
+                **uncertainty.proportion_columns("value", hits[i][j], seen, 100.0),
+                **_paired_columns("drop", value - base, changed[i][j], seen),
+            }
             lows.append(float(ci["drop_ci_low"]))
             highs.append(float(ci["drop_ci_high"]))
-            rows.append({"model": m.key, "name": m.name, "weights": m.weights, "band": f, "window": p.window,
-                         "band_low": round(max(f - p.window, 0.0), 6), "band_high": round(f + p.window, 6), "eps": p.eps,
-                         "space": p.space, "metric": metrics[i], "clean": base, "value": value, "drop": value - base,
-                         **{k: float(v) for k, v in ci.items()},
-                         "noise_rms": rms[i][j] / seen, "num_images": seen, "dataset": cfg.dataset.name,
-                         "uncertainty": "wilson; drop: paired_se_images"})
-        series.append({"label": f"{m.label} ({metrics[i]})", "family": latents.family(m.module), "bands": bands, "drops": drops,
-                       "low": lows, "high": highs})
-    fig = plots_fourier.noise_drop(series, _ylabel(set(metrics)),
-                                   f"Band-limited sign noise, ε={p.eps} ({p.space}), half-width {p.window}π, {seen} images")
-    return Result(tables={"frequency_noise": pd.DataFrame(rows)}, figures={"frequency_noise": fig},
-                  info={"metric": {m.key: metrics[i] for i, m in enumerate(models)},
-                        "noise": "delta = eps*sign(randn) per pixel and channel; FFT, shifted, times the square annulus "
-                                 "(outer side 2*int((f+s)*n/2), inner 2*int((f-s)*n/2)); inverse FFT, real part; added "
-                                 f"in {p.space} space, no clipping",
-                        "uncertainty": {"frequency_noise": {"clean, value": uncertainty.METHODS["wilson"],
-                                                            "drop": uncertainty.METHODS["paired_se_images"]}}},
-                  images=[record])
+            rows.append(
+                {
+                    "model": m.key,
+                    "name": m.name,
+                    "weights": m.weights,
+                    "band": f,
+                    "window": p.window,
+                    "band_low": round(max(f - p.window, 0.0), 6),
+                    "band_high": round(f + p.window, 6),
+                    "eps": p.eps,
+                    "space": p.space,
+                    "metric": metrics[i],
+                    "clean": base,
+                    "value": value,
+                    "drop": value - base,
+                    **{k: float(v) for k, v in ci.items()},
+                    "noise_rms": rms[i][j] / seen,
+                    "num_images": seen,
+                    "dataset": cfg.dataset.name,
+                    "uncertainty": "wilson; drop: paired_se_images",
+                }
+            )
+        series.append(
+            {
+                "label": f"{m.label} ({metrics[i]})",
+                "family": latents.family(m.module),
+                "bands": bands,
+                "drops": drops,
+                "low": lows,
+                "high": highs,
+            }
+        )
+    fig = plots_fourier.noise_drop(
+        series,
+        _ylabel(set(metrics)),
+        f"Band-limited sign noise, ε={p.eps} ({p.space}), half-width {p.window}π, {seen} images",
+    )
+    return Result(
+        tables={"frequency_noise": pd.DataFrame(rows)},
+        figures={"frequency_noise": fig},
+        info={
+            "metric": {m.key: metrics[i] for i, m in enumerate(models)},
+            "noise": "delta = eps*sign(randn) per pixel and channel; FFT, shifted, times the square annulus "
+            "(outer side 2*int((f+s)*n/2), inner 2*int((f-s)*n/2)); inverse FFT, real part; added "
+            f"in {p.space} space, no clipping",
+            "uncertainty": {
+                "frequency_noise": {
+                    "clean, value": uncertainty.METHODS["wilson"],
+                    "drop": uncertainty.METHODS["paired_se_images"],
+                }
+            },
+        },
+        images=[record],
+    )
 
 
 # ---------------------------------------------------------------- lesion
+
 
 @dataclass
 class Lesion(Params):
@@ -182,8 +236,10 @@ class Lesion(Params):
 
     def check(self) -> None:
         if self.conv not in ("branch", "conv3x3"):
-            raise VitstudyError(f"analysis.conv must be 'branch' (zero a conv unit's residual branch) or 'conv3x3' "
-                                f"(zero its 3x3 convolution), got {self.conv!r}")
+            raise VitstudyError(
+                f"analysis.conv must be 'branch' (zero a conv unit's residual branch) or 'conv3x3' "
+                f"(zero its 3x3 convolution), got {self.conv!r}"
+            )
         choice("metric", self.metric, METRICS)
 
 
@@ -207,17 +263,22 @@ def lesion_units(model, conv_mode: str = "branch") -> list[tuple[str, str]]:
             if not sub.residual:  # a unit without an additive skip (strided inverted residual, DenseNet, VGG)
                 continue
             if sub.zero is None:
-                raise VitstudyError(f"lesion does not know the residual branch of '{block.path}' ({type(block.module).__name__}); "
-                                    f"supported: the block families of vitstudy.anatomy.families (timm ViT, DeiT, BEiT, EVA, "
-                                    f"CaiT, Swin, MViT-v2, ..., ResNet, RegNet, EfficientNet, ConvNeXt units)")
+                raise VitstudyError(
+                    f"lesion does not know the residual branch of '{block.path}' ({type(block.module).__name__}); "
+                    f"supported: the block families of vitstudy.anatomy.families (timm ViT, DeiT, BEiT, EVA, "
+                    f"CaiT, Swin, MViT-v2, ..., ResNet, RegNet, EfficientNet, ConvNeXt units)"
+                )
             target = sub.zero_conv3x3 if conv_mode == "conv3x3" and sub.sublayer == "res" else sub.zero
             if target is None:
-                raise VitstudyError(f"unit '{block.path}' ({type(block.module).__name__}) has no 3x3 convolution; use analysis.conv=branch")
+                raise VitstudyError(
+                    f"unit '{block.path}' ({type(block.module).__name__}) has no 3x3 convolution; use analysis.conv=branch"
+                )
             units.append((target, sub.post))
     if not units:
         reasons = [b.family.reason for b in families.blocks(model) if b.family.reason]
-        raise VitstudyError(f"found no residual blocks in {type(model).__name__} to lesion"
-                            + (f": {reasons[0]}" if reasons else ""))
+        raise VitstudyError(
+            f"found no residual blocks in {type(model).__name__} to lesion" + (f": {reasons[0]}" if reasons else "")
+        )
     return units
 
 
@@ -231,8 +292,11 @@ def zeroed(model, path: str):
         handle.remove()
 
 
-@register("lesion", "Accuracy change when one sublayer is removed, keeping its residual path (Park & Kim 2022, lesion figure)",
-          Lesion)
+@register(
+    "lesion",
+    "Accuracy change when one sublayer is removed, keeping its residual path (Park & Kim 2022, lesion figure)",
+    Lesion,
+)
 def lesion(ctx) -> Result:
     cfg = ctx.cfg
     p = ctx.params
@@ -262,22 +326,64 @@ def lesion(ctx) -> Result:
     for (path, latent), h, ch in zip(units, hits, changed):
         lat = described[latent]
         value = 100.0 * h / seen
-        ci = {**intact_ci, **uncertainty.proportion_columns("value", h, seen, 100.0),
-              **_paired_columns("delta", value - base, ch, seen)}
-        rows.append({"model": m.key, "name": m.name, "weights": m.weights, "unit": path, "latent": latent,
-                     "kind": lat.kind, "index": lat.index, "depth": lat.depth, "metric": metric, "intact": base,
-                     "value": value, "delta": value - base, **{k: float(v) for k, v in ci.items()},
-                     "conv": p.conv, "removed": removed(path, p.conv), "num_images": seen,
-                     "dataset": cfg.dataset.name, "uncertainty": "wilson; delta: paired_se_images"})
+        ci = {
+            **intact_ci,
+            **uncertainty.proportion_columns("value", h, seen, 100.0),
+            **_paired_columns("delta", value - base, ch, seen),
+        }
+        rows.append(
+            {
+                "model": m.key,
+                "name": m.name,
+                "weights": m.weights,
+                "unit": path,
+                "latent": latent,
+                "kind": lat.kind,
+                "index": lat.index,
+                "depth": lat.depth,
+                "metric": metric,
+                "intact": base,
+                "value": value,
+                "delta": value - base,
+                **{k: float(v) for k, v in ci.items()},
+                "conv": p.conv,
+                "removed": removed(path, p.conv),
+                "num_images": seen,
+                "dataset": cfg.dataset.name,
+                "uncertainty": "wilson; delta: paired_se_images",
+            }
+        )
     df = pd.DataFrame(rows)
     step = 1.0 / max(len(described) - 1, 1)
     fig = plots_fourier.depth_profile(
-        [{"title": f"{m.label} ({m.weights})", "depths": df.depth, "values": df.delta, "kinds": df.kind,
-          "family": latents.family(m.module), "step": step, "low": df.delta_ci_low, "high": df.delta_ci_high}],
-        _ylabel({metric}), f"Lesion: one sublayer removed at a time (residual path kept), {metric}, {seen} images",
-        zero_line=True)
-    return Result(tables={"lesion": df}, figures={"lesion": fig},
-                  info={"metric": metric, "units": [u for u, _ in units],
-                        "uncertainty": {"lesion": {"intact, value": uncertainty.METHODS["wilson"],
-                                                   "delta": uncertainty.METHODS["paired_se_images"]}}},
-                  images=[record])
+        [
+            {
+                "title": f"{m.label} ({m.weights})",
+                "depths": df.depth,
+                "values": df.delta,
+                "kinds": df.kind,
+                "family": latents.family(m.module),
+                "step": step,
+                "low": df.delta_ci_low,
+                "high": df.delta_ci_high,
+            }
+        ],
+        _ylabel({metric}),
+        f"Lesion: one sublayer removed at a time (residual path kept), {metric}, {seen} images",
+        zero_line=True,
+    )
+    return Result(
+        tables={"lesion": df},
+        figures={"lesion": fig},
+        info={
+            "metric": metric,
+            "units": [u for u, _ in units],
+            "uncertainty": {
+                "lesion": {
+                    "intact, value": uncertainty.METHODS["wilson"],
+                    "delta": uncertainty.METHODS["paired_se_images"],
+                }
+            },
+        },
+        images=[record],
+    )

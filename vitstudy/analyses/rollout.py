@@ -12,6 +12,7 @@ to it (metrics.attention.nearest_links), so Ã_l = r A_l P_keys + (1 - r) P_quer
 each merge's pooling matrix to the first block's full-resolution grid. It is computed backwards from the map's query
 (v^T Ã_L ... Ã_1) so no full-resolution matrix is ever formed.
 """
+
 from __future__ import annotations
 
 from dataclasses import dataclass, field
@@ -20,13 +21,13 @@ import numpy as np
 import pandas as pd
 import torch
 
-from ..plots import attention as plots_attention
 from ..anatomy.attention import Counter, Site, grouped_of, positions, sites, unfused
-from ..pipeline.engine import Reducer, stream
 from ..errors import VitstudyError
-from ..pipeline.layers import Layer
 from ..metrics import attention as am
 from ..metrics import uncertainty
+from ..pipeline.engine import Reducer, stream
+from ..pipeline.layers import Layer
+from ..plots import attention as plots_attention
 from ._registry import Params, Result, at_least, register
 from .common import INPUT
 
@@ -86,9 +87,17 @@ class RolloutReducer(Reducer):
         n_patches = self.grid[0] * self.grid[1]
         start = len(self.rows)
         for i in range(len(maps)):
-            self.rows.append({"order": start + i, "dataset_index": self.indices[start + i], "label": int(labels[i]),
-                              "entropy": float(ent[i]), "entropy_normalised": float(ent[i]) / am.max_entropy(n_patches),
-                              "centre_share": float(share[i]), "patch_mass": float(mass[i])})
+            self.rows.append(
+                {
+                    "order": start + i,
+                    "dataset_index": self.indices[start + i],
+                    "label": int(labels[i]),
+                    "entropy": float(ent[i]),
+                    "entropy_normalised": float(ent[i]) / am.max_entropy(n_patches),
+                    "centre_share": float(share[i]),
+                    "patch_mass": float(mass[i]),
+                }
+            )
         take = max(0, min(self.num_show - len(self.shown_maps), len(maps)))
         self.shown_maps += [m.numpy() for m in maps[:take]]
         self.shown_inputs += [x.float().cpu() for x in self.inputs[:take]]
@@ -110,19 +119,29 @@ def plan(site_list: list[Site], label: str) -> tuple[list[Step], int]:
     """The steps from the first block's raster grid (and prefix tokens) to the last block's outputs."""
     s0 = site_list[0]
     prefix = s0.num_prefix
-    cur = torch.cat([torch.full((prefix, 2), float("nan"), dtype=torch.float64),
-                     (am.grid_coords(*s0.grid) + 0.5) * torch.tensor(s0.stride, dtype=torch.float64)])
+    cur = torch.cat(
+        [
+            torch.full((prefix, 2), float("nan"), dtype=torch.float64),
+            (am.grid_coords(*s0.grid) + 0.5) * torch.tensor(s0.stride, dtype=torch.float64),
+        ]
+    )
     steps = []
     for s in site_list:
         if s.num_prefix != prefix:
-            raise VitstudyError(f"attention rollout multiplies the maps of all blocks, but {label}'s blocks attend over "
-                                f"{sorted({x.num_prefix for x in site_list})} prefix tokens (a class token joins mid-depth)")
+            raise VitstudyError(
+                f"attention rollout multiplies the maps of all blocks, but {label}'s blocks attend over "
+                f"{sorted({x.num_prefix for x in site_list})} prefix tokens (a class token joins mid-depth)"
+            )
         q, k = positions(s)
         g, nq, nk = q.shape[0], q.shape[1], k.shape[1]
         qf, kf = q.reshape(-1, 2), k.reshape(-1, 2)
         real = torch.arange(prefix, len(qf))[~qf[prefix:].isnan().any(-1)]
         outputs = torch.cat([torch.arange(prefix), real])
-        steps.append(Step(s, len(cur), outputs, am.nearest_links(kf, cur, prefix), am.nearest_links(qf, cur, prefix), (g, nq, nk)))
+        steps.append(
+            Step(
+                s, len(cur), outputs, am.nearest_links(kf, cur, prefix), am.nearest_links(qf, cur, prefix), (g, nq, nk)
+            )
+        )
         cur = qf[outputs]
     return steps, prefix
 
@@ -136,14 +155,18 @@ def compose(steps: list[Step], maps: list[torch.Tensor], v: torch.Tensor, residu
         vq = v.new_zeros(b, g * nq)
         vq[:, step.outputs.to(v.device)] = v
         u = torch.einsum("bgq,bgqk->bgk", vq.reshape(b, g, nq), a).reshape(b, g * nk)
-        v = residual * am.pull_back(u, step.keys, step.num_inputs) + (1 - residual) * am.pull_back(vq, step.queries, step.num_inputs)
+        v = residual * am.pull_back(u, step.keys, step.num_inputs) + (1 - residual) * am.pull_back(
+            vq, step.queries, step.num_inputs
+        )
     return v
 
 
 class StagedRolloutReducer(RolloutReducer):
     """Rollout through windows and stages: head-averaged maps kept per block, composed backwards at batch end."""
 
-    def __init__(self, site_list, has_cls: bool, residual: float, num_show: int, centre: float, indices: list[int], label: str):
+    def __init__(
+        self, site_list, has_cls: bool, residual: float, num_show: int, centre: float, indices: list[int], label: str
+    ):
         super().__init__(site_list, has_cls, residual, num_show, centre, indices)
         self.steps, self.prefix = plan(site_list, label)
         self.maps: dict[str, torch.Tensor] = {}
@@ -161,10 +184,10 @@ class StagedRolloutReducer(RolloutReducer):
         if self.has_cls:
             v[:, 0] = 1.0
         else:
-            v[:, self.prefix:] = 1.0 / (n_out - self.prefix)
+            v[:, self.prefix :] = 1.0 / (n_out - self.prefix)
         v = compose(self.steps, [self.maps.pop(s.site.name) for s in self.steps], v, self.residual)
         self.check_rows(v)
-        self._record(v[:, self.prefix:].reshape(b, *self.grid).cpu(), labels)
+        self._record(v[:, self.prefix :].reshape(b, *self.grid).cpu(), labels)
 
 
 def to_images(inputs: list[torch.Tensor], data_config: dict) -> np.ndarray:
@@ -182,14 +205,21 @@ class AttentionRollout(Params):
 
     def check(self) -> None:
         if not 0.0 < self.residual <= 1.0:
-            raise VitstudyError(f"analysis.residual={self.residual} must be in (0, 1]: the weight of attention against identity (0.5 in the paper)")
+            raise VitstudyError(
+                f"analysis.residual={self.residual} must be in (0, 1]: the weight of attention against identity (0.5 in the paper)"
+            )
         at_least("num_show", self.num_show, 0)
         if not 0.0 < self.centre <= 1.0:
-            raise VitstudyError(f"analysis.centre={self.centre} must be in (0, 1]: the side of the central box as a fraction of the image")
+            raise VitstudyError(
+                f"analysis.centre={self.centre} must be in (0, 1]: the side of the central box as a fraction of the image"
+            )
 
 
-@register("attention_rollout", "attention rollout maps of the CLS token over the image (Dosovitskiy et al. Fig. 6, Abnar & Zuidema 2020)",
-          AttentionRollout)
+@register(
+    "attention_rollout",
+    "attention rollout maps of the CLS token over the image (Dosovitskiy et al. Fig. 6, Abnar & Zuidema 2020)",
+    AttentionRollout,
+)
 def attention_rollout(ctx) -> Result:
     cfg = ctx.cfg
     residual, num_show, centre = ctx.params.residual, ctx.params.num_show, ctx.params.centre
@@ -197,45 +227,83 @@ def attention_rollout(ctx) -> Result:
     site_list = sites(m.module, m.data_config.get("input_size"))
     kind = type(m.module).__name__
     if kind in ("CrossVit", "TNT"):
-        how = ("two branches with their own grids, joined only through their class tokens' cross-attention"
-               if kind == "CrossVit" else "pixel and patch tokens, joined by a linear projection of each patch's pixel tokens")
-        raise VitstudyError(f"attention rollout multiplies one chain of token maps, but {m.label} ({kind}) runs two token "
-                            f"sets side by side ({how})")
+        how = (
+            "two branches with their own grids, joined only through their class tokens' cross-attention"
+            if kind == "CrossVit"
+            else "pixel and patch tokens, joined by a linear projection of each patch's pixel tokens"
+        )
+        raise VitstudyError(
+            f"attention rollout multiplies one chain of token maps, but {m.label} ({kind}) runs two token "
+            f"sets side by side ({how})"
+        )
     # the class token must be among the attended tokens (CaiT's joins only in its class-attention blocks)
     has_cls = getattr(m.module, "cls_token", None) is not None and site_list[0].num_prefix > 0
     query = "cls" if has_cls else "mean of patch tokens (no CLS token)"
-    flat_plain = all(s.kind == "global" and s.layout is None for s in site_list) and len({s.tokens for s in site_list}) == 1
+    flat_plain = (
+        all(s.kind == "global" and s.layout is None for s in site_list) and len({s.tokens for s in site_list}) == 1
+    )
     if not flat_plain:
         plan(site_list, m.label)  # refuse (e.g. ConViT's late class token) before any image is loaded
     batching, record = ctx.sample()
     flat = [i for b in batching.batches for i in b]
-    reducer = (RolloutReducer(site_list, has_cls, residual, num_show, centre, flat) if flat_plain else
-               StagedRolloutReducer(site_list, has_cls, residual, num_show, centre, flat, m.label))
+    reducer = (
+        RolloutReducer(site_list, has_cls, residual, num_show, centre, flat)
+        if flat_plain
+        else StagedRolloutReducer(site_list, has_cls, residual, num_show, centre, flat, m.label)
+    )
     loader = ctx.loader([m], batching)
     with unfused(m.module, site_list):
-        stream([m], [[INPUT] + [s.layer for s in site_list]], loader, reducer, ctx.device, "attention rollout", ctx.progress)
+        stream(
+            [m],
+            [[INPUT] + [s.layer for s in site_list]],
+            loader,
+            reducer,
+            ctx.device,
+            "attention rollout",
+            ctx.progress,
+        )
     df = pd.DataFrame(reducer.rows)
     df.insert(0, "model", m.name)
     df.insert(1, "weights", m.weights)
-    for k, v in {"query": query, "residual": residual, "centre_fraction": centre, "blocks": len(site_list),
-                 "composition": "one grid" if flat_plain else "windows and stages (nearest-token pooling)",
-                 "grid": f"{site_list[0].grid[0]}x{site_list[0].grid[1]}", "dataset": cfg.dataset.name}.items():
+    for k, v in {
+        "query": query,
+        "residual": residual,
+        "centre_fraction": centre,
+        "blocks": len(site_list),
+        "composition": "one grid" if flat_plain else "windows and stages (nearest-token pooling)",
+        "grid": f"{site_list[0].grid[0]}x{site_list[0].grid[1]}",
+        "dataset": cfg.dataset.name,
+    }.items():
         df[k] = v
     summary = []
     for stat in ("entropy", "entropy_normalised", "centre_share", "patch_mass"):
         v = df[stat].to_numpy(dtype=np.float64)
         n = len(v)
         mean, se = uncertainty.mean_se(v.sum(), (v * v).sum(), n)
-        summary.append({"model": m.name, "weights": m.weights, "statistic": stat, "mean": float(mean),
-                        **{k: float(x) for k, x in uncertainty.se_columns("mean", mean, se, n - 1).items()},
-                        "std": float(v.std(ddof=1)) if n > 1 else np.nan, "median": float(np.median(v)),
-                        "num_images": n, "uncertainty": "se_images"})
+        summary.append(
+            {
+                "model": m.name,
+                "weights": m.weights,
+                "statistic": stat,
+                "mean": float(mean),
+                **{k: float(x) for k, x in uncertainty.se_columns("mean", mean, se, n - 1).items()},
+                "std": float(v.std(ddof=1)) if n > 1 else np.nan,
+                "median": float(np.median(v)),
+                "num_images": n,
+                "uncertainty": "se_images",
+            }
+        )
     figures = {}
     if reducer.shown_maps:
         images = to_images(reducer.shown_inputs, m.data_config)
-        title = (f"Attention rollout, {m.label} ({len(site_list)} blocks, {query}, {residual}A + {1 - residual:g}I)\n"
-                 f"mean normalised entropy {df.entropy_normalised.mean():.3f}, centre share {df.centre_share.mean():.3f}")
+        title = (
+            f"Attention rollout, {m.label} ({len(site_list)} blocks, {query}, {residual}A + {1 - residual:g}I)\n"
+            f"mean normalised entropy {df.entropy_normalised.mean():.3f}, centre share {df.centre_share.mean():.3f}"
+        )
         figures["attention_rollout"] = plots_attention.rollout_grid(images, np.stack(reducer.shown_maps), title)
-    return Result(tables={"attention_rollout": df, "attention_rollout_summary": pd.DataFrame(summary)}, figures=figures,
-                  info={"rollout_query": query,
-                        "uncertainty": {"attention_rollout_summary": uncertainty.METHODS["se_images"]}}, images=[record])
+    return Result(
+        tables={"attention_rollout": df, "attention_rollout_summary": pd.DataFrame(summary)},
+        figures=figures,
+        info={"rollout_query": query, "uncertainty": {"attention_rollout_summary": uncertainty.METHODS["se_images"]}},
+        images=[record],
+    )

@@ -12,6 +12,7 @@ a measure's full-set form (`prepare`/`compare`, vitstudy.measures), with two est
 Repeats and the tail come from `cka.*` as in cka.compute; checkpoints (with a cache) let a killed run continue
 and give the same numbers. The similarity analyses (similarity.py) call it; it registers no analysis itself.
 """
+
 from __future__ import annotations
 
 import dataclasses
@@ -55,8 +56,11 @@ class Pairs:
 def pairs_of(models, layers, stacked: bool | None) -> Pairs:
     within = len(models) != 2 if stacked is None else stacked
     keys = [[(i, layer.name) for layer in ls] for i, ls in enumerate(layers)]
-    names = {(i, layer.name): (f"{m.key}:{layer.name}" if len(models) > 1 else layer.name)
-             for i, (m, ls) in enumerate(zip(models, layers)) for layer in ls}
+    names = {
+        (i, layer.name): (f"{m.key}:{layer.name}" if len(models) > 1 else layer.name)
+        for i, (m, ls) in enumerate(zip(models, layers))
+        for layer in ls
+    }
     if within:
         flat = [k for ks in keys for k in ks]
         return Pairs(flat, flat, names, True)
@@ -106,15 +110,19 @@ def _reason(err: Exception) -> str:
 
 def _prepare(measure, x: np.ndarray, name: str) -> Any:
     if len(x) > 1 and (x == x[:1]).all():
-        raise VitstudyError(f"layer '{name}' gives the same features for every image (e.g. the CLS token before the "
-                            f"first attention), so {measure.name} is undefined: drop it from the layers")
+        raise VitstudyError(
+            f"layer '{name}' gives the same features for every image (e.g. the CLS token before the "
+            f"first attention), so {measure.name} is undefined: drop it from the layers"
+        )
     try:
         return measure.prepare(x)
     except VitstudyError:
         raise
     except (ValueError, ArithmeticError, IndexError, np.linalg.LinAlgError) as err:
-        raise VitstudyError(f"{measure.name} cannot use layer '{name}' ({x.shape[0]} images x {x.shape[1]} features): "
-                            f"{_reason(err)}; use more images (dataset.num_images) or other measure parameters") from None
+        raise VitstudyError(
+            f"{measure.name} cannot use layer '{name}' ({x.shape[0]} images x {x.shape[1]} features): "
+            f"{_reason(err)}; use more images (dataset.num_images) or other measure parameters"
+        ) from None
 
 
 def _compare(measure, px, py, name_x: str, name_y: str, n: int) -> float:
@@ -123,18 +131,27 @@ def _compare(measure, px, py, name_x: str, name_y: str, n: int) -> float:
     except VitstudyError:
         raise
     except (ValueError, ArithmeticError, IndexError, np.linalg.LinAlgError) as err:
-        raise VitstudyError(f"{measure.name} of layer '{name_x}' vs '{name_y}' failed on {n} images: {_reason(err)}; "
-                            "use more images (dataset.num_images) or other measure parameters") from None
+        raise VitstudyError(
+            f"{measure.name} of layer '{name_x}' vs '{name_y}' failed on {n} images: {_reason(err)}; "
+            "use more images (dataset.num_images) or other measure parameters"
+        ) from None
     lo, hi = measure.range
     if not np.isfinite(value) or value < lo - TOLERANCE or value > hi + TOLERANCE:
-        raise VitstudyError(f"{measure.name} of layer '{name_x}' vs '{name_y}' is {value:.6g} on {n} images, outside "
-                            f"its range [{lo}, {hi}]: a layer may give (nearly) the same features for every image; "
-                            "drop it from the layers")
+        raise VitstudyError(
+            f"{measure.name} of layer '{name_x}' vs '{name_y}' is {value:.6g} on {n} images, outside "
+            f"its range [{lo}, {hi}]: a layer may give (nearly) the same features for every image; "
+            "drop it from the layers"
+        )
     return value
 
 
-def matrix(read: Callable[[Key], np.ndarray], pairs: Pairs, measure, perm: np.ndarray | None = None,
-           budget: int = PREPARED_BUDGET) -> np.ndarray:
+def matrix(
+    read: Callable[[Key], np.ndarray],
+    pairs: Pairs,
+    measure,
+    perm: np.ndarray | None = None,
+    budget: int = PREPARED_BUDGET,
+) -> np.ndarray:
     """The (L, M) values compare(prepare(x_i), prepare(y_j)) over one image set (`read` gives a layer's rows).
 
     `perm` permutes the rows of every y layer (the permutation null). Columns outer: each y layer is prepared
@@ -148,11 +165,13 @@ def matrix(read: Callable[[Key], np.ndarray], pairs: Pairs, measure, perm: np.nd
 
     def prepared(key):
         nonlocal n
+
         def make():
             nonlocal n
             x = read(key)
             n = len(x)
             return _prepare(measure, x, pairs.names[key])
+
         return cache.get(key, make)
 
     for j, ky in enumerate(pairs.y):
@@ -176,8 +195,10 @@ def check_images(measure, n: int, where: str, fix: str) -> None:
     """Fail in one line when the smallest image set a value is computed on is too small for the measure."""
     k = getattr(measure, "k", None)
     if isinstance(k, int) and not isinstance(k, bool) and k >= n:
-        raise VitstudyError(f"{measure.name} with k={k} needs more than k images in every set it is computed on, but "
-                            f"{where} has {n}: use a smaller analysis.k or {fix}")
+        raise VitstudyError(
+            f"{measure.name} with k={k} needs more than k images in every set it is computed on, but "
+            f"{where} has {n}: use a smaller analysis.k or {fix}"
+        )
     if n < 3:
         raise VitstudyError(f"{measure.name} needs at least 3 images, but {where} has {n}: {fix}")
 
@@ -197,8 +218,10 @@ def _params(params) -> tuple[str, int, int, str]:
     estimator = getattr(params, "estimator", "full_set") or "full_set"
     estimator = "full_set" if estimator == "auto" else estimator
     if estimator not in ESTIMATORS:
-        raise VitstudyError(f"the full-set path computes analysis.estimator={' or '.join(ESTIMATORS)}; got {estimator!r} "
-                            "(minibatch is the streaming kernel path)")
+        raise VitstudyError(
+            f"the full-set path computes analysis.estimator={' or '.join(ESTIMATORS)}; got {estimator!r} "
+            "(minibatch is the streaming kernel path)"
+        )
     null, groups = int(getattr(params, "null", 0) or 0), int(getattr(params, "groups", 10))
     dtype = getattr(params, "store_dtype", "float32")
     if null < 0:
@@ -208,8 +231,9 @@ def _params(params) -> tuple[str, int, int, str]:
     return estimator, null, groups, dtype
 
 
-def compute(ctx, models, layers: list[list[Layer]], measure, params, stacked: bool | None = None
-            ) -> tuple[Estimate, dict]:
+def compute(
+    ctx, models, layers: list[list[Layer]], measure, params, stacked: bool | None = None
+) -> tuple[Estimate, dict]:
     """The measure's value matrix over `cka.repeats` image samples with its jackknife interval (and null).
 
     Same contract as cka.compute: within one model (or stacked: every model's layers) L x L, else model x
@@ -220,8 +244,9 @@ def compute(ctx, models, layers: list[list[Layer]], measure, params, stacked: bo
     estimator, permutations, groups, dtype = _params(params)
     pairs = pairs_of(models, layers, stacked)
     state = cache.load_checkpoint() if cache is not None else None
-    if state is not None and (state.get("format") != FORMAT or state.get("kind") != KIND
-                              or state.get("estimator") != estimator):
+    if state is not None and (
+        state.get("format") != FORMAT or state.get("kind") != KIND or state.get("estimator") != estimator
+    ):
         state = None
     runs = list(state["runs"]) if state else []
     used = list(state["used"]) if state else []
@@ -232,19 +257,47 @@ def compute(ctx, models, layers: list[list[Layer]], measure, params, stacked: bo
         resume = state if state and state.get("repeat") == r else None
 
         def save(extra, r=r):
-            cache.save_checkpoint({"format": FORMAT, "kind": KIND, "estimator": estimator, "repeat": r,
-                                   "runs": runs, "used": used, **extra})
+            cache.save_checkpoint(
+                {
+                    "format": FORMAT,
+                    "kind": KIND,
+                    "estimator": estimator,
+                    "repeat": r,
+                    "runs": runs,
+                    "used": used,
+                    **extra,
+                }
+            )
 
         def feats(batches):
-            return FeatureSource(cache=ctx.features, namespaces=namespaces, batches=batches) if namespaces is not None else None
+            return (
+                FeatureSource(cache=ctx.features, namespaces=namespaces, batches=batches)
+                if namespaces is not None
+                else None
+            )
 
         desc = f"{measure.name} repeat {r + 1}/{cfg.cka.repeats}" if cfg.cka.repeats > 1 else measure.name
         if estimator == "full_set":
-            run, start, extra = _full_set(ctx, models, layers, pairs, measure, batching, (cfg.seed, r), groups,
-                                          permutations, dtype, resume, save, feats, desc)
+            run, start, extra = _full_set(
+                ctx,
+                models,
+                layers,
+                pairs,
+                measure,
+                batching,
+                (cfg.seed, r),
+                groups,
+                permutations,
+                dtype,
+                resume,
+                save,
+                feats,
+                desc,
+            )
         else:
-            run, start, extra = _batch_mean(ctx, models, layers, pairs, measure, batching, (cfg.seed, r), permutations,
-                                            resume, save, feats, desc)
+            run, start, extra = _batch_mean(
+                ctx, models, layers, pairs, measure, batching, (cfg.seed, r), permutations, resume, save, feats, desc
+            )
         info.update(extra)
         runs.append({**run, "units": torch.from_numpy(run["units"])})
         used.append({**record, "resumed_at_batch": start})
@@ -255,20 +308,27 @@ def compute(ctx, models, layers: list[list[Layer]], measure, params, stacked: bo
     def arrays(key):
         return [None if run[key] is None else np.asarray(run[key], dtype=np.float64) for run in runs]
 
-    est = Estimate.from_runs(arrays("matrix"), arrays("replicates"), [np.asarray(run["units"]) for run in runs],
-                             arrays("null"), range=tuple(measure.range))  # intervals cut to this measure's range
+    est = Estimate.from_runs(
+        arrays("matrix"),
+        arrays("replicates"),
+        [np.asarray(run["units"]) for run in runs],
+        arrays("null"),
+        range=tuple(measure.range),
+    )  # intervals cut to this measure's range
     info.update(interval_range=list(measure.range), null_permutations=permutations)
     return est, {"repeats": used, **info}
 
 
 # ------------------------------------------------------------------ full set
 
+
 def _store_root(cache) -> Path | None:
     return None if cache is None else Path(cache.root) / "store" / cache.key
 
 
-def _full_set(ctx, models, layers, pairs, measure, batching, keys, groups, permutations, dtype, resume, save, feats,
-              desc):
+def _full_set(
+    ctx, models, layers, pairs, measure, batching, keys, groups, permutations, dtype, resume, save, feats, desc
+):
     """One repeat on the whole image set: fill the store, then the value, group replicates and null matrices."""
     cfg, cache = ctx.cfg, ctx.cache
     store, start, parts = None, 0, []
@@ -291,13 +351,26 @@ def _full_set(ctx, models, layers, pairs, measure, batching, keys, groups, permu
                 save({"batches_done": start + done, "store": store.state(), "parts": []})
 
         if remaining.batches:
-            stream(models, layers, ctx.loader(models, remaining), store, ctx.device, desc, ctx.progress,
-                   after_batch=checkpoint, features=feats(remaining.batches))
+            stream(
+                models,
+                layers,
+                ctx.loader(models, remaining),
+                store,
+                ctx.device,
+                desc,
+                ctx.progress,
+                after_batch=checkpoint,
+                features=feats(remaining.batches),
+            )
         n, nbatches = store.rows, len(batching.batches)
         held = groups_of(batching.batches, groups)
         if len(held) > 1:
-            check_images(measure, n - max(len(g) for g in held), "the image set less its largest jackknife group",
-                         "more images (dataset.num_images) or more analysis.groups")
+            check_images(
+                measure,
+                n - max(len(g) for g in held),
+                "the image set less its largest jackknife group",
+                "more images (dataset.num_images) or more analysis.groups",
+            )
         else:
             check_images(measure, n, "the image set", "more images (dataset.num_images)")
         outside = [np.setdiff1d(np.arange(n), g) for g in held] if len(held) > 1 else []
@@ -318,22 +391,32 @@ def _full_set(ctx, models, layers, pairs, measure, batching, keys, groups, permu
             store.close()
             if root is not None:
                 shutil.rmtree(root, ignore_errors=True)
-    reps = torch.stack(parts[1:1 + len(outside)]) if outside else None
-    null = torch.stack(parts[1 + len(outside):]) if permutations else None
-    run = {"matrix": parts[0], "replicates": reps, "null": null,
-           "units": uncertainty.unit_ids([[i for b in g for i in batching.batches[b]]  # each deleted group's images
-                                          for g in _group_index(nbatches, groups)])}
+    reps = torch.stack(parts[1 : 1 + len(outside)]) if outside else None
+    null = torch.stack(parts[1 + len(outside) :]) if permutations else None
+    run = {
+        "matrix": parts[0],
+        "replicates": reps,
+        "null": null,
+        "units": uncertainty.unit_ids(
+            [
+                [i for b in g for i in batching.batches[b]]  # each deleted group's images
+                for g in _group_index(nbatches, groups)
+            ]
+        ),
+    }
     extra = {"groups": len(held), "store_dtype": dtype, "store_bytes": stored}
     return run, start, extra
 
 
 # ------------------------------------------------------------------ batch mean
 
+
 class BatchMeanReducer(Reducer):
     """Per batch: the measure's value matrix on that batch's images alone (and its K permuted ones); one batch held."""
 
-    def __init__(self, models, pairs: Pairs, tokens: str, measure, permutations: int = 0,
-                 null_keys: tuple[int, ...] = (0, 0)):
+    def __init__(
+        self, models, pairs: Pairs, tokens: str, measure, permutations: int = 0, null_keys: tuple[int, ...] = (0, 0)
+    ):
         self.modules, self.pairs, self.tokens, self.measure = [m.module for m in models], pairs, tokens, measure
         self.permutations, self.null_keys = permutations, tuple(null_keys)
         self.buffer: dict[Key, np.ndarray] = {}
@@ -343,7 +426,9 @@ class BatchMeanReducer(Reducer):
 
     def on_tensor(self, model_index: int, layer: Layer, tensor: torch.Tensor) -> None:
         x = features(tensor, layer, self.tokens, self.modules[model_index])
-        self.buffer[(model_index, layer.name)] = x.detach().to("cpu", torch.float64, copy=True).reshape(len(x), -1).numpy()
+        self.buffer[(model_index, layer.name)] = (
+            x.detach().to("cpu", torch.float64, copy=True).reshape(len(x), -1).numpy()
+        )
 
     def end_batch(self, labels, outputs) -> None:
         n, b = len(labels), len(self.values)
@@ -351,9 +436,16 @@ class BatchMeanReducer(Reducer):
         self.values.append(torch.from_numpy(matrix(self.buffer.__getitem__, self.pairs, self.measure)))
         if self.permutations:  # seeded by (seed, repeat, batch): a resumed run draws the same
             g = np.random.default_rng(uncertainty.null_seed(*self.null_keys, b))
-            self.nulls.append(torch.from_numpy(np.stack([
-                matrix(self.buffer.__getitem__, self.pairs, self.measure, g.permutation(n))
-                for _ in range(self.permutations)])))
+            self.nulls.append(
+                torch.from_numpy(
+                    np.stack(
+                        [
+                            matrix(self.buffer.__getitem__, self.pairs, self.measure, g.permutation(n))
+                            for _ in range(self.permutations)
+                        ]
+                    )
+                )
+            )
         self.weights.append(n)
         self.buffer = {}
 
@@ -378,7 +470,11 @@ def _batch_mean(ctx, models, layers, pairs, measure, batching, keys, permutation
     start = int(resume["batches_done"]) if resume is not None and resume.get("values") is not None else 0
     reducer = BatchMeanReducer(models, pairs, cfg.tokens, measure, permutations, keys)
     if start:  # the batches before the checkpoint (the reducer numbers batches by how many it holds)
-        reducer.values, reducer.weights, reducer.nulls = list(resume["values"]), list(resume["weights"]), list(resume["nulls"])
+        reducer.values, reducer.weights, reducer.nulls = (
+            list(resume["values"]),
+            list(resume["weights"]),
+            list(resume["nulls"]),
+        )
     every = cache.every if cache is not None else 0
     remaining = data.Batching(batching.batches[start:], batching.tail, batching.dropped)
 
@@ -386,11 +482,24 @@ def _batch_mean(ctx, models, layers, pairs, measure, batching, keys, permutation
         if every and (start + done) % every == 0:
             save({"batches_done": start + done, **reducer.state()})
 
-    stream(models, layers, ctx.loader(models, remaining), reducer, ctx.device, desc, ctx.progress,
-           after_batch=checkpoint, features=feats(remaining.batches))
+    stream(
+        models,
+        layers,
+        ctx.loader(models, remaining),
+        reducer,
+        ctx.device,
+        desc,
+        ctx.progress,
+        after_batch=checkpoint,
+        features=feats(remaining.batches),
+    )
     values = torch.stack(reducer.values).numpy()
     nulls = torch.stack(reducer.nulls).numpy() if permutations else None  # (B, K, L, M)
     mean, reps, null = batch_mean(values, np.asarray(reducer.weights), nulls)
-    run = {"matrix": torch.from_numpy(mean), "replicates": None if reps is None else torch.from_numpy(reps),
-           "null": None if null is None else torch.from_numpy(null), "units": uncertainty.unit_ids(batching.batches)}
+    run = {
+        "matrix": torch.from_numpy(mean),
+        "replicates": None if reps is None else torch.from_numpy(reps),
+        "null": None if null is None else torch.from_numpy(null),
+        "units": uncertainty.unit_ids(batching.batches),
+    }
     return run, start, {"batches": len(batching.batches), "batch_weights": BATCH_WEIGHTS}

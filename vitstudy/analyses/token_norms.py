@@ -9,6 +9,7 @@ is high-norm. Registers, class and distillation tokens are the model's prefix to
 Beside the norms, Darcet's redundancy measure: the mean cosine similarity of each patch's embedding (the patch
 embedding's output) with its four neighbours, for the patches that are high-norm at a layer against the others.
 """
+
 from __future__ import annotations
 
 from contextlib import nullcontext
@@ -24,8 +25,7 @@ from ..anatomy.attention import sites, unfused
 from ..anatomy.residual import positions_channels
 from ..errors import VitstudyError
 from ..metrics import token_norms as tn
-from ..metrics import token_probes
-from ..metrics import uncertainty
+from ..metrics import token_probes, uncertainty
 from ..pipeline.engine import Reducer, stream
 from ..pipeline.layers import Layer
 from ..pipeline.progress import log_line
@@ -57,12 +57,22 @@ def token_layers(m, layers: list[Layer], analysis: str) -> list[TokenLayer]:
     kinds = anatomy_tokens.prefix_kinds(m.module)
     for d, layer in enumerate(layers):
         if layer.layout not in ("NLC", "NHWC"):  # NHWC: a token grid without prefix tokens (Swin)
-            raise VitstudyError(f"{analysis} needs a token sequence (a ViT-family model); {m.label}'s layer "
-                                f"'{layer.name}' is a {layer.layout} feature map of shape {tuple(layer.shape)}")
+            raise VitstudyError(
+                f"{analysis} needs a token sequence (a ViT-family model); {m.label}'s layer "
+                f"'{layer.name}' is a {layer.layout} feature map of shape {tuple(layer.shape)}"
+            )
         rows, cols, prefix = anatomy_tokens.token_grid(m.module, layer)
         pk = tuple(kinds) if len(kinds) == prefix else ("prefix",) * prefix
-        out.append(TokenLayer(layer=layer, depth=d, rows=int(rows), cols=int(cols), prefix=int(prefix),
-                              kinds=pk + ("patch",) * (rows * cols)))
+        out.append(
+            TokenLayer(
+                layer=layer,
+                depth=d,
+                rows=int(rows),
+                cols=int(cols),
+                prefix=int(prefix),
+                kinds=pk + ("patch",) * (rows * cols),
+            )
+        )
     return out
 
 
@@ -76,7 +86,7 @@ def neighbour_cosine(x: torch.Tensor, rows: int, cols: int) -> torch.Tensor:
         c0, c1 = max(dc, 0), cols + min(dc, 0)
         if r1 <= r0 or c1 <= c0:
             continue
-        sim = (g[:, r0:r1, c0:c1] * g[:, r0 - dr:r1 - dr, c0 - dc:c1 - dc]).sum(-1)
+        sim = (g[:, r0:r1, c0:c1] * g[:, r0 - dr : r1 - dr, c0 - dc : c1 - dc]).sum(-1)
         total[:, r0:r1, c0:c1] += sim
         count[r0:r1, c0:c1] += 1
     return (total / count.clamp_min(1)).flatten(1)
@@ -86,8 +96,9 @@ class TokenNormReducer(Reducer):
     """Per layer and token: histogram counts over the fixed bins, Σ norm, Σ norm², count above a given threshold;
     per layer and bin: Σ and count of the patches' neighbour cosine (patch embedding); the first images' norms."""
 
-    def __init__(self, tls: list[TokenLayer], bins: tn.Bins, threshold: float | None, num_show: int,
-                 embed: Layer | None):
+    def __init__(
+        self, tls: list[TokenLayer], bins: tn.Bins, threshold: float | None, num_show: int, embed: Layer | None
+    ):
         self.tls = {t.layer.name: t for t in tls}
         self.bins, self.threshold, self.num_show, self.embed = bins, threshold, num_show, embed
         nb = bins.count + 2
@@ -115,16 +126,20 @@ class TokenNormReducer(Reducer):
         if layer.name in self.attention:
             site, prev = self.attention[layer.name]
             t = self.tls[prev]
-            cls = site.probabilities(tensor).to(torch.float64).mean(1)[:, 0, t.prefix:]  # (B, patches): head mean
-            pidx = self.idx[prev][:, t.prefix:].flatten()
+            cls = site.probabilities(tensor).to(torch.float64).mean(1)[:, 0, t.prefix :]  # (B, patches): head mean
+            pidx = self.idx[prev][:, t.prefix :].flatten()
             nb = self.bins.count + 2
-            self.att_sum[prev] += torch.zeros(nb, dtype=torch.float64, device=cls.device).index_add_(0, pidx, cls.flatten()).cpu()
+            self.att_sum[prev] += (
+                torch.zeros(nb, dtype=torch.float64, device=cls.device).index_add_(0, pidx, cls.flatten()).cpu()
+            )
             self.att_n[prev] += torch.bincount(pidx, minlength=nb).double().cpu()
             return
         if self.embed is not None and layer.name == self.embed.name:
             t = next(iter(self.tls.values()))
             x = positions_channels(tensor, layer.layout)
-            self.cos = neighbour_cosine(x[:, -t.rows * t.cols:], t.rows, t.cols) if x.shape[1] >= t.rows * t.cols else None
+            self.cos = (
+                neighbour_cosine(x[:, -t.rows * t.cols :], t.rows, t.cols) if x.shape[1] >= t.rows * t.cols else None
+            )
             if layer.name not in self.tls:
                 return
         t = self.tls[layer.name]
@@ -145,9 +160,10 @@ class TokenNormReducer(Reducer):
         if self.threshold is not None:
             self.above[name] += (norms > self.threshold).sum(0).cpu()
         if self.cos is not None and self.cos.shape[1] == t.rows * t.cols:
-            pidx = idx[:, t.prefix:].flatten()
-            self.cos_sum[name] += torch.zeros(nb, dtype=torch.float64, device=norms.device).index_add_(
-                0, pidx, self.cos.flatten()).cpu()
+            pidx = idx[:, t.prefix :].flatten()
+            self.cos_sum[name] += (
+                torch.zeros(nb, dtype=torch.float64, device=norms.device).index_add_(0, pidx, self.cos.flatten()).cpu()
+            )
             self.cos_n[name] += torch.bincount(pidx, minlength=nb).double().cpu()
         if take:
             self.shown[name] += [n.float().cpu() for n in norms[:take]]
@@ -182,7 +198,7 @@ class ProbeReducer(Reducer):
 
     def on_tensor(self, model_index: int, layer: Layer, tensor: torch.Tensor) -> None:
         t = self.tls[layer.name]
-        x = positions_channels(tensor, layer.layout)[:, t.prefix:]
+        x = positions_channels(tensor, layer.layout)[:, t.prefix :]
         high = self.high(layer.name, torch.linalg.vector_norm(x.to(torch.float64), dim=-1))
         for group, idx in zip(("high", "normal"), token_probes.pick(high, self.per_image, self.generator)):
             b, k = torch.nonzero(idx >= 0, as_tuple=True)
@@ -197,8 +213,9 @@ class ProbeReducer(Reducer):
         self.images += len(labels)
 
 
-def probe_rows(reducer: ProbeReducer, layers: list[str], test_fraction: float, alpha: float,
-               seed: int) -> tuple[list[dict], dict]:
+def probe_rows(
+    reducer: ProbeReducer, layers: list[str], test_fraction: float, alpha: float, seed: int
+) -> tuple[list[dict], dict]:
     """Per probed layer, target (position, label) and token group: the ridge probe's test accuracy with a Wilson
     interval over test tokens, beside the majority baseline (the most frequent train class); train and test are
     disjoint sets of images. A group without tokens gets a note."""
@@ -217,22 +234,36 @@ def probe_rows(reducer: ProbeReducer, layers: list[str], test_fraction: float, a
                 image = np.concatenate(kept["image"]).astype(np.int64) if kept["image"] else np.zeros(0, np.int64)
                 y = np.concatenate(kept["position"]) if target == "position" else labels[image]
                 test = is_test[image]
-                row = {"layer": name, "target": target, "tokens": group, "accuracy": float("nan"),
-                       "accuracy_ci_low": float("nan"), "accuracy_ci_high": float("nan"),
-                       "num_train": int((~test).sum()), "num_test": int(test.sum()), "note": "",
-                       "majority_accuracy": float("nan")}
+                row = {
+                    "layer": name,
+                    "target": target,
+                    "tokens": group,
+                    "accuracy": float("nan"),
+                    "accuracy_ci_low": float("nan"),
+                    "accuracy_ci_high": float("nan"),
+                    "num_train": int((~test).sum()),
+                    "num_test": int(test.sum()),
+                    "note": "",
+                    "majority_accuracy": float("nan"),
+                }
                 if not len(y):
-                    row["note"] = "no high-norm tokens at this layer" if group == "high" else "no normal tokens at this layer"
+                    row["note"] = (
+                        "no high-norm tokens at this layer" if group == "high" else "no normal tokens at this layer"
+                    )
                 elif row["num_train"] == 0 or row["num_test"] == 0:
                     row["note"] = f"no {group} tokens in the {'train' if row['num_train'] == 0 else 'test'} images"
                 else:
-                    score = token_probes.ridge_accuracy(x[~test].astype(np.float64), y[~test], x[test].astype(np.float64),
-                                                        y[test], alpha)
+                    score = token_probes.ridge_accuracy(
+                        x[~test].astype(np.float64), y[~test], x[test].astype(np.float64), y[test], alpha
+                    )
                     low, high = uncertainty.wilson(score.correct, score.num_test)
                     classes, counts = np.unique(y[~test], return_counts=True)
-                    row.update(accuracy=score.correct / score.num_test, accuracy_ci_low=float(low),
-                               accuracy_ci_high=float(high),
-                               majority_accuracy=float((y[test] == classes[np.argmax(counts)]).mean()))
+                    row.update(
+                        accuracy=score.correct / score.num_test,
+                        accuracy_ci_low=float(low),
+                        accuracy_ci_high=float(high),
+                        majority_accuracy=float((y[test] == classes[np.argmax(counts)]).mean()),
+                    )
                     if len(np.unique(y[~test])) == 1:
                         row["note"] = "one class among the train tokens: a constant predictor"
                 rows.append(row)
@@ -254,16 +285,25 @@ def layer_splits(reducer: TokenNormReducer, tls: list[TokenLayer], threshold: fl
     out = {}
     for t in tls:
         if threshold is not None:
-            out[t.layer.name] = LayerSplit(first_high_bin=None, threshold=float(threshold), rule="analysis.threshold",
-                                           separation=float("nan"))
+            out[t.layer.name] = LayerSplit(
+                first_high_bin=None, threshold=float(threshold), rule="analysis.threshold", separation=float("nan")
+            )
             continue
-        hist = reducer.counts[t.layer.name][t.prefix:].sum(0).numpy()
+        hist = reducer.counts[t.layer.name][t.prefix :].sum(0).numpy()
         s = tn.split(hist, reducer.bins)
-        rule = ("minimum-error cut of the bimodal patch-norm histogram" if s.first_high_bin is not None else
-                f"not bimodal (separation {s.separation:.2f}, needs > {tn.MIN_SEPARATION:g}; the upper side must be under half; "
-                f"BIC gain {s.bic_gain:.1f}, needs > 0): no high-norm tokens")
-        out[t.layer.name] = LayerSplit(first_high_bin=s.first_high_bin, threshold=s.threshold, rule=rule,
-                                       separation=s.separation, bic_gain=s.bic_gain)
+        rule = (
+            "minimum-error cut of the bimodal patch-norm histogram"
+            if s.first_high_bin is not None
+            else f"not bimodal (separation {s.separation:.2f}, needs > {tn.MIN_SEPARATION:g}; the upper side must be under half; "
+            f"BIC gain {s.bic_gain:.1f}, needs > 0): no high-norm tokens"
+        )
+        out[t.layer.name] = LayerSplit(
+            first_high_bin=s.first_high_bin,
+            threshold=s.threshold,
+            rule=rule,
+            separation=s.separation,
+            bic_gain=s.bic_gain,
+        )
     return out
 
 
@@ -282,7 +322,9 @@ def attention_pairs(m, tls: list[TokenLayer]) -> list[tuple]:
     for site in site_list:
         block = site.name.rsplit(".", 1)[0]
         if site.kind != "global" or block not in names:
-            raise VitstudyError(f"{need}; its attention '{site.name}' is not inside a tapped block ({', '.join(names[:3])}, ...)")
+            raise VitstudyError(
+                f"{need}; its attention '{site.name}' is not inside a tapped block ({', '.join(names[:3])}, ...)"
+            )
         j = names.index(block)
         if j > 0:
             pairs.append((site, names[j - 1]))
@@ -300,13 +342,15 @@ def high_counts(reducer: TokenNormReducer, t: TokenLayer, s: LayerSplit) -> np.n
         return reducer.above[t.layer.name].numpy()
     if s.first_high_bin is None:
         return np.zeros(t.tokens, dtype=np.int64)
-    return reducer.counts[t.layer.name][:, s.first_high_bin:].sum(1).numpy()
+    return reducer.counts[t.layer.name][:, s.first_high_bin :].sum(1).numpy()
 
 
 @dataclass
 class TokenNorms(Params):
     layers: Any = "blocks"  # layer spec (blocks = the residual stream after every block); null = the global `layers` / `model.layers`
-    threshold: Optional[float] = None  # high-norm above this L2 norm at every layer; null = the minimum-error cut of each layer's patch-norm histogram when bimodal
+    threshold: Optional[float] = (
+        None  # high-norm above this L2 norm at every layer; null = the minimum-error cut of each layer's patch-norm histogram when bimodal
+    )
     bins: int = 200  # equal log10-norm bins from log_low to log_high (plus an under- and an overflow bin)
     log_low: float = -3.0  # log10 of the lowest bin edge
     log_high: float = 5.0  # log10 of the highest bin edge
@@ -315,7 +359,9 @@ class TokenNorms(Params):
     cls_attention: bool = False  # true: also the class token's attention (next block, head mean) to high-norm vs other patches (unfused attention: slower)
     probes: bool = False  # true: ridge probes of position and image label from high-norm vs normal patch tokens (a second pass over the images)
     probe_layers: Any = None  # tapped layer names to probe; null = the layer with the largest high-norm share (the last block when none has any)
-    probe_tokens: int = 4  # per image and layer: up to this many high-norm patch tokens and this many random normal ones
+    probe_tokens: int = (
+        4  # per image and layer: up to this many high-norm patch tokens and this many random normal ones
+    )
     probe_test_fraction: float = 0.3  # share of the images whose tokens are the probes' test set (the others train)
     probe_alpha: float = 1e-2  # ridge strength, relative: lambda = alpha * trace(C) / D
 
@@ -325,7 +371,9 @@ class TokenNorms(Params):
         at_least("map_layers", self.map_layers, 1)
         at_least("probe_tokens", self.probe_tokens, 1)
         if not 0 < self.probe_test_fraction < 1:
-            raise VitstudyError(f"analysis.probe_test_fraction must be between 0 and 1, got {self.probe_test_fraction!r}")
+            raise VitstudyError(
+                f"analysis.probe_test_fraction must be between 0 and 1, got {self.probe_test_fraction!r}"
+            )
         if not self.probe_alpha > 0:
             raise VitstudyError(f"analysis.probe_alpha must be a positive ridge strength, got {self.probe_alpha!r}")
         if self.threshold is not None and not self.threshold > 0:
@@ -343,8 +391,11 @@ def _embed_layer(ctx, m) -> Layer | None:
         return None
 
 
-@register("token_norms", "L2 norm of every token per layer: high-norm artifact tokens and registers (Darcet et al. 2024)",
-          TokenNorms)
+@register(
+    "token_norms",
+    "L2 norm of every token per layer: high-norm artifact tokens and registers (Darcet et al. 2024)",
+    TokenNorms,
+)
 def token_norms(ctx) -> Result:
     p = ctx.params
     m = ctx.models["model"]
@@ -355,8 +406,10 @@ def token_norms(ctx) -> Result:
         asked = [p.probe_layers] if isinstance(p.probe_layers, str) else [str(x) for x in p.probe_layers]
         missing = [x for x in asked if x not in [t.layer.name for t in tls]]
         if missing:
-            raise VitstudyError(f"analysis.probe_layers: {', '.join(missing)} not among the tapped layers "
-                                f"({', '.join(t.layer.name for t in tls)})")
+            raise VitstudyError(
+                f"analysis.probe_layers: {', '.join(missing)} not among the tapped layers "
+                f"({', '.join(t.layer.name for t in tls)})"
+            )
     embed = _embed_layer(ctx, m)
     bins = tn.Bins(low=float(p.log_low), high=float(p.log_high), count=int(p.bins))
     reducer = TokenNormReducer(tls, bins, p.threshold, int(p.num_show), embed)
@@ -365,8 +418,15 @@ def token_norms(ctx) -> Result:
     attention_sites = attention_pairs(m, tls) if p.cls_attention else []
     reducer.attention = {site.name: (site, prev) for site, prev in attention_sites}
     with unfused(m.module, [site.name for site, _ in attention_sites]) if attention_sites else nullcontext():
-        stream([m], [taps + [site.layer for site, _ in attention_sites]], ctx.loader([m], batching), reducer,
-               ctx.device, "token_norms", ctx.progress)
+        stream(
+            [m],
+            [taps + [site.layer for site, _ in attention_sites]],
+            ctx.loader([m], batching),
+            reducer,
+            ctx.device,
+            "token_norms",
+            ctx.progress,
+        )
     n = reducer.images
     splits = layer_splits(reducer, tls, p.threshold)
     base = {"model": m.name, "weights": m.weights}
@@ -380,40 +440,82 @@ def token_norms(ctx) -> Result:
         for k in range(t.tokens):
             patch = k >= t.prefix
             pos = k - t.prefix if patch else None
-            rows.append({**base, "layer": name, "depth": t.depth, "token": k, "position": pos,
-                         "row": pos // t.cols if patch else None, "col": pos % t.cols if patch else None,
-                         "kind": t.kinds[k], "norm_mean": float(mean[k]), **{c: float(v[k]) for c, v in ci.items()},
-                         "high_norm_rate": float(high[k] / n), "high_norm_images": int(high[k]),
-                         "threshold": s.threshold, "num_images": n, "dataset": ctx.cfg.dataset.name,
-                         "uncertainty": "se_images"})
+            rows.append(
+                {
+                    **base,
+                    "layer": name,
+                    "depth": t.depth,
+                    "token": k,
+                    "position": pos,
+                    "row": pos // t.cols if patch else None,
+                    "col": pos % t.cols if patch else None,
+                    "kind": t.kinds[k],
+                    "norm_mean": float(mean[k]),
+                    **{c: float(v[k]) for c, v in ci.items()},
+                    "high_norm_rate": float(high[k] / n),
+                    "high_norm_images": int(high[k]),
+                    "threshold": s.threshold,
+                    "num_images": n,
+                    "dataset": ctx.cfg.dataset.name,
+                    "uncertainty": "se_images",
+                }
+            )
         counts = reducer.counts[name].numpy()
-        groups = {"patch": counts[t.prefix:].sum(0)}
-        for kind in dict.fromkeys(t.kinds[:t.prefix]):
+        groups = {"patch": counts[t.prefix :].sum(0)}
+        for kind in dict.fromkeys(t.kinds[: t.prefix]):
             groups[kind] = counts[[i for i in range(t.prefix) if t.kinds[i] == kind]].sum(0)
         for kind, c in groups.items():
             for b in range(len(c)):
-                hist_rows.append({**base, "layer": name, "depth": t.depth, "kind": kind, "bin": b,
-                                  "log10_low": lows[b], "log10_high": highs[b], "norm_low": 10.0 ** lows[b],
-                                  "norm_high": 10.0 ** highs[b], "count": int(c[b])})
+                hist_rows.append(
+                    {
+                        **base,
+                        "layer": name,
+                        "depth": t.depth,
+                        "kind": kind,
+                        "bin": b,
+                        "log10_low": lows[b],
+                        "log10_high": highs[b],
+                        "norm_low": 10.0 ** lows[b],
+                        "norm_high": 10.0 ** highs[b],
+                        "count": int(c[b]),
+                    }
+                )
         cs, cn = reducer.cos_sum[name].numpy(), reducer.cos_n[name].numpy()
         first = s.first_high_bin
         if s.rule == "analysis.threshold":  # the cosine bins are log10 bins: the threshold's own bin counts as high
             first = int(bins.index(torch.tensor([s.threshold]))[0])
         hi = slice(first, None) if first is not None else slice(0, 0)
         lo = slice(0, first) if first is not None else slice(None)
-        patch_high = high[t.prefix:].sum()
-        layer_rows.append({**base, "layer": name, "depth": t.depth, "threshold": s.threshold, "rule": s.rule,
-                           "separation": s.separation, "bic_gain": s.bic_gain, "high_norm_share": float(patch_high / (n * t.rows * t.cols)),
-                           "high_norm_per_image": float(patch_high / n),
-                           "patch_norm_mean": float(mean[t.prefix:].mean()),
-                           **{f"{kind}_norm_mean": float(mean[[i for i in range(t.prefix) if t.kinds[i] == kind]].mean())
-                              for kind in dict.fromkeys(t.kinds[:t.prefix])},
-                           "neighbour_cosine_high": float(cs[hi].sum() / cn[hi].sum()) if cn[hi].sum() else float("nan"),
-                           "neighbour_cosine_normal": float(cs[lo].sum() / cn[lo].sum()) if cn[lo].sum() else float("nan"),
-                           **({"cls_attention_high": _ratio(reducer.att_sum[name][hi], reducer.att_n[name][hi]),
-                               "cls_attention_normal": _ratio(reducer.att_sum[name][lo], reducer.att_n[name][lo])}
-                              if p.cls_attention else {}),
-                           "num_images": n})
+        patch_high = high[t.prefix :].sum()
+        layer_rows.append(
+            {
+                **base,
+                "layer": name,
+                "depth": t.depth,
+                "threshold": s.threshold,
+                "rule": s.rule,
+                "separation": s.separation,
+                "bic_gain": s.bic_gain,
+                "high_norm_share": float(patch_high / (n * t.rows * t.cols)),
+                "high_norm_per_image": float(patch_high / n),
+                "patch_norm_mean": float(mean[t.prefix :].mean()),
+                **{
+                    f"{kind}_norm_mean": float(mean[[i for i in range(t.prefix) if t.kinds[i] == kind]].mean())
+                    for kind in dict.fromkeys(t.kinds[: t.prefix])
+                },
+                "neighbour_cosine_high": float(cs[hi].sum() / cn[hi].sum()) if cn[hi].sum() else float("nan"),
+                "neighbour_cosine_normal": float(cs[lo].sum() / cn[lo].sum()) if cn[lo].sum() else float("nan"),
+                **(
+                    {
+                        "cls_attention_high": _ratio(reducer.att_sum[name][hi], reducer.att_n[name][hi]),
+                        "cls_attention_normal": _ratio(reducer.att_sum[name][lo], reducer.att_n[name][lo]),
+                    }
+                    if p.cls_attention
+                    else {}
+                ),
+                "num_images": n,
+            }
+        )
     table, hist, summary = pd.DataFrame(rows), pd.DataFrame(hist_rows), pd.DataFrame(layer_rows)
     tables = {"token_norms": table, "token_norms_layers": summary, "token_norms_histogram": hist}
     probe_info = None
@@ -426,46 +528,73 @@ def token_norms(ctx) -> Result:
             chosen = asked
         probed = [t for t in tls if t.layer.name in chosen]
         preducer = ProbeReducer(probed, splits, bins, int(p.probe_tokens), int(ctx.cfg.seed))
-        stream([m], [[t.layer for t in probed]], ctx.loader([m], batching), preducer, ctx.device,
-               "token_norms probes", ctx.progress)
+        stream(
+            [m],
+            [[t.layer for t in probed]],
+            ctx.loader([m], batching),
+            preducer,
+            ctx.device,
+            "token_norms probes",
+            ctx.progress,
+        )
         if preducer.images != n:
             raise VitstudyError(f"token_norms probes: the second pass saw {preducer.images} images, the first {n}")
-        prows, split_info = probe_rows(preducer, chosen, float(p.probe_test_fraction), float(p.probe_alpha),
-                                       int(ctx.cfg.seed))
+        prows, split_info = probe_rows(
+            preducer, chosen, float(p.probe_test_fraction), float(p.probe_alpha), int(ctx.cfg.seed)
+        )
         for r in prows:
             if r["note"]:
                 log_line(f"token_norms probes: {r['layer']}, {r['target']} from {r['tokens']} tokens: {r['note']}")
-        tables["token_norms_probes"] = pd.DataFrame([{**base, **r, "alpha": float(p.probe_alpha), "num_images": n}
-                                                     for r in prows])
-        probe_info = {"layers": chosen, "second_pass": True,
-                      "rule": "a second pass over the same images once each layer's high-norm cut is known; per image up to "
-                              f"{p.probe_tokens} high-norm patch tokens and {p.probe_tokens} random normal ones (seed "
-                              f"{ctx.cfg.seed}); ridge to one-hot targets (alpha {p.probe_alpha}, relative) fitted on the "
-                              "train images' tokens, accuracy on the test images' tokens with a Wilson interval over test "
-                              "tokens (tokens of one image are not independent: the interval is optimistic)",
-                      **split_info}
+        tables["token_norms_probes"] = pd.DataFrame(
+            [{**base, **r, "alpha": float(p.probe_alpha), "num_images": n} for r in prows]
+        )
+        probe_info = {
+            "layers": chosen,
+            "second_pass": True,
+            "rule": "a second pass over the same images once each layer's high-norm cut is known; per image up to "
+            f"{p.probe_tokens} high-norm patch tokens and {p.probe_tokens} random normal ones (seed "
+            f"{ctx.cfg.seed}); ridge to one-hot targets (alpha {p.probe_alpha}, relative) fitted on the "
+            "train images' tokens, accuracy on the test images' tokens with a Wilson interval over test "
+            "tokens (tokens of one image are not independent: the interval is optimistic)",
+            **split_info,
+        }
     label = f"{m.label} ({m.weights})"
-    figures = {"token_norms": plots_tokens.norm_histograms(hist, summary, f"Token norms by depth, {label}, {n} images"),
-               "token_norms_prefix": plots_tokens.prefix_norms(summary, f"Mean token norm by kind, {label}, {n} images")}
+    figures = {
+        "token_norms": plots_tokens.norm_histograms(hist, summary, f"Token norms by depth, {label}, {n} images"),
+        "token_norms_prefix": plots_tokens.prefix_norms(summary, f"Mean token norm by kind, {label}, {n} images"),
+    }
     if reducer.shown_inputs and p.num_show:
         k = min(int(p.map_layers), len(tls))
         shown = [tls[i] for i in sorted({round((i + 1) * len(tls) / k) - 1 for i in range(k)})]
-        maps = {t.layer.name: np.stack([x[t.prefix:].reshape(t.rows, t.cols).numpy() for x in reducer.shown[t.layer.name]])
-                for t in shown}
+        maps = {
+            t.layer.name: np.stack([x[t.prefix :].reshape(t.rows, t.cols).numpy() for x in reducer.shown[t.layer.name]])
+            for t in shown
+        }
         figures["token_norms_maps"] = plots_tokens.norm_maps(
-            to_images(reducer.shown_inputs, m.data_config), maps, {k: splits[k].threshold for k in maps},
-            f"Patch-token norms, {label} (outlined: high-norm)")
-    info = {"layers": [t.layer.name for t in tls], "prefix_tokens": list(tls[0].kinds[:tls[0].prefix]),
-            "bins": {"log10_low": bins.low, "log10_high": bins.high, "count": bins.count,
-                     "note": "plus an underflow (bin 0) and an overflow (last bin) bin; bins are [low, high)"},
-            "threshold_rule": "analysis.threshold" if p.threshold is not None else
-            f"per layer, Kittler-Illingworth minimum-error cut of the patch tokens' log10-norm histogram, kept when "
-            f"mean_hi - mean_lo > {tn.MIN_SEPARATION:g} (sd_lo + sd_hi), the upper side is the minority and two Gaussians "
-            f"beat one by BIC; else none",
-            "neighbour_cosine": "mean cosine of each patch's patch-embedding vector with its 4 neighbours, by the patch's norm bin at the layer",
-            "cls_attention": "mean attention probability (head mean) from the class token to a patch in the next block, for the "
-                             "patches high-norm at this layer against the others (analysis.cls_attention=true)",
-            "uncertainty": {"token_norms": uncertainty.METHODS["se_images"]}}
+            to_images(reducer.shown_inputs, m.data_config),
+            maps,
+            {k: splits[k].threshold for k in maps},
+            f"Patch-token norms, {label} (outlined: high-norm)",
+        )
+    info = {
+        "layers": [t.layer.name for t in tls],
+        "prefix_tokens": list(tls[0].kinds[: tls[0].prefix]),
+        "bins": {
+            "log10_low": bins.low,
+            "log10_high": bins.high,
+            "count": bins.count,
+            "note": "plus an underflow (bin 0) and an overflow (last bin) bin; bins are [low, high)",
+        },
+        "threshold_rule": "analysis.threshold"
+        if p.threshold is not None
+        else f"per layer, Kittler-Illingworth minimum-error cut of the patch tokens' log10-norm histogram, kept when "
+        f"mean_hi - mean_lo > {tn.MIN_SEPARATION:g} (sd_lo + sd_hi), the upper side is the minority and two Gaussians "
+        f"beat one by BIC; else none",
+        "neighbour_cosine": "mean cosine of each patch's patch-embedding vector with its 4 neighbours, by the patch's norm bin at the layer",
+        "cls_attention": "mean attention probability (head mean) from the class token to a patch in the next block, for the "
+        "patches high-norm at this layer against the others (analysis.cls_attention=true)",
+        "uncertainty": {"token_norms": uncertainty.METHODS["se_images"]},
+    }
     if probe_info is not None:
         info["probes"] = probe_info
     return Result(tables=tables, figures=figures, info=info, images=[record])

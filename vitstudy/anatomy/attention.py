@@ -27,6 +27,7 @@ Hiera (mask units; positions by unrolling the grid's coordinates). Modules witho
 EfficientFormer, Hiera) are tapped at their softmax output through a `SoftmaxTap` (a TorchFunctionMode active
 only inside those modules' forward). CoaT is refused: its factorized attention has no query-by-key map.
 """
+
 from __future__ import annotations
 
 import math
@@ -38,9 +39,9 @@ import torch
 from torch import nn
 
 from ..errors import VitstudyError
+from ..metrics import attention as am
 from .layer import Layer
 from .tokens import prefix_kinds, prefix_tokens
-from ..metrics import attention as am
 
 ROW_SUM_TOL = 1e-3
 
@@ -67,7 +68,9 @@ class Site:
     layout: str | None = None  # 'bhqk', '(bg)hqk' (groups folded into the batch), 'bghqk' or 'bhgqk'
     queries: int = 0
     q_pos: torch.Tensor = field(default=None, repr=False)  # (groups, Q, 2) pixel centres, NaN for prefix/padding
-    k_pos: torch.Tensor = field(default=None, repr=False)  # (groups, K, 2) pixel centres of each key's footprint, NaN for prefix
+    k_pos: torch.Tensor = field(
+        default=None, repr=False
+    )  # (groups, K, 2) pixel centres of each key's footprint, NaN for prefix
     # kind 'cross' (CrossViT fusion): the one query (the class token) has no position; `dist` is its zero row
     # (1, 1, K) and `key_dist` (K, K) the pixel distances between keys (prefix rows/columns zero), see per_image
     key_dist: torch.Tensor = field(default=None, repr=False)
@@ -133,7 +136,9 @@ class Site:
             spread = am.spread_distance(a, self.key_dist.to(a.device))
             return am.PrefixSplit(share, torch.where(mass > 0, spread / mass.clamp_min(1e-300) ** 2, torch.nan))
         dist = self.dist if self.dist.dim() == 3 else self.dist[None]
-        return am.prefix_split(grouped_of(self, attn), dist.to(attn.device), queries.to(attn.device), prefix.to(attn.device))
+        return am.prefix_split(
+            grouped_of(self, attn), dist.to(attn.device), queries.to(attn.device), prefix.to(attn.device)
+        )
 
     def uniform_patch_distance(self) -> float:
         """The patch-key mean distance uniform attention would give: each counted query spreads its renormalised
@@ -164,14 +169,18 @@ class Site:
             attn = self.probabilities(attn)
             expected = (batch, self.heads, self.tokens, self.tokens)
         if tuple(attn.shape) != expected:
-            raise VitstudyError(f"attention of '{self.name}' has shape {tuple(attn.shape)}, expected {expected} "
-                                f"(grid {self.grid}, {self.num_prefix} prefix tokens); input size and model config disagree")
+            raise VitstudyError(
+                f"attention of '{self.name}' has shape {tuple(attn.shape)}, expected {expected} "
+                f"(grid {self.grid}, {self.num_prefix} prefix tokens); input size and model config disagree"
+            )
         sums = attn.float().sum(dim=-1)
         err = float((sums - 1).abs().max())
         tol = max(ROW_SUM_TOL, 4 * torch.finfo(attn.dtype).eps)  # a bf16/fp16 forward rounds each probability
         if not err <= tol:
-            raise VitstudyError(f"attention rows captured at '{self.name}.{self.tap}' sum to 1 +- {err:.3g}, not 1: "
-                                f"{type(attn).__name__} there is not a softmax over keys; this attention type is not supported")
+            raise VitstudyError(
+                f"attention rows captured at '{self.name}.{self.tap}' sum to 1 +- {err:.3g}, not 1: "
+                f"{type(attn).__name__} there is not a softmax over keys; this attention type is not supported"
+            )
 
 
 def positions(site: Site) -> tuple[torch.Tensor, torch.Tensor]:
@@ -191,8 +200,12 @@ def positions(site: Site) -> tuple[torch.Tensor, torch.Tensor]:
         pos = torch.stack(out) * torch.tensor(site.stride, dtype=torch.float64)
         return pos, pos
     pos = am.grid_coords(*site.grid) + 0.5
-    pos = torch.cat([torch.full((site.num_prefix, 2), float("nan"), dtype=torch.float64),
-                     pos * torch.tensor(site.stride, dtype=torch.float64)])[None]
+    pos = torch.cat(
+        [
+            torch.full((site.num_prefix, 2), float("nan"), dtype=torch.float64),
+            pos * torch.tensor(site.stride, dtype=torch.float64),
+        ]
+    )[None]
     return pos, pos
 
 
@@ -227,14 +240,29 @@ def _vit_sites(model: nn.Module) -> list[Site]:
     for i, blk in enumerate(model.blocks):
         attn = getattr(blk, "attn", None)
         if attn is None or not _attention_ok(attn):
-            raise VitstudyError(f"block 'blocks.{i}' of {type(model).__name__} has no standard timm attention "
-                                f"(an `attn` module with `attn_drop` and `num_heads`); attention maps are not supported for it")
+            raise VitstudyError(
+                f"block 'blocks.{i}' of {type(model).__name__} has no standard timm attention "
+                f"(an `attn` module with `attn_drop` and `num_heads`); attention maps are not supported for it"
+            )
         prefix = block_prefix(model, i)
         if prefix not in dists:
             dists[prefix] = am.distance_matrix(grid[0], grid[1], stride, prefix)
         talking = isinstance(getattr(attn, "proj_w", None), nn.Linear)  # CaiT: heads mixed after the softmax
-        out.append(Site(f"blocks.{i}.attn", i, int(attn.num_heads), "global", grid, stride, prefix, dist=dists[prefix],
-                        tap="proj_w" if talking else "attn_drop", heads_last=talking, prefix_names=prefix_names(model, prefix)))
+        out.append(
+            Site(
+                f"blocks.{i}.attn",
+                i,
+                int(attn.num_heads),
+                "global",
+                grid,
+                stride,
+                prefix,
+                dist=dists[prefix],
+                tap="proj_w" if talking else "attn_drop",
+                heads_last=talking,
+                prefix_names=prefix_names(model, prefix),
+            )
+        )
     return out
 
 
@@ -258,9 +286,22 @@ def _pit_sites(model: nn.Module) -> list[Site]:
         dist = am.distance_matrix(grid[0], grid[1], stride, prefix)
         for j, blk in enumerate(stage.blocks):
             if not _attention_ok(getattr(blk, "attn", None)):
-                raise VitstudyError(f"block 'transformers.{s}.blocks.{j}' of {type(model).__name__} has no standard timm attention")
-            out.append(Site(f"transformers.{s}.blocks.{j}.attn", depth, int(blk.attn.num_heads), "global", grid, stride, prefix, dist=dist,
-                            prefix_names=prefix_names(model, prefix)))
+                raise VitstudyError(
+                    f"block 'transformers.{s}.blocks.{j}' of {type(model).__name__} has no standard timm attention"
+                )
+            out.append(
+                Site(
+                    f"transformers.{s}.blocks.{j}.attn",
+                    depth,
+                    int(blk.attn.num_heads),
+                    "global",
+                    grid,
+                    stride,
+                    prefix,
+                    dist=dist,
+                    prefix_names=prefix_names(model, prefix),
+                )
+            )
             depth += 1
     return out
 
@@ -290,8 +331,10 @@ def excluded(model: nn.Module) -> str | None:
     """Attention modules `sites` leaves out on purpose, in one line (said in the analyses' output)."""
     cls_blocks = getattr(model, "blocks_token_only", None)
     if cls_blocks is not None and len(cls_blocks):
-        return (f"the {len(cls_blocks)} class-attention blocks (blocks_token_only) are left out: only the class token "
-                f"queries there, it does not attend between image positions")
+        return (
+            f"the {len(cls_blocks)} class-attention blocks (blocks_token_only) are left out: only the class token "
+            f"queries there, it does not attend between image positions"
+        )
     return None
 
 
@@ -303,8 +346,10 @@ def _swin_sites(model: nn.Module, blocks: list[tuple[str, nn.Module]]) -> list[S
         window = tuple(int(w) for w in _pair(blk.window_size))
         shift = tuple(int(s) for s in _pair(blk.shift_size))
         if grid[0] % window[0] or grid[1] % window[1]:
-            raise VitstudyError(f"Swin block '{name}' sees a {grid[0]}x{grid[1]} grid that {window[0]}x{window[1]} windows do not tile "
-                                f"(padded windows are not supported); choose an input size whose stage grids are multiples of the window")
+            raise VitstudyError(
+                f"Swin block '{name}' sees a {grid[0]}x{grid[1]} grid that {window[0]}x{window[1]} windows do not tile "
+                f"(padded windows are not supported); choose an input size whose stage grids are multiples of the window"
+            )
         if getattr(blk, "dynamic_mask", False):
             raise VitstudyError(f"Swin block '{name}' uses a dynamic mask; create the model with a fixed img_size")
         stride = (img[0] / grid[0], img[1] / grid[1])
@@ -400,24 +445,35 @@ def probe(model: nn.Module, input_size: tuple[int, int], candidates: dict[str, s
     found.update({p: Probe((), []) for p in parents if p not in found})
     handles = []
     for name in found:
-        handles.append(modules[name].register_forward_pre_hook(
-            lambda m, args, _n=name: setattr(found[_n], "args", tuple(_describe(a) for a in args))))
+        handles.append(
+            modules[name].register_forward_pre_hook(
+                lambda m, args, _n=name: setattr(found[_n], "args", tuple(_describe(a) for a in args))
+            )
+        )
     was = model.training
     model.eval()
     try:
-        with unfused(model, list(candidates)), softmax_taps(model, [n for n, t in candidates.items() if t == SOFTMAX_TAP]):
+        with (
+            unfused(model, list(candidates)),
+            softmax_taps(model, [n for n, t in candidates.items() if t == SOFTMAX_TAP]),
+        ):
             mods = dict(model.named_modules())
             for name, t in candidates.items():
-                handles.append(mods[f"{name}.{t}"].register_forward_pre_hook(
-                    lambda m, args, _n=name: found[_n].probs.append(args[0].shape)))
+                handles.append(
+                    mods[f"{name}.{t}"].register_forward_pre_hook(
+                        lambda m, args, _n=name: found[_n].probs.append(args[0].shape)
+                    )
+                )
             with torch.no_grad():
                 model(torch.zeros(1, 3, *input_size, device=device, dtype=dtype))
     except VitstudyError:
         raise
-    except Exception as err:  # noqa: BLE001: the model does not run at this size
+    except Exception as err:  # the model does not run at this size: any error
         first = (str(err).strip().splitlines() or [""])[0]
-        raise VitstudyError(f"{type(model).__name__} does not run on a {input_size[0]}x{input_size[1]} input "
-                            f"({type(err).__name__}: {first[:160]}); choose an input size its stages accept") from None
+        raise VitstudyError(
+            f"{type(model).__name__} does not run on a {input_size[0]}x{input_size[1]} input "
+            f"({type(err).__name__}: {first[:160]}); choose an input size its stages accept"
+        ) from None
     finally:
         for h in handles:
             h.remove()
@@ -425,16 +481,42 @@ def probe(model: nn.Module, input_size: tuple[int, int], candidates: dict[str, s
     return found
 
 
-def _described(name: str, block: int, heads: int, kind: str, grid, stride, layout: str, q_pos: torch.Tensor,
-               k_pos: torch.Tensor, tap: str = "attn_drop", num_prefix: int = 0, window=None) -> Site:
+def _described(
+    name: str,
+    block: int,
+    heads: int,
+    kind: str,
+    grid,
+    stride,
+    layout: str,
+    q_pos: torch.Tensor,
+    k_pos: torch.Tensor,
+    tap: str = "attn_drop",
+    num_prefix: int = 0,
+    window=None,
+) -> Site:
     """A site from pixel positions of its queries and keys, (groups, Q, 2) and (groups, K, 2)."""
     if q_pos.dim() == 2:
         q_pos, k_pos = q_pos[None], k_pos[None]
     dist = am.pair_distances(q_pos, k_pos)
     counted = int((~q_pos.isnan().any(-1)).sum())
-    return Site(name, block, heads, kind, tuple(int(g) for g in grid), tuple(float(s) for s in stride), num_prefix,
-                window, dist=dist, tap=tap, layout=layout, queries=counted, q_pos=q_pos, k_pos=k_pos,
-                prefix_names="class" if num_prefix else "")
+    return Site(
+        name,
+        block,
+        heads,
+        kind,
+        tuple(int(g) for g in grid),
+        tuple(float(s) for s in stride),
+        num_prefix,
+        window,
+        dist=dist,
+        tap=tap,
+        layout=layout,
+        queries=counted,
+        q_pos=q_pos,
+        k_pos=k_pos,
+        prefix_names="class" if num_prefix else "",
+    )
 
 
 def _px(pos: torch.Tensor, stride: tuple[float, float]) -> torch.Tensor:
@@ -460,8 +542,10 @@ def _reduced_keys(mod: nn.Module, h: int, w: int) -> torch.Tensor:
         return am.plane(am.adaptive_centres(h, m[0]), am.adaptive_centres(w, m[1]))
     sr = getattr(mod, "sr", None)
     if isinstance(sr, nn.Conv2d):
-        return am.plane(am.pooled_centres(h, sr.kernel_size[0], sr.stride[0], sr.padding[0]),
-                        am.pooled_centres(w, sr.kernel_size[1], sr.stride[1], sr.padding[1]))
+        return am.plane(
+            am.pooled_centres(h, sr.kernel_size[0], sr.stride[0], sr.padding[0]),
+            am.pooled_centres(w, sr.kernel_size[1], sr.stride[1], sr.padding[1]),
+        )
     return am.plane(am.cell_centres(h), am.cell_centres(w))
 
 
@@ -472,7 +556,9 @@ def _spatial_reduction_site(name, mod, pr: Probe, depth, img) -> Site:
     q = am.plane(am.cell_centres(h), am.cell_centres(w))
     k = _reduced_keys(mod, h, w)
     kind = "global" if len(k) == len(q) else "pooled"
-    return _described(f"{name}", depth, int(mod.num_heads), kind, (h, w), stride, "bhqk", _px(q, stride), _px(k, stride))
+    return _described(
+        f"{name}", depth, int(mod.num_heads), kind, (h, w), stride, "bhqk", _px(q, stride), _px(k, stride)
+    )
 
 
 def _window_positions(h: int, w: int, ws: tuple[int, int], grid_partition: bool = False) -> torch.Tensor:
@@ -483,11 +569,21 @@ def _window_positions(h: int, w: int, ws: tuple[int, int], grid_partition: bool 
         sh, sw = h // ws[0], w // ws[1]
         for u in range(sh):
             for v in range(sw):
-                out.append(am.plane(torch.arange(ws[0], dtype=torch.float64) * sh + u, torch.arange(ws[1], dtype=torch.float64) * sw + v))
+                out.append(
+                    am.plane(
+                        torch.arange(ws[0], dtype=torch.float64) * sh + u,
+                        torch.arange(ws[1], dtype=torch.float64) * sw + v,
+                    )
+                )
     else:
         for r in range(h // ws[0]):
             for c in range(w // ws[1]):
-                out.append(am.plane(torch.arange(ws[0], dtype=torch.float64) + r * ws[0], torch.arange(ws[1], dtype=torch.float64) + c * ws[1]))
+                out.append(
+                    am.plane(
+                        torch.arange(ws[0], dtype=torch.float64) + r * ws[0],
+                        torch.arange(ws[1], dtype=torch.float64) + c * ws[1],
+                    )
+                )
     return torch.stack(out) + 0.5
 
 
@@ -501,15 +597,31 @@ def _twins_local_site(name, mod, pr: Probe, depth, img) -> Site:
     pos = _window_positions(hp, wp, (ws, ws))
     q = pos.clone()
     q[(pos[..., 0] > h) | (pos[..., 1] > w)] = float("nan")
-    return _described(name, depth, int(mod.num_heads), "window", (h, w), stride, "bghqk", _px(q, stride), _px(pos, stride),
-                      window=(ws, ws))
+    return _described(
+        name,
+        depth,
+        int(mod.num_heads),
+        "window",
+        (h, w),
+        stride,
+        "bghqk",
+        _px(q, stride),
+        _px(pos, stride),
+        window=(ws, ws),
+    )
 
 
 def _twins_sites(model, img) -> list[Site]:
-    names = [(n, m) for n, m in model.named_modules() if type(m).__name__ in ("LocallyGroupedAttn", "GlobalSubSampleAttn")]
+    names = [
+        (n, m) for n, m in model.named_modules() if type(m).__name__ in ("LocallyGroupedAttn", "GlobalSubSampleAttn")
+    ]
     found = probe(model, img, {n: "attn_drop" for n, _ in names})
-    return [(_twins_local_site if type(m).__name__ == "LocallyGroupedAttn" else _spatial_reduction_site)(n, m, found[n], i, img)
-            for i, (n, m) in enumerate(names)]
+    return [
+        (_twins_local_site if type(m).__name__ == "LocallyGroupedAttn" else _spatial_reduction_site)(
+            n, m, found[n], i, img
+        )
+        for i, (n, m) in enumerate(names)
+    ]
 
 
 def _pvt_sites(model, img) -> list[Site]:
@@ -537,8 +649,20 @@ def _maxxvit_sites(model, img) -> list[Site]:
                 raise VitstudyError(f"{n}: a {h}x{w} map that {ps[0]}x{ps[1]} partitions do not tile")
             stride = _strides(img, (h, w))
             pos = _px(_window_positions(h, w, ps, grid_partition=not parent.partition_block), stride)
-            out.append(_described(n, i, heads, "window" if parent.partition_block else "grid", (h, w), stride,
-                                  "(bg)hqk", pos, pos, window=ps))
+            out.append(
+                _described(
+                    n,
+                    i,
+                    heads,
+                    "window" if parent.partition_block else "grid",
+                    (h, w),
+                    stride,
+                    "(bg)hqk",
+                    pos,
+                    pos,
+                    window=ps,
+                )
+            )
         else:  # global over the module's input map
             shape = found[n].args[0]
             h, w = (shape[2], shape[3]) if type(m).__name__ == "Attention2d" else (shape[1], shape[2])
@@ -560,7 +684,9 @@ def _nest_sites(model, img) -> list[Site]:
         side = g * bs
         stride = _strides(img, (side, side))
         pos = _px(_window_positions(side, side, (bs, bs)), stride)
-        out.append(_described(n, i, int(m.num_heads), "window", (side, side), stride, "bhgqk", pos, pos, window=(bs, bs)))
+        out.append(
+            _described(n, i, int(m.num_heads), "window", (side, side), stride, "bhgqk", pos, pos, window=(bs, bs))
+        )
     return out
 
 
@@ -574,7 +700,11 @@ def _pool_centres(op, n: int, dim: int) -> torch.Tensor:
 def _mvit_sites(model, img) -> list[Site]:
     """MViT-v2: queries, keys and values pooled by strided convs/pools (pool_q, pool_k) over the stage's grid;
     the class token (if any) stays unpooled in front. No attn_drop: the softmax output is tapped."""
-    names = [(n, m) for n, m in model.named_modules() if type(m).__name__ in ("MultiScaleAttention", "MultiScaleAttentionPoolFirst")]
+    names = [
+        (n, m)
+        for n, m in model.named_modules()
+        if type(m).__name__ in ("MultiScaleAttention", "MultiScaleAttentionPoolFirst")
+    ]
     found = probe(model, img, {n: SOFTMAX_TAP for n, _ in names})
     out = []
     for i, (n, m) in enumerate(names):
@@ -585,9 +715,21 @@ def _mvit_sites(model, img) -> list[Site]:
         k = am.plane(_pool_centres(m.pool_k, h, 0), _pool_centres(m.pool_k, w, 1))
         qn = (len(_pool_centres(m.pool_q, h, 0)), len(_pool_centres(m.pool_q, w, 1)))
         kind = "global" if m.pool_q is None and m.pool_k is None else "pooled"
-        out.append(_described(n, i, int(m.num_heads), kind, qn if kind == "global" else (h, w), stride, "bhqk",
-                              _with_prefix(_px(q, stride), prefix), _with_prefix(_px(k, stride), prefix),
-                              tap=SOFTMAX_TAP, num_prefix=prefix))
+        out.append(
+            _described(
+                n,
+                i,
+                int(m.num_heads),
+                kind,
+                qn if kind == "global" else (h, w),
+                stride,
+                "bhqk",
+                _with_prefix(_px(q, stride), prefix),
+                _with_prefix(_px(k, stride), prefix),
+                tap=SOFTMAX_TAP,
+                num_prefix=prefix,
+            )
+        )
     return out
 
 
@@ -602,18 +744,26 @@ def _levit_sites(model, img) -> list[Site]:
         stride = _strides(img, res)
         k = am.plane(am.cell_centres(res[0]), am.cell_centres(res[1]))
         if type(m).__name__ == "AttentionDownsample":
-            q = am.plane(torch.arange(0, res[0], m.stride, dtype=torch.float64) + 0.5,
-                         torch.arange(0, res[1], m.stride, dtype=torch.float64) + 0.5)
+            q = am.plane(
+                torch.arange(0, res[0], m.stride, dtype=torch.float64) + 0.5,
+                torch.arange(0, res[1], m.stride, dtype=torch.float64) + 0.5,
+            )
             kind = "pooled"
         else:
             q, kind = k, "global"
-        out.append(_described(n, i, int(m.num_heads), kind, res, stride, "bhqk", _px(q, stride), _px(k, stride), tap=SOFTMAX_TAP))
+        out.append(
+            _described(
+                n, i, int(m.num_heads), kind, res, stride, "bhqk", _px(q, stride), _px(k, stride), tap=SOFTMAX_TAP
+            )
+        )
     return out
 
 
 def _efficientformer_sites(model, img) -> list[Site]:
     """EfficientFormer: global attention (with a learned position bias) over the last stage's flattened map."""
-    names = [(n, m) for n, m in model.named_modules() if type(m).__name__ == "Attention" and hasattr(m, "attention_biases")]
+    names = [
+        (n, m) for n, m in model.named_modules() if type(m).__name__ == "Attention" and hasattr(m, "attention_biases")
+    ]
     found = probe(model, img, {n: SOFTMAX_TAP for n, _ in names})
     out = []
     for i, (n, m) in enumerate(names):
@@ -622,8 +772,10 @@ def _efficientformer_sites(model, img) -> list[Site]:
         grid = (side, side)
         bias = m.attention_biases.shape[-1]
         if side * side != tokens or bias != tokens:
-            raise VitstudyError(f"EfficientFormer attention '{n}' sees {tokens} tokens but its position bias is for {bias}: "
-                                f"use the input size the model was built for")
+            raise VitstudyError(
+                f"EfficientFormer attention '{n}' sees {tokens} tokens but its position bias is for {bias}: "
+                f"use the input size the model was built for"
+            )
         stride = _strides(img, grid)
         pos = _px(am.plane(am.cell_centres(side), am.cell_centres(side)), stride)
         out.append(_described(n, i, int(m.num_heads), "global", grid, stride, "bhqk", pos, pos, tap=SOFTMAX_TAP))
@@ -636,9 +788,22 @@ def _cross_site(name: str, block: int, heads: int, grid, stride, keys: torch.Ten
     (metrics.attention.spread_distance)."""
     k = keys[None]
     q = torch.full((1, 1, 2), float("nan"), dtype=torch.float64)
-    return Site(name, block, heads, "cross", tuple(int(g) for g in grid), tuple(float(s) for s in stride), 1,
-                dist=torch.zeros(1, 1, len(keys), dtype=torch.float64), layout="bhqk", queries=1, q_pos=q, k_pos=k,
-                key_dist=am.pair_distances(k, k)[0], prefix_names="class (own branch)")
+    return Site(
+        name,
+        block,
+        heads,
+        "cross",
+        tuple(int(g) for g in grid),
+        tuple(float(s) for s in stride),
+        1,
+        dist=torch.zeros(1, 1, len(keys), dtype=torch.float64),
+        layout="bhqk",
+        queries=1,
+        q_pos=q,
+        k_pos=k,
+        key_dist=am.pair_distances(k, k)[0],
+        prefix_names="class (own branch)",
+    )
 
 
 def _crossvit_sites(model, img) -> list[Site]:
@@ -646,8 +811,10 @@ def _crossvit_sites(model, img) -> list[Site]:
     patch grid (ViT blocks `blocks.J.blocks.i.K.attn`); a grid cell spans img / grid input pixels. Then each fusion
     `blocks.J.fusion.i` runs cross-attention (timm CrossAttention): branch i's class token is the only query, the keys
     are that token and branch i+1's patch tokens (kind 'cross'). Sites are listed in execution order."""
-    grids = [(sc[0] // _pair(pe.patch_size)[0], sc[1] // _pair(pe.patch_size)[1])
-             for sc, pe in zip(model.img_size_scaled, model.patch_embed)]
+    grids = [
+        (sc[0] // _pair(pe.patch_size)[0], sc[1] // _pair(pe.patch_size)[1])
+        for sc, pe in zip(model.img_size_scaled, model.patch_embed)
+    ]
     pos = []
     for g in grids:
         stride = _strides(img, g)
@@ -657,18 +824,42 @@ def _crossvit_sites(model, img) -> list[Site]:
         for i, branch in enumerate(ms.blocks):
             for k, blk in enumerate(branch):
                 stride, p = pos[i]
-                out.append(_described(f"blocks.{j}.blocks.{i}.{k}.attn", len(out), int(blk.attn.num_heads), "global",
-                                      grids[i], stride, "bhqk", p, p, num_prefix=1))
+                out.append(
+                    _described(
+                        f"blocks.{j}.blocks.{i}.{k}.attn",
+                        len(out),
+                        int(blk.attn.num_heads),
+                        "global",
+                        grids[i],
+                        stride,
+                        "bhqk",
+                        p,
+                        p,
+                        num_prefix=1,
+                    )
+                )
         for i, fusion in enumerate(ms.fusion):
             other = (i + 1) % len(ms.fusion)
             cross = [(n, m) for n, m in fusion.named_modules() if type(m).__name__ == "CrossAttention"]
-            if len(cross) != 1:  # timm's stacked fusion blocks pass on the class token alone: no patch keys after the first
-                raise VitstudyError(f"CrossViT fusion 'blocks.{j}.fusion.{i}' has {len(cross)} cross-attention blocks; "
-                                    f"only one per fusion (timm's configs: depth[-1] = 0) has patch tokens as keys")
+            if (
+                len(cross) != 1
+            ):  # timm's stacked fusion blocks pass on the class token alone: no patch keys after the first
+                raise VitstudyError(
+                    f"CrossViT fusion 'blocks.{j}.fusion.{i}' has {len(cross)} cross-attention blocks; "
+                    f"only one per fusion (timm's configs: depth[-1] = 0) has patch tokens as keys"
+                )
             n, m = cross[0]
             stride, p = pos[other]
-            out.append(_cross_site(f"blocks.{j}.fusion.{i}" + (f".{n}" if n else ""), len(out), int(m.num_heads),
-                                   grids[other], stride, p))
+            out.append(
+                _cross_site(
+                    f"blocks.{j}.fusion.{i}" + (f".{n}" if n else ""),
+                    len(out),
+                    int(m.num_heads),
+                    grids[other],
+                    stride,
+                    p,
+                )
+            )
     return out
 
 
@@ -684,8 +875,12 @@ def _tnt_sites(model, img) -> list[Site]:
     for r in range(grid[0]):
         for c in range(grid[1]):
             if pe.legacy:  # conv over the image, then unfold: pixel token a of patch r is conv output r * nps + a
-                rows = am.pooled_centres(img[0], conv.kernel_size[0], conv.stride[0], conv.padding[0])[r * nps[0]:(r + 1) * nps[0]]
-                cols = am.pooled_centres(img[1], conv.kernel_size[1], conv.stride[1], conv.padding[1])[c * nps[1]:(c + 1) * nps[1]]
+                rows = am.pooled_centres(img[0], conv.kernel_size[0], conv.stride[0], conv.padding[0])[
+                    r * nps[0] : (r + 1) * nps[0]
+                ]
+                cols = am.pooled_centres(img[1], conv.kernel_size[1], conv.stride[1], conv.padding[1])[
+                    c * nps[1] : (c + 1) * nps[1]
+                ]
             else:  # unfold into patches, conv inside each patch (zero padding at the patch border)
                 rows = am.pooled_centres(ps[0], conv.kernel_size[0], conv.stride[0], conv.padding[0]) + r * ps[0]
                 cols = am.pooled_centres(ps[1], conv.kernel_size[1], conv.stride[1], conv.padding[1]) + c * ps[1]
@@ -695,11 +890,34 @@ def _tnt_sites(model, img) -> list[Site]:
     outer = _with_prefix(_px(am.plane(am.cell_centres(grid[0]), am.cell_centres(grid[1])), stride), 1)
     out = []
     for i, blk in enumerate(model.blocks):
-        out.append(_described(f"blocks.{i}.attn_in", len(out), int(blk.attn_in.num_heads), "window",
-                              (grid[0] * nps[0], grid[1] * nps[1]), (ps[0] / nps[0], ps[1] / nps[1]),
-                              "(bg)hqk", inner, inner, window=tuple(nps)))
-        out.append(_described(f"blocks.{i}.attn_out", len(out), int(blk.attn_out.num_heads), "global", grid, stride,
-                              "bhqk", outer, outer, num_prefix=1))
+        out.append(
+            _described(
+                f"blocks.{i}.attn_in",
+                len(out),
+                int(blk.attn_in.num_heads),
+                "window",
+                (grid[0] * nps[0], grid[1] * nps[1]),
+                (ps[0] / nps[0], ps[1] / nps[1]),
+                "(bg)hqk",
+                inner,
+                inner,
+                window=tuple(nps),
+            )
+        )
+        out.append(
+            _described(
+                f"blocks.{i}.attn_out",
+                len(out),
+                int(blk.attn_out.num_heads),
+                "global",
+                grid,
+                stride,
+                "bhqk",
+                outer,
+                outer,
+                num_prefix=1,
+            )
+        )
     return out
 
 
@@ -732,20 +950,41 @@ def _hiera_sites(model, img) -> list[Site]:
         else:
             k, q, layout, kind = pos[None], pooled[None], "bhqk", "global" if qs == 1 else "pooled"
         h = round(math.sqrt(tokens * size[0] / size[1]))
-        out.append(_described(n, i, int(m.heads), kind, (h, tokens // max(h, 1)), _strides(img, (h, tokens // max(h, 1))),
-                              layout, q, k, tap=SOFTMAX_TAP))
+        out.append(
+            _described(
+                n,
+                i,
+                int(m.heads),
+                kind,
+                (h, tokens // max(h, 1)),
+                _strides(img, (h, tokens // max(h, 1))),
+                layout,
+                q,
+                k,
+                tap=SOFTMAX_TAP,
+            )
+        )
         pos = pooled
     return out
 
 
-DESCRIBED = {"PyramidVisionTransformerV2": _pvt_sites, "Twins": _twins_sites, "MaxxVit": _maxxvit_sites,
-             "Nest": _nest_sites, "MultiScaleVit": _mvit_sites, "Levit": _levit_sites, "LevitDistilled": _levit_sites,
-             "EfficientFormer": _efficientformer_sites, "CrossVit": _crossvit_sites, "TNT": _tnt_sites,
-             "Hiera": _hiera_sites}
+DESCRIBED = {
+    "PyramidVisionTransformerV2": _pvt_sites,
+    "Twins": _twins_sites,
+    "MaxxVit": _maxxvit_sites,
+    "Nest": _nest_sites,
+    "MultiScaleVit": _mvit_sites,
+    "Levit": _levit_sites,
+    "LevitDistilled": _levit_sites,
+    "EfficientFormer": _efficientformer_sites,
+    "CrossVit": _crossvit_sites,
+    "TNT": _tnt_sites,
+    "Hiera": _hiera_sites,
+}
 
 REFUSED = {
     "CoaT": "CoaT's factorized attention takes the softmax of the keys over tokens and multiplies K^T V first "
-            "(Xu et al. 2021): no query-by-key probability map exists, so it has no attention distance or rollout",
+    "(Xu et al. 2021): no query-by-key probability map exists, so it has no attention distance or rollout",
 }
 
 
@@ -767,28 +1006,46 @@ def sites(model: nn.Module, input_size=None) -> list[Site]:
     families in DESCRIBED from a probe forward at `input_size` (H, W; default: the model's own)."""
     name = type(model).__name__
     if name == "Xcit":
-        raise VitstudyError("XCiT's cross-covariance attention is a softmax over channels, not over image positions, "
-                            "so it has no attention distance or map; use another transformer")
+        raise VitstudyError(
+            "XCiT's cross-covariance attention is a softmax over channels, not over image positions, "
+            "so it has no attention distance or map; use another transformer"
+        )
     if name in REFUSED:
         raise VitstudyError(REFUSED[name])
     if name in DESCRIBED:
         return DESCRIBED[name](model, input_size_of(model, input_size))
-    swin = [(n, m) for n, m in model.named_modules()
-            if hasattr(m, "shift_size") and hasattr(m, "window_size") and hasattr(m, "input_resolution") and _attention_ok(getattr(m, "attn", None))]
+    swin = [
+        (n, m)
+        for n, m in model.named_modules()
+        if hasattr(m, "shift_size")
+        and hasattr(m, "window_size")
+        and hasattr(m, "input_resolution")
+        and _attention_ok(getattr(m, "attn", None))
+    ]
     if swin:
         return _swin_sites(model, swin)
     pe = getattr(model, "patch_embed", None)
     if pe is not None and hasattr(pe, "grid_size") and isinstance(getattr(model, "transformers", None), nn.Sequential):
         return _pit_sites(model)
-    if pe is not None and hasattr(pe, "grid_size") and isinstance(getattr(model, "blocks", None), (nn.Sequential, nn.ModuleList)):
+    if (
+        pe is not None
+        and hasattr(pe, "grid_size")
+        and isinstance(getattr(model, "blocks", None), (nn.Sequential, nn.ModuleList))
+    ):
         return _vit_sites(model)
-    named = sorted({type(m).__name__ for m in model.modules() if any(w in type(m).__name__ for w in ("Attn", "Attention"))})
+    named = sorted(
+        {type(m).__name__ for m in model.modules() if any(w in type(m).__name__ for w in ("Attn", "Attention"))}
+    )
     if any(_attention_ok(m) for m in model.modules()) or named:
-        raise VitstudyError(f"{type(model).__name__} has attention modules ({', '.join(named) or 'timm Attention'}) but not in a layout vitstudy knows (the ViT "
-                            f"family, PiT, Swin, or one of {', '.join(sorted(DESCRIBED))}); attention maps are not supported for it yet")
-    raise VitstudyError(f"{type(model).__name__} has no self-attention to measure (none of its modules is a softmax "
-                        f"attention over image positions that vitstudy knows); use a transformer, e.g. model=vit_b16, "
-                        f"model=deit_s or model=swin_t")
+        raise VitstudyError(
+            f"{type(model).__name__} has attention modules ({', '.join(named) or 'timm Attention'}) but not in a layout vitstudy knows (the ViT "
+            f"family, PiT, Swin, or one of {', '.join(sorted(DESCRIBED))}); attention maps are not supported for it yet"
+        )
+    raise VitstudyError(
+        f"{type(model).__name__} has no self-attention to measure (none of its modules is a softmax "
+        f"attention over image positions that vitstudy knows); use a transformer, e.g. model=vit_b16, "
+        f"model=deit_s or model=swin_t"
+    )
 
 
 @contextmanager
@@ -797,7 +1054,10 @@ def unfused(model: nn.Module, only: Iterable | None = None):
     Sites tapped at their softmax get a SoftmaxTap for the duration."""
     only = None if only is None else list(only)
     if only and isinstance(only[0], Site):
-        with unfused(model, [s.name for s in only]), softmax_taps(model, [s.name for s in only if s.tap == SOFTMAX_TAP]):
+        with (
+            unfused(model, [s.name for s in only]),
+            softmax_taps(model, [s.name for s in only if s.tap == SOFTMAX_TAP]),
+        ):
             yield
         return
     names = None if only is None else set(only)
@@ -825,7 +1085,9 @@ class Counter:
 
     def end_batch(self) -> None:
         if self.seen != self.expected:
-            raise VitstudyError(f"captured {len(self.seen)} attention maps for {len(self.expected)} attention modules "
-                                f"(e.g. expected '{self.expected[0]}'); the model's attention does not run through attn_drop "
-                                f"as timm's does, so its probabilities cannot be read")
+            raise VitstudyError(
+                f"captured {len(self.seen)} attention maps for {len(self.expected)} attention modules "
+                f"(e.g. expected '{self.expected[0]}'); the model's attention does not run through attn_drop "
+                f"as timm's does, so its probabilities cannot be read"
+            )
         self.seen = []

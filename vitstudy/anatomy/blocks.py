@@ -5,6 +5,7 @@ ConvNeXt `stages.S.blocks.B`) and `all` (Raghu et al. Figs 1-2: norms, attention
 attention, MLP hidden activation and block output of every transformer block; every conv and activation of
 every conv block; the stem and final norm).
 """
+
 from __future__ import annotations
 
 import importlib
@@ -14,8 +15,10 @@ from torch import nn
 
 from .layer import INPUT
 
-_BLOCK_CLASS = re.compile(r"(Block|Block1d|Block2d|Bottleneck|Basic|BasicBlock|Residual|ResBlock|DenseLayer|"
-                          r"TransformerLayer|DepthwiseSeparableConv)$")
+_BLOCK_CLASS = re.compile(
+    r"(Block|Block1d|Block2d|Bottleneck|Basic|BasicBlock|Residual|ResBlock|DenseLayer|"
+    r"TransformerLayer|DepthwiseSeparableConv)$"
+)
 
 
 def timm_classes(module: str, *names: str) -> tuple[type, ...]:
@@ -31,8 +34,11 @@ def timm_classes(module: str, *names: str) -> tuple[type, ...]:
 _CONTAINERS = timm_classes("timm.models.crossvit", "MultiScaleBlock")
 # Class-attention blocks update only the CLS token (CaiT's blocks_token_only, XCiT's cls_attn_blocks, CrossViT's
 # cross-attention fusion): not blocks of the token stream.
-_CLASS_ATTENTION = timm_classes("timm.models.xcit", "ClassAttentionBlock") + timm_classes("timm.models.cait", "LayerScaleBlockClassAttn") + \
-    timm_classes("timm.models.crossvit", "CrossAttentionBlock")
+_CLASS_ATTENTION = (
+    timm_classes("timm.models.xcit", "ClassAttentionBlock")
+    + timm_classes("timm.models.cait", "LayerScaleBlockClassAttn")
+    + timm_classes("timm.models.crossvit", "CrossAttentionBlock")
+)
 _CONV = (nn.Conv1d, nn.Conv2d, nn.Conv3d)
 _NORM = (nn.LayerNorm, nn.GroupNorm, nn.modules.batchnorm._BatchNorm, nn.LocalResponseNorm)
 _ACT = (nn.ReLU, nn.ReLU6, nn.GELU, nn.SiLU, nn.Hardswish, nn.LeakyReLU, nn.ELU, nn.Mish, nn.Tanh, nn.Sigmoid)
@@ -50,7 +56,11 @@ def block_names(model: nn.Module) -> list[str]:
     found: list[str] = []
     skipped = [n + "." for n, m in model.named_modules() if n and isinstance(m, _CLASS_ATTENTION)]
     for name, mod in model.named_modules():
-        if _is_block(name, mod) and not any(name.startswith(b + ".") for b in found) and not name.startswith(tuple(skipped)):
+        if (
+            _is_block(name, mod)
+            and not any(name.startswith(b + ".") for b in found)
+            and not name.startswith(tuple(skipped))
+        ):
             found.append(name)
     if found:
         return found

@@ -44,6 +44,7 @@ inference-time lesion of Raghu et al.'s Fig. 8, which retrains instead); for the
 zeroes the skip module's output, or subtracts z from the branch output. Parallel blocks (attention and MLP side by
 side) have no stream between their sublayers and are refused.
 """
+
 from __future__ import annotations
 
 from dataclasses import dataclass
@@ -53,16 +54,24 @@ import torch
 from torch import nn
 
 from ..errors import VitstudyError
-from .blocks import block_names, dense_names, timm_classes as _classes
+from .blocks import block_names, dense_names
+from .blocks import timm_classes as _classes
 from .layer import INPUT
 
-
-POST_NORM = _classes("timm.models.vision_transformer", "ResPostBlock") + \
-    _classes("timm.models.swin_transformer_v2", "SwinTransformerV2Block")
-PARALLEL = _classes("timm.models.vision_transformer", "ParallelScalingBlock", "DiffParallelScalingBlock", "ParallelThingsBlock")
-DROPPATH_PRENORM = _classes("timm.models.beit", "Block") + _classes("timm.models.eva", "EvaBlock") + \
-    _classes("timm.models.twins", "Block") + _classes("timm.models.pvt_v2", "Block") + _classes("timm.models.nest", "TransformerLayer") + \
-    _classes("timm.models.maxxvit", "PartitionAttentionCl")
+POST_NORM = _classes("timm.models.vision_transformer", "ResPostBlock") + _classes(
+    "timm.models.swin_transformer_v2", "SwinTransformerV2Block"
+)
+PARALLEL = _classes(
+    "timm.models.vision_transformer", "ParallelScalingBlock", "DiffParallelScalingBlock", "ParallelThingsBlock"
+)
+DROPPATH_PRENORM = (
+    _classes("timm.models.beit", "Block")
+    + _classes("timm.models.eva", "EvaBlock")
+    + _classes("timm.models.twins", "Block")
+    + _classes("timm.models.pvt_v2", "Block")
+    + _classes("timm.models.nest", "TransformerLayer")
+    + _classes("timm.models.maxxvit", "PartitionAttentionCl")
+)
 
 
 @dataclass(frozen=True)
@@ -115,9 +124,12 @@ def _has(mod: nn.Module, *attrs: str) -> bool:
 
 # ---- transformers
 
+
 def _vit_sublayers(b: str, i: int, mod) -> list[Sublayer]:
-    return [Sublayer(b, i, "attn", "attention", f"{b}.norm2{INPUT}", f"{b}.attn", f"{b}.norm1{INPUT}", f"{b}.ls1"),
-            Sublayer(b, i, "mlp", "mlp", b, f"{b}.mlp", f"{b}.norm2{INPUT}", f"{b}.ls2")]
+    return [
+        Sublayer(b, i, "attn", "attention", f"{b}.norm2{INPUT}", f"{b}.attn", f"{b}.norm1{INPUT}", f"{b}.ls1"),
+        Sublayer(b, i, "mlp", "mlp", b, f"{b}.mlp", f"{b}.norm2{INPUT}", f"{b}.ls2"),
+    ]
 
 
 def _vit_without(which: set[str]):
@@ -132,8 +144,10 @@ def _vit_without(which: set[str]):
 
 
 def _swin_sublayers(b: str, i: int, mod) -> list[Sublayer]:
-    return [Sublayer(b, i, "attn", "attention", f"{b}.norm2{INPUT}", f"{b}.attn", f"{b}.norm1{INPUT}", f"{b}.drop_path1"),
-            Sublayer(b, i, "mlp", "mlp", b, f"{b}.mlp", f"{b}.norm2{INPUT}", f"{b}.drop_path2")]
+    return [
+        Sublayer(b, i, "attn", "attention", f"{b}.norm2{INPUT}", f"{b}.attn", f"{b}.norm1{INPUT}", f"{b}.drop_path1"),
+        Sublayer(b, i, "mlp", "mlp", b, f"{b}.mlp", f"{b}.norm2{INPUT}", f"{b}.drop_path2"),
+    ]
 
 
 def _swin_without(which: set[str]):
@@ -150,14 +164,18 @@ def _swin_without(which: set[str]):
 
 
 def _prenorm_sublayers(b: str, i: int, mod) -> list[Sublayer]:
-    return [Sublayer(b, i, "attn", "attention", f"{b}.norm2{INPUT}", f"{b}.attn"),
-            Sublayer(b, i, "mlp", "mlp", b, f"{b}.mlp")]
+    return [
+        Sublayer(b, i, "attn", "attention", f"{b}.norm2{INPUT}", f"{b}.attn"),
+        Sublayer(b, i, "mlp", "mlp", b, f"{b}.mlp"),
+    ]
 
 
 def _parallel(b: str, i: int, mod) -> list[Sublayer]:
-    raise VitstudyError(f"block '{b}' ({type(mod).__name__}) has no residual stream between its attention and MLP "
-                        f"sublayers (they run in parallel), so its sublayers cannot be told apart; use layers=blocks "
-                        f"or a list of module names")
+    raise VitstudyError(
+        f"block '{b}' ({type(mod).__name__}) has no residual stream between its attention and MLP "
+        f"sublayers (they run in parallel), so its sublayers cannot be told apart; use layers=blocks "
+        f"or a list of module names"
+    )
 
 
 def _alternet_msa_sublayers(b: str, i: int, mod) -> list[Sublayer]:
@@ -173,6 +191,7 @@ def _alternet_msa_without(which: set[str]):
 
 # ---- convolutional units
 
+
 def _shortcut(b: str, mod) -> str:
     return f"{b}.downsample" if getattr(mod, "downsample", None) is not None else f"{b}{INPUT}"
 
@@ -184,7 +203,9 @@ def _resnet_sublayers(b: str, i: int, mod) -> list[Sublayer]:
 
 
 def _resnet_without(which: set[str]):
-    def forward(self, x):  # timm resnet.py BasicBlock / Bottleneck forward without `x += shortcut`; the final ReLU is kept
+    def forward(
+        self, x
+    ):  # timm resnet.py BasicBlock / Bottleneck forward without `x += shortcut`; the final ReLU is kept
         if hasattr(self, "bn3"):
             x = self.act1(self.bn1(self.conv1(x)))
             x = self.aa(self.act2(self.drop_block(self.bn2(self.conv2(x)))))
@@ -256,8 +277,8 @@ def _conv_sublayers(b: str, i: int, mod) -> list[Sublayer]:
     return [Sublayer(b, i, "res", "conv", b, None)]
 
 
-
 # ---- more transformer layouts (timm 1.x classes; see the table above)
+
 
 def _kind_of(mod) -> str:
     """'attention' for a token mixer that attends, 'conv' for pooling / convolution mixers."""
@@ -268,37 +289,56 @@ def _kind_of(mod) -> str:
 def _droppath_prenorm(b: str, i: int, mod, attn: str = "attn") -> list[Sublayer]:
     """`x = x + drop_path1(..(attn(norm1(x)))); x = x + drop_path2(..(mlp(norm2(x))))` with distinct drop-path modules."""
     kind = _kind_of(getattr(mod, attn))
-    return [Sublayer(b, i, "attn", kind, f"{b}.norm2{INPUT}", f"{b}.{attn}", f"{b}.norm1{INPUT}", f"{b}.drop_path1"),
-            Sublayer(b, i, "mlp", "mlp", b, f"{b}.mlp", f"{b}.norm2{INPUT}", f"{b}.drop_path2")]
+    return [
+        Sublayer(b, i, "attn", kind, f"{b}.norm2{INPUT}", f"{b}.{attn}", f"{b}.norm1{INPUT}", f"{b}.drop_path1"),
+        Sublayer(b, i, "mlp", "mlp", b, f"{b}.mlp", f"{b}.norm2{INPUT}", f"{b}.drop_path2"),
+    ]
 
 
 def _coatnet_transformer(b: str, i: int, mod) -> list[Sublayer]:
-    return [Sublayer(b, i, "attn", "attention", f"{b}.norm2{INPUT}", f"{b}.attn", f"{b}.shortcut", f"{b}.drop_path1"),
-            Sublayer(b, i, "mlp", "mlp", b, f"{b}.mlp", f"{b}.norm2{INPUT}", f"{b}.drop_path2")]
+    return [
+        Sublayer(b, i, "attn", "attention", f"{b}.norm2{INPUT}", f"{b}.attn", f"{b}.shortcut", f"{b}.drop_path1"),
+        Sublayer(b, i, "mlp", "mlp", b, f"{b}.mlp", f"{b}.norm2{INPUT}", f"{b}.drop_path2"),
+    ]
 
 
 def _hiera(b: str, i: int, mod) -> list[Sublayer]:
     # a pooling block adds the branch to the max-pooled (and projected) input, which no module outputs: z = post - f
-    attn = Sublayer(b, i, "attn", "attention", f"{b}.norm2{INPUT}", f"{b}.attn", None, f"{b}.drop_path1", derive="skip") \
-        if getattr(mod, "do_expand", False) else \
-        Sublayer(b, i, "attn", "attention", f"{b}.norm2{INPUT}", f"{b}.attn", f"{b}.norm1{INPUT}", f"{b}.drop_path1")
+    attn = (
+        Sublayer(b, i, "attn", "attention", f"{b}.norm2{INPUT}", f"{b}.attn", None, f"{b}.drop_path1", derive="skip")
+        if getattr(mod, "do_expand", False)
+        else Sublayer(
+            b, i, "attn", "attention", f"{b}.norm2{INPUT}", f"{b}.attn", f"{b}.norm1{INPUT}", f"{b}.drop_path1"
+        )
+    )
     return [attn, Sublayer(b, i, "mlp", "mlp", b, f"{b}.mlp", f"{b}.norm2{INPUT}", f"{b}.drop_path2")]
 
 
 def _mvit(b: str, i: int, mod) -> list[Sublayer]:
     # attention: the shortcut is pooled (and maybe projected) inside the block's forward: z = post - f
     mlp_skip = f"{b}.shortcut_proj_mlp" if getattr(mod, "shortcut_proj_mlp", None) is not None else f"{b}.norm2{INPUT}"
-    return [Sublayer(b, i, "attn", "attention", f"{b}.norm2{INPUT}", f"{b}.drop_path1", None, f"{b}.drop_path1", derive="skip"),
-            Sublayer(b, i, "mlp", "mlp", f"{b}[0]", f"{b}.drop_path2", mlp_skip, f"{b}.drop_path2")]
+    return [
+        Sublayer(
+            b, i, "attn", "attention", f"{b}.norm2{INPUT}", f"{b}.drop_path1", None, f"{b}.drop_path1", derive="skip"
+        ),
+        Sublayer(b, i, "mlp", "mlp", f"{b}[0]", f"{b}.drop_path2", mlp_skip, f"{b}.drop_path2"),
+    ]
 
 
 def _mvit_without(which: set[str]):
-    def forward(self, x, feat_size):  # timm mvitv2 MultiScaleBlock.forward; a removed skip's pooling / projection is not run
+    def forward(
+        self, x, feat_size
+    ):  # timm mvitv2 MultiScaleBlock.forward; a removed skip's pooling / projection is not run
         x_norm = self.norm1(x)
         h, feat_size_new = self.attn(x_norm, feat_size)
         h = self.drop_path1(h)
         if "attn" not in which:
-            h = self._shortcut_pool(x if self.shortcut_proj_attn is None else self.shortcut_proj_attn(x_norm), feat_size) + h
+            h = (
+                self._shortcut_pool(
+                    x if self.shortcut_proj_attn is None else self.shortcut_proj_attn(x_norm), feat_size
+                )
+                + h
+            )
         x_norm = self.norm2(h)
         x = self.drop_path2(self.mlp(x_norm))
         if "mlp" not in which:
@@ -310,21 +350,30 @@ def _mvit_without(which: set[str]):
 
 def _postnorm_sublayers(b: str, i: int, mod) -> list[Sublayer]:
     """`x = x + drop_path1(norm1(attn(x))); x = x + drop_path2(norm2(mlp(x)))` (Swin-V2, ResPostBlock)."""
-    return [Sublayer(b, i, "attn", "attention", f"{b}.mlp{INPUT}", f"{b}.norm1", f"{b}{INPUT}", f"{b}.drop_path1"),
-            Sublayer(b, i, "mlp", "mlp", b, f"{b}.norm2", f"{b}.mlp{INPUT}", f"{b}.drop_path2")]
+    return [
+        Sublayer(b, i, "attn", "attention", f"{b}.mlp{INPUT}", f"{b}.norm1", f"{b}{INPUT}", f"{b}.drop_path1"),
+        Sublayer(b, i, "mlp", "mlp", b, f"{b}.norm2", f"{b}.mlp{INPUT}", f"{b}.drop_path2"),
+    ]
 
 
 def _xcit(b: str, i: int, mod) -> list[Sublayer]:
-    return [Sublayer(b, i, "attn", "attention", f"{b}.norm3{INPUT}", f"{b}.attn", f"{b}.norm1{INPUT}", f"{b}.drop_path1"),
-            Sublayer(b, i, "lpi", "conv", f"{b}.norm2{INPUT}", f"{b}.local_mp", f"{b}.norm3{INPUT}", f"{b}.drop_path3"),
-            Sublayer(b, i, "mlp", "mlp", b, f"{b}.mlp", f"{b}.norm2{INPUT}", f"{b}.drop_path2")]
+    return [
+        Sublayer(b, i, "attn", "attention", f"{b}.norm3{INPUT}", f"{b}.attn", f"{b}.norm1{INPUT}", f"{b}.drop_path1"),
+        Sublayer(b, i, "lpi", "conv", f"{b}.norm2{INPUT}", f"{b}.local_mp", f"{b}.norm3{INPUT}", f"{b}.drop_path3"),
+        Sublayer(b, i, "mlp", "mlp", b, f"{b}.mlp", f"{b}.norm2{INPUT}", f"{b}.drop_path2"),
+    ]
 
 
 def _shared_droppath(attn: str):
     """One drop-path module for both sublayers (it runs twice, so it cannot be tapped): f(z) = post - z."""
+
     def sublayers(b: str, i: int, mod) -> list[Sublayer]:
-        return [Sublayer(b, i, "attn", "attention", f"{b}.norm2{INPUT}", f"{b}.{attn}", f"{b}.norm1{INPUT}", derive="branch"),
-                Sublayer(b, i, "mlp", "mlp", b, f"{b}.mlp", f"{b}.norm2{INPUT}", derive="branch")]
+        return [
+            Sublayer(
+                b, i, "attn", "attention", f"{b}.norm2{INPUT}", f"{b}.{attn}", f"{b}.norm1{INPUT}", derive="branch"
+            ),
+            Sublayer(b, i, "mlp", "mlp", b, f"{b}.mlp", f"{b}.norm2{INPUT}", derive="branch"),
+        ]
 
     return sublayers
 
@@ -362,8 +411,12 @@ def _coat_without(which: set[str]):
 
 def _tnt(b: str, i: int, mod) -> list[Sublayer]:
     # the patch-token stream (element 1); the inner pixel stream runs per patch, not per image, and is left out
-    return [Sublayer(b, i, "attn", "attention", f"{b}.norm_mlp{INPUT}", f"{b}.attn_out", f"{b}.norm_out{INPUT}", derive="branch"),
-            Sublayer(b, i, "mlp", "mlp", f"{b}[1]", f"{b}.mlp", f"{b}.norm_mlp{INPUT}", derive="branch")]
+    return [
+        Sublayer(
+            b, i, "attn", "attention", f"{b}.norm_mlp{INPUT}", f"{b}.attn_out", f"{b}.norm_out{INPUT}", derive="branch"
+        ),
+        Sublayer(b, i, "mlp", "mlp", f"{b}[1]", f"{b}.mlp", f"{b}.norm_mlp{INPUT}", derive="branch"),
+    ]
 
 
 def _tnt_without(which: set[str]):
@@ -386,13 +439,35 @@ def _tnt_without(which: set[str]):
 
 def _no_norm(b: str, i: int, mod, attn: str = "attn") -> list[Sublayer]:
     """`x = x + drop_path1(..(attn(x))); x = x + drop_path2(..(mlp(x)))` (LeViT, EfficientFormer's 2-D blocks)."""
-    return [Sublayer(b, i, "attn", _kind_of(getattr(mod, attn)), f"{b}.mlp{INPUT}", f"{b}.{attn}", f"{b}{INPUT}", f"{b}.drop_path1"),
-            Sublayer(b, i, "mlp", "mlp", b, f"{b}.mlp", f"{b}.mlp{INPUT}", f"{b}.drop_path2")]
+    return [
+        Sublayer(
+            b,
+            i,
+            "attn",
+            _kind_of(getattr(mod, attn)),
+            f"{b}.mlp{INPUT}",
+            f"{b}.{attn}",
+            f"{b}{INPUT}",
+            f"{b}.drop_path1",
+        ),
+        Sublayer(b, i, "mlp", "mlp", b, f"{b}.mlp", f"{b}.mlp{INPUT}", f"{b}.drop_path2"),
+    ]
 
 
 def _metaformer(b: str, i: int, mod) -> list[Sublayer]:
-    return [Sublayer(b, i, "mixer", _kind_of(mod.token_mixer), f"{b}.norm2{INPUT}", f"{b}.token_mixer", f"{b}.res_scale1", f"{b}.layer_scale1"),
-            Sublayer(b, i, "mlp", "mlp", b, f"{b}.mlp", f"{b}.res_scale2", f"{b}.layer_scale2")]
+    return [
+        Sublayer(
+            b,
+            i,
+            "mixer",
+            _kind_of(mod.token_mixer),
+            f"{b}.norm2{INPUT}",
+            f"{b}.token_mixer",
+            f"{b}.res_scale1",
+            f"{b}.layer_scale1",
+        ),
+        Sublayer(b, i, "mlp", "mlp", b, f"{b}.mlp", f"{b}.res_scale2", f"{b}.layer_scale2"),
+    ]
 
 
 def _mbconv(b: str, i: int, mod) -> list[Sublayer]:
@@ -401,17 +476,41 @@ def _mbconv(b: str, i: int, mod) -> list[Sublayer]:
 
 def _maxxvit(b: str, i: int, mod) -> list[Sublayer]:
     """MaxViT: an MBConv unit, then block (window) attention and grid attention, each with its MLP."""
-    out = [Sublayer(b, i, "res", "conv", f"{b}.conv", f"{b}.conv.conv3_1x1", f"{b}.conv.shortcut", f"{b}.conv.drop_path", f"{b}.conv.norm2")]
+    out = [
+        Sublayer(
+            b,
+            i,
+            "res",
+            "conv",
+            f"{b}.conv",
+            f"{b}.conv.conv3_1x1",
+            f"{b}.conv.shortcut",
+            f"{b}.conv.drop_path",
+            f"{b}.conv.norm2",
+        )
+    ]
     for part in ("attn_block", "attn_grid"):
         if getattr(mod, part, None) is None:
             continue
         p, tag = f"{b}.{part}", part.split("_")[1]
-        out += [Sublayer(b, i, f"{tag}_attn", "attention", f"{p}.norm2{INPUT}", f"{p}.attn", f"{p}.norm1{INPUT}", f"{p}.drop_path1"),
-                Sublayer(b, i, f"{tag}_mlp", "mlp", p, f"{p}.mlp", f"{p}.norm2{INPUT}", f"{p}.drop_path2")]
+        out += [
+            Sublayer(
+                b,
+                i,
+                f"{tag}_attn",
+                "attention",
+                f"{p}.norm2{INPUT}",
+                f"{p}.attn",
+                f"{p}.norm1{INPUT}",
+                f"{p}.drop_path1",
+            ),
+            Sublayer(b, i, f"{tag}_mlp", "mlp", p, f"{p}.mlp", f"{p}.norm2{INPUT}", f"{p}.drop_path2"),
+        ]
     return out
 
 
 # ---- more convolutional units
+
 
 def _regnet(b: str, i: int, mod) -> list[Sublayer]:
     if getattr(mod, "downsample", None) is None:
@@ -432,7 +531,19 @@ def _inverted_residual(b: str, i: int, mod) -> list[Sublayer]:
         return [Sublayer(b, i, "res", "conv", b, None, residual=False)]
     last = "bn3" if hasattr(mod, "bn3") else "bn2"
     depthwise = {"InvertedResidual": "bn2", "DepthwiseSeparableConv": "bn1"}.get(type(mod).__name__)
-    return [Sublayer(b, i, "res", "conv", b, f"{b}.{last}", f"{b}{INPUT}", f"{b}.drop_path", f"{b}.{depthwise}" if depthwise else None)]
+    return [
+        Sublayer(
+            b,
+            i,
+            "res",
+            "conv",
+            b,
+            f"{b}.{last}",
+            f"{b}{INPUT}",
+            f"{b}.drop_path",
+            f"{b}.{depthwise}" if depthwise else None,
+        )
+    ]
 
 
 def _convmixer(b: str, i: int, mod) -> list[Sublayer]:
@@ -450,47 +561,111 @@ def _is(module: str, *names: str) -> Callable[[nn.Module], bool]:
 
 FAMILIES: list[Family] = [
     Family("parallel", lambda m: isinstance(m, PARALLEL), _parallel),
-    Family("vit", lambda m: type(m).__name__ == "Block" and _has(m, "norm1", "attn", "ls1", "drop_path1", "norm2", "mlp", "ls2", "drop_path2"),
-           _vit_sublayers, _vit_without),
-    Family("swin", lambda m: type(m).__name__ == "SwinTransformerBlock" and _has(m, "norm1", "drop_path1", "norm2", "drop_path2", "mlp"),
-           _swin_sublayers, _swin_without),
+    Family(
+        "vit",
+        lambda m: (
+            type(m).__name__ == "Block"
+            and _has(m, "norm1", "attn", "ls1", "drop_path1", "norm2", "mlp", "ls2", "drop_path2")
+        ),
+        _vit_sublayers,
+        _vit_without,
+    ),
+    Family(
+        "swin",
+        lambda m: (
+            type(m).__name__ == "SwinTransformerBlock" and _has(m, "norm1", "drop_path1", "norm2", "drop_path2", "mlp")
+        ),
+        _swin_sublayers,
+        _swin_without,
+    ),
     Family("postnorm", lambda m: isinstance(m, POST_NORM), _postnorm_sublayers),
     Family("droppath_prenorm", lambda m: isinstance(m, DROPPATH_PRENORM), _droppath_prenorm),
-    Family("droppath_prenorm", _is("timm.models.efficientformer", "MetaBlock1d"), lambda b, i, m: _droppath_prenorm(b, i, m, "token_mixer")),
+    Family(
+        "droppath_prenorm",
+        _is("timm.models.efficientformer", "MetaBlock1d"),
+        lambda b, i, m: _droppath_prenorm(b, i, m, "token_mixer"),
+    ),
     Family("coatnet_transformer", _is("timm.models.maxxvit", "TransformerBlock2d"), _coatnet_transformer),
     Family("hiera", _is("timm.models.hiera", "HieraBlock"), _hiera),
     Family("mvit", _is("timm.models.mvitv2", "MultiScaleBlock"), _mvit, _mvit_without, output=0),
     Family("xcit", _is("timm.models.xcit", "XCABlock"), _xcit),
     Family("shared_droppath", _is("timm.models.cait", "LayerScaleBlock"), _shared_droppath("attn"), _cait_without),
     Family("shared_droppath", _is("timm.models.convit", "Block"), _shared_droppath("attn"), _convit_without),
-    Family("shared_droppath", _is("timm.models.coat", "SerialBlock"), _shared_droppath("factoratt_crpe"), _coat_without),
+    Family(
+        "shared_droppath", _is("timm.models.coat", "SerialBlock"), _shared_droppath("factoratt_crpe"), _coat_without
+    ),
     Family("tnt", _is("timm.models.tnt", "Block"), _tnt, _tnt_without, output=1),
     Family("levit", _is("timm.models.levit", "LevitBlock"), _no_norm),
-    Family("levit", _is("timm.models.efficientformer", "MetaBlock2d"), lambda b, i, m: _no_norm(b, i, m, "token_mixer")),
+    Family(
+        "levit", _is("timm.models.efficientformer", "MetaBlock2d"), lambda b, i, m: _no_norm(b, i, m, "token_mixer")
+    ),
     Family("metaformer", _is("timm.models.metaformer", "MetaFormerBlock"), _metaformer),
     Family("maxxvit", _is("timm.models.maxxvit", "MaxxVitBlock"), _maxxvit),
     Family("prenorm_transformer", lambda m: _has(m, "attn", "mlp", "norm2"), _prenorm_sublayers),
     Family("transformer_without_norm2", lambda m: _has(m, "attn", "mlp"), _parallel),
-    Family("resnet", lambda m: type(m).__name__ in ("BasicBlock", "Bottleneck") and _has(m, "conv1", "bn1", "downsample")
-           and (_has(m, "bn3") or _has(m, "bn2")) and not hasattr(m, "norm1"), _resnet_sublayers, _resnet_without),
-    Family("resnetv2_preact", lambda m: type(m).__name__ in ("PreActBasic", "PreActBottleneck") and _has(m, "norm1", "conv1", "downsample", "drop_path"),
-           _preact_sublayers, _preact_without),
-    Family("resnetv2", lambda m: type(m).__name__ == "Bottleneck" and _has(m, "norm1", "conv1", "downsample", "drop_path"),
-           _resnetv2_sublayers, _resnetv2_without),
+    Family(
+        "resnet",
+        lambda m: (
+            type(m).__name__ in ("BasicBlock", "Bottleneck")
+            and _has(m, "conv1", "bn1", "downsample")
+            and (_has(m, "bn3") or _has(m, "bn2"))
+            and not hasattr(m, "norm1")
+        ),
+        _resnet_sublayers,
+        _resnet_without,
+    ),
+    Family(
+        "resnetv2_preact",
+        lambda m: (
+            type(m).__name__ in ("PreActBasic", "PreActBottleneck")
+            and _has(m, "norm1", "conv1", "downsample", "drop_path")
+        ),
+        _preact_sublayers,
+        _preact_without,
+    ),
+    Family(
+        "resnetv2",
+        lambda m: type(m).__name__ == "Bottleneck" and _has(m, "norm1", "conv1", "downsample", "drop_path"),
+        _resnetv2_sublayers,
+        _resnetv2_without,
+    ),
     Family("regnet", _is("timm.models.regnet", "Bottleneck"), _regnet),
-    Family("byobnet", _is("timm.models.byobnet", "BasicBlock", "BottleneckBlock", "DarkBlock", "EdgeBlock", "SelfAttnBlock"), _byob),
+    Family(
+        "byobnet",
+        _is("timm.models.byobnet", "BasicBlock", "BottleneckBlock", "DarkBlock", "EdgeBlock", "SelfAttnBlock"),
+        _byob,
+    ),
     Family("mbconv", _is("timm.models.maxxvit", "MbConvBlock"), _mbconv),
-    Family("inverted_residual", _is("timm.models._efficientnet_blocks", "InvertedResidual", "DepthwiseSeparableConv", "EdgeResidual"),
-           _inverted_residual),
-    Family("convnext", lambda m: type(m).__name__ == "ConvNeXtBlock" and _has(m, "conv_dw", "shortcut", "drop_path"),
-           _convnext_sublayers, _convnext_without),
+    Family(
+        "inverted_residual",
+        _is("timm.models._efficientnet_blocks", "InvertedResidual", "DepthwiseSeparableConv", "EdgeResidual"),
+        _inverted_residual,
+    ),
+    Family(
+        "convnext",
+        lambda m: type(m).__name__ == "ConvNeXtBlock" and _has(m, "conv_dw", "shortcut", "drop_path"),
+        _convnext_sublayers,
+        _convnext_without,
+    ),
     Family("convmixer", _is("timm.models.convmixer", "Residual"), _convmixer),
-    Family("alternet_msa", lambda m: type(m).__name__ == "LocalAttentionBlock" and _has(m, "norm1", "conv", "norm2", "attn", "drop_path"),
-           _alternet_msa_sublayers, _alternet_msa_without),
-    Family("no_skip", _is("timm.models.densenet", "DenseBlock", "DenseTransition"), _no_skip,
-           reason="DenseNet concatenates each layer's features to its input instead of adding them, so it has no additive skip z + f(z)"),
-    Family("no_skip", lambda m: isinstance(m, (nn.Conv2d, nn.ReLU, nn.MaxPool2d, nn.BatchNorm2d)), _no_skip,
-           reason="its layers form a plain chain (VGG-style) without skip connections"),
+    Family(
+        "alternet_msa",
+        lambda m: type(m).__name__ == "LocalAttentionBlock" and _has(m, "norm1", "conv", "norm2", "attn", "drop_path"),
+        _alternet_msa_sublayers,
+        _alternet_msa_without,
+    ),
+    Family(
+        "no_skip",
+        _is("timm.models.densenet", "DenseBlock", "DenseTransition"),
+        _no_skip,
+        reason="DenseNet concatenates each layer's features to its input instead of adding them, so it has no additive skip z + f(z)",
+    ),
+    Family(
+        "no_skip",
+        lambda m: isinstance(m, (nn.Conv2d, nn.ReLU, nn.MaxPool2d, nn.BatchNorm2d)),
+        _no_skip,
+        reason="its layers form a plain chain (VGG-style) without skip connections",
+    ),
     Family("conv", lambda m: True, _conv_sublayers),
 ]
 

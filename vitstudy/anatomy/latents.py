@@ -14,6 +14,7 @@ ResNet: the stem, then each unit. Here those are module paths, usable as `layers
 Kinds: embedding, attention, mlp, conv, downsampling (a pooling/patch-merging module, or a conv unit whose
 output grid is smaller than its input's: the blue bands of Park & Kim's figures). The preset is `layers=latents`.
 """
+
 from __future__ import annotations
 
 from dataclasses import dataclass
@@ -22,10 +23,10 @@ import torch
 from torch import nn
 
 from ..errors import VitstudyError
-from .tokens import token_grid
 from . import families
 from .blocks import block_names
 from .layer import INPUT, Layer
+from .tokens import token_grid
 
 KINDS = ("embedding", "attention", "mlp", "conv", "downsampling", "other")
 
@@ -39,8 +40,10 @@ def latent_kinds(model: nn.Module) -> dict[str, str]:
     modules = dict(model.named_modules())
     blocks = block_names(model)
     if not blocks:
-        raise VitstudyError(f"found no residual blocks in {type(model).__name__}, so it has no Park & Kim latents; "
-                            f"give module names, e.g. layers=[...] (see `vitstudy layers`)")
+        raise VitstudyError(
+            f"found no residual blocks in {type(model).__name__}, so it has no Park & Kim latents; "
+            f"give module names, e.g. layers=[...] (see `vitstudy layers`)"
+        )
     kinds = {f"{blocks[0]}{INPUT}": "embedding"}
     stages_seen: set[str] = set()
     for b in blocks:
@@ -115,7 +118,7 @@ def to_maps(x: torch.Tensor, latent: Latent) -> torch.Tensor:
     if layout == "NHWC":
         return x.permute(0, 3, 1, 2)
     h, w = latent.grid
-    return x[:, latent.prefix:].transpose(1, 2).reshape(x.shape[0], x.shape[-1], h, w)
+    return x[:, latent.prefix :].transpose(1, 2).reshape(x.shape[0], x.shape[-1], h, w)
 
 
 def family(model: nn.Module) -> str:

@@ -5,6 +5,7 @@ attention sublayer, which no module outputs on its own. A trailing `[i]` picks e
 tuple or list (`stages.0.blocks.1[0]`: an MViT-v2 block returns (tokens, feature size); `blocks.2[1]`: a TNT block
 returns (pixel tokens, patch tokens)) or, after `:in`, its i-th positional input.
 """
+
 from __future__ import annotations
 
 import re
@@ -31,7 +32,9 @@ class Layer:
     layout: str  # 'NCHW', 'NHWC', 'NLC' (tokens) or 'NC'
     index: int | None = None  # element of a tuple/list output (or positional input) that is this layer
     grid: tuple | None = None  # tokens (NLC): (rows, cols, prefix tokens) found by the probe for the input it ran on
-    blocks: int | None = None  # NesT: edge of the nested blocks the module's (B, T, N, C) tensor holds; taken un-blocked
+    blocks: int | None = (
+        None  # NesT: edge of the nested blocks the module's (B, T, N, C) tensor holds; taken un-blocked
+    )
 
     def of_input(self, args: tuple):
         """This layer's tensor from a module's positional inputs (forward pre-hook)."""
@@ -47,4 +50,5 @@ class Layer:
         if self.blocks is None:
             return t
         from timm.models.nest import deblockify
+
         return deblockify(t, self.blocks)

@@ -13,6 +13,7 @@ branch module's output, so the addition yields f(z). An activation after the add
 (not pre-activation), RegNet and ByobNet (GerNet, HaloNet) units return act(f(z)). Restored on exit.
 This is an *inference-time lesion* of a trained network; Raghu et al. (Fig. 8) trained networks without the skip.
 """
+
 from __future__ import annotations
 
 import types
@@ -27,8 +28,13 @@ from .families import FAMILIES, Block, Sublayer, blocks
 from .layer import parse
 
 Branch = Sublayer  # a sublayer whose skip and branch are known (skip and branch set, or one derived from post)
-SUPPORTED = ", ".join(dict.fromkeys(f.name for f in FAMILIES if f.name not in ("parallel", "transformer_without_norm2",
-                                                                                  "prenorm_transformer", "no_skip", "conv")))
+SUPPORTED = ", ".join(
+    dict.fromkeys(
+        f.name
+        for f in FAMILIES
+        if f.name not in ("parallel", "transformer_without_norm2", "prenorm_transformer", "no_skip", "conv")
+    )
+)
 Terms = tuple[tuple[str, float], ...]
 
 
@@ -40,8 +46,10 @@ def branches(model: nn.Module) -> list[Sublayer]:
         reasons = list(dict.fromkeys(b.family.reason for b in found if b.family.reason))
         if reasons:
             raise VitstudyError(f"{type(model).__name__} has no skip connections to measure: {reasons[0]}")
-        raise VitstudyError(f"found no residual blocks of a known family in {type(model).__name__}; "
-                            f"skip connections are located for the block families: {SUPPORTED}")
+        raise VitstudyError(
+            f"found no residual blocks of a known family in {type(model).__name__}; "
+            f"skip connections are located for the block families: {SUPPORTED}"
+        )
     return out
 
 
@@ -71,13 +79,16 @@ def combine(parts: Terms, tensors: dict[str, torch.Tensor]) -> torch.Tensor:
     for spec, coef in parts:
         t = tensors[spec].to(torch.float64)
         if out is not None and t.shape != out.shape:
-            raise VitstudyError(f"'{spec}' has shape {tuple(t.shape)} but {tuple(out.shape)} was expected: "
-                                f"the terms of this residual sublayer do not line up")
+            raise VitstudyError(
+                f"'{spec}' has shape {tuple(t.shape)} but {tuple(out.shape)} was expected: "
+                f"the terms of this residual sublayer do not line up"
+            )
         out = coef * t if out is None else out + coef * t
     return out
 
 
 # ---- removing skips
+
 
 def _cut(s: Sublayer, which: str, mixed: bool) -> bool:
     """Whether `which` (attn, mlp, both) removes this sublayer's skip. A conv unit's one residual goes for any value
@@ -146,8 +157,14 @@ def remove_skip(model: nn.Module, chosen: Iterable[str], which: str = "both"):
     chosen = list(chosen)
     for path in chosen:
         if path not in known:
-            hint = f"residual blocks: {', '.join(list(known)[:4])}, ..." if known else f"none found; supported: {SUPPORTED}"
-            raise VitstudyError(f"'{path}' is not a residual block of {type(model).__name__} whose skip can be removed ({hint})")
+            hint = (
+                f"residual blocks: {', '.join(list(known)[:4])}, ..."
+                if known
+                else f"none found; supported: {SUPPORTED}"
+            )
+            raise VitstudyError(
+                f"'{path}' is not a residual block of {type(model).__name__} whose skip can be removed ({hint})"
+            )
     cut = {"attn", "mlp"} if which == "both" else {which}
     patched, handles = [], []
     try:

@@ -2,6 +2,7 @@
 
 One answer for every analysis (CKA token modes, probes, localization, latents, attention, receptive fields).
 """
+
 from __future__ import annotations
 
 import math
@@ -113,9 +114,12 @@ def nested_blocks(model: nn.Module, path: str, shape: tuple) -> int | None:
     if len(shape) != 3:
         return None
     from timm.models.nest import NestLevel
+
     parts = path.split(".")
     for k in range(len(parts) - 1, 0, -1):  # the module's ancestors, nearest first
-        if parts[k] == "transformer_encoder" and isinstance(level := model.get_submodule(".".join(parts[:k])), NestLevel):
+        if parts[k] == "transformer_encoder" and isinstance(
+            level := model.get_submodule(".".join(parts[:k])), NestLevel
+        ):
             b, (t, n, _) = int(level.block_size), shape
             side = math.isqrt(t)
             return b if n == b * b and side * side == t else None
@@ -145,7 +149,11 @@ def token_grid(model: nn.Module, layer) -> tuple[int, int, int]:
         prefix, grid = split(model, length)
         if grid is not None:
             return grid[0], grid[1], prefix
-        raise VitstudyError(f"layer '{layer.name}' has {length} tokens: no grid of the input's aspect with or without the "
-                            f"model's {prefix_tokens(model)} prefix tokens, so it has no spatial positions; choose another layer")
-    raise VitstudyError(f"layer '{layer.name}' is a {layer.layout} tensor of shape {layer.shape} without spatial positions; "
-                        f"choose a block or feature map")
+        raise VitstudyError(
+            f"layer '{layer.name}' has {length} tokens: no grid of the input's aspect with or without the "
+            f"model's {prefix_tokens(model)} prefix tokens, so it has no spatial positions; choose another layer"
+        )
+    raise VitstudyError(
+        f"layer '{layer.name}' is a {layer.layout} tensor of shape {layer.shape} without spatial positions; "
+        f"choose a block or feature map"
+    )

@@ -16,6 +16,7 @@ Verdict: `holds` when the interval lies on the claimed side of the threshold, `c
 other side, `inconclusive` when it contains the threshold (or has no width to judge by), `missing` when an input run,
 table or row is absent (the reason in `note`).
 """
+
 from __future__ import annotations
 
 import json
@@ -32,8 +33,22 @@ from ..metrics import uncertainty
 from ..pipeline.results import Replicates
 
 VERDICTS = ("holds", "contradicted", "inconclusive", "missing")
-COLUMNS = ["paper", "figure", "claim", "statistic", "value", "ci_low", "ci_high", "threshold", "verdict", "models",
-           "runs", "method", "note", "target"]
+COLUMNS = [
+    "paper",
+    "figure",
+    "claim",
+    "statistic",
+    "value",
+    "ci_low",
+    "ci_high",
+    "threshold",
+    "verdict",
+    "models",
+    "runs",
+    "method",
+    "note",
+    "target",
+]
 CNN = re.compile(r"resnet|bit|convnext|regnet|efficientnet|mobilenet|vgg|densenet|cnn", re.I)
 
 
@@ -50,6 +65,7 @@ def kind_of(model_name: str) -> str:
 class Need:
     """A run a claim reads: its analysis, the kind of its model ('vit', 'cnn' or None for any), and its table
     (default: the analysis' main table); the fields after `kind` are keyword-only."""
+
     analysis: str
     kind: str | None = None
     _: KW_ONLY
@@ -60,14 +76,18 @@ class Need:
 
     def describe(self) -> str:
         who = {"vit": "a ViT", "cnn": "a CNN"}.get(self.kind or "", "any model")
-        return (f"{self.analysis} run of {who}" + (f" named like /{self.name}/" if self.name else "")
-                + "".join(f" with {key}={value}" for key, value in self.config))
+        return (
+            f"{self.analysis} run of {who}"
+            + (f" named like /{self.name}/" if self.name else "")
+            + "".join(f" with {key}={value}" for key, value in self.config)
+        )
 
 
 @dataclass(frozen=True, kw_only=True)
 class Claim:
     """One finding of a paper figure, as a check. `statistic(t)` returns a float from `t.values(...)`; the claim
     holds when it is above (`direction='>'`) or below (`'<'`) `threshold` with 95% confidence."""
+
     paper: str
     figure: str
     text: str  # what the paper finds, in one sentence a reader can check
@@ -95,6 +115,7 @@ class Claim:
 @dataclass
 class Finding:
     """One evaluated claim: a row of findings.csv."""
+
     claim: Claim
     value: float = float("nan")
     ci_low: float = float("nan")
@@ -108,10 +129,22 @@ class Finding:
 
     def row(self) -> dict:
         c = self.claim
-        return {"paper": c.paper, "figure": c.figure, "claim": c.text, "statistic": c.statistic, "value": self.value,
-                "ci_low": self.ci_low, "ci_high": self.ci_high, "threshold": f"{c.direction} {c.threshold:g}",
-                "verdict": self.verdict, "models": "; ".join(self.models), "runs": "; ".join(self.runs),
-                "method": self.method, "note": self.note or c.caveat, "target": self.target}
+        return {
+            "paper": c.paper,
+            "figure": c.figure,
+            "claim": c.text,
+            "statistic": c.statistic,
+            "value": self.value,
+            "ci_low": self.ci_low,
+            "ci_high": self.ci_high,
+            "threshold": f"{c.direction} {c.threshold:g}",
+            "verdict": self.verdict,
+            "models": "; ".join(self.models),
+            "runs": "; ".join(self.runs),
+            "method": self.method,
+            "note": self.note or c.caveat,
+            "target": self.target,
+        }
 
     def summary(self) -> str:
         """'holds, 0.69 [0.66, 0.72] (> 0)' or 'missing: why'."""
@@ -121,12 +154,21 @@ class Finding:
 
 
 def _num(x: float) -> str:
-    return "nan" if not np.isfinite(x) else f"{x:.3g}" if abs(x) < 0.01 and x != 0 else f"{x:.2f}" if abs(x) < 100 else f"{x:.0f}"
+    return (
+        "nan"
+        if not np.isfinite(x)
+        else f"{x:.3g}"
+        if abs(x) < 0.01 and x != 0
+        else f"{x:.2f}"
+        if abs(x) < 100
+        else f"{x:.0f}"
+    )
 
 
 @dataclass
 class Table:
     """One role's table: the rows, the value column, its replicates (units x rows) or standard errors."""
+
     df: pd.DataFrame
     column: str
     reps: np.ndarray | None = None
@@ -188,7 +230,9 @@ class Tables:
                 try:
                     mask = np.asarray(df.eval(query, engine="python"), dtype=bool)
                 except Exception as err:  # a column the run's table lacks: the input is not there
-                    raise Missing(f"{role}: {query!r} cannot be read from its table ({str(err).splitlines()[0]})") from None
+                    raise Missing(
+                        f"{role}: {query!r} cannot be read from its table ({str(err).splitlines()[0]})"
+                    ) from None
                 idx = np.flatnonzero(mask)
             else:
                 idx = np.arange(len(df))
@@ -241,8 +285,10 @@ def estimate(claim: Claim, tables: dict[str, Table]) -> tuple[float, float, floa
     var, dof, methods = 0.0, np.inf, []
     if with_reps:
         first = tables[with_reps[0]]
-        paired = all(np.array_equal(tables[r].units, first.units) and np.array_equal(tables[r].strata, first.strata)
-                     for r in with_reps)
+        paired = all(
+            np.array_equal(tables[r].units, first.units) and np.array_equal(tables[r].strata, first.strata)
+            for r in with_reps
+        )
         groups = [with_reps] if paired else [[r] for r in with_reps]
         for group in groups:
             strata = tables[group[0]].strata
@@ -262,7 +308,7 @@ def estimate(claim: Claim, tables: dict[str, Table]) -> tuple[float, float, floa
         if tab.independent:
             sd = float(np.std(base[r][read[r]], ddof=1)) if len(read[r]) > 1 else float("nan")
             grads = [_derivative(claim, t, r, base[r], i) for i in read[r]]
-            var += float(np.sum(np.square(grads))) * sd ** 2
+            var += float(np.sum(np.square(grads))) * sd**2
             dof = min(dof, len(read[r]) - 1)
             methods.append(f"se over {len(read[r])} independent rows ({tab.column}: images or batches)")
             continue
@@ -289,10 +335,15 @@ def estimate(claim: Claim, tables: dict[str, Table]) -> tuple[float, float, floa
 
 def evaluate(claim: Claim, tables: dict[str, Table]) -> Finding:
     """The claim on these tables (role -> Table): value, 95% interval and verdict; `missing` when an input is."""
-    f = Finding(claim, runs=list(dict.fromkeys(t.run for t in tables.values())),
-                models=list(dict.fromkeys(t.model for t in tables.values())))
+    f = Finding(
+        claim,
+        runs=list(dict.fromkeys(t.run for t in tables.values())),
+        models=list(dict.fromkeys(t.model for t in tables.values())),
+    )
     try:
-        with np.errstate(invalid="ignore", divide="ignore"):  # a NaN or infinite cell gives a NaN statistic, judged below
+        with np.errstate(
+            invalid="ignore", divide="ignore"
+        ):  # a NaN or infinite cell gives a NaN statistic, judged below
             value, se, dof, f.method = estimate(claim, tables)
     except Missing as why:
         f.note = str(why)
@@ -312,14 +363,22 @@ def evaluate(claim: Claim, tables: dict[str, Table]) -> Finding:
 
 # ------------------------------------------------------------------ finding the runs a claim needs
 
+
 def model_name(run: dict) -> str:
-    return str(((run.get("models") or {}).get("model") or {}).get("name", run.get("config", {}).get("model", {}).get("name", "?")))
+    return str(
+        ((run.get("models") or {}).get("model") or {}).get(
+            "name", run.get("config", {}).get("model", {}).get("name", "?")
+        )
+    )
 
 
 def matches(run: dict, need: Need) -> bool:
-    return (run.get("analysis") == need.analysis and (need.kind is None or kind_of(model_name(run)) == need.kind)
-            and (need.name is None or re.search(need.name, model_name(run)) is not None)
-            and all(str(flatten(run.get("config", {})).get(key)) == value for key, value in need.config))
+    return (
+        run.get("analysis") == need.analysis
+        and (need.kind is None or kind_of(model_name(run)) == need.kind)
+        and (need.name is None or re.search(need.name, model_name(run)) is not None)
+        and all(str(flatten(run.get("config", {})).get(key)) == value for key, value in need.config)
+    )
 
 
 def resolve(claim: Claim, runs: list[dict], target: str = "", root: Path | None = None) -> list[Finding]:
@@ -329,7 +388,9 @@ def resolve(claim: Claim, runs: list[dict], target: str = "", root: Path | None 
     found = {r: [run for run in runs if matches(run, claim.needs[r])] for r in roles}
     absent = [r for r in roles if not found[r]]
     if absent:
-        f = Finding(claim, target=target, note="; ".join(f"no finished {claim.needs[r].describe()} ({r})" for r in absent))
+        f = Finding(
+            claim, target=target, note="; ".join(f"no finished {claim.needs[r].describe()} ({r})" for r in absent)
+        )
         return [f]
     out = []
     firsts = found[roles[0]]
@@ -348,7 +409,9 @@ def resolve(claim: Claim, runs: list[dict], target: str = "", root: Path | None 
                 tab.model = model_name(run).split(".")[0]
                 tables[r] = tab
         except Missing as why:
-            out.append(Finding(claim, target=target, note=str(why), runs=[_rel(Path(r["dir"]), root) for r in chosen.values()]))
+            out.append(
+                Finding(claim, target=target, note=str(why), runs=[_rel(Path(r["dir"]), root) for r in chosen.values()])
+            )
             continue
         f = evaluate(claim, tables)
         f.target = target

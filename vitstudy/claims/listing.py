@@ -1,9 +1,10 @@
 """docs/claims.md's list of claims, generated from the declarations (`python -m vitstudy.claims > docs/claims.md`;
 tests/test_claims.py fails when the file is stale)."""
+
 from __future__ import annotations
 
-from . import CLAIMS, TOUR
 from ..report.experiments import experiments, sort_key
+from . import CLAIMS, TOUR
 
 GUIDE = """# Claims: the papers' findings as checks
 
@@ -65,12 +66,19 @@ def _cell(text: str) -> str:
 def table() -> str:
     """One row per claim of every figure target, in the papers' order."""
     exps = experiments()
-    rows = ["| target | paper, figure | the paper finds | statistic | holds when | inputs |", "| --- | --- | --- | --- | --- | --- |"]
+    rows = [
+        "| target | paper, figure | the paper finds | statistic | holds when | inputs |",
+        "| --- | --- | --- | --- | --- | --- |",
+    ]
     for target in sorted(CLAIMS, key=sort_key):
         for c in CLAIMS[target]:
-            inputs = "; ".join(f"{role}: {n.describe()}" + (f" (`{n.table}`)" if n.table else "") for role, n in c.needs.items())
-            rows.append(f"| `{target}` | {_cell(c.paper)}, {_cell(c.figure)} | {_cell(c.text)} | {_cell(c.statistic)} | "
-                        f"`{c.direction} {c.threshold:g}` | {_cell(inputs)} |")
+            inputs = "; ".join(
+                f"{role}: {n.describe()}" + (f" (`{n.table}`)" if n.table else "") for role, n in c.needs.items()
+            )
+            rows.append(
+                f"| `{target}` | {_cell(c.paper)}, {_cell(c.figure)} | {_cell(c.text)} | {_cell(c.statistic)} | "
+                f"`{c.direction} {c.threshold:g}` | {_cell(inputs)} |"
+            )
     missing = [t for t in exps if t not in CLAIMS]
     if missing:
         rows.append("\nTargets without a claim yet: " + ", ".join(f"`{t}`" for t in missing) + ".")
@@ -79,10 +87,18 @@ def table() -> str:
 
 def tour_table() -> str:
     rows = ["| # | paper, figure | claim | target |", "| --- | --- | --- | --- |"]
-    rows += [f"| {i + 1} | {_cell(c.paper)}, {_cell(c.figure)} | {_cell(c.text)} | `{t}` |" for i, (t, c) in enumerate(TOUR)]
+    rows += [
+        f"| {i + 1} | {_cell(c.paper)}, {_cell(c.figure)} | {_cell(c.text)} | `{t}` |" for i, (t, c) in enumerate(TOUR)
+    ]
     return "\n".join(rows)
 
 
 def markdown() -> str:
-    return (GUIDE + "\n\n## Every claim, per figure target\n\n" + table()
-            + "\n\n## The tour's claims (on the bundled CIFAR-10 ViT and ResNet)\n\n" + tour_table() + "\n")
+    return (
+        GUIDE
+        + "\n\n## Every claim, per figure target\n\n"
+        + table()
+        + "\n\n## The tour's claims (on the bundled CIFAR-10 ViT and ResNet)\n\n"
+        + tour_table()
+        + "\n"
+    )

@@ -6,6 +6,7 @@ similarity_across tables, once per registered measure. Each measure's claims rea
 Asymmetric measures (x predicts y): Fig. 1 averages both directions between the lowest and the highest quarter;
 Fig. 2 reads the ViT's layers predicting the ResNet's (the rows whose model_x is the ViT, when the table holds both
 directions)."""
+
 from __future__ import annotations
 
 from dataclasses import replace
@@ -51,17 +52,32 @@ def for_measure(name: str) -> dict[str, Claim]:
         return Need(analysis, kind, config=where)
 
     def text(claim: Claim, statistic: str) -> dict:
-        return {"text": f"{claim.text} (measure: {label})", "statistic": statistic.replace("CKA", label),
-                "column": "value", "caveat": claim.caveat}
+        return {
+            "text": f"{claim.text} (measure: {label})",
+            "statistic": statistic.replace("CKA", label),
+            "column": "value",
+            "caveat": claim.caveat,
+        }
 
-    both = raghu.FIG1.statistic if cls.symmetric else raghu.FIG1.statistic.replace("layers,", "layers (both directions),")
-    fig1 = replace(raghu.FIG1, needs={"vit": need("similarity_within", "vit"), "cnn": need("similarity_within", "cnn")},
-                   compute=_fig1, **text(raghu.FIG1, both))
+    both = (
+        raghu.FIG1.statistic if cls.symmetric else raghu.FIG1.statistic.replace("layers,", "layers (both directions),")
+    )
+    fig1 = replace(
+        raghu.FIG1,
+        needs={"vit": need("similarity_within", "vit"), "cnn": need("similarity_within", "cnn")},
+        compute=_fig1,
+        **text(raghu.FIG1, both),
+    )
     across = {"across": need("similarity_across", "vit")}
-    lower = replace(raghu.FIG2_LOWER, needs=across, compute=_fig2_lower,
-                    **text(raghu.FIG2_LOWER, raghu.FIG2_LOWER.statistic + direction))
-    top = replace(raghu.FIG2_TOP, needs=across, compute=_fig2_top,
-                  **text(raghu.FIG2_TOP, raghu.FIG2_TOP.statistic + direction))
+    lower = replace(
+        raghu.FIG2_LOWER,
+        needs=across,
+        compute=_fig2_lower,
+        **text(raghu.FIG2_LOWER, raghu.FIG2_LOWER.statistic + direction),
+    )
+    top = replace(
+        raghu.FIG2_TOP, needs=across, compute=_fig2_top, **text(raghu.FIG2_TOP, raghu.FIG2_TOP.statistic + direction)
+    )
     return {"fig1": fig1, "fig2_lower": lower, "fig2_top": top}
 
 

@@ -1,6 +1,7 @@
 """Small building blocks the claims share: parts of a network by relative depth, model kinds in a table, and
 the group-wise means the statistics are made of. Each returns the rows to read; the values come through `Tables`
 so that the interval follows them."""
+
 from __future__ import annotations
 
 import math
@@ -58,5 +59,6 @@ def step_change(t: Tables, role: str, kind: str, query=None, log: bool = False) 
     steps = [v[i] - v[i - 1] for i in range(1, len(v)) if kinds[i] == kind]
     if not steps:
         from .core import Missing
+
         raise Missing(f"{role}: no latent of kind {kind} after another")
     return float(np.mean(steps))

@@ -13,6 +13,7 @@ A measure may offer both (linear CKA: minibatch HSIC, or biased CKA on the full 
 jackknife intervals, permutation nulls, resume, the feature cache and `vitstudy compare` (docs/measures.md).
 Importing this package imports every module in it, which registers its measures.
 """
+
 from __future__ import annotations
 
 import importlib
@@ -42,10 +43,16 @@ class Measure:
     label: ClassVar[str]  # axis and colour-bar label, e.g. "linear CKA"
     summary: ClassVar[str]  # one line for `vitstudy list`
     citation: ClassVar[str]  # the paper that defines it
-    range: ClassVar[tuple[float, float]]  # the values it can take: intervals are cut to it, figures use it as the colour range
-    invariances: ClassVar[tuple[str, ...]]  # keys of INVARIANCES that hold exactly (x side; both sides unless invariances_y)
+    range: ClassVar[
+        tuple[float, float]
+    ]  # the values it can take: intervals are cut to it, figures use it as the colour range
+    invariances: ClassVar[
+        tuple[str, ...]
+    ]  # keys of INVARIANCES that hold exactly (x side; both sides unless invariances_y)
     invariances_y: ClassVar[tuple[str, ...] | None] = None  # asymmetric measures: the y side's, when they differ
-    symmetric: ClassVar[bool] = True  # False: compare(x, y) != compare(y, x); tables hold both directions, x predicting y
+    symmetric: ClassVar[bool] = (
+        True  # False: compare(x, y) != compare(y, x); tables hold both directions, x predicting y
+    )
     streams: ClassVar[bool] = False  # True: `kernel` is defined and the value decomposes over minibatches (HSIC sums)
     full_set: ClassVar[bool] = True  # True: `prepare`/`compare` are defined (features of the whole image set)
 
@@ -97,8 +104,9 @@ def get(name: str, **params) -> Measure:
     valid = cls.parameters()
     for key in params:
         if key not in valid:
-            raise VitstudyError(f"measure {name} has no parameter '{key}'; its parameters: "
-                                f"{', '.join(valid) or 'none'}")
+            raise VitstudyError(
+                f"measure {name} has no parameter '{key}'; its parameters: {', '.join(valid) or 'none'}"
+            )
     return cls(**params)
 
 

@@ -7,6 +7,7 @@ CCA with d_x + d_y > n - 1 directions is ill-posed: the two subspaces of the (n-
 space then share at least d_x + d_y - (n-1) directions whatever the features, each a correlation of exactly 1;
 such a pair is refused in one line rather than reported as similar.
 """
+
 from __future__ import annotations
 
 from dataclasses import dataclass
@@ -54,9 +55,11 @@ def check_room(d: int, n: int, measure: str) -> None:
     before its coordinates (d x p, large for tokens=flatten) are computed."""
     if n >= 2 and d > n - 2:
         lower = ", or a lower analysis.variance" if measure == "svcca" else ""
-        raise VitstudyError(f"{measure}: a layer with {d} CCA directions fills the {n - 1} that {n} images span: "
-                            f"every canonical correlation would be 1; use more images (dataset.num_images), "
-                            f"tokens=mean{lower}")
+        raise VitstudyError(
+            f"{measure}: a layer with {d} CCA directions fills the {n - 1} that {n} images span: "
+            f"every canonical correlation would be 1; use more images (dataset.num_images), "
+            f"tokens=mean{lower}"
+        )
 
 
 def correlations(bx: Basis, by: Basis, measure: str) -> tuple[np.ndarray, np.ndarray]:
@@ -68,9 +71,11 @@ def correlations(bx: Basis, by: Basis, measure: str) -> tuple[np.ndarray, np.nda
         raise VitstudyError(f"{measure}: a layer's features are constant over the images; CCA is undefined")
     if dx + dy > n - 1:
         lower = ", or a lower analysis.variance" if measure == "svcca" else ""
-        raise VitstudyError(f"{measure}: {dx} + {dy} CCA directions need more than {dx + dy} images (have {n}): "
-                            f"correlations of 1 would come from the image count alone; use more images "
-                            f"(dataset.num_images), tokens=mean{lower}")
+        raise VitstudyError(
+            f"{measure}: {dx} + {dy} CCA directions need more than {dx + dy} images (have {n}): "
+            f"correlations of 1 would come from the image count alone; use more images "
+            f"(dataset.num_images), tokens=mean{lower}"
+        )
     left, rho, _ = np.linalg.svd(bx.u.T @ by.u, full_matrices=False)
     r = min(dx, dy)
     return np.clip(rho[:r], 0.0, 1.0), left[:, :r]
@@ -127,7 +132,9 @@ class PWCCA(Measure):
     name = "pwcca"
     label = "PWCCA"
     summary = "canonical correlations weighted by each variate's projection onto layer x's neurons (asymmetric)"
-    citation = "Morcos et al. 2018, Insights on representational similarity in neural networks with canonical correlation"
+    citation = (
+        "Morcos et al. 2018, Insights on representational similarity in neural networks with canonical correlation"
+    )
     range = (0.0, 1.0)
     invariances = ("isotropic_scaling", "permutation", "translation")
     invariances_y = tuple(INVARIANCES)  # y enters only through its column space

@@ -4,6 +4,7 @@ Both are CKA of two Gram matrices. Streaming, the engine U-centres each batch's 
 HSIC; on the full set, `prepare` keeps the centred Gram H K H and `compare` is the biased CKA, the cosine of two
 centred Grams (biased HSIC(K, L) ∝ <H K H, H L H>).
 """
+
 from __future__ import annotations
 
 import math

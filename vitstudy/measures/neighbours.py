@@ -6,6 +6,7 @@ highest cosine similarity, the image itself excluded, equal similarities ordered
 first, as a stable sort would); an all-zero feature row has similarity 0 to every image. Both keep only (n, k)
 arrays per layer, so a pair costs O(n k²) after a per-layer O(n² p) similarity pass (row blocks of 1,024 images).
 """
+
 from __future__ import annotations
 
 from dataclasses import dataclass
@@ -34,8 +35,9 @@ def neighbours(x: np.ndarray, k: int, measure: str) -> Neighbours:
     """
     n = x.shape[0]
     if k < 1 or k >= n:
-        raise VitstudyError(f"{measure}: k={k} needs 1 <= k < the number of images ({n}); "
-                            f"set analysis.k lower or use more images")
+        raise VitstudyError(
+            f"{measure}: k={k} needs 1 <= k < the number of images ({n}); set analysis.k lower or use more images"
+        )
     norms = np.linalg.norm(x, axis=1)
     norms = np.where(norms > 0, norms, 1.0)  # an all-zero row: cosine 0 to every image
     index = np.empty((n, k), dtype=np.int64)

@@ -1,4 +1,5 @@
 """Orthogonal Procrustes similarity (Ding et al. 2021; Williams et al. 2021): how far one layer is a rotation of another."""
+
 from __future__ import annotations
 
 from dataclasses import dataclass

@@ -1,4 +1,5 @@
 """Linear regression R²: how much of one layer a least-squares linear map (with intercept) from another explains."""
+
 from __future__ import annotations
 
 from dataclasses import dataclass

@@ -1,4 +1,5 @@
 """Representational similarity analysis (Kriegeskorte et al. 2008): do two layers order image pairs alike?"""
+
 from __future__ import annotations
 
 from dataclasses import dataclass

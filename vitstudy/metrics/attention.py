@@ -13,6 +13,7 @@ A_l the head-averaged attention of block l and r = 0.5. Across windows and stage
 block's input tokens nearest to it (its footprint: the merge's or pooling's own cells), so a stage change carries
 the rollout through that pooling matrix.
 """
+
 from __future__ import annotations
 
 import math
@@ -42,8 +43,9 @@ def distance_matrix(gh: int, gw: int, stride: tuple[float, float], num_prefix: i
     return d
 
 
-def window_distances(gh: int, gw: int, window: tuple[int, int], shift: tuple[int, int],
-                     stride: tuple[float, float]) -> torch.Tensor:
+def window_distances(
+    gh: int, gw: int, window: tuple[int, int], shift: tuple[int, int], stride: tuple[float, float]
+) -> torch.Tensor:
     """(windows, n, n) pixel distances inside each Swin window, in the original (unshifted) image frame.
 
     Swin rolls the feature map by -shift, partitions it into windows (row-major, tokens row-major inside a
@@ -214,7 +216,9 @@ def nearest_links(targets: torch.Tensor, inputs: torch.Tensor, prefix: int) -> L
     lonely = tv[torch.bincount(owner, minlength=nt)[tv] == 0]
     if len(lonely):
         src.append(lonely)
-        dst.append(iv[torch.cdist(targets[lonely], inputs[iv], compute_mode="donot_use_mm_for_euclid_dist").argmin(dim=1)])
+        dst.append(
+            iv[torch.cdist(targets[lonely], inputs[iv], compute_mode="donot_use_mm_for_euclid_dist").argmin(dim=1)]
+        )
     src.append(torch.arange(prefix))
     dst.append(torch.arange(prefix))
     src, dst = torch.cat(src), torch.cat(dst)

@@ -6,6 +6,7 @@ computed in the U-centred form HSIC₁(K, L) = <Ũ(K), Ũ(L)> / (n (n - 3)), whi
 Gram product (Ũ is unchanged by the shift in exact arithmetic, and a large common offset no longer
 swamps the signal); U-centring and every accumulator are float64.
 """
+
 from __future__ import annotations
 
 import torch
@@ -82,7 +83,9 @@ class MinibatchCKA:
         self.terms: dict[str, list[torch.Tensor]] = {"cross": [], "self_x": [], "self_y": []}
         if permutations and self.within:
             raise ValueError("permutation nulls need two models (cross terms only)")
-        self.null = torch.zeros(permutations, *self.cross.shape, dtype=torch.float64, device=device) if permutations else None
+        self.null = (
+            torch.zeros(permutations, *self.cross.shape, dtype=torch.float64, device=device) if permutations else None
+        )
 
     def update(self, ux: torch.Tensor, uy: torch.Tensor | None = None, perms: torch.Tensor | None = None) -> None:
         n2 = ux.shape[1]
@@ -126,10 +129,17 @@ class MinibatchCKA:
         def stacked(key):
             return torch.stack(self.terms[key]) if self.terms[key] else None
 
-        return {"cross": self.cross.cpu(), "self_x": self.self_x.cpu(),
-                "self_y": None if self.self_y is None else self.self_y.cpu(), "batches": self.batches, "unit": self.unit,
-                "cross_terms": stacked("cross"), "self_x_terms": stacked("self_x"), "self_y_terms": stacked("self_y"),
-                "null": None if self.null is None else self.null.cpu()}
+        return {
+            "cross": self.cross.cpu(),
+            "self_x": self.self_x.cpu(),
+            "self_y": None if self.self_y is None else self.self_y.cpu(),
+            "batches": self.batches,
+            "unit": self.unit,
+            "cross_terms": stacked("cross"),
+            "self_x_terms": stacked("self_x"),
+            "self_y_terms": stacked("self_y"),
+            "null": None if self.null is None else self.null.cpu(),
+        }
 
     def load_state_dict(self, state: dict) -> None:
         device = self.cross.device
@@ -139,8 +149,10 @@ class MinibatchCKA:
         if self.batches and not state.get("unit"):
             raise ValueError("the checkpoint predates the batch weights")
         self.unit = state.get("unit")
-        self.terms = {k: [] if state.get(f"{k}_terms") is None else list(state[f"{k}_terms"].unbind(0))
-                      for k in ("cross", "self_x", "self_y")}
+        self.terms = {
+            k: [] if state.get(f"{k}_terms") is None else list(state[f"{k}_terms"].unbind(0))
+            for k in ("cross", "self_x", "self_y")
+        }
         if len(self.terms["cross"]) != self.batches:
             raise ValueError("the checkpoint does not hold every batch's HSIC terms")
         if self.null is not None:
@@ -183,7 +195,9 @@ class FullSetCKA:
 
     def add(self, side: str, index: int, feats: torch.Tensor) -> None:
         # a copy: kept past the hook, the live tensor may still change in place (ReLU(inplace), `x += shortcut`)
-        (self.xs if side == "x" else self.ys)[index].append(feats.reshape(feats.shape[0], -1).to("cpu", torch.float32, copy=True))
+        (self.xs if side == "x" else self.ys)[index].append(
+            feats.reshape(feats.shape[0], -1).to("cpu", torch.float32, copy=True)
+        )
 
     def result(self) -> torch.Tensor:
         def centred(parts):

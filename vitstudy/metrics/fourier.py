@@ -2,6 +2,7 @@
 band-passed noise. Definitions follow the official code (xxxnell/how-do-vits-work, `fourier_analysis.ipynb`,
 `featuremap_variance.ipynb`, `ops/adversarial.py`); see docs/methods.md#fourier.
 """
+
 from __future__ import annotations
 
 import torch
@@ -20,9 +21,11 @@ def half_diagonal(h: int, w: int) -> tuple[torch.Tensor, torch.Tensor]:
     refused in one line.
     """
     if min(h, w) <= h // 2:
-        raise VitstudyError(f"a {h}x{w} feature map has no diagonal from the zero frequency outward (the Fourier "
-                            f"analysis needs about as many columns as rows): this layer is probably not laid out as one "
-                            f"spatial grid (windowed or blocked tokens are not); choose other layers")
+        raise VitstudyError(
+            f"a {h}x{w} feature map has no diagonal from the zero frequency outward (the Fourier "
+            f"analysis needs about as many columns as rows): this layer is probably not laid out as one "
+            f"spatial grid (windowed or blocked tokens are not); choose other layers"
+        )
     i = torch.arange(h // 2, min(h, w))
     return (i - h // 2) % h, (i - w // 2) % w
 
@@ -89,6 +92,7 @@ def band_mask(h: int, w: int, f: float, s: float) -> torch.Tensor:
     `f` (centre) and `s` (half-width) are in units of π. The outer square has side 2·int((f+s)·n/2), the
     inner 2·int((f−s)·n/2), per axis of length n (the official code uses radians: int((f+s)·n/(2π))·2).
     """
+
     def side(x: float, n: int) -> int:
         return int(round(x * n / 2, 9)) * 2  # round off float noise before truncating, e.g. 3.9999999 -> 4
 
@@ -112,4 +116,3 @@ def band_pass(noise: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
 def sign_noise(shape, eps: float, generator: torch.Generator, device) -> torch.Tensor:
     """δ = ε·sign(N(0, 1)), as `ops/adversarial.Random`."""
     return eps * torch.randn(shape, generator=generator, device=device).sign()
-

@@ -2,6 +2,7 @@
 Hessian eigenvalues by power iteration with deflation (as PyHessian), and filter-normalised random
 directions (Li et al. 2018, as Park & Kim's `ops/loss_landscapes.py`). Pure tensor math: no files, no data sets.
 """
+
 from __future__ import annotations
 
 from typing import Callable, Sequence
@@ -30,8 +31,14 @@ def hvp_fn(loss: torch.Tensor, params: Sequence[torch.Tensor]) -> Callable[[Sequ
     return hvp
 
 
-def top_eigenvalues(hvp: Callable, like: Sequence[torch.Tensor], k: int = 5, max_iter: int = 100, tol: float = 1e-3,
-                    generator: torch.Generator | None = None) -> tuple[list[float], list[int]]:
+def top_eigenvalues(
+    hvp: Callable,
+    like: Sequence[torch.Tensor],
+    k: int = 5,
+    max_iter: int = 100,
+    tol: float = 1e-3,
+    generator: torch.Generator | None = None,
+) -> tuple[list[float], list[int]]:
     """The k eigenvalues of largest magnitude by power iteration, each started from a Gaussian vector and
     kept orthogonal to the eigenvectors already found (PyHessian's `eigenvalues`). Stops when the relative
     change of the Rayleigh quotient is below `tol`. Returns (eigenvalues, iterations used per eigenvalue)."""
@@ -64,12 +71,15 @@ def filter_normalise(direction: torch.Tensor, weight: torch.Tensor, eps: float =
     """d * ‖w‖ / (‖d‖ + eps) with norms over dim 0 (keepdim), as the official `normalize_filter`: every slice
     d[:, j, ...] gets the norm of w[:, j, ...]."""
     w, d = weight.double(), direction.double()
-    out = torch.linalg.vector_norm(w, dim=0, keepdim=True) / (torch.linalg.vector_norm(d, dim=0, keepdim=True) + eps) * d
+    out = (
+        torch.linalg.vector_norm(w, dim=0, keepdim=True) / (torch.linalg.vector_norm(d, dim=0, keepdim=True) + eps) * d
+    )
     return out.to(direction.dtype)
 
 
-def random_direction(named: Sequence[tuple[str, torch.Tensor]], generator: torch.Generator | None = None,
-                     skip: Sequence[str] = SKIP_KEYS) -> Vec:
+def random_direction(
+    named: Sequence[tuple[str, torch.Tensor]], generator: torch.Generator | None = None, skip: Sequence[str] = SKIP_KEYS
+) -> Vec:
     """A Gaussian direction over all parameters, filter-normalised; zero for tensors with fewer than 2
     dimensions (biases, norm affine) and for names containing any of `skip` (position embeddings)."""
     out = []

@@ -6,6 +6,7 @@ The bias is not penalised (features and targets are centred with their train mea
 is relative: λ = alpha · tr(C) / D for the centred covariance C, so one grid suits every layer's scale.
 One eigendecomposition per probe serves the whole alpha grid.
 """
+
 from __future__ import annotations
 
 import torch

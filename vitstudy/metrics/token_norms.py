@@ -10,6 +10,7 @@ side is the minority, and two Gaussians fit the counts better than one by the Ba
 against 3.6 sd), one cut off at a lone tail token fails the last, and so does a heavy but unimodal upper tail
 (a Student t with 3 degrees of freedom: separation 1.8; the bundled CIFAR-10 ViT's late blocks: 2.5-2.9).
 """
+
 from __future__ import annotations
 
 from dataclasses import dataclass
@@ -52,7 +53,9 @@ class Split:
     threshold: float  # the norm at the cut: that bin's lower edge (NaN when not bimodal)
     separation: float  # (mean_hi - mean_lo) / (sd_lo + sd_hi) of log10 norms at the minimum-error cut (NaN: no cut)
     high_share: float  # share of the counts above the cut (0 when not bimodal)
-    bic_gain: float = float("nan")  # 2 (log-likelihood of two Gaussians - of one) - 3 ln n at the cut (> 0: two fit better)
+    bic_gain: float = float(
+        "nan"
+    )  # 2 (log-likelihood of two Gaussians - of one) - 3 ln n at the cut (> 0: two fit better)
 
 
 MIN_SEPARATION = 3.0
@@ -89,9 +92,16 @@ def minimum_error_cut(counts: np.ndarray, centres: np.ndarray, width: float) -> 
     _, k, separation, p2 = best
     lo, hi = counts[:k], counts[k:]
     m1, m2, m = ((c * x).sum() / c.sum() for c, x in ((lo, centres[:k]), (hi, centres[k:]), (counts, centres)))
-    v1, v2, v = ((c * (x - mu) ** 2).sum() / c.sum() + width**2 / 12
-                 for c, x, mu in ((lo, centres[:k], m1), (hi, centres[k:], m2), (counts, centres, m)))
-    two = _loglik(lo, centres[:k], m1, v1) + _loglik(hi, centres[k:], m2, v2) + lo.sum() * np.log(1 - p2) + hi.sum() * np.log(p2)
+    v1, v2, v = (
+        (c * (x - mu) ** 2).sum() / c.sum() + width**2 / 12
+        for c, x, mu in ((lo, centres[:k], m1), (hi, centres[k:], m2), (counts, centres, m))
+    )
+    two = (
+        _loglik(lo, centres[:k], m1, v1)
+        + _loglik(hi, centres[k:], m2, v2)
+        + lo.sum() * np.log(1 - p2)
+        + hi.sum() * np.log(p2)
+    )
     gain = 2 * (two - _loglik(counts, centres, m, v)) - 3 * np.log(total)
     return k, float(separation), float(p2), float(gain)
 

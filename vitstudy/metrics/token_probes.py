@@ -1,5 +1,6 @@
 """Linear probes of single tokens (Darcet et al. 2024, Table 1): which patch tokens to keep per image and a closed-form
 ridge probe (vitstudy.metrics.ridge) fitted on the tokens of train images and scored on those of test images."""
+
 from __future__ import annotations
 
 from dataclasses import dataclass
@@ -17,7 +18,9 @@ def pick(high: torch.Tensor, per_image: int, generator: torch.Generator) -> tupl
     keys = torch.rand(b, n, generator=generator).to(high.device)
     out = []
     for group in (high, ~high):
-        order = torch.argsort(torch.where(group, keys, keys + 2.0), dim=1)[:, :per_image]  # the group's first, random order
+        order = torch.argsort(torch.where(group, keys, keys + 2.0), dim=1)[
+            :, :per_image
+        ]  # the group's first, random order
         ok = torch.gather(group, 1, order)
         out.append(torch.where(ok, order, torch.full_like(order, -1)))
     return out[0], out[1]
@@ -32,12 +35,15 @@ class ProbeScore:
     num_train: int
 
 
-def ridge_accuracy(x_train: np.ndarray, y_train: np.ndarray, x_test: np.ndarray, y_test: np.ndarray,
-                   alpha: float) -> ProbeScore:
+def ridge_accuracy(
+    x_train: np.ndarray, y_train: np.ndarray, x_test: np.ndarray, y_test: np.ndarray, alpha: float
+) -> ProbeScore:
     """Ridge regression to {-1, 1} one-hot targets over the train labels' classes (λ = alpha · tr(C) / D, bias free),
     predicted class = argmax; a test label absent from train counts as wrong."""
     classes = np.unique(y_train)
     acc = RidgeAccumulator(1, x_train.shape[1], len(classes))
-    acc.update(torch.as_tensor(x_train, dtype=torch.float64)[:, None], torch.as_tensor(np.searchsorted(classes, y_train)))
+    acc.update(
+        torch.as_tensor(x_train, dtype=torch.float64)[:, None], torch.as_tensor(np.searchsorted(classes, y_train))
+    )
     pred = acc.solve([alpha]).predict(torch.as_tensor(x_test, dtype=torch.float64)[:, None])[0, :, 0].numpy()
     return ProbeScore(int((classes[pred] == y_test).sum()), len(y_test), len(y_train))

@@ -13,6 +13,7 @@ Conventions (every table of vitstudy): a value column `v` comes with `v_se` (sta
 - `wilson`: a proportion k/n (accuracy, agreement) with the Wilson score interval; se = sqrt(p (1 - p) / n).
 - `paired_se_images`: the difference of two values measured on the same images, from the per-image differences.
 """
+
 from __future__ import annotations
 
 import math
@@ -26,15 +27,16 @@ FEW_UNITS = 10  # a jackknife from fewer batches gives an se with few degrees of
 
 METHODS = {
     "jackknife_batches": "delete-one-batch jackknife of the statistic (a smooth function of sums over minibatches); "
-                         "interval: estimate +- t(units - strata) * se, cut to the measure's range; repeats are strata",
+    "interval: estimate +- t(units - strata) * se, cut to the measure's range; repeats are strata",
     "se_images": "standard error of the mean over images (sd / sqrt(n)); interval: mean +- t(n - 1) * se",
     "wilson": "binomial proportion over images: se = sqrt(p(1 - p)/n), Wilson score interval",
     "paired_se_images": "difference of two proportions on the same images: se of the per-image differences; "
-                        "interval: difference +- t(n - 1) * se",
+    "interval: difference +- t(n - 1) * se",
 }
 
 
 # ------------------------------------------------------------------ quantiles
+
 
 def _betacf(a: float, b: float, x: float) -> float:
     """Continued fraction of the regularised incomplete beta function (modified Lentz; Numerical Recipes 6.4)."""
@@ -131,6 +133,7 @@ def clip_interval(estimate, low, high, lower: float, upper: float) -> tuple[np.n
 
 # ------------------------------------------------------------------ jackknife
 
+
 def jackknife_se(replicates: np.ndarray, strata: Sequence[int] | None = None) -> np.ndarray:
     """Delete-one jackknife standard error from leave-one-unit-out replicates (units first).
 
@@ -188,6 +191,7 @@ def combine_repeats(estimates: Sequence[np.ndarray], replicates: Sequence[np.nda
 
 
 # ------------------------------------------------------------------ means and proportions over images
+
 
 def mean_se(s1, s2, n):
     """(mean, se) over n images from Σx and Σx² (float64); se NaN for n < 2."""
@@ -253,8 +257,10 @@ def unit_ids(batches: Sequence[Sequence[int]]) -> np.ndarray:
     """A stable 63-bit id per batch from its image indices, so that two runs can be checked to share their units."""
     import hashlib
 
-    out = [int.from_bytes(hashlib.sha256(np.asarray(b, dtype=np.int64).tobytes()).digest()[:8], "little") >> 1
-           for b in batches]
+    out = [
+        int.from_bytes(hashlib.sha256(np.asarray(b, dtype=np.int64).tobytes()).digest()[:8], "little") >> 1
+        for b in batches
+    ]
     return np.asarray(out, dtype=np.int64)
 
 
@@ -264,6 +270,7 @@ def null_seed(*keys: int) -> int:
 
 
 # ------------------------------------------------------------------ permutation null
+
 
 def permutation_pvalue(observed, null) -> np.ndarray:
     """One-sided permutation p-value (1 + #{null_k >= observed}) / (K + 1) (Phipson & Smyth 2010); null: (K, ...)."""

@@ -7,6 +7,7 @@ part of the key; the device is not: a result computed on a GPU is served to a CP
 rounding), and the run says so (`other_device`, `served_on` in run.json). A rerun of a finished job copies the
 finished outputs instead of recomputing; a killed job continues from its last reducer checkpoint, written atomically.
 """
+
 from __future__ import annotations
 
 import hashlib
@@ -21,7 +22,6 @@ from omegaconf import OmegaConf
 
 from ..config import flatten, is_neutral
 from .results import RECORD, atomic_path, write_json
-
 
 
 def file_sha256(path: str) -> str:
@@ -82,17 +82,22 @@ def other_device(record: dict, device: torch.device) -> str | None:
     def show(d, gpu):
         return f"{d} ({gpu})" if gpu else str(d)
 
-    return (f"the cached result was computed on {show(record.get('device', 'an unrecorded device'), record.get('gpu'))}, "
-            f"this run is on {show(here['device'], here.get('gpu'))}: numbers may differ at float32 rounding "
-            f"(force=true recomputes)")
+    return (
+        f"the cached result was computed on {show(record.get('device', 'an unrecorded device'), record.get('gpu'))}, "
+        f"this run is on {show(here['device'], here.get('gpu'))}: numbers may differ at float32 rounding "
+        f"(force=true recomputes)"
+    )
 
 
 def run_key(cfg, nodes: dict) -> str:
     """A short hash of everything that determines a run's result: the config (less how and where it runs, and
     the model nodes the analysis does not use) and the weights of every model it declares (`nodes`)."""
     flat = flatten(OmegaConf.to_container(cfg, resolve=True))
-    conf = {k: v for k, v in flat.items() if not is_neutral(k)
-            and not is_neutral(k, tuple(key for key in ("model", "reference") if key not in nodes))}  # e.g. cka_within: no reference
+    conf = {
+        k: v
+        for k, v in flat.items()
+        if not is_neutral(k) and not is_neutral(k, tuple(key for key in ("model", "reference") if key not in nodes))
+    }  # e.g. cka_within: no reference
     weights = {key: weights_id(node) for key, node in nodes.items()}
     from .._version import __version__
 
@@ -151,8 +156,9 @@ class Cache:
             from ..runtime import device_info
 
             served = device_info(torch.device(device))
-            record.update(served_on={k: v for k, v in served.items() if k != "threads"},
-                          other_device=other_device(record, device))
+            record.update(
+                served_on={k: v for k, v in served.items() if k != "threads"}, other_device=other_device(record, device)
+            )
         out_dir.mkdir(parents=True, exist_ok=True)
         written = []
         for name in record.get("outputs", []):

@@ -3,6 +3,7 @@
 Data sets yield `(PIL RGB image, label)`; the loader applies every model's own eval transform to the
 same image, so two models in one run can differ in resolution and normalisation.
 """
+
 from __future__ import annotations
 
 import os
@@ -32,7 +33,9 @@ class SyntheticImages(Dataset):
 
     def __init__(self, size: int = 50000, image_size: int = 224, num_classes: int = 10, seed: int = 0):
         if not 1 <= num_classes <= len(SHAPES):
-            raise VitstudyError(f"dataset.num_classes must be between 1 and {len(SHAPES)} for synthetic images, got {num_classes}")
+            raise VitstudyError(
+                f"dataset.num_classes must be between 1 and {len(SHAPES)} for synthetic images, got {num_classes}"
+            )
         if image_size < 8:
             raise VitstudyError(f"dataset.image_size must be at least 8 pixels, got {image_size}")
         self.size, self.image_size, self.num_classes, self.seed = size, image_size, num_classes, seed
@@ -115,7 +118,9 @@ class ImageFiles(Dataset):
 
     def __init__(self, root: str):
         if not root or not os.path.isdir(root):
-            raise VitstudyError(f"dataset root not found: {root!r}; set dataset.root=/path/to/images (class subfolders or a flat folder)")
+            raise VitstudyError(
+                f"dataset root not found: {root!r}; set dataset.root=/path/to/images (class subfolders or a flat folder)"
+            )
         self.root = root
         subdirs = sorted(d.name for d in os.scandir(root) if d.is_dir() and not d.name.startswith("."))
         files: list[tuple[str, int]] = []
@@ -124,7 +129,9 @@ class ImageFiles(Dataset):
             self.classes = subdirs
             for label, d in enumerate(subdirs):
                 for dirpath, _, names in sorted(os.walk(os.path.join(root, d))):
-                    files += [(os.path.join(dirpath, f), label) for f in sorted(names) if f.lower().endswith(IMAGE_EXTENSIONS)]
+                    files += [
+                        (os.path.join(dirpath, f), label) for f in sorted(names) if f.lower().endswith(IMAGE_EXTENSIONS)
+                    ]
         else:
             self.classes = []
             files = [(p, -1) for p in flat]
@@ -147,8 +154,10 @@ class ImageFiles(Dataset):
                 bad.append((self.samples[i][0], err))
         if bad:
             path, err = bad[0]
-            raise VitstudyError(f"cannot read image {path}: {type(err).__name__}: {str(err).splitlines()[0] if str(err) else ''}"
-                                f" ({len(bad)} of {len(picks)} files checked under {self.root} are unreadable)")
+            raise VitstudyError(
+                f"cannot read image {path}: {type(err).__name__}: {str(err).splitlines()[0] if str(err) else ''}"
+                f" ({len(bad)} of {len(picks)} files checked under {self.root} are unreadable)"
+            )
 
     def __len__(self) -> int:
         return len(self.samples)
@@ -210,24 +219,32 @@ def build_dataset(cfg, split: str | None = None) -> Dataset:
         return SyntheticImages(cfg.size, cfg.image_size, cfg.num_classes, cfg.seed)
     if cfg.name == "cifar10_sample":  # bundled: 1,000 CIFAR-10 test JPEGs, 100 per class
         if split not in (None, "test"):
-            raise VitstudyError("dataset=cifar10_sample is 1,000 CIFAR-10 test images, too few to train on; "
-                                "train with dataset=cifar10 or dataset=imagefolder dataset.root=DIR")
+            raise VitstudyError(
+                "dataset=cifar10_sample is 1,000 CIFAR-10 test images, too few to train on; "
+                "train with dataset=cifar10 or dataset=imagefolder dataset.root=DIR"
+            )
         return ImageFiles(str(CIFAR10_SAMPLE))
     if cfg.name == "imagefolder":
         if split is None:
             return ImageFiles(cfg.root)
         if not cfg.root or not os.path.isdir(cfg.root):
-            raise VitstudyError(f"dataset root not found: {cfg.root!r}; set dataset.root=DIR holding {split}/ class folders")
+            raise VitstudyError(
+                f"dataset root not found: {cfg.root!r}; set dataset.root=DIR holding {split}/ class folders"
+            )
         path = os.path.join(cfg.root, split)
         if not os.path.isdir(path) and split == "test" and os.path.isdir(os.path.join(cfg.root, "val")):
             path = os.path.join(cfg.root, "val")
         if not os.path.isdir(path):
-            raise VitstudyError(f"{cfg.root} has no {split}/ folder of class subfolders (set the split's folder name, "
-                                f"e.g. dataset.train_split / dataset.val_split for training)")
+            raise VitstudyError(
+                f"{cfg.root} has no {split}/ folder of class subfolders (set the split's folder name, "
+                f"e.g. dataset.train_split / dataset.val_split for training)"
+            )
         return ImageFiles(path)
     if cfg.name in TORCHVISION:
         return TorchvisionImages(cfg.name, cfg.root, split or cfg.split, cfg.download)
-    raise VitstudyError(f"unknown dataset '{cfg.name}'; valid: synthetic, cifar10_sample, imagefolder, {', '.join(TORCHVISION)}")
+    raise VitstudyError(
+        f"unknown dataset '{cfg.name}'; valid: synthetic, cifar10_sample, imagefolder, {', '.join(TORCHVISION)}"
+    )
 
 
 def labels(ds: Dataset, indices=None) -> np.ndarray:
@@ -238,16 +255,22 @@ def labels(ds: Dataset, indices=None) -> np.ndarray:
     if isinstance(ds, TorchvisionImages) and hasattr(ds.ds, "targets"):
         return np.asarray(ds.ds.targets)[list(indices)]
     if isinstance(ds, SyntheticImages):  # the label is the first draw of image i's generator
-        return np.array([int(np.random.default_rng([ds.seed, i]).integers(ds.num_classes)) for i in indices], dtype=np.int64)
+        return np.array(
+            [int(np.random.default_rng([ds.seed, i]).integers(ds.num_classes)) for i in indices], dtype=np.int64
+        )
     return np.array([ds[i][1] for i in indices], dtype=np.int64)
 
 
 def sample_indices(total: int, num_images: int, seed: int) -> list[int]:
     """`num_images` distinct indices drawn with `seed` (without replacement)."""
     if num_images < MIN_BATCH:
-        raise VitstudyError(f"dataset.num_images={num_images} is too few: CKA's unbiased estimator needs at least {MIN_BATCH} images")
+        raise VitstudyError(
+            f"dataset.num_images={num_images} is too few: CKA's unbiased estimator needs at least {MIN_BATCH} images"
+        )
     if num_images > total:
-        raise VitstudyError(f"dataset.num_images={num_images} is larger than the data set ({total} images); use at most {total}")
+        raise VitstudyError(
+            f"dataset.num_images={num_images} is larger than the data set ({total} images); use at most {total}"
+        )
     rng = np.random.default_rng(seed)
     return rng.choice(total, size=num_images, replace=False).tolist()
 
@@ -266,7 +289,9 @@ class Batching:
 def make_batches(indices: Sequence[int], batch_size: int, tail: str = "fold") -> Batching:
     """Consecutive batches of `batch_size`; a last batch under 4 images is folded into the previous one or dropped."""
     if batch_size < MIN_BATCH:
-        raise VitstudyError(f"dataset.batch_size={batch_size} is too small: every batch needs at least {MIN_BATCH} images")
+        raise VitstudyError(
+            f"dataset.batch_size={batch_size} is too small: every batch needs at least {MIN_BATCH} images"
+        )
     if tail not in ("fold", "drop"):
         raise VitstudyError(f"cka.tail must be 'fold' or 'drop', got {tail!r}")
     batches = [list(indices[i : i + batch_size]) for i in range(0, len(indices), batch_size)]
@@ -311,5 +336,13 @@ def describe(base: Dataset) -> str:
     return f"{type(base).__name__} with {n} images" + (f" in {len(classes)} classes" if classes else "")
 
 
-__all__ = ["SyntheticImages", "ImageFiles", "TorchvisionImages", "build_dataset", "labels", "sample_indices", "make_batches",
-           "loader"]
+__all__ = [
+    "SyntheticImages",
+    "ImageFiles",
+    "TorchvisionImages",
+    "build_dataset",
+    "labels",
+    "sample_indices",
+    "make_batches",
+    "loader",
+]

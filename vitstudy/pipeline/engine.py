@@ -5,6 +5,7 @@ is told when a batch is complete. Everything runs under `torch.inference_mode()`
 off whatever the forward precision. A model's forward stops once its last tapped layer has been captured,
 unless the reducer needs the model's outputs (`Reducer.needs_outputs`): layers after it cost nothing.
 """
+
 from __future__ import annotations
 
 from contextlib import nullcontext

@@ -8,6 +8,7 @@ the device: its type and GPU model) — a bf16 run's activations are never serve
 recently used files are deleted beyond the size limit. Used by the CKA analyses (their reducers only need the
 tapped tensors). docs/caching.md says what each cache keys on and why.
 """
+
 from __future__ import annotations
 
 import hashlib
@@ -24,9 +25,15 @@ from .results import atomic_path
 DATASET_KEYS = ("name", "root", "split", "seed", "image_size", "num_classes", "size")
 
 
-KEYED_ON = ("model name", "architecture (module repr)", "every parameter and buffer", "eval transform and data config",
-            "data set identity (" + ", ".join(DATASET_KEYS) + ")", "forward precision (tf32 counts as fp32 off CUDA)",
-            "device type and GPU model")
+KEYED_ON = (
+    "model name",
+    "architecture (module repr)",
+    "every parameter and buffer",
+    "eval transform and data config",
+    "data set identity (" + ", ".join(DATASET_KEYS) + ")",
+    "forward precision (tf32 counts as fp32 off CUDA)",
+    "device type and GPU model",
+)
 
 
 def forward_identity(precision: str, device) -> dict[str, str]:
@@ -66,8 +73,13 @@ class FeatureCache:
 
     def describe(self) -> dict:
         """For run.json: what the namespaces key on, this run's forward, and how many batches were served."""
-        return {"dir": str(self.root), "keyed_on": list(KEYED_ON), "forward": self.forward,
-                "batches_served": self.served, "batches_computed": self.computed}
+        return {
+            "dir": str(self.root),
+            "keyed_on": list(KEYED_ON),
+            "forward": self.forward,
+            "batches_served": self.served,
+            "batches_computed": self.computed,
+        }
 
     def get(self, namespace: str, indices: Sequence[int], names: Sequence[str]) -> dict[str, torch.Tensor] | None:
         """The stacked tensors of `names` for these images, or None unless every one is cached."""

@@ -6,6 +6,7 @@ A layer name is the model's own module path (`blocks.3`, `layer2.1.conv2`; `NAME
 probe: modules that run more than once, return no tensor, or return the very tensor another listed layer
 returns (an activation that is also the block output) are dropped.
 """
+
 from __future__ import annotations
 
 import re
@@ -14,7 +15,8 @@ from typing import Sequence
 import torch
 from torch import nn
 
-from ..anatomy import families, latents, tokens as anatomy_tokens
+from ..anatomy import families, latents
+from ..anatomy import tokens as anatomy_tokens
 from ..anatomy.blocks import _CONV
 from ..anatomy.layer import INPUT, Layer, parse
 from ..errors import VitstudyError, closest
@@ -38,7 +40,9 @@ def select(model: nn.Module, spec) -> tuple[list[str], bool]:
     if isinstance(spec, str) and spec in PRESETS:
         names = PRESETS[spec](model)
         if not names:
-            raise VitstudyError(f"found no residual blocks in {type(model).__name__}; give module names, e.g. layers=[{', '.join(available[:3])}]")
+            raise VitstudyError(
+                f"found no residual blocks in {type(model).__name__}; give module names, e.g. layers=[{', '.join(available[:3])}]"
+            )
         return names, False
     specs = [spec] if isinstance(spec, str) else list(spec)
     names: list[str] = []
@@ -117,8 +121,10 @@ def probe(model: nn.Module, names: list[str], input_size, keep_order: bool) -> l
         elif len(values) > 1:
             problem = f"runs {len(values)} times per forward pass"
         elif isinstance(values[0], (tuple, list)) and any(isinstance(v, torch.Tensor) for v in values[0]):
-            problem = (f"returns a {type(values[0]).__name__} of {len(values[0])}, not a batch tensor; "
-                       f"pick one element with '{n}[i]'")
+            problem = (
+                f"returns a {type(values[0]).__name__} of {len(values[0])}, not a batch tensor; "
+                f"pick one element with '{n}[i]'"
+            )
         elif not isinstance(values[0], torch.Tensor) or values[0].dim() < 2:
             problem = f"returns {type(values[0]).__name__}, not a batch tensor"
         elif values[0].shape[0] != 2:
@@ -131,13 +137,26 @@ def probe(model: nn.Module, names: list[str], input_size, keep_order: bool) -> l
         path, is_input, index = parse(n)
         blocks = anatomy_tokens.nested_blocks(model, path, tuple(t.shape[1:]))
         if blocks:  # NesT: the (H, W, C) map its nested blocks were cut from
-            shape, layout = tuple(Layer(n, path, is_input, (), "NHWC", index, None, blocks).unblocked(t).shape[1:]), "NHWC"
+            shape, layout = (
+                tuple(Layer(n, path, is_input, (), "NHWC", index, None, blocks).unblocked(t).shape[1:]),
+                "NHWC",
+            )
         else:
             shape = tuple(t.shape[1:])
             layout = _layout(modules[path], shape, model, tuple(input_size[-2:]))
         grid = anatomy_tokens.infer_grid(model, shape[0], tuple(input_size[-2:])) if layout == "NLC" else None
-        layers.append(Layer(name=n, module=path, is_input=is_input, shape=shape, layout=layout, index=index, grid=grid,
-                            blocks=blocks))
+        layers.append(
+            Layer(
+                name=n,
+                module=path,
+                is_input=is_input,
+                shape=shape,
+                layout=layout,
+                index=index,
+                grid=grid,
+                blocks=blocks,
+            )
+        )
         kept_tensors.append(t)
     if not keep_order:  # drop a layer whose tensor is the same object as a later one (e.g. act3 == block output)
         unique = []
@@ -170,11 +189,15 @@ def features(x: torch.Tensor, layer: Layer, tokens: str, model: nn.Module) -> to
         prefix = anatomy_tokens.prefix_of(model, layer, x.shape[1])
         if tokens == "cls":
             if not (anatomy_tokens.has_cls(model) and prefix):
-                raise VitstudyError(f"layer '{layer.name}' has no CLS token (the model has none); use tokens=mean or tokens=flatten")
+                raise VitstudyError(
+                    f"layer '{layer.name}' has no CLS token (the model has none); use tokens=mean or tokens=flatten"
+                )
             return x[:, 0]
         return x[:, prefix:].mean(1)
     if tokens == "cls":
-        raise VitstudyError(f"layer '{layer.name}' is a {layer.layout} feature map with no CLS token; use tokens=mean or tokens=flatten")
+        raise VitstudyError(
+            f"layer '{layer.name}' is a {layer.layout} feature map with no CLS token; use tokens=mean or tokens=flatten"
+        )
     dims = (1, 2) if layer.layout == "NHWC" else (2, 3)
     return x.mean(dim=dims)
 

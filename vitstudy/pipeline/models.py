@@ -1,4 +1,5 @@
 """Build timm models: pretrained weights, local checkpoints (never executing code from them), eval mode."""
+
 from __future__ import annotations
 
 import logging
@@ -11,9 +12,9 @@ from typing import Any, Mapping
 import timm
 import torch
 
-from ..zoo import alternet, cifar as cifar_models  # noqa: F401  (alternet, cifar_models: register vitstudy's own models with timm)
-from . import preprocess
 from ..errors import VitstudyError, closest
+from ..zoo import alternet  # noqa: F401  (alternet, cifar_models: register vitstudy's own models with timm)
+from . import preprocess
 
 
 @dataclass(kw_only=True)
@@ -29,7 +30,9 @@ class LoadedModel:
     weights: str  # where the weights came from: 'random-init', 'timm:<tag>', or 'file:<path>'
     data_sources: dict = field(default_factory=dict)  # data-config key -> where its value came from
     transform_line: str = ""  # the one line printed at the start of a run (preprocess.line)
-    stopped_after: str | None = ""  # the engine's last forward: '' none yet, None to the output, else the layer it ended at
+    stopped_after: str | None = (
+        ""  # the engine's last forward: '' none yet, None to the output, else the layer it ended at
+    )
 
 
 @contextmanager
@@ -61,14 +64,19 @@ def weights_hint(key: str) -> str:
     if key in ("model", "reference"):
         return f"pass {key}.checkpoint=/path/to/weights.safetensors (or .pth) or {key}.pretrained=false"
     if key.startswith("compare") and key[7:].isdigit():
-        return (f"give analysis.compare entry {key[7:]} as a mapping with a checkpoint, e.g. "
-                f"{{name: NAME, checkpoint: /path/to/weights.safetensors}}, or {{name: NAME, pretrained: false}}")
-    return (f"give the analysis.models entry '{key}' as a mapping with a checkpoint, e.g. {{name: NAME, checkpoint: PATH}}, "
-            f"or set analysis.pretrained=false")
+        return (
+            f"give analysis.compare entry {key[7:]} as a mapping with a checkpoint, e.g. "
+            f"{{name: NAME, checkpoint: /path/to/weights.safetensors}}, or {{name: NAME, pretrained: false}}"
+        )
+    return (
+        f"give the analysis.models entry '{key}' as a mapping with a checkpoint, e.g. {{name: NAME, checkpoint: PATH}}, "
+        f"or set analysis.pretrained=false"
+    )
 
 
-def create(name: str, pretrained: bool = False, checkpoint: str | None = None, *, config_key: str = "model",
-           **kwargs) -> torch.nn.Module:
+def create(
+    name: str, pretrained: bool = False, checkpoint: str | None = None, *, config_key: str = "model", **kwargs
+) -> torch.nn.Module:
     """`timm.create_model` with weights from the Hub/cache (`pretrained`) or a local `checkpoint` file;
     `config_key` (model, reference, compare0, ...) names the config entry an error tells the user to change."""
     check_name(name)
@@ -157,7 +165,9 @@ def read_state_dict(path: str) -> dict[str, torch.Tensor]:
                 state = state[key]
                 break
     if not isinstance(state, Mapping) or not all(isinstance(v, torch.Tensor) for v in state.values()):
-        raise VitstudyError(f"checkpoint {path} holds no state dict of tensors (keys: {list(state)[:5] if isinstance(state, Mapping) else type(state).__name__})")
+        raise VitstudyError(
+            f"checkpoint {path} holds no state dict of tensors (keys: {list(state)[:5] if isinstance(state, Mapping) else type(state).__name__})"
+        )
     return {k[7:] if k.startswith("module.") else k: v for k, v in state.items()}
 
 
@@ -167,14 +177,24 @@ def _unreadable(path: str, err: Exception) -> str:
     with open(path, "rb") as f:
         head = f.read(8)
     torch_file = head.startswith(b"PK\x03\x04") or head[:1] == b"\x80"  # a torch zip archive or a pickle
-    if isinstance(err, pickle.UnpicklingError) and torch_file and ("weights only" in text.lower() or "unsupported" in text.lower()):
-        reason = next((l.strip() for l in text.splitlines() if "Unsupported" in l or "global" in l.lower()), text.splitlines()[0])
-        return (f"refusing checkpoint {path}: it holds Python objects beyond tensors and plain containers ({reason[:120]}); "
-                f"vitstudy loads with weights_only=True so no code runs; re-save it as "
-                f"torch.save(model.state_dict(), ...) or as .safetensors")
+    if (
+        isinstance(err, pickle.UnpicklingError)
+        and torch_file
+        and ("weights only" in text.lower() or "unsupported" in text.lower())
+    ):
+        reason = next(
+            (l.strip() for l in text.splitlines() if "Unsupported" in l or "global" in l.lower()), text.splitlines()[0]
+        )
+        return (
+            f"refusing checkpoint {path}: it holds Python objects beyond tensors and plain containers ({reason[:120]}); "
+            f"vitstudy loads with weights_only=True so no code runs; re-save it as "
+            f"torch.save(model.state_dict(), ...) or as .safetensors"
+        )
     kind = "a .safetensors file" if path.endswith(".safetensors") else "a torch file (torch.save) or .safetensors"
     first = text.splitlines()[0][:120] if text else type(err).__name__
-    return f"{path} is not a readable checkpoint: not {kind} ({type(err).__name__}: {first}); give the weights file itself"
+    return (
+        f"{path} is not a readable checkpoint: not {kind} ({type(err).__name__}: {first}); give the weights file itself"
+    )
 
 
 def load_weights(model: torch.nn.Module, path: str, name: str = "model") -> None:
@@ -183,7 +203,11 @@ def load_weights(model: torch.nn.Module, path: str, name: str = "model") -> None
     own = model.state_dict()
     missing = [k for k in own if k not in state]
     unexpected = [k for k in state if k not in own]
-    shapes = [f"{k} {tuple(state[k].shape)} vs {tuple(own[k].shape)}" for k in own if k in state and state[k].shape != own[k].shape]
+    shapes = [
+        f"{k} {tuple(state[k].shape)} vs {tuple(own[k].shape)}"
+        for k in own
+        if k in state and state[k].shape != own[k].shape
+    ]
     if missing or unexpected or shapes:
         parts = []
         if missing:
@@ -236,8 +260,11 @@ def node(entry, layers=None, pretrained: bool | None = None):
         if "name" not in given:
             raise VitstudyError(f"a model entry needs a name (a preset or timm name), got {given}")
         preset = resources.files("vitstudy.conf") / "model" / f"{given['name']}.yaml"
-        spec = OmegaConf.merge(OmegaConf.load(str(preset)), {k: v for k, v in given.items() if k != "name"}) \
-            if preset.is_file() else given
+        spec = (
+            OmegaConf.merge(OmegaConf.load(str(preset)), {k: v for k, v in given.items() if k != "name"})
+            if preset.is_file()
+            else given
+        )
         explicit_pretrained = "pretrained" in given
     else:
         name = str(entry)
@@ -278,7 +305,11 @@ def load(cfg, key: str = "model", name_given: bool | None = None) -> LoadedModel
     """
     from omegaconf import DictConfig, OmegaConf
 
-    raw = OmegaConf.to_container(cfg.kwargs, resolve=True) if isinstance(cfg.kwargs, DictConfig) else dict(cfg.kwargs or {})
+    raw = (
+        OmegaConf.to_container(cfg.kwargs, resolve=True)
+        if isinstance(cfg.kwargs, DictConfig)
+        else dict(cfg.kwargs or {})
+    )
     kwargs = {k: tuple(v) if isinstance(v, list) else v for k, v in raw.items() if v is not None}
     user_kwargs = dict(kwargs)
     name = cfg.name
@@ -291,16 +322,25 @@ def load(cfg, key: str = "model", name_given: bool | None = None) -> LoadedModel
             if name_given:
                 raise VitstudyError(
                     f"checkpoint {cfg.checkpoint} was saved from '{saved_name}', but {key}.name is '{name}'; "
-                    f"set {key}.name={saved_name} or leave {key}.name out (its kwargs come from the checkpoint)")
-            print(f"vitstudy: {key}: building '{saved_name}', the architecture checkpoint {cfg.checkpoint} was saved from")
+                    f"set {key}.name={saved_name} or leave {key}.name out (its kwargs come from the checkpoint)"
+                )
+            print(
+                f"vitstudy: {key}: building '{saved_name}', the architecture checkpoint {cfg.checkpoint} was saved from"
+            )
             name = saved_name
         # the architecture the weights were trained as wins over the config's (a preset's defaults, e.g. AlterNet's
         # num_msa, would not fit them); a differing value is said
-        own = {k: tuple(v) if isinstance(v, list) else v for k, v in saved["model_config"].get("kwargs", {}).items() if v is not None}
+        own = {
+            k: tuple(v) if isinstance(v, list) else v
+            for k, v in saved["model_config"].get("kwargs", {}).items()
+            if v is not None
+        }
         differ = sorted(k for k in kwargs if k in own and kwargs[k] != own[k])
         if differ:
-            print(f"vitstudy: {key}: the checkpoint's {', '.join(f'{k}={own[k]}' for k in differ)} replace the config's "
-                  f"{', '.join(f'{k}={kwargs[k]}' for k in differ)}")
+            print(
+                f"vitstudy: {key}: the checkpoint's {', '.join(f'{k}={own[k]}' for k in differ)} replace the config's "
+                f"{', '.join(f'{k}={kwargs[k]}' for k in differ)}"
+            )
         kwargs = {**kwargs, **own}
     model = create(name, pretrained=cfg.pretrained, checkpoint=cfg.checkpoint, config_key=key, **kwargs)
     saved_data = dict((saved or {}).get("data_config") or {})
@@ -315,11 +355,24 @@ def load(cfg, key: str = "model", name_given: bool | None = None) -> LoadedModel
         weights = f"file:{os.path.abspath(cfg.checkpoint)}"
     elif cfg.pretrained:
         tag = model.pretrained_cfg.get("tag")
-        weights = f"timm:{model.pretrained_cfg.get('architecture', name.split('.')[0])}.{tag}" if tag else f"timm:{name}"
+        weights = (
+            f"timm:{model.pretrained_cfg.get('architecture', name.split('.')[0])}.{tag}" if tag else f"timm:{name}"
+        )
     else:
         weights = "random-init"
-    arch_tag = f"{model.pretrained_cfg.get('architecture', name.split('.')[0])}.{model.pretrained_cfg.get('tag') or 'default'}"
+    arch_tag = (
+        f"{model.pretrained_cfg.get('architecture', name.split('.')[0])}.{model.pretrained_cfg.get('tag') or 'default'}"
+    )
     line = preprocess.line(key, name, data_config, sources, transform, cfg.checkpoint, arch_tag)
     label = cfg.get("label") or name.split(".")[0]
-    return LoadedModel(key=key, name=name, label=label, module=model, transform=transform, data_config=data_config,
-                       weights=weights, data_sources=sources, transform_line=line)
+    return LoadedModel(
+        key=key,
+        name=name,
+        label=label,
+        module=model,
+        transform=transform,
+        data_config=data_config,
+        weights=weights,
+        data_sources=sources,
+        transform_line=line,
+    )

@@ -12,6 +12,7 @@ in this order, and its source is recorded and printed:
 4. the data config a vitstudy training checkpoint carries;
 5. timm's pretrained config of the architecture (its pretrained tag).
 """
+
 from __future__ import annotations
 
 from typing import Any, Mapping
@@ -36,8 +37,9 @@ def _norm(key: str, value):
     return value
 
 
-def resolve(model, user: Mapping | None = None, saved: Mapping | None = None,
-            kwargs: Mapping | None = None) -> tuple[dict, dict[str, str]]:
+def resolve(
+    model, user: Mapping | None = None, saved: Mapping | None = None, kwargs: Mapping | None = None
+) -> tuple[dict, dict[str, str]]:
     """(timm data config, source of each key) for `model`; see the module docstring for the order."""
     from timm.data import resolve_data_config
 
@@ -57,7 +59,10 @@ def resolve(model, user: Mapping | None = None, saved: Mapping | None = None,
         elif key in preset:
             value, source = preset[key], f"model.data.preset={preset_name}"
         elif key == "input_size" and img_size is not None:
-            value, source = (img_size, img_size) if isinstance(img_size, int) else tuple(img_size), "model.kwargs.img_size"
+            value, source = (
+                (img_size, img_size) if isinstance(img_size, int) else tuple(img_size),
+                "model.kwargs.img_size",
+            )
         elif saved and saved.get(key) is not None:
             value, source = saved[key], "checkpoint"
         else:
@@ -65,8 +70,10 @@ def resolve(model, user: Mapping | None = None, saved: Mapping | None = None,
         config[key] = _norm(key, value)
         sources[key] = source
     if len(config["mean"]) != config["input_size"][0] or len(config["std"]) != config["input_size"][0]:
-        raise VitstudyError(f"model.data.mean/std need one value per input channel ({config['input_size'][0]}), "
-                            f"got mean {list(config['mean'])} and std {list(config['std'])}")
+        raise VitstudyError(
+            f"model.data.mean/std need one value per input channel ({config['input_size'][0]}), "
+            f"got mean {list(config['mean'])} and std {list(config['std'])}"
+        )
     return config, sources
 
 
@@ -106,14 +113,18 @@ def line(key: str, name: str, config: Mapping, sources: Mapping, tf, checkpoint:
     that is the case that goes wrong silently.
     """
     c, h, w = config["input_size"]
-    text = (f"{key} {name}: {c}x{h}x{w}, {describe(tf)}, mean {_fmt(config['mean'])} std {_fmt(config['std'])}")
+    text = f"{key} {name}: {c}x{h}x{w}, {describe(tf)}, mean {_fmt(config['mean'])} std {_fmt(config['std'])}"
     groups: dict[str, list[str]] = {}
     for k in KEYS:
         groups.setdefault(sources[k], []).append(k)
-    origin = "; ".join(f"{', '.join(ks)} from {src if src != ARCH else f'{arch_tag} defaults'}" for src, ks in groups.items())
+    origin = "; ".join(
+        f"{', '.join(ks)} from {src if src != ARCH else f'{arch_tag} defaults'}" for src, ks in groups.items()
+    )
     text += f" ({origin})"
     guessed = [k for k in ("input_size", "mean", "std") if sources[k] == ARCH]
     if checkpoint and guessed:
-        text += (f"; WARNING: {', '.join(guessed)} are the architecture's defaults, not read from checkpoint "
-                 f"{checkpoint}: if it was trained otherwise, set {key}.data.* (e.g. {key}.data.preset=cifar10)")
+        text += (
+            f"; WARNING: {', '.join(guessed)} are the architecture's defaults, not read from checkpoint "
+            f"{checkpoint}: if it was trained otherwise, set {key}.data.* (e.g. {key}.data.preset=cifar10)"
+        )
     return text

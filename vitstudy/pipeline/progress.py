@@ -5,6 +5,7 @@ and otherwise prints a line every `VITSTUDY_PROGRESS_SECONDS` seconds (default 3
 where a job is; `true`/`bar`: the bar always; `log`: the lines always; `false`: nothing. A line names the loop,
 the batches done, the images per second and the time left, on stderr and in the run's Hydra log file.
 """
+
 from __future__ import annotations
 
 import logging
@@ -64,8 +65,15 @@ class LogLines:
     """Iterates `iterable`, printing a progress line once `every` seconds have passed since the last one (and a
     final line when any was printed), through `write`."""
 
-    def __init__(self, iterable: Iterable, desc: str, total: int | None = None, every: float | None = None,
-                 write: Callable[[str], None] = log_line, clock: Callable[[], float] = time.perf_counter):
+    def __init__(
+        self,
+        iterable: Iterable,
+        desc: str,
+        total: int | None = None,
+        every: float | None = None,
+        write: Callable[[str], None] = log_line,
+        clock: Callable[[], float] = time.perf_counter,
+    ):
         self.iterable, self.desc, self.every, self.write, self.clock = iterable, desc, every, write, clock
         if total is None:
             try:

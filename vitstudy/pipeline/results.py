@@ -3,6 +3,7 @@
 Nothing looks finished until it is: outputs are written to temporary names and renamed into place
 only after the analysis succeeded, and `run.json` (the record that a run completed) is written last.
 """
+
 from __future__ import annotations
 
 import json
@@ -85,8 +86,10 @@ class Replicates:
     def __post_init__(self):
         shape, n = np.shape(self.values), len(self.strata)
         if len(shape) != 2 or shape[0] != n or len(self.units) != n:
-            raise ValueError(f"replicates of {self.column}: values {shape}, strata ({n},), units ({len(self.units)},)"
-                             " do not match (values are units x rows)")
+            raise ValueError(
+                f"replicates of {self.column}: values {shape}, strata ({n},), units ({len(self.units)},)"
+                " do not match (values are units x rows)"
+            )
         if self.estimate is not None and np.shape(self.estimate) != shape[1:]:
             raise ValueError(f"replicates of {self.column}: estimate {np.shape(self.estimate)} vs {shape[1]} rows")
 
@@ -96,8 +99,14 @@ class Replicates:
 
     def write(self, path: Path) -> Path:
         """`path` (.npz) atomically; the arrays under the field names, the strings as 0-d arrays."""
-        arrays = {"values": self.values, "strata": self.strata, "units": self.units, "estimate": self.estimate,
-                  "column": self.column, "method": self.method}
+        arrays = {
+            "values": self.values,
+            "strata": self.strata,
+            "units": self.units,
+            "estimate": self.estimate,
+            "column": self.column,
+            "method": self.method,
+        }
         return write_npz(path, {k: v for k, v in arrays.items() if v is not None})
 
     @classmethod
@@ -113,9 +122,14 @@ class Replicates:
         if missing:
             raise VitstudyError(f"{path} lacks {', '.join(missing)}: not a vitstudy replicates file")
         try:
-            return cls(values=arrays["values"], strata=arrays["strata"], units=arrays["units"],
-                       column=str(arrays["column"]), estimate=arrays.get("estimate"),
-                       method=str(arrays.get("method", "jackknife_batches")))
+            return cls(
+                values=arrays["values"],
+                strata=arrays["strata"],
+                units=arrays["units"],
+                column=str(arrays["column"]),
+                estimate=arrays.get("estimate"),
+                method=str(arrays.get("method", "jackknife_batches")),
+            )
         except ValueError as err:
             raise VitstudyError(f"{path}: {err}") from None
 
@@ -163,5 +177,3 @@ def clear_finished(out_dir: Path, names) -> None:
         p = Path(out_dir) / name
         if p.exists():
             p.unlink()
-
-

@@ -1,4 +1,5 @@
 """Run one analysis from a resolved config: load models and images, run, write the run directory."""
+
 from __future__ import annotations
 
 import sys
@@ -14,10 +15,10 @@ import torch
 from omegaconf import OmegaConf
 
 from .. import analyses, runtime
+from ..errors import VitstudyError
 from . import data, models, results
 from .cache import Cache, run_key
 from .features import FeatureCache
-from ..errors import VitstudyError
 from .layers import Layer, resolve
 from .progress import mode as progress_mode
 
@@ -43,8 +44,13 @@ class Models(dict):
         warn = "WARNING" in m.transform_line  # preprocessing guessed for a checkpoint: a warning, on stderr
         print(f"vitstudy: {m.transform_line}", file=sys.stderr if warn else sys.stdout, flush=True)
         self[key] = m
-        self.records[key] = {"name": m.name, "weights": m.weights, "data_config": m.data_config,
-                             "data_sources": m.data_sources, "transform": m.transform_line}
+        self.records[key] = {
+            "name": m.name,
+            "weights": m.weights,
+            "data_config": m.data_config,
+            "data_sources": m.data_sources,
+            "transform": m.transform_line,
+        }
         return m
 
     def release(self, key: str) -> None:
@@ -82,17 +88,24 @@ class Context:
             self._layers[key] = resolve(m.module, spec, m.data_config["input_size"])
         return self._layers[key]
 
-    def sample(self, num_images: int | None = None, batch_size: int | None = None, tail: str = "fold",
-               repeat: int = 0) -> tuple[data.Batching, dict]:
+    def sample(
+        self, num_images: int | None = None, batch_size: int | None = None, tail: str = "fold", repeat: int = 0
+    ) -> tuple[data.Batching, dict]:
         """Images drawn afresh for `repeat` (seed + repeat), in batches of at least 4, and their record for
         images.csv (return the records in `Result.images`)."""
         cfg = self.cfg
         n = cfg.dataset.num_images if num_images is None else num_images
         indices = data.sample_indices(len(self.dataset), n, cfg.seed + repeat)
         batching = data.make_batches(indices, batch_size or cfg.dataset.batch_size, tail)
-        return batching, {"repeat": repeat, "seed": cfg.seed + repeat, "images": batching.num_images,
-                          "batches": len(batching.batches), "tail": batching.tail, "dropped": batching.dropped,
-                          "indices": indices}
+        return batching, {
+            "repeat": repeat,
+            "seed": cfg.seed + repeat,
+            "images": batching.num_images,
+            "batches": len(batching.batches),
+            "tail": batching.tail,
+            "dropped": batching.dropped,
+            "indices": indices,
+        }
 
     def loader(self, models, batching: data.Batching):
         """A loader over `batching` that gives every model its own eval transform of the same images."""
@@ -114,8 +127,10 @@ def names_given(overrides) -> dict[str, bool]:
     if overrides is None:
         return {"model": None, "reference": None}
     keys = {o.lstrip("+~").split("=", 1)[0] for o in overrides}
-    return {"model": bool(keys & {"model", "model@model", "model.name", "experiment"}),
-            "reference": bool(keys & {"reference", "model@reference", "reference.name", "experiment"})}
+    return {
+        "model": bool(keys & {"model", "model@model", "model.name", "experiment"}),
+        "reference": bool(keys & {"reference", "model@reference", "reference.name", "experiment"}),
+    }
 
 
 def prepare(cfg, progress=None, cache: Cache | None = None, overrides=None) -> Context:
@@ -125,8 +140,16 @@ def prepare(cfg, progress=None, cache: Cache | None = None, overrides=None) -> C
     device = runtime.resolve_device(cfg.device)
     torch.manual_seed(cfg.seed)  # random-init weights are drawn in declared order
     timings: dict[str, float] = {}
-    ctx = Context(cfg=cfg, params=analyses.params_of(cfg), models=None, dataset=None, device=device, progress=progress,
-                  timings=timings, cache=cache)
+    ctx = Context(
+        cfg=cfg,
+        params=analyses.params_of(cfg),
+        models=None,
+        dataset=None,
+        device=device,
+        progress=progress,
+        timings=timings,
+        cache=cache,
+    )
     ctx.models = Models(analysis.models(cfg), device, names_given(overrides), ctx.stage)
     if cfg.cache.features and cfg.cache.dir:
         ctx.features = FeatureCache(Path(cfg.cache.dir) / "features", cfg.cache.features_max_gb, cfg.precision, device)
@@ -156,7 +179,9 @@ def execute(cfg, out_dir: str | Path, progress=None, overrides=None) -> tuple[an
     t0 = time.perf_counter()
     analysis = analyses.get(cfg.analysis.name)
     out_dir = Path(out_dir)
-    cache = Cache(cfg.cache.dir, run_key(cfg, analysis.models(cfg)), cfg.cache.checkpoint_every) if cfg.cache.dir else None
+    cache = (
+        Cache(cfg.cache.dir, run_key(cfg, analysis.models(cfg)), cfg.cache.checkpoint_every) if cfg.cache.dir else None
+    )
     if cache is not None:
         if cfg.force:
             cache.clear_checkpoint()
@@ -172,7 +197,9 @@ def execute(cfg, out_dir: str | Path, progress=None, overrides=None) -> tuple[an
                 _say_other_device(out_dir, device)
                 return None, written
     results.clear_finished(out_dir, [f"{analysis.name}.csv", "failed.json"])
-    progress = cfg.get("progress", "auto") if progress is None else progress  # the CLI's progress=...; the API's argument
+    progress = (
+        cfg.get("progress", "auto") if progress is None else progress
+    )  # the CLI's progress=...; the API's argument
     ctx = prepare(cfg, progress, cache, overrides)
     with ctx.stage("analysis"), runtime.forward_precision(cfg.precision, ctx.device):
         result = analysis.run(ctx)
@@ -180,11 +207,24 @@ def execute(cfg, out_dir: str | Path, progress=None, overrides=None) -> tuple[an
         ctx.models.note_forward(key)
     if result.images:
         result.tables["images"] = images_table(result.images)
-    record = {"analysis": analysis.name, **runtime.record(
-        started, time.perf_counter() - t0, ctx.device, overrides, OmegaConf.to_container(cfg, resolve=True),
-        timings_s=ctx.timings, models=ctx.models.records, images=[{k: v for k, v in rep.items() if k != "indices"} for rep in result.images],
-        dataset=data.describe(ctx.dataset), seed=cfg.seed, cache_key=cache.key if cache is not None else None,
-        **({"feature_cache": ctx.features.describe()} if ctx.features is not None else {}), **result.info)}
+    record = {
+        "analysis": analysis.name,
+        **runtime.record(
+            started,
+            time.perf_counter() - t0,
+            ctx.device,
+            overrides,
+            OmegaConf.to_container(cfg, resolve=True),
+            timings_s=ctx.timings,
+            models=ctx.models.records,
+            images=[{k: v for k, v in rep.items() if k != "indices"} for rep in result.images],
+            dataset=data.describe(ctx.dataset),
+            seed=cfg.seed,
+            cache_key=cache.key if cache is not None else None,
+            **({"feature_cache": ctx.features.describe()} if ctx.features is not None else {}),
+            **result.info,
+        ),
+    }
     written = results.write_result(out_dir, result, record)
     if ctx.features is not None:
         ctx.features.prune()

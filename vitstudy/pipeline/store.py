@@ -8,6 +8,7 @@ raw file, so nothing per image stays in memory as images and layers grow. Rows a
 cache dir when there is one) and `close()` removes it; `reopen` continues a fill after a kill (truncated to the
 rows of the last checkpoint).
 """
+
 from __future__ import annotations
 
 import os
@@ -38,8 +39,15 @@ class StoredLayer:
 class FeatureStore(Reducer):
     """Per batch: every tapped layer's token-reduced features appended to its file (no tensor is kept)."""
 
-    def __init__(self, models, layers, tokens: str, root: str | Path | None = None, dtype: str = "float32",
-                 folder: str | Path | None = None):
+    def __init__(
+        self,
+        models,
+        layers,
+        tokens: str,
+        root: str | Path | None = None,
+        dtype: str = "float32",
+        folder: str | Path | None = None,
+    ):
         if dtype not in DTYPES:
             raise VitstudyError(f"analysis.store_dtype must be one of {', '.join(DTYPES)}; got {dtype!r}")
         self.tokens = tokens
@@ -66,16 +74,22 @@ class FeatureStore(Reducer):
         with np.errstate(over="ignore"):  # an overflow is refused just below
             a = a32.astype(self.dtype)
         if self.dtype == np.float16 and np.isinf(a).any() and np.isfinite(a32).all():
-            raise VitstudyError(f"layer '{layer.name}' has features beyond float16's range (|x| > 65504): "
-                                "use analysis.store_dtype=float32")
+            raise VitstudyError(
+                f"layer '{layer.name}' has features beyond float16's range (|x| > 65504): "
+                "use analysis.store_dtype=float32"
+            )
         key = (model_index, layer.name)
         entry = self.files.get(key)
         if entry is None:
             safe = "".join(c if c.isalnum() or c in "._-" else "_" for c in layer.name)
-            entry = self.files[key] = StoredLayer(self.folder / f"m{model_index}_{len(self.files)}_{safe}.bin", a.shape[1])
+            entry = self.files[key] = StoredLayer(
+                self.folder / f"m{model_index}_{len(self.files)}_{safe}.bin", a.shape[1]
+            )
         if a.shape[1] != entry.width or entry.rows != self.rows:
-            raise VitstudyError(f"layer '{layer.name}' gave {a.shape[1]} features per image after {entry.width} "
-                                f"(or was captured twice in one batch): it cannot be stored")
+            raise VitstudyError(
+                f"layer '{layer.name}' gave {a.shape[1]} features per image after {entry.width} "
+                f"(or was captured twice in one batch): it cannot be stored"
+            )
         with open(entry.path, "ab") as f:
             f.write(np.ascontiguousarray(a).tobytes())
         entry.rows += len(a)
@@ -100,8 +114,12 @@ class FeatureStore(Reducer):
 
     def state(self) -> dict:
         """What `reopen` needs to continue the fill after a kill (plain types: a torch checkpoint holds it)."""
-        return {"folder": str(self.folder), "rows": self.rows, "dtype": self.dtype.name,
-                "files": [[i, name, e.path.name, e.width] for (i, name), e in self.files.items()]}
+        return {
+            "folder": str(self.folder),
+            "rows": self.rows,
+            "dtype": self.dtype.name,
+            "files": [[i, name, e.path.name, e.width] for (i, name), e in self.files.items()],
+        }
 
     @classmethod
     def reopen(cls, state: dict, models, layers, tokens: str) -> "FeatureStore | None":

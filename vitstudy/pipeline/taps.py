@@ -1,4 +1,5 @@
 """Capture named module outputs (or inputs) during a forward pass; hooks are removed afterwards."""
+
 from __future__ import annotations
 
 from contextlib import contextmanager

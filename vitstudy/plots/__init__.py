@@ -4,6 +4,7 @@ Importing the package selects matplotlib's file-only Agg backend (no display on 
 `wrap` and `model_label` are the few text rules every figure shares: titles wrapped to their panel, and random-init
 weights named in the label so that an untrained model is never read as a trained one.
 """
+
 from __future__ import annotations
 
 import textwrap

@@ -4,12 +4,12 @@ sorted_heads: Raghu et al. Figs 3-4 (heads sorted by mean distance, one panel pe
 depth_scatter: Dosovitskiy et al. Fig. 7 right; local_global: Raghu et al. Fig. 5; rollout_grid:
 Dosovitskiy et al. Fig. 6; position_similarity: Fig. 7 centre; pca_filters: Fig. 7 left.
 """
+
 from __future__ import annotations
 
+import matplotlib.pyplot as plt
 import numpy as np
 import pandas as pd
-
-import matplotlib.pyplot as plt
 
 from . import model_label, sns, wrap  # noqa: F401  (Agg backend and theme)
 
@@ -70,8 +70,15 @@ def sorted_heads(df: pd.DataFrame, blocks: list[int]):
             rows = d[d.block == block].sort_values("mean_distance")
             ax.scatter(np.arange(len(rows)), rows.mean_distance, s=14, color=sns.color_palette()[0])
             if "mean_distance_ci_low" in rows:  # 95% interval over images
-                ax.errorbar(np.arange(len(rows)), rows.mean_distance,
-                            yerr=_err(rows, "mean_distance"), fmt="none", ecolor=sns.color_palette()[0], elinewidth=0.8, capsize=1.5)
+                ax.errorbar(
+                    np.arange(len(rows)),
+                    rows.mean_distance,
+                    yerr=_err(rows, "mean_distance"),
+                    fmt="none",
+                    ecolor=sns.color_palette()[0],
+                    elinewidth=0.8,
+                    capsize=1.5,
+                )
             uniform = _uniform(rows)
             if uniform is not None:
                 ax.axhline(uniform, **UNIFORM, label="uniform attention")
@@ -82,8 +89,13 @@ def sorted_heads(df: pd.DataFrame, blocks: list[int]):
             if c == 0:
                 ax.set_ylabel("mean distance (px)", fontsize=8)
     note = ", dashed: uniform attention" if "uniform_distance" in df and df.uniform_distance.notna().any() else ""
-    fig.suptitle(wrap(f"Mean attention distance, {int(df.num_images.iloc[0])} images (bars: 95% interval over images{note})",
-                      int(16 * cols)), fontsize=9)
+    fig.suptitle(
+        wrap(
+            f"Mean attention distance, {int(df.num_images.iloc[0])} images (bars: 95% interval over images{note})",
+            int(16 * cols),
+        ),
+        fontsize=9,
+    )
     fig.tight_layout()
     return fig
 
@@ -105,8 +117,15 @@ def depth_scatter(df: pd.DataFrame):
                 continue
             ax.scatter(sel.block, sel.mean_distance, s=10, color=palette[h], alpha=0.85, label=f"head {h}")
             if "mean_distance_ci_low" in sel:
-                ax.errorbar(sel.block, sel.mean_distance, yerr=_err(sel, "mean_distance"), fmt="none",
-                            ecolor=palette[h], alpha=0.6, elinewidth=0.6)
+                ax.errorbar(
+                    sel.block,
+                    sel.mean_distance,
+                    yerr=_err(sel, "mean_distance"),
+                    fmt="none",
+                    ecolor=palette[h],
+                    alpha=0.6,
+                    elinewidth=0.6,
+                )
         if "uniform_distance" in d:
             per_block = d.groupby("block").uniform_distance.first()
             values = per_block.dropna().unique()
@@ -130,15 +149,28 @@ def local_global(df: pd.DataFrame, title: str):
     fig, ax = plt.subplots(figsize=(5.2, 3.4))
     for layer in dict.fromkeys(df.reference_layer):
         d = df[df.reference_layer == layer].sort_values("subset_mean_distance")
-        line, = ax.plot(d.subset_mean_distance, d.cka, marker="o", markersize=3, label=layer)
+        (line,) = ax.plot(d.subset_mean_distance, d.cka, marker="o", markersize=3, label=layer)
         if "cka_ci_low" in d:  # 95% interval, jackknife over batches
-            ax.errorbar(d.subset_mean_distance, d.cka, yerr=_err(d, "cka"), fmt="none", ecolor=line.get_color(),
-                        elinewidth=0.8, capsize=1.5)
+            ax.errorbar(
+                d.subset_mean_distance,
+                d.cka,
+                yerr=_err(d, "cka"),
+                fmt="none",
+                ecolor=line.get_color(),
+                elinewidth=0.8,
+                capsize=1.5,
+            )
     ax.set_xlabel("mean distance of head subset (px)")
     ax.set_ylabel("CKA")
     ax.set_title(wrap(title, 60), fontsize=8)
-    ax.legend(fontsize=7, title="reference layer", title_fontsize=7, loc="upper left", bbox_to_anchor=(1.02, 1.0),
-              frameon=False)  # beside the curves, never over them
+    ax.legend(
+        fontsize=7,
+        title="reference layer",
+        title_fontsize=7,
+        loc="upper left",
+        bbox_to_anchor=(1.02, 1.0),
+        frameon=False,
+    )  # beside the curves, never over them
     fig.tight_layout()
     return fig
 
@@ -174,7 +206,7 @@ def position_similarity(sim: np.ndarray, gh: int, gw: int, title: str):
     for r in range(gh):
         for c in range(gw):
             y, x = r * (gh + 1), c * (gw + 1)
-            mosaic[y:y + gh, x:x + gw] = sim[r, c]
+            mosaic[y : y + gh, x : x + gw] = sim[r, c]
     side = min(9.0, 2.5 + 0.3 * max(gh, gw))
     fig, ax = plt.subplots(figsize=(side + 1.0, side))
     im = ax.imshow(mosaic, cmap="viridis", vmin=-1, vmax=1, interpolation="nearest")

@@ -1,4 +1,5 @@
 """CKA figures: layer-by-layer heatmaps (Raghu et al. Figs 1-2), the same-layer curve (Fig. 12), model grids."""
+
 from __future__ import annotations
 
 import matplotlib
@@ -10,8 +11,16 @@ from . import sns, wrap  # noqa: F401  (Agg backend and theme)
 
 def _panel(ax, fig, matrix, xlabel, ylabel, title, cmap, vmin, vmax, label):
     nx, ny = matrix.shape
-    im = ax.imshow(matrix.T, origin="lower", cmap=cmap, vmin=vmin, vmax=vmax, aspect="auto",
-                   interpolation="nearest", extent=(-0.5, nx - 0.5, -0.5, ny - 0.5))
+    im = ax.imshow(
+        matrix.T,
+        origin="lower",
+        cmap=cmap,
+        vmin=vmin,
+        vmax=vmax,
+        aspect="auto",
+        interpolation="nearest",
+        extent=(-0.5, nx - 0.5, -0.5, ny - 0.5),
+    )
     ax.set_xlabel(xlabel)
     ax.set_ylabel(ylabel)
     ax.set_title(title, fontsize=9)
@@ -22,8 +31,17 @@ def _panel(ax, fig, matrix, xlabel, ylabel, title, cmap, vmin, vmax, label):
     cbar.set_label(label)
 
 
-def cka_heatmap(matrix: np.ndarray, xlabel: str, ylabel: str, title: str, width: np.ndarray | None = None,
-                chance: np.ndarray | None = None, label: str = "CKA", vmin: float = 0.0, vmax: float = 1.0):
+def cka_heatmap(
+    matrix: np.ndarray,
+    xlabel: str,
+    ylabel: str,
+    title: str,
+    width: np.ndarray | None = None,
+    chance: np.ndarray | None = None,
+    label: str = "CKA",
+    vmin: float = 0.0,
+    vmax: float = 1.0,
+):
     """Layer-by-layer CKA as in Raghu et al.: rows = y layers, columns = x layers, origin bottom left.
 
     `matrix[i, j]` is CKA(x layer i, y layer j). `width` (same shape): the 95% interval widths, drawn as a second
@@ -43,14 +61,31 @@ def cka_heatmap(matrix: np.ndarray, xlabel: str, ylabel: str, title: str, width:
     if chance is not None and chance.any():
         i, j = np.nonzero(chance)
         size = max(2.0, min(30.0, 2400.0 / max(nx * ny, 1)))
-        ax.scatter(i, j, marker="x", s=size, c="tab:cyan", linewidths=0.6,
-                   label=f"not above chance (p > 0.05): {int(chance.sum())} of {chance.size}")
+        ax.scatter(
+            i,
+            j,
+            marker="x",
+            s=size,
+            c="tab:cyan",
+            linewidths=0.6,
+            label=f"not above chance (p > 0.05): {int(chance.sum())} of {chance.size}",
+        )
         ax.legend(fontsize=6, loc="upper left", framealpha=0.8)
     if width is not None:
         finite = width[np.isfinite(width)]
         top = float(finite.max()) if finite.size and finite.max() > 0 else 1.0
-        _panel(axes[0, 1], fig, width, xlabel, ylabel, "width of the 95% interval\n(jackknife over batches)",
-               "viridis", 0.0, top, "interval width")
+        _panel(
+            axes[0, 1],
+            fig,
+            width,
+            xlabel,
+            ylabel,
+            "width of the 95% interval\n(jackknife over batches)",
+            "viridis",
+            0.0,
+            top,
+            "interval width",
+        )
     fig.tight_layout()
     return fig
 
@@ -59,13 +94,27 @@ def cka_diagonal_curve(diag, label: str, subtitle: str):
     """Per-layer CKA between two models of one architecture against layer index (Raghu et al. Fig. 12), with its
     95% interval as a band (jackknife over batches) and the std over repeats as error bars when there are repeats."""
     fig, ax = plt.subplots(figsize=(5, 3.4))
-    line, = ax.plot(diag.index_x, diag.cka, marker="o", ms=4, label="CKA")
+    (line,) = ax.plot(diag.index_x, diag.cka, marker="o", ms=4, label="CKA")
     if "cka_ci_low" in diag and diag.cka_ci_low.notna().any():
-        ax.fill_between(diag.index_x, diag.cka_ci_low, diag.cka_ci_high, color=line.get_color(), alpha=0.25, lw=0,
-                        label="95% interval (jackknife over batches)")
+        ax.fill_between(
+            diag.index_x,
+            diag.cka_ci_low,
+            diag.cka_ci_high,
+            color=line.get_color(),
+            alpha=0.25,
+            lw=0,
+            label="95% interval (jackknife over batches)",
+        )
     if diag.cka_std.notna().any():
-        ax.errorbar(diag.index_x, diag.cka, yerr=diag.cka_std, fmt="none", capsize=2, color=line.get_color(),
-                    label="std over repeats")
+        ax.errorbar(
+            diag.index_x,
+            diag.cka,
+            yerr=diag.cka_std,
+            fmt="none",
+            capsize=2,
+            color=line.get_color(),
+            label="std over repeats",
+        )
     ax.set_xlabel("layer index (input to output)")
     ax.set_ylabel("CKA with the same layer")
     ax.set_ylim(0, 1.02)
@@ -75,8 +124,14 @@ def cka_diagonal_curve(diag, label: str, subtitle: str):
     return fig
 
 
-def cka_grid_figure(blocks: dict[tuple[int, int], np.ndarray], labels: list[str], title: str, label: str = "CKA",
-                    vmin: float = 0.0, vmax: float = 1.0):
+def cka_grid_figure(
+    blocks: dict[tuple[int, int], np.ndarray],
+    labels: list[str],
+    title: str,
+    label: str = "CKA",
+    vmin: float = 0.0,
+    vmax: float = 1.0,
+):
     """Panel (i, j), i <= j: CKA(layers of model i on x, layers of model j on y), origin bottom left.
 
     Other measures: `label` and `vmin`/`vmax` as in cka_heatmap; asymmetric ones also fill the panels i > j."""
@@ -90,7 +145,9 @@ def cka_grid_figure(blocks: dict[tuple[int, int], np.ndarray], labels: list[str]
                 ax.axis("off")
                 continue
             b = blocks[(i, j)]
-            im = ax.imshow(b.T, origin="lower", cmap="magma", vmin=vmin, vmax=vmax, aspect="auto", interpolation="nearest")
+            im = ax.imshow(
+                b.T, origin="lower", cmap="magma", vmin=vmin, vmax=vmax, aspect="auto", interpolation="nearest"
+            )
             ax.set_xticks([])
             ax.set_yticks([])
             if j == m - 1 or (i, j + 1) not in blocks:

@@ -2,13 +2,13 @@
 depth (Fig. 2a), quantities against normalised depth with attention sublayers shaded grey and
 downsampling blue (Figs 8, 9, lesions), and accuracy drop against noise frequency (Fig. 2b).
 """
+
 from __future__ import annotations
 
 from typing import Sequence
 
-import numpy as np
-
 import matplotlib.pyplot as plt
+import numpy as np
 from matplotlib.patches import Patch
 from matplotlib.ticker import FormatStrFormatter
 
@@ -83,8 +83,15 @@ def depth_profile(panels: Sequence[dict], ylabel: str, title: str, zero_line: bo
             low, high = np.asarray(panel["low"], float)[ok], np.asarray(panel["high"], float)[ok]
             err = np.vstack([values[ok] - low, high - values[ok]])
             if np.isfinite(err).any():
-                ax.errorbar(depths[ok], values[ok], yerr=np.nan_to_num(np.clip(err, 0, None)), fmt="none",
-                            ecolor=color, elinewidth=1.0, capsize=2)
+                ax.errorbar(
+                    depths[ok],
+                    values[ok],
+                    yerr=np.nan_to_num(np.clip(err, 0, None)),
+                    fmt="none",
+                    ecolor=color,
+                    elinewidth=1.0,
+                    capsize=2,
+                )
         used = _shade(ax, depths, panel["kinds"], panel.get("step"))
         if zero_line:
             ax.axhline(0, color="black", lw=0.8)
@@ -94,8 +101,12 @@ def depth_profile(panels: Sequence[dict], ylabel: str, title: str, zero_line: bo
         ax.set_xlabel("Normalized depth")
         ax.set_title(wrap(panel["title"], _title_width(4.6)), fontsize=9)
         if used:
-            ax.legend(handles=[Patch(color=SHADE[k][0], alpha=0.3, label=SHADE[k][1]) for k in sorted(used)],
-                      fontsize=7, loc="best", frameon=False)
+            ax.legend(
+                handles=[Patch(color=SHADE[k][0], alpha=0.3, label=SHADE[k][1]) for k in sorted(used)],
+                fontsize=7,
+                loc="best",
+                frameon=False,
+            )
     axes[0].set_ylabel(ylabel)
     fig.suptitle(wrap(title, _title_width(5.2 * len(panels))), fontsize=9)
     fig.tight_layout()
@@ -115,8 +126,15 @@ def noise_drop(series: Sequence[dict], ylabel: str, title: str):
         if s.get("low") is not None:
             drops = np.asarray(s["drops"], float)
             err = np.vstack([drops - np.asarray(s["low"], float), np.asarray(s["high"], float) - drops])
-            ax.errorbar(s["bands"], drops, yerr=np.nan_to_num(np.clip(err, 0, None)), fmt="none", ecolor=color,
-                        elinewidth=1.0, capsize=2)
+            ax.errorbar(
+                s["bands"],
+                drops,
+                yerr=np.nan_to_num(np.clip(err, 0, None)),
+                fmt="none",
+                ecolor=color,
+                elinewidth=1.0,
+                capsize=2,
+            )
     ax.axhline(0, color="black", lw=0.8)
     ax.set_xlabel("Noise frequency")
     ax.set_ylabel(ylabel)

@@ -1,5 +1,6 @@
 """Loss-landscape figures (Park & Kim 2022): the Hessian eigenvalue density (Figs 1c, 4) and loss slices or surfaces
 along filter-normalised directions (Fig. 1a)."""
+
 from __future__ import annotations
 
 import matplotlib.pyplot as plt

@@ -1,5 +1,6 @@
 """Layout checks of a drawn figure: text elements that overlap and legends that hide data, so that a figure that
 does not read fails a test instead of reaching a report (used by tests/test_figure_layout.py)."""
+
 from __future__ import annotations
 
 from dataclasses import dataclass
@@ -14,6 +15,7 @@ SHRINK = 1.0  # pixels trimmed from each side of a text box: touching glyph boxe
 @dataclass(frozen=True)
 class Element:
     """One text element of a figure: what it is (for the message) and its box in display pixels."""
+
     name: str
     box: Bbox
 
@@ -97,7 +99,7 @@ def layout_problems(fig) -> list[str]:
     texts = _texts(fig, renderer)
     problems = []
     for i, a in enumerate(texts):
-        for b in texts[i + 1:]:
+        for b in texts[i + 1 :]:
             if a.box.overlaps(b.box):
                 problems.append(f"{a.name} overlaps {b.name}")
     for i, ax in enumerate(fig.axes):

@@ -1,4 +1,5 @@
 """Spatial localization figures: CKA of a token with the input patch at every position (Raghu et al. Figs 9-10)."""
+
 from __future__ import annotations
 
 import matplotlib.pyplot as plt

@@ -2,6 +2,7 @@
 CNN within, ViT vs CNN), each row in the measure's own colour range with its claims' verdicts in the row title, and a
 claim x measure panel of verdicts. Values of different measures are on different scales, so every row has its own
 colour bar and no colour is compared across rows."""
+
 from __future__ import annotations
 
 from dataclasses import dataclass
@@ -20,6 +21,7 @@ VERDICT_COLOURS = {"holds": "#4c9a5b", "contradicted": "#c0504d", "inconclusive"
 class Heatmap:
     """One panel: `matrix[i, j]` = value(x layer i, y layer j), drawn with x across and y up (origin bottom left);
     None when its run is missing (`note` says why)."""
+
     matrix: np.ndarray | None
     xlabel: str
     ylabel: str
@@ -30,6 +32,7 @@ class Heatmap:
 @dataclass(frozen=True)
 class MeasureRow:
     """A measure's row: its label and value range (the colour range), three panels and the row title."""
+
     name: str
     label: str
     range: tuple[float, float]
@@ -40,6 +43,7 @@ class MeasureRow:
 @dataclass(frozen=True)
 class Verdict:
     """One cell of the verdict panel: a claim's verdict on one measure with its statistic and 95% interval."""
+
     measure: str  # the measure's label (a row)
     claim: str  # the claim's short name (a column)
     verdict: str
@@ -64,12 +68,28 @@ def _heatmap(ax, panel: Heatmap, vmin: float, vmax: float):
     if panel.matrix is None:
         ax.set_xticks([])
         ax.set_yticks([])
-        ax.text(0.5, 0.5, wrap(panel.note or "missing", 30), ha="center", va="center", fontsize=7,
-                transform=ax.transAxes, color="0.3")
+        ax.text(
+            0.5,
+            0.5,
+            wrap(panel.note or "missing", 30),
+            ha="center",
+            va="center",
+            fontsize=7,
+            transform=ax.transAxes,
+            color="0.3",
+        )
         return None
     nx, ny = panel.matrix.shape
-    im = ax.imshow(panel.matrix.T, origin="lower", cmap="magma", vmin=vmin, vmax=vmax, aspect="auto",
-                   interpolation="nearest", extent=(-0.5, nx - 0.5, -0.5, ny - 0.5))
+    im = ax.imshow(
+        panel.matrix.T,
+        origin="lower",
+        cmap="magma",
+        vmin=vmin,
+        vmax=vmax,
+        aspect="auto",
+        interpolation="nearest",
+        extent=(-0.5, nx - 0.5, -0.5, ny - 0.5),
+    )
     ax.set_xlabel(wrap(panel.xlabel, 40), fontsize=7)
     ax.set_ylabel(wrap(panel.ylabel, 36), fontsize=7)
     for axis in (ax.xaxis, ax.yaxis):
@@ -115,8 +135,14 @@ def verdicts_figure(cells: list[Verdict], measures: list[str], claims: list[str]
         i, j = measures.index(v.measure), claims.index(v.claim)
         code[i, j], text[i, j] = names.index(v.verdict), _cell(v)
     fig, ax = plt.subplots(figsize=(2.3 * len(claims) + 2.6, 0.62 * len(measures) + 1.6))
-    ax.imshow(code, cmap=ListedColormap([VERDICT_COLOURS[k] for k in names]), vmin=-0.5, vmax=len(names) - 0.5,
-              aspect="auto", interpolation="nearest")
+    ax.imshow(
+        code,
+        cmap=ListedColormap([VERDICT_COLOURS[k] for k in names]),
+        vmin=-0.5,
+        vmax=len(names) - 0.5,
+        aspect="auto",
+        interpolation="nearest",
+    )
     for i in range(len(measures)):
         for j in range(len(claims)):
             ax.text(j, i, text[i, j], ha="center", va="center", fontsize=6.5)

@@ -1,4 +1,5 @@
 """Effective receptive fields: input-gradient maps per sublayer, after and before the residual (Raghu et al. Fig. 6)."""
+
 from __future__ import annotations
 
 import matplotlib.pyplot as plt
@@ -11,7 +12,9 @@ def erf_figure(maps: list[tuple[str, str, np.ndarray]], title: str):
     """Fig. 6 / C.1-C.4: one panel per layer (columns), post- and pre-residual rows."""
     kinds = list(dict.fromkeys(k for _, k, _ in maps))
     names = list(dict.fromkeys(n for n, _, _ in maps))
-    fig, axes = plt.subplots(len(kinds), len(names), figsize=(1.9 * len(names) + 0.5, 2.0 * len(kinds) + 0.6), squeeze=False)
+    fig, axes = plt.subplots(
+        len(kinds), len(names), figsize=(1.9 * len(names) + 0.5, 2.0 * len(kinds) + 0.6), squeeze=False
+    )
     lookup = {(n, k): m for n, k, m in maps}
     for i, k in enumerate(kinds):
         for j, n in enumerate(names):

@@ -1,4 +1,5 @@
 """Skip-connection figures: norm ratios per block and token (Raghu et al. Fig. 7)."""
+
 from __future__ import annotations
 
 import matplotlib.pyplot as plt
@@ -31,8 +32,14 @@ def skip_ratio_figure(tokens: pd.DataFrame, summary: pd.DataFrame, k: int, aggre
     axes = axes[0]
     for ax, sub in zip(axes, subs):
         piv = t0[t0.sublayer == sub].pivot(index="index", columns="token", values="ratio")
-        _inf_heatmap(ax, piv.to_numpy(), wrap(f"{shown}: {SUBLAYER_NAMES.get(sub, sub)}", 40) + f"\n‖z‖/‖f(z)‖ ({aggregate})",
-                     "token (0 = CLS)" if t0.is_cls.any() else "token / position", "block", fig)
+        _inf_heatmap(
+            ax,
+            piv.to_numpy(),
+            wrap(f"{shown}: {SUBLAYER_NAMES.get(sub, sub)}", 40) + f"\n‖z‖/‖f(z)‖ ({aggregate})",
+            "token (0 = CLS)" if t0.is_cls.any() else "token / position",
+            "block",
+            fig,
+        )
     ax = axes[-1]
     # spatial tokens and CLS separately, as the paper: per block its patches, or all positions where it has no
     # prefix tokens (a CNN stage, ConViT's blocks before the class token joins)
@@ -41,18 +48,40 @@ def skip_ratio_figure(tokens: pd.DataFrame, summary: pd.DataFrame, k: int, aggre
     drawn = summary[[g != "all" or k not in with_patches for k, g in zip(keys, summary.group)]]
     drawn = drawn.assign(group=drawn.group.replace("all", "patches"))
     for (label, sub, group), g in drawn.groupby(["label", "sublayer", "group"], sort=False):
-        name = f"{model_label(label, g.weights.iloc[0] if 'weights' in g else None)} {SUBLAYER_NAMES.get(sub, sub)}" + {"cls": " CLS", "registers": " registers"}.get(group, "")
+        name = f"{model_label(label, g.weights.iloc[0] if 'weights' in g else None)} {SUBLAYER_NAMES.get(sub, sub)}" + {
+            "cls": " CLS",
+            "registers": " registers",
+        }.get(group, "")
         g = g.sort_values("index")
         y = g.ratio.to_numpy(dtype=float)
         ok = np.isfinite(y)
-        line, = ax.plot(g["index"].to_numpy()[ok], y[ok], marker="o", ms=3, label=name,
-                        ls={"cls": "--", "registers": ":"}.get(group, "-"))
+        (line,) = ax.plot(
+            g["index"].to_numpy()[ok],
+            y[ok],
+            marker="o",
+            ms=3,
+            label=name,
+            ls={"cls": "--", "registers": ":"}.get(group, "-"),
+        )
         if "ratio_ci_low" in g:  # 95% interval over images
-            ax.fill_between(g["index"].to_numpy()[ok], g.ratio_ci_low.to_numpy(dtype=float)[ok],
-                            g.ratio_ci_high.to_numpy(dtype=float)[ok], color=line.get_color(), alpha=0.2, lw=0)
+            ax.fill_between(
+                g["index"].to_numpy()[ok],
+                g.ratio_ci_low.to_numpy(dtype=float)[ok],
+                g.ratio_ci_high.to_numpy(dtype=float)[ok],
+                color=line.get_color(),
+                alpha=0.2,
+                lw=0,
+            )
         if (~ok).any():  # infinite ratios: a marker at the top edge
-            ax.plot(g["index"].to_numpy()[~ok], np.full((~ok).sum(), 1.0), "^", color=line.get_color(),
-                    transform=ax.get_xaxis_transform(), clip_on=False, label=f"{name}: ∞ (zero branch)")
+            ax.plot(
+                g["index"].to_numpy()[~ok],
+                np.full((~ok).sum(), 1.0),
+                "^",
+                color=line.get_color(),
+                transform=ax.get_xaxis_transform(),
+                clip_on=False,
+                label=f"{name}: ∞ (zero branch)",
+            )
     ax.set_xlabel("block index")
     ax.set_ylabel(f"‖z‖ / ‖f(z)‖ ({aggregate})")
     ax.set_title(wrap("mean over tokens / positions (bands: 95% interval over images)", 40), fontsize=9)

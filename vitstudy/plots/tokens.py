@@ -1,5 +1,6 @@
 """Token figures: norm histograms by depth (Darcet et al. 2024, Fig. 3), maps of high-norm patches (Fig. 2),
 prefix-token norms beside the patches', and massive activations by layer and in one layer (Sun et al. 2024)."""
+
 from __future__ import annotations
 
 import matplotlib.pyplot as plt
@@ -9,8 +10,13 @@ from matplotlib.ticker import FormatStrFormatter, MaxNLocator, NullFormatter
 
 from . import sns  # noqa: F401  (Agg backend and theme)
 
-KIND_COLORS = {"patch": "tab:blue", "class": "tab:red", "distillation": "tab:purple", "register": "tab:green",
-               "prefix": "tab:gray"}
+KIND_COLORS = {
+    "patch": "tab:blue",
+    "class": "tab:red",
+    "distillation": "tab:purple",
+    "register": "tab:green",
+    "prefix": "tab:gray",
+}
 
 
 def _layer_picks(layers: list[str], k: int) -> list[str]:
@@ -27,16 +33,24 @@ def norm_histograms(hist: pd.DataFrame, summary: pd.DataFrame, title: str, panel
         h = hist[hist.layer == layer]
         for kind, g in h.groupby("kind", sort=False):
             finite = g[np.isfinite(g.log10_low) & np.isfinite(g.log10_high)]
-            under, over = int(g.loc[~np.isfinite(g.log10_low), "count"].sum()), int(g.loc[~np.isfinite(g.log10_high), "count"].sum())
+            under, over = (
+                int(g.loc[~np.isfinite(g.log10_low), "count"].sum()),
+                int(g.loc[~np.isfinite(g.log10_high), "count"].sum()),
+            )
             counts = finite["count"].to_numpy(dtype=float)
             if counts.sum() + under + over == 0:
                 continue
             occupied = np.flatnonzero(counts)
             lo, hi = (occupied[0], occupied[-1] + 1) if len(occupied) else (0, 0)
             if hi > lo:
-                ax.stairs(counts[lo:hi], np.append(10 ** finite.log10_low.to_numpy()[lo:hi], 10 ** finite.log10_high.to_numpy()[hi - 1]),
-                          color=KIND_COLORS.get(kind, "black"), fill=kind == "patch", alpha=0.6 if kind == "patch" else 1.0,
-                          label=kind + (f" (+{under} under, {over} over range)" if under or over else ""))
+                ax.stairs(
+                    counts[lo:hi],
+                    np.append(10 ** finite.log10_low.to_numpy()[lo:hi], 10 ** finite.log10_high.to_numpy()[hi - 1]),
+                    color=KIND_COLORS.get(kind, "black"),
+                    fill=kind == "patch",
+                    alpha=0.6 if kind == "patch" else 1.0,
+                    label=kind + (f" (+{under} under, {over} over range)" if under or over else ""),
+                )
         thr = summary.loc[summary.layer == layer, "threshold"]
         if len(thr) and np.isfinite(thr.iloc[0]):
             ax.axvline(float(thr.iloc[0]), color="black", ls="--", lw=1)
@@ -72,8 +86,15 @@ def prefix_norms(summary: pd.DataFrame, title: str):
     lines = ax.get_legend_handles_labels()
     lines2 = ax2.get_legend_handles_labels()
     # below the axes: inside it would hide points of the lines it names (tests/test_registry.py checks)
-    ax.legend(lines[0] + lines2[0], lines[1] + lines2[1], fontsize=7, frameon=False, loc="upper center",
-              bbox_to_anchor=(0.5, -0.2), ncol=2)
+    ax.legend(
+        lines[0] + lines2[0],
+        lines[1] + lines2[1],
+        fontsize=7,
+        frameon=False,
+        loc="upper center",
+        bbox_to_anchor=(0.5, -0.2),
+        ncol=2,
+    )
     ax.set_title(title, fontsize=9)
     fig.tight_layout()
     return fig
@@ -124,8 +145,13 @@ def massive_map(values: np.ndarray, kinds: list[str], title: str):
     """One image's |activation| over tokens x channels at one layer (Sun et al.'s 3-D view as a heatmap)."""
     fig, ax = plt.subplots(figsize=(6.4, 3.8))
     v = np.abs(values.astype(np.float64))
-    im = ax.imshow(v, aspect="auto", cmap="magma", interpolation="nearest",
-                   norm=plt.matplotlib.colors.LogNorm(vmin=max(np.percentile(v, 1), 1e-6), vmax=max(v.max(), 1e-5)))
+    im = ax.imshow(
+        v,
+        aspect="auto",
+        cmap="magma",
+        interpolation="nearest",
+        norm=plt.matplotlib.colors.LogNorm(vmin=max(np.percentile(v, 1), 1e-6), vmax=max(v.max(), 1e-5)),
+    )
     prefix = sum(k != "patch" for k in kinds)
     if prefix:
         ax.axhline(prefix - 0.5, color="white", lw=0.8)

@@ -1,4 +1,5 @@
 """Training figures: the learning curve of `vitstudy train` (loss and accuracy per epoch)."""
+
 from __future__ import annotations
 
 import matplotlib.pyplot as plt

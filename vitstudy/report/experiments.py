@@ -5,6 +5,7 @@ Every experiment file opens with a paragraph `# <Paper> <year>, Fig. N: what is 
 header is the single source: `vitstudy list` prints its first line and the report parses the rest. (Comments
 rather than YAML keys: an experiment is a `_global_` package, and a key there would be a config key of every run.)
 """
+
 from __future__ import annotations
 
 import re
@@ -63,7 +64,7 @@ def parse_header(name: str, text: str) -> Experiment | None:
     for line in lines[1:]:
         if line.startswith("# Paper finds:"):
             state = "finds"
-            finds.append(line[len("# Paper finds:"):])
+            finds.append(line[len("# Paper finds:") :])
         elif _COMMAND.match(line) or _TAG.match(line):
             if state == "finds":
                 break

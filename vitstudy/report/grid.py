@@ -2,10 +2,11 @@
 (one analysis, at most two varied keys as rows and columns, a few columns); otherwise the report shows one
 figure per run at full width. Keys that vary together (model.name and its label, say) are one key: they would
 otherwise make a diagonal grid with blank cells."""
+
 from __future__ import annotations
 
 from .runs import flat_config, varying
-from .sections import short_keys, value_text, shorten_values
+from .sections import short_keys, shorten_values, value_text
 
 MAX_COLUMNS = 3  # at the page's 1,300 px a cell stays over 400 px wide
 MAX_ROWS = 6
@@ -89,14 +90,28 @@ def figure_grid(runs: list[dict], analysis: str):
     cols = sorted(set(col_raw))
     images = [mpimg.imread(r["dir"] / f"{analysis}.png") for r in group]
     aspect = max(im.shape[0] / im.shape[1] for im in images)
-    fig, ax = plt.subplots(len(rows), len(cols), figsize=(6.5 * len(cols), 6.5 * aspect * len(rows) + 0.6),
-                           squeeze=False, dpi=100, layout="constrained")
+    fig, ax = plt.subplots(
+        len(rows),
+        len(cols),
+        figsize=(6.5 * len(cols), 6.5 * aspect * len(rows) + 0.6),
+        squeeze=False,
+        dpi=100,
+        layout="constrained",
+    )
     for a in ax.flat:
         a.axis("off")
     for im, rv, cv in zip(images, row_raw, col_raw):
         a = ax[rows.index(rv)][cols.index(cv)]
         a.imshow(im)
-        a.set_title(", ".join(x for x in (f"{names[row_key]}={row_short[rv]}" if row_key else "",
-                                          f"{names[col_key]}={col_short[cv]}") if x), fontsize=18)
-    fig.suptitle(f"{analysis}: " + (f"rows {names[row_key]}, " if row_key else "") + f"columns {names[col_key]}", fontsize=20)
+        a.set_title(
+            ", ".join(
+                x
+                for x in (f"{names[row_key]}={row_short[rv]}" if row_key else "", f"{names[col_key]}={col_short[cv]}")
+                if x
+            ),
+            fontsize=18,
+        )
+    fig.suptitle(
+        f"{analysis}: " + (f"rows {names[row_key]}, " if row_key else "") + f"columns {names[col_key]}", fontsize=20
+    )
     return fig

@@ -10,6 +10,7 @@ al. Figs 1-2 side by side per measure (plots.measures) and the Fig. 1-2 claims e
 
     python -m vitstudy.report.measures FIG_OUT/fig-measures-1 FIG_OUT/fig-measures-2 --out FIG_OUT/fig-measures
 """
+
 from __future__ import annotations
 
 import argparse
@@ -31,16 +32,31 @@ from ..plots import model_label
 from ..plots.measures import Heatmap, MeasureRow, Verdict, measures_figure, verdicts_figure
 from .runs import find_runs
 
-SHORT = {"fig1": "Fig. 1: lowest vs highest layers, ViT minus ResNet (> 0)",
-         "fig2_lower": "Fig. 2: ResNet lower half with ViT lowest minus highest quarter (> 0)",
-         "fig2_top": "Fig. 2: ViT final third vs first two thirds, best match (< 0)"}
-VERDICT_COLUMNS = ["measure", "label", "claim", "statistic", "value", "ci_low", "ci_high", "threshold", "verdict",
-                   "method", "runs", "note"]
+SHORT = {
+    "fig1": "Fig. 1: lowest vs highest layers, ViT minus ResNet (> 0)",
+    "fig2_lower": "Fig. 2: ResNet lower half with ViT lowest minus highest quarter (> 0)",
+    "fig2_top": "Fig. 2: ViT final third vs first two thirds, best match (< 0)",
+}
+VERDICT_COLUMNS = [
+    "measure",
+    "label",
+    "claim",
+    "statistic",
+    "value",
+    "ci_low",
+    "ci_high",
+    "threshold",
+    "verdict",
+    "method",
+    "runs",
+    "note",
+]
 
 
 @dataclass
 class MeasureRuns:
     """The runs of one measure: the ViT's and the CNN's similarity_within, the ViT-vs-CNN similarity_across."""
+
     vit: dict | None = None
     cnn: dict | None = None
     across: dict | None = None
@@ -121,21 +137,44 @@ def row(name: str, group: MeasureRuns, findings: dict[str, Finding]) -> MeasureR
     asym = cls is not None and not cls.symmetric
     within_y = f"{layer} (predicted)" if asym else layer
     panels = (
-        _panel(group.vit, "similarity_within", f"{vit}: within (Fig. 1)", f"{vit} {layer}", f"{vit} {within_y}",
-               "similarity_within ViT"),
-        _panel(group.cnn, "similarity_within", f"{cnn}: within (Fig. 1)", f"{cnn} {layer}", f"{cnn} {within_y}",
-               "similarity_within CNN"),
-        _panel(group.across, "similarity_across", f"{vit} vs {cnn} (Fig. 2)" + (", x predicts y" if asym else ""),
-               f"{vit} {layer}", f"{cnn} {within_y}", "similarity_across ViT vs CNN"),
+        _panel(
+            group.vit,
+            "similarity_within",
+            f"{vit}: within (Fig. 1)",
+            f"{vit} {layer}",
+            f"{vit} {within_y}",
+            "similarity_within ViT",
+        ),
+        _panel(
+            group.cnn,
+            "similarity_within",
+            f"{cnn}: within (Fig. 1)",
+            f"{cnn} {layer}",
+            f"{cnn} {within_y}",
+            "similarity_within CNN",
+        ),
+        _panel(
+            group.across,
+            "similarity_across",
+            f"{vit} vs {cnn} (Fig. 2)" + (", x predicts y" if asym else ""),
+            f"{vit} {layer}",
+            f"{cnn} {within_y}",
+            "similarity_across ViT vs CNN",
+        ),
     )
-    parts = [f"{k.replace('fig', 'Fig. ').replace('_lower', ' lower half').replace('_top', ' final third')} "
-             f"{_short(findings[k])}" for k in ORDER if k in findings]
+    parts = [
+        f"{k.replace('fig', 'Fig. ').replace('_lower', ' lower half').replace('_top', ' final third')} "
+        f"{_short(findings[k])}"
+        for k in ORDER
+        if k in findings
+    ]
     return MeasureRow(name, label, vrange, panels, f"{label} ({name}): " + "; ".join(parts))
 
 
 @dataclass
 class Assembly:
     """What `assemble` wrote and found: the output folder, the measures drawn, every finding."""
+
     out: Path
     measures: list[str]
     findings: list[Finding]
@@ -146,10 +185,22 @@ def verdict_table(findings: list[Finding]) -> pd.DataFrame:
     rows = []
     for f in findings:
         name = measure_of(f.claim)
-        rows.append({"measure": name, "label": MEASURES[name].label if name in MEASURES else name,
-                     "claim": key_of(f.claim), "statistic": f.claim.statistic, "value": f.value, "ci_low": f.ci_low,
-                     "ci_high": f.ci_high, "threshold": f.claim.rule, "verdict": f.verdict, "method": f.method,
-                     "runs": "; ".join(f.runs), "note": f.note})
+        rows.append(
+            {
+                "measure": name,
+                "label": MEASURES[name].label if name in MEASURES else name,
+                "claim": key_of(f.claim),
+                "statistic": f.claim.statistic,
+                "value": f.value,
+                "ci_low": f.ci_low,
+                "ci_high": f.ci_high,
+                "threshold": f.claim.rule,
+                "verdict": f.verdict,
+                "method": f.method,
+                "runs": "; ".join(f.runs),
+                "note": f.note,
+            }
+        )
     return pd.DataFrame(rows, columns=VERDICT_COLUMNS)
 
 
@@ -178,24 +229,37 @@ def assemble(dirs: list[str | Path], out: str | Path) -> Assembly:
     runs, _ = find_runs(roots)
     groups = group_runs(runs)
     if not groups:
-        raise VitstudyError(f"no finished similarity_within or similarity_across run under {', '.join(map(str, roots))}; "
-                            "run `make fig-measures` (or fig-measures-1 and fig-measures-2) first")
+        raise VitstudyError(
+            f"no finished similarity_within or similarity_across run under {', '.join(map(str, roots))}; "
+            "run `make fig-measures` (or fig-measures-1 and fig-measures-2) first"
+        )
     root = roots[0].parent if len(roots) > 1 else roots[0]
     found = [f for t in (FIG1_TARGET, FIG2_TARGET) for f in for_target(t, runs, root)]
     found = [f for f in found if measure_of(f.claim) in groups]
     by = {m: {key_of(f.claim): f for f in found if measure_of(f.claim) == m} for m in groups}
     rows = [row(m, g, by[m]) for m, g in groups.items()]
     out = Path(out)
-    title = ("Raghu et al. 2021 Figs 1-2 under each similarity measure (one row each, its own colour range; "
-             "values are not comparable across rows)")
+    title = (
+        "Raghu et al. 2021 Figs 1-2 under each similarity measure (one row each, its own colour range; "
+        "values are not comparable across rows)"
+    )
     write_figure(out / "measures", measures_figure(rows, title))
     verdicts = verdict_table(found)
     labels = [r.label for r in rows]
-    cells = [Verdict(MEASURES[m].label if m in MEASURES else m, SHORT[k], f.verdict, f.value, f.ci_low, f.ci_high)
-             for m in groups for k, f in by[m].items()]
-    write_figure(out / "measures_verdicts",
-                 verdicts_figure(cells, labels, [SHORT[k] for k in ORDER],
-                                 "Raghu et al. Figs 1-2 claims per measure: verdict, statistic [95% interval]"))
+    cells = [
+        Verdict(MEASURES[m].label if m in MEASURES else m, SHORT[k], f.verdict, f.value, f.ci_low, f.ci_high)
+        for m in groups
+        for k, f in by[m].items()
+    ]
+    write_figure(
+        out / "measures_verdicts",
+        verdicts_figure(
+            cells,
+            labels,
+            [SHORT[k] for k in ORDER],
+            "Raghu et al. Figs 1-2 claims per measure: verdict, statistic [95% interval]",
+        ),
+    )
     write_csv(out / "measures_verdicts.csv", verdicts)
     write_text(out / "measures_verdicts.md", markdown(verdicts))
     write_csv(out / "findings.csv", frame(found))
@@ -213,8 +277,10 @@ def main(argv: list[str] | None = None) -> int:
         print(f"vitstudy: error: {err}", file=sys.stderr)
         return 2
     counts = done.verdicts.verdict.value_counts().to_dict()
-    print(f"vitstudy: Raghu Figs 1-2 under {len(done.measures)} measures ({', '.join(done.measures)}) -> {done.out}; "
-          + ", ".join(f"{n} {v}" for v, n in counts.items()))
+    print(
+        f"vitstudy: Raghu Figs 1-2 under {len(done.measures)} measures ({', '.join(done.measures)}) -> {done.out}; "
+        + ", ".join(f"{n} {v}" for v, n in counts.items())
+    )
     return 0
 
 

@@ -1,6 +1,7 @@
 """The HTML page: `index.html` plus its figures in `index_files/`, beside it. Light (no embedded images), opens
 offline from the file system, and can be copied as a folder; links to run directories and their CSVs are
 relative, so they keep working when the collected directory is copied with it."""
+
 from __future__ import annotations
 
 import html
@@ -51,35 +52,63 @@ a{color:#2b6cb0} code{font-size:13px}
 """
 
 
-def write_page(out: Path, sections: list[Section], problems: pd.DataFrame, roots: list[Path],
-               summary_tables: dict[str, Path], grids: dict[str, Path], missing: list) -> str:
+def write_page(
+    out: Path,
+    sections: list[Section],
+    problems: pd.DataFrame,
+    roots: list[Path],
+    summary_tables: dict[str, Path],
+    grids: dict[str, Path],
+    missing: list,
+) -> str:
     """The page's HTML; copies the figures it shows into out/index_files/."""
     files = _fresh_files(out)
     figure_sections = [s for s in sections if s.root is not None]
     other = [s for s in sections if s not in figure_sections]
     n_runs = sum(len(s.runs) for s in sections)
-    parts = ["<h1>vitstudy report</h1>",
-             "<p class=meta>" + (_plural(len(figure_sections), 'paper figure') if figure_sections else "")
-             + (" and " if figure_sections and other else "")
-             + (_plural(len(other), 'other analysis' if figure_sections else 'analysis',
-                        'other analyses' if figure_sections else 'analyses') if other else "")
-             + f" from {', '.join(_code(r) for r in roots)}: {_plural(n_runs, 'finished job')}, "
-             + (f"<span class=bad>{_plural(len(problems), 'failed or missing job')}</span>" if len(problems) else "no failed or missing jobs")
-             + f". Generated {datetime.now(timezone.utc):%Y-%m-%d %H:%M} UTC.</p>"]
+    parts = [
+        "<h1>vitstudy report</h1>",
+        "<p class=meta>"
+        + (_plural(len(figure_sections), "paper figure") if figure_sections else "")
+        + (" and " if figure_sections and other else "")
+        + (
+            _plural(
+                len(other),
+                "other analysis" if figure_sections else "analysis",
+                "other analyses" if figure_sections else "analyses",
+            )
+            if other
+            else ""
+        )
+        + f" from {', '.join(_code(r) for r in roots)}: {_plural(n_runs, 'finished job')}, "
+        + (
+            f"<span class=bad>{_plural(len(problems), 'failed or missing job')}</span>"
+            if len(problems)
+            else "no failed or missing jobs"
+        )
+        + f". Generated {datetime.now(timezone.utc):%Y-%m-%d %H:%M} UTC.</p>",
+    ]
     parts.append(_contents(sections, missing))
     for s in sections:
         parts.append(_section(s, out, files, grids.get(s.analysis) if s in other else None))
-    parts.append("<section class=generic id=failed><h2>Failed and missing jobs</h2>"
-                 + (_table(problems[["dir", "status", "error", "log", "overrides"]]) if len(problems) else "<p>none</p>")
-                 + "</section>")
+    parts.append(
+        "<section class=generic id=failed><h2>Failed and missing jobs</h2>"
+        + (_table(problems[["dir", "status", "error", "log", "overrides"]]) if len(problems) else "<p>none</p>")
+        + "</section>"
+    )
     if summary_tables:
-        parts.append("<section class=generic id=tables><h2>Summary tables</h2><p>One tidy table per analysis, every run's "
-                     "main table with the varied config keys as columns: "
-                     + ", ".join(_link(out, p, p.name) for p in summary_tables.values()) + "; failed.csv lists the failed "
-                     "and missing jobs.</p></section>")
+        parts.append(
+            "<section class=generic id=tables><h2>Summary tables</h2><p>One tidy table per analysis, every run's "
+            "main table with the varied config keys as columns: "
+            + ", ".join(_link(out, p, p.name) for p in summary_tables.values())
+            + "; failed.csv lists the failed "
+            "and missing jobs.</p></section>"
+        )
     title = "vitstudy report" + (f": {len(figure_sections)} paper figures" if figure_sections else "")
-    return (f"<!doctype html><html lang=en><head><meta charset='utf-8'><meta name=viewport content='width=device-width'>"
-            f"<title>{html.escape(title)}</title><style>{STYLE}</style></head><body><main>{''.join(parts)}</main></body></html>\n")
+    return (
+        f"<!doctype html><html lang=en><head><meta charset='utf-8'><meta name=viewport content='width=device-width'>"
+        f"<title>{html.escape(title)}</title><style>{STYLE}</style></head><body><main>{''.join(parts)}</main></body></html>\n"
+    )
 
 
 def _fresh_files(out: Path) -> Path:
@@ -99,23 +128,33 @@ def _contents(sections: list[Section], missing: list) -> str:
         if bad:
             status += (", " if ok else "") + f"<span class=bad>{bad} failed or missing</span>"
         wall = sum(float(r.get("wall_time_s") or 0) for r in s.runs)
-        models = sorted({str(m.get("name", "?")).split(".")[0] for r in s.runs for m in (r.get("models") or {}).values()})
+        models = sorted(
+            {str(m.get("name", "?")).split(".")[0] for r in s.runs for m in (r.get("models") or {}).values()}
+        )
         images = sorted({str(rep.get("images")) for r in s.runs for rep in (r.get("images") or [])[:1]})
         what = s.experiment.finds if s.experiment else _summary(s.analysis)
-        rows.append(f"<tr><td><a href='#{s.key}'>{html.escape(s.title)}</a><br><span class=dim><code>{html.escape(s.key)}</code></span></td>"
-                    f"<td>{html.escape(what)}</td><td>{_verdicts(s.findings)}</td><td>{html.escape(_clip(', '.join(models), 110)) or '-'}</td>"
-                    f"<td>{'/'.join(images) or '-'}</td><td>{status or '-'}</td><td>{_secs(wall) if wall else '-'}</td></tr>")
+        rows.append(
+            f"<tr><td><a href='#{s.key}'>{html.escape(s.title)}</a><br><span class=dim><code>{html.escape(s.key)}</code></span></td>"
+            f"<td>{html.escape(what)}</td><td>{_verdicts(s.findings)}</td><td>{html.escape(_clip(', '.join(models), 110)) or '-'}</td>"
+            f"<td>{'/'.join(images) or '-'}</td><td>{status or '-'}</td><td>{_secs(wall) if wall else '-'}</td></tr>"
+        )
     figures = any(s.experiment for s in sections)
-    table = (f"<table class=toc><tr><th>{'figure' if figures else 'analysis'}</th>"
-             f"<th>{'the paper finds' if figures else 'what'}</th><th>this run (claims)</th><th>models</th><th>images</th><th>jobs</th><th>wall time</th></tr>"
-             + "".join(rows) + "</table>")
+    table = (
+        f"<table class=toc><tr><th>{'figure' if figures else 'analysis'}</th>"
+        f"<th>{'the paper finds' if figures else 'what'}</th><th>this run (claims)</th><th>models</th><th>images</th><th>jobs</th><th>wall time</th></tr>"
+        + "".join(rows)
+        + "</table>"
+    )
     absent = [e for e, why in missing if why.startswith("not run")]
     for e, why in missing:
         if e not in absent:
             table += f"<div class=problem><span class=bad>{html.escape(e.target)}</span> ({html.escape(e.title)}): {html.escape(why)}</div>"
     if absent:
-        table += (f"<p class=dim>Not in these directories ({len(absent)}): "
-                  + ", ".join(f"<span title='{html.escape(e.title)}'>{html.escape(e.target)}</span>" for e in absent) + ".</p>")
+        table += (
+            f"<p class=dim>Not in these directories ({len(absent)}): "
+            + ", ".join(f"<span title='{html.escape(e.title)}'>{html.escape(e.target)}</span>" for e in absent)
+            + ".</p>"
+        )
     return table
 
 
@@ -147,13 +186,19 @@ def _claims(findings: list) -> str:
     for f in findings:
         c = f.claim
         where = f"{c.paper}, {c.figure}" if c.paper else ""
-        this = (f"<span class='verdict missing'>missing</span> {html.escape(f.note)}" if f.verdict == "missing" else
-                f"<span class='verdict {f.verdict}'>{f.verdict}</span>, {html.escape(f.summary().split(', ', 1)[1])}"
-                f" <span class=stat>{html.escape(c.statistic)}; {html.escape(f.method)}"
-                + (f"; {html.escape(', '.join(f.models))}" if f.models else "") + "</span>")
+        this = (
+            f"<span class='verdict missing'>missing</span> {html.escape(f.note)}"
+            if f.verdict == "missing"
+            else f"<span class='verdict {f.verdict}'>{f.verdict}</span>, {html.escape(f.summary().split(', ', 1)[1])}"
+            f" <span class=stat>{html.escape(c.statistic)}; {html.escape(f.method)}"
+            + (f"; {html.escape(', '.join(f.models))}" if f.models else "")
+            + "</span>"
+        )
         caveat = f"<br><span class=caveat>{html.escape(c.caveat)}</span>" if c.caveat else ""
-        items.append(f"<li class={f.verdict}><b>Paper finds</b> ({html.escape(where)}): {html.escape(c.text)}.<br>"
-                     f"<b>This run:</b> {this}{caveat}</li>")
+        items.append(
+            f"<li class={f.verdict}><b>Paper finds</b> ({html.escape(where)}): {html.escape(c.text)}.<br>"
+            f"<b>This run:</b> {this}{caveat}</li>"
+        )
     return "<ul class=claims>" + "".join(items) + "</ul>"
 
 
@@ -166,11 +211,16 @@ def _section(s: Section, out: Path, files: Path, grid: Path | None) -> str:
         if exp.finds:
             parts.append(f"<p class=finds><b>The paper finds:</b> {html.escape(exp.finds)}</p>")
         parts.append(_claims(s.findings))
-        parts.append(f"<p class=measures><b>This run</b> (<code>experiment={html.escape(exp.name)}</code>): {html.escape(exp.measures)}</p>")
+        parts.append(
+            f"<p class=measures><b>This run</b> (<code>experiment={html.escape(exp.name)}</code>): {html.escape(exp.measures)}</p>"
+        )
     elif s.runs:
         parts.append(_claims(s.findings))
-        parts.append(f"<p class=measures>{html.escape(_summary(s.analysis))}: {_plural(len(s.runs), 'run')}"
-                     + (f" varying {', '.join(_code(k) for k in s.axes)}" if s.axes else "") + ".</p>")
+        parts.append(
+            f"<p class=measures>{html.escape(_summary(s.analysis))}: {_plural(len(s.runs), 'run')}"
+            + (f" varying {', '.join(_code(k) for k in s.axes)}" if s.axes else "")
+            + ".</p>"
+        )
     shared = _shared_overrides(s)
     for p in s.problems:
         parts.append(_problem(p, out, shared))
@@ -178,8 +228,15 @@ def _section(s: Section, out: Path, files: Path, grid: Path | None) -> str:
         parts.append(_settings(s))
     job_tables = {str(r["dir"]): tables_of(Path(r["dir"])) for r in s.runs}
     if grid is not None:
-        parts.append(_figure(out, files / s.key, grid, f"{grid.name}: the runs' {s.analysis}.png side by side; "
-                             "each run's figures are below, under Runs", link=grid))
+        parts.append(
+            _figure(
+                out,
+                files / s.key,
+                grid,
+                f"{grid.name}: the runs' {s.analysis}.png side by side; each run's figures are below, under Runs",
+                link=grid,
+            )
+        )
         parts.append("<details><summary>Runs: every run's figures</summary>")
     for i, r in enumerate(s.runs):
         label = s.label(r)
@@ -202,17 +259,21 @@ def _problem(p: dict, out: Path, shared: set[str] = frozenset()) -> str:
     log = p.get("log") or ""
     every = p.get("overrides", "").split()
     own = [o for o in every if o not in shared]
-    overrides = (f" <code title='{html.escape(' '.join(every))}'>{html.escape(' '.join(own))}</code>" if own else "")
-    return (f"<div class=problem><span class=bad>{html.escape(p['status'])}</span>: job {_link(out, job, job.name)}"
-            + overrides
-            + (f"<br>error: {html.escape(_one_line(p.get('error', '')))}" if p.get("error") else "")
-            + (f"<br>log: {_link(out, Path(log), log)}" if log else "<br>log: none found")
-            + "</div>")
+    overrides = f" <code title='{html.escape(' '.join(every))}'>{html.escape(' '.join(own))}</code>" if own else ""
+    return (
+        f"<div class=problem><span class=bad>{html.escape(p['status'])}</span>: job {_link(out, job, job.name)}"
+        + overrides
+        + (f"<br>error: {html.escape(_one_line(p.get('error', '')))}" if p.get("error") else "")
+        + (f"<br>log: {_link(out, Path(log), log)}" if log else "<br>log: none found")
+        + "</div>"
+    )
 
 
 def _shared_overrides(s: Section) -> set[str]:
     """The overrides every job of a section has (the target's own), when it has more than one job."""
-    sets = [set(map(str, r.get("overrides") or [])) for r in s.runs] + [set(p.get("overrides", "").split()) for p in s.problems]
+    sets = [set(map(str, r.get("overrides") or [])) for r in s.runs] + [
+        set(p.get("overrides", "").split()) for p in s.problems
+    ]
     return set.intersection(*sets) if len(sets) > 1 else set()
 
 
@@ -221,13 +282,25 @@ def _settings(s: Section) -> str:
     keys = list(dict.fromkeys(k for d in per_run for k in d))
     common = [k for k in keys if len({d.get(k, "-") for d in per_run}) == 1]
     differ = [k for k in keys if k not in common]
-    text = "<table class=settings>" + "".join(
-        f"<tr><th>{html.escape(k)}</th><td>{html.escape(per_run[0].get(k, '-'))}</td></tr>" for k in common) + "</table>"
+    text = (
+        "<table class=settings>"
+        + "".join(f"<tr><th>{html.escape(k)}</th><td>{html.escape(per_run[0].get(k, '-'))}</td></tr>" for k in common)
+        + "</table>"
+    )
     if differ:
         label = [s.label(r) or Path(r["dir"]).name for r in s.runs]
-        text += ("<table class='settings jobs'><tr><th>job</th>" + "".join(f"<th>{html.escape(k)}</th>" for k in differ) + "</tr>"
-                 + "".join(f"<tr><td>{html.escape(label[i])}</td>" + "".join(f"<td>{html.escape(d.get(k, '-'))}</td>" for k in differ)
-                           + "</tr>" for i, d in enumerate(per_run)) + "</table>")
+        text += (
+            "<table class='settings jobs'><tr><th>job</th>"
+            + "".join(f"<th>{html.escape(k)}</th>" for k in differ)
+            + "</tr>"
+            + "".join(
+                f"<tr><td>{html.escape(label[i])}</td>"
+                + "".join(f"<td>{html.escape(d.get(k, '-'))}</td>" for k in differ)
+                + "</tr>"
+                for i, d in enumerate(per_run)
+            )
+            + "</table>"
+        )
     return text
 
 
@@ -237,13 +310,17 @@ def _intervals(s: Section, job_tables: dict) -> str:
         for row in intervals(job_tables[str(r["dir"])]):
             rows.append({"job": s.label(r) or Path(r["dir"]).name, **row})
     if not rows:
-        return ("<p class=dim>Uncertainty: no interval or standard-error columns (<code>*_ci_low</code>, "
-                "<code>*_ci_high</code>, <code>*_se</code>) in these tables.</p>")
+        return (
+            "<p class=dim>Uncertainty: no interval or standard-error columns (<code>*_ci_low</code>, "
+            "<code>*_ci_high</code>, <code>*_se</code>) in these tables.</p>"
+        )
     df = pd.DataFrame(rows)
     if df["job"].nunique() == 1:
         df = df.drop(columns="job")
-    return ("<p><b>Uncertainty</b> (from the tables' interval and standard-error columns; widths are high minus low):</p>"
-            + _table(df))
+    return (
+        "<p><b>Uncertainty</b> (from the tables' interval and standard-error columns; widths are high minus low):</p>"
+        + _table(df)
+    )
 
 
 def _tables(s: Section, out: Path, job_tables: dict) -> str:
@@ -254,8 +331,11 @@ def _tables(s: Section, out: Path, job_tables: dict) -> str:
         links.append(f"{_link(out, job, label)} ({_link(out, job / 'run.json', 'run.json')})")
         for name, df in job_tables[str(job)].items():
             note = f"{len(df)} rows" + (f", first {HEAD_ROWS}" if len(df) > HEAD_ROWS else "")
-            blocks.append(f"<p>{_link(out, job / name, name)}" + (f" ({html.escape(label)})" if len(s.runs) > 1 else "")
-                          + f": {note}</p><div class=csv>{_table(df.head(HEAD_ROWS))}</div>")
+            blocks.append(
+                f"<p>{_link(out, job / name, name)}"
+                + (f" ({html.escape(label)})" if len(s.runs) > 1 else "")
+                + f": {note}</p><div class=csv>{_table(df.head(HEAD_ROWS))}</div>"
+            )
     text = "<p>Run directories: " + ", ".join(links) + "</p>" if links else ""
     if blocks:
         text += f"<details><summary>Tables ({len(blocks)} CSVs, the first rows of each)</summary>{''.join(blocks)}</details>"
@@ -271,8 +351,11 @@ def _pngs(run: dict) -> list[Path]:
 
 def _caption(out: Path, png: Path) -> str:
     pdf = png.with_suffix(".pdf")
-    return (f"{_link(out, png, png.name)}" + (f" · {_link(out, pdf, 'PDF')}" if pdf.is_file() else "")
-            + f" · {_link(out, png.parent, 'run directory')}")
+    return (
+        f"{_link(out, png, png.name)}"
+        + (f" · {_link(out, pdf, 'PDF')}" if pdf.is_file() else "")
+        + f" · {_link(out, png.parent, 'run directory')}"
+    )
 
 
 def _figure(out: Path, dest_dir: Path, png: Path, caption: str, link: Path | None = None) -> str:
@@ -292,8 +375,10 @@ def _figure(out: Path, dest_dir: Path, png: Path, caption: str, link: Path | Non
         ratio = f"{width / height:.3f}" if height else "1"
         least = max(MIN_WIDTH, round(MIN_SCALE * width))
         style, box = f"width:clamp({least}px,calc({MAX_HEIGHT}px * {ratio}),100%)", "<div>"
-    return (f"<figure>{box}<a href='{html.escape(target)}'><img src='{html.escape(src)}' alt='{html.escape(png.name)}' "
-            f"style='{style}' loading=lazy></a></div><figcaption>{caption}</figcaption></figure>")
+    return (
+        f"<figure>{box}<a href='{html.escape(target)}'><img src='{html.escape(src)}' alt='{html.escape(png.name)}' "
+        f"style='{style}' loading=lazy></a></div><figcaption>{caption}</figcaption></figure>"
+    )
 
 
 def _size(path: Path) -> tuple[int, int]:

@@ -3,6 +3,7 @@
 A job is a directory with Hydra's `.hydra/`; it finished when it holds `run.json` (written last), failed when it
 holds `failed.json` (a VitstudyError inside a multirun), and is missing otherwise (killed, crashed, still running).
 """
+
 from __future__ import annotations
 
 import json
@@ -44,8 +45,11 @@ def find_runs(roots: list[Path]) -> tuple[list[dict], list[dict]]:
                 problem.update(status="failed", error=info.get("error", ""), log=info.get("log") or "")
             else:
                 problem.update(status="missing (killed, crashed or still running)")
-            problem.update(overrides=" ".join(overrides), experiment=experiment_of(overrides) or "",
-                           log=problem["log"] or job_log(job))
+            problem.update(
+                overrides=" ".join(overrides),
+                experiment=experiment_of(overrides) or "",
+                log=problem["log"] or job_log(job),
+            )
             problems.append(problem)
     return runs, problems
 
@@ -94,8 +98,7 @@ def varying(runs: list[dict]) -> list[str]:
     """Config keys whose value differs between the runs (the sweep's axes)."""
     flats = [flat_config(r) for r in runs]
     keys = sorted(set().union(*flats)) if flats else []
-    return [k for k in keys if not is_neutral(k)
-            and len({json.dumps(f.get(k), default=str) for f in flats}) > 1]
+    return [k for k in keys if not is_neutral(k) and len({json.dumps(f.get(k), default=str) for f in flats}) > 1]
 
 
 def summarise(runs: list[dict]) -> dict[str, pd.DataFrame]:

@@ -1,5 +1,6 @@
 """The report's sections: one per paper-figure target (jobs run with `experiment=NAME`), one per analysis for the
 other runs; and the short labels that tell a section's jobs apart (only what varies between them)."""
+
 from __future__ import annotations
 
 import json
@@ -51,8 +52,12 @@ def sections(runs: list[dict], problems: list[dict]) -> list[Section]:
             if key not in by_target:
                 exp = known.get(exp_name)
                 title = exp.title if exp else f"experiment {exp_name}"
-                by_target[key] = Section(key=root.name if root.name.startswith("fig-") else target_name(exp_name),
-                                         title=title, experiment=exp, root=root)
+                by_target[key] = Section(
+                    key=root.name if root.name.startswith("fig-") else target_name(exp_name),
+                    title=title,
+                    experiment=exp,
+                    root=root,
+                )
             return by_target[key]
         name = analysis or "unknown analysis"
         if name not in others:
@@ -62,9 +67,13 @@ def sections(runs: list[dict], problems: list[dict]) -> list[Section]:
     for run in runs:
         section_for(experiment_of(run.get("overrides")), Path(run["dir"]), run.get("analysis", "")).runs.append(run)
     for problem in problems:
-        section_for(problem.get("experiment") or None, Path(problem["dir"]), problem.get("analysis", "")).problems.append(problem)
+        section_for(
+            problem.get("experiment") or None, Path(problem["dir"]), problem.get("analysis", "")
+        ).problems.append(problem)
 
-    figure = sorted(by_target.values(), key=lambda s: (sort_key(s.experiment.name) if s.experiment else (9,), str(s.root)))
+    figure = sorted(
+        by_target.values(), key=lambda s: (sort_key(s.experiment.name) if s.experiment else (9,), str(s.root))
+    )
     _unique_keys(figure)
     out = figure + [others[k] for k in sorted(others)]
     for s in out:
@@ -125,6 +134,7 @@ def value_text(value) -> str:
 
 def short_keys(keys: list[str]) -> dict[str, str]:
     """model.name -> model, analysis.blocks -> blocks, dataset.num_images -> num_images (longer when ambiguous)."""
+
     def short(key: str, n: int) -> str:
         parts = key.split(".")
         if parts[-1] == "name" and len(parts) > 1:
@@ -152,11 +162,13 @@ def shorten_values(values: list[str], limit: int = 24) -> list[str]:
         return values
     prefix = os.path.commonprefix(values)
     prefix = prefix[: max(prefix.rfind("_"), prefix.rfind("."), prefix.rfind("/")) + 1]
-    cut = [v[len(prefix):] for v in values]
+    cut = [v[len(prefix) :] for v in values]
     if not (len(set(cut)) == len(set(values)) and all(cut)):
         cut, prefix = values, ""
     suffix = os.path.commonprefix([v[::-1] for v in cut])[::-1]
-    suffix = suffix[min([i for i in (suffix.find("_"), suffix.find("."), suffix.find("/")) if i >= 0], default=len(suffix)):]
+    suffix = suffix[
+        min([i for i in (suffix.find("_"), suffix.find("."), suffix.find("/")) if i >= 0], default=len(suffix)) :
+    ]
     if suffix:
         trimmed = [v[: len(v) - len(suffix)] for v in cut]
         if len(set(trimmed)) == len(set(values)) and all(trimmed):
@@ -173,8 +185,14 @@ def missing_experiments(sections: list[Section], roots: list[Path]) -> list[tupl
         if name in have:
             continue
         dirs = [r / exp.target for r in roots if (r / exp.target).is_dir()]
-        out.append((exp, f"{dirs[0]} has no job directory (the make target stopped before any job started)" if dirs
-                    else f"not run here (make {exp.target})"))
+        out.append(
+            (
+                exp,
+                f"{dirs[0]} has no job directory (the make target stopped before any job started)"
+                if dirs
+                else f"not run here (make {exp.target})",
+            )
+        )
     return out
 
 
@@ -187,4 +205,5 @@ def paper_order(found: list[Section]) -> list[Section]:
     def rank(s: Section):
         targets = [f.target for f in s.findings if f.target]
         return (0, min(sort_key(t) for t in targets)) if targets else (1, (9,), s.title)
+
     return figure + sorted(other, key=rank)

@@ -1,5 +1,6 @@
 """What a reader needs to judge a run, from its run.json (models and weights, images, repeats, layers, tokens,
 device, wall time), and a summary of the uncertainty columns of its tables (`X_se`, `X_ci_low`, `X_ci_high`)."""
+
 from __future__ import annotations
 
 import json
@@ -20,7 +21,9 @@ def settings(run: dict) -> dict[str, str]:
     out["models"] = "; ".join(_model(key, m) for key, m in models.items()) or "-"
     ds = cfg.get("dataset", {})
     where = ds.get("root") or ds.get("name", "")
-    out["data"] = f"{run.get('dataset') or ds.get('name', '-')}" + (f" ({where})" if where and where not in str(run.get("dataset")) else "")
+    out["data"] = f"{run.get('dataset') or ds.get('name', '-')}" + (
+        f" ({where})" if where and where not in str(run.get("dataset")) else ""
+    )
     out["images"] = _images(run)
     analysis = {k: v for k, v in (cfg.get("analysis") or {}).items() if k not in _SKIP_PARAMS}
     out["analysis"] = f"{run.get('analysis', '?')}" + (f": {_params(analysis)}" if analysis else "")
@@ -28,8 +31,12 @@ def settings(run: dict) -> dict[str, str]:
     out["tokens"] = str(cfg.get("tokens", "-"))
     if "cka" in str(run.get("analysis", "")) or any("cka" in k for k in _table_names(run)):
         cka = cfg.get("cka", {})
-        out["CKA"] = f"{cka.get('estimator', '?')} estimator, {cka.get('repeats', '?')} repeat(s), gram {cka.get('gram_dtype', '?')}"
-    notes = sorted({u["note"] for u in (run.get("uncertainty") or {}).values() if isinstance(u, dict) and u.get("note")})
+        out["CKA"] = (
+            f"{cka.get('estimator', '?')} estimator, {cka.get('repeats', '?')} repeat(s), gram {cka.get('gram_dtype', '?')}"
+        )
+    notes = sorted(
+        {u["note"] for u in (run.get("uncertainty") or {}).values() if isinstance(u, dict) and u.get("note")}
+    )
     if notes:
         out["intervals"] = "WARNING: " + "; ".join(notes)
     out["device"] = run.get("gpu") or str(run.get("device", "-"))
@@ -62,8 +69,10 @@ def _images(run: dict) -> str:
     cfg = run.get("config", {})
     ds = cfg.get("dataset", {})
     if not reps:
-        return ("none recorded: the analysis reads the weights only, or samples its own images (see its parameters; "
-                f"dataset.num_images={ds.get('num_images', '?')})")
+        return (
+            "none recorded: the analysis reads the weights only, or samples its own images (see its parameters; "
+            f"dataset.num_images={ds.get('num_images', '?')})"
+        )
     if any(r.get("split") for r in reps):  # one record per split (linear_probe's train/val/test), not repeats
         text = ", ".join(f"{r.get('split', '?')} {r.get('images', '?')}" for r in reps) + " images"
         batches = [r.get("batches") for r in reps if r.get("batches") is not None]

@@ -3,6 +3,7 @@
 The primary config is `conf/train.yaml`: a model preset (`model=vit_mini_cifar`), a data set preset
 (`dataset=cifar10`) and a recipe (`recipe=quick|park_kim|park_kim_weak|demo`); the schema is `config.TrainConfig`.
 """
+
 from __future__ import annotations
 
 import sys

@@ -5,6 +5,7 @@ A checkpoint holds only tensors and plain containers (loadable with `torch.load(
 `model_config` (timm name and kwargs), `data_config`, optimizer, scheduler, grad scaler, RNG states, the epoch
 history and the config.
 """
+
 from __future__ import annotations
 
 import os
@@ -23,11 +24,17 @@ FORMAT = "vitstudy-train-1"
 
 def rng_state() -> dict:
     np_state = np.random.get_state()
-    state = {"torch": torch.get_rng_state(),
-             "numpy": {"keys": torch.from_numpy(np_state[1].astype(np.int64)), "pos": int(np_state[2]),
-                       "has_gauss": int(np_state[3]), "cached_gaussian": float(np_state[4])},
-             "python": torch.tensor(random.getstate()[1], dtype=torch.int64),
-             "python_gauss": random.getstate()[2]}  # random.gauss caches its second value (RandAugment's mstd uses it)
+    state = {
+        "torch": torch.get_rng_state(),
+        "numpy": {
+            "keys": torch.from_numpy(np_state[1].astype(np.int64)),
+            "pos": int(np_state[2]),
+            "has_gauss": int(np_state[3]),
+            "cached_gaussian": float(np_state[4]),
+        },
+        "python": torch.tensor(random.getstate()[1], dtype=torch.int64),
+        "python_gauss": random.getstate()[2],
+    }  # random.gauss caches its second value (RandAugment's mstd uses it)
     if torch.cuda.is_available():
         state["cuda"] = torch.cuda.get_rng_state_all()
     return state
@@ -36,7 +43,9 @@ def rng_state() -> dict:
 def set_rng_state(state: dict) -> None:
     torch.set_rng_state(state["torch"])
     n = state["numpy"]
-    np.random.set_state(("MT19937", n["keys"].numpy().astype(np.uint32), n["pos"], n["has_gauss"], n["cached_gaussian"]))
+    np.random.set_state(
+        ("MT19937", n["keys"].numpy().astype(np.uint32), n["pos"], n["has_gauss"], n["cached_gaussian"])
+    )
     random.setstate((3, tuple(int(v) for v in state["python"].tolist()), state.get("python_gauss")))
     if "cuda" in state and torch.cuda.is_available():
         torch.cuda.set_rng_state_all(state["cuda"])
@@ -60,8 +69,10 @@ def load_checkpoint(path: Path) -> dict:
     try:
         ckpt = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as err:
-        raise VitstudyError(f"cannot read checkpoint {path}: {type(err).__name__}: {str(err).splitlines()[0][:160]}; "
-                            f"delete it or pass resume=false to start over") from None
+        raise VitstudyError(
+            f"cannot read checkpoint {path}: {type(err).__name__}: {str(err).splitlines()[0][:160]}; "
+            f"delete it or pass resume=false to start over"
+        ) from None
     if not isinstance(ckpt, dict) or ckpt.get("format") != FORMAT:
         raise VitstudyError(f"{path} is not a vitstudy training checkpoint; pass resume=false to start over")
     return ckpt
@@ -73,8 +84,10 @@ def check_same_run(saved: dict, current: dict, ckpt_path: Path) -> None:
         if is_neutral(key, TRAIN_RESUME_FREE + ("model.layers", "recipe.epochs")):
             continue  # recipe.epochs may change: the run is extended or shortened (the schedule is recomputed)
         if a.get(key) != b.get(key):
-            raise VitstudyError(f"{ckpt_path} was trained with {key}={a.get(key)!r}, this command has {key}={b.get(key)!r}; "
-                                f"rerun with the same settings to resume, pass resume=false to start over, or choose another hydra.run.dir")
+            raise VitstudyError(
+                f"{ckpt_path} was trained with {key}={a.get(key)!r}, this command has {key}={b.get(key)!r}; "
+                f"rerun with the same settings to resume, pass resume=false to start over, or choose another hydra.run.dir"
+            )
 
 
 # ---------------------------------------------------------------- loop

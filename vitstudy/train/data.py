@@ -1,5 +1,6 @@
 """The images training sees: the train and validation splits, a seeded class-balanced subset, and timm's
 training transform (RandAugment, flip, random erasing; CIFAR's pad-and-crop)."""
+
 from __future__ import annotations
 
 import numpy as np
@@ -47,8 +48,10 @@ def split_datasets(cfg) -> tuple[Dataset, Dataset, list[str] | int]:
         return train, val, train.classes
     train, val = data.build_dataset(d, d.train_split), data.build_dataset(d, d.val_split)
     if not train.classes or train.classes != val.classes:
-        raise VitstudyError(f"{d.root}: the {d.train_split} and {d.val_split} splits must hold the same classes "
-                            f"(image folders: the same class subfolders)")
+        raise VitstudyError(
+            f"{d.root}: the {d.train_split} and {d.val_split} splits must hold the same classes "
+            f"(image folders: the same class subfolders)"
+        )
     return train, val, train.classes
 
 
@@ -59,12 +62,21 @@ def train_transform(data_config: dict, recipe):
 
     size = tuple(data_config["input_size"][-2:])
     primary, secondary, final = create_transform(
-        input_size=data_config["input_size"], is_training=True, hflip=recipe.hflip,
-        color_jitter=recipe.color_jitter, auto_augment=recipe.auto_augment,
-        interpolation=data_config.get("interpolation", "bicubic"), mean=data_config["mean"], std=data_config["std"],
-        re_prob=recipe.reprob, separate=True)
+        input_size=data_config["input_size"],
+        is_training=True,
+        hflip=recipe.hflip,
+        color_jitter=recipe.color_jitter,
+        auto_augment=recipe.auto_augment,
+        interpolation=data_config.get("interpolation", "bicubic"),
+        mean=data_config["mean"],
+        std=data_config["std"],
+        re_prob=recipe.reprob,
+        separate=True,
+    )
     if recipe.crop == "pad":
-        primary = T.Compose([T.Resize(size), T.RandomCrop(size, padding=recipe.crop_padding), T.RandomHorizontalFlip(recipe.hflip)])
+        primary = T.Compose(
+            [T.Resize(size), T.RandomCrop(size, padding=recipe.crop_padding), T.RandomHorizontalFlip(recipe.hflip)]
+        )
     elif recipe.crop != "rrc":
         raise VitstudyError(f"recipe.crop must be 'pad' or 'rrc', got {recipe.crop!r}")
     return T.Compose([primary, secondary, final])
@@ -79,8 +91,12 @@ def splits(cfg) -> tuple[Dataset, Dataset, list, list[int], list[int]]:
     train_idx = balanced_subset(data.labels(train_base), cfg.dataset.fraction, cfg.dataset.fraction_seed)
     val_idx = list(range(len(val_base)))
     if cfg.dataset.val_images and cfg.dataset.name != "synthetic" and cfg.dataset.val_images < len(val_base):
-        val_idx = sorted(np.random.default_rng(cfg.seed).choice(len(val_base), cfg.dataset.val_images, replace=False).tolist())
+        val_idx = sorted(
+            np.random.default_rng(cfg.seed).choice(len(val_base), cfg.dataset.val_images, replace=False).tolist()
+        )
     if len(train_idx) < cfg.recipe.batch_size:
-        raise VitstudyError(f"the training subset has {len(train_idx)} images, fewer than recipe.batch_size={cfg.recipe.batch_size}; "
-                            f"use a smaller batch or a larger dataset.fraction")
+        raise VitstudyError(
+            f"the training subset has {len(train_idx)} images, fewer than recipe.batch_size={cfg.recipe.batch_size}; "
+            f"use a smaller batch or a larger dataset.fraction"
+        )
     return train_base, val_base, classes, train_idx, val_idx

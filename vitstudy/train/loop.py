@@ -12,6 +12,7 @@ resumes after the last complete epoch; every random draw of an epoch comes from 
 per-epoch sampler seed, so on CPU with `num_workers=0` the continued run is bitwise identical to an uninterrupted
 one. As timm's train.py: `train_one_epoch` and `validate`, with `train` setting up and keeping the state.
 """
+
 from __future__ import annotations
 
 import time
@@ -36,6 +37,7 @@ COLUMNS = ["epoch", "step", "lr", "train_loss", "train_acc", "val_loss", "val_to
 
 # ---------------------------------------------------------------- model and optimisation
 
+
 def model_config(cfg, num_classes: int) -> dict:
     """The timm name and architecture kwargs that rebuild the trained model (saved in checkpoints)."""
     m = cfg.model
@@ -44,10 +46,14 @@ def model_config(cfg, num_classes: int) -> dict:
         value = m.get(key)
         if value is not None:
             if key in kwargs and kwargs[key] != value:
-                raise VitstudyError(f"model.{key}={value} contradicts model.kwargs.{key}={kwargs[key]}; set one of them")
+                raise VitstudyError(
+                    f"model.{key}={value} contradicts model.kwargs.{key}={kwargs[key]}; set one of them"
+                )
             kwargs[key] = list(value) if key == "remove_skip" else value
     if kwargs.get("num_classes") not in (None, num_classes):
-        print(f"vitstudy: note: model.kwargs.num_classes={kwargs['num_classes']} replaced by the data set's {num_classes} classes")
+        print(
+            f"vitstudy: note: model.kwargs.num_classes={kwargs['num_classes']} replaced by the data set's {num_classes} classes"
+        )
     kwargs["num_classes"] = num_classes
     kwargs.pop("drop_path_rate", None)
     return {"name": m.name, "label": m.get("label") or m.name, "kwargs": kwargs}
@@ -60,7 +66,9 @@ def build_model(mcfg: dict, checkpoint: str | None = None, drop_path: float = 0.
     try:
         model = models.create(mcfg["name"], pretrained=False, checkpoint=checkpoint, **kwargs)
     except VitstudyError as err:
-        raise VitstudyError(str(err).replace("cannot build timm model", "cannot build model").split(": VitstudyError: ")[-1]) from None
+        raise VitstudyError(
+            str(err).replace("cannot build timm model", "cannot build model").split(": VitstudyError: ")[-1]
+        ) from None
     return model
 
 
@@ -80,8 +88,17 @@ class Optimisation:
     kill_step: int | None = None  # test hook: Ctrl-C after this update
 
 
-def optimisation(model, r, steps_per_epoch: int, num_classes: int, device, amp_mode: str, amp_dtype, channels_last: bool,
-                 kill_step: int | None) -> Optimisation:
+def optimisation(
+    model,
+    r,
+    steps_per_epoch: int,
+    num_classes: int,
+    device,
+    amp_mode: str,
+    amp_dtype,
+    channels_last: bool,
+    kill_step: int | None,
+) -> Optimisation:
     """timm's optimizer, per-update scheduler, grad scaler, Mixup/CutMix and loss for the recipe `r`."""
     from timm.data import Mixup
     from timm.loss import LabelSmoothingCrossEntropy, SoftTargetCrossEntropy
@@ -92,9 +109,17 @@ def optimisation(model, r, steps_per_epoch: int, num_classes: int, device, amp_m
         optimizer = create_optimizer_v2(model, opt=r.opt, lr=r.lr, weight_decay=r.weight_decay, momentum=r.momentum)
     except (AssertionError, ValueError) as err:
         raise VitstudyError(f"recipe.opt={r.opt!r} is not a timm optimizer: {err}") from None
-    sched_args = dict(sched=r.sched, num_epochs=r.epochs, warmup_epochs=r.warmup_epochs, warmup_lr=r.warmup_lr,
-                      warmup_prefix=True, min_lr=r.min_lr, decay_rate=r.decay_rate, step_on_epochs=False,
-                      updates_per_epoch=steps_per_epoch)
+    sched_args = dict(
+        sched=r.sched,
+        num_epochs=r.epochs,
+        warmup_epochs=r.warmup_epochs,
+        warmup_lr=r.warmup_lr,
+        warmup_prefix=True,
+        min_lr=r.min_lr,
+        decay_rate=r.decay_rate,
+        step_on_epochs=False,
+        updates_per_epoch=steps_per_epoch,
+    )
     if r.decay_milestones:
         sched_args["decay_milestones"] = list(r.decay_milestones)
     try:
@@ -106,24 +131,35 @@ def optimisation(model, r, steps_per_epoch: int, num_classes: int, device, amp_m
     scaler = torch.amp.GradScaler(device.type, enabled=amp_mode == "fp16")
     mixup = None
     if r.mixup > 0 or r.cutmix > 0:
-        mixup = Mixup(mixup_alpha=r.mixup, cutmix_alpha=r.cutmix, prob=r.mixup_prob, switch_prob=r.mixup_switch_prob,
-                      label_smoothing=r.smoothing, num_classes=num_classes)
+        mixup = Mixup(
+            mixup_alpha=r.mixup,
+            cutmix_alpha=r.cutmix,
+            prob=r.mixup_prob,
+            switch_prob=r.mixup_switch_prob,
+            label_smoothing=r.smoothing,
+            num_classes=num_classes,
+        )
         criterion = SoftTargetCrossEntropy()
     elif r.smoothing > 0:
         criterion = LabelSmoothingCrossEntropy(smoothing=r.smoothing)
     else:
         criterion = torch.nn.CrossEntropyLoss()
-    return Optimisation(optimizer, scheduler, total_epochs, scaler, criterion, mixup, r.clip_grad, amp_dtype, channels_last, kill_step)
+    return Optimisation(
+        optimizer, scheduler, total_epochs, scaler, criterion, mixup, r.clip_grad, amp_dtype, channels_last, kill_step
+    )
 
 
 # ---------------------------------------------------------------- one epoch
+
 
 def check_config(cfg) -> None:
     r = cfg.recipe
     if not 0 < cfg.dataset.fraction <= 1:
         raise VitstudyError(f"dataset.fraction must be in (0, 1], got {cfg.dataset.fraction}")
     if r.epochs < 1 or r.warmup_epochs < 0:
-        raise VitstudyError(f"recipe.epochs must be at least 1 and recipe.warmup_epochs at least 0, got {r.epochs}, {r.warmup_epochs}")
+        raise VitstudyError(
+            f"recipe.epochs must be at least 1 and recipe.warmup_epochs at least 0, got {r.epochs}, {r.warmup_epochs}"
+        )
     if r.batch_size < 2:
         raise VitstudyError(f"recipe.batch_size must be at least 2, got {r.batch_size}")
     if not 0 <= r.smoothing < 1:
@@ -131,7 +167,9 @@ def check_config(cfg) -> None:
     if cfg.amp not in ("auto", "bf16", "fp16", "off"):
         raise VitstudyError(f"amp must be auto, bf16, fp16 or off; got {cfg.amp!r}")
     if cfg.model.pretrained and not cfg.model.checkpoint:
-        raise VitstudyError("vitstudy train starts from random weights (model.pretrained=false) or from model.checkpoint=PATH")
+        raise VitstudyError(
+            "vitstudy train starts from random weights (model.pretrained=false) or from model.checkpoint=PATH"
+        )
 
 
 def _amp(cfg, device: torch.device):
@@ -157,7 +195,9 @@ def train_one_epoch(model, loader, opt: Optimisation, device, step: int, epoch: 
             out = model(x)
             loss = opt.criterion(out, target)
         if not torch.isfinite(loss):
-            raise VitstudyError(f"the training loss became {loss.item()} at step {step} (epoch {epoch + 1}); lower recipe.lr or set recipe.clip_grad")
+            raise VitstudyError(
+                f"the training loss became {loss.item()} at step {step} (epoch {epoch + 1}); lower recipe.lr or set recipe.clip_grad"
+            )
         opt.optimizer.zero_grad(set_to_none=True)
         opt.scaler.scale(loss).backward()
         if opt.clip_grad:
@@ -199,6 +239,7 @@ def _kill_point(spec: str | None, kind: str) -> int | None:
 
 
 # ---------------------------------------------------------------- the run
+
 
 @dataclass
 class History:
@@ -250,22 +291,52 @@ def train(cfg, out_dir: str | Path, overrides: list[str] | None = None) -> str:
     model = build_model(mcfg, cfg.model.checkpoint, r.drop_path)
     user_data = OmegaConf.to_container(cfg.model.data, resolve=True) if cfg.model.get("data") is not None else {}
     saved = models.training_metadata(cfg.model.checkpoint) if cfg.model.checkpoint else None
-    data_config, sources = preprocess.resolve(model, user_data, saved.get("data_config") if saved else None, mcfg["kwargs"])
-    print("vitstudy: " + preprocess.line("model", mcfg["name"], data_config, sources, preprocess.transform(data_config),
-                                         cfg.model.checkpoint, mcfg["name"]), flush=True)
+    data_config, sources = preprocess.resolve(
+        model, user_data, saved.get("data_config") if saved else None, mcfg["kwargs"]
+    )
+    print(
+        "vitstudy: "
+        + preprocess.line(
+            "model",
+            mcfg["name"],
+            data_config,
+            sources,
+            preprocess.transform(data_config),
+            cfg.model.checkpoint,
+            mcfg["name"],
+        ),
+        flush=True,
+    )
     data_record = {k: (list(v) if isinstance(v, tuple) else v) for k, v in data_config.items()}
-    channels_last = cfg.channels_last if cfg.channels_last is not None else (device.type == "cuda" and not hasattr(model, "blocks"))
+    channels_last = (
+        cfg.channels_last if cfg.channels_last is not None else (device.type == "cuda" and not hasattr(model, "blocks"))
+    )
     model.to(device)
     if channels_last:
         model.to(memory_format=torch.channels_last)
     train_ds = Transformed(train_base, train_idx, train_transform(data_config, r))
     val_ds = Transformed(val_base, val_idx, preprocess.transform(data_config))
     workers, pin = cfg.dataset.num_workers, device.type == "cuda"
-    val_loader = DataLoader(val_ds, batch_size=cfg.dataset.batch_size, shuffle=False, num_workers=workers, pin_memory=pin,
-                            persistent_workers=workers > 0)
+    val_loader = DataLoader(
+        val_ds,
+        batch_size=cfg.dataset.batch_size,
+        shuffle=False,
+        num_workers=workers,
+        pin_memory=pin,
+        persistent_workers=workers > 0,
+    )
     steps_per_epoch = len(train_ds) // r.batch_size
-    opt = optimisation(model, r, steps_per_epoch, len(classes), device, amp_mode, amp_dtype, channels_last,
-                       _kill_point(cfg.debug_kill, "step"))
+    opt = optimisation(
+        model,
+        r,
+        steps_per_epoch,
+        len(classes),
+        device,
+        amp_mode,
+        amp_dtype,
+        channels_last,
+        _kill_point(cfg.debug_kill, "step"),
+    )
 
     history, resumed_from = History(), None
     if ckpt is not None:
@@ -275,9 +346,11 @@ def train(cfg, out_dir: str | Path, overrides: list[str] | None = None) -> str:
         if saved_epochs == r.epochs:
             opt.scheduler.load_state_dict(ckpt["scheduler"])
         else:  # timm's schedulers are functions of the update count: rebuilt for the new length, from this step on
-            print(f"vitstudy: recipe.epochs changed from {saved_epochs} to {r.epochs} on resume; the learning-rate "
-                  f"schedule is recomputed for {r.epochs} epochs from epoch {ckpt['epoch']} (train.csv's lr column shows it)",
-                  flush=True)
+            print(
+                f"vitstudy: recipe.epochs changed from {saved_epochs} to {r.epochs} on resume; the learning-rate "
+                f"schedule is recomputed for {r.epochs} epochs from epoch {ckpt['epoch']} (train.csv's lr column shows it)",
+                flush=True,
+            )
         opt.scaler.load_state_dict(ckpt["scaler"]) if ckpt["scaler"] else None
         history = History(ckpt["history"], ckpt["best"], ckpt["epoch"], ckpt["step"], ckpt["wall_time_s"])
         set_rng_state(ckpt["rng"])
@@ -294,47 +367,101 @@ def train(cfg, out_dir: str | Path, overrides: list[str] | None = None) -> str:
     for epoch in range(history.epoch, opt.epochs):
         t_epoch = time.perf_counter()
         gen = torch.Generator().manual_seed(cfg.seed * 100003 + epoch)
-        loader = DataLoader(train_ds, batch_size=r.batch_size, shuffle=True, drop_last=True, generator=gen,
-                            num_workers=workers, pin_memory=pin)
+        loader = DataLoader(
+            train_ds,
+            batch_size=r.batch_size,
+            shuffle=True,
+            drop_last=True,
+            generator=gen,
+            num_workers=workers,
+            pin_memory=pin,
+        )
         t_train = time.perf_counter()
         loss_sum, correct, seen, step = train_one_epoch(model, loader, opt, device, history.step, epoch)
         train_time = time.perf_counter() - t_train
         val_loss, val_top1 = validate(model, val_loader, device, amp_dtype)
         history.wall += time.perf_counter() - t_epoch
-        row = {"epoch": epoch + 1, "step": step, "lr": opt.optimizer.param_groups[0]["lr"], "train_loss": loss_sum / seen,
-               "train_acc": correct / seen, "val_loss": val_loss, "val_top1": val_top1,
-               "images_per_s": seen / train_time, "wall_time_s": history.wall}
+        row = {
+            "epoch": epoch + 1,
+            "step": step,
+            "lr": opt.optimizer.param_groups[0]["lr"],
+            "train_loss": loss_sum / seen,
+            "train_acc": correct / seen,
+            "val_loss": val_loss,
+            "val_top1": val_top1,
+            "images_per_s": seen / train_time,
+            "wall_time_s": history.wall,
+        }
         is_best = history.add(row)
-        state = {"format": FORMAT, "epoch": epoch + 1, "step": step, "state_dict": model.state_dict(),
-                 "model_config": mcfg, "data_config": data_record,
-                 "optimizer": opt.optimizer.state_dict(), "scheduler": opt.scheduler.state_dict(),
-                 "scaler": opt.scaler.state_dict() if opt.scaler.is_enabled() else {}, "rng": rng_state(),
-                 "history": history.rows, "best": history.best, "config": config, "wall_time_s": history.wall}
+        state = {
+            "format": FORMAT,
+            "epoch": epoch + 1,
+            "step": step,
+            "state_dict": model.state_dict(),
+            "model_config": mcfg,
+            "data_config": data_record,
+            "optimizer": opt.optimizer.state_dict(),
+            "scheduler": opt.scheduler.state_dict(),
+            "scaler": opt.scaler.state_dict() if opt.scaler.is_enabled() else {},
+            "rng": rng_state(),
+            "history": history.rows,
+            "best": history.best,
+            "config": config,
+            "wall_time_s": history.wall,
+        }
         if is_best:  # best first: a kill between the two writes only repeats this epoch
             save_checkpoint(best_path, state)
         save_checkpoint(last_path, state, kill_here=kill_save == epoch + 1)
         results.write_csv(out_dir / "train.csv", history.frame())
-        print(f"vitstudy: epoch {epoch + 1}/{opt.epochs} step {step} lr {row['lr']:.3g} train loss {row['train_loss']:.4f} "
-              f"acc {row['train_acc']:.3f} | val loss {val_loss:.4f} top-1 {val_top1:.4f} | {row['images_per_s']:.0f} img/s, "
-              f"{history.wall:.0f} s", flush=True)
+        print(
+            f"vitstudy: epoch {epoch + 1}/{opt.epochs} step {step} lr {row['lr']:.3g} train loss {row['train_loss']:.4f} "
+            f"acc {row['train_acc']:.3f} | val loss {val_loss:.4f} top-1 {val_top1:.4f} | {row['images_per_s']:.0f} img/s, "
+            f"{history.wall:.0f} s",
+            flush=True,
+        )
 
     df = history.frame()
     written = [out_dir / "train.csv"]
     results.write_csv(out_dir / "train.csv", df)
-    written += results.write_figure(out_dir / "learning_curve",
-                                    plots_training.learning_curve(df, f"{mcfg['label']} · {cfg.recipe.name} · {cfg.dataset.name}"))
+    written += results.write_figure(
+        out_dir / "learning_curve",
+        plots_training.learning_curve(df, f"{mcfg['label']} · {cfg.recipe.name} · {cfg.dataset.name}"),
+    )
     final = df.iloc[-1].to_dict()
-    record = {"command": "train", **runtime.record(
-        started, history.wall, device, overrides, config, model_config=mcfg, parameters=sum(p.numel() for p in model.parameters()),
-        data_config=data_record,
-        dataset={"train": data.describe(train_base), "train_images": len(train_idx), "fraction": cfg.dataset.fraction,
-                 "val_images": len(val_idx), "classes": list(classes)},
-        epochs=opt.epochs, steps=int(final["step"]), steps_per_epoch=steps_per_epoch, resumed_from_epoch=resumed_from,
-        amp=amp_mode, channels_last=bool(channels_last),
-        final={k: final[k] for k in ("train_loss", "train_acc", "val_loss", "val_top1")}, best=history.best,
-        checkpoints={"last": str(last_path.resolve()), "best": str(best_path.resolve())}, seed=cfg.seed,
-        outputs=[p.name for p in written] + ["checkpoints/last.pt", "checkpoints/best.pt", results.RECORD])}
+    record = {
+        "command": "train",
+        **runtime.record(
+            started,
+            history.wall,
+            device,
+            overrides,
+            config,
+            model_config=mcfg,
+            parameters=sum(p.numel() for p in model.parameters()),
+            data_config=data_record,
+            dataset={
+                "train": data.describe(train_base),
+                "train_images": len(train_idx),
+                "fraction": cfg.dataset.fraction,
+                "val_images": len(val_idx),
+                "classes": list(classes),
+            },
+            epochs=opt.epochs,
+            steps=int(final["step"]),
+            steps_per_epoch=steps_per_epoch,
+            resumed_from_epoch=resumed_from,
+            amp=amp_mode,
+            channels_last=bool(channels_last),
+            final={k: final[k] for k in ("train_loss", "train_acc", "val_loss", "val_top1")},
+            best=history.best,
+            checkpoints={"last": str(last_path.resolve()), "best": str(best_path.resolve())},
+            seed=cfg.seed,
+            outputs=[p.name for p in written] + ["checkpoints/last.pt", "checkpoints/best.pt", results.RECORD],
+        ),
+    }
     results.write_json(out_dir / results.RECORD, record)
     best = history.best
-    return (f"{mcfg['name']} {opt.epochs} epochs, val top-1 {final['val_top1']:.4f} (best {best['val_top1']:.4f} at epoch "
-            f"{best['epoch']}); outputs in {out_dir} (train.csv, learning_curve.png, checkpoints/best.pt, run.json)")
+    return (
+        f"{mcfg['name']} {opt.epochs} epochs, val top-1 {final['val_top1']:.4f} (best {best['val_top1']:.4f} at epoch "
+        f"{best['epoch']}); outputs in {out_dir} (train.csv, learning_curve.png, checkpoints/best.pt, run.json)"
+    )

@@ -18,18 +18,19 @@ Models: `alternet50_cifar` (CIFAR stem: 3x3 conv to 64, stride 1, no pooling; 10
 `alternet50` (ResNetV2's 7x7/2 conv + max-pool stem, 224 px, 1000 classes, window 7). Importing this module
 registers both with timm.
 """
+
 from __future__ import annotations
 
 from typing import Sequence
 
 import torch
-from torch import nn
 from timm.layers import BatchNormAct2d, create_conv2d
 from timm.models import build_model_with_cfg, generate_default_cfgs, register_model
 from timm.models.resnetv2 import ResNetV2
+from torch import nn
 
-from .cifar import CIFAR100_MEAN, CIFAR100_STD, _cfg, _cifar_stem
 from ..errors import VitstudyError
+from .cifar import CIFAR100_MEAN, CIFAR100_STD, _cfg, _cifar_stem
 
 LAYERS = (3, 4, 6, 4)
 NUM_MSA = (0, 1, 1, 2)
@@ -46,7 +47,7 @@ class LocalAttention(nn.Module):
         super().__init__()
         inner = heads * dim_head
         self.heads, self.dim_head, self.window_size = heads, dim_head, window_size
-        self.scale = dim_head ** -0.5
+        self.scale = dim_head**-0.5
         self.to_q = nn.Conv2d(dim_in, inner, 1, bias=False)
         self.to_kv = nn.Conv2d(dim_in, inner * 2, 1, bias=False)
         self.attn_drop = nn.Identity()
@@ -61,8 +62,10 @@ class LocalAttention(nn.Module):
         b, c, h, w_ = x.shape
         p = self.window_size
         if h % p or w_ % p:
-            raise VitstudyError(f"AlterNet window attention needs feature maps divisible by window_size={p}, got {h}x{w_}; "
-                                f"use input sizes that give that (32 px with window 4, 224 px with window 7)")
+            raise VitstudyError(
+                f"AlterNet window attention needs feature maps divisible by window_size={p}, got {h}x{w_}; "
+                f"use input sizes that give that (32 px with window 4, 224 px with window 7)"
+            )
         n1, n2 = h // p, w_ // p
         x = x.reshape(b, c, n1, p, n2, p).permute(0, 2, 4, 1, 3, 5).reshape(b * n1 * n2, c, p, p)
         q = self.to_q(x)
@@ -82,7 +85,9 @@ class LocalAttentionBlock(nn.Module):
     Keeps the block's width (dim -> dim): it only replaces non-first blocks of a stage.
     """
 
-    def __init__(self, dim: int, heads: int, dim_head: int = 64, window_size: int = 4, drop_path: nn.Module | None = None):
+    def __init__(
+        self, dim: int, heads: int, dim_head: int = 64, window_size: int = 4, drop_path: nn.Module | None = None
+    ):
         super().__init__()
         width = dim // 4
         self.norm1 = BatchNormAct2d(dim, act_layer=nn.GELU)
@@ -102,7 +107,9 @@ def msa_positions(layers: Sequence[int], num_msa: Sequence[int]) -> list[list[in
     out = []
     for s, (n, m) in enumerate(zip(layers, num_msa)):
         if not isinstance(m, int) or m < 0 or 2 * m > n:
-            raise VitstudyError(f"num_msa[{s}]={m!r} is invalid: stage {s} has {n} blocks, so 0..{n // 2} MSAs alternate with convs")
+            raise VitstudyError(
+                f"num_msa[{s}]={m!r} is invalid: stage {s} has {n} blocks, so 0..{n // 2} MSAs alternate with convs"
+            )
         out.append(sorted(n - 1 - 2 * i for i in range(m)))
     return out
 
@@ -115,8 +122,10 @@ def _check_positions(layers: Sequence[int], attn_blocks) -> list[list[int]]:
         idx = sorted(set(idx or ()))
         bad = [i for i in idx if not isinstance(i, int) or not 1 <= i < n]
         if bad:
-            raise VitstudyError(f"attn_blocks[{s}] has invalid block indices {bad}: stage {s} has {n} blocks and "
-                                f"block 0 changes stride/width, so valid indices are 1..{n - 1}")
+            raise VitstudyError(
+                f"attn_blocks[{s}] has invalid block indices {bad}: stage {s} has {n} blocks and "
+                f"block 0 changes stride/width, so valid indices are 1..{n - 1}"
+            )
         out.append(idx)
     return out
 
@@ -145,12 +154,24 @@ def _alternet(variant: str, pretrained: bool, cifar: bool, window_size: int, kwa
     return model
 
 
-default_cfgs = generate_default_cfgs({
-    "alternet50_cifar": _cfg(100, CIFAR100_MEAN, CIFAR100_STD, first_conv="stem.conv", classifier="head.fc"),
-    "alternet50": {"url": "", "num_classes": 1000, "input_size": (3, 224, 224), "pool_size": (7, 7), "crop_pct": 0.875,
-                    "interpolation": "bicubic", "mean": (0.485, 0.456, 0.406), "std": (0.229, 0.224, 0.225),
-                    "first_conv": "stem.conv", "classifier": "head.fc", "license": "none"},
-})
+default_cfgs = generate_default_cfgs(
+    {
+        "alternet50_cifar": _cfg(100, CIFAR100_MEAN, CIFAR100_STD, first_conv="stem.conv", classifier="head.fc"),
+        "alternet50": {
+            "url": "",
+            "num_classes": 1000,
+            "input_size": (3, 224, 224),
+            "pool_size": (7, 7),
+            "crop_pct": 0.875,
+            "interpolation": "bicubic",
+            "mean": (0.485, 0.456, 0.406),
+            "std": (0.229, 0.224, 0.225),
+            "first_conv": "stem.conv",
+            "classifier": "head.fc",
+            "license": "none",
+        },
+    }
+)
 
 
 @register_model
