@@ -121,8 +121,9 @@ def compare(old: Path, new: Path) -> int:
         for c in (c for c in x.columns if c in y.columns and not _volatile(c)):
             if pd.api.types.is_numeric_dtype(x[c]) and pd.api.types.is_numeric_dtype(y[c]):
                 u, v = x[c].to_numpy(float), y[c].to_numpy(float)
-                both_nan = np.isnan(u) & np.isnan(v)
-                d = np.where(both_nan, 0.0, np.abs(u - v))
+                same = (np.isnan(u) & np.isnan(v)) | (u == v)  # u == v also holds for equal infinities
+                with np.errstate(invalid="ignore"):
+                    d = np.where(same, 0.0, np.abs(u - v))
                 d = np.where(np.isnan(d), np.inf, d)
                 if d.size and d.max() > 0:
                     notes.append(f"{c} {d.max():.3g}")

@@ -55,6 +55,33 @@ def test_experiment_composes(experiment):
         assert cfg.dataset.root is None  # the Makefile / command line gives the images
 
 
+def leaves(node, prefix=""):
+    """(dotted key, value) of every scalar in a config tree."""
+    if isinstance(node, dict):
+        for k, v in node.items():
+            yield from leaves(v, f"{prefix}{k}.")
+    else:
+        yield prefix.rstrip("."), node
+
+
+@pytest.mark.parametrize("experiment", EXPERIMENTS)
+def test_experiment_values_win_over_the_defaults(experiment):
+    """What an experiment file writes is what runs: conf/config.yaml's own keys (layers, tokens) once came after
+    the experiment in the defaults list and silently replaced raghu_fig1's layers=all with blocks."""
+    written = OmegaConf.to_container(OmegaConf.load(REPO / "conf" / "experiment" / f"{experiment}.yaml"))
+    written.pop("defaults", None)
+    written.pop("hydra", None)
+    cfg = compose((f"experiment={experiment}",))
+    for key, value in leaves(written):
+        if isinstance(value, str) and "${" in value:
+            continue  # an interpolation: resolved in the composed config
+        got = OmegaConf.select(cfg, key)
+        got = OmegaConf.to_container(got) if OmegaConf.is_config(got) else got
+        assert got == value, (
+            f"experiment={experiment}: {key} is {got!r} in the composed config, the file says {value!r}"
+        )
+
+
 def test_every_experiment_has_a_make_target():
     used = {o.split("=", 1)[1] for ov in TARGETS.values() for o in ov if o.startswith("experiment=")}
     assert used == set(EXPERIMENTS)

@@ -39,12 +39,16 @@ dict `CLAIMS[target] = [Claim, ...]` (`measures.py` repeats Raghu's Fig. 1-2 sta
 similarity measure, on the runs of that measure: `Need(..., config=(("analysis.measure", name),))`); the tour's list is `TOUR` in `vitstudy/claims/__init__.py`. A claim:
 
 ```python
-FIG9 = Claim(paper="Raghu et al. 2021", figure="Fig. 9",
-             text="Final-block ViT tokens are most similar to their own input patch",
-             statistic="mean CKA of a token with its own patch minus with the other positions",   # in words
-             needs={"vit": Need("spatial_localization", "vit")},   # role -> analysis and model kind ('vit' / 'cnn')
-             compute=lambda t: mean(t, "vit", "is_self") - mean(t, "vit", "~is_self"),   # the statistic
-             threshold=0.0, direction=">")
+FIG9 = Claim(
+    paper="Raghu et al. 2021",
+    figure="Fig. 9",
+    text="Final-block ViT tokens are most similar to their own input patch",
+    statistic="mean CKA of a token with its own patch minus with the other positions",  # in words
+    needs={"vit": Need("spatial_localization", "vit")},  # role -> analysis and model kind ('vit' / 'cnn')
+    compute=lambda t: mean(t, "vit", "is_self") - mean(t, "vit", "~is_self"),  # the statistic
+    threshold=0.0,
+    direction=">",
+)
 ```
 
 The statistic reads values only through `t.values(role, query)` (helpers in `claims/stats.py`: `mean`, `far_cka`,

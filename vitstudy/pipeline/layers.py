@@ -138,7 +138,20 @@ def probe(model: nn.Module, names: list[str], input_size, keep_order: bool) -> l
         blocks = anatomy_tokens.nested_blocks(model, path, tuple(t.shape[1:]))
         if blocks:  # NesT: the (H, W, C) map its nested blocks were cut from
             shape, layout = (
-                tuple(Layer(n, path, is_input, (), "NHWC", index, None, blocks).unblocked(t).shape[1:]),
+                tuple(
+                    Layer(
+                        name=n,
+                        module=path,
+                        is_input=is_input,
+                        shape=(),
+                        layout="NHWC",
+                        index=index,
+                        grid=None,
+                        blocks=blocks,
+                    )
+                    .unblocked(t)
+                    .shape[1:]
+                ),
                 "NHWC",
             )
         else:
