@@ -12,6 +12,8 @@ before the clock starts; then either the bare forwards of both models over the s
 `similarity_full.compute` for one measure (feature store fill = the forwards, then every layer pair, the
 `--groups` jackknife replicates and `--null` permutations), or the streaming minibatch CKA (`cka.compute`, row
 `cka-minibatch`) for scale. Printed: seconds, x the bare forwards, peak MB, and peak MB above the bare process's.
+Run one after another (the default), the bare forwards are timed before and after the measures (`bare-after`) and
+the ratios use the mean of the two, so that a machine that drifts during the run shows in the drift line.
 """
 
 from __future__ import annotations
@@ -57,7 +59,7 @@ def worker(args) -> dict:
     layers = [ctx.layers(m) for m in models]
     out = {"mode": args.mode, "images": args.images, "layers": [len(ls) for ls in layers]}
     t = time.perf_counter()
-    if args.mode == "bare":  # the same loader and forwards, every tapped tensor dropped at once
+    if args.mode in ("bare", "bare-after"):  # the same loader and forwards, every tapped tensor dropped at once
         batching, _ = ctx.sample(tail=cfg.cka.tail)
         stream(models, layers, ctx.loader(models, batching), Reducer(), ctx.device, progress=False)
     elif args.mode == "cka-minibatch":
@@ -143,6 +145,11 @@ def main():
     p.add_argument("--store-dtype", default="float32", choices=("float32", "float16"))
     p.add_argument("--no-minibatch", action="store_true", help="skip the streaming minibatch CKA row")
     p.add_argument("--parallel", action="store_true", help="run the modes of one image count at the same time")
+    p.add_argument(
+        "--no-bracket",
+        action="store_true",
+        help="time the bare forwards once (default: before and after the measures; ratios use the mean of the two)",
+    )
     p.add_argument("--threads", type=int, default=int(os.environ.get("OMP_NUM_THREADS", os.cpu_count() or 1)))
     args = p.parse_args()
     if args.worker:
@@ -151,6 +158,8 @@ def main():
         return
     counts = [int(n) for n in args.images.split(",")]
     modes = ["bare", *([] if args.no_minibatch else ["cka-minibatch"]), *[m for m in args.measures.split(",") if m]]
+    if not args.parallel and not args.no_bracket:  # sequential runs drift with the machine: time bare at both ends
+        modes.append("bare-after")
     print(
         f"# {args.model1} vs {args.model2} (random init), layers={args.layers}, tokens=mean, batch {args.batch}, "
         f"{args.image_size} px synthetic images, {args.threads} threads; measures: estimator={args.estimator}, "
@@ -162,14 +171,22 @@ def main():
     )
     rows = []
     for n in counts:
-        bare = None
-        for r in measure_all(modes, args, n):
+        got = measure_all(modes, args, n)
+        bares = [r for r in got if r["mode"] in ("bare", "bare-after") and "error" not in r]
+        bare = (
+            {
+                "seconds": sum(b["seconds"] for b in bares) / len(bares),
+                "peak_rss_mb": min(b["peak_rss_mb"] for b in bares),
+            }
+            if bares
+            else None
+        )
+        for r in got:
             mode = r["mode"]
             rows.append(r)
             if "error" in r:
                 print(f"{mode:<14} {n:>6}  failed: {r['error']}", flush=True)
                 continue
-            bare = r if mode == "bare" else bare
             ratio = r["seconds"] / bare["seconds"] if bare else float("nan")
             extra = r["peak_rss_mb"] - bare["peak_rss_mb"] if bare else float("nan")
             store = f"{r['store_mb']:.1f}" if "store_mb" in r else ""
@@ -178,6 +195,9 @@ def main():
                 f"{store:>8}",
                 flush=True,
             )
+        if len(bares) == 2:
+            drift = bares[1]["seconds"] / bares[0]["seconds"]
+            print(f"# {n} images: bare forwards after / before the measures {drift:.3f}; x bare uses their mean")
     if len(counts) > 1:
         for mode in modes:
             got = [r for r in rows if r["mode"] == mode and "error" not in r]
