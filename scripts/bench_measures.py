@@ -27,6 +27,8 @@ import sys
 import time
 from types import SimpleNamespace
 
+BARE = ("bare", "bare-after")  # the bare forwards, timed before and after the measures
+
 
 def worker(args) -> dict:
     import torch
@@ -59,7 +61,7 @@ def worker(args) -> dict:
     layers = [ctx.layers(m) for m in models]
     out = {"mode": args.mode, "images": args.images, "layers": [len(ls) for ls in layers]}
     t = time.perf_counter()
-    if args.mode in ("bare", "bare-after"):  # the same loader and forwards, every tapped tensor dropped at once
+    if args.mode in BARE:  # the same loader and forwards, every tapped tensor dropped at once
         batching, _ = ctx.sample(tail=cfg.cka.tail)
         stream(models, layers, ctx.loader(models, batching), Reducer(), ctx.device, progress=False)
     elif args.mode == "cka-minibatch":
@@ -172,7 +174,7 @@ def main():
     rows = []
     for n in counts:
         got = measure_all(modes, args, n)
-        bares = [r for r in got if r["mode"] in ("bare", "bare-after") and "error" not in r]
+        bares = [r for r in got if r["mode"] in BARE and "error" not in r]
         bare = (
             {
                 "seconds": sum(b["seconds"] for b in bares) / len(bares),

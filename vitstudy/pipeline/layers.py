@@ -136,24 +136,10 @@ def probe(model: nn.Module, names: list[str], input_size, keep_order: bool) -> l
         t = values[0]
         path, is_input, index = parse(n)
         blocks = anatomy_tokens.nested_blocks(model, path, tuple(t.shape[1:]))
-        if blocks:  # NesT: the (H, W, C) map its nested blocks were cut from
-            shape, layout = (
-                tuple(
-                    Layer(
-                        name=n,
-                        module=path,
-                        is_input=is_input,
-                        shape=(),
-                        layout="NHWC",
-                        index=index,
-                        grid=None,
-                        blocks=blocks,
-                    )
-                    .unblocked(t)
-                    .shape[1:]
-                ),
-                "NHWC",
-            )
+        if blocks:  # NesT: the (H, W, C) map its nested blocks were cut from (what Layer.unblocked returns)
+            from timm.models.nest import deblockify
+
+            shape, layout = tuple(deblockify(t, blocks).shape[1:]), "NHWC"
         else:
             shape = tuple(t.shape[1:])
             layout = _layout(modules[path], shape, model, tuple(input_size[-2:]))
