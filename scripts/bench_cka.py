@@ -11,9 +11,10 @@ preprocessing for both models, in the same batches, and compute the same quantit
 CKA over all tokens/positions, averaged over batches (Nguyen et al. 2021). The float64 reference casts each
 batch's float32 features to float64 and evaluates the Song et al. formula written out (not vitstudy's code).
 Printed ratios: wall time / wall time of the bare forward passes of both models over the same loader. Imports
-happen before the clock starts (as a run imports its analysis before its analysis stage). First, the overhead line:
-vitstudy against the bare forwards in one process, interleaved over several rounds, median of the per-round wall
-and CPU ratios, the number to read on a shared, noisy machine (docs/performance.md).
+happen before the clock starts (as a run imports its analysis before its analysis stage). First, the overhead lines:
+vitstudy against the bare forwards in one process, in two designs (whole passes interleaved, and batch-paired with
+an A/A control), medians over rounds, then the shares of the hooks' CKA work and of the layer probe
+(docs/performance.md says why the batch-paired ratio is the one to read on a shared, noisy machine).
 """
 
 from __future__ import annotations
@@ -114,23 +115,71 @@ def worker(args) -> dict:
     return out
 
 
+class Paired:
+    """The loader's batches, each also run through the bare forwards of both models and timed apart: just before the
+    consumer takes it (even batches) or just after the consumer is done with it (odd batches), so that each side
+    follows the other equally often. The consumer's own time is the whole minus the bare forwards and the loading.
+    Pairing batch by batch cancels the drift of a shared machine, which moves whole passes by several percent."""
+
+    def __init__(self, loader, bare_batch):
+        self.loader, self.bare_batch = loader, bare_batch
+        self.bare = self.load = 0.0
+
+    def _bare(self, x) -> None:
+        t = time.perf_counter()
+        self.bare_batch(x)
+        self.bare += time.perf_counter() - t
+
+    def __iter__(self):
+        batches, pending, k = iter(self.loader), None, 0
+        while True:
+            if pending is not None:
+                self._bare(pending)
+                pending = None
+            t = time.perf_counter()
+            batch = next(batches, None)
+            self.load += time.perf_counter() - t
+            if batch is None:
+                return
+            if k % 2 == 0:
+                self._bare(batch[0])
+            else:
+                pending = batch[0]
+            k += 1
+            yield batch
+
+    def ratio(self, consume) -> float:
+        """consume(self)'s own time over the bare forwards' time on the same batches."""
+        t = time.perf_counter()
+        consume(self)
+        return (time.perf_counter() - t - self.bare - self.load) / self.bare
+
+
 def overhead(args, m1, m2, loader, l1, l2) -> dict:
-    """vitstudy against the bare forwards in one process, interleaved: a warm-up of each, then `rounds` rounds of
-    both in alternating order. Per round the ratio of wall and of CPU time (all threads); the medians are the result,
-    so that load from other processes on a shared machine moves both sides of a ratio alike."""
+    """vitstudy against the bare forwards in one process, two designs. Whole passes, interleaved: a warm-up of each,
+    then `rounds` rounds of both in alternating order; per round the ratio of wall and of CPU time (all threads).
+    Batch-paired (`Paired`): `rounds` runs of vitstudy with the bare forwards timed batch by batch next to it, and
+    as a control the same design with the bare forwards in vitstudy's place (an A/A ratio, 1 up to noise). Medians
+    over rounds are the results. Then where vitstudy's extra time goes: its hooks' CKA work (Gram products and Ũ)
+    and the layer probe, each over the bare forwards."""
     import statistics
 
     import torch
 
     from vitstudy import cka_matrix
+    from vitstudy.analyses import cka
+    from vitstudy.pipeline.layers import resolve
 
-    def bare():
+    def bare_batch(x):
         with torch.inference_mode():
-            for x, _ in loader:
-                m1(x), m2(x)
+            m1(x), m2(x)
 
-    def ours():
-        cka_matrix(m1, loader, other=m2, layers=l1, other_layers=l2)
+    def bare(batches=loader):
+        for x, _ in batches:
+            bare_batch(x)
+
+    def ours(batches=loader):
+        cka_matrix(m1, batches, other=m2, layers=l1, other_layers=l2)
 
     def timed(f):
         w, c = time.perf_counter(), time.process_time()
@@ -145,6 +194,29 @@ def overhead(args, m1, m2, loader, l1, l2) -> dict:
         wall.append(got[ours][0] / got[bare][0])
         cpu.append(got[ours][1] / got[bare][1])
         seconds.append((got[bare][0], got[ours][0]))
+    paired, control = [], []
+    for r in range(args.rounds):
+        paired.append(Paired(loader, bare_batch).ratio(ours))
+        control.append(Paired(loader, bare_batch).ratio(bare))
+    # where the time goes: the reducer's hook work, timed in one more paired run, and the probe of both models
+    spent = [0.0]
+    on_tensor = cka.CKAReducer.on_tensor
+
+    def hook_timed(self, *a):
+        t = time.perf_counter()
+        on_tensor(self, *a)
+        spent[0] += time.perf_counter() - t
+
+    cka.CKAReducer.on_tensor = hook_timed
+    try:
+        p = Paired(loader, bare_batch)
+        p.ratio(ours)
+    finally:
+        cka.CKAReducer.on_tensor = on_tensor
+    size = tuple(next(iter(loader))[0].shape[1:])
+    t = time.perf_counter()
+    resolve(m1, l1, size), resolve(m2, l2, size)
+    probe = time.perf_counter() - t
     return {
         "wall_ratio": statistics.median(wall),
         "cpu_ratio": statistics.median(cpu),
@@ -152,6 +224,12 @@ def overhead(args, m1, m2, loader, l1, l2) -> dict:
         "cpu_ratios": cpu,
         "seconds": statistics.median(o for _, o in seconds),
         "bare_seconds": statistics.median(b for b, _ in seconds),
+        "paired_ratio": statistics.median(paired),
+        "paired_ratios": paired,
+        "control_ratio": statistics.median(control),
+        "control_ratios": control,
+        "hook_share": spent[0] / p.bare,
+        "probe_share": probe / p.bare,
     }
 
 
@@ -304,7 +382,7 @@ def main():
     p.add_argument("--peers", default="torch-cka,pytorch-cka")
     p.add_argument("--overhead", type=int, default=512, help="images for the interleaved vitstudy/bare ratio (0: skip)")
     p.add_argument("--rounds", type=int, default=3, help="interleaved rounds of the overhead measurement")
-    p.add_argument("--only-overhead", action="store_true", help="run the interleaved overhead measurement only")
+    p.add_argument("--only-overhead", action="store_true", help="run the overhead measurement (both designs) only")
     p.add_argument("--paper-scale", action="store_true", help="layers=all of ViT-B/16 vs ResNet-50; ours vs bare only")
     p.add_argument("--grid", action="store_true", help=f"cka_grid of {len(GRID_MODELS)} tiny models")
     args = p.parse_args()
@@ -349,11 +427,20 @@ def report_overhead(r, args):
     if "error" in r:
         print(f"overhead failed: {r['error']}")
         return
+
+    def listed(xs):
+        return ", ".join(f"{x:.3f}" for x in xs)
+
     rounds = ", ".join(f"{w:.3f}/{c:.3f}" for w, c in zip(r["wall_ratios"], r["cpu_ratios"]))
     print(
-        f"vitstudy / bare forwards, {r['images']} images, one process, {args.rounds} interleaved rounds: "
-        f"wall {r['wall_ratio']:.3f}x, CPU {r['cpu_ratio']:.3f}x (median; per round wall/CPU: {rounds}; "
-        f"bare {r['bare_seconds']:.1f} s, vitstudy {r['seconds']:.1f} s)"
+        f"vitstudy / bare forwards, {r['images']} images, one process, {args.rounds} rounds per design:\n"
+        f"  whole passes, interleaved: wall {r['wall_ratio']:.3f}x, CPU {r['cpu_ratio']:.3f}x (median; per round "
+        f"wall/CPU: {rounds}; bare {r['bare_seconds']:.1f} s, vitstudy {r['seconds']:.1f} s)\n"
+        f"  batch-paired: {r['paired_ratio']:.3f}x (median; per round {listed(r['paired_ratios'])}); control, bare in "
+        f"vitstudy's place: {r['control_ratio']:.3f}x ({listed(r['control_ratios'])}); over the control: "
+        f"{r['paired_ratio'] / r['control_ratio']:.3f}x\n"
+        f"  where vitstudy's time beyond the forwards goes: CKA in the hooks (Gram products, U-centring) "
+        f"{r['hook_share']:.1%} of the bare forwards, layer probe (one batch-2 forward per model) {r['probe_share']:.1%}"
     )
 
 
